@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make tutorial` and `make test` (README.md).
+PYTHON  ?= python3.11
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= cpu
+OUTPUTS ?= outputs
+PYTEST_ARGS ?=
+
+.PHONY: install tutorial test test-all lab bench clean-outputs strip
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e ".[notebooks,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name icm --display-name "Python (icm)"
+	touch $@
+
+install: $(VENV)/.installed
+
+## Execute notebooks/NN_*.ipynb in order with papermill (PROFILE=smoke|cpu|paper) into $(OUTPUTS)/.
+tutorial: install
+	$(PY) -m icm_lib.tutorial --profile $(PROFILE) --output-dir $(OUTPUTS)
+
+## Unit tests + smoke notebook tests (skips `slow` and `gpu`).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: install
+	$(PY) -m icm_lib.bench codec
+
+## Strip outputs from the committed notebooks.
+strip: install
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+clean-outputs:
+	rm -rf $(OUTPUTS)

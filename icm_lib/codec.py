@@ -1,0 +1,356 @@
+"""The learned codec: CompressAI models, the encoder/decoder split view, and real coding.
+
+::
+
+    x ─► g_a ─► y ─► (hyperprior, entropy models) ─► ŷ = latent_hat ─► g_s[:-1] ─► feature ─► g_s[-1] ─► x̂
+         └────────────── encoder side ───────────────┘   │                  └ decoder_feature (aux-dec)
+                                                         └ aux-enc branch input (Iino et al. Eq. 5)
+
+:class:`ICMCodec` wraps an unmodified CompressAI model. Forward hooks record ŷ (the input of the
+synthesis transform ``g_s``) and the decoder's penultimate feature (the input of ``g_s``'s last
+layer) during CompressAI's own ``forward``, so no model code is copied and every CompressAI model
+with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in the container of
+:mod:`icm_lib.bitstream`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from compressai.zoo import image as zoo_image
+
+from . import bitstream
+from .data.images import ImageLike, to_rgb_tensor
+from .data.transforms import crop_padding, pad_to_multiple
+from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
+from .weights import require_download
+
+#: the four codecs the tutorial names; cheng2020-attn is seed 001's default.
+CODEC_NAMES = ("cheng2020-attn", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2018-factorized")
+_DECODER_ATTR = "g_s"
+
+
+def _cfg(name: str, quality: int) -> tuple[int, ...]:
+    cfgs = zoo_image.cfgs
+    if name not in cfgs:
+        raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
+    if quality not in cfgs[name]:
+        raise ValueError(f"{name} has qualities {sorted(cfgs[name])}, not {quality}")
+    return cfgs[name][quality]
+
+
+def build_compressai_model(name: str, quality: int = 3, N: int | None = None, M: int | None = None,
+                           pretrained: bool = False, metric: str = "mse") -> nn.Module:
+    """A CompressAI model by zoo name and quality, or with explicit channel counts.
+
+    ``pretrained=True`` downloads CompressAI's weights through its zoo (cached by torch.hub);
+    offline it raises :class:`WeightsUnavailableError` within a few seconds.
+    """
+    arch = zoo_image.model_architectures.get(name)
+    if arch is None:
+        raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
+    if pretrained:
+        if N is not None or M is not None:
+            raise ValueError("pretrained weights fix N and M; leave them None")
+        try:
+            url = zoo_image.model_urls[name][metric][quality]
+        except KeyError:
+            raise ValueError(f"CompressAI has no pretrained {name} for metric={metric}, "
+                             f"quality={quality}") from None
+        require_download(url, f"CompressAI {name} q{quality}")
+        return zoo_image._load_model(name, metric, quality, pretrained=True)
+    default = _cfg(name, quality)
+    if name.startswith("cheng2020"):  # Cheng2020 models take N only
+        return arch(N=N or default[0])
+    return arch(N or default[0], M or default[-1])
+
+
+@dataclass(frozen=True)
+class CodedImage:
+    """Result of :meth:`ICMCodec.roundtrip`.
+
+    Attributes:
+        x_hat: decoded image (1, 3, H, W) in [0, 1], padding removed.
+        data: the container bytes.
+        bpp: actual bits per (original) pixel, container included.
+        bpp_payload: the entropy-coded strings only.
+        bpp_estimate: the likelihood estimate -sum(log2 p) / pixels at the same quantization.
+    """
+
+    x_hat: torch.Tensor
+    data: bytes
+    bpp: float
+    bpp_payload: float
+    bpp_estimate: float
+
+
+class ICMCodec(nn.Module):
+    """A CompressAI model plus the views image coding for machines needs.
+
+    Args:
+        model: an unmodified CompressAI ``CompressionModel`` with ``g_a`` and ``g_s``.
+        name, quality, N, M: recorded in checkpoints and bitstreams.
+    """
+
+    def __init__(self, model: nn.Module, name: str, quality: int = 0,
+                 N: int | None = None, M: int | None = None):
+        super().__init__()
+        if not hasattr(model, _DECODER_ATTR) or not hasattr(model, "g_a"):
+            raise TypeError("ICMCodec needs a CompressAI model with g_a and g_s")
+        self.model = model
+        self.name, self.quality = name, quality
+        self.N = N if N is not None else int(getattr(model, "N", 0))
+        self.M = M if M is not None else int(getattr(model, "M", self.N))
+        self._captured: dict[str, torch.Tensor] = {}
+        self._stop_at_decoder = False
+        self.decoder.register_forward_pre_hook(self._capture_latent)
+        self.decoder_last_layer.register_forward_pre_hook(self._capture_feature)
+
+    # ------------------------------------------------------------------ split view
+    @property
+    def decoder(self) -> nn.Module:
+        """The synthesis transform g_s (decoder side)."""
+        return getattr(self.model, _DECODER_ATTR)
+
+    @property
+    def decoder_last_layer(self) -> nn.Module:
+        """The last layer of g_s (its input is the aux-dec position of seed 001 section 4.2)."""
+        return list(self.decoder.children())[-1]
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.decoder.parameters()
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter outside g_s: analysis transform, hyperprior, entropy models."""
+        dec = {id(p) for p in self.decoder.parameters()}
+        return (p for p in self.model.parameters() if id(p) not in dec)
+
+    def encoder_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        dec = {id(p) for p in self.decoder.parameters()}
+        return ((n, p) for n, p in self.model.named_parameters() if id(p) not in dec)
+
+    def _capture_latent(self, module, args):
+        self._captured["latent_hat"] = args[0]
+        if self._stop_at_decoder:
+            raise _StopAtDecoder
+
+    def _capture_feature(self, module, args):
+        self._captured["decoder_feature"] = args[0]
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        """CompressAI's forward plus what the split view needs.
+
+        Args:
+            x: (B, 3, H, W) in [0, 1], H and W multiples of 64.
+
+        Returns:
+            ``{"x_hat": (B, 3, H, W), "likelihoods": {"y": ..., "z": ...},
+            "latent_hat": ŷ (B, M, H/16, W/16), "decoder_feature": (B, C, H/2, W/2)}``.
+            In train mode ŷ carries CompressAI's training quantization (additive noise).
+        """
+        self._captured.clear()
+        out = dict(self.model(x))
+        out["latent_hat"] = self._captured.pop("latent_hat")
+        out["decoder_feature"] = self._captured.pop("decoder_feature")
+        return out
+
+    def encode(self, x: torch.Tensor) -> dict[str, object]:
+        """Encoder side only: ``{"latent_hat": ŷ, "likelihoods": {...}}`` without running g_s."""
+        self._captured.clear()
+        likelihoods: dict[str, torch.Tensor] = {}
+        handles = [m.register_forward_hook(self._likelihood_hook(likelihoods, key))
+                   for key, m in self._entropy_modules()]
+        self._stop_at_decoder = True
+        try:
+            self.model(x)
+        except _StopAtDecoder:
+            pass
+        finally:
+            self._stop_at_decoder = False
+            for h in handles:
+                h.remove()
+        return {"latent_hat": self._captured.pop("latent_hat"), "likelihoods": likelihoods}
+
+    def decode(self, latent_hat: torch.Tensor) -> torch.Tensor:
+        """Decoder side only: g_s(ŷ) (unclamped, as in CompressAI's forward)."""
+        return self.decoder(latent_hat)
+
+    def _entropy_modules(self):
+        if hasattr(self.model, "gaussian_conditional"):
+            return [("y", self.model.gaussian_conditional), ("z", self.model.entropy_bottleneck)]
+        return [("y", self.model.entropy_bottleneck)]
+
+    @staticmethod
+    def _likelihood_hook(store, key):
+        def hook(module, args, output):
+            store[key] = output[1]
+        return hook
+
+    # ------------------------------------------------------------------ losses
+    def quantile_loss(self) -> torch.Tensor:
+        """CompressAI's ``aux_loss()``: trains the entropy bottleneck's quantiles (not seed 001's
+        auxiliary branch)."""
+        return self.model.aux_loss()
+
+    def quantile_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+
+    @staticmethod
+    def bpp_estimate(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
+        """-sum(log2 p) / pixels, summed over the batch divided by B (mean bpp per image)."""
+        batch = next(iter(likelihoods.values())).shape[0]
+        bits = sum(torch.log(lk).sum() for lk in likelihoods.values()) / -math.log(2)
+        return bits / (num_pixels * batch)
+
+    # ------------------------------------------------------------------ real coding
+    def update(self, force: bool = True) -> None:
+        """Build the entropy coder's CDF tables (call after training, before coding)."""
+        self.model.update(force=force)
+
+    def _ensure_updated(self) -> None:
+        eb = self.model.entropy_bottleneck
+        if eb._quantized_cdf.numel() == 0:
+            self.update(force=True)
+
+    def _prepare(self, image: ImageLike) -> tuple[torch.Tensor, int, int, tuple[int, int]]:
+        x = image if isinstance(image, torch.Tensor) and image.ndim == 4 else None
+        if x is None:
+            x = to_rgb_tensor(image)[None]
+        elif x.shape[0] != 1 or x.shape[1] != 3:
+            raise ImageError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        x = x.to(next(self.model.parameters()).device, torch.float32)
+        x, pad = pad_to_multiple(x)
+        return x, h, w, pad
+
+    @torch.no_grad()
+    def compress(self, image: ImageLike) -> bytes:
+        """Entropy-code one image to container bytes.
+
+        Args:
+            image: a path, PIL image, array or tensor; grayscale/RGBA/16-bit are converted, any
+                size is padded to a multiple of 64 (and cropped back by ``decompress``).
+        """
+        x, h, w, (pad_h, pad_w) = self._prepare(image)
+        self._ensure_updated()
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.model.compress(x)
+        finally:
+            self.train(was_training)
+        strings = [s[0] for s in out["strings"]]
+        header = bitstream.Header(self.name, self.quality, self.N, self.M, h, w, pad_h, pad_w,
+                                  tuple(int(v) for v in out["shape"]))
+        return bitstream.pack(header, strings)
+
+    @torch.no_grad()
+    def decompress(self, data: bytes) -> torch.Tensor:
+        """Decode container bytes to (1, 3, H, W) in [0, 1] at the original size.
+
+        Raises:
+            BitstreamError: corrupt/truncated data, or data written by another codec.
+        """
+        header, strings = bitstream.unpack(data)
+        if (header.codec, header.N, header.M) != (self.name, self.N, self.M):
+            raise BitstreamError(
+                f"bitstream was written by {header.codec} (N={header.N}, M={header.M}); this "
+                f"codec is {self.name} (N={self.N}, M={self.M}): load the matching model")
+        expected = len(self._entropy_modules())
+        if len(strings) != expected or len(header.latent_shape) != 2:
+            raise BitstreamError(f"bitstream has {len(strings)} string groups and latent shape "
+                                 f"{header.latent_shape}; {self.name} needs {expected} and 2 dims")
+        ph, pw = header.height + header.pad_h, header.width + header.pad_w
+        if ph % 64 or pw % 64 or ph == 0 or pw == 0:
+            raise BitstreamError(f"padded size {ph}x{pw} is not a positive multiple of 64")
+        self._ensure_updated()
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.model.decompress([[s] for s in strings], list(header.latent_shape))
+        except Exception as exc:  # the C++ decoder and shape checks raise various types
+            raise BitstreamError(f"entropy decoding failed ({type(exc).__name__}: {exc}); "
+                                 "the bitstream is corrupt") from exc
+        finally:
+            self.train(was_training)
+        x_hat = out["x_hat"]
+        if tuple(x_hat.shape[-2:]) != (ph, pw):
+            raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the "
+                                 f"header's {ph}x{pw}; the bitstream is corrupt")
+        return crop_padding(x_hat.clamp(0, 1), header.height, header.width)
+
+    @torch.no_grad()
+    def roundtrip(self, image: ImageLike) -> CodedImage:
+        """Compress and decompress one image; report actual and estimated bpp side by side."""
+        data = self.compress(image)
+        x, h, w, _ = self._prepare(image)
+        was_training = self.training
+        self.eval()
+        try:
+            likelihoods = self.encode(x)["likelihoods"]
+        finally:
+            self.train(was_training)
+        header, strings = bitstream.unpack(data)
+        pixels = h * w
+        return CodedImage(
+            x_hat=self.decompress(data),
+            data=data,
+            bpp=len(data) * 8 / pixels,
+            bpp_payload=sum(len(s) for s in strings) * 8 / pixels,
+            bpp_estimate=float(self.bpp_estimate(likelihoods, pixels)),
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, object]:
+        return {"name": self.name, "quality": self.quality, "N": self.N, "M": self.M}
+
+    def codec_state(self) -> dict[str, object]:
+        """What a saved codec holds: its config and the CompressAI model's weights only."""
+        return {"codec_config": self.config(), "state_dict": self.model.state_dict()}
+
+
+class _StopAtDecoder(Exception):
+    """Raised by the g_s pre-hook to end a forward at the decoder's input (see ``encode``)."""
+
+
+def build_codec(name: str = "bmshj2018-hyperprior", quality: int = 3, N: int | None = None,
+                M: int | None = None, pretrained: bool = False) -> ICMCodec:
+    """Build an :class:`ICMCodec` by name (see :data:`CODEC_NAMES`) and quality or N/M."""
+    model = build_compressai_model(name, quality, N, M, pretrained)
+    if pretrained or (N is None and M is None):
+        N_, M_ = None, None
+    else:
+        default = _cfg(name, quality)
+        N_, M_ = N or default[0], (M or default[-1]) if not name.startswith("cheng") else N
+    return ICMCodec(model, name, quality if (pretrained or (N is None and M is None)) else 0,
+                    N_, M_)
+
+
+def codec_from_config(cfg) -> ICMCodec:
+    """Build from a :class:`~icm_lib.profiles.CodecConfig`."""
+    return build_codec(cfg.name, cfg.quality, cfg.N, cfg.M, cfg.pretrained)
+
+
+def load_codec(state: dict) -> ICMCodec:
+    """Rebuild a codec saved with :meth:`ICMCodec.codec_state` (e.g. from ``load_checkpoint``)."""
+    try:
+        cfg = state["codec_config"]
+        model = build_compressai_model(cfg["name"], max(cfg["quality"], 1) if cfg["quality"] else 3,
+                                       None if cfg["quality"] else cfg["N"],
+                                       None if cfg["quality"] else cfg["M"])
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
+    codec = ICMCodec(model, cfg["name"], cfg["quality"], cfg["N"], cfg["M"])
+    codec.update(force=True)
+    return codec
+
+
+__all__ = ["CODEC_NAMES", "ICMCodec", "CodedImage", "build_codec", "build_compressai_model",
+           "codec_from_config", "load_codec", "WeightsUnavailableError"]

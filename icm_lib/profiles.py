@@ -1,0 +1,156 @@
+"""Named profiles: every size, step count and model choice of the tutorial in one place.
+
+``smoke``  tests: seconds per notebook, tiny data and models.
+``cpu``    the embedded default: the whole tutorial on a 2-core machine without a GPU.
+``paper``  a GPU: pretrained cheng2020-attn, COCO2017 / Pascal-Context59 and the recognition models
+           and hyper-parameters of Iino et al. section 4.1.
+
+Use :func:`get_profile` (``get_profile("cpu", data__n_train=64)`` overrides one field).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are cut.
+
+    Attributes:
+        source: ``"embedded"`` (procedural scenes generated under ``data/``) or ``"real"``
+            (COCO2017 / Pascal-Context59 at ``coco_root`` / ``context_root``).
+        image_size: side of the generated square scenes (embedded only).
+        n_train, n_val: number of generated scenes per split (embedded only).
+        seed: generator seed (embedded only); the same seed gives byte-identical data.
+        train_crop: side of the random training crops (256 in the paper).
+        eval_short_edge: evaluation images are resized so the shorter edge has this length
+            (800 in the paper for COCO), then padded to a multiple of 64. ``None`` keeps the size.
+        coco_root, context_root: paths of the real datasets (``source="real"``).
+    """
+
+    source: str = "embedded"
+    image_size: int = 256
+    n_train: int = 256
+    n_val: int = 48
+    seed: int = 0
+    train_crop: int = 128
+    eval_short_edge: int | None = None
+    coco_root: str | None = None
+    context_root: str | None = None
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The learned codec (a CompressAI model).
+
+    Attributes:
+        name: CompressAI zoo name (``cheng2020-attn``, ``mbt2018-mean``, ``bmshj2018-hyperprior``,
+            ``bmshj2018-factorized``).
+        quality: zoo quality 1..8; sets N/M when they are not given and picks pretrained weights.
+        N, M: explicit channel counts (small CPU models); ``None`` uses the zoo's for ``quality``.
+        pretrained: load CompressAI's pretrained weights (needs internet once).
+    """
+
+    name: str = "bmshj2018-hyperprior"
+    quality: int = 3
+    N: int | None = 64
+    M: int | None = 96
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    """The frozen recognition models that define the task loss.
+
+    Attributes:
+        det_backbone: Faster R-CNN FPN backbone (``resnet18``, ``resnet50``, ``resnext101_32x8d``).
+        seg_encoder: DeepLabV3+ encoder (``resnet18`` ... ``resnet101``).
+        pretrained: load the libraries' pretrained weights (COCO detector; ImageNet encoder).
+        train_steps: optimisation steps when training on the embedded data (0 with pretrained).
+        batch_size, lr: for that training.
+        score_threshold: detections above it become pseudo-labels (Yamazaki et al.).
+        rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_batch_size_per_image,
+        box_batch_size_per_image: Faster R-CNN sampling in train mode; the task loss uses train
+            mode, and torchvision's defaults (2000/2000/256/512) cost 5x on a CPU.
+        min_size, max_size: Faster R-CNN's internal resize (set to the image size to disable).
+    """
+
+    det_backbone: str = "resnet18"
+    seg_encoder: str = "resnet18"
+    pretrained: bool = False
+    train_steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    score_threshold: float = 0.5
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_post_nms_top_n_train: int = 300
+    rpn_batch_size_per_image: int = 64
+    box_batch_size_per_image: int = 64
+    min_size: int = 256
+    max_size: int = 256
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A complete configuration of the tutorial; see the module docstring."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        data=DataConfig(image_size=128, n_train=16, n_val=8, train_crop=64),
+        codec=CodecConfig(N=32, M=48),
+        recognition=RecognitionConfig(train_steps=4, batch_size=4, min_size=128, max_size=128),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        data=DataConfig(image_size=256, n_train=384, n_val=48, train_crop=128),
+        codec=CodecConfig(N=64, M=96),
+        recognition=RecognitionConfig(train_steps=400, batch_size=8, min_size=256, max_size=256),
+    ),
+    "paper": Profile(
+        name="paper",
+        data=DataConfig(source="real", train_crop=256, eval_short_edge=800,
+                        coco_root="data/coco", context_root="data/VOCdevkit/VOC2010"),
+        codec=CodecConfig(name="cheng2020-attn", quality=3, N=None, M=None, pretrained=True),
+        recognition=RecognitionConfig(
+            det_backbone="resnext101_32x8d", seg_encoder="resnet101", pretrained=True,
+            train_steps=0, batch_size=16, rpn_pre_nms_top_n_train=2000,
+            rpn_post_nms_top_n_train=2000, rpn_batch_size_per_image=256,
+            box_batch_size_per_image=512, min_size=800, max_size=1333),
+    ),
+}
+
+
+def get_profile(name: str, **overrides: Any) -> Profile:
+    """Return the named profile, with ``section__field=value`` overrides applied.
+
+    Args:
+        name: ``smoke``, ``cpu`` or ``paper``.
+        **overrides: e.g. ``data__n_train=64`` or ``codec__name="mbt2018-mean"``.
+
+    Raises:
+        ValueError: unknown profile or field.
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    profile = PROFILES[name]
+    for key, value in overrides.items():
+        section, _, fld = key.partition("__")
+        if not fld or not hasattr(profile, section):
+            raise ValueError(f"override {key!r} must look like 'data__n_train'")
+        sub = getattr(profile, section)
+        if fld not in {f.name for f in dataclasses.fields(sub)}:
+            raise ValueError(f"{type(sub).__name__} has no field {fld!r}")
+        profile = replace(profile, **{section: replace(sub, **{fld: value})})
+    return profile
