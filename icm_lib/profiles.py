@@ -69,12 +69,14 @@ class RecognitionConfig:
         seg_encoder: DeepLabV3+ encoder (``resnet18`` ... ``resnet101``).
         pretrained: load the libraries' pretrained weights (COCO detector; ImageNet encoder).
         train_steps: optimisation steps when training on the embedded data (0 with pretrained).
-        batch_size, lr: for that training.
+        batch_size: for that training.
+        det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.).
         rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_batch_size_per_image,
         box_batch_size_per_image: Faster R-CNN sampling in train mode; the task loss uses train
             mode, and torchvision's defaults (2000/2000/256/512) cost 5x on a CPU.
-        min_size, max_size: Faster R-CNN's internal resize (set to the image size to disable).
+        box_head_dim: RoI box-head width (``None``: torchvision's 1024).
+        anchor_sizes: anchor size per FPN level (``None``: torchvision's 32..512).
     """
 
     det_backbone: str = "resnet18"
@@ -82,14 +84,44 @@ class RecognitionConfig:
     pretrained: bool = False
     train_steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3
+    det_lr: float = 0.02
+    seg_lr: float = 1e-3
     score_threshold: float = 0.5
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
     rpn_batch_size_per_image: int = 64
     box_batch_size_per_image: int = 64
-    min_size: int = 256
-    max_size: int = 256
+    box_head_dim: int | None = 256
+    anchor_sizes: tuple[int, ...] | None = (16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Codec training hyper-parameters.
+
+    Attributes:
+        steps: optimisation steps.
+        batch_size: crops per step.
+        crop: crop side (multiple of 64).
+        lr: Adam learning rate of the codec.
+        quantile_lr: Adam learning rate of the entropy bottleneck's quantiles (CompressAI's
+            separate "aux" optimizer, here called the quantile optimizer).
+        lmbda: rate-distortion trade-off λ.
+        clip_max_norm: gradient clipping of the codec's parameters (0 disables).
+        checkpoint_every, log_every: in steps.
+        seed: sampling and initialisation seed.
+    """
+
+    steps: int = 400
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    quantile_lr: float = 1e-3
+    lmbda: float = 0.01
+    clip_max_norm: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,8 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    #: the human-viewing reference codec (MSE), trained in notebook 00 unless pretrained
+    mse: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,13 +144,15 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         data=DataConfig(image_size=128, n_train=16, n_val=8, train_crop=64),
         codec=CodecConfig(N=32, M=48),
-        recognition=RecognitionConfig(train_steps=4, batch_size=4, min_size=128, max_size=128),
+        recognition=RecognitionConfig(train_steps=4, batch_size=4),
+        mse=TrainConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
     ),
     "cpu": Profile(
         name="cpu",
         data=DataConfig(image_size=256, n_train=384, n_val=48, train_crop=128),
         codec=CodecConfig(N=64, M=96),
-        recognition=RecognitionConfig(train_steps=400, batch_size=8, min_size=256, max_size=256),
+        recognition=RecognitionConfig(train_steps=400, batch_size=8),
+        mse=TrainConfig(steps=600, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
     ),
     "paper": Profile(
         name="paper",
@@ -127,7 +163,8 @@ PROFILES: dict[str, Profile] = {
             det_backbone="resnext101_32x8d", seg_encoder="resnet101", pretrained=True,
             train_steps=0, batch_size=16, rpn_pre_nms_top_n_train=2000,
             rpn_post_nms_top_n_train=2000, rpn_batch_size_per_image=256,
-            box_batch_size_per_image=512, min_size=800, max_size=1333),
+            box_batch_size_per_image=512, box_head_dim=None, anchor_sizes=None),
+        mse=TrainConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
     ),
 }
 

@@ -60,7 +60,8 @@ def _coco_annotation(ann_id: int, image_id: int, obj) -> dict:
             "segmentation": rle, "iscrowd": 0}
 
 
-def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int) -> dict:
+def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int,
+           progress: bool) -> dict:
     coco, voc = root / "coco", root / "VOCdevkit" / "VOC2010"
     for d in [coco / "annotations", voc / "JPEGImages", voc / "SegmentationClassContext",
               voc / "ImageSets" / "SegmentationContext"]:
@@ -72,7 +73,8 @@ def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int) -> 
         rng = np.random.default_rng(split_seed)
         (coco / f"{split}2017").mkdir(exist_ok=True)
         images, annotations, ids = [], [], []
-        for i in tqdm(range(n), desc=f"scenes {split}", leave=False):
+        for i in tqdm(range(n), desc=f"scenes {split}", leave=False,
+                       disable=not progress):
             image, label, objects = generate_scene(image_size, rng)
             name = f"{i:06d}.png"
             img_path = coco / f"{split}2017" / name
@@ -97,7 +99,7 @@ def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int) -> 
 
 
 def prepare_embedded(data_dir: str | Path, image_size: int = 256, n_train: int = 256,
-                     n_val: int = 48, seed: int = 0) -> EmbeddedDataset:
+                     n_val: int = 48, seed: int = 0, progress: bool = True) -> EmbeddedDataset:
     """Generate the embedded dataset under ``data_dir`` unless it is already there.
 
     Returns:
@@ -112,7 +114,7 @@ def prepare_embedded(data_dir: str | Path, image_size: int = 256, n_train: int =
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()
         try:
-            counts = _write(tmp, image_size, n_train, n_val, seed)
+            counts = _write(tmp, image_size, n_train, n_val, seed, progress)
             atomic_write_json(tmp / "meta.json", {
                 "generator_version": GENERATOR_VERSION, "image_size": image_size,
                 "n_train": n_train, "n_val": n_val, "seed": seed, "counts": counts,

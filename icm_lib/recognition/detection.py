@@ -1,0 +1,150 @@
+"""Object detection: torchvision Faster R-CNN + FPN, its task loss and pseudo-labels.
+
+Seed 001 uses detectron2's Faster R-CNN X101-FPN. detectron2 has no PyPI release, so this wraps
+torchvision's Faster R-CNN with a ResNet/ResNeXt FPN backbone chosen by name (``resnet18``,
+``resnet50``, ``resnext101_32x8d``, ...). Pretrained weights come through torchvision's weight API:
+COCO weights for the whole detector exist only for ``resnet50``; other backbones get ImageNet
+weights and are trained on the dataset (or loaded from ``checkpoint``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision.models import detection as tvdet
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+from ..errors import WeightsUnavailableError
+from ..weights import require_download
+from .common import freeze, loss_mode
+
+
+def _imagenet_weights(backbone: str):
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(backbone).DEFAULT
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"torchvision has no backbone named {backbone!r}") from exc
+
+
+def _no_resize(image, target=None):
+    return image, target
+
+
+def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: bool = False,
+                   rpn_pre_nms_top_n_train: int = 2000,
+                   rpn_post_nms_top_n_train: int = 2000, rpn_batch_size_per_image: int = 256,
+                   box_batch_size_per_image: int = 512, box_score_thresh: float = 0.05,
+                   box_head_dim: int | None = None,
+                   anchor_sizes: tuple[int, ...] | None = None) -> nn.Module:
+    """A torchvision Faster R-CNN with an FPN over ``backbone``.
+
+    Args:
+        num_classes: object classes *excluding* background (the model gets ``num_classes + 1``).
+        backbone: a torchvision ResNet/ResNeXt name.
+        pretrained: ``resnet50`` -> torchvision's COCO Faster R-CNN (then ``num_classes`` must be
+            90, COCO category ids as labels); other backbones -> ImageNet backbone weights.
+
+    The detector's internal resize is switched off: images arrive already at the geometry of the
+    experiment (256 crops for training, shorter edge 800 + pad-to-64 for evaluation in the paper),
+    which is what the codec codes, so the machine sees exactly the decoded pixels.
+        rpn_*, box_batch_size_per_image: train-mode sampling; smaller is much cheaper on a CPU.
+        box_head_dim: width of the two-layer RoI box head (torchvision: 1024); 256 is ~4x cheaper
+            and enough for the embedded scenes.
+        anchor_sizes: one anchor size per FPN level (torchvision: 32, 64, 128, 256, 512).
+
+    Raises:
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+    """
+    kwargs = dict(rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+                  rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+                  rpn_batch_size_per_image=rpn_batch_size_per_image,
+                  box_batch_size_per_image=box_batch_size_per_image,
+                  box_score_thresh=box_score_thresh)
+    if pretrained and backbone == "resnet50":
+        weights = tvdet.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
+        require_download(weights.url, "torchvision Faster R-CNN R50-FPN v2 (COCO)")
+        if num_classes + 1 != len(weights.meta["categories"]):
+            raise ValueError("torchvision's COCO detector predicts 91 category ids; use "
+                             "num_classes=90 with CocoDetection(..., contiguous=False)")
+        model = tvdet.fasterrcnn_resnet50_fpn_v2(weights=weights, **kwargs)
+        model.transform.resize = _no_resize
+        return model
+    weights = None
+    if pretrained:
+        weights = _imagenet_weights(backbone)
+        require_download(weights.url, f"torchvision {backbone} (ImageNet)")
+    # Trained from scratch, the backbone needs real BatchNorm; with ImageNet weights torchvision's
+    # FrozenBatchNorm2d is the standard choice.
+    norm = None if weights is not None else nn.BatchNorm2d
+    extra = {} if norm is None else {"norm_layer": norm}
+    fpn = resnet_fpn_backbone(backbone_name=backbone, weights=weights,
+                              trainable_layers=5 if weights is None else 3, **extra)
+    if anchor_sizes is not None:
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(
+            tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    if box_head_dim is not None:
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+        kwargs["box_head"] = TwoMLPHead(fpn.out_channels * 7 * 7, box_head_dim)
+        kwargs["box_predictor"] = FastRCNNPredictor(box_head_dim, num_classes + 1)
+        num_classes_arg = None
+    else:
+        num_classes_arg = num_classes + 1
+    model = tvdet.FasterRCNN(fpn, num_classes=num_classes_arg, **kwargs)
+    model.transform.resize = _no_resize
+    return model
+
+
+class DetectionTask:
+    """A frozen detector seen as a machine: pseudo-labels and a differentiable task loss.
+
+    Args:
+        model: a torchvision Faster R-CNN (frozen here).
+        score_threshold: detections above it are pseudo-labels.
+    """
+
+    kind = "det"
+
+    def __init__(self, model: nn.Module, score_threshold: float = 0.5):
+        self.model = freeze(model)
+        self.score_threshold = score_threshold
+
+    def to(self, device) -> "DetectionTask":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Detections on (B, 3, H, W) in [0, 1]: per image boxes (xyxy), scores, labels."""
+        self.model.eval()
+        return self.model(list(images.clamp(0, 1)))
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The model's output on the original images, kept above the score threshold: the
+        targets y of seed 001's Eq. 4-5 (after Yamazaki et al.)."""
+        out = []
+        for det in self.predict(images):
+            keep = det["scores"] >= self.score_threshold
+            out.append({"boxes": det["boxes"][keep], "labels": det["labels"][keep]})
+        return out
+
+    def task_loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Faster R-CNN's own training losses of decoded images against ``targets``.
+
+        Differentiable with respect to ``images`` (B, 3, H, W); the weights stay frozen and
+        BatchNorm uses its running statistics. Returns the four torchvision losses and their sum
+        under ``"loss"``.
+        """
+        with loss_mode(self.model):
+            losses = self.model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]}
+                                               for t in targets])
+        losses = dict(losses)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+__all__ = ["build_detector", "DetectionTask", "WeightsUnavailableError"]

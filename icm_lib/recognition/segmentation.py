@@ -1,0 +1,94 @@
+"""Semantic segmentation: segmentation_models_pytorch DeepLabV3+, its task loss, pseudo-labels.
+
+Seed 001 uses MMSegmentation's DeepLabV3+ with a ResNet-101; mmsegmentation needs mmcv built from
+source, so this wraps smp's DeepLabV3+ (encoder chosen by name, ``resnet18`` ... ``resnet101``).
+``pretrained=True`` loads smp's ImageNet encoder weights (from the Hugging Face hub); the
+segmentation head is trained on the dataset (or loaded from a checkpoint).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.context import IGNORE_INDEX
+from ..errors import WeightsUnavailableError
+from ..weights import hf_offline_unless_reachable
+from .common import freeze, loss_mode
+
+#: ImageNet normalisation (smp encoders expect normalised input; the wrapper takes [0, 1])
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class NormalizedSegmenter(nn.Module):
+    """An smp model that takes images in [0, 1] and normalises them itself."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> logits (B, C, H, W)."""
+        return self.net((x - self.mean) / self.std)
+
+
+def build_segmenter(num_classes: int, encoder: str = "resnet18",
+                    pretrained: bool = False) -> NormalizedSegmenter:
+    """DeepLabV3+ (smp) with ``encoder``; ImageNet encoder weights when ``pretrained``.
+
+    Raises:
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+    """
+    import segmentation_models_pytorch as smp
+
+    weights = "imagenet" if pretrained else None
+    try:
+        with hf_offline_unless_reachable():
+            net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=weights,
+                                    classes=num_classes)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise WeightsUnavailableError(
+            f"smp {encoder} ImageNet weights cannot be downloaded ({type(exc).__name__}); run "
+            "once with internet (they are cached by huggingface_hub), pass a checkpoint, or use "
+            "pretrained=False") from exc
+    return NormalizedSegmenter(net)
+
+
+class SegmentationTask:
+    """A frozen segmenter seen as a machine: pseudo-labels and a differentiable task loss."""
+
+    kind = "seg"
+
+    def __init__(self, model: nn.Module, num_classes: int):
+        self.model = freeze(model)
+        self.num_classes = num_classes
+
+    def to(self, device) -> "SegmentationTask":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Label map (B, H, W) for images (B, 3, H, W) in [0, 1]."""
+        self.model.eval()
+        return self.model(images.clamp(0, 1)).argmax(1)
+
+    def pseudo_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """argmax of the model on the original images: the targets y of Eq. 4-6."""
+        return self.predict(images)
+
+    def task_loss(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the frozen model's logits on ``images`` against ``targets`` (B, H, W),
+        differentiable with respect to ``images``; ignores ``IGNORE_INDEX``."""
+        with loss_mode(self.model):
+            logits = self.model(images)
+        ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+        return {"loss_ce": ce, "loss": ce}
+
+
+__all__ = ["build_segmenter", "SegmentationTask", "NormalizedSegmenter"]

@@ -1,0 +1,245 @@
+"""Train the recognition models on a dataset, evaluate them, and cache them (load-or-compute).
+
+In the ``paper`` profile the models come pretrained (or from a checkpoint) and training is skipped;
+on the embedded default they are trained here from scratch in minutes on a CPU, then frozen for
+every codec experiment.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..data.coco import CocoDetection
+from ..data.context import IGNORE_INDEX, PascalContextSegmentation
+from ..data.transforms import pad_to_multiple, random_crop
+from ..metrics import ConfusionMatrix, detection_map
+from ..profiles import RecognitionConfig
+from ..runtime import atomic_torch_save, config_hash, load_checkpoint, seed_everything
+from .detection import DetectionTask, build_detector
+from .segmentation import SegmentationTask, build_segmenter
+
+
+class RandomCrops(Dataset):
+    """Random square crops with a horizontal flip, for detection or segmentation items."""
+
+    def __init__(self, base: Dataset, crop: int, seed: int = 0):
+        self.base, self.crop, self.seed = base, crop, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + idx)
+        image, target = self.base[idx]
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        if isinstance(target, dict):  # detection
+            image, boxes, labels, _ = random_crop(image, self.crop, g, target["boxes"],
+                                                  target["labels"])
+            if flip:
+                image = image.flip(-1)
+                boxes = torch.stack([self.crop - boxes[:, 2], boxes[:, 1],
+                                     self.crop - boxes[:, 0], boxes[:, 3]], 1)
+            return image, {"boxes": boxes.reshape(-1, 4), "labels": labels}
+        image, _, _, label = random_crop(image, self.crop, g, label_map=target)
+        if flip:
+            image, label = image.flip(-1), label.flip(-1)
+        return image, label
+
+
+def collate_detection(batch):
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+def _cycle(loader: DataLoader, dataset: RandomCrops):
+    while True:
+        for batch in loader:
+            yield batch
+        dataset.epoch += 1
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_detector(model, dataset: CocoDetection, cfg: RecognitionConfig, crop: int,
+                   device: torch.device, seed: int = 0, progress: bool = True) -> list[float]:
+    """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log."""
+    seed_everything(seed)
+    crops = RandomCrops(dataset, crop, seed)
+    loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collate_detection,
+                        generator=torch.Generator().manual_seed(seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _warmup_cosine(s, cfg.train_steps, max(1, cfg.train_steps // 10)))
+    model.to(device).train()
+    log = []
+    batches = _cycle(loader, crops)
+    bar = tqdm(range(cfg.train_steps), desc="train detector", disable=not progress)
+    for _ in bar:
+        images, targets = next(batches)
+        losses = model(list(images.to(device)),
+                       [{k: v.to(device) for k, v in t.items()} for t in targets])
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        sched.step()
+        log.append(loss.item())
+        bar.set_postfix(loss=f"{log[-1]:.3f}")
+    return log
+
+
+def train_segmenter(model, dataset: PascalContextSegmentation, cfg: RecognitionConfig, crop: int,
+                    device: torch.device, seed: int = 0, progress: bool = True) -> list[float]:
+    """Adam (warm-up + cosine) with cross-entropy on random crops; returns the loss log."""
+    seed_everything(seed)
+    crops = RandomCrops(dataset, crop, seed)
+    loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _warmup_cosine(s, cfg.train_steps, max(1, cfg.train_steps // 10)))
+    model.to(device).train()
+    log = []
+    batches = _cycle(loader, crops)
+    bar = tqdm(range(cfg.train_steps), desc="train segmenter", disable=not progress)
+    for _ in bar:
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images.to(device)), labels.to(device),
+                               ignore_index=IGNORE_INDEX)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        log.append(loss.item())
+        bar.set_postfix(loss=f"{log[-1]:.3f}")
+    return log
+
+
+def eval_batches(dataset: Dataset, batch_size: int = 4):
+    """Evaluation batches of equal-size images at their original size (a codec pads and crops
+    back internally, so bits are counted per original pixel)."""
+    group: list = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if group and (len(group) == batch_size or item[0].shape != group[0][0].shape):
+            yield torch.stack([it[0] for it in group]), [it[1] for it in group]
+            group = []
+        group.append(item)
+    if group:
+        yield torch.stack([it[0] for it in group]), [it[1] for it in group]
+
+
+@torch.no_grad()
+def evaluate_detection(task: DetectionTask, dataset: CocoDetection, device: torch.device,
+                       transform=None, batch_size: int = 4) -> dict[str, float]:
+    """mAP of ``task`` on ``dataset`` against ground truth; ``transform(images)`` (e.g. a codec
+    round trip through real bitstreams) is applied to each batch first."""
+    preds, gts = [], []
+    for images, targets in eval_batches(dataset, batch_size):
+        images = images.to(device)
+        if transform is not None:
+            images = transform(images)
+        preds += [{k: v.cpu() for k, v in p.items()} for p in task.predict(images)]
+        gts += [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    return detection_map(preds, gts)
+
+
+@torch.no_grad()
+def evaluate_segmentation(task: SegmentationTask, dataset: PascalContextSegmentation,
+                          device: torch.device, transform=None,
+                          batch_size: int = 4) -> dict[str, float]:
+    """mIoU and pixel accuracy against ground truth (the model sees a 64-padded image; the
+    padding is cropped from its prediction)."""
+    cm = ConfusionMatrix(task.num_classes, IGNORE_INDEX)
+    for images, labels in eval_batches(dataset, batch_size):
+        images = images.to(device)
+        if transform is not None:
+            images = transform(images)
+        h, w = images.shape[-2:]
+        pred = task.predict(pad_to_multiple(images)[0])[..., :h, :w].cpu()
+        for p, lab in zip(pred, labels):
+            cm.update(p, lab)
+    return {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
+
+
+def _detector_kwargs(cfg: RecognitionConfig) -> dict:
+    return dict(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+                box_batch_size_per_image=cfg.box_batch_size_per_image,
+                box_head_dim=cfg.box_head_dim, anchor_sizes=cfg.anchor_sizes)
+
+
+def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
+                           val_set: CocoDetection, crop: int, cache_dir: str | Path,
+                           device: torch.device, seed: int = 0,
+                           progress: bool = True) -> tuple[DetectionTask, dict]:
+    """A frozen :class:`DetectionTask`, trained and evaluated once, then loaded from the cache.
+
+    The cache file is keyed by the recognition config, the dataset and the seed; it holds the
+    weights and a report (val mAP, training time, loss log).
+    """
+    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
+                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
+    path = Path(cache_dir) / f"detector-{cfg.det_backbone}-{key}.pt"
+    model = build_detector(train_set.num_classes, cfg.det_backbone, cfg.pretrained,
+                           **_detector_kwargs(cfg))
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        model.load_state_dict(ckpt["state_dict"])
+        report = ckpt["report"]
+        report["cached"] = True
+    else:
+        t0 = time.perf_counter()
+        log = train_detector(model, train_set, cfg, crop, device, seed, progress) \
+            if cfg.train_steps else []
+        seconds = time.perf_counter() - t0
+        task = DetectionTask(model, cfg.score_threshold).to(device)
+        report = {"val": evaluate_detection(task, val_set, device), "train_seconds": seconds,
+                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
+        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+    task = DetectionTask(model, cfg.score_threshold).to(device)
+    report["path"] = str(path)
+    return task, report
+
+
+def load_or_train_segmenter(cfg: RecognitionConfig, train_set: PascalContextSegmentation,
+                            val_set: PascalContextSegmentation, crop: int,
+                            cache_dir: str | Path, device: torch.device, seed: int = 0,
+                            progress: bool = True) -> tuple[SegmentationTask, dict]:
+    """A frozen :class:`SegmentationTask`, trained and evaluated once, then loaded from the cache."""
+    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
+                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
+    path = Path(cache_dir) / f"segmenter-{cfg.seg_encoder}-{key}.pt"
+    model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        model.load_state_dict(ckpt["state_dict"])
+        report = ckpt["report"]
+        report["cached"] = True
+    else:
+        t0 = time.perf_counter()
+        log = train_segmenter(model, train_set, cfg, crop, device, seed, progress) \
+            if cfg.train_steps else []
+        seconds = time.perf_counter() - t0
+        task = SegmentationTask(model, train_set.num_classes).to(device)
+        report = {"val": evaluate_segmentation(task, val_set, device), "train_seconds": seconds,
+                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
+        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+    task = SegmentationTask(model, train_set.num_classes).to(device)
+    report["path"] = str(path)
+    return task, report

@@ -1,0 +1,120 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from icm_lib import bitstream
+from icm_lib.codec import CODEC_NAMES, build_codec, load_codec
+from icm_lib.errors import BitstreamError, ImageError, WeightsUnavailableError
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_split_view_shapes_and_parameter_partition(name):
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48)
+    x = torch.rand(2, 3, 64, 128)
+    out = codec(x)
+    assert out["x_hat"].shape == x.shape
+    assert out["latent_hat"].shape[-2:] == (4, 8)
+    assert out["decoder_feature"].shape[0] == 2 and out["decoder_feature"].shape[-2:] == (32, 64)
+    enc = {id(p) for p in codec.encoder_parameters()}
+    dec = {id(p) for p in codec.decoder_parameters()}
+    assert enc and dec and not enc & dec
+    assert enc | dec == {id(p) for p in codec.model.parameters()}
+    # encode() stops before g_s and returns the same latent and likelihoods as forward()
+    codec.eval()
+    full, part = codec(x), codec.encode(x)
+    assert torch.equal(full["latent_hat"], part["latent_hat"])
+    assert set(full["likelihoods"]) == set(part["likelihoods"])
+    for k in full["likelihoods"]:
+        assert torch.equal(full["likelihoods"][k], part["likelihoods"][k])
+    assert torch.allclose(codec.decode(part["latent_hat"]), full["x_hat"])
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "mbt2018-mean", "bmshj2018-factorized"])
+def test_decoded_latent_is_the_encoders_quantized_latent(name):
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48).eval()
+    codec.update()
+    x = torch.rand(1, 3, 128, 192)
+    encoder_side = codec.encode(x)["latent_hat"]
+    data = codec.compress(x)
+    codec.decompress(data)
+    # the pre-hook on g_s recorded what the decoder received from the bitstream
+    decoder_side = codec._captured["latent_hat"]
+    assert torch.equal(encoder_side, decoder_side)
+
+
+def test_cheng2020_attn_round_trip():
+    torch.manual_seed(0)
+    codec = build_codec("cheng2020-attn", N=32).eval()
+    x = torch.rand(3, 64, 64)
+    y = codec.decompress(codec.compress(x))
+    assert y.shape == (1, 3, 64, 64) and torch.isfinite(y).all()
+
+
+def test_real_bits_match_the_estimate_within_one_percent(trained_codec):
+    codec, images = trained_codec
+    x = torch.cat([torch.cat([images[0], images[1]], -1), torch.cat([images[2], images[3]], -1)],
+                  -2)  # 256 x 256
+    coded = codec.roundtrip(x)
+    assert coded.bpp_estimate > 0.05
+    # the payload matches the likelihoods the range coder uses to within 1 % ...
+    assert abs(coded.bpp_payload / coded.bpp_coder_estimate - 1) < 0.01
+    # ... which exceed the training estimate only by CompressAI's scale-table rounding
+    assert coded.bpp_estimate <= coded.bpp_coder_estimate < 1.06 * coded.bpp_estimate
+    assert coded.bpp > coded.bpp_payload  # the container header is counted in the actual bpp
+    assert coded.x_hat.shape == (1, 3, 256, 256)
+    mse = float(((coded.x_hat - x[None]) ** 2).mean())
+    assert mse < 0.01
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.rand(3, 70, 90),                                        # not a multiple of 64
+    lambda: torch.rand(3, 20, 33),                                        # smaller than 64 px
+    lambda: (np.random.default_rng(0).random((65, 64)) * 255).astype(np.uint8),  # grayscale
+    lambda: (np.random.default_rng(0).random((64, 80, 4)) * 255).astype(np.uint8),  # RGBA
+    lambda: (np.random.default_rng(0).random((64, 64, 3)) * 65535).astype(np.uint16),  # 16-bit
+])
+def test_odd_images_are_converted_and_cropped_back(trained_codec, make):
+    codec, _ = trained_codec
+    image = make()
+    h, w = image.shape[-2:] if isinstance(image, torch.Tensor) else image.shape[:2]
+    y = codec.decompress(codec.compress(image))
+    assert y.shape == (1, 3, h, w)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 5, 3), np.uint8), np.zeros((8, 8, 5), np.uint8),
+                                 np.full((8, 8, 3), 2.0, np.float32), "no/such/file.png"])
+def test_bad_images_raise_image_error(trained_codec, bad):
+    codec, _ = trained_codec
+    with pytest.raises(ImageError):
+        codec.compress(bad)
+
+
+def test_bitstream_from_another_codec_is_refused(trained_codec):
+    codec, images = trained_codec
+    other = build_codec("bmshj2018-hyperprior", N=32, M=64).eval()
+    with pytest.raises(BitstreamError, match="load the matching model"):
+        other.decompress(codec.compress(images[0]))
+
+
+def test_saved_codec_round_trips(trained_codec, tmp_path):
+    from icm_lib.runtime import atomic_torch_save, load_checkpoint
+
+    codec, images = trained_codec
+    atomic_torch_save(codec.codec_state(), tmp_path / "codec.pt")
+    loaded = load_codec(load_checkpoint(tmp_path / "codec.pt")).eval()
+    data = codec.compress(images[0])
+    assert loaded.compress(images[0]) == data
+    assert torch.equal(loaded.decompress(data), codec.decompress(data))
+
+
+def test_pretrained_offline_fails_fast_with_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICM_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # empty cache
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="internet"):
+        build_codec("cheng2020-attn", quality=3, pretrained=True)
+    assert time.perf_counter() - t0 < 5

@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icm_lib.metrics import (BDRateError, ConfusionMatrix, bd_rate, bpp_from_likelihoods,
+                             detection_map, ms_ssim, psnr)
+from icm_lib.profiles import get_profile
+from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint, rng_state,
+                             set_rng_state)
+from icm_lib.errors import CheckpointError
+
+
+def test_psnr_and_ms_ssim():
+    x = torch.rand(2, 3, 64, 64)
+    assert psnr(x, x + 0.1 * torch.ones_like(x)) == pytest.approx(20.0, abs=1e-4)
+    assert ms_ssim(x, x) == pytest.approx(1.0, abs=1e-6)
+    assert ms_ssim(x, torch.rand_like(x)) < 0.5
+
+
+def test_bpp_from_likelihoods():
+    lk = {"y": torch.full((2, 4, 2, 2), 0.5)}  # 1 bit per element, 16 per image
+    assert float(bpp_from_likelihoods(lk, 16)) == pytest.approx(1.0)
+
+
+def test_miou_known_values():
+    cm = ConfusionMatrix(3)
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 0]])
+    cm.update(pred, target)
+    # class 0: inter 1, union 3; class 1: inter 2, union 3; class 2: inter 1, union 2
+    assert cm.miou() == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_detection_map_perfect_and_empty():
+    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]]), "labels": torch.tensor([1, 2])}]
+    perfect = [{**gt[0], "scores": torch.tensor([0.9, 0.8])}]
+    assert detection_map(perfect, gt)["map"] == pytest.approx(1.0)
+    none = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+    assert detection_map(none, gt)["map"] == pytest.approx(0.0)
+
+
+def test_bd_rate_known_shift_and_errors():
+    r = [0.1, 0.2, 0.4, 0.8]
+    q = [0.3, 0.4, 0.5, 0.6]
+    assert bd_rate(r, q, [v * 0.8 for v in r], q) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(r, q, [v * 1.25 for v in r], q) == pytest.approx(25.0, abs=1e-6)
+    with pytest.raises(BDRateError, match="increase"):
+        bd_rate(r, [0.3, 0.5, 0.4, 0.6], r, q)
+    with pytest.raises(BDRateError, match="overlap"):
+        bd_rate(r, q, r, [0.7, 0.8, 0.9, 0.95])
+    with pytest.raises(BDRateError, match="4"):
+        bd_rate(r[:3], q[:3], r, q)
+
+
+def test_atomic_checkpoint_and_truncation(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"w": torch.arange(5), "step": 3}, path)
+    assert load_checkpoint(path)["step"] == 3
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match="delete it"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "x.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    torch.manual_seed(1)
+    atomic_torch_save({"rng": rng_state()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_profiles_and_overrides():
+    p = get_profile("cpu", data__n_train=10, codec__name="mbt2018-mean")
+    assert p.data.n_train == 10 and p.codec.name == "mbt2018-mean"
+    assert get_profile("paper").codec.name == "cheng2020-attn"
+    with pytest.raises(ValueError):
+        get_profile("gpu")
+    with pytest.raises(ValueError):
+        get_profile("cpu", data__nope=1)
