@@ -308,6 +308,9 @@ class ICMCodec(nn.Module):
         finally:
             self.train(was_training)
         x_hat = out["x_hat"]
+        if not torch.isfinite(x_hat).all():
+            raise BitstreamError("decoding produced non-finite pixels: the entropy-coded payload "
+                                 "is corrupt (it passed the checksum, so it was written corrupt)")
         if tuple(x_hat.shape[-2:]) != (ph, pw):
             raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the "
                                  f"header's {ph}x{pw}; the bitstream is corrupt")

@@ -75,6 +75,8 @@ class RecognitionConfig:
         rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_batch_size_per_image,
         box_batch_size_per_image: Faster R-CNN sampling in train mode; the task loss uses train
             mode, and torchvision's defaults (2000/2000/256/512) cost 5x on a CPU.
+        rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test: proposals at inference (torchvision:
+            1000/1000); 300 keeps evaluation and pseudo-labelling cheap on small images.
         box_head_dim: RoI box-head width (``None``: torchvision's 1024).
         anchor_sizes: anchor size per FPN level (``None``: torchvision's 32..512).
     """
@@ -89,10 +91,12 @@ class RecognitionConfig:
     score_threshold: float = 0.5
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
+    rpn_pre_nms_top_n_test: int = 300
+    rpn_post_nms_top_n_test: int = 300
     rpn_batch_size_per_image: int = 64
     box_batch_size_per_image: int = 64
-    box_head_dim: int | None = 256
-    anchor_sizes: tuple[int, ...] | None = (16, 32, 64, 128, 256)
+    box_head_dim: int | None = None
+    anchor_sizes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,8 @@ PROFILES: dict[str, Profile] = {
         name="cpu",
         data=DataConfig(image_size=256, n_train=384, n_val=48, train_crop=128),
         codec=CodecConfig(N=64, M=96),
-        recognition=RecognitionConfig(train_steps=400, batch_size=8),
-        mse=TrainConfig(steps=600, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
+        recognition=RecognitionConfig(train_steps=300, batch_size=8),
+        mse=TrainConfig(steps=1000, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
     ),
     "paper": Profile(
         name="paper",
@@ -162,7 +166,8 @@ PROFILES: dict[str, Profile] = {
         recognition=RecognitionConfig(
             det_backbone="resnext101_32x8d", seg_encoder="resnet101", pretrained=True,
             train_steps=0, batch_size=16, rpn_pre_nms_top_n_train=2000,
-            rpn_post_nms_top_n_train=2000, rpn_batch_size_per_image=256,
+            rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+            rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256,
             box_batch_size_per_image=512, box_head_dim=None, anchor_sizes=None),
         mse=TrainConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
     ),

@@ -53,11 +53,21 @@ def require_download(url: str, what: str) -> None:
 def hf_offline_unless_reachable(host: str = "huggingface.co"):
     """Set ``HF_HUB_OFFLINE=1`` while building smp/timm models when the hub cannot be reached,
     so a missing file fails at once instead of retrying for minutes."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    if old is None and not host_reachable(host):
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # smp without the hub: nothing to guard
+        yield
+        return
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    offline = old_const or not host_reachable(host)
+    # huggingface_hub reads the variable once at import; its constant is what calls consult
+    os.environ["HF_HUB_OFFLINE"] = "1" if offline else (old_env or "0")
+    constants.HF_HUB_OFFLINE = offline
     try:
         yield
     finally:
-        if old is None:
+        constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env

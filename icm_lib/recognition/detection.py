@@ -33,7 +33,8 @@ def _no_resize(image, target=None):
 
 def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: bool = False,
                    rpn_pre_nms_top_n_train: int = 2000,
-                   rpn_post_nms_top_n_train: int = 2000, rpn_batch_size_per_image: int = 256,
+                   rpn_post_nms_top_n_train: int = 2000, rpn_pre_nms_top_n_test: int = 1000,
+                   rpn_post_nms_top_n_test: int = 1000, rpn_batch_size_per_image: int = 256,
                    box_batch_size_per_image: int = 512, box_score_thresh: float = 0.05,
                    box_head_dim: int | None = None,
                    anchor_sizes: tuple[int, ...] | None = None) -> nn.Module:
@@ -58,6 +59,8 @@ def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: boo
     """
     kwargs = dict(rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
                   rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+                  rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+                  rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
                   rpn_batch_size_per_image=rpn_batch_size_per_image,
                   box_batch_size_per_image=box_batch_size_per_image,
                   box_score_thresh=box_score_thresh)

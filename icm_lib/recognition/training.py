@@ -179,67 +179,61 @@ def evaluate_segmentation(task: SegmentationTask, dataset: PascalContextSegmenta
 def _detector_kwargs(cfg: RecognitionConfig) -> dict:
     return dict(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
                 rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
                 rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
                 box_batch_size_per_image=cfg.box_batch_size_per_image,
                 box_head_dim=cfg.box_head_dim, anchor_sizes=cfg.anchor_sizes)
+
+
+def _load_or_train(name: str, model, make_task, train_fn, eval_fn, cfg: RecognitionConfig,
+                   train_set, val_set, crop: int, cache_dir: str | Path, device: torch.device,
+                   seed: int, progress: bool):
+    """Load ``model``'s weights and report from the cache, or train, evaluate and cache them.
+
+    The cache file is keyed by the recognition config, the dataset, the crop and the seed; it holds
+    the weights and a report (val metric, training seconds, loss log).
+    """
+    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
+                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
+    path = Path(cache_dir) / f"{name}-{key}.pt"
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        model.load_state_dict(ckpt["state_dict"])
+        report = ckpt["report"]
+        report["cached"] = True
+    else:
+        t0 = time.perf_counter()
+        log = train_fn(model, train_set, cfg, crop, device, seed, progress) \
+            if cfg.train_steps else []
+        seconds = time.perf_counter() - t0
+        report = {"val": eval_fn(make_task(), val_set, device), "train_seconds": seconds,
+                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
+        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+    report["path"] = str(path)
+    return make_task(), report
 
 
 def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
                            val_set: CocoDetection, crop: int, cache_dir: str | Path,
                            device: torch.device, seed: int = 0,
                            progress: bool = True) -> tuple[DetectionTask, dict]:
-    """A frozen :class:`DetectionTask`, trained and evaluated once, then loaded from the cache.
-
-    The cache file is keyed by the recognition config, the dataset and the seed; it holds the
-    weights and a report (val mAP, training time, loss log).
-    """
-    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
-                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
-    path = Path(cache_dir) / f"detector-{cfg.det_backbone}-{key}.pt"
+    """A frozen :class:`DetectionTask`, trained and evaluated once (val mAP), then cached."""
     model = build_detector(train_set.num_classes, cfg.det_backbone, cfg.pretrained,
                            **_detector_kwargs(cfg))
-    if path.is_file():
-        ckpt = load_checkpoint(path)
-        model.load_state_dict(ckpt["state_dict"])
-        report = ckpt["report"]
-        report["cached"] = True
-    else:
-        t0 = time.perf_counter()
-        log = train_detector(model, train_set, cfg, crop, device, seed, progress) \
-            if cfg.train_steps else []
-        seconds = time.perf_counter() - t0
-        task = DetectionTask(model, cfg.score_threshold).to(device)
-        report = {"val": evaluate_detection(task, val_set, device), "train_seconds": seconds,
-                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
-        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
-    task = DetectionTask(model, cfg.score_threshold).to(device)
-    report["path"] = str(path)
-    return task, report
+    return _load_or_train(f"detector-{cfg.det_backbone}", model,
+                          lambda: DetectionTask(model, cfg.score_threshold).to(device),
+                          train_detector, evaluate_detection, cfg, train_set, val_set, crop,
+                          cache_dir, device, seed, progress)
 
 
 def load_or_train_segmenter(cfg: RecognitionConfig, train_set: PascalContextSegmentation,
                             val_set: PascalContextSegmentation, crop: int,
                             cache_dir: str | Path, device: torch.device, seed: int = 0,
                             progress: bool = True) -> tuple[SegmentationTask, dict]:
-    """A frozen :class:`SegmentationTask`, trained and evaluated once, then loaded from the cache."""
-    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
-                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
-    path = Path(cache_dir) / f"segmenter-{cfg.seg_encoder}-{key}.pt"
+    """A frozen :class:`SegmentationTask`, trained and evaluated once (val mIoU), then cached."""
     model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
-    if path.is_file():
-        ckpt = load_checkpoint(path)
-        model.load_state_dict(ckpt["state_dict"])
-        report = ckpt["report"]
-        report["cached"] = True
-    else:
-        t0 = time.perf_counter()
-        log = train_segmenter(model, train_set, cfg, crop, device, seed, progress) \
-            if cfg.train_steps else []
-        seconds = time.perf_counter() - t0
-        task = SegmentationTask(model, train_set.num_classes).to(device)
-        report = {"val": evaluate_segmentation(task, val_set, device), "train_seconds": seconds,
-                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
-        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
-    task = SegmentationTask(model, train_set.num_classes).to(device)
-    report["path"] = str(path)
-    return task, report
+    return _load_or_train(f"segmenter-{cfg.seg_encoder}", model,
+                          lambda: SegmentationTask(model, train_set.num_classes).to(device),
+                          train_segmenter, evaluate_segmentation, cfg, train_set, val_set, crop,
+                          cache_dir, device, seed, progress)

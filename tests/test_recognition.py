@@ -1,0 +1,102 @@
+import time
+
+import pytest
+import torch
+
+from icm_lib.errors import WeightsUnavailableError
+from icm_lib.recognition import DetectionTask, SegmentationTask, build_detector, build_segmenter
+from icm_lib.recognition.training import RandomCrops, evaluate_segmentation
+
+SMALL = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+             rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=32,
+             box_batch_size_per_image=32, box_head_dim=64, anchor_sizes=(16, 32, 64, 128, 256))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    return DetectionTask(build_detector(6, "resnet18", **SMALL), score_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    return SegmentationTask(build_segmenter(11, "resnet18"), 11)
+
+
+def _bn_stats(model):
+    return [m.running_mean.clone() for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("which", ["detector", "segmenter"])
+def test_task_loss_reaches_pixels_not_weights_and_keeps_bn_frozen(which, request):
+    task = request.getfixturevalue(which)
+    x = torch.rand(2, 3, 64, 64)
+    targets = task.pseudo_labels(x)
+    before = _bn_stats(task.model)
+    xr = x.clone().requires_grad_(True)
+    losses = task.task_loss(xr, targets)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in task.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, _bn_stats(task.model)))
+    assert not task.model.training
+
+
+def test_detection_pseudo_labels_respect_the_threshold(detector):
+    x = torch.rand(2, 3, 64, 64)
+    raw = detector.predict(x)
+    detector.score_threshold = 0.5
+    try:
+        kept = detector.pseudo_labels(x)
+    finally:
+        detector.score_threshold = 0.0
+    for r, k in zip(raw, kept):
+        assert len(k["boxes"]) == int((r["scores"] >= 0.5).sum())
+        assert set(k) == {"boxes", "labels"}
+
+
+def test_detector_keeps_the_image_geometry(detector):
+    """No internal resize: the machine sees exactly the decoded pixels, boxes in their frame."""
+    x = torch.rand(1, 3, 64, 128)
+    images, _ = detector.model.transform(list(x))
+    assert tuple(images.image_sizes[0]) == (64, 128)
+
+
+def test_segmenter_label_map_and_evaluation(segmenter, scenes):
+    from icm_lib.data.context import PascalContextSegmentation
+
+    val = PascalContextSegmentation(scenes.context_root, "val", max_images=2)
+    labels = segmenter.pseudo_labels(torch.rand(2, 3, 64, 64))
+    assert labels.shape == (2, 64, 64) and labels.max() < 11
+    out = evaluate_segmentation(segmenter, val, torch.device("cpu"))
+    assert 0 <= out["miou"] <= 1 and 0 <= out["pixel_acc"] <= 1
+
+
+def test_random_crops_keep_boxes_inside(scenes):
+    from icm_lib.data.coco import CocoDetection
+
+    crops = RandomCrops(CocoDetection(scenes.coco_root, "train"), 64, seed=0)
+    for i in range(len(crops)):
+        image, target = crops[i]
+        assert image.shape == (3, 64, 64)
+        b = target["boxes"]
+        assert ((b >= 0) & (b <= 64)).all() and (b[:, 2] > b[:, 0]).all()
+        assert len(target["labels"]) == len(b)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: build_detector(6, "resnet18", pretrained=True),
+    lambda: build_detector(90, "resnet50", pretrained=True),
+    lambda: build_segmenter(11, "resnet18", pretrained=True),
+])
+def test_pretrained_offline_fails_fast(build, monkeypatch, tmp_path):
+    monkeypatch.setenv("ICM_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError):
+        build()
+    assert time.perf_counter() - t0 < 10
