@@ -134,8 +134,8 @@ def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, loss_fn
         qopt.step()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            record = {"step": done, **{k: float(v) for k, v in parts.items()},
-                      "quantile_loss": float(qloss), "seconds": round(time.perf_counter() - t0, 3)}
+            record = {"step": done, **{k: v.item() for k, v in parts.items()},
+                      "quantile_loss": qloss.item(), "seconds": round(time.perf_counter() - t0, 3)}
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})

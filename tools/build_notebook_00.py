@@ -76,7 +76,7 @@ PROFILE = "cpu"          # smoke | cpu | paper
 SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/00_data_preparation"  # figures + metrics.json (env ICM_OUTPUT_DIR)
-DEVICE = ""              # "" = cuda if available, else cpu
+DEVICE = ""              # empty: cuda if available, else cpu
 N_EXAMPLES = 4""", metadata={"tags": ["parameters"]}))
 cells.append(code("""from icm_lib.notebook import setup
 

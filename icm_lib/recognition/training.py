@@ -186,6 +186,10 @@ def _detector_kwargs(cfg: RecognitionConfig) -> dict:
                 box_head_dim=cfg.box_head_dim, anchor_sizes=cfg.anchor_sizes)
 
 
+#: settings that change inference but not the trained weights; they do not key the cache
+INFERENCE_ONLY = ("score_threshold", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
+
+
 def _load_or_train(name: str, model, make_task, train_fn, eval_fn, cfg: RecognitionConfig,
                    train_set, val_set, crop: int, cache_dir: str | Path, device: torch.device,
                    seed: int, progress: bool):
@@ -194,7 +198,8 @@ def _load_or_train(name: str, model, make_task, train_fn, eval_fn, cfg: Recognit
     The cache file is keyed by the recognition config, the dataset, the crop and the seed; it holds
     the weights and a report (val metric, training seconds, loss log).
     """
-    key = config_hash({"cfg": asdict(cfg), "data": str(Path(train_set.root).resolve()),
+    trained_by = {k: v for k, v in asdict(cfg).items() if k not in INFERENCE_ONLY}
+    key = config_hash({"cfg": trained_by, "data": str(Path(train_set.root).resolve()),
                        "classes": train_set.num_classes, "crop": crop, "seed": seed})
     path = Path(cache_dir) / f"{name}-{key}.pt"
     if path.is_file():
