@@ -71,6 +71,28 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def _fit(model, crops: RandomCrops, loader: DataLoader, params, opt, steps: int, loss_of,
+         clip: float | None, desc: str, device: torch.device, progress: bool) -> list[float]:
+    """The shared loop: warm-up + cosine schedule, optional clipping, progress bar, loss log."""
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10)))
+    model.to(device).train()
+    log = []
+    batches = _cycle(loader, crops)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        loss = loss_of(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        log.append(loss.item())
+        bar.set_postfix(loss=f"{log[-1]:.3f}")
+    return log
+
+
 def train_detector(model, dataset: CocoDetection, cfg: RecognitionConfig, crop: int,
                    device: torch.device, seed: int = 0, progress: bool = True) -> list[float]:
     """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log."""
@@ -81,25 +103,15 @@ def train_detector(model, dataset: CocoDetection, cfg: RecognitionConfig, crop: 
                         generator=torch.Generator().manual_seed(seed))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _warmup_cosine(s, cfg.train_steps, max(1, cfg.train_steps // 10)))
-    model.to(device).train()
-    log = []
-    batches = _cycle(loader, crops)
-    bar = tqdm(range(cfg.train_steps), desc="train detector", disable=not progress)
-    for _ in bar:
-        images, targets = next(batches)
+
+    def loss_of(batch):
+        images, targets = batch
         losses = model(list(images.to(device)),
                        [{k: v.to(device) for k, v in t.items()} for t in targets])
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        sched.step()
-        log.append(loss.item())
-        bar.set_postfix(loss=f"{log[-1]:.3f}")
-    return log
+        return sum(losses.values())
+
+    return _fit(model, crops, loader, params, opt, cfg.train_steps, loss_of, 10.0,
+                "train detector", device, progress)
 
 
 def train_segmenter(model, dataset: PascalContextSegmentation, cfg: RecognitionConfig, crop: int,
@@ -109,24 +121,16 @@ def train_segmenter(model, dataset: PascalContextSegmentation, cfg: RecognitionC
     crops = RandomCrops(dataset, crop, seed)
     loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _warmup_cosine(s, cfg.train_steps, max(1, cfg.train_steps // 10)))
-    model.to(device).train()
-    log = []
-    batches = _cycle(loader, crops)
-    bar = tqdm(range(cfg.train_steps), desc="train segmenter", disable=not progress)
-    for _ in bar:
-        images, labels = next(batches)
-        loss = F.cross_entropy(model(images.to(device)), labels.to(device),
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.seg_lr)
+
+    def loss_of(batch):
+        images, labels = batch
+        return F.cross_entropy(model(images.to(device)), labels.to(device),
                                ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        log.append(loss.item())
-        bar.set_postfix(loss=f"{log[-1]:.3f}")
-    return log
+
+    return _fit(model, crops, loader, params, opt, cfg.train_steps, loss_of, None,
+                "train segmenter", device, progress)
 
 
 def eval_batches(dataset: Dataset, batch_size: int = 4):
