@@ -356,13 +356,8 @@ def build_codec(name: str = "bmshj2018-hyperprior", quality: int = 3, N: int | N
                 M: int | None = None, pretrained: bool = False) -> ICMCodec:
     """Build an :class:`ICMCodec` by name (see :data:`CODEC_NAMES`) and quality or N/M."""
     model = build_compressai_model(name, quality, N, M, pretrained)
-    if pretrained or (N is None and M is None):
-        N_, M_ = None, None
-    else:
-        default = _cfg(name, quality)
-        N_, M_ = N or default[0], (M or default[-1]) if not name.startswith("cheng") else N
-    return ICMCodec(model, name, quality if (pretrained or (N is None and M is None)) else 0,
-                    N_, M_)
+    explicit = not pretrained and (N is not None or M is not None)
+    return ICMCodec(model, name, 0 if explicit else quality)  # N, M read from the model
 
 
 def codec_from_config(cfg) -> ICMCodec:
