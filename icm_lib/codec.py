@@ -14,7 +14,6 @@ with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in th
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,6 +25,7 @@ from . import bitstream
 from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
 from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
+from .metrics import bpp_from_likelihoods
 from .weights import require_download
 
 #: the four codecs the tutorial names; cheng2020-attn is seed 001's default.
@@ -188,10 +188,11 @@ class ICMCodec(nn.Module):
         return out
 
     @torch.no_grad()
-    def coder_likelihoods(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def coder_likelihoods(self, x: torch.Tensor, enc: dict | None = None) -> dict[str, torch.Tensor]:
         """Likelihoods as the range coder sees them: each Gaussian scale rounded up to the
-        entry of CompressAI's scale table that ``compress`` uses (eval mode)."""
-        enc = self.encode(x)
+        entry of CompressAI's scale table that ``compress`` uses (eval mode). ``enc``: the
+        output of :meth:`encode` on ``x`` when the caller has it already."""
+        enc = enc if enc is not None else self.encode(x)
         likelihoods = dict(enc["likelihoods"])
         if "gaussian_params" in enc:
             gc = self.model.gaussian_conditional
@@ -229,12 +230,7 @@ class ICMCodec(nn.Module):
     def main_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
 
-    @staticmethod
-    def bpp_estimate(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
-        """-sum(log2 p) / pixels, summed over the batch divided by B (mean bpp per image)."""
-        batch = next(iter(likelihoods.values())).shape[0]
-        bits = sum(torch.log(lk).sum() for lk in likelihoods.values()) / -math.log(2)
-        return bits / (num_pixels * batch)
+    bpp_estimate = staticmethod(bpp_from_likelihoods)
 
     # ------------------------------------------------------------------ real coding
     def update(self, force: bool = True) -> None:
@@ -324,8 +320,9 @@ class ICMCodec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            likelihoods = self.encode(x)["likelihoods"]
-            coder = self.coder_likelihoods(x)
+            enc = self.encode(x)
+            likelihoods = enc["likelihoods"]
+            coder = self.coder_likelihoods(x, enc)
         finally:
             self.train(was_training)
         header, strings = bitstream.unpack(data)

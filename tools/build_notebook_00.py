@@ -201,7 +201,9 @@ header, strings = bitstream.unpack(coded.data)
 # the decoder must receive exactly the encoder's quantized latent
 codec.decompress(coded.data)
 decoded_latent = codec._captured["latent_hat"]
-encoder_latent = codec.encode(pad_to_multiple(image[None].to(device))[0])["latent_hat"]
+with torch.no_grad():
+    enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
+encoder_latent = enc["latent_hat"]
 latent_identical = bool(torch.equal(decoded_latent, encoder_latent))
 
 print(f"{len(coded.data)} bytes for a {header.height}x{header.width} image; streams {[len(s) for s in strings]} bytes")
@@ -210,9 +212,7 @@ print(f"actual bpp {coded.bpp:.4f} (payload {coded.bpp_payload:.4f}) | estimate 
 print(f"header: {header}")
 print(f"decoded latent identical to the encoder's: {latent_identical}")
 
-from icm_lib.metrics import psnr, ms_ssim
-with torch.no_grad():
-    enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
+from icm_lib.metrics import psnr
 bit_map = plots.bit_allocation(enc["likelihoods"], tuple(pad_to_multiple(image)[0].shape[-2:]))
 rt_psnr = psnr(coded.x_hat.cpu(), image[None])
 fig = plots.roundtrip_figure(image, coded.x_hat[0], bit_map[: image.shape[1], : image.shape[2]],
