@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from icm_lib.aux_branch import AuxBackbone
+from icm_lib.codec import build_codec
+
+
+@pytest.mark.parametrize("kind", ["det", "seg"])
+def test_backbone_strides_and_widths(kind):
+    net = AuxBackbone(latent_channels=48, kind=kind, width=0.25)
+    feats = net(torch.randn(2, 48, 8, 12))  # a 128 x 192 image's latent
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    assert [f.shape[1] for f in feats.values()] == net.out_channels == [32, 64, 64, 128]
+
+
+def test_full_width_matches_the_tables():
+    assert AuxBackbone(192, "det").out_channels == [128, 256, 256, 512]
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-attn"])
+def test_a_loss_on_the_branch_reaches_the_encoder_and_never_the_decoder(name):
+    """aux-enc sits on ŷ, the decoder's input: its loss reaches g_a, never g_s (in training, ŷ is
+    y plus uniform noise, so the entropy models are trained by the rate term alone)."""
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48).train()
+    branch = AuxBackbone(codec.M, "det", width=0.25)
+    out = codec(torch.rand(2, 3, 64, 64))
+    loss = sum(f.pow(2).mean() for f in branch(out["latent_hat"]).values())
+    loss.backward()
+    g_a = [p.grad for p in codec.model.g_a.parameters()]
+    assert all(g is not None for g in g_a) and sum(float(g.abs().sum()) for g in g_a) > 0
+    assert all(p.grad is None for p in codec.decoder_parameters())
+    # the branch's parameters are its own: none of them is in the codec's saved state
+    saved = {id(t) for t in codec.model.state_dict(keep_vars=True).values()}
+    assert not saved & {id(p) for p in branch.parameters()}
