@@ -13,14 +13,26 @@ blocks are two 3x3 convolutions (Table 2). ``width`` scales every channel count 
 models. The branch is trained jointly with the codec but is not part of it: its parameters live
 here, never in the codec's state.
 
-Status: backbones only; the detection (RPN + RoI over an FPN) and DeepLabV3+ heads, the aux-dec
-and aux-task positions and the training loop are the work of the seed-001 issue.
+:class:`AuxDetector` puts torchvision's own FPN, RPN and RoI heads on the detection backbone, so
+its loss E(y, ŷ_aux) is the same Faster R-CNN loss as the main model's, on the same pseudo-labels.
+
+Status: the DeepLabV3+ head, the aux-dec and aux-task positions and the training loop are still the
+work of the seed-001 issue.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 from compressai.layers import ResidualBlock, ResidualBlockUpsample
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
 STAGES = ((128, 1), (256, 2), (256, 2), (512, 2))
@@ -102,3 +114,58 @@ class AuxBackbone(nn.Module):
             x = stage(x)
             out[f"conv{i + 2}"] = x
         return out
+
+
+class AuxDetector(nn.Module):
+    """Faster R-CNN head (FPN + RPN + RoI heads, torchvision's modules) on :class:`AuxBackbone`.
+
+    Args:
+        latent_channels: M of the codec.
+        num_classes: object classes without background.
+        width: channel multiplier of the backbone; the FPN has ``256 * width`` channels.
+        rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_batch_size_per_image,
+        box_batch_size_per_image: the same sampling settings as the main detector.
+    """
+
+    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0,
+                 rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
+                 rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512):
+        super().__init__()
+        self.body = AuxBackbone(latent_channels, "det", width)
+        fpn_ch = max(16, int(round(256 * width)))
+        self.fpn = FeaturePyramidNetwork(self.body.out_channels, fpn_ch, LastLevelMaxPool())
+        levels = ("0", "1", "2", "3")
+        anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+        self.rpn = RegionProposalNetwork(
+            anchors, RPNHead(fpn_ch, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+            batch_size_per_image=rpn_batch_size_per_image, positive_fraction=0.5,
+            pre_nms_top_n=dict(training=rpn_pre_nms_top_n_train, testing=1000),
+            post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=1000), nms_thresh=0.7)
+        rep = max(64, int(round(1024 * width)))
+        self.roi_heads = RoIHeads(
+            MultiScaleRoIAlign(list(levels), 7, 2), TwoMLPHead(fpn_ch * 49, rep),
+            FastRCNNPredictor(rep, num_classes + 1), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
+            batch_size_per_image=box_batch_size_per_image, positive_fraction=0.25,
+            bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+
+    def forward(self, latent_hat: torch.Tensor, image_size: tuple[int, int],
+                targets: list[dict] | None = None):
+        """Losses (train mode, ``targets`` given) or detections (eval mode) in image pixels.
+
+        Args:
+            latent_hat: ŷ (B, M, H/16, W/16).
+            image_size: (H, W) of the images the latent codes; boxes live in that frame.
+            targets: per image ``{"boxes": (K, 4) xyxy, "labels": (K,)}`` (pseudo-labels).
+        """
+        feats = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(latent_hat).values())))
+        batch = latent_hat.shape[0]
+        # the RPN reads only the image geometry from ImageList: no pixels are needed
+        images = ImageList(latent_hat.new_zeros(1, 1, 1, 1).expand(batch, 1, *image_size),
+                           [tuple(image_size)] * batch)
+        proposals, rpn_losses = self.rpn(images, feats, targets)
+        detections, roi_losses = self.roi_heads(feats, proposals, images.image_sizes, targets)
+        if self.training:
+            losses = {**rpn_losses, **roi_losses}
+            losses["loss"] = sum(losses.values())
+            return losses
+        return detections

@@ -33,3 +33,29 @@ def test_a_loss_on_the_branch_reaches_the_encoder_and_never_the_decoder(name):
     # the branch's parameters are its own: none of them is in the codec's saved state
     saved = {id(t) for t in codec.model.state_dict(keep_vars=True).values()}
     assert not saved & {id(p) for p in branch.parameters()}
+
+
+def test_aux_detector_losses_and_detections_in_image_pixels():
+    from icm_lib.aux_branch import AuxDetector
+
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
+    head = AuxDetector(codec.M, num_classes=6, width=0.25, rpn_pre_nms_top_n_train=100,
+                       rpn_post_nms_top_n_train=50, rpn_batch_size_per_image=32,
+                       box_batch_size_per_image=32).train()
+    out = codec(torch.rand(2, 3, 128, 128))
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([3])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = head(out["latent_hat"], (128, 128), targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                           "loss_box_reg", "loss"}
+    losses["loss"].backward()
+    assert any(p.grad is not None for p in codec.model.g_a.parameters())
+    assert all(p.grad is None for p in codec.decoder_parameters())
+    head.eval()
+    with torch.no_grad():
+        dets = head(out["latent_hat"].detach(), (128, 128))
+    assert len(dets) == 2
+    for d in dets:
+        assert set(d) == {"boxes", "scores", "labels"}
+        assert (d["boxes"] >= 0).all() and (d["boxes"] <= 128).all()
