@@ -6,18 +6,20 @@ The aux-enc branch reads the quantized latent ŷ (stride 16, M channels) just be
        ─► conv2: one block, width 128, stride 4
        ─► conv3: one block, width 256, stride 8
        ─► conv4: one block, width 256, stride 16
-       ─► conv5: one block, width 512, stride 32
+       ─► conv5: one block, width 512, stride 32 (segmentation: stride 16, dilation 2, as
+                 DeepLabV3+ keeps output stride 16)
 
 Detection blocks are ResNeXt bottlenecks (1x1, 3x3 with 32 groups, 1x1; Table 1); segmentation
 blocks are two 3x3 convolutions (Table 2). ``width`` scales every channel count for small CPU
 models. The branch is trained jointly with the codec but is not part of it: its parameters live
 here, never in the codec's state.
 
-:class:`AuxDetector` puts torchvision's own FPN, RPN and RoI heads on the detection backbone, so
-its loss E(y, ŷ_aux) is the same Faster R-CNN loss as the main model's, on the same pseudo-labels.
+:class:`AuxDetector` puts torchvision's own FPN, RPN and RoI heads on the detection backbone, and
+:class:`AuxSegmenter` smp's DeepLabV3+ decoder and head on the segmentation backbone, so each loss
+E(y, ŷ_aux) is the same loss as the main model's, on the same pseudo-labels.
 
-Status: the DeepLabV3+ head, the aux-dec and aux-task positions and the training loop are still the
-work of the seed-001 issue.
+Status: the aux-dec and aux-task positions and the training loop are still the work of the
+seed-001 issue.
 """
 from __future__ import annotations
 
@@ -60,12 +62,12 @@ class ResNeXtBlock(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a projection shortcut (Table 2's aux blocks)."""
 
-    def __init__(self, in_ch: int, width: int, stride: int):
+    def __init__(self, in_ch: int, width: int, stride: int, dilation: int = 1):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_ch, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(width))
+            nn.Conv2d(in_ch, width, 3, stride, dilation, dilation, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, dilation, dilation, bias=False), nn.BatchNorm2d(width))
         self.shortcut = _shortcut(in_ch, width, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,12 +99,16 @@ class AuxBackbone(nn.Module):
         self.conv1 = nn.Sequential(ResidualBlockUpsample(latent_channels, stem, 2),
                                    ResidualBlock(stem, stem),
                                    ResidualBlockUpsample(stem, stem, 2))
-        block = ResNeXtBlock if kind == "det" else BasicBlock
         stages, in_ch = [], stem
         self.out_channels = []
-        for w, stride in STAGES:
+        for i, (w, stride) in enumerate(STAGES):
             ch = max(8, int(round(w * width)))
-            stages.append(block(in_ch, ch, stride))
+            if kind == "det":
+                stages.append(ResNeXtBlock(in_ch, ch, stride))
+            elif i == len(STAGES) - 1:  # output stride 16: dilate instead of striding
+                stages.append(BasicBlock(in_ch, ch, 1, dilation=2))
+            else:
+                stages.append(BasicBlock(in_ch, ch, stride))
             self.out_channels.append(ch)
             in_ch = ch
         self.stages = nn.ModuleList(stages)
@@ -169,3 +175,30 @@ class AuxDetector(nn.Module):
             losses["loss"] = sum(losses.values())
             return losses
         return detections
+
+
+class AuxSegmenter(nn.Module):
+    """DeepLabV3+ head (smp's decoder and segmentation head) on :class:`AuxBackbone` (``seg``).
+
+    Args:
+        latent_channels: M of the codec.
+        num_classes: segmentation classes.
+        width: channel multiplier; the decoder has ``256 * width`` channels.
+    """
+
+    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0):
+        super().__init__()
+        from segmentation_models_pytorch.base import SegmentationHead
+        from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
+
+        self.body = AuxBackbone(latent_channels, "seg", width)
+        dec_ch = max(16, int(round(256 * width)))
+        # smp's decoder reads the stride-4 feature at index 2 and the deepest (stride 16) last
+        channels = [0, 0, *self.body.out_channels]
+        self.decoder = DeepLabV3PlusDecoder(channels, 5, dec_ch, (12, 24, 36), 16, True, 0.5)
+        self.head = SegmentationHead(dec_ch, num_classes, kernel_size=1, upsampling=4)
+
+    def forward(self, latent_hat: torch.Tensor) -> torch.Tensor:
+        """ŷ (B, M, H/16, W/16) -> logits (B, num_classes, H, W)."""
+        feats = list(self.body(latent_hat).values())
+        return self.head(self.decoder([None, None, *feats]))

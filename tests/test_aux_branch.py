@@ -5,11 +5,11 @@ from icm_lib.aux_branch import AuxBackbone
 from icm_lib.codec import build_codec
 
 
-@pytest.mark.parametrize("kind", ["det", "seg"])
-def test_backbone_strides_and_widths(kind):
+@pytest.mark.parametrize("kind, last", [("det", (4, 6)), ("seg", (8, 12))])
+def test_backbone_strides_and_widths(kind, last):
     net = AuxBackbone(latent_channels=48, kind=kind, width=0.25)
     feats = net(torch.randn(2, 48, 8, 12))  # a 128 x 192 image's latent
-    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 48), (16, 24), (8, 12), last]
     assert [f.shape[1] for f in feats.values()] == net.out_channels == [32, 64, 64, 128]
 
 
@@ -59,3 +59,19 @@ def test_aux_detector_losses_and_detections_in_image_pixels():
     for d in dets:
         assert set(d) == {"boxes", "scores", "labels"}
         assert (d["boxes"] >= 0).all() and (d["boxes"] <= 128).all()
+
+
+def test_aux_segmenter_logits_at_image_size_and_gradient_isolation():
+    import torch.nn.functional as F
+
+    from icm_lib.aux_branch import AuxSegmenter
+
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
+    head = AuxSegmenter(codec.M, num_classes=11, width=0.25).train()
+    out = codec(torch.rand(2, 3, 128, 192))
+    logits = head(out["latent_hat"])
+    assert logits.shape == (2, 11, 128, 192)
+    F.cross_entropy(logits, torch.randint(0, 11, (2, 128, 192))).backward()
+    assert any(p.grad is not None for p in codec.model.g_a.parameters())
+    assert all(p.grad is None for p in codec.decoder_parameters())
