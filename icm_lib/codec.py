@@ -25,7 +25,7 @@ from . import bitstream
 from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
 from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
-from .metrics import bpp_from_likelihoods
+from .metrics import bpp_from_bytes, bpp_from_likelihoods
 from .weights import require_download
 
 #: the four codecs the tutorial names; cheng2020-attn is seed 001's default.
@@ -313,6 +313,13 @@ class ICMCodec(nn.Module):
         return crop_padding(x_hat.clamp(0, 1), header.height, header.width)
 
     @torch.no_grad()
+    def decoded_latent(self, data: bytes) -> torch.Tensor:
+        """Decode ``data`` and return the quantized latent ŷ the decoder received from it
+        (the input of g_s), e.g. to check it equals the encoder's."""
+        self.decompress(data)
+        return self._captured.pop("latent_hat")
+
+    @torch.no_grad()
     def roundtrip(self, image: ImageLike) -> CodedImage:
         """Compress and decompress one image; report actual and estimated bpp side by side."""
         data = self.compress(image)
@@ -326,14 +333,13 @@ class ICMCodec(nn.Module):
         finally:
             self.train(was_training)
         header, strings = bitstream.unpack(data)
-        pixels = h * w
         return CodedImage(
             x_hat=self.decompress(data),
             data=data,
-            bpp=len(data) * 8 / pixels,
-            bpp_payload=sum(len(s) for s in strings) * 8 / pixels,
-            bpp_estimate=float(self.bpp_estimate(likelihoods, pixels)),
-            bpp_coder_estimate=float(self.bpp_estimate(coder, pixels)),
+            bpp=bpp_from_bytes(len(data), h, w),
+            bpp_payload=bpp_from_bytes(sum(len(s) for s in strings), h, w),
+            bpp_estimate=float(self.bpp_estimate(likelihoods, h * w)),
+            bpp_coder_estimate=float(self.bpp_estimate(coder, h * w)),
         )
 
     # ------------------------------------------------------------------ persistence

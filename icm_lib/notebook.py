@@ -1,7 +1,6 @@
 """The one setup every notebook runs after its ``parameters`` cell."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,7 @@ class Setup:
 def setup(profile: str, seed: int, data_dir: str, output_dir: str, device: str = "",
           **overrides) -> Setup:
     """Seed, choose the device, resolve paths (``ICM_DATA_DIR`` / ``ICM_OUTPUT_DIR`` override the
-    parameters), load the profile; limit CPU threads to the cores available."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    parameters), load the profile."""
     prof = get_profile(profile, **overrides)
     data = env_path("ICM_DATA_DIR", data_dir)
     out = env_path("ICM_OUTPUT_DIR", output_dir)

@@ -25,11 +25,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .codec import ICMCodec, load_codec
+from .codec import ICMCodec, codec_from_config, load_codec
 from .data.transforms import random_crop
 from .profiles import TrainConfig
-from .runtime import (atomic_torch_save, atomic_write_json, load_checkpoint, rng_state,
-                      seed_everything, set_rng_state)
+from .runtime import (atomic_torch_save, atomic_write_json, config_hash, load_checkpoint,
+                      rng_state, seed_everything, set_rng_state)
 
 
 class CropSampler:
@@ -75,10 +75,10 @@ def mse_rd_loss(lmbda: float) -> Callable:
     return loss_fn
 
 
-def _state(codec, opt, qopt, step, cfg, extra) -> dict:
+def _state(codec, opt, qopt, step, cfg) -> dict:
     return {"codec": codec.codec_state(), "optimizer": opt.state_dict(),
             "quantile_optimizer": qopt.state_dict(), "step": step, "config": asdict(cfg),
-            "rng": rng_state(), **extra}
+            "rng": rng_state()}
 
 
 def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, loss_fn: Callable,
@@ -140,7 +140,7 @@ def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, loss_fn
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})
         if done % cfg.checkpoint_every == 0 or done == end:
-            atomic_torch_save(_state(codec, opt, qopt, done, cfg, {}), ckpt_path)
+            atomic_torch_save(_state(codec, opt, qopt, done, cfg), ckpt_path)
     if end < cfg.steps:
         return codec, _read_log(log_path)
     codec.eval()
@@ -166,9 +166,6 @@ def load_or_train_reference_codec(profile, datasets, cache_dir: str | Path, devi
                                   progress: bool = True) -> tuple[ICMCodec, list[dict]]:
     """The human-viewing reference codec of a profile: CompressAI's pretrained weights when the
     profile asks for them, else trained for MSE on the training images (load-or-compute)."""
-    from .codec import codec_from_config
-    from .runtime import config_hash
-
     codec = codec_from_config(profile.codec)
     if profile.codec.pretrained or profile.mse.steps == 0:
         codec.update(force=True)

@@ -199,8 +199,7 @@ image = ds.det_val[0][0]
 coded = codec.roundtrip(image)
 header, strings = bitstream.unpack(coded.data)
 # the decoder must receive exactly the encoder's quantized latent
-codec.decompress(coded.data)
-decoded_latent = codec._captured["latent_hat"]
+decoded_latent = codec.decoded_latent(coded.data)
 with torch.no_grad():
     enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
 encoder_latent = enc["latent_hat"]
