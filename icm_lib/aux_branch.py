@@ -18,8 +18,10 @@ here, never in the codec's state.
 :class:`AuxSegmenter` smp's DeepLabV3+ decoder and head on the segmentation backbone, so each loss
 E(y, ŷ_aux) is the same loss as the main model's, on the same pseudo-labels.
 
-Status: the aux-dec and aux-task positions and the training loop are still the work of the
-seed-001 issue.
+The aux-dec position (section 4.2, Table 3) reads the input of g_s's last layer instead (stride 2,
+N channels), and its stem goes down once instead of up twice: RB,128,↓2 ─ RB,128 ─ RB,128.
+:class:`AuxBranch` picks the input by position and returns the branch loss E(y, ŷ_aux).
+(The aux-task position, inside the recognizer, is not built here.)
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-from compressai.layers import ResidualBlock, ResidualBlockUpsample
+from compressai.layers import ResidualBlock, ResidualBlockUpsample, ResidualBlockWithStride
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
@@ -38,6 +40,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
 STAGES = ((128, 1), (256, 2), (256, 2), (512, 2))
+#: where the branch reads the codec: the forward output key of ICMCodec per position
+POSITIONS = {"enc": "latent_hat", "dec": "decoder_feature"}
 
 
 class ResNeXtBlock(nn.Module):
@@ -81,24 +85,34 @@ def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
 
 
 class AuxBackbone(nn.Module):
-    """The aux-enc backbone: ŷ (B, M, H/16, W/16) → features at strides 4, 8, 16, 32.
+    """The branch backbone: ŷ (B, M, H/16, W/16) → features at strides 4, 8, 16, 32.
 
     Args:
-        latent_channels: M of the codec.
+        latent_channels: channels of the input (M of the codec for ``enc``; g_s's last-layer
+            input channels, N, for ``dec``).
         kind: ``"det"`` (ResNeXt blocks, Table 1) or ``"seg"`` (two 3x3 convs, Table 2).
         width: multiplier of every channel count (1.0 = the paper's).
+        position: ``"enc"`` (input at stride 16, stem RB↑2-RB-RB↑2) or ``"dec"`` (input at
+            stride 2, stem RB↓2-RB-RB; Table 3).
 
     Returns (forward): ``{"conv2": (B, c2, H/4, W/4), "conv3": ..., "conv4": ..., "conv5": ...}``.
     """
 
-    def __init__(self, latent_channels: int, kind: str = "det", width: float = 1.0):
+    def __init__(self, latent_channels: int, kind: str = "det", width: float = 1.0,
+                 position: str = "enc"):
         super().__init__()
         if kind not in ("det", "seg"):
             raise ValueError(f"kind must be 'det' or 'seg', got {kind!r}")
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {sorted(POSITIONS)}, got {position!r}")
         stem = max(8, int(round(128 * width)))
-        self.conv1 = nn.Sequential(ResidualBlockUpsample(latent_channels, stem, 2),
-                                   ResidualBlock(stem, stem),
-                                   ResidualBlockUpsample(stem, stem, 2))
+        if position == "enc":
+            self.conv1 = nn.Sequential(ResidualBlockUpsample(latent_channels, stem, 2),
+                                       ResidualBlock(stem, stem),
+                                       ResidualBlockUpsample(stem, stem, 2))
+        else:
+            self.conv1 = nn.Sequential(ResidualBlockWithStride(latent_channels, stem, 2),
+                                       ResidualBlock(stem, stem), ResidualBlock(stem, stem))
         stages, in_ch = [], stem
         self.out_channels = []
         for i, (w, stride) in enumerate(STAGES):
@@ -135,9 +149,10 @@ class AuxDetector(nn.Module):
 
     def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0,
                  rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
-                 rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512):
+                 rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512,
+                 position: str = "enc"):
         super().__init__()
-        self.body = AuxBackbone(latent_channels, "det", width)
+        self.body = AuxBackbone(latent_channels, "det", width, position)
         fpn_ch = max(16, int(round(256 * width)))
         self.fpn = FeaturePyramidNetwork(self.body.out_channels, fpn_ch, LastLevelMaxPool())
         levels = ("0", "1", "2", "3")
@@ -186,12 +201,13 @@ class AuxSegmenter(nn.Module):
         width: channel multiplier; the decoder has ``256 * width`` channels.
     """
 
-    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0):
+    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0,
+                 position: str = "enc"):
         super().__init__()
         from segmentation_models_pytorch.base import SegmentationHead
         from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 
-        self.body = AuxBackbone(latent_channels, "seg", width)
+        self.body = AuxBackbone(latent_channels, "seg", width, position)
         dec_ch = max(16, int(round(256 * width)))
         # smp's decoder reads the stride-4 feature at index 2 and the deepest (stride 16) last
         channels = [0, 0, *self.body.out_channels]
@@ -202,3 +218,39 @@ class AuxSegmenter(nn.Module):
         """ŷ (B, M, H/16, W/16) -> logits (B, num_classes, H, W)."""
         feats = list(self.body(latent_hat).values())
         return self.head(self.decoder([None, None, *feats]))
+
+
+class AuxBranch(nn.Module):
+    """The auxiliary branch as the trainer sees it: codec output + pseudo-labels → E(y, ŷ_aux).
+
+    Args:
+        task: ``"det"`` (:class:`AuxDetector`) or ``"seg"`` (:class:`AuxSegmenter`).
+        position: ``"enc"`` (ŷ, the proposed aux-enc) or ``"dec"`` (g_s's last-layer input).
+        in_channels: channels at that position (``ICMCodec.M`` / ``ICMCodec.N``).
+        num_classes: object classes (det, without background) or segmentation classes.
+        width: channel multiplier.
+        detector_kwargs: RPN/RoI sampling settings for :class:`AuxDetector`.
+    """
+
+    def __init__(self, task: str, position: str, in_channels: int, num_classes: int,
+                 width: float = 1.0, **detector_kwargs):
+        super().__init__()
+        if task not in ("det", "seg"):
+            raise ValueError(f"task must be 'det' or 'seg', got {task!r}")
+        self.task, self.position, self.key = task, position, POSITIONS.get(position)
+        if task == "det":
+            self.net = AuxDetector(in_channels, num_classes, width, position=position,
+                                   **detector_kwargs)
+        else:
+            self.net = AuxSegmenter(in_channels, num_classes, width, position=position)
+
+    def forward(self, codec_out: dict, pseudo_labels, image_size: tuple[int, int]) -> torch.Tensor:
+        """The branch loss (a scalar): Faster R-CNN's summed losses, or cross-entropy against the
+        pseudo-label map (B, H, W)."""
+        feature = codec_out[self.key]
+        if self.task == "det":
+            return self.net(feature, tuple(image_size), pseudo_labels)["loss"]
+        from .data.context import IGNORE_INDEX
+
+        logits = self.net(feature)
+        return nn.functional.cross_entropy(logits.float(), pseudo_labels, ignore_index=IGNORE_INDEX)

@@ -125,6 +125,13 @@ class ICMCodec(nn.Module):
         """The last layer of g_s (its input is the aux-dec position of seed 001 section 4.2)."""
         return list(self.decoder.children())[-1]
 
+    @property
+    def decoder_last_layer_channels(self) -> int:
+        """Channels of the last layer's input (the aux-dec branch's input)."""
+        conv = next(m for m in self.decoder_last_layer.modules()
+                    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+        return conv.in_channels
+
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.decoder.parameters()
 

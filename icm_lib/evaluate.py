@@ -1,27 +1,59 @@
-"""R-D points from real bitstreams: every image is compressed to bytes and decoded from them."""
+"""R-D points from real bitstreams, and BD-rate tables.
+
+Every val image is compressed to bytes and decoded from them; the bpp is counted from the bytes
+(container included) per original pixel, and the decoded images are scored by the frozen
+recognizer against ground truth (mAP for detection, mIoU for segmentation) and by PSNR / MS-SSIM.
+"""
 from __future__ import annotations
 
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from .codec import ICMCodec
-from .metrics import ms_ssim, psnr
+from .metrics import BDRateError, bd_rate, ms_ssim, psnr
+from .roi import latent_roi_mask, roi_scaling
+from .runtime import atomic_write_json
+
+#: the task metric of each task's R-D curve (seed 001 Fig. 3-4)
+TASK_METRIC = {"det": "map", "seg": "miou"}
 
 
 class BitstreamRoundTrip:
     """A batch transform (B, 3, H, W) -> decoded images through real bytes; it accumulates the
-    actual bits, the estimated bits and the fidelity of everything it coded."""
+    actual bits, the estimated bits and the fidelity of everything it coded.
 
-    def __init__(self, codec: ICMCodec):
+    Args:
+        codec: the codec.
+        roi_dataset: with ``roi_qf``, apply the ROI baseline (:mod:`icm_lib.roi`) using
+            ``roi_dataset.roi_mask(i)`` for the i-th image coded; images must then arrive in the
+            dataset's order (as :func:`~icm_lib.recognition.training.eval_batches` yields them).
+        roi_qf: the quantization factor outside the ROI.
+    """
+
+    def __init__(self, codec: ICMCodec, roi_dataset=None, roi_qf: float | None = None):
         self.codec = codec.eval()
+        self.roi_dataset, self.roi_qf = roi_dataset, roi_qf
         self.bits = self.estimate_bits = self.pixels = 0.0
         self.psnr_sum = self.msssim_sum = 0.0
         self.images = 0
+
+    def _code(self, x: torch.Tensor):
+        if self.roi_qf is None:
+            return self.codec.roundtrip(x[None])
+        mask = latent_roi_mask(self.roi_dataset.roi_mask(self.images), tuple(x.shape[-2:]))
+        with roi_scaling(self.codec, mask, self.roi_qf):
+            return self.codec.roundtrip(x[None])
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         decoded = []
         for x in images:
-            coded = self.codec.roundtrip(x[None])
+            coded = self._code(x)
             pixels = x.shape[-1] * x.shape[-2]
             self.bits += coded.bpp * pixels
             self.estimate_bits += coded.bpp_estimate * pixels
@@ -36,3 +68,52 @@ class BitstreamRoundTrip:
         return {"bpp": self.bits / self.pixels, "bpp_estimate": self.estimate_bits / self.pixels,
                 "psnr": self.psnr_sum / self.images, "ms_ssim": self.msssim_sum / self.images,
                 "images": self.images}
+
+
+def rd_point(codec: ICMCodec, task_name: str, machine, dataset, device: torch.device,
+             roi_qf: float | None = None) -> dict[str, float]:
+    """One R-D point: real bitstreams over ``dataset`` -> bpp, PSNR, MS-SSIM and the task metric
+    of ``machine`` on the decoded images against ground truth (``roi_qf``: the ROI baseline)."""
+    from .recognition.training import evaluate_detection, evaluate_segmentation
+
+    t0 = time.perf_counter()
+    rt = BitstreamRoundTrip(codec, dataset if roi_qf is not None else None, roi_qf)
+    evaluate = evaluate_detection if task_name == "det" else evaluate_segmentation
+    scores = evaluate(machine, dataset, device, transform=rt)
+    return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def load_or_evaluate(path: str | Path, compute) -> dict:
+    """Read the JSON at ``path`` or write ``compute()`` there (atomically) and return it."""
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    atomic_write_json(path, result)
+    return result
+
+
+def bd_rate_or_reason(anchor: list[dict], test: list[dict], metric: str) -> dict:
+    """BD-rate (%) of ``test`` against ``anchor`` (lists of R-D points), or why it is undefined.
+
+    Returns:
+        ``{"bd_rate": float | None, "error": str | None}``.
+    """
+    try:
+        value = bd_rate([p["bpp"] for p in anchor], [p[metric] for p in anchor],
+                        [p["bpp"] for p in test], [p[metric] for p in test])
+        return {"bd_rate": value, "error": None}
+    except BDRateError as exc:
+        return {"bd_rate": None, "error": str(exc)}
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean and the half-width of its Student-t confidence interval (``nan`` for one value)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    if len(v) == 0:
+        return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
+    half = (float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+            if len(v) > 1 else float("nan"))
+    return {"mean": float(v.mean()), "ci95": half, "n": int(len(v))}

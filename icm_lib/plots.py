@@ -122,7 +122,47 @@ def roundtrip_figure(x: torch.Tensor, x_hat: torch.Tensor, bit_map: torch.Tensor
     return fig
 
 
+CURVE_STYLE = {"mse": ("MSE codec (human viewing)", "tab:gray", "s"),
+               "baseline": ("w/o aux (Eq. 4)", "tab:blue", "o"),
+               "aux-enc": ("w/ aux, aux-enc (Eq. 5/6)", "tab:red", "^"),
+               "aux-dec": ("aux-dec", "tab:purple", "v"),
+               "roi": ("ROI (Ahonen et al., QF)", "tab:green", "D")}
+
+
+def rd_curves(curves: dict[str, dict[int, list[dict]]], metric: str, title: str = "",
+              fidelity: str = "psnr"):
+    """R-D curves: task metric vs bpp (left) and ``fidelity`` vs bpp (right).
+
+    Args:
+        curves: ``{curve name: {seed: [points with "bpp", metric, fidelity]}}``; each seed is a
+            faint line, the mean over seeds (per λ index) a bold one.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, by_seed in curves.items():
+        label, color, marker = CURVE_STYLE.get(name, (name, None, "o"))
+        for ax, key in zip(axes, (metric, fidelity)):
+            for pts in by_seed.values():
+                if len(by_seed) > 1:
+                    ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], color=color, alpha=0.25,
+                            lw=0.8, marker=marker, ms=3)
+            n = min(len(p) for p in by_seed.values())
+            mean_bpp = np.mean([[p["bpp"] for p in pts[:n]] for pts in by_seed.values()], 0)
+            mean_val = np.mean([[p[key] for p in pts[:n]] for pts in by_seed.values()], 0)
+            ax.plot(mean_bpp, mean_val, color=color, marker=marker, lw=2,
+                    label=f"{label} (n={len(by_seed)})")
+    axes[0].set_ylabel({"map": "mAP@[.5:.95]", "miou": "mIoU"}.get(metric, metric))
+    axes[1].set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}.get(fidelity, fidelity))
+    for ax in axes:
+        ax.set_xlabel("bits per pixel (real bitstreams)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, output_dir: str | Path, name: str) -> Path:
     path = Path(output_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path

@@ -117,6 +117,11 @@ class TrainConfig:
         clip_max_norm: gradient clipping of the codec's parameters (0 disables).
         checkpoint_every, log_every: in steps.
         seed: sampling and initialisation seed.
+        decay_start: fraction of ``steps`` after which the learning rate decays polynomially to 0
+            (1.0: constant; seed 001 decays over the last 40 of 80 epochs for detection, 0.5,
+            and over all epochs for segmentation, 0.0).
+        decay_power: exponent of that decay (the paper does not give it; 0.9 is the usual
+            "poly" schedule of MMSegmentation).
     """
 
     steps: int = 400
@@ -129,6 +134,53 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
+    decay_start: float = 1.0
+    decay_power: float = 0.9
+
+
+@dataclass(frozen=True)
+class ICMConfig:
+    """Training codecs for machines (seed 001): the λ sets, α, the branch and the schedules.
+
+    Attributes:
+        det_lambdas, seg_lambdas: λ of Eq. 5 / Eq. 6, one R-D point each.
+        alpha: α, the weight of the auxiliary branch's loss (0.5 in the paper).
+        det_mse_weight, seg_mse_weight: weight of MSE(x, x̂) inside the braces (Eq. 6 uses it for
+            segmentation only).
+        branch_width: channel multiplier of the auxiliary branch (1.0 = Tables 1-2).
+        branch_lr: Adam learning rate of the branch (``None``: the codec's).
+        det, seg: the codec's training schedule per task (``lmbda`` is set per run).
+        mse_lambdas: λ of the human-viewing reference curve (MSE codecs), finetuned from the
+            reference codec for ``mse_steps`` steps (the ``paper`` profile uses CompressAI's
+            pretrained qualities ``mse_qualities`` instead).
+        roi_qf: the ROI baseline's quantization factor for latents outside the ROI (1.4).
+        amp: bfloat16 autocast of the recognizers and the branch on CUDA (the codec and its
+            entropy model stay in float32).
+    """
+
+    det_lambdas: tuple[float, ...] = (0.4, 0.8, 1.6, 3.2)
+    seg_lambdas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    alpha: float = 0.5
+    det_mse_weight: float = 0.0
+    seg_mse_weight: float = 1.0
+    branch_width: float = 1.0
+    branch_lr: float | None = None
+    det: TrainConfig = field(default_factory=TrainConfig)
+    seg: TrainConfig = field(default_factory=TrainConfig)
+    mse_lambdas: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02)
+    mse_steps: int = 200
+    mse_qualities: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    roi_qf: float = 1.4
+    amp: bool = True
+
+    def lambdas(self, task: str) -> tuple[float, ...]:
+        return {"det": self.det_lambdas, "seg": self.seg_lambdas}[task]
+
+    def train(self, task: str) -> TrainConfig:
+        return {"det": self.det, "seg": self.seg}[task]
+
+    def mse_weight(self, task: str) -> float:
+        return {"det": self.det_mse_weight, "seg": self.seg_mse_weight}[task]
 
 
 @dataclass(frozen=True)
@@ -141,6 +193,8 @@ class Profile:
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     #: the human-viewing reference codec (MSE), trained in notebook 00 unless pretrained
     mse: TrainConfig = field(default_factory=TrainConfig)
+    #: codecs for machines (seed 001), notebooks 01-02 and the study
+    icm: ICMConfig = field(default_factory=ICMConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +207,13 @@ PROFILES: dict[str, Profile] = {
         codec=CodecConfig(N=32, M=48),
         recognition=RecognitionConfig(train_steps=4, batch_size=4),
         mse=TrainConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
+        icm=ICMConfig(det_lambdas=(0.1, 0.5, 2.0, 8.0), seg_lambdas=(0.1, 0.5, 2.0, 8.0),
+                      branch_width=0.125,
+                      det=TrainConfig(steps=4, batch_size=2, crop=64, lr=1e-3,
+                                      checkpoint_every=2, log_every=1),
+                      seg=TrainConfig(steps=4, batch_size=2, crop=64, lr=1e-3,
+                                      checkpoint_every=2, log_every=1),
+                      mse_lambdas=(0.005, 0.02), mse_steps=2),
     ),
     "cpu": Profile(
         name="cpu",
@@ -160,6 +221,12 @@ PROFILES: dict[str, Profile] = {
         codec=CodecConfig(N=64, M=96),
         recognition=RecognitionConfig(train_steps=300, batch_size=8),
         mse=TrainConfig(steps=1000, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
+        icm=ICMConfig(det_lambdas=(0.4, 0.8, 1.6, 3.2), seg_lambdas=(1.0, 2.0, 4.0, 8.0),
+                      branch_width=0.25, branch_lr=1e-3,
+                      det=TrainConfig(steps=120, batch_size=8, crop=128, lr=3e-4,
+                                      decay_start=0.5, checkpoint_every=40, log_every=10),
+                      seg=TrainConfig(steps=200, batch_size=8, crop=128, lr=3e-4,
+                                      decay_start=0.5, checkpoint_every=50, log_every=10)),
     ),
     "paper": Profile(
         name="paper",
@@ -174,6 +241,13 @@ PROFILES: dict[str, Profile] = {
             rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256,
             box_batch_size_per_image=512, box_head_dim=None, anchor_sizes=None),
         mse=TrainConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
+        # section 4.1: 80 epochs of COCO (118287 images) at batch 16, lr 1e-4, polynomial decay
+        # over the last 40 epochs; 80 epochs of Pascal-Context (4998 images) at batch 8, lr 5e-5,
+        # polynomial decay throughout; images resized to 520 (crops of 512 here).
+        icm=ICMConfig(det=TrainConfig(steps=591_440, batch_size=16, crop=256, lr=1e-4,
+                                      decay_start=0.5, checkpoint_every=5000, log_every=100),
+                      seg=TrainConfig(steps=49_980, batch_size=8, crop=512, lr=5e-5,
+                                      decay_start=0.0, checkpoint_every=2000, log_every=100)),
     ),
 }
 

@@ -87,30 +87,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "delete it to recompute, or point to a complete file") from exc
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state a resumed run needs (Python, NumPy, torch CPU and CUDA)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def config_hash(obj: Any, length: int = 10) -> str:
     """A short stable hash of a JSON-able config, used to key caches."""
     import hashlib
@@ -122,3 +98,57 @@ def config_hash(obj: Any, length: int = 10) -> str:
 def env_path(name: str, default: str | Path) -> Path:
     """A path from environment variable ``name`` if set, else ``default``."""
     return Path(os.environ.get(name) or default).expanduser().resolve()
+
+
+# ---------------------------------------------------------------------- distributed (torchrun)
+class Distributed:
+    """This process's place in a ``torchrun`` job (a single process when not launched by it).
+
+    Attributes:
+        rank, world_size, local_rank: from torchrun's environment (0, 1, 0 otherwise).
+        device: ``cuda:<local_rank>`` when CUDA is present, else the CPU (gloo backend).
+    """
+
+    def __init__(self, device: torch.device | None = None):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = (torch.device("cuda", self.local_rank) if torch.cuda.is_available()
+                      else torch.device("cpu"))
+        self.device = device
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def state_fingerprint(state_dict: dict[str, torch.Tensor], length: int = 10) -> str:
+    """A short hash of a state dict's names and exact tensor values (keys caches of runs that
+    start from given weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:length]

@@ -7,8 +7,7 @@ import torch
 from icm_lib.metrics import (BDRateError, ConfusionMatrix, bd_rate, bpp_from_likelihoods,
                              detection_map, ms_ssim, psnr)
 from icm_lib.profiles import get_profile
-from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint, rng_state,
-                             set_rng_state)
+from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint)
 from icm_lib.errors import CheckpointError
 
 
@@ -69,16 +68,6 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(tmp_path / "x.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
-
-
-def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
-    import random
-
-    torch.manual_seed(1)
-    atomic_torch_save({"rng": rng_state()}, tmp_path / "r.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
 def test_profiles_and_overrides():

@@ -5,7 +5,7 @@ import torch
 from icm_lib.codec import build_codec
 from icm_lib.data.coco import CocoDetection
 from icm_lib.profiles import TrainConfig
-from icm_lib.train import CropSampler, mse_rd_loss, train_codec
+from icm_lib.train import CropSampler, mse_objective, train_codec
 
 CFG = TrainConfig(steps=6, batch_size=2, crop=64, lr=1e-3, lmbda=0.01, checkpoint_every=2,
                   log_every=1, seed=3)
@@ -16,7 +16,7 @@ def _train(tmp, scenes, stop_after=None, codec=None):
     codec = codec or build_codec("bmshj2018-hyperprior", N=16, M=24)
     sampler = CropSampler(CocoDetection(scenes.coco_root, "train"), CFG.crop, CFG.batch_size,
                           CFG.seed)
-    return train_codec(codec, sampler, CFG, mse_rd_loss(CFG.lmbda), tmp, torch.device("cpu"),
+    return train_codec(codec, sampler, CFG, mse_objective(CFG.lmbda), tmp, torch.device("cpu"),
                        progress=False, stop_after=stop_after)
 
 

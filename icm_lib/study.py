@@ -1,0 +1,190 @@
+"""The resumable study of seed 001: R-D points of every (task, variant, λ, seed), BD-rates with
+confidence intervals, written to ``results/``.
+
+Every run is load-or-compute (a trained codec in its run folder, its evaluation in a JSON beside
+it), so a stopped study resumes where it stopped, and notebooks 01-02 reuse the seed-0 runs::
+
+    python -m icm_lib.study --profile cpu --seeds 0 1 2        # or: make study
+
+Curves per task:
+
+* ``mse``       the human-viewing reference (MSE codecs at ``icm.mse_lambdas``; seed 0 only);
+* ``baseline``  Eq. 4 (task loss only);
+* ``aux-enc``   Eq. 5 / 6 (the proposed auxiliary branch on ŷ);
+* ``roi``       the baseline codecs coded with the ROI scaling of Ahonen et al. (detection only).
+
+BD-rate is computed per seed against that seed's baseline curve on the task metric (mAP or mIoU),
+then summarised as mean and 95 % Student-t interval over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .evaluate import TASK_METRIC, bd_rate_or_reason, load_or_evaluate, mean_ci, rd_point
+from .profiles import Profile, get_profile
+from .runtime import atomic_write_json
+from .train import load_or_train_icm, prepare
+
+#: the paper's average BD-rates of aux-enc against the baseline (seed 001 section 4.1)
+PAPER_BD_RATE = {"det": -27.7, "seg": -20.3}
+
+
+def val_set(datasets, task: str):
+    return datasets.det_val if task == "det" else datasets.seg_val
+
+
+def run_point(profile: Profile, task: str, variant: str, lmbda: float, seed: int, datasets,
+              machines: dict, reference, cache_dir: Path, device: torch.device,
+              progress: bool = True, eval_tasks: tuple[str, ...] | None = None,
+              roi: bool = False) -> dict:
+    """Train (or load) one codec and evaluate it (or load its evaluation).
+
+    Args:
+        eval_tasks: tasks whose val sets score the codec (default: ``task`` only; the MSE
+            reference is scored on both).
+        roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) with this codec.
+
+    Returns:
+        ``{"task", "variant", "lmbda", "seed", "train_seconds", "log", "eval": {task: point},
+        "roi": {task: point}}``.
+    """
+    codec, log, run_dir = load_or_train_icm(profile, task, variant, lmbda, seed, datasets,
+                                            machines.get(task), reference, cache_dir, device,
+                                            progress)
+    result = {"task": task, "variant": variant, "lmbda": lmbda, "seed": seed,
+              "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0,
+              "log": log, "eval": {}, "roi": {}}
+    for t in eval_tasks or (task,):
+        result["eval"][t] = load_or_evaluate(
+            run_dir / f"eval-{t}.json",
+            lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device))
+        if roi and t == "det":
+            qf = profile.icm.roi_qf
+            result["roi"][t] = load_or_evaluate(
+                run_dir / f"eval-{t}-roi-qf{qf:g}.json",
+                lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device, roi_qf=qf))
+    return result
+
+
+def curves(runs: list[dict], task: str) -> dict[str, dict[int, list[dict]]]:
+    """``{curve name: {seed: [R-D points sorted by λ]}}`` for one task from :func:`run_point`
+    results (the ROI curve comes from the baseline runs' ROI evaluations)."""
+    out: dict[str, dict[int, list[dict]]] = {}
+    for r in sorted(runs, key=lambda r: r["lmbda"]):
+        if task in r["eval"] and (r["task"] == task or r["variant"] == "mse"):
+            point = {**r["eval"][task], "lmbda": r["lmbda"]}
+            out.setdefault(r["variant"], {}).setdefault(r["seed"], []).append(point)
+        if task in r["roi"] and r["task"] == task:
+            out.setdefault("roi", {}).setdefault(r["seed"], []).append(
+                {**r["roi"][task], "lmbda": r["lmbda"]})
+    return out
+
+
+def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[str, dict]:
+    """Per-seed BD-rates of every curve against the same seed's baseline (the seed-0 MSE curve
+    is compared with every seed's baseline), with their mean and 95 % interval."""
+    metric = TASK_METRIC[task]
+    anchors = task_curves.get("baseline", {})
+    table = {}
+    for name, by_seed in task_curves.items():
+        if name == "baseline":
+            continue
+        per_seed = {}
+        for seed, anchor in anchors.items():
+            test = by_seed.get(seed, by_seed.get(0)) if name == "mse" else by_seed.get(seed)
+            if test:
+                per_seed[seed] = bd_rate_or_reason(anchor, test, metric)
+        table[name] = {"per_seed": per_seed,
+                       **mean_ci([v["bd_rate"] for v in per_seed.values()])}
+    return table
+
+
+def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: list[str],
+              data_dir: str | Path, results_dir: str | Path, device: torch.device,
+              progress: bool = True, reference_curve: bool = True) -> dict:
+    """Run (or resume) the whole grid and write ``results/study-<profile>.json`` after every run
+    and the R-D figure at the end. Returns the summary."""
+    from . import plots
+
+    t_start = time.perf_counter()
+    datasets, machines, reference, cache_dir = prepare(profile, data_dir, device, progress)
+    results_dir = Path(results_dir)
+    out_json = results_dir / f"study-{profile.name}.json"
+    runs: list[dict] = []
+
+    def write(done: bool) -> dict:
+        summary = summarise(profile, runs, tasks, seeds, variants, done,
+                            time.perf_counter() - t_start)
+        atomic_write_json(out_json, summary)
+        return summary
+
+    if reference_curve:
+        for lmbda in profile.icm.mse_lambdas:
+            runs.append(run_point(profile, "det", "mse", lmbda, 0, datasets, machines, reference,
+                                  cache_dir, device, progress, eval_tasks=tuple(tasks)))
+            write(False)
+    for seed in seeds:
+        for task in tasks:
+            for variant in variants:
+                for lmbda in profile.icm.lambdas(task):
+                    runs.append(run_point(profile, task, variant, lmbda, seed, datasets,
+                                          machines, reference, cache_dir, device, progress,
+                                          roi=(variant == "baseline" and task == "det")))
+                    write(False)
+    summary = write(True)
+    for task in tasks:
+        fig = plots.rd_curves(curves(runs, task), TASK_METRIC[task],
+                              title=f"{task}: R-D on the {profile.name} profile ({len(seeds)} seeds)")
+        plots.save(fig, results_dir, f"study-{profile.name}-{task}-rd")
+    return summary
+
+
+def summarise(profile: Profile, runs: list[dict], tasks: list[str], seeds: list[int],
+              variants: list[str], done: bool, wall_seconds: float) -> dict:
+    """The study's JSON: every R-D point, BD-rate tables and the compute spent."""
+    per_task = {}
+    for task in tasks:
+        c = curves(runs, task)
+        per_task[task] = {"metric": TASK_METRIC[task], "curves": c, "bd_rate": bd_rates(c, task),
+                          "paper_bd_rate_aux_enc": PAPER_BD_RATE[task]}
+    compute = sum(r["train_seconds"] for r in runs) + sum(
+        p.get("seconds", 0.0) for r in runs for p in [*r["eval"].values(), *r["roi"].values()])
+    return {"profile": profile.name, "complete": done, "seeds": seeds, "variants": variants,
+            "runs": len(runs), "compute_hours_in_runs": round(compute / 3600, 3),
+            "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
+            "icm_config": asdict(profile.icm), "tasks": per_task}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
+    parser = argparse.ArgumentParser(prog="python -m icm_lib.study", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "aux-enc"],
+                        choices=["baseline", "aux-enc", "aux-dec"])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--device", default="")
+    parser.add_argument("--no-reference-curve", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from .runtime import get_device
+
+    summary = run_study(get_profile(args.profile), args.seeds, args.tasks, args.variants,
+                        args.data_dir, args.results_dir, get_device(args.device or None),
+                        not args.no_progress, not args.no_reference_curve)
+    for task, t in summary["tasks"].items():
+        for name, row in t["bd_rate"].items():
+            print(f"{task} {name:9s} BD-rate {row['mean']:+.1f} % ± {row['ci95']:.1f} "
+                  f"(n={row['n']}; paper aux-enc {t['paper_bd_rate_aux_enc']:+.1f} %)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
