@@ -6,7 +6,7 @@ PROFILE ?= cpu
 OUTPUTS ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: install tutorial test test-all lab bench clean-outputs strip
+.PHONY: install tutorial test test-all lab bench study clean-outputs strip
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ lab: install
 
 bench: install
 	$(PY) -m icm_lib.bench codec
+	$(PY) -m icm_lib.bench icm --profile $(PROFILE)
+
+## Seed 001's study: both tasks, 4 lambda, baseline / aux-enc (+ ROI), seeds 0-2; resumable.
+SEEDS ?= 0 1 2
+study: install
+	$(PY) -m icm_lib.study --profile $(PROFILE) --seeds $(SEEDS)
 
 ## Strip outputs from the committed notebooks.
 strip: install

@@ -1,6 +1,12 @@
 """Benchmarks that print figures (never timed tests).
 
     python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 3]
+    python -m icm_lib.bench icm [--profile cpu] [--steps 5]
+
+``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
+one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
+batch, median over ``--steps``; ratio), and the encode time of a baseline-trained and an
+aux-trained codec of the study's cache (ratio; the branch is not part of the codec, so ~1.0).
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
@@ -69,9 +75,74 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
     return mean
 
 
+def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> None:
+    from .profiles import get_profile
+    from .train import CropSampler, ICMObjective, build_branch, prepare
+
+    profile = get_profile(profile_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datasets, machines, reference, cache_dir = prepare(profile, data_dir, device, progress=False)
+    print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}")
+    for task in ("det", "seg"):
+        cfg = profile.icm.train(task)
+        train_set = datasets.det_train if task == "det" else datasets.seg_train
+        sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
+        times = {}
+        for variant in ("baseline", "aux-enc"):
+            torch.manual_seed(0)
+            codec = load_codec(reference.codec_state()).to(device).train()
+            branch = build_branch(profile, task, variant, codec, train_set.num_classes)
+            params = list(codec.main_parameters())
+            if branch is not None:
+                branch.to(device).train()
+                params += list(branch.parameters())
+            opt = torch.optim.Adam(params, lr=1e-5)
+            objective = ICMObjective(machines[task], profile.icm.lambdas(task)[0],
+                                     profile.icm.alpha, profile.icm.mse_weight(task))
+
+            def step(i):
+                x = sampler.batch(i).to(device)
+                opt.zero_grad(set_to_none=True)
+                objective(codec, branch, x)["loss"].backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+
+            step(0)  # warm-up
+            ts = []
+            for i in range(1, steps + 1):
+                t0 = time.perf_counter()
+                step(i)
+                ts.append(time.perf_counter() - t0)
+            times[variant] = statistics.median(ts)
+        print(f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{times['baseline']:>17.3f}"
+              f"{times['aux-enc']:>16.3f}{times['aux-enc'] / times['baseline']:>7.2f}", flush=True)
+    images = [pad_to_multiple(datasets.det_val[i][0][None])[0] for i in range(4)]
+    found = False
+    for task in ("det", "seg"):
+        runs = {v: sorted((cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
+                for v in ("baseline", "aux-enc")}
+        if not (runs["baseline"] and runs["aux-enc"]):
+            continue
+        found = True
+        enc = {}
+        for v, paths in runs.items():
+            codec = load_codec(load_checkpoint(paths[0])).to(device).eval()
+            enc[v] = statistics.fmean(_time(lambda: codec.compress(x), repeats)[0] for x in images)
+        print(f"encode time {task}: baseline {enc['baseline']:.4f} s, aux-enc {enc['aux-enc']:.4f} s,"
+              f" ratio {enc['aux-enc'] / enc['baseline']:.3f} ({runs['baseline'][0].parent.name} vs "
+              f"{runs['aux-enc'][0].parent.name})")
+    if not found:
+        print("encode time: no trained baseline/aux-enc pair in the cache yet (run notebook 02 "
+              "or the study)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("what", choices=["codec"])
+    ap.add_argument("what", choices=["codec", "icm"])
+    ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
+    ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
@@ -80,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                     / "data" / "cache")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    if args.what == "icm":
+        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
+        return 0
     images = bench_images()
     print(f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")

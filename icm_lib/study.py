@@ -41,13 +41,14 @@ def val_set(datasets, task: str):
 def run_point(profile: Profile, task: str, variant: str, lmbda: float, seed: int, datasets,
               machines: dict, reference, cache_dir: Path, device: torch.device,
               progress: bool = True, eval_tasks: tuple[str, ...] | None = None,
-              roi: bool = False) -> dict:
+              roi: bool = False, steps: int | None = None) -> dict:
     """Train (or load) one codec and evaluate it (or load its evaluation).
 
     Args:
         eval_tasks: tasks whose val sets score the codec (default: ``task`` only; the MSE
             reference is scored on both).
         roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) with this codec.
+        steps: override the profile's step count (a quick look; it is another run).
 
     Returns:
         ``{"task", "variant", "lmbda", "seed", "train_seconds", "log", "eval": {task: point},
@@ -55,7 +56,7 @@ def run_point(profile: Profile, task: str, variant: str, lmbda: float, seed: int
     """
     codec, log, run_dir = load_or_train_icm(profile, task, variant, lmbda, seed, datasets,
                                             machines.get(task), reference, cache_dir, device,
-                                            progress)
+                                            progress, steps=steps)
     result = {"task": task, "variant": variant, "lmbda": lmbda, "seed": seed,
               "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0,
               "log": log, "eval": {}, "roi": {}}
@@ -68,6 +69,7 @@ def run_point(profile: Profile, task: str, variant: str, lmbda: float, seed: int
             result["roi"][t] = load_or_evaluate(
                 run_dir / f"eval-{t}-roi-qf{qf:g}.json",
                 lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device, roi_qf=qf))
+    result["codec"] = codec
     return result
 
 
@@ -118,6 +120,8 @@ def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: li
     runs: list[dict] = []
 
     def write(done: bool) -> dict:
+        for r in runs:
+            r.pop("codec", None)  # keep the weights on disk, not in memory
         summary = summarise(profile, runs, tasks, seeds, variants, done,
                             time.perf_counter() - t_start)
         atomic_write_json(out_json, summary)

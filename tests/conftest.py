@@ -53,3 +53,16 @@ def trained_codec(scenes):
     codec.eval()
     codec.update(force=True)
     return codec, images
+
+
+@pytest.fixture(scope="session")
+def smoke_env(tmp_path_factory):
+    """The smoke profile prepared once: data, both frozen machines, the reference codec."""
+    from icm_lib.profiles import get_profile
+    from icm_lib.train import prepare
+
+    profile = get_profile("smoke")
+    data_dir = tmp_path_factory.mktemp("smoke") / "data"
+    datasets, machines, reference, cache_dir = prepare(profile, data_dir, torch.device("cpu"),
+                                                       progress=False)
+    return profile, data_dir, datasets, machines, reference, cache_dir

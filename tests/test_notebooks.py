@@ -9,11 +9,30 @@ pytestmark = pytest.mark.notebooks
 
 
 @pytest.fixture(scope="module")
-def nb00(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nb")
-    path = notebook_paths(["00"])[0]
+def root(tmp_path_factory):
+    """One data folder for all notebooks, as in ``make tutorial``: later ones reuse the caches."""
+    return tmp_path_factory.mktemp("nb")
+
+
+def _run(root, number):
+    path = notebook_paths([number])[0]
     metrics = run_notebook(path, "smoke", root / "outputs", root / "data")
     return metrics, root / "outputs" / "smoke" / path.stem
+
+
+@pytest.fixture(scope="module")
+def nb00(root):
+    return _run(root, "00")
+
+
+@pytest.fixture(scope="module")
+def nb01(root, nb00):
+    return _run(root, "01")
+
+
+@pytest.fixture(scope="module")
+def nb02(root, nb01):
+    return _run(root, "02")
 
 
 def test_notebook_00_data(nb00):
@@ -49,3 +68,50 @@ def test_notebook_00_codec_round_trip(nb00):
     assert len(c["train_losses"]) == 3 and all(math.isfinite(v) for v in c["train_losses"])
     dec = m["machines_on_decoded"]
     assert dec["bpp"] > 0 and math.isfinite(dec["psnr"]) and 0 < dec["ms_ssim"] <= 1
+
+
+def _finite(values):
+    return all(math.isfinite(v) for v in values)
+
+
+def _assert_rd_points_ordered_by_lambda(points, lambdas):
+    """bpp finite, positive, not lower for a larger λ (to 0.5 %: a few bytes over the smoke val
+    set), and spread."""
+    assert lambdas == sorted(lambdas) and len(points) == len(lambdas) == 4
+    bpp = [p["bpp"] for p in points]
+    assert _finite(bpp) and min(bpp) > 0
+    assert all(b2 >= 0.995 * b1 for b1, b2 in zip(bpp, bpp[1:])), bpp
+    assert bpp[-1] > 1.02 * bpp[0], bpp
+    assert _finite([p["metric"] for p in points] + [p["psnr"] for p in points])
+
+
+def test_notebook_01_baseline(nb01):
+    m, out = nb01
+    for task, t in m["tasks"].items():
+        _assert_rd_points_ordered_by_lambda(t["baseline"], t["lambdas"])
+        assert _finite(t["first_loss"] + t["last_loss"])
+        assert all(last < first for first, last in zip(t["first_loss"], t["last_loss"])), t
+        assert len(t["mse"]) == 2 and _finite([p["bpp"] for p in t["mse"]])
+        assert set(t["bd_rate"]) == ({"mse", "roi"} if task == "det" else {"mse"})
+        (out / f"rd_{task}.png").stat()
+    # the ROI baseline codes the same codecs with the background latent divided by QF > 1
+    det = m["tasks"]["det"]
+    assert len(det["roi"]) == 4
+    assert all(r["bpp"] < b["bpp"] for r, b in zip(det["roi"], det["baseline"]))
+    for name in ["training_curves", "bit_allocation"]:
+        assert (out / f"{name}.png").stat().st_size > 5_000
+
+
+def test_notebook_02_aux_branch(nb02):
+    m, out = nb02
+    for task, t in m["tasks"].items():
+        _assert_rd_points_ordered_by_lambda(t["aux-enc"], t["lambdas"])
+        _assert_rd_points_ordered_by_lambda(t["baseline"], t["lambdas"])
+        assert all(last < first for first, last in zip(t["first_loss"], t["last_loss"])), t
+        assert _finite([v for pair in t["branch_loss_first_last"] for v in pair])
+        assert all(first > 0 for first, _ in t["branch_loss_first_last"])
+        # the branch is trained alongside but never saved with the codec
+        assert t["codec_keys_equal_reference"] is True and t["decodes_without_branch"] is True
+        assert t["branch_tensors"] > 10 and t["branch_million_parameters"] > 0
+        assert "aux-enc" in t["bd_rate"]
+    assert (out / "bit_allocation.png").stat().st_size > 5_000

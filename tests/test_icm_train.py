@@ -1,0 +1,129 @@
+"""The ICM trainer: every variant, resume with the branch, the saved codec, DDP, the CLI."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from icm_lib.codec import load_codec
+from icm_lib.profiles import TrainConfig
+from icm_lib.runtime import load_checkpoint
+from icm_lib.train import VARIANTS, load_or_train_icm, main, poly_decay
+
+CPU = torch.device("cpu")
+
+
+def _run(env, task, variant, cache, steps=3, stop_after=None, seed=0, lmbda=1.0):
+    profile, _, datasets, machines, reference, _ = env
+    return load_or_train_icm(profile, task, variant, lmbda, seed, datasets, machines[task],
+                             reference, cache, CPU, progress=False, steps=steps,
+                             stop_after=stop_after)
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_logs_its_loss_parts(smoke_env, tmp_path, task, variant):
+    codec, log, run_dir = _run(smoke_env, task, variant, tmp_path, steps=2)
+    assert [r["step"] for r in log] == [1, 2]
+    for r in log:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if k.endswith("loss"))
+    if variant == "mse":
+        assert "task_loss" not in log[0]
+    else:
+        assert log[0]["task_loss"] > 0
+        assert (log[0]["branch_loss"] > 0) == variant.startswith("aux-")
+    assert (run_dir / "branch.pt").is_file() == variant.startswith("aux-")
+
+
+def test_saved_codec_and_bitstreams_hold_no_branch(smoke_env, tmp_path):
+    profile, _, _, _, reference, _ = smoke_env
+    codec, _, run_dir = _run(smoke_env, "det", "aux-enc", tmp_path)
+    saved = load_checkpoint(run_dir / "codec.pt")
+    assert set(saved["state_dict"]) == set(reference.codec_state()["state_dict"])
+    branch = load_checkpoint(run_dir / "branch.pt")["state_dict"]
+    assert branch and not set(branch) & set(saved["state_dict"])
+    # a codec rebuilt from the saved file alone decodes the trained codec's bytes
+    x = torch.rand(1, 3, 64, 64)
+    data = codec.compress(x)
+    assert torch.equal(load_codec(saved).decompress(data), codec.decompress(data))
+    assert set(saved) == {"state_dict", "codec_config"}
+
+
+def test_the_branch_changes_the_encoder_not_only_the_rate(smoke_env, tmp_path):
+    """With the same seed, data and λ, training with the branch ends with another encoder."""
+    a, _, _ = _run(smoke_env, "seg", "baseline", tmp_path / "a")
+    b, _, _ = _run(smoke_env, "seg", "aux-enc", tmp_path / "b")
+    diff = [not torch.equal(p, q) for p, q in zip(a.model.g_a.parameters(), b.model.g_a.parameters())]
+    assert any(diff)
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_kill_and_resume_reproduces_codec_and_branch(smoke_env, tmp_path, task):
+    straight, log_a, dir_a = _run(smoke_env, task, "aux-enc", tmp_path / "a", steps=4)
+    _run(smoke_env, task, "aux-enc", tmp_path / "b", steps=4, stop_after=2)
+    torch.manual_seed(999)  # the resumed process starts from another random state
+    resumed, log_b, dir_b = _run(smoke_env, task, "aux-enc", tmp_path / "b", steps=4)
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    ba = load_checkpoint(dir_a / "branch.pt")["state_dict"]
+    bb = load_checkpoint(dir_b / "branch.pt")["state_dict"]
+    assert all(torch.equal(ba[k], bb[k]) for k in ba)
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_poly_decay():
+    f = poly_decay(TrainConfig(steps=100, decay_start=0.5, decay_power=1.0))
+    assert f(0) == f(49) == 1.0
+    assert f(75) == pytest.approx(0.5) and f(100) == 0.0
+    assert poly_decay(TrainConfig(steps=10))(9) == 1.0  # decay_start=1: constant
+
+
+def test_cli_trains_then_loads(smoke_env, capsys):
+    _, data_dir, *_ = smoke_env
+    argv = ["--profile", "smoke", "--task", "seg", "--variant", "aux-enc", "--lmbda", "2",
+            "--data-dir", str(data_dir), "--steps", "2", "--no-progress"]
+    first = main(argv)
+    assert first["finished"] and first["steps_logged"] == 2
+    again = main(argv)
+    assert again["run_dir"] == first["run_dir"] and again["last"] == first["last"]
+    assert json.loads(capsys.readouterr().out.split("\n}\n")[0] + "}")["finished"] is True
+
+
+def _train_cli(argv, nproc=None):
+    """Run the trainer in a fresh process with one thread (torchrun when ``nproc``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICM_OFFLINE": "1"}
+    launcher = (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+                if nproc else [])
+    proc = subprocess.run([sys.executable, *launcher, "-m", "icm_lib.train", *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
+    """torchrun, 2 CPU processes (gloo), the smoke batch of 2 split 1 + 1, against one process
+    that accumulates the same two shards, both single-threaded: the same losses and weights up
+    to float rounding. (Detection, because the segmentation branch's ASPP pooling needs 2 images
+    per shard for its BatchNorm.)"""
+    _, data_dir, *_ = smoke_env
+    argv = ["--profile", "smoke", "--task", "det", "--variant", "aux-enc", "--lmbda", "2",
+            "--data-dir", str(data_dir), "--steps", "3", "--no-progress", "--seed", "5"]
+    single = _train_cli(argv + ["--accumulate", "2"])
+    single_dir = tmp_path / "single"
+    shutil.move(single["run_dir"], single_dir)
+    ddp = _train_cli(argv, nproc=2)
+    assert ddp["world_size"] == 2 and ddp["finished"] and single["world_size"] == 1
+    log_single = [json.loads(l) for l in (single_dir / "log.jsonl").read_text().splitlines()]
+    log_ddp = [json.loads(l) for l in open(os.path.join(ddp["run_dir"], "log.jsonl"))]
+    assert [r["step"] for r in log_ddp] == [1, 2, 3]
+    for a, b in zip(log_single, log_ddp):
+        for k in ("loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss", "quantile_loss"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5), (a["step"], k)
+    assert log_single[2]["loss"] != pytest.approx(log_single[0]["loss"], rel=1e-3)  # it trained
+    a = load_checkpoint(single_dir / "codec.pt")["state_dict"]
+    b = load_checkpoint(os.path.join(ddp["run_dir"], "codec.pt"))["state_dict"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,208 @@
+"""Writes notebooks/02_auxiliary_branch_training.ipynb (kept as a script so the diff is reviewable)."""
+import nbformat as nbf
+from pathlib import Path
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+cells = []
+cells.append(md(r"""# 02 · The auxiliary branch on the encoder (Iino et al., Eq. 5–6)
+
+With the task loss alone (notebook 01), the encoder learns only through the decoder *and* the deep
+frozen recognizer: a long path on which the gradient reaching $g_a$ is weak and indirect. Iino et
+al. add a **lightweight recognizer on the quantized latent ŷ, just before the decoder**, trained
+jointly with the codec on the same pseudo-labels:
+
+$$L = R + \lambda \{E(y, \hat y) + \alpha E(y, \hat y_{aux})\} \qquad (5)$$
+
+$$L = R + \lambda \{E(y, \hat y) + \alpha E(y, \hat y_{aux}) + \mathrm{MSE}(x, \hat x)\} \qquad (6)$$
+
+```
+x ──► g_a ──► ŷ ──────────────► g_s ──► x̂ ──► frozen recognizer ──► E(y, ŷ)
+               │
+               └──► aux branch: RB↑2 · RB · RB↑2 ─► 4 stages ─► same head ──► E(y, ŷ_aux)
+                    (training only; not part of the codec, never in the bitstream)
+```
+
+* **Its loss reaches the encoder only** (g_a and, through the rate term, the entropy models):
+  ŷ is g_s's *input*, so nothing of the branch's gradient passes through the decoder. The position
+  ablation (section 4.2) shows that putting it elsewhere (before g_s's last layer — *aux-dec* —
+  or inside the recognizer) works worse, because its loss then also pulls on the decoder.
+* **Architecture (Tables 1–2).** A stem of CompressAI residual blocks upsamples ŷ from stride 16 to
+  stride 4 (the stride of the recognizer's conv2 output), then one block per stage at widths
+  128/256/256/512 (ResNeXt bottlenecks for detection, two 3×3 convolutions for segmentation) and a
+  head of the same kind as the main model: torchvision's FPN + RPN + RoI heads, or smp's
+  DeepLabV3+ decoder. The `cpu` profile scales every width by `icm.branch_width`.
+* **α = 0.5** and the λ sets are the paper's; the branch has its own Adam parameter group.
+* At test time the branch is thrown away: the codec, its bitstreams and its encoding time are
+  those of the baseline architecture."""))
+cells.append(code("""# Parameters (papermill injects overrides after this cell)
+PROFILE = "cpu"          # smoke | cpu | paper
+SEED = 0
+DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+OUTPUT_DIR = "../outputs/cpu/02_auxiliary_branch_training"  # figures + metrics.json
+DEVICE = ""              # empty: cuda if available, else cpu
+TASKS = ["det", "seg"]
+STEPS = None             # None: the profile's schedule (shared with notebook 01 and the study)""",
+                   metadata={"tags": ["parameters"]}))
+cells.append(code("""from icm_lib.notebook import setup
+
+S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
+profile, device = S.profile, S.device
+print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")"""))
+cells.append(code("""from icm_lib.train import prepare, build_branch
+
+ds, machines, reference, cache_dir = prepare(profile, S.data_dir, device)
+icm = profile.icm
+branch_sizes = {}
+for task in TASKS:
+    n_classes = (ds.det_train if task == "det" else ds.seg_train).num_classes
+    branch = build_branch(profile, task, "aux-enc", reference, n_classes)
+    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+    branch_sizes[task] = n(branch)
+    print(f"{task}: branch {n(branch):.2f} M parameters (width x{icm.branch_width}); "
+          f"recognizer {n(machines[task].model):.2f} M; codec {n(reference):.2f} M")
+    print("   stages:", branch.net.body.out_channels)"""))
+cells.append(md(r"""## 1 · Train (or load) the baseline and the aux-enc codecs
+
+The baseline runs are notebook 01's (loaded from the cache when it ran); the aux-enc runs use the
+same seed, data order, λ and schedule, so the only difference is the branch."""))
+cells.append(code("""import time
+from icm_lib.study import run_point, curves, bd_rates
+from icm_lib.evaluate import TASK_METRIC
+
+t0 = time.perf_counter()
+runs = []
+for lmbda in icm.mse_lambdas:
+    runs.append(run_point(profile, "det", "mse", lmbda, SEED, ds, machines, reference, cache_dir,
+                          device, eval_tasks=tuple(TASKS), steps=STEPS))
+for task in TASKS:
+    for variant in ("baseline", "aux-enc"):
+        for lmbda in icm.lambdas(task):
+            runs.append(run_point(profile, task, variant, lmbda, SEED, ds, machines, reference,
+                                  cache_dir, device, roi=(variant == "baseline" and task == "det"),
+                                  steps=STEPS))
+print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
+by = {(r["task"], r["variant"]): [] for r in runs}
+for r in runs:
+    by[(r["task"], r["variant"])].append(r)"""))
+cells.append(md(r"""## 2 · Training curves: does the branch help the *main* loss?
+
+Section 4.2 compares the main loss (Eq. 4's terms, without the branch's) of runs with and without
+the branch. Below: the task loss $E(y,\hat y)$ and the rate of both variants at one λ, and the
+branch's own loss (it starts from random weights, so it first has to learn to recognize from ŷ)."""))
+cells.append(code("""from icm_lib import plots
+
+logs = {}
+for task in TASKS:
+    lm = icm.lambdas(task)[len(icm.lambdas(task)) // 2]
+    for variant in ("baseline", "aux-enc"):
+        r = next(r for r in by[(task, variant)] if r["lmbda"] == lm)
+        logs[f"{task} {variant} task loss λ={lm:g}"] = [x["task_loss"] for x in r["log"]]
+        logs[f"{task} {variant} bpp λ={lm:g}"] = [x["bpp_loss"] for x in r["log"]]
+        if variant == "aux-enc":
+            logs[f"{task} branch loss λ={lm:g}"] = [x["branch_loss"] for x in r["log"]]
+fig = plots.loss_curves(logs, smooth=3)
+fig.set_size_inches(min(3.2 * len(logs), 30), 3)
+plots.save(fig, S.output_dir, "training_curves")"""))
+cells.append(md(r"""## 3 · R-D curves and BD-rates
+
+Every point: the val set through real bitstreams, scored against ground truth. BD-rate (Bjøntegaard,
+Akima interpolation) is the average bitrate difference at equal task accuracy, against the
+baseline curve: negative means fewer bits. The paper reports **−27.7 %** (detection) and
+**−20.3 %** (segmentation) for aux-enc. One seed is shown here; the study (`make study`) repeats
+everything over seeds and reports confidence intervals."""))
+cells.append(code("""bd = {}
+for task in TASKS:
+    c = curves(runs, task)
+    bd[task] = bd_rates(c, task)
+    plots.save(plots.rd_curves(c, TASK_METRIC[task], title=f"{task}: with and without the auxiliary branch"),
+               S.output_dir, f"rd_{task}")
+    m = TASK_METRIC[task]
+    print(f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}")
+    for a, b in zip(by[(task, "baseline")], by[(task, "aux-enc")]):
+        pa, pb = a["eval"][task], b["eval"][task]
+        print(f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}")
+    for name, row in bd[task].items():
+        s = row["per_seed"].get(SEED, {})
+        print(f"  BD-rate {name:8s} vs baseline: "
+              + (f"{s['bd_rate']:+.1f} %" if s.get("bd_rate") is not None else f"undefined: {s.get('error')}"))"""))
+cells.append(md(r"""## 4 · Bit allocation with and without the branch (paper Fig. 5–6)
+
+Left to right: the input, the baseline's and the aux-enc codec's bits per pixel, and their
+difference (red: aux-enc spends more there; blue: fewer)."""))
+cells.append(code("""import torch
+import matplotlib.pyplot as plt
+from icm_lib.data.transforms import pad_to_multiple
+
+maps_record = {}
+fig, axes = plt.subplots(len(TASKS), 4, figsize=(13, 3.3 * len(TASKS)), squeeze=False)
+for row, task in zip(axes, TASKS):
+    val = ds.det_val if task == "det" else ds.seg_val
+    image = val[0][0]
+    x = pad_to_multiple(image[None].to(device))[0]
+    lm = icm.lambdas(task)[len(icm.lambdas(task)) // 2]
+    maps = {}
+    for variant in ("baseline", "aux-enc"):
+        c = next(r for r in by[(task, variant)] if r["lmbda"] == lm)["codec"].to(device).eval()
+        maps[variant] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[: image.shape[1], : image.shape[2]].cpu()
+    row[0].imshow(image.permute(1, 2, 0).numpy()); row[0].set_title(f"{task} input", fontsize=9)
+    vmax = max(float(m.max()) for m in maps.values())
+    for ax, (variant, m) in zip(row[1:3], maps.items()):
+        ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=vmax)
+        ax.set_title(f"{variant} λ={lm:g}: {float(m.mean()):.3f} bpp", fontsize=9)
+    diff = maps["aux-enc"] - maps["baseline"]
+    lim = float(diff.abs().max()) or 1.0
+    row[3].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim); row[3].set_title("aux-enc − baseline", fontsize=9)
+    maps_record[task] = {v: float(m.mean()) for v, m in maps.items()}
+for ax in axes.flat: ax.set_axis_off()
+fig.tight_layout()
+plots.save(fig, S.output_dir, "bit_allocation")"""))
+cells.append(md(r"""## 5 · The branch is not part of the codec
+
+The saved aux-enc codec has exactly the parameters of the reference architecture, and it decodes
+its own bitstreams without the branch."""))
+cells.append(code("""from icm_lib.codec import load_codec
+from icm_lib.runtime import load_checkpoint
+from pathlib import Path
+
+checks = {}
+for task in TASKS:
+    r = by[(task, "aux-enc")][0]
+    saved = load_checkpoint(Path(r["run_dir"]) / "codec.pt")
+    branch_state = load_checkpoint(Path(r["run_dir"]) / "branch.pt")["state_dict"]
+    same_keys = set(saved["state_dict"]) == set(reference.codec_state()["state_dict"])
+    x = (ds.det_val if task == "det" else ds.seg_val)[0][0]
+    data = r["codec"].compress(x)
+    decodes = bool(torch.equal(load_codec(saved).to(device).decompress(data), r["codec"].decompress(data)))
+    checks[task] = {"codec_keys_equal_reference": same_keys, "branch_tensors": len(branch_state),
+                    "decodes_without_branch": decodes}
+    print(task, checks[task])"""))
+cells.append(code("""def point(p, task):
+    return {"bpp": p["bpp"], "metric": p[TASK_METRIC[task]], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]}
+
+record = {"tasks": {}}
+for task in TASKS:
+    record["tasks"][task] = {
+        "metric": TASK_METRIC[task],
+        "lambdas": [r["lmbda"] for r in by[(task, "aux-enc")]],
+        **{v: [point(r["eval"][task], task) for r in by[(task, v)]] for v in ("baseline", "aux-enc")},
+        "first_loss": [r["log"][0]["loss"] for r in by[(task, "aux-enc")]],
+        "last_loss": [r["log"][-1]["loss"] for r in by[(task, "aux-enc")]],
+        "branch_loss_first_last": [[r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in by[(task, "aux-enc")]],
+        "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},
+        "bit_allocation_mean_bpp": maps_record[task],
+        "branch_million_parameters": branch_sizes[task],
+        **checks[task],
+    }
+print(S.record(record))"""))
+cells.append(md(r"""## Next
+
+* **The study** — `make study` repeats notebooks 01–02 over three seeds and writes the BD-rates
+  with confidence intervals to `results/` (see the README for the numbers and how long it took).
+* **04 · PatchGAN finetuning** — makes these machine-oriented codecs watchable for humans without
+  changing a single bit of their streams."""))
+nb = nbf.v4.new_notebook(cells=cells, metadata={
+    "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+    "language_info": {"name": "python"}})
+out = Path(__file__).resolve().parent.parent / "notebooks" / "02_auxiliary_branch_training.ipynb"
+nbf.write(nb, out)
+print(out)
