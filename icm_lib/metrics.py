@@ -133,3 +133,51 @@ def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float],
                                          min_overlap=0.0))
     except Exception as exc:  # the package raises assertion/value errors on bad curves
         raise BDRateError(f"BD-rate failed: {exc}") from exc
+
+
+#: periods of the checkerboard pattern of 1..4 stride-2 upsamplings
+CHECKERBOARD_PERIODS = (2, 4, 8, 16)
+
+
+def checkerboard_score(decoded: torch.Tensor, original: torch.Tensor,
+                       periods: Sequence[int] = CHECKERBOARD_PERIODS) -> float:
+    """Share of the residual's spectral energy in peaks at the periodic frequencies of stride-2
+    upsamplings: 0 means no checkerboard artifact, 1 a residual that is nothing but one.
+
+    The residual r = decoded − original (mean-free, per channel) is Fourier-transformed. A pattern
+    of period p puts its energy at the bins whose frequencies are multiples of 1/p cycles per
+    pixel along either axis (all of which are multiples of 1/max(periods)). At each such bin the
+    *excess* over the mean of its 8 neighbouring bins is counted (natural residuals have smooth
+    spectra, so their excess is ~0), and the sum is divided by the residual's total energy.
+
+    Args:
+        decoded, original: (B, 3, H, W) or (3, H, W) in [0, 1], same shape; H and W multiples of
+            ``max(periods)`` (pad or crop first) so that the periodic bins are exact.
+
+    Returns:
+        The score averaged over the batch, in [0, 1].
+    """
+    if decoded.shape != original.shape:
+        raise ValueError(f"shapes differ: {tuple(decoded.shape)} vs {tuple(original.shape)}")
+    r = (decoded - original).double()
+    if r.ndim == 3:
+        r = r[None]
+    h, w = r.shape[-2:]
+    step = max(periods)
+    if h % step or w % step:
+        raise ValueError(f"H and W must be multiples of {step}, got {h}x{w}")
+    r = r - r.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(r).abs().pow(2).sum(1)  # (B, H, W), channels summed
+    grid_u = torch.zeros(h, dtype=torch.bool)
+    grid_v = torch.zeros(w, dtype=torch.bool)
+    for p in periods:
+        grid_u[:: h // p] = True
+        grid_v[:: w // p] = True
+    # a peak sits where both coordinates are on the grid (including the axes), DC excluded
+    peaks = grid_u[:, None] & grid_v[None, :]
+    peaks[0, 0] = False
+    neighbours = sum(torch.roll(power, (du, dv), dims=(-2, -1))
+                     for du in (-1, 0, 1) for dv in (-1, 0, 1) if du or dv) / 8
+    excess = (power - neighbours).clamp(min=0) * peaks
+    total = power.sum(dim=(-2, -1)).clamp(min=1e-20)
+    return float((excess.sum(dim=(-2, -1)) / total).clamp(0, 1).mean())

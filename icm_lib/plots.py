@@ -1,7 +1,6 @@
 """Figures: annotated images, label maps, training curves, decoded images and bit allocation."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 

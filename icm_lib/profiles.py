@@ -184,6 +184,48 @@ class ICMConfig:
 
 
 @dataclass(frozen=True)
+class GANConfig:
+    """Decoder-only PatchGAN finetuning (seed 002, Le et al.).
+
+    Attributes:
+        steps, batch_size, crop, seed, log_every, checkpoint_every: the schedule; codec crops of
+            ``crop`` pixels.
+        patch: side of the random patches the discriminator judges (real: original, fake:
+            decoded; the poster trains "on small image patches").
+        lr, betas: Adam of the decoder.
+        d_lr, d_betas: Adam of the discriminator (pix2pix: 2e-4, (0.5, 0.999)).
+        adv_loss: ``"lsgan"`` (least squares) or ``"ns"`` (non-saturating, logits + BCE).
+        adv_weight, task_weight, pixel_weight: the decoder's loss
+            ``adv_weight·L_adv + task_weight·E(y, ŷ) + pixel_weight·MSE(x, x̂)``.
+        limited_adv_weight: the adversarial weight of the "limited impact" preset.
+        decoder_layers: how many of g_s's layers are trained, from its input side (``None``:
+            all; the poster finetunes "the first few layers").
+        d_channels, d_layers: the discriminator's width and strided depth (pix2pix: 64, 3 → a
+            70 x 70 receptive field).
+    """
+
+    steps: int = 300
+    batch_size: int = 8
+    crop: int = 128
+    patch: int = 64
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    d_lr: float = 2e-4
+    d_betas: tuple[float, float] = (0.5, 0.999)
+    adv_loss: str = "lsgan"
+    adv_weight: float = 0.1
+    task_weight: float = 1.0
+    pixel_weight: float = 20.0
+    limited_adv_weight: float = 0.01
+    decoder_layers: int | None = None
+    d_channels: int = 64
+    d_layers: int = 3
+    log_every: int = 10
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Profile:
     """A complete configuration of the tutorial; see the module docstring."""
 
@@ -195,6 +237,8 @@ class Profile:
     mse: TrainConfig = field(default_factory=TrainConfig)
     #: codecs for machines (seed 001), notebooks 01-02 and the study
     icm: ICMConfig = field(default_factory=ICMConfig)
+    #: decoder-only PatchGAN finetuning (seed 002), notebook 04
+    gan: GANConfig = field(default_factory=GANConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,6 +258,8 @@ PROFILES: dict[str, Profile] = {
                       seg=TrainConfig(steps=4, batch_size=2, crop=64, lr=2e-4,
                                       checkpoint_every=2, log_every=1),
                       mse_lambdas=(0.005, 0.02), mse_steps=2),
+        gan=GANConfig(steps=4, batch_size=2, crop=64, patch=32, d_channels=16, log_every=1,
+                      checkpoint_every=2),
     ),
     "cpu": Profile(
         name="cpu",

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from icm_lib import bitstream
 from icm_lib.codec import CODEC_NAMES, build_codec, load_codec
 from icm_lib.errors import BitstreamError, ImageError, WeightsUnavailableError
 

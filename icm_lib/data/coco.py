@@ -85,7 +85,6 @@ class CocoDetection(Dataset):
 
     def roi_mask(self, idx: int) -> torch.Tensor:
         """Union of the ground-truth instance masks (H, W) bool, at the original size."""
-        from pycocotools import mask as mask_utils
         import numpy as np
 
         image_id = self.ids[idx]

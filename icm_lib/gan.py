@@ -1,0 +1,272 @@
+"""Decoder-only PatchGAN finetuning of a codec for machines (Le et al., seed 002); CLI.
+
+Codecs trained for machines at low rates decode images with checkerboard artifacts. Le et al.
+finetune only the **decoder** against a PatchGAN discriminator while the encoder side (analysis
+transform, hyperprior, entropy models) stays frozen, so every bitstream stays byte-identical and
+the rate does not change::
+
+    x ──► encoder (frozen) ──► ŷ (rounded, as in the bitstream) ──► g_s (trained) ──► x̂
+                                                                                      │
+          D(patches of x) vs D(patches of x̂)  ◄── PatchGAN (pix2pix, 70x70) ◄──────────┤
+          E(y, ŷ): the frozen recognizer on x̂ vs pseudo-labels y = recognizer(x) ◄──────┤
+          MSE(x, x̂) ◄─────────────────────────────────────────────────────────────────┘
+
+    L_D = adv_D(D(x), D(x̂))          L_g_s = w_adv·adv_G(D(x̂)) + w_task·E(y, ŷ) + w_pix·MSE(x, x̂)
+
+Presets: ``full`` (``adv_weight``) and ``limited`` (``limited_adv_weight``: attenuated adversarial
+dynamics, the poster's "limited impact" variant).
+
+Files in ``run_dir``: ``checkpoint.pt`` (codec, discriminator, both optimizers, step, config),
+``log.jsonl``, and at the end ``codec.pt`` (the finetuned codec alone) and ``discriminator.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .codec import ICMCodec, load_codec
+from .data.sampler import CropSampler
+from .profiles import GANConfig, get_profile
+from .runtime import (atomic_torch_save, atomic_write_json, config_hash, get_device,
+                      load_checkpoint, seed_everything, state_fingerprint)
+
+PRESETS = ("full", "limited")
+
+
+class PatchDiscriminator(nn.Module):
+    """pix2pix's N-layer PatchGAN: 4x4 convolutions, the first ``n_layers`` with stride 2,
+    channels 64-128-256-512, BatchNorm and LeakyReLU(0.2); one logit per overlapping patch.
+
+    Args:
+        channels: width of the first layer (64 in pix2pix).
+        n_layers: strided layers (3 → a 70 x 70 receptive field).
+    """
+
+    def __init__(self, in_channels: int = 3, channels: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1),
+                                   nn.LeakyReLU(0.2, True)]
+        ch = channels
+        for i in range(1, n_layers + 1):
+            out = channels * min(2 ** i, 8)
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(ch, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out),
+                       nn.LeakyReLU(0.2, True)]
+            ch = out
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def receptive_field(self) -> int:
+        """Side of the input region one output logit sees: r ← (r − 1)·stride + kernel, from the
+        last convolution back to the first."""
+        r = 1
+        for m in reversed([m for m in self.net if isinstance(m, nn.Conv2d)]):
+            r = (r - 1) * m.stride[0] + m.kernel_size[0]
+        return r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] → logits (B, 1, h, w), one per patch."""
+        return self.net(x * 2 - 1)
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "lsgan":
+        return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
+    if kind == "ns":
+        return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    raise ValueError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
+
+
+def generator_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "lsgan":
+        return (fake - 1).pow(2).mean()
+    if kind == "ns":
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    raise ValueError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
+
+
+def random_patches(images: list[torch.Tensor], patch: int, generator: torch.Generator):
+    """The same random ``patch`` x ``patch`` window from each image of every tensor in ``images``."""
+    h, w = images[0].shape[-2:]
+    if patch > min(h, w):
+        raise ValueError(f"patch {patch} is larger than the crops ({h}x{w})")
+    b = images[0].shape[0]
+    tops = torch.randint(0, h - patch + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(0, w - patch + 1, (b,), generator=generator).tolist()
+    return [torch.stack([t[i, :, y:y + patch, x:x + patch] for i, (y, x) in enumerate(zip(tops, lefts))])
+            for t in images]
+
+
+def trainable_decoder_parameters(codec: ICMCodec, layers: int | None) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze the first ``layers`` children of g_s (all if ``None``)."""
+    for p in codec.parameters():
+        p.requires_grad_(False)
+    children = list(codec.decoder.children())
+    chosen = children if layers is None else children[:layers]
+    if not chosen or layers is not None and not 0 < layers <= len(children):
+        raise ValueError(f"decoder_layers must be in 1..{len(children)} or None, got {layers}")
+    params = [p for m in chosen for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
+    """``full``: as configured; ``limited``: the attenuated adversarial weight."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    return cfg if preset == "full" else replace(cfg, adv_weight=cfg.limited_adv_weight)
+
+
+def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANConfig,
+                     run_dir: str | Path, device: torch.device, progress: bool = True,
+                     stop_after: int | None = None, desc: str = "PatchGAN finetune"
+                     ) -> tuple[ICMCodec, list[dict]]:
+    """Finetune ``codec``'s decoder (load-or-compute; stopped runs resume bit for bit).
+
+    Args:
+        codec: a trained codec (changed in place); its encoder side never changes.
+        machine: the frozen recognizer whose task loss keeps machine accuracy.
+        sampler: training crops (``cfg.batch_size`` x ``cfg.crop``).
+
+    Returns:
+        The finetuned codec (eval mode, entropy tables rebuilt from the unchanged encoder side)
+        and the log.
+    """
+    run_dir = Path(run_dir)
+    final, ckpt_path, log_path = run_dir / "codec.pt", run_dir / "checkpoint.pt", run_dir / "log.jsonl"
+    if final.is_file():
+        return load_codec(load_checkpoint(final)).to(device).eval(), _read_log(log_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    codec.to(device).eval()  # the encoder codes as in the bitstream (rounding, no noise)
+    codec.update(force=True)
+    params = trainable_decoder_parameters(codec, cfg.decoder_layers)
+    disc = PatchDiscriminator(3, cfg.d_channels, cfg.d_layers).to(device).train()
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+    start = 0
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        codec.model.load_state_dict(state["codec"]["state_dict"])
+        disc.load_state_dict(state["discriminator"])
+        opt.load_state_dict(state["optimizer"])
+        d_opt.load_state_dict(state["d_optimizer"])
+        start = state["step"]
+        records = [r for r in _read_log(log_path) if r["step"] <= start]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+        x = sampler.batch(step).to(device)
+        with torch.no_grad():
+            latent_hat = codec.encode(x)["latent_hat"]
+            pseudo_labels = machine.pseudo_labels(x)
+        x_hat = codec.decode(latent_hat)
+        real_p, fake_p = random_patches([x, x_hat], cfg.patch, g)
+        d_loss = discriminator_loss(disc(real_p), disc(fake_p.detach()), cfg.adv_loss)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        adv = generator_loss(disc(fake_p), cfg.adv_loss)
+        task = machine.task_loss(x_hat, pseudo_labels)["loss"]
+        pixel = F.mse_loss(x_hat, x)
+        loss = cfg.adv_weight * adv + cfg.task_weight * task + cfg.pixel_weight * pixel
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            record = {"step": done, "loss": loss.item(), "adv_loss": adv.item(),
+                      "task_loss": task.item(), "mse_loss": pixel.item(),
+                      "d_loss": d_loss.item(), "seconds": round(time.perf_counter() - t0, 3)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
+                             if k.endswith("loss")})
+        if done % cfg.checkpoint_every == 0 or done == end:
+            atomic_torch_save({"codec": codec.codec_state(), "discriminator": disc.state_dict(),
+                               "optimizer": opt.state_dict(), "d_optimizer": d_opt.state_dict(),
+                               "step": done, "config": asdict(cfg)}, ckpt_path)
+    for p in codec.parameters():
+        p.requires_grad_(True)
+    if end < cfg.steps:
+        return codec, _read_log(log_path)
+    codec.eval()
+    codec.update(force=True)
+    atomic_torch_save({"state_dict": disc.state_dict()}, run_dir / "discriminator.pt")
+    atomic_torch_save(codec.codec_state(), final)
+    atomic_write_json(run_dir / "config.json", asdict(cfg))
+    return codec, _read_log(log_path)
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_or_finetune(codec: ICMCodec, machine, train_set, cfg: GANConfig, preset: str, seed: int,
+                     cache_dir: str | Path, device: torch.device, progress: bool = True,
+                     stop_after: int | None = None) -> tuple[ICMCodec, list[dict], Path]:
+    """Finetune a copy of ``codec`` with ``preset`` and ``seed`` (load-or-compute), keyed by the
+    exact weights of ``codec`` and the configuration. Returns ``(codec, log, run_dir)``."""
+    cfg = replace(preset_config(cfg, preset), seed=seed)
+    key = config_hash({"cfg": asdict(cfg), "codec": state_fingerprint(codec.codec_state()["state_dict"]),
+                       "data": str(Path(train_set.root).resolve())})
+    run_dir = Path(cache_dir) / "gan" / f"{preset}-seed{seed}-{key}"
+    copy = load_codec(codec.codec_state())
+    sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
+    tuned, log = finetune_decoder(copy, machine, sampler, cfg, run_dir, device, progress,
+                                  stop_after, desc=f"PatchGAN {preset} seed {seed}")
+    return tuned, log, run_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m icm_lib.gan --codec data/cache/icm/det-baseline-.../codec.pt --task det``."""
+    parser = argparse.ArgumentParser(prog="python -m icm_lib.gan", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--codec", required=True, help="a trained codec.pt (e.g. a baseline run's)")
+    parser.add_argument("--task", choices=("det", "seg"), default="det")
+    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--device", default="")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from .data import get_datasets
+    from .recognition import load_or_train
+
+    profile = get_profile(args.profile)
+    device = get_device(args.device or None)
+    cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
+    datasets = get_datasets(profile.data, args.data_dir, progress=not args.no_progress)
+    cache_dir = Path(args.data_dir) / "cache"
+    det, seg, _ = load_or_train(profile, datasets, cache_dir, device, not args.no_progress)
+    codec = load_codec(load_checkpoint(args.codec)).to(device)
+    train_set = datasets.det_train if args.task == "det" else datasets.seg_train
+    _, log, run_dir = load_or_finetune(codec, det if args.task == "det" else seg, train_set, cfg,
+                                       args.preset, args.seed, cache_dir, device,
+                                       not args.no_progress)
+    summary = {"run_dir": str(run_dir), "steps_logged": len(log), "last": log[-1] if log else None}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
