@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .codec import ICMCodec
-from .metrics import BDRateError, bd_rate, ms_ssim, psnr
+from .metrics import BDRateError, bd_rate, checkerboard_score, ms_ssim, psnr
 from .roi import latent_roi_mask, roi_scaling
 from .runtime import atomic_write_json
 
@@ -39,7 +39,7 @@ class BitstreamRoundTrip:
         self.codec = codec.eval()
         self.roi_dataset, self.roi_qf = roi_dataset, roi_qf
         self.bits = self.estimate_bits = self.pixels = 0.0
-        self.psnr_sum = self.msssim_sum = 0.0
+        self.psnr_sum = self.msssim_sum = self.checkerboard_sum = 0.0
         self.images = 0
 
     def _code(self, x: torch.Tensor):
@@ -60,6 +60,9 @@ class BitstreamRoundTrip:
             self.pixels += pixels
             self.psnr_sum += psnr(coded.x_hat, x[None].to(coded.x_hat))
             self.msssim_sum += ms_ssim(coded.x_hat, x[None].to(coded.x_hat))
+            h, w = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16  # whole periods only
+            self.checkerboard_sum += checkerboard_score(coded.x_hat[..., :h, :w],
+                                                        x[None, :, :h, :w].to(coded.x_hat))
             self.images += 1
             decoded.append(coded.x_hat[0])
         return torch.stack(decoded).to(images.device)
@@ -67,7 +70,7 @@ class BitstreamRoundTrip:
     def summary(self) -> dict[str, float]:
         return {"bpp": self.bits / self.pixels, "bpp_estimate": self.estimate_bits / self.pixels,
                 "psnr": self.psnr_sum / self.images, "ms_ssim": self.msssim_sum / self.images,
-                "images": self.images}
+                "checkerboard": self.checkerboard_sum / self.images, "images": self.images}
 
 
 def rd_point(codec: ICMCodec, task_name: str, machine, dataset, device: torch.device,
@@ -83,11 +86,14 @@ def rd_point(codec: ICMCodec, task_name: str, machine, dataset, device: torch.de
     return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def load_or_evaluate(path: str | Path, compute) -> dict:
-    """Read the JSON at ``path`` or write ``compute()`` there (atomically) and return it."""
+def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) -> dict:
+    """Read the JSON at ``path`` or write ``compute()`` there (atomically) and return it; a
+    stored result missing one of the ``required`` keys (an older evaluation) is recomputed."""
     path = Path(path)
     if path.is_file():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if all(k in stored for k in required):
+            return stored
     result = compute()
     atomic_write_json(path, result)
     return result

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .evaluate import TASK_METRIC, bd_rate_or_reason, load_or_evaluate, mean_ci, rd_point
+from .gan import load_or_finetune
 from .profiles import Profile, get_profile
 from .runtime import atomic_write_json
 from .train import load_or_train_icm, prepare
@@ -164,10 +165,80 @@ def summarise(profile: Profile, runs: list[dict], tasks: list[str], seeds: list[
             "icm_config": asdict(profile.icm), "tasks": per_task}
 
 
+# ---------------------------------------------------------------------- seed 002
+#: seed 002's headline: relative change of the task score after PatchGAN finetuning
+PAPER_GAN_TASK_CHANGE = -1.6
+
+
+def gan_point(profile: Profile, seed: int, preset: str, datasets, machines: dict, reference,
+              cache_dir: Path, device: torch.device, progress: bool = True) -> dict:
+    """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline
+    codec of ``profile.gan.task`` at ``profile.gan.lmbda`` (trained if missing), finetuned with
+    ``preset``; both evaluated through real bitstreams (with the checkerboard score)."""
+    task = profile.gan.task
+    lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
+    base = run_point(profile, task, "baseline", lmbda, seed, datasets, machines, reference,
+                     cache_dir, device, progress)
+    val = val_set(datasets, task)
+    keys = ("checkerboard",)
+    before = load_or_evaluate(Path(base["run_dir"]) / f"eval-{task}.json",
+                              lambda: rd_point(base["codec"], task, machines[task], val, device), keys)
+    train_set = datasets.det_train if task == "det" else datasets.seg_train
+    tuned, log, run_dir = load_or_finetune(base["codec"], machines[task], train_set, profile.gan,
+                                           preset, seed, cache_dir, device, progress)
+    after = load_or_evaluate(run_dir / f"eval-{task}.json",
+                             lambda: rd_point(tuned, task, machines[task], val, device), keys)
+    return {"task": task, "lmbda": lmbda, "seed": seed, "preset": preset, "before": before,
+            "after": after, "log": log, "run_dir": str(run_dir), "codec": tuned,
+            "base_codec": base["codec"], "train_seconds": log[-1]["seconds"] if log else 0.0}
+
+
+def summarise_gan(rows: list[dict]) -> dict:
+    """Mean and 95 % interval over seeds of before, after and the change, per preset."""
+    out = {}
+    for preset in sorted({r["preset"] for r in rows}):
+        rs = [r for r in rows if r["preset"] == preset]
+        metric = TASK_METRIC[rs[0]["task"]]
+        table = {}
+        for key in ("bpp", "psnr", "ms_ssim", "checkerboard", metric):
+            table[key] = {"before": mean_ci([r["before"][key] for r in rs]),
+                          "after": mean_ci([r["after"][key] for r in rs]),
+                          "change": mean_ci([r["after"][key] - r["before"][key] for r in rs])}
+        table["task_relative_change_percent"] = mean_ci(
+            [100 * (r["after"][metric] / r["before"][metric] - 1) for r in rs
+             if r["before"][metric] > 0])
+        out[preset] = table
+    return out
+
+
+def run_gan_study(profile: Profile, seeds: list[int], data_dir: str | Path,
+                  results_dir: str | Path, device: torch.device, progress: bool = True) -> dict:
+    """Both presets over ``seeds``; writes ``results/gan-<profile>.json`` after every run."""
+    t_start = time.perf_counter()
+    datasets, machines, reference, cache_dir = prepare(profile, data_dir, device, progress)
+    rows = []
+    out_json = Path(results_dir) / f"gan-{profile.name}.json"
+    summary: dict = {}
+    for seed in seeds:
+        for preset in ("full", "limited"):
+            r = gan_point(profile, seed, preset, datasets, machines, reference, cache_dir, device,
+                          progress)
+            rows.append({k: v for k, v in r.items() if k not in ("codec", "base_codec")})
+            summary = {"profile": profile.name, "seeds": seeds, "rows": rows,
+                       "summary": summarise_gan(rows), "gan_config": asdict(profile.gan),
+                       "paper_task_relative_change_percent": PAPER_GAN_TASK_CHANGE,
+                       "compute_hours_in_runs": round(sum(x["train_seconds"] for x in rows) / 3600, 3),
+                       "wall_hours_this_invocation": round((time.perf_counter() - t_start) / 3600, 3)}
+            atomic_write_json(out_json, summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
     parser = argparse.ArgumentParser(prog="python -m icm_lib.study", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--study", choices=["aux", "gan"], default="aux",
+                        help="aux: seed 001 (R-D, BD-rate); gan: seed 002 (PatchGAN finetuning)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
     parser.add_argument("--variants", nargs="+", default=["baseline", "aux-enc"],
@@ -180,6 +251,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from .runtime import get_device
 
+    if args.study == "gan":
+        summary = run_gan_study(get_profile(args.profile), args.seeds, args.data_dir,
+                                args.results_dir, get_device(args.device or None),
+                                not args.no_progress)
+        for preset, t in summary["summary"].items():
+            print(f"{preset}: " + ", ".join(f"{k} {v['before']['mean']:.4g} → {v['after']['mean']:.4g}"
+                                            for k, v in t.items() if "before" in v))
+        return summary
     summary = run_study(get_profile(args.profile), args.seeds, args.tasks, args.variants,
                         args.data_dir, args.results_dir, get_device(args.device or None),
                         not args.no_progress, not args.no_reference_curve)

@@ -115,3 +115,22 @@ def test_notebook_02_aux_branch(nb02):
         assert t["branch_tensors"] > 10 and t["branch_million_parameters"] > 0
         assert "aux-enc" in t["bd_rate"]
     assert (out / "bit_allocation.png").stat().st_size > 5_000
+
+
+@pytest.fixture(scope="module")
+def nb04(root, nb01):
+    return _run(root, "04")
+
+
+def test_notebook_04_patchgan(nb04):
+    m, out = nb04
+    before = m["before"]
+    assert set(m["presets"]) == {"full", "limited"}
+    for p, r in m["presets"].items():
+        assert r["encoder_identical"] is True and r["bitstreams_identical"] is True
+        assert r["bpp"] == before["bpp"]  # same bytes, same rate
+        assert r["losses_finite"] is True and r["steps"] == 4
+        assert all(math.isfinite(r[k]) for k in ("psnr", "ms_ssim", "checkerboard", "metric"))
+        assert 0 <= r["checkerboard"] <= 1
+        assert r["psnr"] != before["psnr"]  # the decoder did change
+    assert (out / "before_after.png").stat().st_size > 5_000
