@@ -1,8 +1,6 @@
 """Writes notebooks/00_data_preparation.ipynb (kept as a script so the notebook's diff is reviewable)."""
-import nbformat as nbf
-from pathlib import Path
+from nbtools import SETUP, code, md, parameters, write
 
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = []
 cells.append(md(r"""# 00 · Data preparation — image coding for machines (ICM)
 
@@ -71,18 +69,13 @@ image x ──► encoder g_a + entropy models ──► ŷ (quantized latent) �
 > it is called `quantile_loss`. The paper's auxiliary *branch* loss is `branch_loss`. And since
 > `y` is both a label and CompressAI's latent, code says `latent_hat` for ŷ and `pseudo_labels`
 > for the targets."""))
-cells.append(code("""# Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+cells.append(parameters("""PROFILE = "cpu"          # smoke | cpu | paper
 SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/00_data_preparation"  # figures + metrics.json (env ICM_OUTPUT_DIR)
 DEVICE = ""              # empty: cuda if available, else cpu
-N_EXAMPLES = 4""", metadata={"tags": ["parameters"]}))
-cells.append(code("""from icm_lib.notebook import setup
-
-S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
-profile, device = S.profile, S.device
-print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")"""))
+N_EXAMPLES = 4"""))
+cells.append(SETUP)
 cells.append(md(r"""## 1 · Data
 
 The papers use **COCO2017** (detection) and **Pascal-Context59** (segmentation). Neither can be
@@ -265,9 +258,4 @@ cells.append(md(r"""## Next
 
 Everything this notebook computed is cached under `DATA_DIR` (datasets, recognizers, the
 reference codec), so later notebooks start in seconds."""))
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-    "language_info": {"name": "python"}})
-out = Path(__file__).resolve().parent.parent / "notebooks" / "00_data_preparation.ipynb"
-nbf.write(nb, out)
-print(out)
+write(cells, "00_data_preparation")

@@ -1,8 +1,6 @@
 """Writes notebooks/01_baseline_training.ipynb (kept as a script so the notebook's diff is reviewable)."""
-import nbformat as nbf
-from pathlib import Path
+from nbtools import SETUP, code, md, parameters, write
 
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = []
 cells.append(md(r"""# 01 · Baseline: training a codec with the machine's task loss (Eq. 4)
 
@@ -43,20 +41,14 @@ reuse these seed-0 codecs.
 **The ROI baseline** (Ahonen et al.) needs no training: at encoding time it divides the latent
 outside the objects' ground-truth masks by a quantization factor QF = 1.4, so the background costs
 fewer bits. It is applied to these baseline codecs, for detection only."""))
-cells.append(code("""# Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+cells.append(parameters("""PROFILE = "cpu"          # smoke | cpu | paper
 SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/01_baseline_training"  # figures + metrics.json (env ICM_OUTPUT_DIR)
 DEVICE = ""              # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-STEPS = None             # None: the profile's schedule; an int trains shorter (other runs)""",
-                   metadata={"tags": ["parameters"]}))
-cells.append(code("""from icm_lib.notebook import setup
-
-S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
-profile, device = S.profile, S.device
-print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")"""))
+STEPS = None             # None: the profile's schedule; an int trains shorter (other runs)"""))
+cells.append(SETUP)
 cells.append(md(r"""## 1 · What notebook 00 left: data, machines, the reference codec (cached)"""))
 cells.append(code("""import dataclasses
 from icm_lib.train import prepare
@@ -178,9 +170,4 @@ cells.append(md(r"""## Next
 
 **02 · Auxiliary-branch training** adds a small recognizer on ŷ whose loss reaches the encoder
 directly (Eq. 5–6), and compares its R-D curve with these."""))
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-    "language_info": {"name": "python"}})
-out = Path(__file__).resolve().parent.parent / "notebooks" / "01_baseline_training.ipynb"
-nbf.write(nb, out)
-print(out)
+write(cells, "01_baseline_training")

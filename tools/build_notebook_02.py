@@ -1,8 +1,6 @@
 """Writes notebooks/02_auxiliary_branch_training.ipynb (kept as a script so the diff is reviewable)."""
-import nbformat as nbf
-from pathlib import Path
+from nbtools import SETUP, code, md, parameters, write
 
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = []
 cells.append(md(r"""# 02 · The auxiliary branch on the encoder (Iino et al., Eq. 5–6)
 
@@ -34,20 +32,14 @@ x ──► g_a ──► ŷ ──────────────► g_s �
 * **α = 0.5** and the λ sets are the paper's; the branch has its own Adam parameter group.
 * At test time the branch is thrown away: the codec, its bitstreams and its encoding time are
   those of the baseline architecture."""))
-cells.append(code("""# Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+cells.append(parameters("""PROFILE = "cpu"          # smoke | cpu | paper
 SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/02_auxiliary_branch_training"  # figures + metrics.json
 DEVICE = ""              # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-STEPS = None             # None: the profile's schedule (shared with notebook 01 and the study)""",
-                   metadata={"tags": ["parameters"]}))
-cells.append(code("""from icm_lib.notebook import setup
-
-S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
-profile, device = S.profile, S.device
-print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")"""))
+STEPS = None             # None: the profile's schedule (shared with notebook 01 and the study)"""))
+cells.append(SETUP)
 cells.append(code("""from icm_lib.train import prepare, build_branch
 
 ds, machines, reference, cache_dir = prepare(profile, S.data_dir, device)
@@ -200,9 +192,4 @@ cells.append(md(r"""## Next
   with confidence intervals to `results/` (see the README for the numbers and how long it took).
 * **04 · PatchGAN finetuning** — makes these machine-oriented codecs watchable for humans without
   changing a single bit of their streams."""))
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-    "language_info": {"name": "python"}})
-out = Path(__file__).resolve().parent.parent / "notebooks" / "02_auxiliary_branch_training.ipynb"
-nbf.write(nb, out)
-print(out)
+write(cells, "02_auxiliary_branch_training")

@@ -1,8 +1,6 @@
 """Writes notebooks/04_patchgan_finetuning.ipynb (kept as a script so the diff is reviewable)."""
-import nbformat as nbf
-from pathlib import Path
+from nbtools import SETUP, code, md, parameters, write
 
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = []
 cells.append(md(r"""# 04 · Watchable images from a codec for machines: PatchGAN decoder finetuning (Le et al.)
 
@@ -32,19 +30,14 @@ score, and a "limited adversarial impact" variant that suppresses them only mild
 spectrum, and counts the energy in *peaks* at the periodic frequencies (multiples of 1/16 cycle per
 pixel, on either axis) above their neighbourhood, as a share of the residual's energy: 0 = none,
 1 = a residual that is only a periodic pattern."""))
-cells.append(code("""# Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+cells.append(parameters("""PROFILE = "cpu"          # smoke | cpu | paper
 SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/04_patchgan_finetuning"  # figures + metrics.json
 DEVICE = ""              # empty: cuda if available, else cpu
 PRESETS = ["full", "limited"]
-ZOOM = 48                # side of the zoomed crops (pixels)""", metadata={"tags": ["parameters"]}))
-cells.append(code("""from icm_lib.notebook import setup
-
-S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
-profile, device = S.profile, S.device
-print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")"""))
+ZOOM = 48                # side of the zoomed crops (pixels)"""))
+cells.append(SETUP)
 cells.append(code("""from icm_lib.train import prepare
 from icm_lib.gan import PatchDiscriminator
 
@@ -147,9 +140,4 @@ cells.append(md(r"""## Next
 
 `python -m icm_lib.study --study gan --seeds 0 1 2` repeats this over seeds (each seed finetunes
 its own baseline codec) and writes `results/gan-cpu.json`; the README compares it with the paper."""))
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-    "language_info": {"name": "python"}})
-out = Path(__file__).resolve().parent.parent / "notebooks" / "04_patchgan_finetuning.ipynb"
-nbf.write(nb, out)
-print(out)
+write(cells, "04_patchgan_finetuning")
