@@ -167,7 +167,9 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
         log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.steps)
-    t0 = time.perf_counter()
+    # "seconds" in the log counts training time across resumes
+    t0 = time.perf_counter() - next((r["seconds"] for r in reversed(_read_log(log_path))
+                                     if r["step"] <= start), 0.0)
     for step in bar:
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)

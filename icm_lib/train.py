@@ -204,7 +204,9 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc or f"train codec λ={cfg.lmbda:g}",
                disable=not (progress and dist.is_main), initial=start, total=cfg.steps)
-    t0 = time.perf_counter()
+    # "seconds" in the log counts training time across resumes
+    t0 = time.perf_counter() - next((r["seconds"] for r in reversed(_read_log(log_path))
+                                     if r["step"] <= start), 0.0)
     for step in bar:
         shares = sampler.batch(step).tensor_split(shards)
         opt.zero_grad(set_to_none=True)
