@@ -251,6 +251,20 @@ def _fmt(row: dict, digits: int = 1, unit: str = "") -> str:
     return f"{row['mean']:+.{digits}f}{unit}{ci} (n={row['n']})"
 
 
+START, END = "<!-- study-report:start -->", "<!-- study-report:end -->"
+
+
+def _replace_between_markers(path: Path, text: str) -> None:
+    doc = path.read_text()
+    if START not in doc or END not in doc:
+        raise ValueError(f"{path} has no {START} ... {END} markers")
+    head, rest = doc.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    from .runtime import atomic_write_bytes
+
+    atomic_write_bytes(path, (head + START + "\n" + text + "\n" + END + tail).encode())
+
+
 def report(results_dir: str | Path, profile_name: str) -> str:
     """Markdown tables for the README, generated from the study JSON files (never typed in)."""
     import json
@@ -278,6 +292,14 @@ def report(results_dir: str | Path, profile_name: str) -> str:
             lines.append(f"| {task} ({t['metric']}) | {cell(bd.get('aux-enc'))} | "
                          f"{t['paper_bd_rate_aux_enc']:+.1f} % | {cell(bd.get('roi'))} | "
                          f"{cell(bd.get('mse'))} |")
+        lines += ["", "R-D points (mean over the seeds done so far; bpp from real bytes):", "",
+                  "| task | curve | per λ: bpp / metric / PSNR |", "|---|---|---|"]
+        for task, t in d["tasks"].items():
+            for name, by_seed in t["curves"].items():
+                pts = _mean_curve({int(k): v for k, v in by_seed.items()})
+                cells = "; ".join(f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / "
+                                  f"{p['psnr']:.1f} dB" for p in pts)
+                lines.append(f"| {task} | {name} (n={len(by_seed)}) | {cells} |")
         undefined = [f"{task} {name} seed {seed}: {v['error']}" for task, t in d["tasks"].items()
                      for name, row in t["bd_rate"].items()
                      for seed, v in row["per_seed"].items() if v["bd_rate"] is None]
@@ -318,12 +340,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report", action="store_true",
                         help="print the README's markdown tables from results/ and exit")
+    parser.add_argument("--readme", default=None,
+                        help="with --report: also write the tables into this file between the "
+                             "<!-- study-report:start/end --> markers")
     args = parser.parse_args(argv)
     from .runtime import get_device
 
     if args.report:
         text = report(args.results_dir, args.profile)
         print(text)
+        if args.readme:
+            _replace_between_markers(Path(args.readme), text)
         return {"report": text}
     if args.study == "gan":
         summary = run_gan_study(get_profile(args.profile), args.seeds, args.data_dir,
