@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .profiles import GANConfig, get_profile
-from .runtime import (atomic_torch_save, atomic_write_json, config_hash, get_device,
-                      load_checkpoint, seed_everything, state_fingerprint)
+from .runtime import (append_log, atomic_torch_save, atomic_write_json, config_hash,
+                      get_device, load_checkpoint, logged_seconds, read_log, seed_everything,
+                      state_fingerprint, truncate_log)
 
 PRESETS = ("full", "limited")
 
@@ -146,7 +147,7 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
     run_dir = Path(run_dir)
     final, ckpt_path, log_path = run_dir / "codec.pt", run_dir / "checkpoint.pt", run_dir / "log.jsonl"
     if final.is_file():
-        return load_codec(load_checkpoint(final)).to(device).eval(), _read_log(log_path)
+        return load_codec(load_checkpoint(final)).to(device).eval(), read_log(log_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     codec.to(device).eval()  # the encoder codes as in the bitstream (rounding, no noise)
@@ -163,13 +164,10 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
         opt.load_state_dict(state["optimizer"])
         d_opt.load_state_dict(state["d_optimizer"])
         start = state["step"]
-        records = [r for r in _read_log(log_path) if r["step"] <= start]
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        truncate_log(log_path, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.steps)
-    # "seconds" in the log counts training time across resumes
-    t0 = time.perf_counter() - next((r["seconds"] for r in reversed(_read_log(log_path))
-                                     if r["step"] <= start), 0.0)
+    t0 = time.perf_counter() - logged_seconds(log_path, start)  # counts across resumes
     for step in bar:
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
@@ -196,8 +194,7 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
             record = {"step": done, "loss": loss.item(), "adv_loss": adv.item(),
                       "task_loss": task.item(), "mse_loss": pixel.item(),
                       "d_loss": d_loss.item(), "seconds": round(time.perf_counter() - t0, 3)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_log(log_path, record)
             bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
                              if k.endswith("loss")})
         if done % cfg.checkpoint_every == 0 or done == end:
@@ -207,19 +204,13 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
     for p in codec.parameters():
         p.requires_grad_(True)
     if end < cfg.steps:
-        return codec, _read_log(log_path)
+        return codec, read_log(log_path)
     codec.eval()
     codec.update(force=True)
     atomic_torch_save({"state_dict": disc.state_dict()}, run_dir / "discriminator.pt")
     atomic_torch_save(codec.codec_state(), final)
     atomic_write_json(run_dir / "config.json", asdict(cfg))
-    return codec, _read_log(log_path)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return codec, read_log(log_path)
 
 
 def load_or_finetune(codec: ICMCodec, machine, train_set, cfg: GANConfig, preset: str, seed: int,

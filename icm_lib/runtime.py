@@ -152,3 +152,28 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor], length: int = 10) -> 
         if isinstance(t, torch.Tensor):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------------- JSON-lines run logs
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log (empty if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_log(path: str | Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: str | Path, step: int) -> None:
+    """Drop the records written after ``step`` (those of a run resumed from that step)."""
+    records = [r for r in read_log(path) if r["step"] <= step]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def logged_seconds(path: str | Path, step: int) -> float:
+    """Training seconds the log had counted up to ``step``, so a resumed run keeps counting."""
+    return next((r["seconds"] for r in reversed(read_log(path)) if r["step"] <= step), 0.0)

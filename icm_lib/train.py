@@ -42,8 +42,9 @@ from .codec import ICMCodec, codec_from_config, load_codec
 from .data.sampler import CropSampler
 from .losses import icm_loss
 from .profiles import Profile, TrainConfig, get_profile
-from .runtime import (Distributed, atomic_torch_save, atomic_write_json, config_hash,
-                      load_checkpoint, seed_everything, state_fingerprint)
+from .runtime import (Distributed, append_log, atomic_torch_save, atomic_write_json,
+                      config_hash, load_checkpoint, logged_seconds, read_log, seed_everything,
+                      state_fingerprint, truncate_log)
 
 #: training variants: the MSE reference, Eq. 4 (no branch), Eq. 5/6 with the branch on ŷ
 #: (proposed) or on g_s's last-layer input (section 4.2)
@@ -169,7 +170,7 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
     dist = dist or Distributed(device)
     final, ckpt_path, log_path = run_dir / "codec.pt", run_dir / "checkpoint.pt", run_dir / "log.jsonl"
     if final.is_file():
-        return load_codec(load_checkpoint(final)).to(device).eval(), _read_log(log_path)
+        return load_codec(load_checkpoint(final)).to(device).eval(), read_log(log_path)
     shards = dist.world_size * accumulate
     if cfg.batch_size % shards:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
@@ -198,15 +199,13 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
         if dist.is_main:
-            _truncate_log(log_path, start)
+            truncate_log(log_path, start)
     step_module = _TrainStep(codec, branch, objective)
     model = _ddp(step_module, codec, dist) if dist.enabled else step_module
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc or f"train codec λ={cfg.lmbda:g}",
                disable=not (progress and dist.is_main), initial=start, total=cfg.steps)
-    # "seconds" in the log counts training time across resumes
-    t0 = time.perf_counter() - next((r["seconds"] for r in reversed(_read_log(log_path))
-                                     if r["step"] <= start), 0.0)
+    t0 = time.perf_counter() - logged_seconds(log_path, start)  # counts across resumes
     for step in bar:
         shares = sampler.batch(step).tensor_split(shards)
         opt.zero_grad(set_to_none=True)
@@ -238,8 +237,7 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
                       "lr": opt.param_groups[0]["lr"],
                       "seconds": round(time.perf_counter() - t0, 3)}
             if dist.is_main:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_log(log_path, record)
             bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
                              if k.endswith("loss")})
         if done % cfg.checkpoint_every == 0 or done == end:
@@ -247,7 +245,7 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
                 atomic_torch_save(_state(codec, branch, opt, qopt, sched, done, cfg), ckpt_path)
             dist.barrier()
     if end < cfg.steps:
-        return codec, _read_log(log_path)
+        return codec, read_log(log_path)
     codec.eval()
     codec.update(force=True)
     if dist.is_main:
@@ -256,7 +254,7 @@ def train_codec(codec: ICMCodec, sampler: "CropSampler", cfg: TrainConfig, objec
         atomic_torch_save(codec.codec_state(), final)
         atomic_write_json(run_dir / "config.json", asdict(cfg))
     dist.barrier()
-    return codec, _read_log(log_path)
+    return codec, read_log(log_path)
 
 
 def _mean_over_ranks(values: dict[str, float], dist: Distributed,
@@ -273,18 +271,6 @@ def _state(codec, branch, opt, qopt, sched, step, cfg) -> dict:
             "branch": branch.state_dict() if branch is not None else None,
             "optimizer": opt.state_dict(), "quantile_optimizer": qopt.state_dict(),
             "scheduler": sched.state_dict(), "step": step, "config": asdict(cfg)}
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
-    records = [r for r in _read_log(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def load_or_train_reference_codec(profile, datasets, cache_dir: str | Path, device: torch.device,
