@@ -21,6 +21,9 @@ from .runtime import atomic_write_json
 
 #: the task metric of each task's R-D curve (seed 001 Fig. 3-4)
 TASK_METRIC = {"det": "map", "seg": "miou"}
+#: what every R-D point holds besides the task metric; a stored point missing one of them was
+#: written by an older evaluator and is recomputed
+POINT_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard")
 
 
 class BitstreamRoundTrip:
@@ -86,6 +89,12 @@ def rd_point(codec: ICMCodec, task_name: str, machine, dataset, device: torch.de
     return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def summary_point(point: dict, task_name: str) -> dict[str, float]:
+    """The numbers a notebook records of an R-D point: bpp, the task metric (as ``metric``),
+    PSNR, MS-SSIM and the checkerboard score."""
+    return {"metric": point[TASK_METRIC[task_name]], **{k: point[k] for k in POINT_KEYS}}
+
+
 def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) -> dict:
     """Read the JSON at ``path`` or write ``compute()`` there (atomically) and return it; a
     stored result missing one of the ``required`` keys (an older evaluation) is recomputed."""
@@ -123,3 +132,11 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, float]:
     half = (float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
             if len(v) > 1 else float("nan"))
     return {"mean": float(v.mean()), "ci95": half, "n": int(len(v))}
+
+
+def mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:
+    """The seeds' curves averaged point by point (each sorted by λ; as long as the shortest)."""
+    n = min(len(pts) for pts in by_seed.values())
+    keys = [k for k, v in next(iter(by_seed.values()))[0].items() if isinstance(v, (int, float))]
+    return [{k: sum(pts[i][k] for pts in by_seed.values()) / len(by_seed) for k in keys}
+            for i in range(n)]

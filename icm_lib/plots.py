@@ -12,6 +12,7 @@ import torch
 from matplotlib.colors import ListedColormap
 
 from .data.context import IGNORE_INDEX
+from .evaluate import mean_curve
 
 
 def _hwc(image: torch.Tensor) -> np.ndarray:
@@ -144,10 +145,8 @@ def rd_curves(curves: dict[str, dict[int, list[dict]]], metric: str, title: str 
                 if len(by_seed) > 1:
                     ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], color=color, alpha=0.25,
                             lw=0.8, marker=marker, ms=3)
-            n = min(len(p) for p in by_seed.values())
-            mean_bpp = np.mean([[p["bpp"] for p in pts[:n]] for pts in by_seed.values()], 0)
-            mean_val = np.mean([[p[key] for p in pts[:n]] for pts in by_seed.values()], 0)
-            ax.plot(mean_bpp, mean_val, color=color, marker=marker, lw=2,
+            mean = mean_curve(by_seed)
+            ax.plot([p["bpp"] for p in mean], [p[key] for p in mean], color=color, marker=marker, lw=2,
                     label=f"{label} (n={len(by_seed)})")
     axes[0].set_ylabel({"map": "mAP@[.5:.95]", "miou": "mIoU"}.get(metric, metric))
     axes[1].set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}.get(fidelity, fidelity))

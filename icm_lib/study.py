@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import TASK_METRIC, bd_rate_or_reason, load_or_evaluate, mean_ci, rd_point
+from .evaluate import (POINT_KEYS, TASK_METRIC, bd_rate_or_reason, load_or_evaluate, mean_ci,
+                       mean_curve, rd_point)
 from .gan import load_or_finetune
 from .profiles import Profile, get_profile
 from .runtime import atomic_write_json
@@ -64,12 +65,13 @@ def run_point(profile: Profile, task: str, variant: str, lmbda: float, seed: int
     for t in eval_tasks or (task,):
         result["eval"][t] = load_or_evaluate(
             run_dir / f"eval-{t}.json",
-            lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device))
+            lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device), POINT_KEYS)
         if roi and t == "det":
             qf = profile.icm.roi_qf
             result["roi"][t] = load_or_evaluate(
                 run_dir / f"eval-{t}-roi-qf{qf:g}.json",
-                lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device, roi_qf=qf))
+                lambda: rd_point(codec, t, machines[t], val_set(datasets, t), device, roi_qf=qf),
+                POINT_KEYS)
     result["codec"] = codec
     return result
 
@@ -105,17 +107,30 @@ def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[s
         table[name] = {"per_seed": per_seed,
                        **mean_ci([v["bd_rate"] for v in per_seed.values()]),
                        # the seed-averaged curves: less noisy, defined more often
-                       "of_mean_curves": bd_rate_or_reason(_mean_curve(anchors), _mean_curve(by_seed),
+                       "of_mean_curves": bd_rate_or_reason(mean_curve(anchors), mean_curve(by_seed),
                                                            metric) if anchors else None}
     return table
 
 
-def _mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:
-    """Average the points of every seed at each λ (curves are sorted by λ)."""
-    n = min(len(pts) for pts in by_seed.values())
-    keys = [k for k, v in next(iter(by_seed.values()))[0].items() if isinstance(v, (int, float))]
-    return [{k: sum(pts[i][k] for pts in by_seed.values()) / len(by_seed) for k in keys}
-            for i in range(n)]
+def iter_grid(profile: Profile, seeds: list[int], tasks: list[str], variants: list[str],
+              datasets, machines: dict, reference, cache_dir: Path, device: torch.device,
+              progress: bool = True, reference_curve: bool = True, mse_seed: int = 0,
+              steps: int | None = None):
+    """Train-or-load and evaluate the grid, yielding each :func:`run_point` result in turn: the
+    MSE reference curve (``mse_seed``, scored on every task) first, then per seed, task, variant
+    and λ (with the ROI evaluation of the detection baselines). The study and notebooks 01-02
+    walk the same grid, so they share their runs."""
+    if reference_curve:
+        for lmbda in profile.icm.mse_lambdas:
+            yield run_point(profile, "det", "mse", lmbda, mse_seed, datasets, machines, reference,
+                            cache_dir, device, progress, eval_tasks=tuple(tasks), steps=steps)
+    for seed in seeds:
+        for task in tasks:
+            for variant in variants:
+                for lmbda in profile.icm.lambdas(task):
+                    yield run_point(profile, task, variant, lmbda, seed, datasets, machines,
+                                    reference, cache_dir, device, progress,
+                                    roi=(variant == "baseline" and task == "det"), steps=steps)
 
 
 def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: list[str],
@@ -132,26 +147,15 @@ def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: li
     runs: list[dict] = []
 
     def write(done: bool) -> dict:
-        for r in runs:
-            r.pop("codec", None)  # keep the weights on disk, not in memory
         summary = summarise(profile, runs, tasks, seeds, variants, done,
                             time.perf_counter() - t_start)
         atomic_write_json(out_json, summary)
         return summary
 
-    if reference_curve:
-        for lmbda in profile.icm.mse_lambdas:
-            runs.append(run_point(profile, "det", "mse", lmbda, 0, datasets, machines, reference,
-                                  cache_dir, device, progress, eval_tasks=tuple(tasks)))
-            write(False)
-    for seed in seeds:
-        for task in tasks:
-            for variant in variants:
-                for lmbda in profile.icm.lambdas(task):
-                    runs.append(run_point(profile, task, variant, lmbda, seed, datasets,
-                                          machines, reference, cache_dir, device, progress,
-                                          roi=(variant == "baseline" and task == "det")))
-                    write(False)
+    for r in iter_grid(profile, seeds, tasks, variants, datasets, machines, reference, cache_dir,
+                       device, progress, reference_curve):
+        runs.append({k: v for k, v in r.items() if k != "codec"})  # weights stay on disk
+        write(False)
     summary = write(True)
     for task in tasks:
         fig = plots.rd_curves(curves(runs, task), TASK_METRIC[task],
@@ -190,16 +194,14 @@ def gan_point(profile: Profile, seed: int, preset: str, datasets, machines: dict
     lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
     base = run_point(profile, task, "baseline", lmbda, seed, datasets, machines, reference,
                      cache_dir, device, progress)
-    val = val_set(datasets, task)
-    keys = ("checkerboard",)
-    before = load_or_evaluate(Path(base["run_dir"]) / f"eval-{task}.json",
-                              lambda: rd_point(base["codec"], task, machines[task], val, device), keys)
     train_set = datasets.det_train if task == "det" else datasets.seg_train
     tuned, log, run_dir = load_or_finetune(base["codec"], machines[task], train_set, profile.gan,
                                            preset, seed, cache_dir, device, progress)
-    after = load_or_evaluate(run_dir / f"eval-{task}.json",
-                             lambda: rd_point(tuned, task, machines[task], val, device), keys)
-    return {"task": task, "lmbda": lmbda, "seed": seed, "preset": preset, "before": before,
+    after = load_or_evaluate(
+        run_dir / f"eval-{task}.json",
+        lambda: rd_point(tuned, task, machines[task], val_set(datasets, task), device), POINT_KEYS)
+    return {"task": task, "lmbda": lmbda, "seed": seed, "preset": preset,
+            "before": base["eval"][task],
             "after": after, "log": log, "run_dir": str(run_dir), "codec": tuned,
             "base_codec": base["codec"], "train_seconds": log[-1]["seconds"] if log else 0.0}
 
@@ -296,7 +298,7 @@ def report(results_dir: str | Path, profile_name: str) -> str:
                   "| task | curve | per λ: bpp / metric / PSNR |", "|---|---|---|"]
         for task, t in d["tasks"].items():
             for name, by_seed in t["curves"].items():
-                pts = _mean_curve({int(k): v for k, v in by_seed.items()})
+                pts = mean_curve({int(k): v for k, v in by_seed.items()})
                 cells = "; ".join(f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / "
                                   f"{p['psnr']:.1f} dB" for p in pts)
                 lines.append(f"| {task} | {name} (n={len(by_seed)}) | {cells} |")

@@ -64,13 +64,12 @@ cells.append(md(r"""## 2 · The human-viewing reference curve
 The MSE codec of notebook 00, finetuned at a few other λ of $R + \lambda \cdot 255^2 \cdot
 \mathrm{MSE}$, gives the curve a codec *not* trained for machines achieves (CompressAI's pretrained
 qualities play this role in the paper)."""))
-cells.append(code("""from icm_lib.study import run_point, curves, bd_rates
-from icm_lib.evaluate import TASK_METRIC
+cells.append(code("""from icm_lib.study import iter_grid, curves, bd_rates
+from icm_lib.evaluate import TASK_METRIC, summary_point
 
-runs = []
-for lmbda in icm.mse_lambdas:
-    runs.append(run_point(profile, "det", "mse", lmbda, SEED, ds, machines, reference, cache_dir,
-                          device, eval_tasks=tuple(TASKS), steps=STEPS))
+grid = dict(datasets=ds, machines=machines, reference=reference, cache_dir=cache_dir, device=device,
+            mse_seed=SEED, steps=STEPS)
+runs = list(iter_grid(profile, [SEED], TASKS, [], **grid))  # the MSE curve only
 for r in runs:
     print(f"MSE λ={r['lmbda']:<7g}" + "".join(
         f"  {t}: {p['bpp']:.3f} bpp, {TASK_METRIC[t]} {p[TASK_METRIC[t]]:.3f}, {p['psnr']:.2f} dB"
@@ -82,10 +81,7 @@ complete checkpoints (resumable) and, at the end, the codec alone. Finished runs
 cells.append(code("""import time
 
 t0 = time.perf_counter()
-for task in TASKS:
-    for lmbda in icm.lambdas(task):
-        runs.append(run_point(profile, task, "baseline", lmbda, SEED, ds, machines, reference,
-                              cache_dir, device, roi=(task == "det"), steps=STEPS))
+runs += list(iter_grid(profile, [SEED], TASKS, ["baseline"], reference_curve=False, **grid))
 print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
 baseline = {task: [r for r in runs if r["task"] == task and r["variant"] == "baseline"] for task in TASKS}"""))
 cells.append(code("""from icm_lib import plots
@@ -147,18 +143,15 @@ for ax, (name, c) in zip(axes[1:], [("MSE codec", mse_codec), (f"{task} task los
 for ax in axes: ax.set_axis_off()
 fig.tight_layout()
 plots.save(fig, S.output_dir, "bit_allocation")"""))
-cells.append(code("""def point(p, task):
-    return {"bpp": p["bpp"], "metric": p[TASK_METRIC[task]], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]}
-
-record = {"tasks": {}}
+cells.append(code("""record = {"tasks": {}}
 for task in TASKS:
     rs = baseline[task]
     record["tasks"][task] = {
         "metric": TASK_METRIC[task],
         "lambdas": [r["lmbda"] for r in rs],
-        "baseline": [point(r["eval"][task], task) for r in rs],
-        "roi": [point(r["roi"][task], task) for r in rs if task in r["roi"]],
-        "mse": [point(r["eval"][task], task) for r in runs[:len(icm.mse_lambdas)]],
+        "baseline": [summary_point(r["eval"][task], task) for r in rs],
+        "roi": [summary_point(r["roi"][task], task) for r in rs if task in r["roi"]],
+        "mse": [summary_point(r["eval"][task], task) for r in runs[:len(icm.mse_lambdas)]],
         "first_loss": [r["log"][0]["loss"] for r in rs],
         "last_loss": [r["log"][-1]["loss"] for r in rs],
         "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},

@@ -58,20 +58,12 @@ cells.append(md(r"""## 1 · Train (or load) the baseline and the aux-enc codecs
 The baseline runs are notebook 01's (loaded from the cache when it ran); the aux-enc runs use the
 same seed, data order, λ and schedule, so the only difference is the branch."""))
 cells.append(code("""import time
-from icm_lib.study import run_point, curves, bd_rates
-from icm_lib.evaluate import TASK_METRIC
+from icm_lib.study import iter_grid, curves, bd_rates
+from icm_lib.evaluate import TASK_METRIC, summary_point
 
 t0 = time.perf_counter()
-runs = []
-for lmbda in icm.mse_lambdas:
-    runs.append(run_point(profile, "det", "mse", lmbda, SEED, ds, machines, reference, cache_dir,
-                          device, eval_tasks=tuple(TASKS), steps=STEPS))
-for task in TASKS:
-    for variant in ("baseline", "aux-enc"):
-        for lmbda in icm.lambdas(task):
-            runs.append(run_point(profile, task, variant, lmbda, SEED, ds, machines, reference,
-                                  cache_dir, device, roi=(variant == "baseline" and task == "det"),
-                                  steps=STEPS))
+runs = list(iter_grid(profile, [SEED], TASKS, ["baseline", "aux-enc"], ds, machines, reference,
+                      cache_dir, device, mse_seed=SEED, steps=STEPS))
 print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
 by = {(r["task"], r["variant"]): [] for r in runs}
 for r in runs:
@@ -168,15 +160,12 @@ for task in TASKS:
     checks[task] = {"codec_keys_equal_reference": same_keys, "branch_tensors": len(branch_state),
                     "decodes_without_branch": decodes}
     print(task, checks[task])"""))
-cells.append(code("""def point(p, task):
-    return {"bpp": p["bpp"], "metric": p[TASK_METRIC[task]], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]}
-
-record = {"tasks": {}}
+cells.append(code("""record = {"tasks": {}}
 for task in TASKS:
     record["tasks"][task] = {
         "metric": TASK_METRIC[task],
         "lambdas": [r["lmbda"] for r in by[(task, "aux-enc")]],
-        **{v: [point(r["eval"][task], task) for r in by[(task, v)]] for v in ("baseline", "aux-enc")},
+        **{v: [summary_point(r["eval"][task], task) for r in by[(task, v)]] for v in ("baseline", "aux-enc")},
         "first_loss": [r["log"][0]["loss"] for r in by[(task, "aux-enc")]],
         "last_loss": [r["log"][-1]["loss"] for r in by[(task, "aux-enc")]],
         "branch_loss_first_last": [[r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in by[(task, "aux-enc")]],

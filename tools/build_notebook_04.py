@@ -126,11 +126,10 @@ for name, e in rows.items():
     rel = 100 * (e[m] / before[m] - 1) if before[m] > 0 else float("nan")
     print(f"{name:<20}{e['bpp']:>8.4f}{e['psnr']:>8.2f}{e['ms_ssim']:>9.4f}{e['checkerboard']:>10.4f}{e[m]:>8.3f}{rel:>+10.1f}")
 print(f"paper: checkerboards removed at {-1.6:+.1f} % relative task score (full)")"""))
-cells.append(code("""def pick(e):
-    return {"bpp": e["bpp"], "psnr": e["psnr"], "ms_ssim": e["ms_ssim"], "checkerboard": e["checkerboard"], "metric": e[m]}
+cells.append(code("""from icm_lib.evaluate import summary_point
 
-record = {"task": g.task, "metric": m, "lmbda": runs[PRESETS[0]]["lmbda"], "before": pick(before),
-          "presets": {p: {**pick(r["after"]), **identical[p],
+record = {"task": g.task, "metric": m, "lmbda": runs[PRESETS[0]]["lmbda"], "before": summary_point(before, g.task),
+          "presets": {p: {**summary_point(r["after"], g.task), **identical[p],
                           "task_relative_change_percent": 100 * (r["after"][m] / before[m] - 1) if before[m] > 0 else None,
                           "losses_finite": all(np.isfinite(v) for x in r["log"] for k, v in x.items() if k.endswith("loss")),
                           "steps": r["log"][-1]["step"]} for p, r in runs.items()},
