@@ -108,15 +108,17 @@ def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) 
     return result
 
 
-def bd_rate_or_reason(anchor: list[dict], test: list[dict], metric: str) -> dict:
-    """BD-rate (%) of ``test`` against ``anchor`` (lists of R-D points), or why it is undefined.
+def bd_rate_or_reason(anchor: list[dict], test: list[dict], metric: str,
+                      front: bool = False) -> dict:
+    """BD-rate (%) of ``test`` against ``anchor`` (lists of R-D points), or why it is undefined;
+    ``front``: on the curves' operational fronts (see :func:`icm_lib.metrics.bd_rate`).
 
     Returns:
         ``{"bd_rate": float | None, "error": str | None}``.
     """
     try:
         value = bd_rate([p["bpp"] for p in anchor], [p[metric] for p in anchor],
-                        [p["bpp"] for p in test], [p[metric] for p in test])
+                        [p["bpp"] for p in test], [p[metric] for p in test], front=front)
         return {"bd_rate": value, "error": None}
     except BDRateError as exc:
         return {"bd_rate": None, "error": str(exc)}

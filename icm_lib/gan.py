@@ -13,8 +13,9 @@ the rate does not change::
 
     L_D = adv_D(D(x), D(x̂))          L_g_s = w_adv·adv_G(D(x̂)) + w_task·E(y, ŷ) + w_pix·MSE(x, x̂)
 
-Presets: ``full`` (``adv_weight``) and ``limited`` (``limited_adv_weight``: attenuated adversarial
-dynamics, the poster's "limited impact" variant).
+Presets: ``full`` (``adv_weight``), ``limited`` (``limited_adv_weight``: attenuated adversarial
+dynamics, the poster's "limited impact" variant) and ``no-adv`` (weight 0: the control that
+finetunes the decoder the same way without the discriminator; not in the poster).
 
 Files in ``run_dir``: ``checkpoint.pt`` (codec, discriminator, both optimizers, step, config),
 ``log.jsonl``, and at the end ``codec.pt`` (the finetuned codec alone) and ``discriminator.pt``.
@@ -39,7 +40,7 @@ from .runtime import (append_log, atomic_torch_save, atomic_write_json, config_h
                       get_device, load_checkpoint, logged_seconds, read_log, seed_everything,
                       state_fingerprint, truncate_log)
 
-PRESETS = ("full", "limited")
+PRESETS = ("full", "limited", "no-adv")
 
 
 class PatchDiscriminator(nn.Module):
@@ -123,10 +124,13 @@ def trainable_decoder_parameters(codec: ICMCodec, layers: int | None) -> list[nn
 
 
 def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
-    """``full``: as configured; ``limited``: the attenuated adversarial weight."""
+    """``full``: as configured; ``limited``: the attenuated adversarial weight; ``no-adv``: the
+    control, adversarial weight 0: the same decoder finetuning on the task and pixel terms
+    alone, so that what the PatchGAN itself adds can be told from what more decoder steps do."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    return cfg if preset == "full" else replace(cfg, adv_weight=cfg.limited_adv_weight)
+    weight = {"full": cfg.adv_weight, "limited": cfg.limited_adv_weight, "no-adv": 0.0}[preset]
+    return replace(cfg, adv_weight=weight)
 
 
 def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANConfig,

@@ -94,24 +94,50 @@ class ConfusionMatrix:
         return float(self.matrix.diag().sum() / total) if total else float("nan")
 
 
+def rd_front(rates: Sequence[float], metric: Sequence[float]) -> list[int]:
+    """Indices (by increasing rate) of the operating points that no cheaper point matches or
+    beats in quality: the operational R-D front. A point left out is one an encoder choosing
+    among these λ would never pick, because a lower rate already gives the same or better
+    metric (a saturated or noisy tail)."""
+    keep, best = [], -math.inf
+    for i in np.argsort(np.asarray(rates, float), kind="stable"):
+        if metric[i] > best:
+            keep.append(int(i))
+            best = metric[i]
+    return keep
+
+
 def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float],
             rate_test: Sequence[float], metric_test: Sequence[float],
-            method: str = "akima") -> float:
+            method: str = "akima", front: bool = False) -> float:
     """Bjøntegaard delta rate of the test curve against the anchor, in percent (negative = saves
     bits), through the maintained ``bjontegaard`` package (``method``: ``akima`` or ``pchip``).
 
+    ``front=True`` is the fallback for saturating task metrics: each curve is first reduced to
+    its operational front (:func:`rd_front`) and interpolated with ``pchip`` (which needs only
+    2 points). It is a different estimator from the strict one; report it as such.
+
     Raises:
-        BDRateError: fewer than 4 points (2 for pchip is not enough either), rates that are not
-            positive, a metric that is not strictly increasing with rate, or curves that do not
-            overlap enough in quality.
+        BDRateError: fewer than 4 points (2 on the front), rates that are not positive, a metric
+            that is not strictly increasing with rate (strict mode), or curves that do not
+            overlap in quality.
     """
     import bjontegaard
 
+    if front:
+        if not np.isfinite(np.asarray([*metric_anchor, *metric_test], float)).all():
+            raise BDRateError("a curve has non-finite metric values; re-evaluate those points")
+        ia, it = rd_front(rate_anchor, metric_anchor), rd_front(rate_test, metric_test)
+        rate_anchor, metric_anchor = [rate_anchor[i] for i in ia], [metric_anchor[i] for i in ia]
+        rate_test, metric_test = [rate_test[i] for i in it], [metric_test[i] for i in it]
+        method = "pchip"
+    min_points = 2 if front else 4
     curves = {"anchor": (rate_anchor, metric_anchor), "test": (rate_test, metric_test)}
     for name, (r, d) in curves.items():
         r, d = np.asarray(r, float), np.asarray(d, float)
-        if len(r) != len(d) or len(r) < 4:
-            raise BDRateError(f"{name} curve needs at least 4 (rate, metric) points, got {len(r)}")
+        if len(r) != len(d) or len(r) < min_points:
+            raise BDRateError(f"{name} curve needs at least {min_points} (rate, metric) points"
+                              f"{' on its front' if front else ''}, got {len(r)}")
         if not (np.isfinite(r).all() and np.isfinite(d).all()) or (r <= 0).any():
             raise BDRateError(f"{name} curve has non-finite values or non-positive rates: {r}, {d}")
         order = np.argsort(r)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icm_lib.metrics import (BDRateError, ConfusionMatrix, bd_rate, bpp_from_likelihoods,
-                             detection_map, ms_ssim, psnr)
+                             detection_map, ms_ssim, psnr, rd_front)
 from icm_lib.profiles import get_profile
 from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint)
 from icm_lib.errors import CheckpointError
@@ -49,6 +49,23 @@ def test_bd_rate_known_shift_and_errors():
         bd_rate(r, q, r, [0.7, 0.8, 0.9, 0.95])
     with pytest.raises(BDRateError, match="4"):
         bd_rate(r[:3], q[:3], r, q)
+
+
+def test_bd_rate_on_the_operational_front_of_a_saturating_curve():
+    # points are given out of rate order; the saturated tail (0.8 -> 0.45) and a tie are dominated
+    assert rd_front([0.4, 0.1, 0.8, 0.2, 0.3], [0.5, 0.3, 0.45, 0.4, 0.4]) == [1, 3, 0]
+    r, q = [0.1, 0.2, 0.4, 0.8], [0.3, 0.4, 0.5, 0.6]
+    sat = [0.3, 0.4, 0.5, 0.45]  # saturates: strict BD-rate refuses it
+    with pytest.raises(BDRateError, match="increase"):
+        bd_rate(r, q, [v * 0.8 for v in r], sat)
+    # on the fronts, 20 % fewer bits over the common quality range 0.3..0.5 is -20 %
+    assert bd_rate(r, q, [v * 0.8 for v in r], sat, front=True) == pytest.approx(-20.0, abs=1e-6)
+    # a monotonic pair gives the same as the strict estimator (a pure rate shift is exact in both)
+    assert bd_rate(r, q, [v * 1.25 for v in r], q, front=True) == pytest.approx(25.0, abs=1e-6)
+    with pytest.raises(BDRateError, match="2 .* on its front"):
+        bd_rate(r, q, r, [0.6, 0.5, 0.4, 0.3], front=True)  # only the cheapest point survives
+    with pytest.raises(BDRateError, match="non-finite"):
+        bd_rate(r, q, r, [0.3, float("nan"), 0.5, 0.6], front=True)
 
 
 def test_atomic_checkpoint_and_truncation(tmp_path):

@@ -48,6 +48,10 @@ def test_an_undefined_bd_rate_is_reported_not_averaged():
     table = bd_rates(curves(runs, "det"), "det")["aux-enc"]
     assert table["n"] == 1 and table["per_seed"][1]["bd_rate"] is None
     assert "does not increase" in table["per_seed"][1]["error"]
+    # the fallback on the operational fronts is defined for both seeds (the dip is dropped)
+    front = table["front"]
+    assert front["n"] == 2 and front["per_seed"][0]["bd_rate"] == pytest.approx(-20.0, abs=0.01)
+    assert front["per_seed"][1]["bd_rate"] == pytest.approx(-20.0, abs=0.5)
 
 
 def test_report_writes_the_readme_between_markers(tmp_path):
@@ -61,3 +65,4 @@ def test_report_writes_the_readme_between_markers(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
     assert "-25.0 % ± 12.4 (n=3)" in text and "-27.7 %" in text
+    assert "operational R-D fronts" in text and "per seed -20.0, -25.0, -30.0" in text

@@ -24,7 +24,10 @@ $$L_{g_s} = w_{adv}\, \mathcal L_{adv}(D(\hat x)) + w_{task}\, E(y, \hat y) + w_
 
 The paper reports complete removal of the artifacts for a **−1.6 %** relative change of the task
 score, and a "limited adversarial impact" variant that suppresses them only mildly but keeps
-(or improves) the task score. Both are presets here (`full`, `limited`).
+(or improves) the task score. Both are presets here (`full`, `limited`). A third, `no-adv`, is
+the control the poster does not show: the very same decoder finetuning with the adversarial
+weight set to 0. The decoder gets more training steps either way, on the task and pixel terms;
+only the difference between `full` / `limited` and `no-adv` is the PatchGAN's doing.
 
 **Measuring checkerboards.** `metrics.checkerboard_score` takes the residual x̂ − x, its 2-D power
 spectrum, and counts the energy in *peaks* at the periodic frequencies (multiples of 1/16 cycle per
@@ -35,7 +38,7 @@ SEED = 0
 DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/04_patchgan_finetuning"  # figures + metrics.json
 DEVICE = ""              # empty: cuda if available, else cpu
-PRESETS = ["full", "limited"]
+PRESETS = ["full", "limited", "no-adv"]  # no-adv: the control (adversarial weight 0)
 ZOOM = 48                # side of the zoomed crops (pixels)"""))
 cells.append(SETUP)
 cells.append(code("""from icm_lib.train import prepare
@@ -50,7 +53,7 @@ print(f"discriminator: {sum(p.numel() for p in d.parameters())/1e6:.2f} M parame
 print(f"{g.steps} steps x {g.batch_size} crops of {g.crop}px; decoder Adam {g.lr:g}, D Adam {g.d_lr:g} "
       f"betas {g.d_betas}; {g.adv_loss}; weights adv {g.adv_weight} (limited {g.limited_adv_weight}), "
       f"task {g.task_weight}, pixel {g.pixel_weight}; decoder layers trained: {g.decoder_layers or 'all'}")"""))
-cells.append(md(r"""## 1 · Finetune (or load) both presets
+cells.append(md(r"""## 1 · Finetune (or load) the presets
 
 The codec to finetune is the baseline of notebook 01 at the lowest λ (trained here if it is not in
 the cache). Each finetuning is load-or-compute, resumable, with a JSON-lines log."""))
