@@ -1,7 +1,8 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 3]
+    python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 3] [--train-steps 0]
     python -m icm_lib.bench icm [--profile cpu] [--steps 5]
+    python -m icm_lib.bench devices [--train-steps 150]
 
 ``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
 one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
@@ -10,14 +11,24 @@ aux-trained codec of the study's cache (ratio; the branch is not part of the cod
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
-``decompress`` (container, checks, padding included) next to CompressAI's own ``compress`` /
-``decompress`` on the same model, as a ratio. Without ``--pretrained`` (offline) the architectures
-have random weights, so their bpp says nothing about coding efficiency; the cached MSE reference
-codec of the cpu profile (trained by notebook 00) is added as a trained row when it exists.
+``decompress`` (icm_lib's device-independent coder; container, checks, padding included) next to
+CompressAI's own ``compress`` / ``decompress`` on the same model (what icm_lib used before), as
+a ratio. Without ``--pretrained`` (offline) the architectures have random weights, so their bpp
+says nothing about coding efficiency; ``--train-steps N`` adds small codecs of the three coded
+families trained for N steps on procedural scenes, and the cached MSE reference codec of the cpu
+profile (trained by notebook 00) is added as a trained row when it exists.
+
+``devices``: the cross-device table. Small codecs of each family (trained briefly) write streams
+of six images on every available "device" (the CPU with its default threads, one thread, the
+weights in float64; CUDA with and without TF32 when present) and every other one decodes them:
+``identical`` (the writer's ŷ exactly), ``refused`` (BitstreamError) or ``differ``. The same is
+done with CompressAI's own coder, whose tables each reader rebuilds with ``update()`` on its own
+device (what ``load_codec`` did before), for comparison.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -66,12 +77,13 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
                                  repeats)
         rows.append(dict(est=coded.bpp_estimate, coder=coded.bpp_coder_estimate, act=coded.bpp,
                          pay=coded.bpp_payload, enc=t_ours_enc / t_cai_enc,
-                         dec=t_ours_dec / t_cai_dec, t_enc=t_ours_enc, t_dec=t_ours_dec))
+                         dec=t_ours_dec / t_cai_dec, t_enc=t_ours_enc, t_dec=t_ours_dec,
+                         c_enc=t_cai_enc, c_dec=t_cai_dec))
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
-    print(f"{label:<34}{mean['est']:>8.4f}{mean['coder']:>8.4f}{mean['act']:>8.4f}"
+    print(f"{label:<44}{mean['est']:>8.4f}{mean['coder']:>8.4f}{mean['act']:>8.4f}"
           f"{mean['act'] / mean['est']:>8.3f}{mean['pay'] / mean['coder']:>8.3f}"
-          f"{mean['t_enc']:>8.3f}{mean['enc']:>7.2f}{mean['t_dec']:>8.3f}{mean['dec']:>7.2f}",
-          flush=True)
+          f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
+          f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}", flush=True)
     return mean
 
 
@@ -99,7 +111,8 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
                 params += list(branch.parameters())
             opt = torch.optim.Adam(params, lr=1e-5)
             objective = ICMObjective(machines[task], profile.icm.lambdas(task)[0],
-                                     profile.icm.alpha, profile.icm.mse_weight(task))
+                                     profile.icm.alpha, profile.icm.mse_weight(task),
+                                     profile.icm.amp)
 
             def step(i):
                 x = sampler.batch(i).to(device)
@@ -138,9 +151,91 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
               "or the study)")
 
 
+# ---------------------------------------------------------------------- cross-device decoding
+def _device_variants() -> dict[str, dict]:
+    out = {"cpu": {"device": "cpu"}, "cpu-1thread": {"device": "cpu", "threads": 1},
+           "cpu-float64": {"device": "cpu", "dtype": torch.float64}}
+    if torch.cuda.is_available():
+        out["cuda"] = {"device": "cuda"}
+        out["cuda-tf32"] = {"device": "cuda", "tf32": True}
+    return out
+
+
+@contextlib.contextmanager
+def _on(variant: dict):
+    threads = torch.get_num_threads()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.set_num_threads(variant.get("threads", threads))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = variant.get("tf32",
+                                                                                          False)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -> torch.Tensor:
+    """ŷ that CompressAI's own decoder gives on ``reader`` for ``writer``'s own stream."""
+    xp, _ = pad_to_multiple(x.to(next(writer.parameters())))
+    with torch.no_grad():
+        raw = writer.model.compress(xp)
+        reader.model.decompress(raw["strings"], raw["shape"])
+    return reader._captured.pop("latent_hat")
+
+
+def bench_devices(train_steps: int) -> dict:
+    from .errors import BitstreamError
+    from .fuzz import FAMILY_CODECS, scene_images, train_briefly
+
+    variants = _device_variants()
+    images = bench_images() + list(scene_images(4, 256, seed=3)[:, None])
+    print(f"{len(images)} images (2 photos 512x768, 4 scenes 256x256); codecs N=32 M=48 trained "
+          f"{train_steps} steps; entries: identical / refused / differ over the images")
+    table = {}
+    for family, name in FAMILY_CODECS:
+        torch.manual_seed(0)
+        state = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128), train_steps
+                              ).codec_state()
+        codecs = {}
+        for v, spec in variants.items():
+            codecs[v] = load_codec(state).to(spec["device"], spec.get("dtype", torch.float32))
+            codecs[v].eval()
+        for coder in ("icm_lib", "CompressAI"):
+            if coder == "CompressAI":  # as before: every reader rebuilds its own tables
+                for v, spec in variants.items():
+                    with _on(spec):
+                        codecs[v].model.update(force=True)
+            print(f"\n{family} ({name}), {coder}: writer \\ reader")
+            print(f"{'':<14}" + "".join(f"{r:>14}" for r in variants))
+            for w, wspec in variants.items():
+                cells = []
+                for r, rspec in variants.items():
+                    counts = {"identical": 0, "refused": 0, "differ": 0}
+                    for x in images:
+                        with _on(wspec):
+                            if coder == "icm_lib":
+                                data, latent = codecs[w].compress_with_latent(x)
+                            else:
+                                latent = _compressai_roundtrip(codecs[w], codecs[w], x)
+                        with _on(rspec):
+                            try:
+                                got = (codecs[r].decoded_latent(data) if coder == "icm_lib"
+                                       else _compressai_roundtrip(codecs[w], codecs[r], x))
+                            except (BitstreamError, RuntimeError, ValueError):
+                                counts["refused"] += 1
+                                continue
+                        same = torch.equal(got.float().cpu(), latent.float().cpu())
+                        counts["identical" if same else "differ"] += 1
+                    table[(family, coder, w, r)] = counts
+                    cells.append("{identical}/{refused}/{differ}".format(**counts))
+                print(f"{w:<14}" + "".join(f"{c:>14}" for c in cells), flush=True)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("what", choices=["codec", "icm"])
+    ap.add_argument("what", choices=["codec", "icm", "devices"])
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
@@ -149,26 +244,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codecs", nargs="*", default=list(CODEC_NAMES))
     ap.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parent.parent
                     / "data" / "cache")
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="codec: add briefly trained small codecs (default 0); devices: their "
+                         "training steps (default 150)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    if args.what == "devices":
+        bench_devices(150 if args.train_steps is None else args.train_steps)
+        return 0
     if args.what == "icm":
         bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
         return 0
     images = bench_images()
     print(f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
-    print(f"{'codec':<34}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
-          f"{'enc s':>8}{'x CAI':>7}{'dec s':>8}{'x CAI':>7}")
+    print(f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
+          f"{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}")
     for name in args.codecs:
         codec = build_codec(name, quality=args.quality, pretrained=args.pretrained)
         tag = "pretrained" if args.pretrained else "random weights"
         bench_codec(codec, f"{name} q{args.quality} ({tag})", images, args.repeats)
+    if args.train_steps:
+        from .fuzz import FAMILY_CODECS, scene_images, train_briefly
+
+        for _, name in FAMILY_CODECS:
+            torch.manual_seed(0)
+            codec = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128),
+                                  args.train_steps)
+            bench_codec(codec, f"{name} N32 M48 ({args.train_steps} steps)", images, args.repeats)
     for path in sorted(args.cache_dir.glob("mse-codec-*/codec.pt")):
         codec = load_codec(load_checkpoint(path))
         bench_codec(codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images,
                     args.repeats)
     print("est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
-          " pay/cod: payload / coder estimate; x CAI: time ratio icm_lib / CompressAI")
+          " pay/cod: payload / coder estimate; enc/dec s: icm_lib; CAI s: CompressAI's own "
+          "compress/decompress (icm_lib before its own coder); ratio: icm_lib / CompressAI")
     return 0
 
 

@@ -10,7 +10,8 @@
 synthesis transform ``g_s``) and the decoder's penultimate feature (the input of ``g_s``'s last
 layer) during CompressAI's own ``forward``, so no model code is copied and every CompressAI model
 with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in the container of
-:mod:`icm_lib.bitstream`.
+:mod:`icm_lib.bitstream` through the device-independent, memory-safe coder of
+:mod:`icm_lib.entropy` (CompressAI's tables, its transforms; symbols chosen in exact integers).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 from compressai.zoo import image as zoo_image
 
-from . import bitstream
+from . import bitstream, entropy
 from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
 from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
@@ -100,9 +101,14 @@ class ICMCodec(nn.Module):
         name, quality, N, M: recorded in checkpoints and bitstreams.
     """
 
+    #: ``decompress`` refuses streams of larger (padded) images unless told otherwise: a crafted
+    #: header must not make the decoder allocate without bound. 2^26 px = 8192 x 8192.
+    max_decode_pixels: int = 1 << 26
+
     def __init__(self, model: nn.Module, name: str, quality: int = 0,
                  N: int | None = None, M: int | None = None):
         super().__init__()
+        self._coding: entropy.CodingState | None = None
         if not hasattr(model, _DECODER_ATTR) or not hasattr(model, "g_a"):
             raise TypeError("ICMCodec needs a CompressAI model with g_a and g_s")
         self.model = model
@@ -241,13 +247,30 @@ class ICMCodec(nn.Module):
 
     # ------------------------------------------------------------------ real coding
     def update(self, force: bool = True) -> None:
-        """Build the entropy coder's CDF tables (call after training, before coding)."""
-        self.model.update(force=force)
+        """Build the entropy tables and the coding state; call after training, before coding.
 
-    def _ensure_updated(self) -> None:
-        eb = self.model.entropy_bottleneck
-        if eb._quantized_cdf.numel() == 0:
-            self.update(force=True)
+        The tables are computed on the CPU whatever the codec's device, stored in the model's
+        buffers (so :meth:`codec_state` saves them) and never recomputed by :func:`load_codec`.
+        ``force`` is accepted for CompressAI compatibility; tables are always rebuilt.
+        """
+        entropy.update_tables(self.model)
+        self._coding = entropy.CodingState.from_model(self.model)
+
+    def coding_state(self) -> entropy.CodingState:
+        """What decides the symbols of this codec's streams (built once; see :meth:`update`).
+
+        Weights changed after it was built (training on) are not seen until :meth:`update`.
+        """
+        if self._coding is None:
+            if not entropy.has_tables(self.model):
+                entropy.update_tables(self.model)
+            self._coding = entropy.CodingState.from_model(self.model)
+        return self._coding
+
+    @property
+    def fingerprint(self) -> bytes:
+        """8 bytes identifying the coding state; every stream carries the writer's."""
+        return self.coding_state().fingerprint
 
     def _prepare(self, image: ImageLike) -> tuple[torch.Tensor, int, int, tuple[int, int]]:
         x = image if isinstance(image, torch.Tensor) and image.ndim == 4 else None
@@ -256,7 +279,8 @@ class ICMCodec(nn.Module):
         elif x.shape[0] != 1 or x.shape[1] != 3:
             raise ImageError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        x = x.to(next(self.model.parameters()).device, torch.float32)
+        param = next(self.model.parameters())
+        x = x.to(param.device, param.dtype if param.is_floating_point() else torch.float32)
         x, pad = pad_to_multiple(x)
         return x, h, w, pad
 
@@ -268,55 +292,81 @@ class ICMCodec(nn.Module):
             image: a path, PIL image, array or tensor; grayscale/RGBA/16-bit are converted, any
                 size is padded to a multiple of 64 (and cropped back by ``decompress``).
         """
-        x, h, w, (pad_h, pad_w) = self._prepare(image)
-        self._ensure_updated()
-        was_training = self.training
-        self.eval()
-        try:
-            out = self.model.compress(x)
-        finally:
-            self.train(was_training)
-        strings = [s[0] for s in out["strings"]]
-        header = bitstream.Header(self.name, self.quality, self.N, self.M, h, w, pad_h, pad_w,
-                                  tuple(int(v) for v in out["shape"]))
-        return bitstream.pack(header, strings)
+        return self.compress_with_latent(image)[0]
 
     @torch.no_grad()
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """Decode container bytes to (1, 3, H, W) in [0, 1] at the original size.
-
-        Raises:
-            BitstreamError: corrupt/truncated data, or data written by another codec.
-        """
-        header, strings = bitstream.unpack(data)
-        if (header.codec, header.N, header.M) != (self.name, self.N, self.M):
-            raise BitstreamError(
-                f"bitstream was written by {header.codec} (N={header.N}, M={header.M}); this "
-                f"codec is {self.name} (N={self.N}, M={self.M}): load the matching model")
-        expected = len(self._entropy_modules())
-        if len(strings) != expected or len(header.latent_shape) != 2:
-            raise BitstreamError(f"bitstream has {len(strings)} string groups and latent shape "
-                                 f"{header.latent_shape}; {self.name} needs {expected} and 2 dims")
-        ph, pw = header.height + header.pad_h, header.width + header.pad_w
-        if ph % 64 or pw % 64 or ph == 0 or pw == 0:
-            raise BitstreamError(f"padded size {ph}x{pw} is not a positive multiple of 64")
-        self._ensure_updated()
+    def compress_with_latent(self, image: ImageLike) -> tuple[bytes, torch.Tensor]:
+        """:meth:`compress`, also returning the ŷ (1, M, h, w) that every decoder of the bytes
+        will reconstruct (on the codec's device)."""
+        x, h, w, (pad_h, pad_w) = self._prepare(image)
+        state = self.coding_state()
         was_training = self.training
         self.eval()
         try:
-            out = self.model.decompress([[s] for s in strings], list(header.latent_shape))
-        except Exception as exc:  # the C++ decoder and shape checks raise various types
-            raise BitstreamError(f"entropy decoding failed ({type(exc).__name__}: {exc}); "
-                                 "the bitstream is corrupt") from exc
+            y, z = entropy.analysis(self.model, x)
         finally:
             self.train(was_training)
-        x_hat = out["x_hat"]
+        payload, latent = state.encode(y, z)
+        header = bitstream.Header(self.name, self.quality, self.N, self.M, h, w, pad_h, pad_w,
+                                  state.latent_shape(h + pad_h, w + pad_w), state.fingerprint)
+        return bitstream.pack(header, [payload]), latent.to(x.device)
+
+    def _check(self, header: bitstream.Header, strings: list[bytes],
+               state: entropy.CodingState, max_pixels: int) -> None:
+        """Every header field against the others and against this codec, before decoding."""
+        if (header.codec, header.quality, header.N, header.M) != (self.name, self.quality, self.N,
+                                                                  self.M):
+            raise BitstreamError(
+                f"bitstream was written by {header.codec} q{header.quality} (N={header.N}, "
+                f"M={header.M}); this codec is {self.name} q{self.quality} (N={self.N}, "
+                f"M={self.M}): load the matching model")
+        if header.fingerprint != state.fingerprint:
+            raise BitstreamError(
+                f"bitstream was written by a {self.name} codec with other weights or entropy "
+                f"tables (fingerprint {header.fingerprint.hex()}, this codec "
+                f"{state.fingerprint.hex()}): decode it with the saved codec that wrote it")
+        if len(strings) != 1:
+            raise BitstreamError(f"bitstream has {len(strings)} payloads; {self.name} writes 1")
+        ph, pw = header.height + header.pad_h, header.width + header.pad_w
+        if (header.height == 0 or header.width == 0 or not 0 <= header.pad_h < 64
+                or not 0 <= header.pad_w < 64 or ph % 64 or pw % 64):
+            raise BitstreamError(f"image {header.height}x{header.width} with padding "
+                                 f"{header.pad_h}/{header.pad_w} is not padded to a multiple of "
+                                 "64; the header is corrupt")
+        if ph * pw > max_pixels:
+            raise BitstreamError(f"the stream claims a {ph}x{pw} image, more than the "
+                                 f"{max_pixels} pixels this decoder accepts; pass max_pixels= "
+                                 "to decompress (or set codec.max_decode_pixels) if it is real")
+        expected = state.latent_shape(ph, pw)
+        if tuple(header.latent_shape) != expected:
+            raise BitstreamError(f"latent shape {header.latent_shape} does not match a "
+                                 f"{ph}x{pw} image ({expected}); the header is corrupt")
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
+        """Decode container bytes to (1, 3, H, W) in [0, 1] at the original size.
+
+        Args:
+            data: bytes written by :meth:`compress` of this codec (same saved weights) on any
+                device.
+            max_pixels: largest padded image accepted (default :attr:`max_decode_pixels`).
+
+        Raises:
+            BitstreamError: corrupt, truncated or crafted data, or data written by another codec.
+        """
+        header, strings = bitstream.unpack(data)
+        state = self.coding_state()
+        self._check(header, strings, state, max_pixels or self.max_decode_pixels)
+        latent = state.decode(strings[0], tuple(header.latent_shape))
+        param = next(self.model.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            x_hat = self.decoder(latent.to(param.device, param.dtype))
+        finally:
+            self.train(was_training)
         if not torch.isfinite(x_hat).all():
-            raise BitstreamError("decoding produced non-finite pixels: the entropy-coded payload "
-                                 "is corrupt (it passed the checksum, so it was written corrupt)")
-        if tuple(x_hat.shape[-2:]) != (ph, pw):
-            raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the "
-                                 f"header's {ph}x{pw}; the bitstream is corrupt")
+            raise BitstreamError("decoding produced non-finite pixels: the payload is corrupt")
         return crop_padding(x_hat.clamp(0, 1), header.height, header.width)
 
     @torch.no_grad()
@@ -385,9 +435,9 @@ def load_codec(state: dict) -> ICMCodec:
         model.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
-    codec = ICMCodec(model, cfg["name"], cfg["quality"], cfg["N"], cfg["M"])
-    codec.update(force=True)
-    return codec
+    # the saved entropy tables are used as they are: recomputing them on another device or
+    # machine could change them and make the codec's own streams undecodable
+    return ICMCodec(model, cfg["name"], cfg["quality"], cfg["N"], cfg["M"])
 
 
 __all__ = ["CODEC_NAMES", "ICMCodec", "CodedImage", "build_codec", "build_compressai_model",

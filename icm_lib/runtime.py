@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ICMError
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -82,9 +82,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a broken file
+        # torch's own advice for a refused file is to retry with weights_only=False, which runs
+        # arbitrary code from the file: never pass that on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = "" if "weights_only" in str(exc) else f": {first}"
         raise CheckpointError(
-            f"cannot load checkpoint {path} ({type(exc).__name__}: {exc}); "
-            "delete it to recompute, or point to a complete file") from exc
+            f"cannot load checkpoint {path} ({type(exc).__name__}{detail}); it is truncated, "
+            "corrupt, or holds more than tensors and plain data (icm_lib writes only those): "
+            "delete it to recompute, or point to a complete icm_lib file") from None
 
 
 def config_hash(obj: Any, length: int = 10) -> str:
@@ -106,7 +111,8 @@ class Distributed:
 
     Attributes:
         rank, world_size, local_rank: from torchrun's environment (0, 1, 0 otherwise).
-        device: ``cuda:<local_rank>`` when CUDA is present, else the CPU (gloo backend).
+        device: ``cuda:<local_rank>`` when CUDA is present (or asked for without an index), else
+            the CPU (gloo backend); more local processes than GPUs raise :class:`ICMError`.
     """
 
     def __init__(self, device: torch.device | None = None):
@@ -114,8 +120,15 @@ class Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = (torch.device("cuda", self.local_rank) if torch.cuda.is_available()
-                      else torch.device("cpu"))
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda" and device.index is None:  # one GPU per local process
+            gpus = torch.cuda.device_count()
+            if self.local_rank >= gpus:
+                raise ICMError(
+                    f"this is local process {self.local_rank} of a torchrun job, but the node "
+                    f"has {gpus} GPU(s): start at most {gpus} processes per node "
+                    "(--nproc_per_node), or pass --device cpu to train on the CPU (gloo)")
+            device = torch.device("cuda", self.local_rank)
         self.device = device
         if self.enabled and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"

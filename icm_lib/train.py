@@ -277,6 +277,7 @@ def load_or_train_reference_codec(profile, datasets, cache_dir: str | Path, devi
                                   progress: bool = True) -> tuple[ICMCodec, list[dict]]:
     """The human-viewing reference codec of a profile: CompressAI's pretrained weights when the
     profile asks for them, else trained for MSE on the training images (load-or-compute)."""
+    seed_everything(profile.mse.seed)  # the initial weights are a function of the seed alone
     codec = codec_from_config(profile.codec)
     if profile.codec.pretrained or profile.mse.steps == 0:
         codec.update(force=True)

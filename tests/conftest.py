@@ -6,6 +6,19 @@ import torch
 os.environ.setdefault("ICM_OFFLINE", "1")  # no test may wait on the network
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+#: the device parameter of tests that run on the CPU and, marked `gpu`, on CUDA
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a `gpu` test); run on a GPU machine with "
+                                   "-m gpu, see README 'Tests'")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def scenes(tmp_path_factory):
@@ -23,36 +36,14 @@ def trained_codec(scenes):
     Real coding needs trained entropy models: with random weights the likelihood estimate and
     the real bytes are not comparable.
     """
-    from compressai.losses import RateDistortionLoss
-
     from icm_lib.codec import build_codec
     from icm_lib.data.coco import CocoDetection
+    from icm_lib.fuzz import train_briefly
 
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
     images = torch.stack([CocoDetection(scenes.coco_root, "train")[i][0] for i in range(12)])
-    crit = RateDistortionLoss(lmbda=0.05)
-    opt = torch.optim.Adam(codec.main_parameters(), lr=1e-3)
-    qopt = torch.optim.Adam(codec.quantile_parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    codec.train()
-    for step in range(600):
-        idx = torch.randint(0, len(images), (4,), generator=g)
-        top, left = torch.randint(0, 65, (2,), generator=g).tolist()
-        x = images[idx, :, top:top + 64, left:left + 64]
-        out = codec(x)
-        loss = crit(out, x)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.main_parameters(), 1.0)
-        opt.step()
-        qloss = codec.quantile_loss()
-        qopt.zero_grad()
-        qloss.backward()
-        qopt.step()
-    codec.eval()
-    codec.update(force=True)
-    return codec, images
+    return train_briefly(codec, images, steps=600), images
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +57,18 @@ def smoke_env(tmp_path_factory):
     datasets, machines, reference, cache_dir = prepare(profile, data_dir, torch.device("cpu"),
                                                        progress=False)
     return profile, data_dir, datasets, machines, reference, cache_dir
+
+
+@pytest.fixture(scope="session")
+def trained_family_codecs():
+    """A scale, a mean-scale and an autoregressive codec (N=32, M=48), briefly trained on
+    procedural scenes (~20 s together), and two 128 px test scenes."""
+    from icm_lib.codec import build_codec
+    from icm_lib.fuzz import FAMILY_CODECS, scene_images, train_briefly
+
+    images = scene_images(8, 128, seed=0)
+    codecs = {}
+    for family, name in FAMILY_CODECS:
+        torch.manual_seed(0)
+        codecs[family] = train_briefly(build_codec(name, N=32, M=48), images, steps=150)
+    return codecs, scene_images(2, 128, seed=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icm_lib import bitstream
-from icm_lib.errors import BitstreamError, ICMError
+from icm_lib.errors import BitstreamError
 
 HEADER = bitstream.Header("bmshj2018-hyperprior", 0, 32, 48, 70, 90, 58, 38, (2, 2))
 
@@ -64,33 +64,3 @@ def test_fuzz_container_mutations_and_truncations():
         with pytest.raises(BitstreamError):
             bitstream.unpack(bytes(buf))
     assert time.perf_counter() - t0 < 10
-
-
-def test_fuzz_entropy_decoder_behind_a_valid_checksum(trained_codec):
-    """Corrupt payloads with a *recomputed* checksum reach CompressAI's rANS decoder: each case
-    either decodes to an image of the header's size or raises an ICMError; none hangs or crashes."""
-    codec, images = trained_codec
-    data = codec.compress(images[0])
-    header, strings = bitstream.unpack(data)
-    rng = random.Random(1)
-    t0 = time.perf_counter()
-    outcomes = {"decoded": 0, "refused": 0}
-    for case in range(200):
-        mutated = [bytearray(s) for s in strings]
-        g = rng.randrange(len(mutated))
-        if case % 2 and len(mutated[g]) > 1:
-            mutated[g] = mutated[g][: rng.randrange(1, len(mutated[g]))]
-        else:
-            for _ in range(rng.randint(1, 4)):
-                mutated[g][rng.randrange(len(mutated[g]))] = rng.randrange(256)
-        blob = bitstream.pack(header, [bytes(m) for m in mutated])
-        try:
-            x = codec.decompress(blob)
-        except ICMError:
-            outcomes["refused"] += 1
-        else:
-            assert x.shape == (1, 3, header.height, header.width)
-            assert torch.isfinite(x).all()
-            outcomes["decoded"] += 1
-    assert sum(outcomes.values()) == 200
-    assert time.perf_counter() - t0 < 60

@@ -121,3 +121,12 @@ def test_transforms_keep_boxes_and_labels_aligned():
     assert img.shape == (3, 50, 50) and b2.tolist() == [[0, 0, 50, 50]] and l2.tolist() == [3]
     _, b3, l3, _ = random_crop(torch.rand(3, 100, 100), 50, g, big, torch.tensor([3]))
     assert b3.shape == (0, 4) and l3.numel() == 0  # under the default 30 % it is dropped
+
+
+def test_roi_mask_without_instance_masks_is_a_dataset_error(scenes):
+    ds = CocoDetection(scenes.coco_root, "val")
+    assert ds.roi_mask(0).any()
+    for a in ds.coco.imgToAnns[ds.ids[0]]:
+        a.pop("segmentation", None)  # as in box-only annotation files
+    with pytest.raises(DatasetError, match="no 'segmentation' mask"):
+        ds.roi_mask(0)

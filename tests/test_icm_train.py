@@ -110,7 +110,8 @@ def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
     per shard for its BatchNorm.)"""
     _, data_dir, *_ = smoke_env
     argv = ["--profile", "smoke", "--task", "det", "--variant", "aux-enc", "--lmbda", "2",
-            "--data-dir", str(data_dir), "--steps", "3", "--no-progress", "--seed", "5"]
+            "--data-dir", str(data_dir), "--steps", "3", "--no-progress", "--seed", "5",
+            "--device", "cpu"]  # gloo on the CPU, also where GPUs exist
     single = _train_cli(argv + ["--accumulate", "2"])
     single_dir = tmp_path / "single"
     shutil.move(single["run_dir"], single_dir)
@@ -127,3 +128,18 @@ def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
     b = load_checkpoint(os.path.join(ddp["run_dir"], "codec.pt"))["state_dict"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from icm_lib.errors import ICMError
+    from icm_lib.runtime import Distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ICMError, match="at most 1 processes per node"):
+        Distributed()
+    with pytest.raises(ICMError, match="--device cpu"):
+        Distributed(torch.device("cuda"))

@@ -93,3 +93,82 @@ def test_profiles_and_overrides():
         get_profile("gpu")
     with pytest.raises(ValueError):
         get_profile("cpu", data__nope=1)
+
+
+def test_detection_map_equals_pycocotools():
+    """The same detections scored by pycocotools directly: equal within 1e-6 (torchmetrics'
+    default float32 IoU thresholds alone moved mAP by ~1e-3)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    g = torch.Generator().manual_seed(0)
+    targets, preds, images, anns, dets = [], [], [], [], []
+    for img in range(12):
+        n = int(torch.randint(1, 6, (), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 200
+        wh = 8 + torch.rand(n, 2, generator=g) * 60
+        boxes = torch.cat([xy, xy + wh], 1)
+        labels = torch.randint(1, 4, (n,), generator=g)
+        targets.append({"boxes": boxes, "labels": labels})
+        jitter = boxes + torch.randn(n, 4, generator=g) * 6
+        extra = torch.rand(2, 4, generator=g).sort(1).values * 250
+        pb = torch.cat([jitter, extra[:, [0, 1, 2, 3]]])
+        pb = torch.cat([pb[:, :2].minimum(pb[:, 2:]), pb[:, :2].maximum(pb[:, 2:]) + 1], 1)
+        pl = torch.cat([labels, torch.randint(1, 4, (2,), generator=g)])
+        ps = torch.rand(n + 2, generator=g)
+        preds.append({"boxes": pb, "scores": ps, "labels": pl})
+        images.append({"id": img, "height": 300, "width": 300})
+        for b, lab in zip(boxes.tolist(), labels.tolist()):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": lab,
+                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+        for b, lab, sc in zip(pb.tolist(), pl.tolist(), ps.tolist()):
+            dets.append({"image_id": img, "category_id": lab, "score": sc,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+    # one image whose detections overlap their boxes with IoU exactly 0.6, 0.8 and 0.85: the
+    # float32 thresholds (0.6000000238...) refuse what pycocotools' 0.6 accepts
+    img = len(images)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [100, 0, 110, 10], [200, 0, 210, 10]])
+    pb = boxes.clone()
+    pb[:, 3] = torch.tensor([6.0, 8.0, 8.5])
+    targets.append({"boxes": boxes, "labels": torch.tensor([1, 1, 1])})
+    preds.append({"boxes": pb, "scores": torch.tensor([0.9, 0.8, 0.7]),
+                  "labels": torch.tensor([1, 1, 1])})
+    images.append({"id": img, "height": 300, "width": 300})
+    for b, p, sc in zip(boxes.tolist(), pb.tolist(), preds[-1]["scores"].tolist()):
+        anns.append({"id": len(anns) + 1, "image_id": img, "category_id": 1, "iscrowd": 0,
+                     "bbox": [b[0], b[1], 10.0, 10.0], "area": 100.0})
+        dets.append({"image_id": img, "category_id": 1, "score": sc,
+                     "bbox": [p[0], p[1], p[2] - p[0], p[3] - p[1]]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns,
+                      "categories": [{"id": i} for i in (1, 2, 3)]}
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ours = detection_map(preds, targets)
+    assert 0.05 < ev.stats[0] < 0.95
+    assert abs(ours["map"] - ev.stats[0]) < 1e-6
+    assert abs(ours["map_50"] - ev.stats[1]) < 1e-6
+
+
+class _NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage" * 50, None])
+def test_checkpoint_errors_never_advise_unsafe_loading(tmp_path, content):
+    path = tmp_path / "ckpt.pt"
+    if content is None:  # a pickle of a class the weights-only loader refuses
+        torch.save({"x": _NotATensor()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "weights_only" not in str(info.value) and "delete it" in str(info.value).lower()

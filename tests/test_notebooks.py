@@ -3,21 +3,26 @@ import math
 
 import pytest
 
+from conftest import DEVICES
 from icm_lib.tutorial import notebook_paths, run_notebook
 
 pytestmark = pytest.mark.notebooks
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """One data folder for all notebooks, as in ``make tutorial``: later ones reuse the caches."""
-    return tmp_path_factory.mktemp("nb")
+@pytest.fixture(scope="module", params=DEVICES)
+def root(request, tmp_path_factory):
+    """One data folder for all notebooks, as in ``make tutorial``: later ones reuse the caches.
+    The notebooks run on the CPU and (tests marked `gpu`) on CUDA."""
+    return tmp_path_factory.mktemp(f"nb-{request.param}"), request.param
 
 
 def _run(root, number):
+    folder, device = root
     path = notebook_paths([number])[0]
-    metrics = run_notebook(path, "smoke", root / "outputs", root / "data")
-    return metrics, root / "outputs" / "smoke" / path.stem
+    metrics = run_notebook(path, "smoke", folder / "outputs", folder / "data",
+                           extra={"DEVICE": device})
+    assert metrics["device"].startswith(device)
+    return metrics, folder / "outputs" / "smoke" / path.stem
 
 
 @pytest.fixture(scope="module")

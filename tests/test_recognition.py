@@ -100,3 +100,25 @@ def test_pretrained_offline_fails_fast(build, monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError):
         build()
     assert time.perf_counter() - t0 < 10
+
+
+def test_recognizers_are_a_function_of_the_seed_alone(scenes, tmp_path):
+    """Built after seeding: whatever the global random state before (two fresh cache folders,
+    other work done first), the same seed gives the same untrained weights."""
+    from icm_lib.data import CocoDetection, PascalContextSegmentation
+    from icm_lib.profiles import RecognitionConfig
+    from icm_lib.recognition.training import load_or_train_detector, load_or_train_segmenter
+
+    cfg = RecognitionConfig(train_steps=0, **SMALL)
+    det, seg = [], []
+    for i in range(2):
+        torch.manual_seed(100 + i)  # a different global state each time
+        coco = [CocoDetection(scenes.coco_root, s, max_images=2) for s in ("train", "val")]
+        ctx = [PascalContextSegmentation(scenes.context_root, s, max_images=2)
+               for s in ("train", "val")]
+        det.append(load_or_train_detector(cfg, *coco, 64, tmp_path / f"a{i}", "cpu", seed=3,
+                                          progress=False)[0].model.state_dict())
+        seg.append(load_or_train_segmenter(cfg, *ctx, 64, tmp_path / f"a{i}", "cpu", seed=3,
+                                           progress=False)[0].model.state_dict())
+    for a, b in ((det[0], det[1]), (seg[0], seg[1])):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -91,5 +91,11 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         m = np.zeros((info["height"], info["width"]), dtype=bool)
         for a in self.coco.imgToAnns.get(image_id, []):
+            if not a.get("segmentation"):
+                raise DatasetError(
+                    f"annotation {a.get('id')} of image {image_id} has no 'segmentation' mask: "
+                    "the ROI baseline needs instance masks (COCO's instances_*.json have them; "
+                    "box-only files such as SFU-HW's do not), so evaluate it on a dataset with "
+                    "masks or leave the ROI curve out")
             m |= self.coco.annToMask(a).astype(bool)
         return torch.from_numpy(m)

@@ -55,7 +55,8 @@ def resize_short_edge(image: torch.Tensor, short_edge: int | None,
     image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
                           antialias=scale < 1)[0].clamp(0, 1)
     if boxes is not None and boxes.numel():
-        boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype)
+        boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype,
+                                     device=boxes.device)
     if label is not None:
         label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
         label = label.to(torch.long)
@@ -83,7 +84,7 @@ def random_crop(image: torch.Tensor, size: int, generator: torch.Generator,
     if label_map is not None:
         label_map = label_map[top:top + size, left:left + size]
     if boxes is not None:
-        shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype, device=boxes.device)
         clipped = shifted.clamp(min=0, max=size)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         kept_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])

@@ -228,6 +228,7 @@ def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
                            device: torch.device, seed: int = 0,
                            progress: bool = True) -> tuple[DetectionTask, dict]:
     """A frozen :class:`DetectionTask`, trained and evaluated once (val mAP), then cached."""
+    seed_everything(seed)  # the initial weights are a function of the seed alone
     model = build_detector(train_set.num_classes, cfg.det_backbone, cfg.pretrained,
                            **_detector_kwargs(cfg))
     return _load_or_train(f"detector-{cfg.det_backbone}", model,
@@ -241,6 +242,7 @@ def load_or_train_segmenter(cfg: RecognitionConfig, train_set: PascalContextSegm
                             cache_dir: str | Path, device: torch.device, seed: int = 0,
                             progress: bool = True) -> tuple[SegmentationTask, dict]:
     """A frozen :class:`SegmentationTask`, trained and evaluated once (val mIoU), then cached."""
+    seed_everything(seed)  # the initial weights are a function of the seed alone
     model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
     return _load_or_train(f"segmenter-{cfg.seg_encoder}", model,
                           lambda: SegmentationTask(model, train_set.num_classes).to(device),

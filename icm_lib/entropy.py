@@ -1,0 +1,582 @@
+"""Device-independent, memory-safe entropy coding of CompressAI latents.
+
+Real coding has one hard requirement: the decoder must pick, for every symbol, *exactly* the
+probability table the encoder picked. CompressAI picks a Gaussian's table from the float output
+of the hyper-decoder ``h_s`` (and, for autoregressive models, of the context model and the
+entropy-parameter network). Floats differ between a GPU and a CPU, between thread counts and
+between library versions, so a stream written on one machine can decode to garbage on another
+(CompressAI issues #279, #309, #320). This module removes floats from every decision::
+
+    z ─► round ─► symbols ─► ANS ─┐            ┌─► ANS ─► symbols ─► ẑ (integers / 2^12)
+                                  │  payload   │                      │
+    y ─► round(y - μ) ─► ANS ─────┘            └─► ANS ─► symbols     ▼  exact integer h_s
+                ▲                                      ▲          scales, means (integers / 2^12)
+                └── table index, μ ◄── exact path ─────┴── table index, μ ◄──┘
+                                      (context model + entropy parameters, wavefront order,
+                                       for autoregressive codecs)
+
+* **Exact path.** ``h_s``, the masked context convolution and the entropy-parameter network are
+  evaluated in fixed point: activations are integers in units of 2^-12 (|a| ≤ 4096.0), weights
+  are integers in units of 2^-s per layer, and every layer is requantized by rounding. The
+  integers are held in float64 and the shift ``s`` of each layer is chosen so that the sum of the
+  absolute values of all products stays below 2^52: then every partial sum is an exactly
+  representable integer, so the result does not depend on summation order, blocking, threads or
+  the BLAS library. It runs on the CPU (the hyper-decoder works at 1/64 of the image's
+  resolution, so this is cheap); ``g_a`` and ``g_s`` run on any device.
+* **Tables travel.** The integer CDF tables are CompressAI's own (``update()``), computed once on
+  the CPU and saved with the codec; loading never recomputes them.
+* **Fingerprint.** The hash of the tables, the integer weights of the exact path and the format
+  constants goes into every stream; a decoder with anything different refuses the stream.
+* **Memory-safe coder.** Symbols are coded with the ANS coder of ``constriction`` (Rust, bounds
+  checked), grouped by table. Values outside a table's range are escaped as in CompressAI and
+  their overflow is coded with uniform models of bounded size. The number of symbols decoded is
+  fixed by the (validated) latent shape, so no input can make the decoder read out of bounds,
+  run unbounded, or allocate beyond the image's size. A payload that does not end exactly where
+  the last symbol ends is refused.
+
+Autoregressive codecs (``mbt2018``, ``cheng2020-*``) are coded in **wavefront order**: with the
+5x5 causal mask, position (i, j) depends only on positions with a smaller ``3 i + j``, so all
+positions on one anti-diagonal ``3 i + j = t`` are coded together (3 H + W steps instead of H W).
+
+The guarantee: a stream written by a codec on any device and thread count decodes, with the same
+saved codec on any other device and thread count, to the identical ŷ. The pixels then differ
+only by the float arithmetic of ``g_s`` on the two devices (far below one 8-bit level).
+Limits: the encoder's ŷ itself depends on its device (``g_a`` is float), so two devices may
+write different (equally valid) streams for one image; ŷ saturates at ±4096 (never reached by
+trained codecs); and the scales and means are those of the fixed-point network, which differ from
+CompressAI's float ones by a few 2^-12 (measured in the tests): ŷ of a mean-scale model moves by
+as much, a rounding decision y - μ near .5 can flip, and a scale near a table boundary can pick
+the neighbouring table (a negligible change of the rate).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import BitstreamError
+
+#: fractional bits of every value on the exact path: ŷ, ẑ, scales and means are multiples of 2^-12
+FRAC_BITS = 12
+ONE = 1 << FRAC_BITS
+#: |activation| ≤ 4096.0, i.e. ≤ 2^24 in integer units (float32 holds every such ŷ exactly)
+ACT_LIMIT = float(1 << 24)
+#: Σ|products| of one output stays below 2^52, so float64 sums of integers are exact in any order
+_EXACT = float(1 << 52)
+_LEAKY_BITS = 16
+#: an escaped value's overflow is coded as its bit length (≤ _ESCAPE_BITS) then its low bits
+_ESCAPE_BITS = 22
+#: CompressAI's tables have 16-bit precision
+_CDF_PRECISION = 16
+#: changes whenever what decides a symbol changes; part of every fingerprint
+CODER_VERSION = b"icm-entropy-1 frac12 ans-constriction0.5"
+
+
+def _constriction():
+    try:
+        import constriction
+    except ImportError as exc:  # a declared dependency; say how to get it
+        raise ImportError("real coding needs the 'constriction' package (pip install "
+                          "constriction); it is a dependency of icm_lib") from exc
+    return constriction
+
+
+# ---------------------------------------------------------------------- the exact path
+def _floor_shift(acc: torch.Tensor, shift: int) -> torch.Tensor:
+    """floor(acc / 2^shift), exact for integer-valued float64 (a power-of-two scaling)."""
+    return torch.floor(acc * (2.0 ** -shift))
+
+
+@dataclass
+class _ExactConv:
+    """A (transposed) convolution in fixed point: out = round((W·a + b) / 2^shift)."""
+
+    weight: torch.Tensor      # float64 integers, units 2^-shift
+    bias: torch.Tensor        # float64 integers, units 2^-(FRAC_BITS + shift)
+    shift: int
+    transposed: bool
+    stride: tuple
+    padding: tuple
+    output_padding: tuple
+
+    @classmethod
+    def from_module(cls, conv: nn.Module, weight: torch.Tensor | None = None) -> "_ExactConv":
+        w = (conv.weight if weight is None else weight).detach().to("cpu", torch.float64)
+        if conv.groups != 1 or any(d != 1 for d in conv.dilation):
+            raise NotImplementedError("the exact path supports plain convolutions only")
+        transposed = isinstance(conv, nn.ConvTranspose2d)
+        fan_in = (w.shape[0] if transposed else w.shape[1]) * w.shape[2] * w.shape[3]
+        b = (conv.bias.detach().to("cpu", torch.float64) if conv.bias is not None
+             else torch.zeros(w.shape[1] if transposed else w.shape[0], dtype=torch.float64))
+        wmax = float(w.abs().max())
+        # the largest shift whose worst case Σ|w a| + |b| stays below 2^52
+        shift = 30 if wmax == 0 else min(30, math.floor(math.log2(_EXACT / (2 * fan_in * ACT_LIMIT
+                                                                              * wmax))))
+        while True:
+            w_int = torch.round(w * 2.0 ** shift)
+            # the bias carries half a unit of the result, so floor() rounds to nearest
+            b_int = torch.round(b * 2.0 ** (FRAC_BITS + shift)) + (2.0 ** (shift - 1) if shift > 0
+                                                                   else 0.0)
+            bound = fan_in * ACT_LIMIT * float(w_int.abs().max()) + float(b_int.abs().max())
+            if bound < _EXACT:
+                break
+            shift -= 1  # a huge bias (never seen in trained codecs): give up precision
+        return cls(w_int, b_int, shift, transposed, tuple(conv.stride), tuple(conv.padding),
+                   tuple(getattr(conv, "output_padding", (0, 0))))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            acc = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding,
+                                     self.output_padding)
+        else:
+            acc = F.conv2d(x, self.weight, None, self.stride, self.padding)
+        acc = acc + self.bias.view(1, -1, 1, 1)
+        return _floor_shift(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def digest(self, h) -> None:
+        h.update(f"conv{self.transposed}{self.stride}{self.padding}{self.output_padding}"
+                 f"{self.shift}{tuple(self.weight.shape)}".encode())
+        h.update(self.weight.to(torch.int64).numpy().astype("<i8").tobytes())
+        h.update(self.bias.to(torch.int64).numpy().astype("<i8").tobytes())
+
+
+@dataclass
+class _ExactLeakyReLU:
+    slope: int  # units 2^-16
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, _floor_shift(x * self.slope, _LEAKY_BITS))
+
+    def digest(self, h) -> None:
+        h.update(f"leaky{self.slope}".encode())
+
+
+@dataclass
+class _ExactPixelShuffle:
+    factor: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.factor)
+
+    def digest(self, h) -> None:
+        h.update(f"shuffle{self.factor}".encode())
+
+
+class ExactNet:
+    """A CompressAI hyper-decoder (or entropy-parameter network) evaluated in fixed point.
+
+    Supports ``nn.Sequential`` of ``Conv2d``, ``ConvTranspose2d``, ``ReLU``, ``LeakyReLU`` and
+    ``PixelShuffle`` (what ``h_s`` and ``entropy_parameters`` of every CompressAI model in
+    :data:`icm_lib.codec.CODEC_NAMES` are made of).
+
+    Call it with integers in units of 2^-12 held in float64 (N, C, H, W) on the CPU; it returns
+    the same, bit-identical on every machine.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.layers: list = []
+        self._add(module)
+
+    def _add(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Sequential):
+            for child in module:
+                self._add(child)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            self.layers.append(_ExactConv.from_module(module))
+        elif isinstance(module, nn.ReLU):
+            self.layers.append(_ExactLeakyReLU(0))
+        elif isinstance(module, nn.LeakyReLU):
+            self.layers.append(_ExactLeakyReLU(round(module.negative_slope * 2 ** _LEAKY_BITS)))
+        elif isinstance(module, nn.PixelShuffle):
+            self.layers.append(_ExactPixelShuffle(module.upscale_factor))
+        else:
+            raise NotImplementedError(
+                f"real coding evaluates the hyper-decoder in exact fixed point and supports "
+                f"Conv2d, ConvTranspose2d, ReLU, LeakyReLU and PixelShuffle; got "
+                f"{type(module).__name__}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def digest(self, h) -> None:
+        for layer in self.layers:
+            layer.digest(h)
+
+
+class _CausalContext:
+    """The masked 5x5 context convolution, evaluated exactly at chosen positions only.
+
+    Only the taps the mask keeps are used, so a wavefront of n positions costs one
+    (n, M·taps) x (M·taps, 2M) product.
+    """
+
+    def __init__(self, conv: nn.Module):
+        mask = conv.mask.detach().cpu()
+        self.exact = _ExactConv.from_module(conv, conv.weight * conv.mask)
+        keep = mask.flatten(0, 1).any(0)  # (kh, kw)
+        self.taps = [(int(i), int(j)) for i, j in keep.nonzero()]
+        self.pad = conv.padding[0]
+        w = self.exact.weight[:, :, [i for i, _ in self.taps], [j for _, j in self.taps]]
+        self.matrix = w.reshape(w.shape[0], -1).T.contiguous()  # (M·taps, 2M)
+
+    def at(self, latent_pad: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Context features (n, 2M) at positions (rows, cols) of the unpadded latent;
+        ``latent_pad``: (M, H + 2p, W + 2p) exact integers, zero where not yet decoded."""
+        patches = torch.stack([latent_pad[:, rows + i, cols + j] for i, j in self.taps], -1)
+        acc = patches.permute(1, 0, 2).reshape(len(rows), -1) @ self.matrix
+        acc = acc + self.exact.bias
+        return _floor_shift(acc, self.exact.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def digest(self, h) -> None:
+        h.update(f"taps{self.taps}".encode())
+        self.exact.digest(h)
+
+
+# ---------------------------------------------------------------------- tables and the coder
+class _Tables:
+    """CompressAI's integer CDF tables (one row per channel or per Gaussian scale) as
+    constriction models. ``values - offset`` is the symbol; the last symbol of each row escapes."""
+
+    def __init__(self, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor,
+                 offset: torch.Tensor):
+        cdf = quantized_cdf.detach().cpu().to(torch.int64).numpy()
+        self.lengths = cdf_length.detach().cpu().to(torch.int64).numpy()
+        self.offsets = offset.detach().cpu().to(torch.int64).numpy()
+        if cdf.ndim != 2 or len(cdf) == 0 or (self.lengths < 3).any():
+            raise BitstreamError("the codec has no entropy tables: call codec.update() first")
+        self._cdf = cdf
+        self.escape = self.lengths - 2
+        self._models: list | None = None
+
+    @property
+    def models(self) -> list:
+        """One constriction model per row (built on first use; not copied or pickled)."""
+        if self._models is None:
+            categorical = _constriction().stream.model.Categorical
+            self._models = [categorical(np.diff(row[:n]).astype(np.float64)
+                                        / float(1 << _CDF_PRECISION), perfect=False)
+                            for row, n in zip(self._cdf, self.lengths)]
+        return self._models
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_models": None}
+
+    def digest(self, h) -> None:
+        for row, n, off in zip(self._cdf, self.lengths, self.offsets):
+            h.update(np.asarray([n, off], "<i8").tobytes())
+            h.update(row[:n].astype("<i8").tobytes())
+
+
+class _Writer:
+    """Collects (model, symbols) chunks in decoding order; ANS writes them in reverse."""
+
+    def __init__(self):
+        self.chunks: list = []
+        self.uniform = _constriction().stream.model.Uniform
+
+    def values(self, tables: _Tables, row: int, values: np.ndarray) -> None:
+        v = values.astype(np.int64) - tables.offsets[row]
+        esc_sym = tables.escape[row]
+        escaped = (v < 0) | (v >= esc_sym)
+        self.chunks.append((tables.models[row], np.where(escaped, esc_sym, v).astype(np.int32)))
+        if escaped.any():
+            v = v[escaped]
+            raw = np.where(v < 0, -2 * v - 1, 2 * (v - esc_sym))
+            nbits = np.zeros_like(raw)
+            r = raw.copy()
+            while r.any():
+                nbits += r > 0
+                r >>= 1
+            if nbits.max() > _ESCAPE_BITS:
+                raise ValueError("latent value too large to code")  # ŷ is clamped: unreachable
+            self.chunks.append((self.uniform(_ESCAPE_BITS + 1), nbits.astype(np.int32)))
+            for n in np.unique(nbits[nbits >= 2]):
+                low = raw[nbits == n] - (1 << (int(n) - 1))
+                self.chunks.append((self.uniform(1 << (int(n) - 1)), low.astype(np.int32)))
+
+    def finish(self) -> bytes:
+        coder = _constriction().stream.stack.AnsCoder()
+        for model, symbols in reversed(self.chunks):
+            coder.encode_reverse(symbols, model)
+        return coder.get_compressed().astype("<u4").tobytes()
+
+
+class _Reader:
+    """Decodes chunks in order from a payload; every failure is a :class:`BitstreamError`."""
+
+    def __init__(self, payload: bytes):
+        if len(payload) % 4:
+            raise BitstreamError(f"payload of {len(payload)} bytes is not a whole number of "
+                                 "32-bit words; the bitstream is corrupt")
+        stream = _constriction().stream
+        self.uniform = stream.model.Uniform
+        try:
+            self.coder = stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+        except ValueError as exc:
+            raise BitstreamError(f"the payload is not a valid ANS stream ({exc}); the bitstream "
+                                 "is corrupt") from exc
+
+    def _take(self, model, n: int) -> np.ndarray:
+        try:
+            return np.asarray(self.coder.decode(model, int(n)), dtype=np.int64)
+        except BaseException as exc:  # noqa: BLE001 -- a Rust panic arrives as BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise BitstreamError(f"entropy decoding failed ({type(exc).__name__}: {exc}); the "
+                                 "bitstream is corrupt") from None
+
+    def values(self, tables: _Tables, row: int, n: int) -> np.ndarray:
+        v = self._take(tables.models[row], n)
+        esc_sym = tables.escape[row]
+        escaped = v == esc_sym
+        if escaped.any():
+            nbits = self._take(self.uniform(_ESCAPE_BITS + 1), int(escaped.sum()))
+            raw = np.where(nbits == 1, 1, 0).astype(np.int64)
+            for b in np.unique(nbits[nbits >= 2]):
+                sel = nbits == b
+                raw[sel] = (1 << (int(b) - 1)) + self._take(self.uniform(1 << (int(b) - 1)),
+                                                            int(sel.sum()))
+            v[escaped] = np.where(raw % 2 == 1, -(raw + 1) // 2, raw // 2 + esc_sym)
+        return v + tables.offsets[row]
+
+    def finish(self) -> None:
+        if not self.coder.is_empty():
+            raise BitstreamError("the payload does not end where its last symbol ends: it was "
+                                 "damaged, or written by another codec; re-encode the image")
+
+
+# ---------------------------------------------------------------------- the coding state
+FAMILIES = ("factorized", "scale", "mean-scale", "autoregressive")
+
+
+def model_family(model: nn.Module) -> str:
+    """Which of :data:`FAMILIES` a CompressAI model belongs to."""
+    from compressai.models import (FactorizedPrior, JointAutoregressiveHierarchicalPriors,
+                                   MeanScaleHyperprior, ScaleHyperprior)
+
+    if isinstance(model, JointAutoregressiveHierarchicalPriors):
+        return "autoregressive"
+    if isinstance(model, MeanScaleHyperprior):
+        return "mean-scale"
+    if isinstance(model, ScaleHyperprior):
+        return "scale"
+    if isinstance(model, FactorizedPrior):
+        return "factorized"
+    raise NotImplementedError(f"real coding supports CompressAI's factorized, hyperprior, "
+                              f"mean-scale and autoregressive models, not {type(model).__name__}")
+
+
+def analysis(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The encoder's transforms of a CompressAI model: ``(y, z)`` (``z`` is ``None`` for
+    factorized models), on ``x``'s device. Scale-only hyperpriors analyse ``|y|``."""
+    family = model_family(model)
+    y = model.g_a(x)
+    if family == "factorized":
+        return y, None
+    return y, model.h_a(torch.abs(y) if family == "scale" else y)
+
+
+def update_tables(model: nn.Module) -> None:
+    """Compute CompressAI's entropy tables on the CPU (whatever device ``model`` is on) and store
+    them in the model's buffers, so that they are saved with it.
+
+    Computing them on the CPU makes a GPU-trained codec's tables equal to those of its CPU copy;
+    once saved they are never recomputed (see :func:`icm_lib.codec.load_codec`).
+    """
+    import copy
+
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models.base import get_scale_table
+
+    for _, module in model.named_modules():
+        if isinstance(module, (EntropyBottleneck, GaussianConditional)):
+            device = module._offset.device
+            cpu = copy.deepcopy(module).cpu().float()
+            if isinstance(cpu, GaussianConditional):
+                cpu.update_scale_table(get_scale_table(), force=True)
+                module.scale_table = cpu.scale_table.to(device)
+            else:
+                cpu.update(force=True)
+            module._quantized_cdf = cpu._quantized_cdf.to(device)
+            module._offset = cpu._offset.to(device)
+            module._cdf_length = cpu._cdf_length.to(device)
+
+
+def has_tables(model: nn.Module) -> bool:
+    return model.entropy_bottleneck._quantized_cdf.numel() > 0 and (
+        not hasattr(model, "gaussian_conditional")
+        or model.gaussian_conditional._quantized_cdf.numel() > 0)
+
+
+@dataclass
+class CodingState:
+    """Everything that decides the symbols of a stream, detached from the float model.
+
+    Build it with :meth:`from_model` (after ``update_tables``); it is cheap to rebuild from a
+    saved codec and identical on every machine. ``fingerprint`` (8 bytes) identifies it.
+    """
+
+    family: str
+    M: int
+    bottleneck: _Tables
+    medians: torch.Tensor                  # (C,) integers, units 2^-12
+    y_tables: _Tables | None = None          # per Gaussian scale (hyperprior families)
+    thresholds: torch.Tensor | None = None   # (63,) scale-table bounds, units 2^-12
+    h_s: ExactNet | None = None
+    context: _CausalContext | None = None
+    entropy_parameters: ExactNet | None = None
+    fingerprint: bytes = field(default=b"")
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "CodingState":
+        family = model_family(model)
+        eb = model.entropy_bottleneck
+        medians = eb.quantiles.detach()[:, 0, 1].to("cpu", torch.float64)
+        state = cls(family, int(getattr(model, "M", eb.channels)),
+                    _Tables(eb._quantized_cdf, eb._cdf_length, eb._offset),
+                    torch.round(medians * ONE))
+        if family != "factorized":
+            gc = model.gaussian_conditional
+            state.y_tables = _Tables(gc._quantized_cdf, gc._cdf_length, gc._offset)
+            table = gc.scale_table.detach().to("cpu", torch.float64)
+            state.thresholds = torch.floor(table[:-1] * ONE)
+            state.h_s = ExactNet(model.h_s)
+        if family == "autoregressive":
+            state.context = _CausalContext(model.context_prediction)
+            state.entropy_parameters = ExactNet(model.entropy_parameters)
+        h = hashlib.sha256(CODER_VERSION + family.encode())
+        state.bottleneck.digest(h)
+        h.update(state.medians.to(torch.int64).numpy().astype("<i8").tobytes())
+        for part in (state.y_tables, state.h_s, state.context, state.entropy_parameters):
+            if part is not None:
+                part.digest(h)
+        if state.thresholds is not None:
+            h.update(state.thresholds.to(torch.int64).numpy().astype("<i8").tobytes())
+        state.fingerprint = h.digest()[:8]
+        return state
+
+    # -------------------------------------------------------------- shapes
+    @property
+    def hyper(self) -> bool:
+        return self.family != "factorized"
+
+    def latent_shape(self, padded_h: int, padded_w: int) -> tuple[int, int]:
+        """The shape the container records: ẑ's for hyperprior families, ŷ's for factorized."""
+        f = 64 if self.hyper else 16
+        return padded_h // f, padded_w // f
+
+    # -------------------------------------------------------------- per-channel coding (z, factorized y)
+    def _channels(self, io, values: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+        """Code a (C, h, w) tensor with one table per channel; returns exact integers."""
+        c, hw = len(self.medians), shape[0] * shape[1]
+        out = torch.empty(c, hw, dtype=torch.float64)
+        for ch in range(c):
+            if values is None:
+                s = io.values(self.bottleneck, ch, hw)
+            else:
+                v = values[ch].reshape(-1) - self.medians[ch] / ONE
+                s = _symbols(v, self.medians[ch]).numpy()
+                io.values(self.bottleneck, ch, s)
+            out[ch] = torch.from_numpy(s).double() * ONE + self.medians[ch]
+        return out.clamp_(-ACT_LIMIT, ACT_LIMIT).reshape(c, *shape)
+
+    # -------------------------------------------------------------- Gaussian coding (y)
+    def _gaussian(self, io, y: torch.Tensor | None, scales: torch.Tensor,
+                  means: torch.Tensor | None) -> torch.Tensor:
+        """Code one block of y: ``scales``/``means`` are exact integers of any (same) shape; the
+        symbols are taken table by table, in row-major order within each table."""
+        index = torch.searchsorted(self.thresholds, scales.contiguous(), right=False)
+        means = torch.zeros_like(scales) if means is None else means
+        s = torch.empty(scales.shape, dtype=torch.int64)
+        flat_index, flat_s = index.reshape(-1), s.reshape(-1)
+        if y is not None:
+            flat_s[:] = _symbols(y.reshape(-1) - means.reshape(-1) / ONE, means.reshape(-1))
+        for t in torch.unique(flat_index).tolist():
+            sel = flat_index == t
+            if y is None:
+                flat_s[sel] = torch.from_numpy(io.values(self.y_tables, t, int(sel.sum())))
+            else:
+                io.values(self.y_tables, t, flat_s[sel].numpy())
+        return (s.double() * ONE + means).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def _code(self, io, y: torch.Tensor | None, z: torch.Tensor | None,
+              shape: tuple[int, int]) -> torch.Tensor:
+        """The whole stream in decoding order; ``y``/``z`` given: encode, else decode."""
+        if not self.hyper:
+            return self._channels(io, y, shape)
+        z_hat = self._channels(io, z, shape)
+        params = self.h_s(z_hat[None])[0]  # (C, 4h, 4w)
+        if self.family == "scale":
+            return self._gaussian(io, y, params, None)
+        if self.family == "mean-scale":
+            scales, means = params.chunk(2, 0)
+            return self._gaussian(io, y, scales, means)
+        return self._wavefronts(io, y, params)
+
+    def _wavefronts(self, io, y: torch.Tensor | None, params: torch.Tensor) -> torch.Tensor:
+        m, h, w = self.M, params.shape[-2], params.shape[-1]
+        p = self.context.pad
+        latent = torch.zeros(m, h + 2 * p, w + 2 * p, dtype=torch.float64)
+        for t in range(3 * (h - 1) + w):
+            rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
+            cols = t - 3 * rows
+            ctx = self.context.at(latent, rows, cols)                      # (n, 2M)
+            joint = torch.cat([params[:, rows, cols].T, ctx], 1)[..., None, None]
+            gp = self.entropy_parameters(joint)[..., 0, 0]                   # (n, 2M)
+            yt = None if y is None else y[:, rows, cols].T
+            block = self._gaussian(io, yt, gp[:, :m], gp[:, m:])             # (n, M)
+            latent[:, rows + p, cols + p] = block.T
+        return latent[:, p:p + h, p:p + w]
+
+    # -------------------------------------------------------------- public
+    @torch.no_grad()
+    def encode(self, y: torch.Tensor, z: torch.Tensor | None) -> tuple[bytes, torch.Tensor]:
+        """Entropy-code one image's latents.
+
+        Args:
+            y: (1, M, H/16, W/16) the analysis transform's output, any device.
+            z: (1, N, H/64, W/64) the hyper-analysis output (``None`` for factorized models).
+
+        Returns:
+            The payload and ŷ (1, M, H/16, W/16) float32 on the CPU: what the decoder will get.
+        """
+        y64 = y.detach()[0].to("cpu", torch.float64).clamp(-4000.0, 4000.0)
+        z64 = None if z is None else z.detach()[0].to("cpu", torch.float64).clamp(-4000.0, 4000.0)
+        writer = _Writer()
+        shape = tuple((z64 if self.hyper else y64).shape[-2:])
+        latent = self._code(writer, y64, z64, shape)
+        return writer.finish(), (latent / ONE).float()[None]
+
+    @torch.no_grad()
+    def decode(self, payload: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        """Decode a payload; ``shape``: the validated latent shape of the container.
+
+        Returns:
+            ŷ (1, M, H/16, W/16) float32 on the CPU.
+
+        Raises:
+            BitstreamError: anything inconsistent (bad words, unfinished or overlong payload).
+        """
+        reader = _Reader(payload)
+        latent = self._code(reader, None, None, shape)
+        reader.finish()
+        return (latent / ONE).float()[None]
+
+
+def _symbols(residual: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """round(y - μ), kept so that ŷ = s + μ stays within ±4096 (the exact path's range)."""
+    s = torch.round(residual)
+    lo = torch.ceil((-ACT_LIMIT - means) / ONE)
+    hi = torch.floor((ACT_LIMIT - means) / ONE)
+    return torch.minimum(torch.maximum(s, lo), hi).to(torch.int64)
+
+
+__all__ = ["CodingState", "ExactNet", "FAMILIES", "FRAC_BITS", "CODER_VERSION", "analysis",
+           "model_family", "update_tables", "has_tables"]

@@ -1,0 +1,58 @@
+"""Real coding across devices (marked `gpu`: skipped without CUDA). The notebooks and the
+`paper` training step also run on CUDA: see the `cuda` parameters of test_notebooks.py and
+test_paper_profile.py."""
+import copy
+
+import pytest
+import torch
+
+from icm_lib.codec import load_codec
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def images(trained_family_codecs):
+    from icm_lib.fuzz import scene_images
+
+    return list(scene_images(4, 192, seed=7)) + [torch.rand(3, 96, 160), trained_family_codecs[1][0]]
+
+
+@pytest.mark.parametrize("family", ["scale", "mean-scale", "autoregressive"])
+def test_streams_cross_devices(trained_family_codecs, images, family):
+    """A stream written on either device decodes on either to the writer's ŷ, and to pixels
+    within one 8-bit level of each other."""
+    state = trained_family_codecs[0][family].codec_state()
+    cpu = load_codec(state).eval()
+    gpu = load_codec(state).cuda().eval()
+    tf32 = copy.deepcopy(gpu)
+    assert gpu.fingerprint == cpu.fingerprint
+    for x in images:
+        for writer in (cpu, gpu):
+            data, latent = writer.compress_with_latent(x)
+            pixels = []
+            for reader in (cpu, gpu, tf32):
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
+                    reader is tf32)
+                assert torch.equal(reader.decoded_latent(data).cpu(), latent.cpu())
+                pixels.append(reader.decompress(data).cpu())
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            for p in pixels[1:]:
+                assert (p - pixels[0]).abs().max() <= 1 / 255
+
+
+def test_tables_built_on_the_gpu_equal_the_cpus(trained_family_codecs):
+    """update() of a CUDA codec computes its tables on the CPU: same tables, same fingerprint."""
+    for codec in trained_family_codecs[0].values():
+        gpu = load_codec(codec.codec_state()).cuda()
+        gpu.update()
+        assert gpu.fingerprint == codec.fingerprint
+
+
+def test_checkerboard_score_on_cuda():
+    from icm_lib.metrics import checkerboard_score
+
+    x = torch.rand(2, 3, 64, 64)
+    y = x + 0.05 * torch.randn_like(x)
+    assert checkerboard_score(y.cuda(), x.cuda()) == pytest.approx(checkerboard_score(y, x),
+                                                                   abs=1e-6)
