@@ -204,3 +204,38 @@ def test_a_huge_claimed_image_is_refused_before_decoding(trained_family_codecs):
     huge = replace(header, height=64 * 1000, width=64 * 1000, latent_shape=(1000, 1000))
     with pytest.raises(BitstreamError, match="max_pixels"):
         codec.decompress(bitstream.pack(huge, strings))
+
+
+def test_wavefront_parameters_equal_the_float_networks_on_the_coded_latent(
+        trained_family_codecs):
+    """The exact context model + entropy parameters, evaluated wavefront by wavefront while
+    decoding, give the float networks' scales and means on the same ŷ (to a few 2^-12): the
+    taps, their order and the wavefront schedule are CompressAI's causal context. (A wrong
+    context would still round-trip, since encoder and decoder share it, but cost bits.)"""
+    codec = trained_family_codecs[0]["autoregressive"]
+    image = trained_family_codecs[1][0]
+    data, latent = codec.compress_with_latent(image)
+    state, m = codec.coding_state(), codec.model
+    seen = []
+    original = state._gaussian
+
+    def spy(io, y, scales, means):  # record what the decoder used, position by position
+        seen.append((scales.clone(), means.clone()))
+        return original(io, y, scales, means)
+
+    state._gaussian = spy
+    try:
+        assert torch.equal(codec.decoded_latent(data), latent)
+    finally:
+        del state._gaussian
+    h, w = latent.shape[-2:]
+    assert len(seen) == 3 * (h - 1) + w  # one step per wavefront
+    with torch.no_grad():
+        z_hat = m.entropy_bottleneck(entropy.analysis(m, image[None])[1], training=False)[0]
+        gp = m.entropy_parameters(torch.cat([m.h_s(z_hat), m.context_prediction(latent)], 1))
+    scales, means = (t[0].double() for t in gp.chunk(2, 1))
+    for t, (s, mu) in enumerate(seen):
+        rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
+        cols = t - 3 * rows
+        assert (s / entropy.ONE - scales[:, rows, cols].T).abs().max() < 20 / entropy.ONE
+        assert (mu / entropy.ONE - means[:, rows, cols].T).abs().max() < 20 / entropy.ONE

@@ -175,8 +175,11 @@ need, through forward hooks rather than copied model code:
 * `encoder_parameters()` / `decoder_parameters()` — the split the PatchGAN finetuning needs.
 
 `compress()` writes real bytes in a small container (magic, version, codec name and size,
-original size, padding, stream lengths, CRC-32); `decompress()` refuses anything corrupt with a
-`BitstreamError`. In the `paper` profile the reference codec is CompressAI's pretrained
+original size, padding, latent shape, a fingerprint of the entropy tables and hyper-decoder,
+CRC-32). The coder (`icm_lib.entropy`) picks every symbol's probability table in exact integer
+arithmetic, so a stream written on a GPU decodes to the identical ŷ on a CPU; `decompress()`
+refuses anything corrupt, crafted or written by another codec with a `BitstreamError`.
+In the `paper` profile the reference codec is CompressAI's pretrained
 cheng2020-attn; here a small codec is trained for MSE for a few minutes — the **human-viewing
 reference** that the machine-trained codecs of notebooks 01–02 are compared with."""))
 cells.append(code("""from icm_lib.train import load_or_train_reference_codec
@@ -192,11 +195,10 @@ image = ds.det_val[0][0]
 coded = codec.roundtrip(image)
 header, strings = bitstream.unpack(coded.data)
 # the decoder must receive exactly the encoder's quantized latent
-decoded_latent = codec.decoded_latent(coded.data)
+data, encoder_latent = codec.compress_with_latent(image)
+latent_identical = bool(torch.equal(codec.decoded_latent(data), encoder_latent))
 with torch.no_grad():
     enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
-encoder_latent = enc["latent_hat"]
-latent_identical = bool(torch.equal(decoded_latent, encoder_latent))
 
 print(f"{len(coded.data)} bytes for a {header.height}x{header.width} image; streams {[len(s) for s in strings]} bytes")
 print(f"actual bpp {coded.bpp:.4f} (payload {coded.bpp_payload:.4f}) | estimate {coded.bpp_estimate:.4f}"
