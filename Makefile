@@ -6,7 +6,7 @@ PROFILE ?= cpu
 OUTPUTS ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: install tutorial test test-all lab bench study clean-outputs strip
+.PHONY: install tutorial test test-all lab bench study clean-outputs strip sync
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
+## JupyterLab rooted here (so jupytext finds jupytext.toml and saves notebooks/NN_*.py with
+## each .ipynb), opened on notebooks/.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --ContentsManager.preferred_dir=notebooks
 
 bench: install
 	$(PY) -m icm_lib.bench codec
@@ -39,9 +41,15 @@ SEEDS ?= 0 1 2
 study: install
 	$(PY) -m icm_lib.study --profile $(PROFILE) --seeds $(SEEDS)
 
-## Strip outputs from the committed notebooks.
-strip: install
-	$(VENV)/bin/nbstripout notebooks/*.ipynb
+## Sync each notebooks/NN_*.py with its .ipynb (jupytext.toml pairs them): the newer one wins.
+sync: install
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+## Strip outputs from the committed notebooks, then sync. Syncing first too keeps .py edits made
+## after a run: stripping rewrites the .ipynb, which would then be the newer of the pair.
+strip: sync
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.py
 
 clean-outputs:
 	rm -rf $(OUTPUTS)

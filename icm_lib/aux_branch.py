@@ -38,6 +38,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from .tasks import DETECTION, Task, get_task
+
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
 STAGES = ((128, 1), (256, 2), (256, 2), (512, 2))
 #: where the branch reads the codec: the forward output key of ICMCodec per position
@@ -90,7 +92,7 @@ class AuxBackbone(nn.Module):
     Args:
         latent_channels: channels of the input (M of the codec for ``enc``; g_s's last-layer
             input channels, N, for ``dec``).
-        kind: ``"det"`` (ResNeXt blocks, Table 1) or ``"seg"`` (two 3x3 convs, Table 2).
+        task: ``"det"`` (ResNeXt blocks, Table 1) or ``"seg"`` (two 3x3 convs, Table 2).
         width: multiplier of every channel count (1.0 = the paper's).
         position: ``"enc"`` (input at stride 16, stem RB↑2-RB-RB↑2) or ``"dec"`` (input at
             stride 2, stem RB↓2-RB-RB; Table 3).
@@ -98,11 +100,10 @@ class AuxBackbone(nn.Module):
     Returns (forward): ``{"conv2": (B, c2, H/4, W/4), "conv3": ..., "conv4": ..., "conv5": ...}``.
     """
 
-    def __init__(self, latent_channels: int, kind: str = "det", width: float = 1.0,
+    def __init__(self, latent_channels: int, task: Task | str = DETECTION, width: float = 1.0,
                  position: str = "enc"):
         super().__init__()
-        if kind not in ("det", "seg"):
-            raise ValueError(f"kind must be 'det' or 'seg', got {kind!r}")
+        task = get_task(task)
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {sorted(POSITIONS)}, got {position!r}")
         stem = max(8, int(round(128 * width)))
@@ -117,7 +118,7 @@ class AuxBackbone(nn.Module):
         self.out_channels = []
         for i, (w, stride) in enumerate(STAGES):
             ch = max(8, int(round(w * width)))
-            if kind == "det":
+            if task is DETECTION:
                 stages.append(ResNeXtBlock(in_ch, ch, stride))
             elif i == len(STAGES) - 1:  # output stride 16: dilate instead of striding
                 stages.append(BasicBlock(in_ch, ch, 1, dilation=2))
@@ -232,13 +233,12 @@ class AuxBranch(nn.Module):
         detector_kwargs: RPN/RoI sampling settings for :class:`AuxDetector`.
     """
 
-    def __init__(self, task: str, position: str, in_channels: int, num_classes: int,
+    def __init__(self, task: Task | str, position: str, in_channels: int, num_classes: int,
                  width: float = 1.0, **detector_kwargs):
         super().__init__()
-        if task not in ("det", "seg"):
-            raise ValueError(f"task must be 'det' or 'seg', got {task!r}")
+        task = get_task(task)
         self.task, self.position, self.key = task, position, POSITIONS.get(position)
-        if task == "det":
+        if task is DETECTION:
             self.net = AuxDetector(in_channels, num_classes, width, position=position,
                                    **detector_kwargs)
         else:
@@ -248,9 +248,34 @@ class AuxBranch(nn.Module):
         """The branch loss (a scalar): Faster R-CNN's summed losses, or cross-entropy against the
         pseudo-label map (B, H, W)."""
         feature = codec_out[self.key]
-        if self.task == "det":
+        if self.task is DETECTION:
             return self.net(feature, tuple(image_size), pseudo_labels)["loss"]
         from .data.context import IGNORE_INDEX
 
         logits = self.net(feature)
         return nn.functional.cross_entropy(logits.float(), pseudo_labels, ignore_index=IGNORE_INDEX)
+
+
+#: training variants: the MSE reference, Eq. 4 (no branch), Eq. 5/6 with the branch on ŷ
+#: (proposed) or on g_s's last-layer input (section 4.2)
+VARIANTS = ("mse", "baseline", "aux-enc", "aux-dec")
+
+
+def build_branch(variant: str, task: Task | str, codec, num_classes: int, width: float,
+                 sampling: dict | None = None) -> AuxBranch | None:
+    """The auxiliary branch of ``variant`` (``None`` for ``mse`` and ``baseline``).
+
+    Args:
+        codec: the :class:`~icm_lib.codec.ICMCodec` it reads from (its channel counts).
+        width: channel multiplier (``ICMConfig.branch_width``).
+        sampling: the detector's train-mode sampling (``RecognitionConfig.sampling()``).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if not variant.startswith("aux-"):
+        return None
+    task = get_task(task)
+    position = variant.removeprefix("aux-")
+    channels = codec.M if position == "enc" else codec.decoder_last_layer_channels
+    kwargs = (sampling or {}) if task is DETECTION else {}
+    return AuxBranch(task, position, channels, num_classes, width, **kwargs)

@@ -99,31 +99,35 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
 
 
 def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> None:
+    from .aux_branch import build_branch
+    from .data.sampler import CropSampler
+    from .experiment import Experiment
+    from .losses import ICMObjective
     from .profiles import get_profile
-    from .train import CropSampler, ICMObjective, build_branch, prepare
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    datasets, machines, reference, cache_dir = prepare(profile, data_dir, device, progress=False)
+    exp = Experiment.prepare(profile, data_dir, device, progress=False)
     print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}")
+    icm = profile.icm
     for task in ("det", "seg"):
-        cfg = profile.icm.train(task)
-        train_set = datasets.det_train if task == "det" else datasets.seg_train
+        cfg = icm.train(task)
+        train_set = exp.datasets.train(task)
         sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
         times = {}
         for variant in ("baseline", "aux-enc"):
             torch.manual_seed(0)
-            codec = load_codec(reference.codec_state()).to(device).train()
-            branch = build_branch(profile, task, variant, codec, train_set.num_classes)
+            codec = load_codec(exp.reference.codec_state()).to(device).train()
+            branch = build_branch(variant, task, codec, train_set.num_classes, icm.branch_width,
+                                  profile.recognition.sampling())
             params = list(codec.main_parameters())
             if branch is not None:
                 branch.to(device).train()
                 params += list(branch.parameters())
             opt = torch.optim.Adam(params, lr=1e-5)
-            objective = ICMObjective(machines[task], profile.icm.lambdas(task)[0],
-                                     profile.icm.alpha, profile.icm.mse_weight(task),
-                                     profile.icm.amp)
+            objective = ICMObjective(exp.machine(task), icm.lambdas(task)[0], icm.alpha,
+                                     icm.mse_weight(task), icm.amp)
 
             def step(i):
                 x = sampler.batch(i).to(device)
@@ -142,10 +146,10 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
             times[variant] = statistics.median(ts)
         print(f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{times['baseline']:>17.3f}"
               f"{times['aux-enc']:>16.3f}{times['aux-enc'] / times['baseline']:>7.2f}", flush=True)
-    images = [pad_to_multiple(datasets.det_val[i][0][None])[0] for i in range(4)]
+    images = [pad_to_multiple(exp.datasets.det_val[i][0][None])[0] for i in range(4)]
     found = False
     for task in ("det", "seg"):
-        runs = {v: sorted((cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
+        runs = {v: sorted((exp.cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
                 for v in ("baseline", "aux-enc")}
         if not (runs["baseline"] and runs["aux-enc"]):
             continue

@@ -45,7 +45,7 @@ class Header:
 
     Attributes:
         codec: CompressAI model name.
-        quality: zoo quality, 0 when N/M were explicit.
+        quality: zoo quality, 0 for a codec built from explicit N/M.
         N, M: channel counts of the model that wrote the stream.
         height, width: original image size.
         pad_h, pad_w: padding added at the bottom / right to reach a multiple of 64.

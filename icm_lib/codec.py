@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
+from compressai import zoo as compressai_zoo
 from compressai.zoo import image as zoo_image
 
 from . import bitstream, entropy
@@ -34,36 +35,33 @@ CODEC_NAMES = ("cheng2020-attn", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2
 _DECODER_ATTR = "g_s"
 
 
-def _cfg(name: str, quality: int) -> tuple[int, ...]:
-    cfgs = zoo_image.cfgs
-    if name not in cfgs:
-        raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
-    if quality not in cfgs[name]:
-        raise ValueError(f"{name} has qualities {sorted(cfgs[name])}, not {quality}")
-    return cfgs[name][quality]
-
-
-def build_compressai_model(name: str, quality: int = 3, N: int | None = None, M: int | None = None,
-                           pretrained: bool = False, metric: str = "mse") -> nn.Module:
+def build_compressai_model(name: str, quality: int | None = 3, N: int | None = None,
+                           M: int | None = None, pretrained: bool = False,
+                           metric: str = "mse") -> nn.Module:
     """A CompressAI model by zoo name and quality, or with explicit channel counts.
 
-    ``pretrained=True`` downloads CompressAI's weights through its zoo (cached by torch.hub);
-    offline it raises :class:`WeightsUnavailableError` within a few seconds.
+    Args:
+        quality: zoo quality; it sets N and M where they are not given (``None``: 3's).
+        N, M: explicit channel counts (cheng2020 models take N only).
+        pretrained: CompressAI's weights through its zoo (cached by torch.hub); offline it raises
+            :class:`WeightsUnavailableError` within a few seconds.
     """
-    arch = zoo_image.model_architectures.get(name)
-    if arch is None:
+    if name not in zoo_image.model_architectures:
         raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
+    q = 3 if quality is None else quality
+    if q not in zoo_image.cfgs[name]:
+        raise ValueError(f"{name} has qualities {sorted(zoo_image.cfgs[name])}, not {q}")
     if pretrained:
         if N is not None or M is not None:
             raise ValueError("pretrained weights fix N and M; leave them None")
         try:
-            url = zoo_image.model_urls[name][metric][quality]
+            url = zoo_image.model_urls[name][metric][q]
         except KeyError:
             raise ValueError(f"CompressAI has no pretrained {name} for metric={metric}, "
-                             f"quality={quality}") from None
-        require_download(url, f"CompressAI {name} q{quality}")
-        return zoo_image._load_model(name, metric, quality, pretrained=True)
-    default = _cfg(name, quality)
+                             f"quality={q}") from None
+        require_download(url, f"CompressAI {name} q{q}")
+        return getattr(compressai_zoo, name.replace("-", "_"))(q, metric=metric, pretrained=True)
+    arch, default = zoo_image.model_architectures[name], zoo_image.cfgs[name][q]
     if name.startswith("cheng2020"):  # Cheng2020 models take N only
         return arch(N=N or default[0])
     return arch(N or default[0], M or default[-1])
@@ -98,14 +96,15 @@ class ICMCodec(nn.Module):
 
     Args:
         model: an unmodified CompressAI ``CompressionModel`` with ``g_a`` and ``g_s``.
-        name, quality, N, M: recorded in checkpoints and bitstreams.
+        name, quality, N, M: recorded in checkpoints and bitstreams; ``quality`` is ``None`` for
+            a model built from explicit channel counts.
     """
 
     #: ``decompress`` refuses streams of larger (padded) images unless told otherwise: a crafted
     #: header must not make the decoder allocate without bound. 2^26 px = 8192 x 8192.
     max_decode_pixels: int = 1 << 26
 
-    def __init__(self, model: nn.Module, name: str, quality: int = 0,
+    def __init__(self, model: nn.Module, name: str, quality: int | None = None,
                  N: int | None = None, M: int | None = None):
         super().__init__()
         self._coding: entropy.CodingState | None = None
@@ -307,15 +306,15 @@ class ICMCodec(nn.Module):
         finally:
             self.train(was_training)
         payload, latent = state.encode(y, z)
-        header = bitstream.Header(self.name, self.quality, self.N, self.M, h, w, pad_h, pad_w,
+        header = bitstream.Header(self.name, self.quality or 0, self.N, self.M, h, w, pad_h, pad_w,
                                   state.latent_shape(h + pad_h, w + pad_w), state.fingerprint)
         return bitstream.pack(header, [payload]), latent.to(x.device)
 
     def _check(self, header: bitstream.Header, strings: list[bytes],
                state: entropy.CodingState, max_pixels: int) -> None:
         """Every header field against the others and against this codec, before decoding."""
-        if (header.codec, header.quality, header.N, header.M) != (self.name, self.quality, self.N,
-                                                                  self.M):
+        if (header.codec, header.quality, header.N, header.M) != (self.name, self.quality or 0,
+                                                                  self.N, self.M):
             raise BitstreamError(
                 f"bitstream was written by {header.codec} q{header.quality} (N={header.N}, "
                 f"M={header.M}); this codec is {self.name} q{self.quality} (N={self.N}, "
@@ -412,12 +411,12 @@ class _StopAtDecoder(Exception):
     """Raised by the g_s pre-hook to end a forward at the decoder's input (see ``encode``)."""
 
 
-def build_codec(name: str = "bmshj2018-hyperprior", quality: int = 3, N: int | None = None,
+def build_codec(name: str = "bmshj2018-hyperprior", quality: int | None = 3, N: int | None = None,
                 M: int | None = None, pretrained: bool = False) -> ICMCodec:
     """Build an :class:`ICMCodec` by name (see :data:`CODEC_NAMES`) and quality or N/M."""
     model = build_compressai_model(name, quality, N, M, pretrained)
     explicit = not pretrained and (N is not None or M is not None)
-    return ICMCodec(model, name, 0 if explicit else quality)  # N, M read from the model
+    return ICMCodec(model, name, None if explicit else quality)  # N, M read from the model
 
 
 def codec_from_config(cfg) -> ICMCodec:
@@ -429,15 +428,15 @@ def load_codec(state: dict) -> ICMCodec:
     """Rebuild a codec saved with :meth:`ICMCodec.codec_state` (e.g. from ``load_checkpoint``)."""
     try:
         cfg = state["codec_config"]
-        model = build_compressai_model(cfg["name"], max(cfg["quality"], 1) if cfg["quality"] else 3,
-                                       None if cfg["quality"] else cfg["N"],
-                                       None if cfg["quality"] else cfg["M"])
+        quality = cfg["quality"] or None  # codecs saved before 2026-11 wrote 0 for "explicit N/M"
+        model = build_compressai_model(cfg["name"], quality, *(
+            (None, None) if quality else (cfg["N"], cfg["M"])))
         model.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
     # the saved entropy tables are used as they are: recomputing them on another device or
     # machine could change them and make the codec's own streams undecodable
-    return ICMCodec(model, cfg["name"], cfg["quality"], cfg["N"], cfg["M"])
+    return ICMCodec(model, cfg["name"], quality, cfg["N"], cfg["M"])
 
 
 __all__ = ["CODEC_NAMES", "ICMCodec", "CodedImage", "build_codec", "build_compressai_model",

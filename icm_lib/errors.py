@@ -28,3 +28,7 @@ class WeightsUnavailableError(ICMError):
 
 class CheckpointError(ICMError):
     """A checkpoint or cache file is missing, truncated or incompatible."""
+
+
+class BDRateError(ICMError):
+    """Two R-D curves cannot be compared (too few points, no overlap, not monotonic)."""

@@ -1,4 +1,4 @@
-"""R-D points from real bitstreams, and BD-rate tables.
+"""R-D points from real bitstreams, R-D curves of runs, and BD-rate tables.
 
 Every val image is compressed to bytes and decoded from them; the bpp is counted from the bytes
 (container included) per original pixel, and the decoded images are scored by the frozen
@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from .codec import ICMCodec
-from .metrics import BDRateError, bd_rate, checkerboard_score, ms_ssim, psnr
+from .errors import BDRateError
+from .metrics import bd_rate, checkerboard_score, ms_ssim, psnr
 from .roi import latent_roi_mask, roi_scaling
 from .runtime import atomic_write_json
+from .tasks import DETECTION, Task, get_task
 
-#: the task metric of each task's R-D curve (seed 001 Fig. 3-4)
-TASK_METRIC = {"det": "map", "seg": "miou"}
 #: what every R-D point holds besides the task metric; a stored point missing one of them was
 #: written by an older evaluator and is recomputed
 POINT_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard")
@@ -76,23 +76,24 @@ class BitstreamRoundTrip:
                 "checkerboard": self.checkerboard_sum / self.images, "images": self.images}
 
 
-def rd_point(codec: ICMCodec, task_name: str, machine, dataset, device: torch.device,
+def rd_point(codec: ICMCodec, machine, dataset, device: torch.device,
              roi_qf: float | None = None) -> dict[str, float]:
     """One R-D point: real bitstreams over ``dataset`` -> bpp, PSNR, MS-SSIM and the task metric
-    of ``machine`` on the decoded images against ground truth (``roi_qf``: the ROI baseline)."""
+    of ``machine`` (a frozen recognizer; its ``task`` picks the metric) on the decoded images
+    against ground truth (``roi_qf``: the ROI baseline)."""
     from .recognition.training import evaluate_detection, evaluate_segmentation
 
     t0 = time.perf_counter()
     rt = BitstreamRoundTrip(codec, dataset if roi_qf is not None else None, roi_qf)
-    evaluate = evaluate_detection if task_name == "det" else evaluate_segmentation
+    evaluate = evaluate_detection if machine.task is DETECTION else evaluate_segmentation
     scores = evaluate(machine, dataset, device, transform=rt)
     return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def summary_point(point: dict, task_name: str) -> dict[str, float]:
+def summary_point(point: dict, task: Task | str) -> dict[str, float]:
     """The numbers a notebook records of an R-D point: bpp, the task metric (as ``metric``),
     PSNR, MS-SSIM and the checkerboard score."""
-    return {"metric": point[TASK_METRIC[task_name]], **{k: point[k] for k in POINT_KEYS}}
+    return {"metric": point[get_task(task).metric], **{k: point[k] for k in POINT_KEYS}}
 
 
 def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) -> dict:
@@ -142,3 +143,45 @@ def mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:
     keys = [k for k, v in next(iter(by_seed.values()))[0].items() if isinstance(v, (int, float))]
     return [{k: sum(pts[i][k] for pts in by_seed.values()) / len(by_seed) for k in keys}
             for i in range(n)]
+
+
+def curves(runs: list[dict], task: str) -> dict[str, dict[int, list[dict]]]:
+    """``{curve name: {seed: [R-D points sorted by λ]}}`` for one task from run records
+    (:attr:`icm_lib.experiment.RunPoint.record`; the ROI curve comes from the baseline runs'
+    ROI evaluations)."""
+    out: dict[str, dict[int, list[dict]]] = {}
+    for r in sorted(runs, key=lambda r: r["lmbda"]):
+        if task in r["eval"] and (r["task"] == task or r["variant"] == "mse"):
+            point = {**r["eval"][task], "lmbda": r["lmbda"]}
+            out.setdefault(r["variant"], {}).setdefault(r["seed"], []).append(point)
+        if task in r["roi"] and r["task"] == task:
+            out.setdefault("roi", {}).setdefault(r["seed"], []).append(
+                {**r["roi"][task], "lmbda": r["lmbda"]})
+    return out
+
+
+def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[str, dict]:
+    """Per-seed BD-rates of every curve against the same seed's baseline (the seed-0 MSE curve
+    is compared with every seed's baseline), with their mean and 95 % interval. ``front`` holds
+    the same on the operational R-D fronts (dominated points dropped, pchip): the fallback
+    estimate where a saturating metric leaves the strict BD-rate undefined."""
+    metric = get_task(task).metric
+    anchors = task_curves.get("baseline", {})
+    table = {}
+    for name, by_seed in task_curves.items():
+        if name == "baseline":
+            continue
+        pairs = {seed: (anchor, by_seed.get(seed, by_seed.get(0)) if name == "mse"
+                        else by_seed.get(seed)) for seed, anchor in anchors.items()}
+        pairs = {seed: pair for seed, pair in pairs.items() if pair[1]}
+        per_seed = {seed: bd_rate_or_reason(a, t, metric) for seed, (a, t) in pairs.items()}
+        on_front = {seed: bd_rate_or_reason(a, t, metric, front=True)
+                    for seed, (a, t) in pairs.items()}
+        table[name] = {"per_seed": per_seed,
+                       **mean_ci([v["bd_rate"] for v in per_seed.values()]),
+                       # the seed-averaged curves: less noisy, defined more often
+                       "of_mean_curves": bd_rate_or_reason(mean_curve(anchors), mean_curve(by_seed),
+                                                           metric) if anchors else None,
+                       "front": {"per_seed": on_front,
+                                 **mean_ci([v["bd_rate"] for v in on_front.values()])}}
+    return table

@@ -17,28 +17,28 @@ Presets: ``full`` (``adv_weight``), ``limited`` (``limited_adv_weight``: attenua
 dynamics, the poster's "limited impact" variant) and ``no-adv`` (weight 0: the control that
 finetunes the decoder the same way without the discriminator; not in the poster).
 
-Files in ``run_dir``: ``checkpoint.pt`` (codec, discriminator, both optimizers, step, config),
-``log.jsonl``, and at the end ``codec.pt`` (the finetuned codec alone) and ``discriminator.pt``.
+Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`): ``checkpoint.pt`` (codec,
+discriminator, both optimizers, step, config), ``log.jsonl``, and at the end ``codec.pt`` (the
+finetuned codec alone), ``discriminator.pt`` and ``config.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
+from .experiment import Experiment
 from .profiles import GANConfig, get_profile
-from .runtime import (append_log, atomic_torch_save, atomic_write_json, config_hash,
-                      get_device, load_checkpoint, logged_seconds, read_log, seed_everything,
-                      state_fingerprint, truncate_log)
+from .runtime import (RunFiles, config_hash, get_device, load_checkpoint, mix_seed,
+                      seed_everything, state_fingerprint)
+from .tasks import TASKS, get_task
 
 PRESETS = ("full", "limited", "no-adv")
 
@@ -135,7 +135,7 @@ def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
 
 def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANConfig,
                      run_dir: str | Path, device: torch.device, progress: bool = True,
-                     stop_after: int | None = None, desc: str = "PatchGAN finetune"
+                     stop_after: int | None = None, desc: str = "PatchGAN finetuning",
                      ) -> tuple[ICMCodec, list[dict]]:
     """Finetune ``codec``'s decoder (load-or-compute; stopped runs resume bit for bit).
 
@@ -145,36 +145,28 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
         sampler: training crops (``cfg.batch_size`` x ``cfg.crop``).
 
     Returns:
-        The finetuned codec (eval mode, entropy tables rebuilt from the unchanged encoder side)
-        and the log.
+        The finetuned codec (eval mode; its entropy tables and coding state are the original's,
+        so it decodes the original's streams) and the log.
     """
-    run_dir = Path(run_dir)
-    final, ckpt_path, log_path = run_dir / "codec.pt", run_dir / "checkpoint.pt", run_dir / "log.jsonl"
-    if final.is_file():
-        return load_codec(load_checkpoint(final)).to(device).eval(), read_log(log_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every)
+    if run.finished:
+        return load_codec(run.final_state()).to(device).eval(), run.read_log()
     seed_everything(cfg.seed)
     codec.to(device).eval()  # the encoder codes as in the bitstream (rounding, no noise)
-    codec.update(force=True)
+    codec.update()
     params = trainable_decoder_parameters(codec, cfg.decoder_layers)
     disc = PatchDiscriminator(3, cfg.d_channels, cfg.d_layers).to(device).train()
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
     d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
-    start = 0
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=device)
+    state = run.restore(device)
+    if state is not None:
         codec.model.load_state_dict(state["codec"]["state_dict"])
         disc.load_state_dict(state["discriminator"])
         opt.load_state_dict(state["optimizer"])
         d_opt.load_state_dict(state["d_optimizer"])
-        start = state["step"]
-        truncate_log(log_path, start)
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, end), desc=desc, disable=not progress, initial=start, total=cfg.steps)
-    t0 = time.perf_counter() - logged_seconds(log_path, start)  # counts across resumes
-    for step in bar:
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+    for step in run.steps(stop_after, desc, progress):
+        torch.manual_seed(mix_seed(cfg.seed, step))
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the patch positions
         x = sampler.batch(step).to(device)
         with torch.no_grad():
             latent_hat = codec.encode(x)["latent_hat"]
@@ -193,28 +185,23 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
         loss.backward()
         opt.step()
         disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            record = {"step": done, "loss": loss.item(), "adv_loss": adv.item(),
-                      "task_loss": task.item(), "mse_loss": pixel.item(),
-                      "d_loss": d_loss.item(), "seconds": round(time.perf_counter() - t0, 3)}
-            append_log(log_path, record)
-            bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
-                             if k.endswith("loss")})
-        if done % cfg.checkpoint_every == 0 or done == end:
-            atomic_torch_save({"codec": codec.codec_state(), "discriminator": disc.state_dict(),
-                               "optimizer": opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-                               "step": done, "config": asdict(cfg)}, ckpt_path)
+        if run.log_due(step + 1):
+            run.log(step + 1, {"loss": loss.item(), "adv_loss": adv.item(),
+                               "task_loss": task.item(), "mse_loss": pixel.item(),
+                               "d_loss": d_loss.item()})
+        run.checkpoint(step + 1, lambda: {
+            "codec": codec.codec_state(), "discriminator": disc.state_dict(),
+            "optimizer": opt.state_dict(), "d_optimizer": d_opt.state_dict(),
+            "config": asdict(cfg)})
     for p in codec.parameters():
         p.requires_grad_(True)
-    if end < cfg.steps:
-        return codec, read_log(log_path)
+    if not run.complete:
+        return codec, run.read_log()
     codec.eval()
-    codec.update(force=True)
-    atomic_torch_save({"state_dict": disc.state_dict()}, run_dir / "discriminator.pt")
-    atomic_torch_save(codec.codec_state(), final)
-    atomic_write_json(run_dir / "config.json", asdict(cfg))
-    return codec, read_log(log_path)
+    codec.update()
+    run.finish(codec.codec_state(), asdict(cfg),
+               {"discriminator.pt": {"state_dict": disc.state_dict()}})
+    return codec, run.read_log()
 
 
 def load_or_finetune(codec: ICMCodec, machine, train_set, cfg: GANConfig, preset: str, seed: int,
@@ -233,12 +220,35 @@ def load_or_finetune(codec: ICMCodec, machine, train_set, cfg: GANConfig, preset
     return tuned, log, run_dir
 
 
+def gan_point(exp: Experiment, seed: int, preset: str) -> dict:
+    """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline codec of ``profile.gan.task``
+    at ``profile.gan.lmbda`` (trained if missing), finetuned with ``preset``; both evaluated
+    through real bitstreams (with the checkerboard score).
+
+    Returns:
+        ``{"record": plain data (task, lmbda, seed, preset, before, after, log, run_dir,
+        train_seconds), "codec": the finetuned codec, "base_codec": the baseline codec}``.
+    """
+    profile = exp.profile
+    task = get_task(profile.gan.task)
+    lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
+    base = exp.point(task, "baseline", lmbda, seed)
+    tuned, log, run_dir = load_or_finetune(base.codec, exp.machine(task), exp.datasets.train(task),
+                                           profile.gan, preset, seed, exp.cache_dir, exp.device,
+                                           exp.progress)
+    after = exp.evaluate(tuned, task, run_dir / f"eval-{task.name}.json")
+    record = {"task": task.name, "lmbda": lmbda, "seed": seed, "preset": preset,
+              "before": base.record["eval"][task.name], "after": after, "log": log,
+              "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0}
+    return {"record": record, "codec": tuned, "base_codec": base.codec}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """``python -m icm_lib.gan --codec data/cache/icm/det-baseline-.../codec.pt --task det``."""
     parser = argparse.ArgumentParser(prog="python -m icm_lib.gan", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--codec", required=True, help="a trained codec.pt (e.g. a baseline run's)")
-    parser.add_argument("--task", choices=("det", "seg"), default="det")
+    parser.add_argument("--task", choices=sorted(TASKS), default="det")
     parser.add_argument("--preset", choices=PRESETS, default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
@@ -246,20 +256,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    from .data import get_datasets
-    from .recognition import load_or_train
-
     profile = get_profile(args.profile)
-    device = get_device(args.device or None)
+    exp = Experiment.prepare(profile, args.data_dir, get_device(args.device or None),
+                             not args.no_progress)
     cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
-    datasets = get_datasets(profile.data, args.data_dir, progress=not args.no_progress)
-    cache_dir = Path(args.data_dir) / "cache"
-    det, seg, _ = load_or_train(profile, datasets, cache_dir, device, not args.no_progress)
-    codec = load_codec(load_checkpoint(args.codec)).to(device)
-    train_set = datasets.det_train if args.task == "det" else datasets.seg_train
-    _, log, run_dir = load_or_finetune(codec, det if args.task == "det" else seg, train_set, cfg,
-                                       args.preset, args.seed, cache_dir, device,
-                                       not args.no_progress)
+    codec = load_codec(load_checkpoint(args.codec)).to(exp.device)
+    _, log, run_dir = load_or_finetune(codec, exp.machine(args.task), exp.datasets.train(args.task),
+                                       cfg, args.preset, args.seed, exp.cache_dir, exp.device,
+                                       exp.progress)
     summary = {"run_dir": str(run_dir), "steps_logged": len(log), "last": log[-1] if log else None}
     print(json.dumps(summary, indent=2))
     return summary

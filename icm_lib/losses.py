@@ -1,4 +1,5 @@
-"""Seed 001's objectives, Eq. 4-6, as one function that returns every part.
+"""Seed 001's objectives, Eq. 4-6, as one function that returns every part, and the training
+objectives built from it (and from CompressAI's rate-distortion loss for the MSE reference).
 
     Eq. 4   L = R + λ·E(y, ŷ)                                 (baseline: no branch, α = 0)
     Eq. 5   L = R + λ·{E(y, ŷ) + α·E(y, ŷ_aux)}               (detection)
@@ -10,10 +11,16 @@ against pseudo-labels y, E(y, ŷ_aux) the auxiliary branch's loss (``branch_loss
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .metrics import bpp_from_likelihoods
+
+if TYPE_CHECKING:
+    from .codec import ICMCodec
 
 
 def icm_loss(out: dict, x: torch.Tensor, task_loss: torch.Tensor, lmbda: float,
@@ -40,3 +47,51 @@ def icm_loss(out: dict, x: torch.Tensor, task_loss: torch.Tensor, lmbda: float,
     distortion = task_loss + alpha * branch + mse_weight * mse
     return {"loss": bpp + lmbda * distortion, "bpp_loss": bpp, "task_loss": task_loss,
             "branch_loss": branch, "mse_loss": mse}
+
+
+#: an objective maps ``(codec, branch or None, x)`` to ``{"loss": ..., parts...}``
+Objective = Callable[["ICMCodec", "nn.Module | None", torch.Tensor], dict]
+
+
+def mse_objective(lmbda: float) -> Objective:
+    """CompressAI's ``RateDistortionLoss``: bpp + λ·255²·MSE, returned as a dict of parts."""
+    from compressai.losses import RateDistortionLoss
+
+    criterion = RateDistortionLoss(lmbda=lmbda, metric="mse")
+
+    def objective(codec: "ICMCodec", branch, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = criterion(codec(x), x)
+        return {"loss": parts["loss"], "bpp_loss": parts["bpp_loss"], "mse_loss": parts["mse_loss"]}
+
+    return objective
+
+
+class ICMObjective:
+    """Seed 001's Eq. 4-6 for one frozen recognizer.
+
+    ``y`` = the recognizer on the original crop (pseudo-labels, no gradient); ``E(y, ŷ)`` = its
+    training loss on the decoded crop; ``E(y, ŷ_aux)`` = the branch's loss on the codec's ŷ (or
+    g_s's last-layer input for aux-dec). With ``amp`` (CUDA), the recognizer and the branch run
+    under bfloat16 autocast; the codec and its likelihoods stay in float32.
+
+    Args:
+        machine: the frozen recognizer (:class:`~icm_lib.recognition.FrozenDetector` or
+            :class:`~icm_lib.recognition.FrozenSegmenter`).
+        lmbda, alpha, mse_weight: λ, α and the MSE weight of :func:`icm_loss`.
+    """
+
+    def __init__(self, machine, lmbda: float, alpha: float = 0.5, mse_weight: float = 0.0,
+                 amp: bool = False):
+        self.machine, self.lmbda, self.alpha, self.mse_weight, self.amp = (
+            machine, lmbda, alpha, mse_weight, amp)
+
+    def __call__(self, codec: "ICMCodec", branch: nn.Module | None,
+                 x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pseudo_labels = self.machine.pseudo_labels(x)
+        out = codec(x)
+        amp = self.amp and x.device.type == "cuda"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            task_loss = self.machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+            branch_loss = (branch(out, pseudo_labels, x.shape[-2:]).float()
+                           if branch is not None else None)
+        return icm_loss(out, x, task_loss, self.lmbda, branch_loss, self.alpha, self.mse_weight)

@@ -7,11 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ICMError
-
-
-class BDRateError(ICMError):
-    """Two R-D curves cannot be compared (too few points, no overlap, not monotonic)."""
+from .errors import BDRateError
 
 
 def bpp_from_likelihoods(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .tasks import DETECTION, Task, get_task
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -101,6 +103,19 @@ class RecognitionConfig:
     box_head_dim: int | None = None
     anchor_sizes: tuple[int, ...] | None = None
 
+    def sampling(self) -> dict[str, int]:
+        """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""
+        return dict(rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
+                    rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+                    rpn_batch_size_per_image=self.rpn_batch_size_per_image,
+                    box_batch_size_per_image=self.box_batch_size_per_image)
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        """Everything :func:`~icm_lib.recognition.build_detector` takes from this config."""
+        return dict(**self.sampling(), rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
+                    rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+                    box_head_dim=self.box_head_dim, anchor_sizes=self.anchor_sizes)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -173,14 +188,14 @@ class ICMConfig:
     roi_qf: float = 1.4
     amp: bool = True
 
-    def lambdas(self, task: str) -> tuple[float, ...]:
-        return {"det": self.det_lambdas, "seg": self.seg_lambdas}[task]
+    def lambdas(self, task: Task | str) -> tuple[float, ...]:
+        return self.det_lambdas if get_task(task) is DETECTION else self.seg_lambdas
 
-    def train(self, task: str) -> TrainConfig:
-        return {"det": self.det, "seg": self.seg}[task]
+    def train(self, task: Task | str) -> TrainConfig:
+        return self.det if get_task(task) is DETECTION else self.seg
 
-    def mse_weight(self, task: str) -> float:
-        return {"det": self.det_mse_weight, "seg": self.seg_mse_weight}[task]
+    def mse_weight(self, task: Task | str) -> float:
+        return self.det_mse_weight if get_task(task) is DETECTION else self.seg_mse_weight
 
 
 @dataclass(frozen=True)
@@ -245,9 +260,6 @@ class Profile:
     icm: ICMConfig = field(default_factory=ICMConfig)
     #: decoder-only PatchGAN finetuning (seed 002), notebook 04
     gan: GANConfig = field(default_factory=GANConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 PROFILES: dict[str, Profile] = {

@@ -5,11 +5,13 @@ import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ICMError
 
@@ -19,6 +21,21 @@ def get_device(prefer: str | None = None) -> torch.device:
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+#: the multiplier of :func:`mix_seed` (a prime above any step count a run reaches)
+_SEED_PRIME = 1_000_003
+
+
+def mix_seed(seed: int, *counters: int) -> int:
+    """One integer seed for a random stream from a base seed and counters, e.g.
+    ``mix_seed(seed, step)`` for a training batch or ``mix_seed(seed, step, shard)`` for one
+    shard's forward pass: ``((seed · P + c₁) · P + c₂) ...`` modulo 2⁶³, P = 1,000,003. Every
+    reproducible stream of the library is seeded through it."""
+    out = seed
+    for c in counters:
+        out = out * _SEED_PRIME + c
+    return out % (1 << 63)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -136,6 +153,13 @@ class Distributed:
                 torch.cuda.set_device(device)
             torch.distributed.init_process_group(backend)
 
+    @classmethod
+    def local(cls, device: torch.device) -> "Distributed":
+        """This process alone, even inside a torchrun job (e.g. rank 0 building a cache)."""
+        out = cls.__new__(cls)
+        out.world_size, out.rank, out.local_rank, out.device = 1, 0, 0, device
+        return out
+
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
@@ -165,6 +189,110 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor], length: int = 10) -> 
         if isinstance(t, torch.Tensor):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:length]
+
+
+# ---------------------------------------------------------------------- the resumable-run engine
+class RunFiles:
+    """The folder of one resumable training run, and the bookkeeping every trainer shares::
+
+        codec.pt        the finished codec: its presence means the run is done (load, don't train)
+        checkpoint.pt   the latest complete training state (written atomically)
+        log.jsonl       one record per logged step, with the training seconds so far
+        config.json     the run's configuration
+        <extras>.pt     what else the finished run keeps (a branch, a discriminator)
+
+    A trainer asks :attr:`finished`; else builds its state, calls :meth:`restore`, iterates
+    :meth:`steps`, calls :meth:`log` and :meth:`checkpoint` after each step and :meth:`finish`
+    at the end. Under ``torchrun`` only the main process writes (``dist``).
+
+    Args:
+        run_dir: the folder.
+        steps, log_every, checkpoint_every: the schedule (``log_every`` and
+            ``checkpoint_every`` count steps; the last step is always logged and saved).
+        dist: the process group (``None``: a single process).
+    """
+
+    FINAL, CHECKPOINT, LOG, CONFIG = "codec.pt", "checkpoint.pt", "log.jsonl", "config.json"
+
+    def __init__(self, run_dir: str | Path, steps: int, log_every: int, checkpoint_every: int,
+                 dist: "Distributed | None" = None):
+        self.dir = Path(run_dir)
+        self.total, self.log_every, self.checkpoint_every = steps, log_every, checkpoint_every
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.start = 0
+        self._t0 = 0.0
+        self._bar = None
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / self.FINAL).is_file()
+
+    def final_state(self, map_location: str | torch.device = "cpu") -> dict:
+        return load_checkpoint(self.dir / self.FINAL, map_location)
+
+    def read_log(self) -> list[dict]:
+        return read_log(self.dir / self.LOG)
+
+    def restore(self, map_location: str | torch.device) -> dict | None:
+        """The latest checkpoint (``None``: start from step 0); the log is cut back to it."""
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / self.CHECKPOINT
+        if not path.is_file():
+            return None
+        state = load_checkpoint(path, map_location=map_location)
+        self.start = state["step"]
+        if self.is_main:
+            truncate_log(self.dir / self.LOG, self.start)
+        return state
+
+    def steps(self, stop_after: int | None = None, desc: str = "", progress: bool = True):
+        """The steps still to run (to ``stop_after`` if given), with a progress bar; the
+        training seconds keep counting across resumes."""
+        self.end = self.total if stop_after is None else min(self.total, stop_after)
+        self._bar = tqdm(range(self.start, self.end), desc=desc, initial=self.start,
+                         total=self.total, disable=not (progress and self.is_main))
+        self._t0 = time.perf_counter() - logged_seconds(self.dir / self.LOG, self.start)
+        return self._bar
+
+    def log_due(self, done: int) -> bool:
+        return done % self.log_every == 0 or done == self.total
+
+    def log(self, done: int, record: dict) -> None:
+        """Append ``record`` (losses, ...) for step ``done``, with the seconds so far."""
+        record = {"step": done, **record, "seconds": round(time.perf_counter() - self._t0, 3)}
+        if self.is_main:
+            append_log(self.dir / self.LOG, record)
+        if self._bar is not None:
+            self._bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
+                                   if k.endswith("loss")})
+
+    def checkpoint(self, done: int, state: "Callable[[], dict]") -> None:
+        """Save ``state()`` (with ``step``) when due, and at the last step of this call."""
+        if done % self.checkpoint_every == 0 or done == self.end:
+            if self.is_main:
+                atomic_torch_save({**state(), "step": done}, self.dir / self.CHECKPOINT)
+            self._barrier()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the steps just run reached the schedule's end (not a ``stop_after``)."""
+        return self.end >= self.total
+
+    def finish(self, final: dict, config: dict, extras: dict[str, dict] | None = None) -> None:
+        """Write the finished run: the extras first, ``codec.pt`` last (its presence is the
+        "done" mark), then ``config.json``."""
+        if self.is_main:
+            for name, state in (extras or {}).items():
+                atomic_torch_save(state, self.dir / name)
+            atomic_torch_save(final, self.dir / self.FINAL)
+            atomic_write_json(self.dir / self.CONFIG, config)
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
 
 
 # ---------------------------------------------------------------------- JSON-lines run logs

@@ -48,15 +48,13 @@ def trained_codec(scenes):
 
 @pytest.fixture(scope="session")
 def smoke_env(tmp_path_factory):
-    """The smoke profile prepared once: data, both frozen machines, the reference codec."""
+    """The smoke profile's :class:`~icm_lib.experiment.Experiment`, prepared once: data, both
+    frozen machines, the reference codec (``exp.cache_dir.parent`` is its data folder)."""
+    from icm_lib.experiment import Experiment
     from icm_lib.profiles import get_profile
-    from icm_lib.train import prepare
 
-    profile = get_profile("smoke")
     data_dir = tmp_path_factory.mktemp("smoke") / "data"
-    datasets, machines, reference, cache_dir = prepare(profile, data_dir, torch.device("cpu"),
-                                                       progress=False)
-    return profile, data_dir, datasets, machines, reference, cache_dir
+    return Experiment.prepare(get_profile("smoke"), data_dir, torch.device("cpu"), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from icm_lib.aux_branch import AuxBackbone
 from icm_lib.codec import build_codec
 
 
-@pytest.mark.parametrize("kind, last", [("det", (4, 6)), ("seg", (8, 12))])
-def test_backbone_strides_and_widths(kind, last):
-    net = AuxBackbone(latent_channels=48, kind=kind, width=0.25)
+@pytest.mark.parametrize("task, last", [("det", (4, 6)), ("seg", (8, 12))])
+def test_backbone_strides_and_widths(task, last):
+    net = AuxBackbone(latent_channels=48, task=task, width=0.25)
     feats = net(torch.randn(2, 48, 8, 12))  # a 128 x 192 image's latent
     assert [tuple(f.shape[-2:]) for f in feats.values()] == [(32, 48), (16, 24), (8, 12), last]
     assert [f.shape[1] for f in feats.values()] == net.out_channels == [32, 64, 64, 128]

@@ -78,15 +78,15 @@ def test_decoder_layers_choice():
         trainable_decoder_parameters(codec, 99)
 
 
-def _finetune(smoke_env, tmp_path, preset="full", stop_after=None, seed=0):
-    profile, _, datasets, machines, reference, _ = smoke_env
-    return load_or_finetune(reference, machines["seg"], datasets.seg_train, profile.gan, preset,
-                            seed, tmp_path, CPU, progress=False, stop_after=stop_after)
+def _finetune(exp, tmp_path, preset="full", stop_after=None, seed=0):
+    return load_or_finetune(exp.reference, exp.machine("seg"), exp.datasets.train("seg"),
+                            exp.profile.gan, preset, seed, tmp_path, CPU, progress=False,
+                            stop_after=stop_after)
 
 
 def test_finetuning_changes_the_decoder_only_and_keeps_bitstreams(smoke_env, tmp_path):
-    reference = smoke_env[4]
-    x = smoke_env[2].seg_val[0][0]
+    reference = smoke_env.reference
+    x = smoke_env.datasets.val("seg")[0][0]
     tuned, log, run_dir = _finetune(smoke_env, tmp_path)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     for (name, a), b in zip(reference.encoder_named_parameters(), tuned.encoder_parameters()):

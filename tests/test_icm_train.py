@@ -8,19 +8,19 @@ import sys
 import pytest
 import torch
 
+from dataclasses import replace
+
+from icm_lib.aux_branch import VARIANTS
 from icm_lib.codec import load_codec
 from icm_lib.profiles import TrainConfig
 from icm_lib.runtime import load_checkpoint
-from icm_lib.train import VARIANTS, load_or_train_icm, main, poly_decay
+from icm_lib.train import main
+from icm_lib.trainer import poly_decay
 
-CPU = torch.device("cpu")
 
-
-def _run(env, task, variant, cache, steps=3, stop_after=None, seed=0, lmbda=1.0):
-    profile, _, datasets, machines, reference, _ = env
-    return load_or_train_icm(profile, task, variant, lmbda, seed, datasets, machines[task],
-                             reference, cache, CPU, progress=False, steps=steps,
-                             stop_after=stop_after)
+def _run(exp, task, variant, cache, steps=3, stop_after=None, seed=0, lmbda=1.0):
+    return replace(exp, cache_dir=cache).icm_run(task, variant, lmbda, seed, steps=steps,
+                                                 stop_after=stop_after)
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -39,7 +39,7 @@ def test_every_variant_trains_and_logs_its_loss_parts(smoke_env, tmp_path, task,
 
 
 def test_saved_codec_and_bitstreams_hold_no_branch(smoke_env, tmp_path):
-    profile, _, _, _, reference, _ = smoke_env
+    reference = smoke_env.reference
     codec, _, run_dir = _run(smoke_env, "det", "aux-enc", tmp_path)
     saved = load_checkpoint(run_dir / "codec.pt")
     assert set(saved["state_dict"]) == set(reference.codec_state()["state_dict"])
@@ -82,7 +82,7 @@ def test_poly_decay():
 
 
 def test_cli_trains_then_loads(smoke_env, capsys):
-    _, data_dir, *_ = smoke_env
+    data_dir = smoke_env.cache_dir.parent
     argv = ["--profile", "smoke", "--task", "seg", "--variant", "aux-enc", "--lmbda", "2",
             "--data-dir", str(data_dir), "--steps", "2", "--no-progress"]
     first = main(argv)
@@ -108,7 +108,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
     that accumulates the same two shards, both single-threaded: the same losses and weights up
     to float rounding. (Detection, because the segmentation branch's ASPP pooling needs 2 images
     per shard for its BatchNorm.)"""
-    _, data_dir, *_ = smoke_env
+    data_dir = smoke_env.cache_dir.parent
     argv = ["--profile", "smoke", "--task", "det", "--variant", "aux-enc", "--lmbda", "2",
             "--data-dir", str(data_dir), "--steps", "3", "--no-progress", "--seed", "5",
             "--device", "cpu"]  # gloo on the CPU, also where GPUs exist

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from icm_lib.metrics import (BDRateError, ConfusionMatrix, bd_rate, bpp_from_likelihoods,
+from icm_lib.errors import BDRateError
+from icm_lib.metrics import (ConfusionMatrix, bd_rate, bpp_from_likelihoods,
                              detection_map, ms_ssim, psnr, rd_front)
 from icm_lib.profiles import get_profile
 from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint)

@@ -10,10 +10,12 @@ from conftest import DEVICES
 from icm_lib.codec import codec_from_config
 from icm_lib.data.coco import CocoDetection
 from icm_lib.profiles import TrainConfig, get_profile
-from icm_lib.recognition.detection import DetectionTask, build_detector
-from icm_lib.recognition.segmentation import SegmentationTask, build_segmenter
-from icm_lib.recognition.training import _detector_kwargs
-from icm_lib.train import VARIANTS, CropSampler, ICMObjective, build_branch, mse_objective, train_codec
+from icm_lib.recognition.detection import FrozenDetector, build_detector
+from icm_lib.recognition.segmentation import FrozenSegmenter, build_segmenter
+from icm_lib.aux_branch import VARIANTS, build_branch
+from icm_lib.data.sampler import CropSampler
+from icm_lib.losses import ICMObjective, mse_objective
+from icm_lib.trainer import train_codec
 
 
 PAPER = get_profile("paper", codec__pretrained=False, recognition__pretrained=False)
@@ -24,11 +26,11 @@ def machines(request):
     device = torch.device(request.param)
     torch.manual_seed(0)
     rec = PAPER.recognition
-    det = build_detector(6, rec.det_backbone, False, **_detector_kwargs(rec))
+    det = build_detector(6, rec.det_backbone, False, **rec.detector_kwargs())
     seg = build_segmenter(11, rec.seg_encoder, False)
     # random weights give no detection above 0.5: keep every detection as a pseudo-label
-    return {"det": DetectionTask(det, score_threshold=0.0).to(device),
-            "seg": SegmentationTask(seg, 11).to(device), "device": device}
+    return {"det": FrozenDetector(det, score_threshold=0.0).to(device),
+            "seg": FrozenSegmenter(seg, 11).to(device), "device": device}
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -41,7 +43,8 @@ def test_one_step_of_every_variant_with_the_paper_architectures(machines, scenes
     assert PAPER.recognition.seg_encoder == "resnet101" and PAPER.icm.branch_width == 1.0
     torch.manual_seed(0)
     codec = codec_from_config(PAPER.codec)
-    branch = build_branch(PAPER, task, variant, codec, 6 if task == "det" else 11)
+    branch = build_branch(variant, task, codec, 6 if task == "det" else 11,
+                          PAPER.icm.branch_width, PAPER.recognition.sampling())
     lmbda = PAPER.icm.lambdas(task)[0]
     objective = (mse_objective(0.0067) if variant == "mse" else
                  ICMObjective(machines[task], lmbda, PAPER.icm.alpha, PAPER.icm.mse_weight(task),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icm_lib.errors import WeightsUnavailableError
-from icm_lib.recognition import DetectionTask, SegmentationTask, build_detector, build_segmenter
+from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_detector, build_segmenter
 from icm_lib.recognition.training import RandomCrops, evaluate_segmentation
 
 SMALL = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
@@ -15,13 +15,13 @@ SMALL = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
 @pytest.fixture(scope="module")
 def detector():
     torch.manual_seed(0)
-    return DetectionTask(build_detector(6, "resnet18", **SMALL), score_threshold=0.0)
+    return FrozenDetector(build_detector(6, "resnet18", **SMALL), score_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
 def segmenter():
     torch.manual_seed(0)
-    return SegmentationTask(build_segmenter(11, "resnet18"), 11)
+    return FrozenSegmenter(build_segmenter(11, "resnet18"), 11)
 
 
 def _bn_stats(model):

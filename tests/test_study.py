@@ -3,8 +3,9 @@ import json
 
 import pytest
 
+from icm_lib.evaluate import bd_rates, curves
 from icm_lib.profiles import get_profile
-from icm_lib.study import bd_rates, curves, main, summarise
+from icm_lib.study import main, summarise
 
 
 def _run(task, variant, lmbda, seed, bpp, metric, roi_bpp=None):

@@ -5,7 +5,9 @@ import torch
 from icm_lib.codec import build_codec
 from icm_lib.data.coco import CocoDetection
 from icm_lib.profiles import TrainConfig
-from icm_lib.train import CropSampler, mse_objective, train_codec
+from icm_lib.data.sampler import CropSampler
+from icm_lib.losses import mse_objective
+from icm_lib.trainer import train_codec
 
 CFG = TrainConfig(steps=6, batch_size=2, crop=64, lr=1e-3, lmbda=0.01, checkpoint_every=2,
                   log_every=1, seed=3)

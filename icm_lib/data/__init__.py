@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..tasks import DETECTION, Task, get_task
 from .coco import CocoDetection
 from .context import PascalContextSegmentation
 
@@ -19,6 +20,14 @@ class Datasets:
     seg_val: PascalContextSegmentation
     source: str
     meta: dict
+
+    def train(self, task: "Task | str") -> CocoDetection | PascalContextSegmentation:
+        """The training split of ``task`` (``det``: COCO detection; ``seg``: Pascal-Context)."""
+        return self.det_train if get_task(task) is DETECTION else self.seg_train
+
+    def val(self, task: "Task | str") -> CocoDetection | PascalContextSegmentation:
+        """The validation split of ``task``."""
+        return self.det_val if get_task(task) is DETECTION else self.seg_val
 
 
 def get_datasets(data_cfg, data_dir: str | Path, progress: bool = True) -> Datasets:

@@ -1,15 +1,15 @@
 """The frozen recognition models ("machines"): detection and segmentation."""
 from __future__ import annotations
 
-from .detection import DetectionTask, build_detector
-from .segmentation import SegmentationTask, build_segmenter
+from .detection import FrozenDetector, build_detector
+from .segmentation import FrozenSegmenter, build_segmenter
 
 
 def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
     """Both frozen tasks for a profile, trained once on ``datasets`` and cached in ``cache_dir``.
 
     Returns:
-        ``(DetectionTask, SegmentationTask, {"det": report, "seg": report})``; each report has the
+        ``(FrozenDetector, FrozenSegmenter, {"det": report, "seg": report})``; each report has the
         val metric, training seconds and loss log.
     """
     from .training import load_or_train_detector, load_or_train_segmenter
@@ -24,5 +24,5 @@ def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
     return det, seg, {"det": det_report, "seg": seg_report}
 
 
-__all__ = ["DetectionTask", "SegmentationTask", "build_detector", "build_segmenter",
+__all__ = ["FrozenDetector", "FrozenSegmenter", "build_detector", "build_segmenter",
            "load_or_train"]

@@ -15,6 +15,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from ..errors import WeightsUnavailableError
 from ..weights import require_download
+from ..tasks import DETECTION
 from .common import freeze, loss_mode
 
 
@@ -101,7 +102,7 @@ def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: boo
     return model
 
 
-class DetectionTask:
+class FrozenDetector:
     """A frozen detector seen as a machine: pseudo-labels and a differentiable task loss.
 
     Args:
@@ -109,13 +110,13 @@ class DetectionTask:
         score_threshold: detections above it are pseudo-labels.
     """
 
-    kind = "det"
+    task = DETECTION
 
     def __init__(self, model: nn.Module, score_threshold: float = 0.5):
         self.model = freeze(model)
         self.score_threshold = score_threshold
 
-    def to(self, device) -> "DetectionTask":
+    def to(self, device) -> "FrozenDetector":
         self.model.to(device)
         return self
 
@@ -150,4 +151,4 @@ class DetectionTask:
         return losses
 
 
-__all__ = ["build_detector", "DetectionTask", "WeightsUnavailableError"]
+__all__ = ["build_detector", "FrozenDetector", "WeightsUnavailableError"]

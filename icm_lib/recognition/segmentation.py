@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..data.context import IGNORE_INDEX
 from ..errors import WeightsUnavailableError
 from ..weights import hf_offline_unless_reachable
+from ..tasks import SEGMENTATION
 from .common import freeze, loss_mode
 
 #: ImageNet normalisation (smp encoders expect normalised input; the wrapper takes [0, 1])
@@ -59,16 +60,16 @@ def build_segmenter(num_classes: int, encoder: str = "resnet18",
     return NormalizedSegmenter(net)
 
 
-class SegmentationTask:
+class FrozenSegmenter:
     """A frozen segmenter seen as a machine: pseudo-labels and a differentiable task loss."""
 
-    kind = "seg"
+    task = SEGMENTATION
 
     def __init__(self, model: nn.Module, num_classes: int):
         self.model = freeze(model)
         self.num_classes = num_classes
 
-    def to(self, device) -> "SegmentationTask":
+    def to(self, device) -> "FrozenSegmenter":
         self.model.to(device)
         return self
 
@@ -91,4 +92,4 @@ class SegmentationTask:
         return {"loss_ce": ce, "loss": ce}
 
 
-__all__ = ["build_segmenter", "SegmentationTask", "NormalizedSegmenter"]
+__all__ = ["build_segmenter", "FrozenSegmenter", "NormalizedSegmenter"]

@@ -22,8 +22,8 @@ from ..data.transforms import pad_to_multiple, random_crop
 from ..metrics import ConfusionMatrix, detection_map
 from ..profiles import RecognitionConfig
 from ..runtime import atomic_torch_save, config_hash, load_checkpoint, seed_everything
-from .detection import DetectionTask, build_detector
-from .segmentation import SegmentationTask, build_segmenter
+from .detection import FrozenDetector, build_detector
+from .segmentation import FrozenSegmenter, build_segmenter
 
 
 class RandomCrops(Dataset):
@@ -148,53 +148,43 @@ def eval_batches(dataset: Dataset, batch_size: int = 4):
 
 
 @torch.no_grad()
-def evaluate_detection(task: DetectionTask, dataset: CocoDetection, device: torch.device,
+def evaluate_detection(machine: FrozenDetector, dataset: CocoDetection, device: torch.device,
                        transform=None, batch_size: int = 4) -> dict[str, float]:
-    """mAP of ``task`` on ``dataset`` against ground truth; ``transform(images)`` (e.g. a codec
+    """mAP of ``machine`` on ``dataset`` against ground truth; ``transform(images)`` (e.g. a codec
     round trip through real bitstreams) is applied to each batch first."""
     preds, gts = [], []
     for images, targets in eval_batches(dataset, batch_size):
         images = images.to(device)
         if transform is not None:
             images = transform(images)
-        preds += [{k: v.cpu() for k, v in p.items()} for p in task.predict(images)]
+        preds += [{k: v.cpu() for k, v in p.items()} for p in machine.predict(images)]
         gts += [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
     return detection_map(preds, gts)
 
 
 @torch.no_grad()
-def evaluate_segmentation(task: SegmentationTask, dataset: PascalContextSegmentation,
+def evaluate_segmentation(machine: FrozenSegmenter, dataset: PascalContextSegmentation,
                           device: torch.device, transform=None,
                           batch_size: int = 4) -> dict[str, float]:
     """mIoU and pixel accuracy against ground truth (the model sees a 64-padded image; the
     padding is cropped from its prediction)."""
-    cm = ConfusionMatrix(task.num_classes, IGNORE_INDEX)
+    cm = ConfusionMatrix(machine.num_classes, IGNORE_INDEX)
     for images, labels in eval_batches(dataset, batch_size):
         images = images.to(device)
         if transform is not None:
             images = transform(images)
         h, w = images.shape[-2:]
-        pred = task.predict(pad_to_multiple(images)[0])[..., :h, :w].cpu()
+        pred = machine.predict(pad_to_multiple(images)[0])[..., :h, :w].cpu()
         for p, lab in zip(pred, labels):
             cm.update(p, lab)
     return {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
-
-
-def _detector_kwargs(cfg: RecognitionConfig) -> dict:
-    return dict(rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-                box_batch_size_per_image=cfg.box_batch_size_per_image,
-                box_head_dim=cfg.box_head_dim, anchor_sizes=cfg.anchor_sizes)
 
 
 #: settings that change inference but not the trained weights; they do not key the cache
 INFERENCE_ONLY = ("score_threshold", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
 
 
-def _load_or_train(name: str, model, make_task, train_fn, eval_fn, cfg: RecognitionConfig,
+def _load_or_train(name: str, model, make_machine, train_fn, eval_fn, cfg: RecognitionConfig,
                    train_set, val_set, crop: int, cache_dir: str | Path, device: torch.device,
                    seed: int, progress: bool):
     """Load ``model``'s weights and report from the cache, or train, evaluate and cache them.
@@ -216,23 +206,23 @@ def _load_or_train(name: str, model, make_task, train_fn, eval_fn, cfg: Recognit
         log = train_fn(model, train_set, cfg, crop, device, seed, progress) \
             if cfg.train_steps else []
         seconds = time.perf_counter() - t0
-        report = {"val": eval_fn(make_task(), val_set, device), "train_seconds": seconds,
+        report = {"val": eval_fn(make_machine(), val_set, device), "train_seconds": seconds,
                   "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
         atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
     report["path"] = str(path)
-    return make_task(), report
+    return make_machine(), report
 
 
 def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
                            val_set: CocoDetection, crop: int, cache_dir: str | Path,
                            device: torch.device, seed: int = 0,
-                           progress: bool = True) -> tuple[DetectionTask, dict]:
-    """A frozen :class:`DetectionTask`, trained and evaluated once (val mAP), then cached."""
+                           progress: bool = True) -> tuple[FrozenDetector, dict]:
+    """A frozen :class:`FrozenDetector`, trained and evaluated once (val mAP), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
     model = build_detector(train_set.num_classes, cfg.det_backbone, cfg.pretrained,
-                           **_detector_kwargs(cfg))
+                           **cfg.detector_kwargs())
     return _load_or_train(f"detector-{cfg.det_backbone}", model,
-                          lambda: DetectionTask(model, cfg.score_threshold).to(device),
+                          lambda: FrozenDetector(model, cfg.score_threshold).to(device),
                           train_detector, evaluate_detection, cfg, train_set, val_set, crop,
                           cache_dir, device, seed, progress)
 
@@ -240,11 +230,11 @@ def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
 def load_or_train_segmenter(cfg: RecognitionConfig, train_set: PascalContextSegmentation,
                             val_set: PascalContextSegmentation, crop: int,
                             cache_dir: str | Path, device: torch.device, seed: int = 0,
-                            progress: bool = True) -> tuple[SegmentationTask, dict]:
-    """A frozen :class:`SegmentationTask`, trained and evaluated once (val mIoU), then cached."""
+                            progress: bool = True) -> tuple[FrozenSegmenter, dict]:
+    """A frozen :class:`FrozenSegmenter`, trained and evaluated once (val mIoU), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
     model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
     return _load_or_train(f"segmenter-{cfg.seg_encoder}", model,
-                          lambda: SegmentationTask(model, train_set.num_classes).to(device),
+                          lambda: FrozenSegmenter(model, train_set.num_classes).to(device),
                           train_segmenter, evaluate_segmentation, cfg, train_set, val_set, crop,
                           cache_dir, device, seed, progress)

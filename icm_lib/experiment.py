@@ -1,0 +1,221 @@
+"""The experiment layer: what every notebook, study, command line and benchmark starts from.
+
+An :class:`Experiment` is a profile made concrete: its datasets, both frozen recognizers and the
+human-viewing reference codec, each load-or-compute under ``<data_dir>/cache``::
+
+    exp = Experiment.prepare(get_profile("cpu"), "data", device)
+    exp.datasets.train("det"), exp.machine("seg"), exp.reference
+    codec, log, run_dir = exp.icm_run("det", "aux-enc", 0.8, seed=0)     # one trained codec
+    point = exp.point("det", "aux-enc", 0.8, seed=0)                     # ... and its R-D point
+    for point in exp.grid([0], ["det", "seg"], ["baseline", "aux-enc"]):  # seed 001's grid
+        ...
+
+Runs are keyed by everything that determines them (schedule, variant, task, codec, recognizers,
+seed 001's settings, the reference codec's exact weights, the data), so the study, the notebooks
+and the command line share every run they have in common.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .aux_branch import VARIANTS, build_branch
+from .codec import ICMCodec, codec_from_config, load_codec
+from .data import Datasets, get_datasets
+from .data.sampler import CropSampler
+from .evaluate import POINT_KEYS, load_or_evaluate, rd_point
+from .losses import ICMObjective, mse_objective
+from .profiles import Profile, TrainConfig
+from .recognition import load_or_train
+from .runtime import Distributed, config_hash, seed_everything, state_fingerprint
+from .tasks import DETECTION, TASKS, Task, get_task
+from .trainer import train_codec
+
+
+def load_or_train_reference_codec(profile: Profile, datasets: Datasets, cache_dir: str | Path,
+                                  device: torch.device, progress: bool = True,
+                                  dist: Distributed | None = None) -> tuple[ICMCodec, list[dict]]:
+    """The human-viewing reference codec of a profile: CompressAI's pretrained weights when the
+    profile asks for them, else trained for MSE on the training images (load-or-compute)."""
+    seed_everything(profile.mse.seed)  # the initial weights are a function of the seed alone
+    codec = codec_from_config(profile.codec)
+    if profile.codec.pretrained or profile.mse.steps == 0:
+        codec.update()
+        return codec.to(device).eval(), []
+    key = config_hash({"codec": asdict(profile.codec), "train": asdict(profile.mse),
+                       "data": str(Path(datasets.det_train.root).resolve())})
+    sampler = CropSampler(datasets.det_train, profile.mse.crop, profile.mse.batch_size,
+                          profile.mse.seed)
+    return train_codec(codec, sampler, profile.mse, mse_objective(profile.mse.lmbda),
+                       Path(cache_dir) / f"mse-codec-{profile.codec.name}-{key}", device, progress,
+                       dist=dist, desc=f"MSE reference codec λ={profile.mse.lmbda:g}")
+
+
+def run_config(profile: Profile, task: Task | str, variant: str, lmbda: float, seed: int,
+               steps: int | None = None) -> TrainConfig:
+    """The training schedule of one run: the task's (or, for ``mse``, the reference's
+    finetuning) schedule with this run's λ and seed."""
+    base = profile.icm.train(task)
+    if variant == "mse":
+        base = replace(base, steps=profile.icm.mse_steps, lr=profile.mse.lr)
+    return replace(base, lmbda=lmbda, seed=seed, steps=base.steps if steps is None else steps)
+
+
+@dataclass
+class RunPoint:
+    """One trained codec of a grid and its evaluation.
+
+    Attributes:
+        record: plain data (JSON): ``task``, ``variant``, ``lmbda``, ``seed``, ``run_dir``,
+            ``train_seconds``, ``log``, ``eval`` ({task: R-D point}), ``roi`` ({task: point}).
+        codec: the trained codec (eval mode).
+    """
+
+    record: dict
+    codec: ICMCodec = field(repr=False)
+
+
+@dataclass
+class Experiment:
+    """A profile's data, frozen machines and reference codec (see the module docstring).
+
+    Attributes:
+        machines: the frozen recognizers by task name (``det``, ``seg``).
+        reports: their training / validation reports by task name.
+        reference: the codec every run starts from (CompressAI's pretrained cheng2020-attn in
+            ``paper``; notebook 00's MSE codec in ``cpu``).
+    """
+
+    profile: Profile
+    datasets: Datasets
+    machines: dict
+    reports: dict
+    reference: ICMCodec
+    reference_log: list[dict]
+    cache_dir: Path
+    device: torch.device
+    progress: bool = True
+    dist: Distributed | None = None
+
+    @classmethod
+    def prepare(cls, profile: Profile, data_dir: str | Path, device: torch.device,
+                progress: bool = True, dist: Distributed | None = None) -> "Experiment":
+        """Datasets, both frozen recognizers and the reference codec (load-or-compute). Under
+        torchrun, rank 0 builds what is missing while the others wait, then all load it."""
+        dist = dist or Distributed(device)
+        cache_dir = Path(data_dir) / "cache"
+        shown = progress and dist.is_main
+        if not dist.is_main:
+            dist.barrier()
+        datasets = get_datasets(profile.data, data_dir, progress=shown)
+        det, seg, reports = load_or_train(profile, datasets, cache_dir, device, shown)
+        reference, log = load_or_train_reference_codec(profile, datasets, cache_dir, device, shown,
+                                                       Distributed.local(device))
+        if dist.is_main:
+            dist.barrier()
+        return cls(profile, datasets, {"det": det, "seg": seg}, reports, reference, log,
+                   cache_dir, device, progress, dist)
+
+    def machine(self, task: Task | str):
+        """The frozen recognizer of ``task``."""
+        return self.machines[get_task(task).name]
+
+    # ------------------------------------------------------------------ codecs for machines
+    def icm_run(self, task: Task | str, variant: str, lmbda: float, seed: int,
+                steps: int | None = None, accumulate: int = 1,
+                stop_after: int | None = None) -> tuple[ICMCodec, list[dict], Path]:
+        """One codec of seed 001 (load-or-compute), initialised from the reference codec.
+
+        Args:
+            variant: one of :data:`~icm_lib.aux_branch.VARIANTS` (``mse`` ignores the machine;
+                ``lmbda`` is then the MSE λ).
+            steps: override the profile's step count (tests, quick looks; another run).
+            accumulate, stop_after: see :func:`~icm_lib.trainer.train_codec`.
+
+        Returns:
+            ``(codec, log, run_dir)``.
+        """
+        task = get_task(task)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        profile, icm = self.profile, self.profile.icm
+        cfg = run_config(profile, task, variant, lmbda, seed, steps)
+        train_set = self.datasets.train(task)
+        key = config_hash({"train": asdict(cfg), "variant": variant, "task": task.name,
+                           "codec": asdict(profile.codec),
+                           "recognition": asdict(profile.recognition),
+                           "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
+                           "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
+                           "data": str(Path(train_set.root).resolve())})
+        run_dir = (self.cache_dir / "icm"
+                   / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}")
+        codec = load_codec(self.reference.codec_state())
+        seed_everything(seed)  # the branch's initial weights depend on the seed only
+        branch = build_branch(variant, task, codec, train_set.num_classes, icm.branch_width,
+                              profile.recognition.sampling())
+        objective = (mse_objective(lmbda) if variant == "mse" else
+                     ICMObjective(self.machine(task), lmbda, icm.alpha, icm.mse_weight(task),
+                                  icm.amp))
+        sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
+        codec, log = train_codec(codec, sampler, cfg, objective, run_dir, self.device,
+                                 self.progress, stop_after=stop_after, branch=branch,
+                                 branch_lr=icm.branch_lr, accumulate=accumulate, dist=self.dist,
+                                 desc=f"{task.name} {variant} λ={lmbda:g} seed {seed}")
+        return codec, log, run_dir
+
+    def evaluate(self, codec: ICMCodec, task: Task | str, path: Path,
+                 roi_qf: float | None = None) -> dict:
+        """The R-D point of ``codec`` on ``task``'s val set, stored at ``path`` (load-or-compute;
+        ``roi_qf``: through the ROI baseline)."""
+        task = get_task(task)
+        return load_or_evaluate(
+            path, lambda: rd_point(codec, self.machine(task), self.datasets.val(task),
+                                   self.device, roi_qf=roi_qf), POINT_KEYS)
+
+    def point(self, task: Task | str, variant: str, lmbda: float, seed: int,
+              eval_tasks: tuple[str, ...] | None = None, roi: bool = False,
+              steps: int | None = None) -> RunPoint:
+        """Train (or load) one codec and evaluate it (or load its evaluation).
+
+        Args:
+            eval_tasks: tasks whose val sets score the codec (default: ``task`` only; the MSE
+                reference is scored on both).
+            roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) on detection.
+        """
+        task = get_task(task)
+        codec, log, run_dir = self.icm_run(task, variant, lmbda, seed, steps=steps)
+        record = {"task": task.name, "variant": variant, "lmbda": lmbda, "seed": seed,
+                  "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0,
+                  "log": log, "eval": {}, "roi": {}}
+        for t in map(get_task, eval_tasks or (task.name,)):
+            record["eval"][t.name] = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
+            if roi and t is DETECTION:
+                qf = self.profile.icm.roi_qf
+                record["roi"][t.name] = self.evaluate(
+                    codec, t, run_dir / f"eval-{t.name}-roi-qf{qf:g}.json", roi_qf=qf)
+        return RunPoint(record, codec)
+
+    def grid(self, seeds: list[int], tasks: list[str], variants: list[str],
+             reference_curve: bool = True, mse_seed: int = 0,
+             steps: int | None = None) -> Iterator[RunPoint]:
+        """Train-or-load and evaluate seed 001's grid, yielding each :class:`RunPoint` in turn:
+        the MSE reference curve (``mse_seed``, scored on every task) first, then per seed,
+        task, variant and λ (with the ROI evaluation of the detection baselines). The study and
+        notebooks 01-02 walk the same grid, so they share their runs."""
+        if reference_curve:
+            for lmbda in self.profile.icm.mse_lambdas:
+                yield self.point(DETECTION, "mse", lmbda, mse_seed, eval_tasks=tuple(tasks),
+                                 steps=steps)
+        for seed in seeds:
+            for task in map(get_task, tasks):
+                for variant in variants:
+                    for lmbda in self.profile.icm.lambdas(task):
+                        yield self.point(task, variant, lmbda, seed, steps=steps,
+                                         roi=variant == "baseline" and task is DETECTION)
+
+
+__all__ = ["Experiment", "RunPoint", "TASKS", "VARIANTS", "load_or_train_reference_codec",
+           "run_config"]

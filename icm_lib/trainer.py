@@ -1,0 +1,197 @@
+"""The codec training loop of every objective: the MSE reference and seed 001's Eq. 4-6.
+
+One loop trains the human-viewing reference codec (:func:`~icm_lib.losses.mse_objective`) and
+the codecs for machines (:class:`~icm_lib.losses.ICMObjective`: the frozen recognizer's task loss
+on pseudo-labels, plus the auxiliary branch's loss for the aux variants). Which run to train and
+where it lives is the experiment layer's business (:mod:`icm_lib.experiment`); the command line
+is ``python -m icm_lib.train``.
+
+Determinism. Every global batch is a pure function of ``(seed, step)``
+(:class:`~icm_lib.data.sampler.CropSampler`), and the random state of each shard's forward pass
+(CompressAI's training noise) is reseeded from ``(seed, step, shard)``. A run stopped at any step
+and resumed from its last checkpoint therefore continues bit for bit, and a batch split over
+``k`` DDP processes or ``k`` accumulation steps computes the same gradient (up to float
+summation order).
+
+Multi-GPU: under ``torchrun --nproc_per_node K`` each process takes one shard of the global
+batch, gradients are averaged by ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), and
+only rank 0 writes files.
+
+Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`)::
+
+    checkpoint.pt   latest complete training state (codec, branch, optimizers, scheduler, step, config)
+    log.jsonl       one line per logged step: step, loss parts, learning rate, seconds
+    codec.pt        the finished codec (weights, entropy tables and config; no branch)
+    branch.pt       the finished auxiliary branch, for inspection (never needed to decode)
+    config.json     the run's configuration
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .codec import ICMCodec, load_codec
+from .data.sampler import CropSampler
+from .losses import Objective
+from .profiles import TrainConfig
+from .runtime import Distributed, RunFiles, mix_seed, seed_everything
+
+
+class _TrainStep(nn.Module):
+    """What DDP wraps: the trained modules and one forward pass of the objective."""
+
+    def __init__(self, codec: ICMCodec, branch: nn.Module | None, objective: Objective):
+        super().__init__()
+        self.codec, self.branch = codec, branch
+        self._objective = objective
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._objective(self.codec, self.branch, x)
+
+
+def poly_decay(cfg: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate factor: 1 until ``decay_start · steps``, then (1 - t)^power down to 0."""
+    start = int(cfg.decay_start * cfg.steps)
+
+    def factor(step: int) -> float:
+        if step < start or cfg.steps <= start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / (cfg.steps - start)) ** cfg.decay_power
+
+    return factor
+
+
+def _ddp(step_module: _TrainStep, codec: ICMCodec, dist: Distributed) -> nn.Module:
+    """Wrap for DDP. The quantiles are left out of it: their loss does not depend on the data,
+    so every rank computes the same quantile gradient without communication."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    quantiles = codec.quantile_parameters()
+    for p in quantiles:
+        p.requires_grad_(False)
+    try:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        return DistributedDataParallel(step_module, device_ids=ids, broadcast_buffers=False)
+    finally:
+        for p in quantiles:
+            p.requires_grad_(True)
+
+
+def _mean_over_ranks(values: dict[str, float], dist: Distributed,
+                     device: torch.device) -> dict[str, float]:
+    if not dist.enabled:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return dict(zip(values, (t / dist.world_size).tolist()))
+
+
+class _Optimizers:
+    """The codec's (and branch's) Adam with its schedule, and the quantile optimizer."""
+
+    def __init__(self, codec: ICMCodec, branch: nn.Module | None, cfg: TrainConfig,
+                 branch_lr: float | None):
+        groups = [{"params": codec.main_parameters(), "lr": cfg.lr, "name": "codec"}]
+        if branch is not None:
+            groups.append({"params": list(branch.parameters()), "lr": branch_lr or cfg.lr,
+                           "name": "branch"})
+        self.main = torch.optim.Adam(groups)
+        self.quantiles = torch.optim.Adam(codec.quantile_parameters(), lr=cfg.quantile_lr)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.main, poly_decay(cfg))
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.main.state_dict(),
+                "quantile_optimizer": self.quantiles.state_dict(),
+                "scheduler": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.main.load_state_dict(state["optimizer"])
+        self.quantiles.load_state_dict(state["quantile_optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+
+
+def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, objective: Objective,
+                run_dir: str | Path, device: torch.device, progress: bool = True,
+                stop_after: int | None = None, branch: nn.Module | None = None,
+                branch_lr: float | None = None, accumulate: int = 1,
+                dist: Distributed | None = None, desc: str | None = None,
+                ) -> tuple[ICMCodec, list[dict]]:
+    """Train ``codec`` (load-or-compute): finished runs are loaded, stopped runs resumed.
+
+    Args:
+        codec: the model to train (its weights are replaced by a checkpoint's on resume).
+        sampler: where global batches come from (``cfg.batch_size`` crops per step).
+        cfg: hyper-parameters (stored in the checkpoint).
+        objective: ``objective(codec, branch, x) -> {"loss": ..., parts...}``.
+        run_dir: folder of this run's files (see module docstring).
+        stop_after: stop (after checkpointing) once this step is reached; for tests of resume.
+        branch: a module trained jointly with the codec (seed 001's auxiliary branch); it has its
+            own parameter group (``branch_lr``, default ``cfg.lr``) and is saved apart.
+        accumulate: split each process's share of the batch into this many micro-batches.
+        dist: the torchrun job (``None``: one process).
+
+    Returns:
+        The trained codec (entropy tables updated, eval mode) and the log records.
+    """
+    dist = dist or Distributed(device)
+    run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every, dist)
+    if run.finished:
+        return load_codec(run.final_state()).to(device).eval(), run.read_log()
+    shards = dist.world_size * accumulate
+    if cfg.batch_size % shards:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
+                         f"({dist.world_size} processes x {accumulate} accumulation steps)")
+    seed_everything(cfg.seed)
+    codec.to(device).train()
+    if branch is not None:
+        branch.to(device).train()
+    opt = _Optimizers(codec, branch, cfg, branch_lr)
+    state = run.restore(device)
+    if state is not None:
+        codec.model.load_state_dict(state["codec"]["state_dict"])
+        if branch is not None:
+            branch.load_state_dict(state["branch"])
+        opt.load_state_dict(state)
+    step_module = _TrainStep(codec, branch, objective)
+    model = _ddp(step_module, codec, dist) if dist.enabled else step_module
+    for step in run.steps(stop_after, desc or f"train codec λ={cfg.lmbda:g}", progress):
+        shares = sampler.batch(step).tensor_split(shards)
+        opt.main.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(accumulate):
+            shard = dist.rank * accumulate + micro
+            torch.manual_seed(mix_seed(cfg.seed, step, shard))
+            sync = micro == accumulate - 1 or not dist.enabled
+            with contextlib.nullcontext() if sync else model.no_sync():
+                parts = model(shares[shard].to(device))
+                (parts["loss"] / accumulate).backward()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().item() / accumulate
+        if cfg.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(codec.main_parameters(), cfg.clip_max_norm)
+            if branch is not None:
+                torch.nn.utils.clip_grad_norm_(branch.parameters(), cfg.clip_max_norm)
+        opt.main.step()
+        opt.schedule.step()
+        qloss = codec.quantile_loss()
+        opt.quantiles.zero_grad(set_to_none=True)
+        qloss.backward()
+        opt.quantiles.step()
+        if run.log_due(step + 1):
+            run.log(step + 1, {**_mean_over_ranks(totals, dist, device),
+                               "quantile_loss": qloss.item(), "lr": opt.main.param_groups[0]["lr"]})
+        run.checkpoint(step + 1, lambda: {
+            "codec": codec.codec_state(), "config": asdict(cfg), **opt.state_dict(),
+            "branch": branch.state_dict() if branch is not None else None})
+    if not run.complete:
+        return codec, run.read_log()
+    codec.eval()
+    codec.update()
+    run.finish(codec.codec_state(), asdict(cfg),
+               {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None)
+    return codec, run.read_log()

@@ -1,0 +1,215 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Baseline: training a codec with the machine's task loss (Eq. 4)
+#
+# Notebook 00 built the data, two frozen recognizers and a codec trained for human viewing (MSE).
+# Here the codec is trained **for the machine**: its distortion term is the frozen recognizer's own
+# training loss, computed on the decoded image against **pseudo-labels** — the recognizer's output on
+# the original image (Yamazaki et al., followed by Iino et al.):
+#
+# $$L = R + \lambda\, E(y, \hat y) \qquad (4)$$
+#
+# ```
+# x ──► g_a ──► ŷ ──► g_s ──► x̂ ──► frozen recognizer ──► E(y, ŷ)      y = recognizer(x), no gradient
+#         └── R = −log₂ p(ŷ) − log₂ p(ẑ)   (entropy models, per pixel)
+# ```
+#
+# * **Why pseudo-labels?** No ground truth is needed, so any image collection can train the codec;
+#   and the target is what the machine *would* see on the original, which is exactly what the codec
+#   should preserve.
+# * **Where does the gradient go?** $E$ is differentiable w.r.t. $\hat x$; it flows back through the
+#   recognizer (frozen: BatchNorm in eval mode, no weight updates), then $g_s$, then — through the
+#   additive uniform noise that stands in for quantization during training — $g_a$. For a deep recognizer
+#   (ResNeXt-101 in the paper) the encoder is far from the loss, which is the difficulty notebook 02
+#   addresses.
+# * **λ** trades rate against machine accuracy: each λ is one point of an R-D curve.
+# * **Two optimizers.** Adam trains the codec; CompressAI's separate optimizer trains the entropy
+#   bottleneck's quantiles (CompressAI calls it `aux_loss`; here it is `quantile_loss`, not to be
+#   confused with the auxiliary *branch* of notebook 02).
+# * For segmentation, Eq. 6 adds $\mathrm{MSE}(x, \hat x)$ inside the braces "to stabilize the
+#   training"; the `seg` runs here use it too (`icm.seg_mse_weight`), so that notebook 02 compares
+#   like with like.
+#
+# **Initialisation.** Every run starts from the reference codec (the paper starts from CompressAI's
+# pretrained cheng2020-attn; the `cpu` profile from notebook 00's MSE codec) and finetunes it: the
+# paper's schedule is 80 epochs with a polynomial decay of the learning rate, the `cpu` profile's a
+# few hundred steps (printed below). Runs are cached, so the study (`make study`) and notebook 02
+# reuse these seed-0 codecs.
+#
+# **The ROI baseline** (Ahonen et al.) needs no training: at encoding time it divides the latent
+# outside the objects' ground-truth masks by a quantization factor QF = 1.4, so the background costs
+# fewer bits. It is applied to these baseline codecs, for detection only.
+
+# %% tags=["parameters"]
+# Parameters (papermill injects overrides after this cell)
+PROFILE = "cpu"          # smoke | cpu | paper
+SEED = 0
+DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+OUTPUT_DIR = "../outputs/cpu/01_baseline_training"  # figures + metrics.json (env ICM_OUTPUT_DIR)
+DEVICE = ""              # empty: cuda if available, else cpu
+TASKS = ["det", "seg"]
+STEPS = None             # None: the profile's schedule; an int trains shorter (other runs)
+
+# %%
+from icm_lib.notebook import setup
+
+S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
+profile, device = S.profile, S.device
+print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")
+
+# %% [markdown]
+# ## 1 · What notebook 00 left: data, machines, the reference codec (cached)
+
+# %%
+from icm_lib.experiment import Experiment
+
+exp = Experiment.prepare(profile, S.data_dir, device)
+ds, icm = exp.datasets, profile.icm
+for task in TASKS:
+    cfg = icm.train(task)
+    print(f"{task}: λ {list(icm.lambdas(task))}, {STEPS or cfg.steps} steps x {cfg.batch_size} crops of "
+          f"{cfg.crop}px, lr {cfg.lr:g} (poly decay from {cfg.decay_start:.0%}), MSE weight {icm.mse_weight(task)}")
+
+# %% [markdown]
+# ## 2 · The human-viewing reference curve
+#
+# The MSE codec of notebook 00, finetuned at a few other λ of $R + \lambda \cdot 255^2 \cdot
+# \mathrm{MSE}$, gives the curve a codec *not* trained for machines achieves (CompressAI's pretrained
+# qualities play this role in the paper).
+
+# %%
+from icm_lib.evaluate import bd_rates, curves, summary_point
+from icm_lib.tasks import get_task
+
+metric = {t: get_task(t).metric for t in TASKS}
+mse_points = list(exp.grid([SEED], TASKS, [], mse_seed=SEED, steps=STEPS))  # the MSE curve only
+for point in mse_points:
+    r = point.record
+    print(f"MSE λ={r['lmbda']:<7g}" + "".join(
+        f"  {t}: {p['bpp']:.3f} bpp, {metric[t]} {p[metric[t]]:.3f}, {p['psnr']:.2f} dB"
+        for t, p in r["eval"].items()))
+
+# %% [markdown]
+# ## 3 · Training with the task loss
+#
+# One run per λ and task. The progress bar shows the loss parts; each run writes a JSON-lines log,
+# complete checkpoints (resumable) and, at the end, the codec alone. Finished runs load in a second.
+
+# %%
+import time
+
+t0 = time.perf_counter()
+baseline_points = list(exp.grid([SEED], TASKS, ["baseline"], reference_curve=False, steps=STEPS))
+print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
+runs = [p.record for p in mse_points + baseline_points]  # plain data: what curves and tables read
+baseline = {task: [p.record for p in baseline_points if p.record["task"] == task] for task in TASKS}
+
+# %%
+from icm_lib import plots
+
+logs = {}
+for task in TASKS:
+    for r in baseline[task]:
+        for part in ("bpp_loss", "task_loss"):
+            logs[f"{task} {part} λ={r['lmbda']:g}"] = [x[part] for x in r["log"]]
+fig = plots.loss_curves(logs, smooth=3)
+fig.set_size_inches(min(4 * len(logs), 28), 3)
+plots.save(fig, S.output_dir, "training_curves")
+
+# %% [markdown]
+# Did λ spread the rates? Each λ must give a different bpp, ordered with λ (a larger λ
+# weights the task loss more, so it keeps more bits). The R-D points below are measured on the val
+# set through **real bitstreams** (bytes written and read back), scored against ground truth.
+
+# %%
+for task in TASKS:
+    m = metric[task]
+    print(f"{task}: {'λ':>6} {'bpp':>7} {m:>7} {'PSNR':>7}   ROI (QF {icm.roi_qf}): {'bpp':>6} {m:>7}")
+    for r in baseline[task]:
+        p = r["eval"][task]
+        roi = r["roi"].get(task)
+        roi_s = f"{roi['bpp']:>6.3f} {roi[m]:>7.3f}" if roi else ""
+        print(f"     {r['lmbda']:>6g} {p['bpp']:>7.3f} {p[m]:>7.3f} {p['psnr']:>7.2f}   {'':>16}{roi_s}")
+
+# %%
+bd = {}
+for task in TASKS:
+    c = curves(runs, task)
+    bd[task] = bd_rates(c, task)
+    fig = plots.rd_curves(c, metric[task], title=f"{task}: codec trained with the task loss (Eq. 4) vs MSE and ROI")
+    plots.save(fig, S.output_dir, f"rd_{task}")
+    for name, row in bd[task].items():
+        s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
+        print(f"{task}: BD-rate of {name} vs baseline: "
+              + (f"{s['bd_rate']:+.1f} %" if s.get("bd_rate") is not None else f"undefined ({s.get('error')})")
+              + (f"; on the operational fronts {f['bd_rate']:+.1f} %" if f.get("bd_rate") is not None else ""))
+
+# %% [markdown]
+# ## 4 · Where do the bits go?
+#
+# Bit-allocation maps ($-\log_2 p(\hat y)$ per latent position, spread over the pixels it covers) of the
+# MSE codec and of a codec trained with the task loss, at similar rates. Trained for the machine, the
+# codec spends its bits on what the recognizer needs (objects, class boundaries) and starves the
+# rest.
+
+# %%
+import torch
+import matplotlib.pyplot as plt
+from icm_lib.data.transforms import pad_to_multiple
+
+task = TASKS[0]
+image = ds.val(task)[0][0]
+x = pad_to_multiple(image[None].to(device))[0]
+mse_codec = min(mse_points, key=lambda p: p.record["eval"][task]["bpp"]).codec
+task_codec = max((p for p in baseline_points if p.record["task"] == task),
+                 key=lambda p: p.record["lmbda"]).codec
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+axes[0].imshow(image.permute(1, 2, 0).numpy()); axes[0].set_title("input", fontsize=9)
+maps = {}
+for ax, (name, c) in zip(axes[1:], [("MSE codec", mse_codec), (f"{task} task loss", task_codec)]):
+    c = c.to(device).eval()
+    maps[name] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[: image.shape[1], : image.shape[2]]
+    im = ax.imshow(maps[name].cpu().numpy(), cmap="viridis")
+    ax.set_title(f"{name}: {float(maps[name].mean()):.3f} bpp (estimate)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+for ax in axes: ax.set_axis_off()
+fig.tight_layout()
+plots.save(fig, S.output_dir, "bit_allocation")
+
+# %%
+record = {"tasks": {}}
+for task in TASKS:
+    rs = baseline[task]
+    record["tasks"][task] = {
+        "metric": metric[task],
+        "lambdas": [r["lmbda"] for r in rs],
+        "baseline": [summary_point(r["eval"][task], task) for r in rs],
+        "roi": [summary_point(r["roi"][task], task) for r in rs if task in r["roi"]],
+        "mse": [summary_point(p.record["eval"][task], task) for p in mse_points],
+        "first_loss": [r["log"][0]["loss"] for r in rs],
+        "last_loss": [r["log"][-1]["loss"] for r in rs],
+        "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},
+        "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
+        "steps": [r["log"][-1]["step"] for r in rs],
+        "train_seconds": [r["train_seconds"] for r in rs],
+    }
+print(S.record(record))
+
+# %% [markdown]
+# ## Next
+#
+# **02 · Auxiliary-branch training** adds a small recognizer on ŷ whose loss reaches the encoder
+# directly (Eq. 5–6), and compares its R-D curve with these.
