@@ -6,7 +6,7 @@ PROFILE ?= cpu
 OUTPUTS ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: install tutorial test test-all lab bench study clean-outputs strip sync
+.PHONY: install tutorial test test-all lint format lab bench study clean-outputs strip sync
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,19 @@ install: $(VENV)/.installed
 tutorial: install
 	$(PY) -m icm_lib.tutorial --profile $(PROFILE) --output-dir $(OUTPUTS)
 
-## Unit tests + smoke notebook tests (skips `slow` and `gpu`).
-test: install
+## Lint and format check (ruff), then unit tests + smoke notebook tests (skips `slow` and `gpu`).
+LINTED := icm_lib tests tools notebooks
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+## Apply the formatter and the safe lint fixes (then `make sync` if notebooks changed).
+format: install
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

@@ -23,6 +23,7 @@ N channels), and its stem goes down once instead of up twice: RB,128,↓2 ─ RB
 :class:`AuxBranch` picks the input by position and returns the branch loss E(y, ŷ_aux).
 (The aux-task position, inside the recognizer, is not built here.)
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -55,10 +56,15 @@ class ResNeXtBlock(nn.Module):
         while width % groups:
             groups -= 1
         self.body = nn.Sequential(
-            nn.Conv2d(in_ch, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+        )
         self.shortcut = _shortcut(in_ch, width, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +78,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_ch, width, 3, stride, dilation, dilation, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, 1, dilation, dilation, bias=False), nn.BatchNorm2d(width))
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, dilation, dilation, bias=False),
+            nn.BatchNorm2d(width),
+        )
         self.shortcut = _shortcut(in_ch, width, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,20 +109,30 @@ class AuxBackbone(nn.Module):
     Returns (forward): ``{"conv2": (B, c2, H/4, W/4), "conv3": ..., "conv4": ..., "conv5": ...}``.
     """
 
-    def __init__(self, latent_channels: int, task: Task | str = DETECTION, width: float = 1.0,
-                 position: str = "enc"):
+    def __init__(
+        self,
+        latent_channels: int,
+        task: Task | str = DETECTION,
+        width: float = 1.0,
+        position: str = "enc",
+    ):
         super().__init__()
         task = get_task(task)
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {sorted(POSITIONS)}, got {position!r}")
         stem = max(8, int(round(128 * width)))
         if position == "enc":
-            self.conv1 = nn.Sequential(ResidualBlockUpsample(latent_channels, stem, 2),
-                                       ResidualBlock(stem, stem),
-                                       ResidualBlockUpsample(stem, stem, 2))
+            self.conv1 = nn.Sequential(
+                ResidualBlockUpsample(latent_channels, stem, 2),
+                ResidualBlock(stem, stem),
+                ResidualBlockUpsample(stem, stem, 2),
+            )
         else:
-            self.conv1 = nn.Sequential(ResidualBlockWithStride(latent_channels, stem, 2),
-                                       ResidualBlock(stem, stem), ResidualBlock(stem, stem))
+            self.conv1 = nn.Sequential(
+                ResidualBlockWithStride(latent_channels, stem, 2),
+                ResidualBlock(stem, stem),
+                ResidualBlock(stem, stem),
+            )
         stages, in_ch = [], stem
         self.out_channels = []
         for i, (w, stride) in enumerate(STAGES):
@@ -148,10 +167,17 @@ class AuxDetector(nn.Module):
         box_batch_size_per_image: the same sampling settings as the main detector.
     """
 
-    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0,
-                 rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
-                 rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512,
-                 position: str = "enc"):
+    def __init__(
+        self,
+        latent_channels: int,
+        num_classes: int,
+        width: float = 1.0,
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_batch_size_per_image: int = 256,
+        box_batch_size_per_image: int = 512,
+        position: str = "enc",
+    ):
         super().__init__()
         self.body = AuxBackbone(latent_channels, "det", width, position)
         fpn_ch = max(16, int(round(256 * width)))
@@ -159,19 +185,37 @@ class AuxDetector(nn.Module):
         levels = ("0", "1", "2", "3")
         anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(fpn_ch, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-            batch_size_per_image=rpn_batch_size_per_image, positive_fraction=0.5,
+            anchors,
+            RPNHead(fpn_ch, 3),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=rpn_batch_size_per_image,
+            positive_fraction=0.5,
             pre_nms_top_n=dict(training=rpn_pre_nms_top_n_train, testing=1000),
-            post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=1000), nms_thresh=0.7)
+            post_nms_top_n=dict(training=rpn_post_nms_top_n_train, testing=1000),
+            nms_thresh=0.7,
+        )
         rep = max(64, int(round(1024 * width)))
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(list(levels), 7, 2), TwoMLPHead(fpn_ch * 49, rep),
-            FastRCNNPredictor(rep, num_classes + 1), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
-            batch_size_per_image=box_batch_size_per_image, positive_fraction=0.25,
-            bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+            MultiScaleRoIAlign(list(levels), 7, 2),
+            TwoMLPHead(fpn_ch * 49, rep),
+            FastRCNNPredictor(rep, num_classes + 1),
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=box_batch_size_per_image,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=0.05,
+            nms_thresh=0.5,
+            detections_per_img=100,
+        )
 
-    def forward(self, latent_hat: torch.Tensor, image_size: tuple[int, int],
-                targets: list[dict] | None = None):
+    def forward(
+        self,
+        latent_hat: torch.Tensor,
+        image_size: tuple[int, int],
+        targets: list[dict] | None = None,
+    ):
         """Losses (train mode, ``targets`` given) or detections (eval mode) in image pixels.
 
         Args:
@@ -179,11 +223,15 @@ class AuxDetector(nn.Module):
             image_size: (H, W) of the images the latent codes; boxes live in that frame.
             targets: per image ``{"boxes": (K, 4) xyxy, "labels": (K,)}`` (pseudo-labels).
         """
-        feats = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(latent_hat).values())))
+        feats = self.fpn(
+            OrderedDict((str(i), f) for i, f in enumerate(self.body(latent_hat).values()))
+        )
         batch = latent_hat.shape[0]
         # the RPN reads only the image geometry from ImageList: no pixels are needed
-        images = ImageList(latent_hat.new_zeros(1, 1, 1, 1).expand(batch, 1, *image_size),
-                           [tuple(image_size)] * batch)
+        images = ImageList(
+            latent_hat.new_zeros(1, 1, 1, 1).expand(batch, 1, *image_size),
+            [tuple(image_size)] * batch,
+        )
         proposals, rpn_losses = self.rpn(images, feats, targets)
         detections, roi_losses = self.roi_heads(feats, proposals, images.image_sizes, targets)
         if self.training:
@@ -202,8 +250,9 @@ class AuxSegmenter(nn.Module):
         width: channel multiplier; the decoder has ``256 * width`` channels.
     """
 
-    def __init__(self, latent_channels: int, num_classes: int, width: float = 1.0,
-                 position: str = "enc"):
+    def __init__(
+        self, latent_channels: int, num_classes: int, width: float = 1.0, position: str = "enc"
+    ):
         super().__init__()
         from segmentation_models_pytorch.base import SegmentationHead
         from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
@@ -233,14 +282,22 @@ class AuxBranch(nn.Module):
         detector_kwargs: RPN/RoI sampling settings for :class:`AuxDetector`.
     """
 
-    def __init__(self, task: Task | str, position: str, in_channels: int, num_classes: int,
-                 width: float = 1.0, **detector_kwargs):
+    def __init__(
+        self,
+        task: Task | str,
+        position: str,
+        in_channels: int,
+        num_classes: int,
+        width: float = 1.0,
+        **detector_kwargs,
+    ):
         super().__init__()
         task = get_task(task)
         self.task, self.position, self.key = task, position, POSITIONS.get(position)
         if task is DETECTION:
-            self.net = AuxDetector(in_channels, num_classes, width, position=position,
-                                   **detector_kwargs)
+            self.net = AuxDetector(
+                in_channels, num_classes, width, position=position, **detector_kwargs
+            )
         else:
             self.net = AuxSegmenter(in_channels, num_classes, width, position=position)
 
@@ -261,8 +318,14 @@ class AuxBranch(nn.Module):
 VARIANTS = ("mse", "baseline", "aux-enc", "aux-dec")
 
 
-def build_branch(variant: str, task: Task | str, codec, num_classes: int, width: float,
-                 sampling: dict | None = None) -> AuxBranch | None:
+def build_branch(
+    variant: str,
+    task: Task | str,
+    codec,
+    num_classes: int,
+    width: float,
+    sampling: dict | None = None,
+) -> AuxBranch | None:
     """The auxiliary branch of ``variant`` (``None`` for ``mse`` and ``baseline``).
 
     Args:

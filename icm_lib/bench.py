@@ -25,6 +25,7 @@ weights in float64; CUDA with and without TF32 when present) and every other one
 done with CompressAI's own coder, whose tables each reader rebuilds with ``update()`` on its own
 device (what ``load_codec`` did before), for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def bench_images() -> list[torch.Tensor]:
     out = []
     for name in ("coffee", "rocket"):
         x = to_rgb_tensor(getattr(data, name)())[None]
-        out.append(F.interpolate(x, size=(512, 768), mode="bilinear", antialias=True,
-                                 align_corners=False).clamp(0, 1))
+        out.append(
+            F.interpolate(
+                x, size=(512, 768), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        )
     return out
 
 
@@ -78,23 +82,37 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
                 times["ours_enc"].append(_time(lambda: codec.compress(x), 1)[0])
                 times["cai_enc"].append(_time(lambda: codec.model.compress(xp), 1)[0])
                 times["ours_dec"].append(_time(lambda: codec.decompress(data), 1)[0])
-                times["cai_dec"].append(_time(
-                    lambda: codec.model.decompress(raw["strings"], raw["shape"]), 1)[0])
-        t_ours_enc, t_cai_enc, t_ours_dec, t_cai_dec = (statistics.median(v)
-                                                        for v in times.values())
+                times["cai_dec"].append(
+                    _time(lambda: codec.model.decompress(raw["strings"], raw["shape"]), 1)[0]
+                )
+        t_ours_enc, t_cai_enc, t_ours_dec, t_cai_dec = (
+            statistics.median(v) for v in times.values()
+        )
         cai_bytes = sum(len(s[0]) for s in raw["strings"])
-        rows.append(dict(est=coded.bpp_estimate, coder=coded.bpp_coder_estimate, act=coded.bpp,
-                         pay=coded.bpp_payload,
-                         pay_cai=coded.bpp_payload / bpp_from_bytes(cai_bytes, *x.shape[-2:]),
-                         enc=t_ours_enc / t_cai_enc,
-                         dec=t_ours_dec / t_cai_dec, t_enc=t_ours_enc, t_dec=t_ours_dec,
-                         c_enc=t_cai_enc, c_dec=t_cai_dec))
+        rows.append(
+            dict(
+                est=coded.bpp_estimate,
+                coder=coded.bpp_coder_estimate,
+                act=coded.bpp,
+                pay=coded.bpp_payload,
+                pay_cai=coded.bpp_payload / bpp_from_bytes(cai_bytes, *x.shape[-2:]),
+                enc=t_ours_enc / t_cai_enc,
+                dec=t_ours_dec / t_cai_dec,
+                t_enc=t_ours_enc,
+                t_dec=t_ours_dec,
+                c_enc=t_cai_enc,
+                c_dec=t_cai_dec,
+            )
+        )
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
-    print(f"{label:<44}{mean['est']:>8.4f}{mean['coder']:>8.4f}{mean['act']:>8.4f}"
-          f"{mean['act'] / mean['est']:>8.3f}{mean['pay'] / mean['coder']:>8.3f}"
-          f"{mean['pay_cai']:>8.4f}"
-          f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
-          f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}", flush=True)
+    print(
+        f"{label:<44}{mean['est']:>8.4f}{mean['coder']:>8.4f}{mean['act']:>8.4f}"
+        f"{mean['act'] / mean['est']:>8.3f}{mean['pay'] / mean['coder']:>8.3f}"
+        f"{mean['pay_cai']:>8.4f}"
+        f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
+        f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}",
+        flush=True,
+    )
     return mean
 
 
@@ -109,7 +127,9 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exp = Experiment.prepare(profile, data_dir, device, progress=False)
     print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}")
+    print(
+        f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}"
+    )
     icm = profile.icm
     for task in ("det", "seg"):
         cfg = icm.train(task)
@@ -119,15 +139,22 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
         for variant in ("baseline", "aux-enc"):
             torch.manual_seed(0)
             codec = load_codec(exp.reference.codec_state()).to(device).train()
-            branch = build_branch(variant, task, codec, train_set.num_classes, icm.branch_width,
-                                  profile.recognition.sampling())
+            branch = build_branch(
+                variant,
+                task,
+                codec,
+                train_set.num_classes,
+                icm.branch_width,
+                profile.recognition.sampling(),
+            )
             params = list(codec.main_parameters())
             if branch is not None:
                 branch.to(device).train()
                 params += list(branch.parameters())
             opt = torch.optim.Adam(params, lr=1e-5)
-            objective = ICMObjective(exp.machine(task), icm.lambdas(task)[0], icm.alpha,
-                                     icm.mse_weight(task), icm.amp)
+            objective = ICMObjective(
+                exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+            )
 
             def step(i):
                 x = sampler.batch(i).to(device)
@@ -144,13 +171,18 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
                 step(i)
                 ts.append(time.perf_counter() - t0)
             times[variant] = statistics.median(ts)
-        print(f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{times['baseline']:>17.3f}"
-              f"{times['aux-enc']:>16.3f}{times['aux-enc'] / times['baseline']:>7.2f}", flush=True)
+        print(
+            f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{times['baseline']:>17.3f}"
+            f"{times['aux-enc']:>16.3f}{times['aux-enc'] / times['baseline']:>7.2f}",
+            flush=True,
+        )
     images = [pad_to_multiple(exp.datasets.det_val[i][0][None])[0] for i in range(4)]
     found = False
     for task in ("det", "seg"):
-        runs = {v: sorted((exp.cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
-                for v in ("baseline", "aux-enc")}
+        runs = {
+            v: sorted((exp.cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
+            for v in ("baseline", "aux-enc")
+        }
         if not (runs["baseline"] and runs["aux-enc"]):
             continue
         found = True
@@ -158,18 +190,25 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
         for v, paths in runs.items():
             codec = load_codec(load_checkpoint(paths[0])).to(device).eval()
             enc[v] = statistics.fmean(_time(lambda: codec.compress(x), repeats)[0] for x in images)
-        print(f"encode time {task}: baseline {enc['baseline']:.4f} s, aux-enc {enc['aux-enc']:.4f} s,"
-              f" ratio {enc['aux-enc'] / enc['baseline']:.3f} ({runs['baseline'][0].parent.name} vs "
-              f"{runs['aux-enc'][0].parent.name})")
+        print(
+            f"encode time {task}: baseline {enc['baseline']:.4f} s, aux-enc {enc['aux-enc']:.4f} s,"
+            f" ratio {enc['aux-enc'] / enc['baseline']:.3f} ({runs['baseline'][0].parent.name} vs "
+            f"{runs['aux-enc'][0].parent.name})"
+        )
     if not found:
-        print("encode time: no trained baseline/aux-enc pair in the cache yet (run notebook 02 "
-              "or the study)")
+        print(
+            "encode time: no trained baseline/aux-enc pair in the cache yet (run notebook 02 "
+            "or the study)"
+        )
 
 
 # ---------------------------------------------------------------------- cross-device decoding
 def _device_variants() -> dict[str, dict]:
-    out = {"cpu": {"device": "cpu"}, "cpu-1thread": {"device": "cpu", "threads": 1},
-           "cpu-float64": {"device": "cpu", "dtype": torch.float64}}
+    out = {
+        "cpu": {"device": "cpu"},
+        "cpu-1thread": {"device": "cpu", "threads": 1},
+        "cpu-float64": {"device": "cpu", "dtype": torch.float64},
+    }
     if torch.cuda.is_available():
         out["cuda"] = {"device": "cuda"}
         out["cuda-tf32"] = {"device": "cuda", "tf32": True}
@@ -181,8 +220,9 @@ def _on(variant: dict):
     threads = torch.get_num_threads()
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.set_num_threads(variant.get("threads", threads))
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = variant.get("tf32",
-                                                                                          False)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = variant.get(
+        "tf32", False
+    )
     try:
         yield
     finally:
@@ -205,13 +245,16 @@ def bench_devices(train_steps: int) -> dict:
 
     variants = _device_variants()
     images = bench_images() + list(scene_images(4, 256, seed=3)[:, None])
-    print(f"{len(images)} images (2 photos 512x768, 4 scenes 256x256); codecs N=32 M=48 trained "
-          f"{train_steps} steps; entries: identical / refused / differ over the images")
+    print(
+        f"{len(images)} images (2 photos 512x768, 4 scenes 256x256); codecs N=32 M=48 trained "
+        f"{train_steps} steps; entries: identical / refused / differ over the images"
+    )
     table = {}
     for family, name in FAMILY_CODECS:
         torch.manual_seed(0)
-        state = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128), train_steps
-                              ).codec_state()
+        state = train_briefly(
+            build_codec(name, N=32, M=48), scene_images(8, 128), train_steps
+        ).codec_state()
         codecs = {}
         for v, spec in variants.items():
             codecs[v] = load_codec(state).to(spec["device"], spec.get("dtype", torch.float32))
@@ -239,16 +282,22 @@ def bench_devices(train_steps: int) -> dict:
                                     break
                         with _on(rspec):
                             try:
-                                got = (codecs[r].decoded_latent(data) if coder == "icm_lib"
-                                       else _compressai_roundtrip(codecs[w], codecs[r], x))
+                                got = (
+                                    codecs[r].decoded_latent(data)
+                                    if coder == "icm_lib"
+                                    else _compressai_roundtrip(codecs[w], codecs[r], x)
+                                )
                             except (BitstreamError, RuntimeError, ValueError):
                                 counts["refused"] += 1
                                 continue
                         same = torch.equal(got.float().cpu(), latent.float().cpu())
                         counts["identical" if same else "differ"] += 1
                     table[(family, coder, w, r)] = counts
-                    cells.append("n/a" if counts is None else
-                                 "{identical}/{refused}/{differ}".format(**counts))
+                    cells.append(
+                        "n/a"
+                        if counts is None
+                        else "{identical}/{refused}/{differ}".format(**counts)
+                    )
                 print(f"{w:<14}" + "".join(f"{c:>14}" for c in cells), flush=True)
     return table
 
@@ -262,11 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--codecs", nargs="*", default=list(CODEC_NAMES))
-    ap.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parent.parent
-                    / "data" / "cache")
-    ap.add_argument("--train-steps", type=int, default=None,
-                    help="codec: add briefly trained small codecs (default 0); devices: their "
-                         "training steps (default 150)")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "cache"
+    )
+    ap.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="codec: add briefly trained small codecs (default 0); devices: their "
+        "training steps (default 150)",
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.what == "devices":
@@ -276,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
         bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
         return 0
     images = bench_images()
-    print(f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}")
-    print(f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
-          f"{'pay/CAI':>8}"
-          f"{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}")
+    print(
+        f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
+        f"{'pay/CAI':>8}"
+        f"{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
+    )
     for name in args.codecs:
         codec = build_codec(name, quality=args.quality, pretrained=args.pretrained)
         tag = "pretrained" if args.pretrained else "random weights"
@@ -290,17 +348,21 @@ def main(argv: list[str] | None = None) -> int:
 
         for _, name in FAMILY_CODECS:
             torch.manual_seed(0)
-            codec = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128),
-                                  args.train_steps)
+            codec = train_briefly(
+                build_codec(name, N=32, M=48), scene_images(8, 128), args.train_steps
+            )
             bench_codec(codec, f"{name} N32 M48 ({args.train_steps} steps)", images, args.repeats)
     for path in sorted(args.cache_dir.glob("mse-codec-*/codec.pt")):
         codec = load_codec(load_checkpoint(path))
-        bench_codec(codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images,
-                    args.repeats)
-    print("est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
-          " pay/cod: payload / coder estimate; pay/CAI: payload / CompressAI's own strings for "
-          "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own "
-          "compress/decompress (icm_lib before its own coder); ratio: icm_lib / CompressAI")
+        bench_codec(
+            codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images, args.repeats
+        )
+    print(
+        "est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
+        " pay/cod: payload / coder estimate; pay/CAI: payload / CompressAI's own strings for "
+        "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own "
+        "compress/decompress (icm_lib before its own coder); ratio: icm_lib / CompressAI"
+    )
     return 0
 
 

@@ -25,6 +25,7 @@ against the others and against the codec, and by the bounded, memory-safe decode
 Version 1 (icm_lib before the device-independent coder) held CompressAI's two rANS strings; it is
 refused with a message to re-encode.
 """
+
 from __future__ import annotations
 
 import struct
@@ -68,9 +69,15 @@ class Header:
 def pack(header: Header, strings: list[bytes]) -> bytes:
     """Serialize a header and the entropy-coded strings (one per group) to bytes."""
     name = header.codec.encode("ascii")
-    for label, value in [("N", header.N), ("M", header.M), ("height", header.height),
-                         ("width", header.width), ("pad_h", header.pad_h),
-                         ("pad_w", header.pad_w), *[("latent", v) for v in header.latent_shape]]:
+    for label, value in [
+        ("N", header.N),
+        ("M", header.M),
+        ("height", header.height),
+        ("width", header.width),
+        ("pad_h", header.pad_h),
+        ("pad_w", header.pad_w),
+        *[("latent", v) for v in header.latent_shape],
+    ]:
         if not 0 <= value <= _MAX_U16:
             raise BitstreamError(f"{label}={value} does not fit the container (0..65535)")
     if len(name) > 255 or not 0 <= header.quality <= 255:
@@ -99,8 +106,9 @@ class _Reader:
         if self.pos + n > len(self.data):
             raise BitstreamError(
                 f"bitstream truncated: needed {n} bytes at offset {self.pos}, "
-                f"only {len(self.data) - self.pos} left; re-send or re-encode the image")
-        chunk = self.data[self.pos:self.pos + n]
+                f"only {len(self.data) - self.pos} left; re-send or re-encode the image"
+            )
+        chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
@@ -118,19 +126,24 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < len(MAGIC) + 4 or data[:4] != MAGIC:
-        raise BitstreamError("not an icm_lib bitstream (bad magic); was it written by "
-                             "icm_lib.codec.compress?")
+        raise BitstreamError(
+            "not an icm_lib bitstream (bad magic); was it written by icm_lib.codec.compress?"
+        )
     body, crc = data[:-4], struct.unpack(">I", data[-4:])[0]
     if zlib.crc32(body) != crc:
-        raise BitstreamError("bitstream checksum mismatch: the file is corrupt or truncated; "
-                             "re-send or re-encode the image")
+        raise BitstreamError(
+            "bitstream checksum mismatch: the file is corrupt or truncated; "
+            "re-send or re-encode the image"
+        )
     r = _Reader(body)
     r.take(4)
     version, name_len = r.unpack(">BB")
     if version != VERSION:
-        raise BitstreamError(f"bitstream format version {version}; this icm_lib reads version "
-                             f"{VERSION}: re-encode the image (or decode it with the icm_lib "
-                             "that wrote it)")
+        raise BitstreamError(
+            f"bitstream format version {version}; this icm_lib reads version "
+            f"{VERSION}: re-encode the image (or decode it with the icm_lib "
+            "that wrote it)"
+        )
     try:
         codec = r.take(name_len).decode("ascii")
     except UnicodeDecodeError as exc:
@@ -146,7 +159,8 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
         (length,) = r.unpack(">I")
         strings.append(r.take(length))
     if r.pos != len(body):
-        raise BitstreamError(f"{len(body) - r.pos} unexpected bytes after the last string; "
-                             "the file is corrupt")
+        raise BitstreamError(
+            f"{len(body) - r.pos} unexpected bytes after the last string; the file is corrupt"
+        )
     header = Header(codec, quality, n, m, height, width, pad_h, pad_w, latent_shape, fingerprint)
     return header, strings

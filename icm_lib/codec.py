@@ -13,10 +13,11 @@ with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in th
 :mod:`icm_lib.bitstream` through the device-independent, memory-safe coder of
 :mod:`icm_lib.entropy` (CompressAI's tables, its transforms; symbols chosen in exact integers).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -35,9 +36,14 @@ CODEC_NAMES = ("cheng2020-attn", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2
 _DECODER_ATTR = "g_s"
 
 
-def build_compressai_model(name: str, quality: int | None = 3, N: int | None = None,
-                           M: int | None = None, pretrained: bool = False,
-                           metric: str = "mse") -> nn.Module:
+def build_compressai_model(
+    name: str,
+    quality: int | None = 3,
+    N: int | None = None,
+    M: int | None = None,
+    pretrained: bool = False,
+    metric: str = "mse",
+) -> nn.Module:
     """A CompressAI model by zoo name and quality, or with explicit channel counts.
 
     Args:
@@ -57,8 +63,9 @@ def build_compressai_model(name: str, quality: int | None = 3, N: int | None = N
         try:
             url = zoo_image.model_urls[name][metric][q]
         except KeyError:
-            raise ValueError(f"CompressAI has no pretrained {name} for metric={metric}, "
-                             f"quality={q}") from None
+            raise ValueError(
+                f"CompressAI has no pretrained {name} for metric={metric}, quality={q}"
+            ) from None
         require_download(url, f"CompressAI {name} q{q}")
         return getattr(compressai_zoo, name.replace("-", "_"))(q, metric=metric, pretrained=True)
     arch, default = zoo_image.model_architectures[name], zoo_image.cfgs[name][q]
@@ -104,8 +111,14 @@ class ICMCodec(nn.Module):
     #: header must not make the decoder allocate without bound. 2^26 px = 8192 x 8192.
     max_decode_pixels: int = 1 << 26
 
-    def __init__(self, model: nn.Module, name: str, quality: int | None = None,
-                 N: int | None = None, M: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        quality: int | None = None,
+        N: int | None = None,
+        M: int | None = None,
+    ):
         super().__init__()
         self._coding: entropy.CodingState | None = None
         if not hasattr(model, _DECODER_ATTR) or not hasattr(model, "g_a"):
@@ -133,8 +146,11 @@ class ICMCodec(nn.Module):
     @property
     def decoder_last_layer_channels(self) -> int:
         """Channels of the last layer's input (the aux-dec branch's input)."""
-        conv = next(m for m in self.decoder_last_layer.modules()
-                    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+        conv = next(
+            m
+            for m in self.decoder_last_layer.modules()
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+        )
         return conv.in_channels
 
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
@@ -178,13 +194,18 @@ class ICMCodec(nn.Module):
         """Encoder side only: ``{"latent_hat": ŷ, "likelihoods": {...}}`` without running g_s."""
         self._captured.clear()
         likelihoods: dict[str, torch.Tensor] = {}
-        handles = [m.register_forward_hook(self._likelihood_hook(likelihoods, key))
-                   for key, m in self._entropy_modules()]
+        handles = [
+            m.register_forward_hook(self._likelihood_hook(likelihoods, key))
+            for key, m in self._entropy_modules()
+        ]
         gc_args: dict[str, object] = {}
         if hasattr(self.model, "gaussian_conditional"):
-            handles.append(self.model.gaussian_conditional.register_forward_pre_hook(
-                lambda mod, args, kwargs: gc_args.update(args=args, kwargs=kwargs),
-                with_kwargs=True))
+            handles.append(
+                self.model.gaussian_conditional.register_forward_pre_hook(
+                    lambda mod, args, kwargs: gc_args.update(args=args, kwargs=kwargs),
+                    with_kwargs=True,
+                )
+            )
         self._stop_at_decoder = True
         try:
             self.model(x)
@@ -200,7 +221,9 @@ class ICMCodec(nn.Module):
         return out
 
     @torch.no_grad()
-    def coder_likelihoods(self, x: torch.Tensor, enc: dict | None = None) -> dict[str, torch.Tensor]:
+    def coder_likelihoods(
+        self, x: torch.Tensor, enc: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         """Likelihoods as the range coder sees them: each Gaussian scale rounded up to the
         entry of CompressAI's scale table that ``compress`` uses (eval mode). ``enc``: the
         output of :meth:`encode` on ``x`` when the caller has it already."""
@@ -228,6 +251,7 @@ class ICMCodec(nn.Module):
     def _likelihood_hook(store, key):
         def hook(module, args, output):
             store[key] = output[1]
+
         return hook
 
     # ------------------------------------------------------------------ losses
@@ -306,40 +330,73 @@ class ICMCodec(nn.Module):
         finally:
             self.train(was_training)
         payload, latent = state.encode(y, z)
-        header = bitstream.Header(self.name, self.quality or 0, self.N, self.M, h, w, pad_h, pad_w,
-                                  state.latent_shape(h + pad_h, w + pad_w), state.fingerprint)
+        header = bitstream.Header(
+            self.name,
+            self.quality or 0,
+            self.N,
+            self.M,
+            h,
+            w,
+            pad_h,
+            pad_w,
+            state.latent_shape(h + pad_h, w + pad_w),
+            state.fingerprint,
+        )
         return bitstream.pack(header, [payload]), latent.to(x.device)
 
-    def _check(self, header: bitstream.Header, strings: list[bytes],
-               state: entropy.CodingState, max_pixels: int) -> None:
+    def _check(
+        self,
+        header: bitstream.Header,
+        strings: list[bytes],
+        state: entropy.CodingState,
+        max_pixels: int,
+    ) -> None:
         """Every header field against the others and against this codec, before decoding."""
-        if (header.codec, header.quality, header.N, header.M) != (self.name, self.quality or 0,
-                                                                  self.N, self.M):
+        if (header.codec, header.quality, header.N, header.M) != (
+            self.name,
+            self.quality or 0,
+            self.N,
+            self.M,
+        ):
             raise BitstreamError(
                 f"bitstream was written by {header.codec} q{header.quality} (N={header.N}, "
                 f"M={header.M}); this codec is {self.name} q{self.quality} (N={self.N}, "
-                f"M={self.M}): load the matching model")
+                f"M={self.M}): load the matching model"
+            )
         if header.fingerprint != state.fingerprint:
             raise BitstreamError(
                 f"bitstream was written by a {self.name} codec with other weights or entropy "
                 f"tables (fingerprint {header.fingerprint.hex()}, this codec "
-                f"{state.fingerprint.hex()}): decode it with the saved codec that wrote it")
+                f"{state.fingerprint.hex()}): decode it with the saved codec that wrote it"
+            )
         if len(strings) != 1:
             raise BitstreamError(f"bitstream has {len(strings)} payloads; {self.name} writes 1")
         ph, pw = header.height + header.pad_h, header.width + header.pad_w
-        if (header.height == 0 or header.width == 0 or not 0 <= header.pad_h < 64
-                or not 0 <= header.pad_w < 64 or ph % 64 or pw % 64):
-            raise BitstreamError(f"image {header.height}x{header.width} with padding "
-                                 f"{header.pad_h}/{header.pad_w} is not padded to a multiple of "
-                                 "64; the header is corrupt")
+        if (
+            header.height == 0
+            or header.width == 0
+            or not 0 <= header.pad_h < 64
+            or not 0 <= header.pad_w < 64
+            or ph % 64
+            or pw % 64
+        ):
+            raise BitstreamError(
+                f"image {header.height}x{header.width} with padding "
+                f"{header.pad_h}/{header.pad_w} is not padded to a multiple of "
+                "64; the header is corrupt"
+            )
         if ph * pw > max_pixels:
-            raise BitstreamError(f"the stream claims a {ph}x{pw} image, more than the "
-                                 f"{max_pixels} pixels this decoder accepts; pass max_pixels= "
-                                 "to decompress (or set codec.max_decode_pixels) if it is real")
+            raise BitstreamError(
+                f"the stream claims a {ph}x{pw} image, more than the "
+                f"{max_pixels} pixels this decoder accepts; pass max_pixels= "
+                "to decompress (or set codec.max_decode_pixels) if it is real"
+            )
         expected = state.latent_shape(ph, pw)
         if tuple(header.latent_shape) != expected:
-            raise BitstreamError(f"latent shape {header.latent_shape} does not match a "
-                                 f"{ph}x{pw} image ({expected}); the header is corrupt")
+            raise BitstreamError(
+                f"latent shape {header.latent_shape} does not match a "
+                f"{ph}x{pw} image ({expected}); the header is corrupt"
+            )
 
     @torch.no_grad()
     def decompress(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
@@ -411,8 +468,13 @@ class _StopAtDecoder(Exception):
     """Raised by the g_s pre-hook to end a forward at the decoder's input (see ``encode``)."""
 
 
-def build_codec(name: str = "bmshj2018-hyperprior", quality: int | None = 3, N: int | None = None,
-                M: int | None = None, pretrained: bool = False) -> ICMCodec:
+def build_codec(
+    name: str = "bmshj2018-hyperprior",
+    quality: int | None = 3,
+    N: int | None = None,
+    M: int | None = None,
+    pretrained: bool = False,
+) -> ICMCodec:
     """Build an :class:`ICMCodec` by name (see :data:`CODEC_NAMES`) and quality or N/M."""
     model = build_compressai_model(name, quality, N, M, pretrained)
     explicit = not pretrained and (N is not None or M is not None)
@@ -429,8 +491,9 @@ def load_codec(state: dict) -> ICMCodec:
     try:
         cfg = state["codec_config"]
         quality = cfg["quality"] or None  # codecs saved before 2026-11 wrote 0 for "explicit N/M"
-        model = build_compressai_model(cfg["name"], quality, *(
-            (None, None) if quality else (cfg["N"], cfg["M"])))
+        model = build_compressai_model(
+            cfg["name"], quality, *((None, None) if quality else (cfg["N"], cfg["M"]))
+        )
         model.load_state_dict(state["state_dict"])
     except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
@@ -439,5 +502,13 @@ def load_codec(state: dict) -> ICMCodec:
     return ICMCodec(model, cfg["name"], quality, cfg["N"], cfg["M"])
 
 
-__all__ = ["CODEC_NAMES", "ICMCodec", "CodedImage", "build_codec", "build_compressai_model",
-           "codec_from_config", "load_codec", "WeightsUnavailableError"]
+__all__ = [
+    "CODEC_NAMES",
+    "ICMCodec",
+    "CodedImage",
+    "build_codec",
+    "build_compressai_model",
+    "codec_from_config",
+    "load_codec",
+    "WeightsUnavailableError",
+]

@@ -48,6 +48,7 @@ CompressAI's float ones by a few 2^-12 (measured in the tests): ŷ of a mean-sca
 as much, a rounding decision y - μ near .5 can flip, and a scale near a table boundary can pick
 the neighbouring table (a negligible change of the rate).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,23 +82,25 @@ def _constriction():
     try:
         import constriction
     except ImportError as exc:  # a declared dependency; say how to get it
-        raise ImportError("real coding needs the 'constriction' package (pip install "
-                          "constriction); it is a dependency of icm_lib") from exc
+        raise ImportError(
+            "real coding needs the 'constriction' package (pip install "
+            "constriction); it is a dependency of icm_lib"
+        ) from exc
     return constriction
 
 
 # ---------------------------------------------------------------------- the exact path
 def _floor_shift(acc: torch.Tensor, shift: int) -> torch.Tensor:
     """floor(acc / 2^shift), exact for integer-valued float64 (a power-of-two scaling)."""
-    return torch.floor(acc * (2.0 ** -shift))
+    return torch.floor(acc * (2.0**-shift))
 
 
 @dataclass
 class _ExactConv:
     """A (transposed) convolution in fixed point: out = round((W·a + b) / 2^shift)."""
 
-    weight: torch.Tensor      # float64 integers, units 2^-shift
-    bias: torch.Tensor        # float64 integers, units 2^-(FRAC_BITS + shift)
+    weight: torch.Tensor  # float64 integers, units 2^-shift
+    bias: torch.Tensor  # float64 integers, units 2^-(FRAC_BITS + shift)
     shift: int
     transposed: bool
     stride: tuple
@@ -105,42 +108,59 @@ class _ExactConv:
     output_padding: tuple
 
     @classmethod
-    def from_module(cls, conv: nn.Module, weight: torch.Tensor | None = None) -> "_ExactConv":
+    def from_module(cls, conv: nn.Module, weight: torch.Tensor | None = None) -> _ExactConv:
         w = (conv.weight if weight is None else weight).detach().to("cpu", torch.float64)
         if conv.groups != 1 or any(d != 1 for d in conv.dilation):
             raise NotImplementedError("the exact path supports plain convolutions only")
         transposed = isinstance(conv, nn.ConvTranspose2d)
         fan_in = (w.shape[0] if transposed else w.shape[1]) * w.shape[2] * w.shape[3]
-        b = (conv.bias.detach().to("cpu", torch.float64) if conv.bias is not None
-             else torch.zeros(w.shape[1] if transposed else w.shape[0], dtype=torch.float64))
+        b = (
+            conv.bias.detach().to("cpu", torch.float64)
+            if conv.bias is not None
+            else torch.zeros(w.shape[1] if transposed else w.shape[0], dtype=torch.float64)
+        )
         wmax = float(w.abs().max())
         # the largest shift whose worst case Σ|w a| + |b| stays below 2^52
-        shift = 30 if wmax == 0 else min(30, math.floor(math.log2(_EXACT / (2 * fan_in * ACT_LIMIT
-                                                                              * wmax))))
+        shift = (
+            30
+            if wmax == 0
+            else min(30, math.floor(math.log2(_EXACT / (2 * fan_in * ACT_LIMIT * wmax))))
+        )
         while True:
-            w_int = torch.round(w * 2.0 ** shift)
+            w_int = torch.round(w * 2.0**shift)
             # the bias carries half a unit of the result, so floor() rounds to nearest
-            b_int = torch.round(b * 2.0 ** (FRAC_BITS + shift)) + (2.0 ** (shift - 1) if shift > 0
-                                                                   else 0.0)
+            b_int = torch.round(b * 2.0 ** (FRAC_BITS + shift)) + (
+                2.0 ** (shift - 1) if shift > 0 else 0.0
+            )
             bound = fan_in * ACT_LIMIT * float(w_int.abs().max()) + float(b_int.abs().max())
             if bound < _EXACT:
                 break
             shift -= 1  # a huge bias (never seen in trained codecs): give up precision
-        return cls(w_int, b_int, shift, transposed, tuple(conv.stride), tuple(conv.padding),
-                   tuple(getattr(conv, "output_padding", (0, 0))))
+        return cls(
+            w_int,
+            b_int,
+            shift,
+            transposed,
+            tuple(conv.stride),
+            tuple(conv.padding),
+            tuple(getattr(conv, "output_padding", (0, 0))),
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.transposed:
-            acc = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding,
-                                     self.output_padding)
+            acc = F.conv_transpose2d(
+                x, self.weight, None, self.stride, self.padding, self.output_padding
+            )
         else:
             acc = F.conv2d(x, self.weight, None, self.stride, self.padding)
         acc = acc + self.bias.view(1, -1, 1, 1)
         return _floor_shift(acc, self.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def digest(self, h) -> None:
-        h.update(f"conv{self.transposed}{self.stride}{self.padding}{self.output_padding}"
-                 f"{self.shift}{tuple(self.weight.shape)}".encode())
+        h.update(
+            f"conv{self.transposed}{self.stride}{self.padding}{self.output_padding}"
+            f"{self.shift}{tuple(self.weight.shape)}".encode()
+        )
         h.update(self.weight.to(torch.int64).numpy().astype("<i8").tobytes())
         h.update(self.bias.to(torch.int64).numpy().astype("<i8").tobytes())
 
@@ -191,14 +211,15 @@ class ExactNet:
         elif isinstance(module, nn.ReLU):
             self.layers.append(_ExactLeakyReLU(0))
         elif isinstance(module, nn.LeakyReLU):
-            self.layers.append(_ExactLeakyReLU(round(module.negative_slope * 2 ** _LEAKY_BITS)))
+            self.layers.append(_ExactLeakyReLU(round(module.negative_slope * 2**_LEAKY_BITS)))
         elif isinstance(module, nn.PixelShuffle):
             self.layers.append(_ExactPixelShuffle(module.upscale_factor))
         else:
             raise NotImplementedError(
                 f"real coding evaluates the hyper-decoder in exact fixed point and supports "
                 f"Conv2d, ConvTranspose2d, ReLU, LeakyReLU and PixelShuffle; got "
-                f"{type(module).__name__}")
+                f"{type(module).__name__}"
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -244,8 +265,7 @@ class _Tables:
     """CompressAI's integer CDF tables (one row per channel or per Gaussian scale) as
     constriction models. ``values - offset`` is the symbol; the last symbol of each row escapes."""
 
-    def __init__(self, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor,
-                 offset: torch.Tensor):
+    def __init__(self, quantized_cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor):
         cdf = quantized_cdf.detach().cpu().to(torch.int64).numpy()
         self.lengths = cdf_length.detach().cpu().to(torch.int64).numpy()
         self.offsets = offset.detach().cpu().to(torch.int64).numpy()
@@ -260,9 +280,12 @@ class _Tables:
         """One constriction model per row (built on first use; not copied or pickled)."""
         if self._models is None:
             categorical = _constriction().stream.model.Categorical
-            self._models = [categorical(np.diff(row[:n]).astype(np.float64)
-                                        / float(1 << _CDF_PRECISION), perfect=False)
-                            for row, n in zip(self._cdf, self.lengths)]
+            self._models = [
+                categorical(
+                    np.diff(row[:n]).astype(np.float64) / float(1 << _CDF_PRECISION), perfect=False
+                )
+                for row, n in zip(self._cdf, self.lengths)
+            ]
         return self._models
 
     def __getstate__(self) -> dict:
@@ -313,15 +336,18 @@ class _Reader:
 
     def __init__(self, payload: bytes):
         if len(payload) % 4:
-            raise BitstreamError(f"payload of {len(payload)} bytes is not a whole number of "
-                                 "32-bit words; the bitstream is corrupt")
+            raise BitstreamError(
+                f"payload of {len(payload)} bytes is not a whole number of "
+                "32-bit words; the bitstream is corrupt"
+            )
         stream = _constriction().stream
         self.uniform = stream.model.Uniform
         try:
             self.coder = stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
         except ValueError as exc:
-            raise BitstreamError(f"the payload is not a valid ANS stream ({exc}); the bitstream "
-                                 "is corrupt") from exc
+            raise BitstreamError(
+                f"the payload is not a valid ANS stream ({exc}); the bitstream is corrupt"
+            ) from exc
 
     def _take(self, model, n: int) -> np.ndarray:
         try:
@@ -329,8 +355,9 @@ class _Reader:
         except BaseException as exc:  # noqa: BLE001 -- a Rust panic arrives as BaseException
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise BitstreamError(f"entropy decoding failed ({type(exc).__name__}: {exc}); the "
-                                 "bitstream is corrupt") from None
+            raise BitstreamError(
+                f"entropy decoding failed ({type(exc).__name__}: {exc}); the bitstream is corrupt"
+            ) from None
 
     def values(self, tables: _Tables, row: int, n: int) -> np.ndarray:
         v = self._take(tables.models[row], n)
@@ -341,15 +368,18 @@ class _Reader:
             raw = np.where(nbits == 1, 1, 0).astype(np.int64)
             for b in np.unique(nbits[nbits >= 2]):
                 sel = nbits == b
-                raw[sel] = (1 << (int(b) - 1)) + self._take(self.uniform(1 << (int(b) - 1)),
-                                                            int(sel.sum()))
+                raw[sel] = (1 << (int(b) - 1)) + self._take(
+                    self.uniform(1 << (int(b) - 1)), int(sel.sum())
+                )
             v[escaped] = np.where(raw % 2 == 1, -(raw + 1) // 2, raw // 2 + esc_sym)
         return v + tables.offsets[row]
 
     def finish(self) -> None:
         if not self.coder.is_empty():
-            raise BitstreamError("the payload does not end where its last symbol ends: it was "
-                                 "damaged, or written by another codec; re-encode the image")
+            raise BitstreamError(
+                "the payload does not end where its last symbol ends: it was "
+                "damaged, or written by another codec; re-encode the image"
+            )
 
 
 # ---------------------------------------------------------------------- the coding state
@@ -358,8 +388,12 @@ FAMILIES = ("factorized", "scale", "mean-scale", "autoregressive")
 
 def model_family(model: nn.Module) -> str:
     """Which of :data:`FAMILIES` a CompressAI model belongs to."""
-    from compressai.models import (FactorizedPrior, JointAutoregressiveHierarchicalPriors,
-                                   MeanScaleHyperprior, ScaleHyperprior)
+    from compressai.models import (
+        FactorizedPrior,
+        JointAutoregressiveHierarchicalPriors,
+        MeanScaleHyperprior,
+        ScaleHyperprior,
+    )
 
     if isinstance(model, JointAutoregressiveHierarchicalPriors):
         return "autoregressive"
@@ -369,8 +403,10 @@ def model_family(model: nn.Module) -> str:
         return "scale"
     if isinstance(model, FactorizedPrior):
         return "factorized"
-    raise NotImplementedError(f"real coding supports CompressAI's factorized, hyperprior, "
-                              f"mean-scale and autoregressive models, not {type(model).__name__}")
+    raise NotImplementedError(
+        f"real coding supports CompressAI's factorized, hyperprior, "
+        f"mean-scale and autoregressive models, not {type(model).__name__}"
+    )
 
 
 def analysis(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -412,7 +448,8 @@ def update_tables(model: nn.Module) -> None:
 def has_tables(model: nn.Module) -> bool:
     return model.entropy_bottleneck._quantized_cdf.numel() > 0 and (
         not hasattr(model, "gaussian_conditional")
-        or model.gaussian_conditional._quantized_cdf.numel() > 0)
+        or model.gaussian_conditional._quantized_cdf.numel() > 0
+    )
 
 
 @dataclass
@@ -426,22 +463,25 @@ class CodingState:
     family: str
     M: int
     bottleneck: _Tables
-    medians: torch.Tensor                  # (C,) integers, units 2^-12
-    y_tables: _Tables | None = None          # per Gaussian scale (hyperprior families)
-    thresholds: torch.Tensor | None = None   # (63,) scale-table bounds, units 2^-12
+    medians: torch.Tensor  # (C,) integers, units 2^-12
+    y_tables: _Tables | None = None  # per Gaussian scale (hyperprior families)
+    thresholds: torch.Tensor | None = None  # (63,) scale-table bounds, units 2^-12
     h_s: ExactNet | None = None
     context: _CausalContext | None = None
     entropy_parameters: ExactNet | None = None
     fingerprint: bytes = field(default=b"")
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "CodingState":
+    def from_model(cls, model: nn.Module) -> CodingState:
         family = model_family(model)
         eb = model.entropy_bottleneck
         medians = eb.quantiles.detach()[:, 0, 1].to("cpu", torch.float64)
-        state = cls(family, int(getattr(model, "M", eb.channels)),
-                    _Tables(eb._quantized_cdf, eb._cdf_length, eb._offset),
-                    torch.round(medians * ONE))
+        state = cls(
+            family,
+            int(getattr(model, "M", eb.channels)),
+            _Tables(eb._quantized_cdf, eb._cdf_length, eb._offset),
+            torch.round(medians * ONE),
+        )
         if family != "factorized":
             gc = model.gaussian_conditional
             state.y_tables = _Tables(gc._quantized_cdf, gc._cdf_length, gc._offset)
@@ -488,8 +528,9 @@ class CodingState:
         return out.clamp_(-ACT_LIMIT, ACT_LIMIT).reshape(c, *shape)
 
     # -------------------------------------------------------------- Gaussian coding (y)
-    def _gaussian(self, io, y: torch.Tensor | None, scales: torch.Tensor,
-                  means: torch.Tensor | None) -> torch.Tensor:
+    def _gaussian(
+        self, io, y: torch.Tensor | None, scales: torch.Tensor, means: torch.Tensor | None
+    ) -> torch.Tensor:
         """Code one block of y: ``scales``/``means`` are exact integers of any (same) shape; the
         symbols are taken table by table, in row-major order within each table."""
         index = torch.searchsorted(self.thresholds, scales.contiguous(), right=False)
@@ -506,8 +547,9 @@ class CodingState:
                 io.values(self.y_tables, t, flat_s[sel].numpy())
         return (s.double() * ONE + means).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
-    def _code(self, io, y: torch.Tensor | None, z: torch.Tensor | None,
-              shape: tuple[int, int]) -> torch.Tensor:
+    def _code(
+        self, io, y: torch.Tensor | None, z: torch.Tensor | None, shape: tuple[int, int]
+    ) -> torch.Tensor:
         """The whole stream in decoding order; ``y``/``z`` given: encode, else decode."""
         if not self.hyper:
             return self._channels(io, y, shape)
@@ -527,13 +569,13 @@ class CodingState:
         for t in range(3 * (h - 1) + w):
             rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
             cols = t - 3 * rows
-            ctx = self.context.at(latent, rows, cols)                      # (n, 2M)
+            ctx = self.context.at(latent, rows, cols)  # (n, 2M)
             joint = torch.cat([params[:, rows, cols].T, ctx], 1)[..., None, None]
-            gp = self.entropy_parameters(joint)[..., 0, 0]                   # (n, 2M)
+            gp = self.entropy_parameters(joint)[..., 0, 0]  # (n, 2M)
             yt = None if y is None else y[:, rows, cols].T
-            block = self._gaussian(io, yt, gp[:, :m], gp[:, m:])             # (n, M)
+            block = self._gaussian(io, yt, gp[:, :m], gp[:, m:])  # (n, M)
             latent[:, rows + p, cols + p] = block.T
-        return latent[:, p:p + h, p:p + w]
+        return latent[:, p : p + h, p : p + w]
 
     # -------------------------------------------------------------- public
     @torch.no_grad()
@@ -578,5 +620,14 @@ def _symbols(residual: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.maximum(s, lo), hi).to(torch.int64)
 
 
-__all__ = ["CodingState", "ExactNet", "FAMILIES", "FRAC_BITS", "CODER_VERSION", "analysis",
-           "model_family", "update_tables", "has_tables"]
+__all__ = [
+    "CodingState",
+    "ExactNet",
+    "FAMILIES",
+    "FRAC_BITS",
+    "CODER_VERSION",
+    "analysis",
+    "model_family",
+    "update_tables",
+    "has_tables",
+]

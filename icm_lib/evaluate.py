@@ -4,6 +4,7 @@ Every val image is compressed to bytes and decoded from them; the bpp is counted
 (container included) per original pixel, and the decoded images are scored by the frozen
 recognizer against ground truth (mAP for detection, mIoU for segmentation) and by PSNR / MS-SSIM.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,20 +65,27 @@ class BitstreamRoundTrip:
             self.psnr_sum += psnr(coded.x_hat, x[None].to(coded.x_hat))
             self.msssim_sum += ms_ssim(coded.x_hat, x[None].to(coded.x_hat))
             h, w = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16  # whole periods only
-            self.checkerboard_sum += checkerboard_score(coded.x_hat[..., :h, :w],
-                                                        x[None, :, :h, :w].to(coded.x_hat))
+            self.checkerboard_sum += checkerboard_score(
+                coded.x_hat[..., :h, :w], x[None, :, :h, :w].to(coded.x_hat)
+            )
             self.images += 1
             decoded.append(coded.x_hat[0])
         return torch.stack(decoded).to(images.device)
 
     def summary(self) -> dict[str, float]:
-        return {"bpp": self.bits / self.pixels, "bpp_estimate": self.estimate_bits / self.pixels,
-                "psnr": self.psnr_sum / self.images, "ms_ssim": self.msssim_sum / self.images,
-                "checkerboard": self.checkerboard_sum / self.images, "images": self.images}
+        return {
+            "bpp": self.bits / self.pixels,
+            "bpp_estimate": self.estimate_bits / self.pixels,
+            "psnr": self.psnr_sum / self.images,
+            "ms_ssim": self.msssim_sum / self.images,
+            "checkerboard": self.checkerboard_sum / self.images,
+            "images": self.images,
+        }
 
 
-def rd_point(codec: ICMCodec, machine, dataset, device: torch.device,
-             roi_qf: float | None = None) -> dict[str, float]:
+def rd_point(
+    codec: ICMCodec, machine, dataset, device: torch.device, roi_qf: float | None = None
+) -> dict[str, float]:
     """One R-D point: real bitstreams over ``dataset`` -> bpp, PSNR, MS-SSIM and the task metric
     of ``machine`` (a frozen recognizer; its ``task`` picks the metric) on the decoded images
     against ground truth (``roi_qf``: the ROI baseline)."""
@@ -109,8 +117,9 @@ def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) 
     return result
 
 
-def bd_rate_or_reason(anchor: list[dict], test: list[dict], metric: str,
-                      front: bool = False) -> dict:
+def bd_rate_or_reason(
+    anchor: list[dict], test: list[dict], metric: str, front: bool = False
+) -> dict:
     """BD-rate (%) of ``test`` against ``anchor`` (lists of R-D points), or why it is undefined;
     ``front``: on the curves' operational fronts (see :func:`icm_lib.metrics.bd_rate`).
 
@@ -118,8 +127,13 @@ def bd_rate_or_reason(anchor: list[dict], test: list[dict], metric: str,
         ``{"bd_rate": float | None, "error": str | None}``.
     """
     try:
-        value = bd_rate([p["bpp"] for p in anchor], [p[metric] for p in anchor],
-                        [p["bpp"] for p in test], [p[metric] for p in test], front=front)
+        value = bd_rate(
+            [p["bpp"] for p in anchor],
+            [p[metric] for p in anchor],
+            [p["bpp"] for p in test],
+            [p[metric] for p in test],
+            front=front,
+        )
         return {"bd_rate": value, "error": None}
     except BDRateError as exc:
         return {"bd_rate": None, "error": str(exc)}
@@ -132,8 +146,11 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, float]:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     if len(v) == 0:
         return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    half = (float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-            if len(v) > 1 else float("nan"))
+    half = (
+        float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+        if len(v) > 1
+        else float("nan")
+    )
     return {"mean": float(v.mean()), "ci95": half, "n": int(len(v))}
 
 
@@ -141,8 +158,10 @@ def mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:
     """The seeds' curves averaged point by point (each sorted by λ; as long as the shortest)."""
     n = min(len(pts) for pts in by_seed.values())
     keys = [k for k, v in next(iter(by_seed.values()))[0].items() if isinstance(v, (int, float))]
-    return [{k: sum(pts[i][k] for pts in by_seed.values()) / len(by_seed) for k in keys}
-            for i in range(n)]
+    return [
+        {k: sum(pts[i][k] for pts in by_seed.values()) / len(by_seed) for k in keys}
+        for i in range(n)
+    ]
 
 
 def curves(runs: list[dict], task: str) -> dict[str, dict[int, list[dict]]]:
@@ -156,7 +175,8 @@ def curves(runs: list[dict], task: str) -> dict[str, dict[int, list[dict]]]:
             out.setdefault(r["variant"], {}).setdefault(r["seed"], []).append(point)
         if task in r["roi"] and r["task"] == task:
             out.setdefault("roi", {}).setdefault(r["seed"], []).append(
-                {**r["roi"][task], "lmbda": r["lmbda"]})
+                {**r["roi"][task], "lmbda": r["lmbda"]}
+            )
     return out
 
 
@@ -171,17 +191,25 @@ def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[s
     for name, by_seed in task_curves.items():
         if name == "baseline":
             continue
-        pairs = {seed: (anchor, by_seed.get(seed, by_seed.get(0)) if name == "mse"
-                        else by_seed.get(seed)) for seed, anchor in anchors.items()}
+        pairs = {
+            seed: (
+                anchor,
+                by_seed.get(seed, by_seed.get(0)) if name == "mse" else by_seed.get(seed),
+            )
+            for seed, anchor in anchors.items()
+        }
         pairs = {seed: pair for seed, pair in pairs.items() if pair[1]}
         per_seed = {seed: bd_rate_or_reason(a, t, metric) for seed, (a, t) in pairs.items()}
-        on_front = {seed: bd_rate_or_reason(a, t, metric, front=True)
-                    for seed, (a, t) in pairs.items()}
-        table[name] = {"per_seed": per_seed,
-                       **mean_ci([v["bd_rate"] for v in per_seed.values()]),
-                       # the seed-averaged curves: less noisy, defined more often
-                       "of_mean_curves": bd_rate_or_reason(mean_curve(anchors), mean_curve(by_seed),
-                                                           metric) if anchors else None,
-                       "front": {"per_seed": on_front,
-                                 **mean_ci([v["bd_rate"] for v in on_front.values()])}}
+        on_front = {
+            seed: bd_rate_or_reason(a, t, metric, front=True) for seed, (a, t) in pairs.items()
+        }
+        table[name] = {
+            "per_seed": per_seed,
+            **mean_ci([v["bd_rate"] for v in per_seed.values()]),
+            # the seed-averaged curves: less noisy, defined more often
+            "of_mean_curves": bd_rate_or_reason(mean_curve(anchors), mean_curve(by_seed), metric)
+            if anchors
+            else None,
+            "front": {"per_seed": on_front, **mean_ci([v["bd_rate"] for v in on_front.values()])},
+        }
     return table

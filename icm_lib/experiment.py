@@ -14,11 +14,12 @@ Runs are keyed by everything that determines them (schedule, variant, task, code
 seed 001's settings, the reference codec's exact weights, the data), so the study, the notebooks
 and the command line share every run they have in common.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -35,9 +36,14 @@ from .tasks import DETECTION, TASKS, Task, get_task
 from .trainer import train_codec
 
 
-def load_or_train_reference_codec(profile: Profile, datasets: Datasets, cache_dir: str | Path,
-                                  device: torch.device, progress: bool = True,
-                                  dist: Distributed | None = None) -> tuple[ICMCodec, list[dict]]:
+def load_or_train_reference_codec(
+    profile: Profile,
+    datasets: Datasets,
+    cache_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> tuple[ICMCodec, list[dict]]:
     """The human-viewing reference codec of a profile: CompressAI's pretrained weights when the
     profile asks for them, else trained for MSE on the training images (load-or-compute)."""
     seed_everything(profile.mse.seed)  # the initial weights are a function of the seed alone
@@ -45,17 +51,37 @@ def load_or_train_reference_codec(profile: Profile, datasets: Datasets, cache_di
     if profile.codec.pretrained or profile.mse.steps == 0:
         codec.update()
         return codec.to(device).eval(), []
-    key = config_hash({"codec": asdict(profile.codec), "train": asdict(profile.mse),
-                       "data": str(Path(datasets.det_train.root).resolve())})
-    sampler = CropSampler(datasets.det_train, profile.mse.crop, profile.mse.batch_size,
-                          profile.mse.seed)
-    return train_codec(codec, sampler, profile.mse, mse_objective(profile.mse.lmbda),
-                       Path(cache_dir) / f"mse-codec-{profile.codec.name}-{key}", device, progress,
-                       dist=dist, desc=f"MSE reference codec λ={profile.mse.lmbda:g}")
+    key = config_hash(
+        {
+            "codec": asdict(profile.codec),
+            "train": asdict(profile.mse),
+            "data": str(Path(datasets.det_train.root).resolve()),
+        }
+    )
+    sampler = CropSampler(
+        datasets.det_train, profile.mse.crop, profile.mse.batch_size, profile.mse.seed
+    )
+    return train_codec(
+        codec,
+        sampler,
+        profile.mse,
+        mse_objective(profile.mse.lmbda),
+        Path(cache_dir) / f"mse-codec-{profile.codec.name}-{key}",
+        device,
+        progress,
+        dist=dist,
+        desc=f"MSE reference codec λ={profile.mse.lmbda:g}",
+    )
 
 
-def run_config(profile: Profile, task: Task | str, variant: str, lmbda: float, seed: int,
-               steps: int | None = None) -> TrainConfig:
+def run_config(
+    profile: Profile,
+    task: Task | str,
+    variant: str,
+    lmbda: float,
+    seed: int,
+    steps: int | None = None,
+) -> TrainConfig:
     """The training schedule of one run: the task's (or, for ``mse``, the reference's
     finetuning) schedule with this run's λ and seed."""
     base = profile.icm.train(task)
@@ -101,8 +127,14 @@ class Experiment:
     dist: Distributed | None = None
 
     @classmethod
-    def prepare(cls, profile: Profile, data_dir: str | Path, device: torch.device,
-                progress: bool = True, dist: Distributed | None = None) -> "Experiment":
+    def prepare(
+        cls,
+        profile: Profile,
+        data_dir: str | Path,
+        device: torch.device,
+        progress: bool = True,
+        dist: Distributed | None = None,
+    ) -> Experiment:
         """Datasets, both frozen recognizers and the reference codec (load-or-compute). Under
         torchrun, rank 0 builds what is missing while the others wait, then all load it."""
         dist = dist or Distributed(device)
@@ -112,21 +144,39 @@ class Experiment:
             dist.barrier()
         datasets = get_datasets(profile.data, data_dir, progress=shown)
         det, seg, reports = load_or_train(profile, datasets, cache_dir, device, shown)
-        reference, log = load_or_train_reference_codec(profile, datasets, cache_dir, device, shown,
-                                                       Distributed.local(device))
+        reference, log = load_or_train_reference_codec(
+            profile, datasets, cache_dir, device, shown, Distributed.local(device)
+        )
         if dist.is_main:
             dist.barrier()
-        return cls(profile, datasets, {"det": det, "seg": seg}, reports, reference, log,
-                   cache_dir, device, progress, dist)
+        return cls(
+            profile,
+            datasets,
+            {"det": det, "seg": seg},
+            reports,
+            reference,
+            log,
+            cache_dir,
+            device,
+            progress,
+            dist,
+        )
 
     def machine(self, task: Task | str):
         """The frozen recognizer of ``task``."""
         return self.machines[get_task(task).name]
 
     # ------------------------------------------------------------------ codecs for machines
-    def icm_run(self, task: Task | str, variant: str, lmbda: float, seed: int,
-                steps: int | None = None, accumulate: int = 1,
-                stop_after: int | None = None) -> tuple[ICMCodec, list[dict], Path]:
+    def icm_run(
+        self,
+        task: Task | str,
+        variant: str,
+        lmbda: float,
+        seed: int,
+        steps: int | None = None,
+        accumulate: int = 1,
+        stop_after: int | None = None,
+    ) -> tuple[ICMCodec, list[dict], Path]:
         """One codec of seed 001 (load-or-compute), initialised from the reference codec.
 
         Args:
@@ -144,40 +194,76 @@ class Experiment:
         profile, icm = self.profile, self.profile.icm
         cfg = run_config(profile, task, variant, lmbda, seed, steps)
         train_set = self.datasets.train(task)
-        key = config_hash({"train": asdict(cfg), "variant": variant, "task": task.name,
-                           "codec": asdict(profile.codec),
-                           "recognition": asdict(profile.recognition),
-                           "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
-                           "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
-                           "data": str(Path(train_set.root).resolve())})
-        run_dir = (self.cache_dir / "icm"
-                   / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}")
+        key = config_hash(
+            {
+                "train": asdict(cfg),
+                "variant": variant,
+                "task": task.name,
+                "codec": asdict(profile.codec),
+                "recognition": asdict(profile.recognition),
+                "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
+                "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
+                "data": str(Path(train_set.root).resolve()),
+            }
+        )
+        run_dir = self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
         codec = load_codec(self.reference.codec_state())
         seed_everything(seed)  # the branch's initial weights depend on the seed only
-        branch = build_branch(variant, task, codec, train_set.num_classes, icm.branch_width,
-                              profile.recognition.sampling())
-        objective = (mse_objective(lmbda) if variant == "mse" else
-                     ICMObjective(self.machine(task), lmbda, icm.alpha, icm.mse_weight(task),
-                                  icm.amp))
+        branch = build_branch(
+            variant,
+            task,
+            codec,
+            train_set.num_classes,
+            icm.branch_width,
+            profile.recognition.sampling(),
+        )
+        objective = (
+            mse_objective(lmbda)
+            if variant == "mse"
+            else ICMObjective(self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), icm.amp)
+        )
         sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
-        codec, log = train_codec(codec, sampler, cfg, objective, run_dir, self.device,
-                                 self.progress, stop_after=stop_after, branch=branch,
-                                 branch_lr=icm.branch_lr, accumulate=accumulate, dist=self.dist,
-                                 desc=f"{task.name} {variant} λ={lmbda:g} seed {seed}")
+        codec, log = train_codec(
+            codec,
+            sampler,
+            cfg,
+            objective,
+            run_dir,
+            self.device,
+            self.progress,
+            stop_after=stop_after,
+            branch=branch,
+            branch_lr=icm.branch_lr,
+            accumulate=accumulate,
+            dist=self.dist,
+            desc=f"{task.name} {variant} λ={lmbda:g} seed {seed}",
+        )
         return codec, log, run_dir
 
-    def evaluate(self, codec: ICMCodec, task: Task | str, path: Path,
-                 roi_qf: float | None = None) -> dict:
+    def evaluate(
+        self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None
+    ) -> dict:
         """The R-D point of ``codec`` on ``task``'s val set, stored at ``path`` (load-or-compute;
         ``roi_qf``: through the ROI baseline)."""
         task = get_task(task)
         return load_or_evaluate(
-            path, lambda: rd_point(codec, self.machine(task), self.datasets.val(task),
-                                   self.device, roi_qf=roi_qf), POINT_KEYS)
+            path,
+            lambda: rd_point(
+                codec, self.machine(task), self.datasets.val(task), self.device, roi_qf=roi_qf
+            ),
+            POINT_KEYS,
+        )
 
-    def point(self, task: Task | str, variant: str, lmbda: float, seed: int,
-              eval_tasks: tuple[str, ...] | None = None, roi: bool = False,
-              steps: int | None = None) -> RunPoint:
+    def point(
+        self,
+        task: Task | str,
+        variant: str,
+        lmbda: float,
+        seed: int,
+        eval_tasks: tuple[str, ...] | None = None,
+        roi: bool = False,
+        steps: int | None = None,
+    ) -> RunPoint:
         """Train (or load) one codec and evaluate it (or load its evaluation).
 
         Args:
@@ -187,35 +273,63 @@ class Experiment:
         """
         task = get_task(task)
         codec, log, run_dir = self.icm_run(task, variant, lmbda, seed, steps=steps)
-        record = {"task": task.name, "variant": variant, "lmbda": lmbda, "seed": seed,
-                  "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0,
-                  "log": log, "eval": {}, "roi": {}}
+        record = {
+            "task": task.name,
+            "variant": variant,
+            "lmbda": lmbda,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "train_seconds": log[-1]["seconds"] if log else 0.0,
+            "log": log,
+            "eval": {},
+            "roi": {},
+        }
         for t in map(get_task, eval_tasks or (task.name,)):
             record["eval"][t.name] = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             if roi and t is DETECTION:
                 qf = self.profile.icm.roi_qf
                 record["roi"][t.name] = self.evaluate(
-                    codec, t, run_dir / f"eval-{t.name}-roi-qf{qf:g}.json", roi_qf=qf)
+                    codec, t, run_dir / f"eval-{t.name}-roi-qf{qf:g}.json", roi_qf=qf
+                )
         return RunPoint(record, codec)
 
-    def grid(self, seeds: list[int], tasks: list[str], variants: list[str],
-             reference_curve: bool = True, mse_seed: int = 0,
-             steps: int | None = None) -> Iterator[RunPoint]:
+    def grid(
+        self,
+        seeds: list[int],
+        tasks: list[str],
+        variants: list[str],
+        reference_curve: bool = True,
+        mse_seed: int = 0,
+        steps: int | None = None,
+    ) -> Iterator[RunPoint]:
         """Train-or-load and evaluate seed 001's grid, yielding each :class:`RunPoint` in turn:
         the MSE reference curve (``mse_seed``, scored on every task) first, then per seed,
         task, variant and λ (with the ROI evaluation of the detection baselines). The study and
         notebooks 01-02 walk the same grid, so they share their runs."""
         if reference_curve:
             for lmbda in self.profile.icm.mse_lambdas:
-                yield self.point(DETECTION, "mse", lmbda, mse_seed, eval_tasks=tuple(tasks),
-                                 steps=steps)
+                yield self.point(
+                    DETECTION, "mse", lmbda, mse_seed, eval_tasks=tuple(tasks), steps=steps
+                )
         for seed in seeds:
             for task in map(get_task, tasks):
                 for variant in variants:
                     for lmbda in self.profile.icm.lambdas(task):
-                        yield self.point(task, variant, lmbda, seed, steps=steps,
-                                         roi=variant == "baseline" and task is DETECTION)
+                        yield self.point(
+                            task,
+                            variant,
+                            lmbda,
+                            seed,
+                            steps=steps,
+                            roi=variant == "baseline" and task is DETECTION,
+                        )
 
 
-__all__ = ["Experiment", "RunPoint", "TASKS", "VARIANTS", "load_or_train_reference_codec",
-           "run_config"]
+__all__ = [
+    "Experiment",
+    "RunPoint",
+    "TASKS",
+    "VARIANTS",
+    "load_or_train_reference_codec",
+    "run_config",
+]

@@ -17,6 +17,7 @@ hang) is counted and the worker restarted with the next case. Outcomes: ``decode
 the header's size, finite), ``refused`` (:class:`~icm_lib.errors.BitstreamError`), ``other``
 (any other exception: a defect), ``crash``, ``hang``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,16 @@ from pathlib import Path
 import torch
 
 from . import bitstream
+from .runtime import mix_seed
 
 KINDS = ("payload", "header", "field", "reshape")
 OUTCOMES = ("decoded", "refused", "other", "crash", "hang")
 #: the family representatives: (label, CompressAI name)
-FAMILY_CODECS = (("scale", "bmshj2018-hyperprior"), ("mean-scale", "mbt2018-mean"),
-                 ("autoregressive", "cheng2020-attn"))
+FAMILY_CODECS = (
+    ("scale", "bmshj2018-hyperprior"),
+    ("mean-scale", "mbt2018-mean"),
+    ("autoregressive", "cheng2020-attn"),
+)
 
 
 # ---------------------------------------------------------------------- mutations
@@ -84,17 +89,37 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
             body[rng.randrange(4, n)] = rng.randrange(256)
         return _with_crc(bytes(body))
     if kind == "field":
-        name = rng.choice(["quality", "N", "M", "height", "width", "pad_h", "pad_w", "latent0",
-                           "latent1", "fingerprint"])
+        name = rng.choice(
+            [
+                "quality",
+                "N",
+                "M",
+                "height",
+                "width",
+                "pad_h",
+                "pad_w",
+                "latent0",
+                "latent1",
+                "fingerprint",
+            ]
+        )
         if name == "fingerprint":
             fp = bytearray(header.fingerprint)
             fp[rng.randrange(len(fp))] ^= 1 << rng.randrange(8)
             return bitstream.pack(replace(header, fingerprint=bytes(fp)), strings)
-        old = (header.latent_shape[int(name[-1])] if name.startswith("latent")
-               else getattr(header, name))
+        old = (
+            header.latent_shape[int(name[-1])]
+            if name.startswith("latent")
+            else getattr(header, name)
+        )
         limit = 255 if name == "quality" else 0xFFFF
-        new = rng.choice([v for v in {old + 1, old - 1, old * 2, 0, limit, rng.randrange(limit + 1)}
-                          if 0 <= v <= limit and v != old])
+        new = rng.choice(
+            [
+                v
+                for v in {old + 1, old - 1, old * 2, 0, limit, rng.randrange(limit + 1)}
+                if 0 <= v <= limit and v != old
+            ]
+        )
         if name.startswith("latent"):
             shape = list(header.latent_shape)
             shape[int(name[-1])] = new
@@ -105,8 +130,10 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
         rows = max(1, header.latent_shape[0] + rng.choice([-1, 1, 2, 8, 64]))
         cols = max(1, header.latent_shape[1] + rng.choice([-1, 0, 1, 4, 32]))
         h, w, pad_h, pad_w = rows * per, cols * per, 0, 0
-        return bitstream.pack(replace(header, height=h, width=w, pad_h=pad_h, pad_w=pad_w,
-                                      latent_shape=(rows, cols)), strings)
+        return bitstream.pack(
+            replace(header, height=h, width=w, pad_h=pad_h, pad_w=pad_w, latent_shape=(rows, cols)),
+            strings,
+        )
     raise ValueError(f"kind must be one of {KINDS}")
 
 
@@ -118,12 +145,23 @@ def scene_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     from .data.scenes import generate_scene
 
     rng = np.random.default_rng(seed)
-    return torch.stack([torch.from_numpy(generate_scene(size, rng)[0]).permute(2, 0, 1).float() / 255
-                        for _ in range(n)])
+    return torch.stack(
+        [
+            torch.from_numpy(generate_scene(size, rng)[0]).permute(2, 0, 1).float() / 255
+            for _ in range(n)
+        ]
+    )
 
 
-def train_briefly(codec, images: torch.Tensor, steps: int, lmbda: float = 0.05, crop: int = 64,
-                  batch: int = 4, seed: int = 0):
+def train_briefly(
+    codec,
+    images: torch.Tensor,
+    steps: int,
+    lmbda: float = 0.05,
+    crop: int = 64,
+    batch: int = 4,
+    seed: int = 0,
+):
     """Train a codec for MSE on random crops of ``images`` (in memory, a few seconds per 100
     steps for small models), then build its entropy tables. Enough to give the entropy models
     realistic, peaked distributions for tests; not a codec to use."""
@@ -139,7 +177,7 @@ def train_briefly(codec, images: torch.Tensor, steps: int, lmbda: float = 0.05, 
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=g)
         top, left = torch.randint(0, span, (2,), generator=g).tolist()
-        x = images[idx, :, top:top + crop, left:left + crop]
+        x = images[idx, :, top : top + crop, left : left + crop]
         loss = crit(codec(x), x)["loss"]
         opt.zero_grad()
         loss.backward()
@@ -175,7 +213,7 @@ def _worker(manifest: str, start: int) -> None:
         try:
             x = codec.decompress(blob)
             header, _ = bitstream.unpack(blob)
-            ok = (x.shape == (1, 3, header.height, header.width) and bool(torch.isfinite(x).all()))
+            ok = x.shape == (1, 3, header.height, header.width) and bool(torch.isfinite(x).all())
             outcome = "decoded" if ok else "other"
         except BitstreamError:
             outcome = "refused"
@@ -185,12 +223,16 @@ def _worker(manifest: str, start: int) -> None:
 
 
 def _expand(tasks: list[dict]) -> list[tuple]:
-    return [(t["codec"], t["stream"], t["kind"], t["seed"] * 1_000_003 + c)
-            for t in tasks for c in range(t["cases"])]
+    return [
+        (t["codec"], t["stream"], t["kind"], mix_seed(t["seed"], c))
+        for t in tasks
+        for c in range(t["cases"])
+    ]
 
 
-def run_isolated(tasks: list[dict], timeout: float = 10.0, workdir: str | Path | None = None
-                 ) -> list[str]:
+def run_isolated(
+    tasks: list[dict], timeout: float = 10.0, workdir: str | Path | None = None
+) -> list[str]:
     """Run every case of ``tasks`` (dicts: codec, stream, kind, cases, seed) in worker
     processes; returns one outcome per case (see module docstring)."""
     cases = _expand(tasks)
@@ -205,14 +247,20 @@ def run_isolated(tasks: list[dict], timeout: float = 10.0, workdir: str | Path |
 
 def _run_worker(manifest: Path, start: int, total: int, timeout: float) -> list[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "icm_lib.fuzz", "--worker", str(manifest),
-                             str(start)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icm_lib.fuzz", "--worker", str(manifest), str(start)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     got: list[str] = []
     deadline = time.monotonic() + timeout + 60  # the first case also pays for imports
     try:
         while start + len(got) < total:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select(
+                [proc.stdout], [], [], max(0.0, deadline - time.monotonic())
+            )
             if not ready:
                 proc.kill()
                 return got + ["hang"]
@@ -250,8 +298,9 @@ def prepare_codecs(folder: Path, train_steps: int, size: int = 128) -> list[dict
             atomic_torch_save(codec.codec_state(), path)
             stream = folder / f"{family}-{weights}.icm"
             stream.write_bytes(codec.compress(image))
-            out.append({"family": family, "weights": weights, "codec": str(path),
-                        "stream": str(stream)})
+            out.append(
+                {"family": family, "weights": weights, "codec": str(path), "stream": str(stream)}
+            )
     return out
 
 
@@ -259,16 +308,26 @@ def fuzz(cases: int, train_steps: int, timeout: float = 10.0, kinds=KINDS) -> li
     """The table of the module docstring: one row per family x weights x kind."""
     with tempfile.TemporaryDirectory() as tmp:
         codecs = prepare_codecs(Path(tmp), train_steps)
-        tasks = [dict(codec=c["codec"], stream=c["stream"], kind=k, cases=cases, seed=j)
-                 for c in codecs for j, k in enumerate(kinds)]
+        tasks = [
+            dict(codec=c["codec"], stream=c["stream"], kind=k, cases=cases, seed=j)
+            for c in codecs
+            for j, k in enumerate(kinds)
+        ]
         outcomes = run_isolated(tasks, timeout, tmp)
     rows, i = [], 0
     for c in codecs:
         for k in kinds:
-            counts = Counter(o.split(":")[0] for o in outcomes[i:i + cases])
-            others = sorted({o for o in outcomes[i:i + cases] if o.startswith("other")})
-            rows.append({"family": c["family"], "weights": c["weights"], "kind": k,
-                         **{o: counts.get(o, 0) for o in OUTCOMES}, "other_types": others})
+            counts = Counter(o.split(":")[0] for o in outcomes[i : i + cases])
+            others = sorted({o for o in outcomes[i : i + cases] if o.startswith("other")})
+            rows.append(
+                {
+                    "family": c["family"],
+                    "weights": c["weights"],
+                    "kind": k,
+                    **{o: counts.get(o, 0) for o in OUTCOMES},
+                    "other_types": others,
+                }
+            )
             i += cases
     return rows
 
@@ -288,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = fuzz(args.cases, args.train_steps, args.timeout)
     print(f"{'family':<16}{'weights':<9}{'kind':<9}" + "".join(f"{o:>9}" for o in OUTCOMES))
     for r in rows:
-        print(f"{r['family']:<16}{r['weights']:<9}{r['kind']:<9}"
-              + "".join(f"{r[o]:>9}" for o in OUTCOMES) + (f"  {r['other_types']}"
-                                                            if r["other_types"] else ""))
+        print(
+            f"{r['family']:<16}{r['weights']:<9}{r['kind']:<9}"
+            + "".join(f"{r[o]:>9}" for o in OUTCOMES)
+            + (f"  {r['other_types']}" if r["other_types"] else "")
+        )
     print(f"{len(rows) * args.cases} cases in {time.perf_counter() - t0:.0f} s")
     if args.out:
         from .runtime import atomic_write_json

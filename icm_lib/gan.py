@@ -21,6 +21,7 @@ Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`): ``checkpoint.pt`` (co
 discriminator, both optimizers, step, config), ``log.jsonl``, and at the end ``codec.pt`` (the
 finetuned codec alone), ``discriminator.pt`` and ``config.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,15 @@ from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .experiment import Experiment
 from .profiles import GANConfig, get_profile
-from .runtime import (RunFiles, config_hash, get_device, load_checkpoint, mix_seed,
-                      seed_everything, state_fingerprint)
+from .runtime import (
+    RunFiles,
+    config_hash,
+    get_device,
+    load_checkpoint,
+    mix_seed,
+    seed_everything,
+    state_fingerprint,
+)
 from .tasks import TASKS, get_task
 
 PRESETS = ("full", "limited", "no-adv")
@@ -54,14 +62,19 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 3, channels: int = 64, n_layers: int = 3):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1),
-                                   nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, 4, 2, 1),
+            nn.LeakyReLU(0.2, True),
+        ]
         ch = channels
         for i in range(1, n_layers + 1):
-            out = channels * min(2 ** i, 8)
+            out = channels * min(2**i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(ch, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ch, out, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, True),
+            ]
             ch = out
         layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
@@ -84,8 +97,10 @@ def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> tor
     if kind == "lsgan":
         return 0.5 * ((real - 1).pow(2).mean() + fake.pow(2).mean())
     if kind == "ns":
-        return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        return 0.5 * (
+            F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        )
     raise ValueError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
 
 
@@ -105,8 +120,12 @@ def random_patches(images: list[torch.Tensor], patch: int, generator: torch.Gene
     b = images[0].shape[0]
     tops = torch.randint(0, h - patch + 1, (b,), generator=generator).tolist()
     lefts = torch.randint(0, w - patch + 1, (b,), generator=generator).tolist()
-    return [torch.stack([t[i, :, y:y + patch, x:x + patch] for i, (y, x) in enumerate(zip(tops, lefts))])
-            for t in images]
+    return [
+        torch.stack(
+            [t[i, :, y : y + patch, x : x + patch] for i, (y, x) in enumerate(zip(tops, lefts))]
+        )
+        for t in images
+    ]
 
 
 def trainable_decoder_parameters(codec: ICMCodec, layers: int | None) -> list[nn.Parameter]:
@@ -133,10 +152,17 @@ def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
     return replace(cfg, adv_weight=weight)
 
 
-def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANConfig,
-                     run_dir: str | Path, device: torch.device, progress: bool = True,
-                     stop_after: int | None = None, desc: str = "PatchGAN finetuning",
-                     ) -> tuple[ICMCodec, list[dict]]:
+def finetune_decoder(
+    codec: ICMCodec,
+    machine,
+    sampler: CropSampler,
+    cfg: GANConfig,
+    run_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+    stop_after: int | None = None,
+    desc: str = "PatchGAN finetuning",
+) -> tuple[ICMCodec, list[dict]]:
     """Finetune ``codec``'s decoder (load-or-compute; stopped runs resume bit for bit).
 
     Args:
@@ -186,44 +212,81 @@ def finetune_decoder(codec: ICMCodec, machine, sampler: CropSampler, cfg: GANCon
         opt.step()
         disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
         if run.log_due(step + 1):
-            run.log(step + 1, {"loss": loss.item(), "adv_loss": adv.item(),
-                               "task_loss": task.item(), "mse_loss": pixel.item(),
-                               "d_loss": d_loss.item()})
-        run.checkpoint(step + 1, lambda: {
-            "codec": codec.codec_state(), "discriminator": disc.state_dict(),
-            "optimizer": opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-            "config": asdict(cfg)})
+            run.log(
+                step + 1,
+                {
+                    "loss": loss.item(),
+                    "adv_loss": adv.item(),
+                    "task_loss": task.item(),
+                    "mse_loss": pixel.item(),
+                    "d_loss": d_loss.item(),
+                },
+            )
+        run.checkpoint(
+            step + 1,
+            lambda: {
+                "codec": codec.codec_state(),
+                "discriminator": disc.state_dict(),
+                "optimizer": opt.state_dict(),
+                "d_optimizer": d_opt.state_dict(),
+                "config": asdict(cfg),
+            },
+        )
     for p in codec.parameters():
         p.requires_grad_(True)
     if not run.complete:
         return codec, run.read_log()
     codec.eval()
     codec.update()
-    run.finish(codec.codec_state(), asdict(cfg),
-               {"discriminator.pt": {"state_dict": disc.state_dict()}})
+    run.finish(
+        codec.codec_state(), asdict(cfg), {"discriminator.pt": {"state_dict": disc.state_dict()}}
+    )
     return codec, run.read_log()
 
 
-def load_or_finetune(codec: ICMCodec, machine, train_set, cfg: GANConfig, preset: str, seed: int,
-                     cache_dir: str | Path, device: torch.device, progress: bool = True,
-                     stop_after: int | None = None) -> tuple[ICMCodec, list[dict], Path]:
+def load_or_finetune(
+    codec: ICMCodec,
+    machine,
+    train_set,
+    cfg: GANConfig,
+    preset: str,
+    seed: int,
+    cache_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[ICMCodec, list[dict], Path]:
     """Finetune a copy of ``codec`` with ``preset`` and ``seed`` (load-or-compute), keyed by the
     exact weights of ``codec`` and the configuration. Returns ``(codec, log, run_dir)``."""
     cfg = replace(preset_config(cfg, preset), seed=seed)
-    key = config_hash({"cfg": asdict(cfg), "codec": state_fingerprint(codec.codec_state()["state_dict"]),
-                       "data": str(Path(train_set.root).resolve())})
+    key = config_hash(
+        {
+            "cfg": asdict(cfg),
+            "codec": state_fingerprint(codec.codec_state()["state_dict"]),
+            "data": str(Path(train_set.root).resolve()),
+        }
+    )
     run_dir = Path(cache_dir) / "gan" / f"{preset}-seed{seed}-{key}"
     copy = load_codec(codec.codec_state())
     sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
-    tuned, log = finetune_decoder(copy, machine, sampler, cfg, run_dir, device, progress,
-                                  stop_after, desc=f"PatchGAN {preset} seed {seed}")
+    tuned, log = finetune_decoder(
+        copy,
+        machine,
+        sampler,
+        cfg,
+        run_dir,
+        device,
+        progress,
+        stop_after,
+        desc=f"PatchGAN {preset} seed {seed}",
+    )
     return tuned, log, run_dir
 
 
 def gan_point(exp: Experiment, seed: int, preset: str) -> dict:
-    """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline codec of ``profile.gan.task``
-    at ``profile.gan.lmbda`` (trained if missing), finetuned with ``preset``; both evaluated
-    through real bitstreams (with the checkerboard score).
+    """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline
+    codec of ``profile.gan.task`` at ``profile.gan.lmbda`` (trained if missing), finetuned with
+    ``preset``; both evaluated through real bitstreams (with the checkerboard score).
 
     Returns:
         ``{"record": plain data (task, lmbda, seed, preset, before, after, log, run_dir,
@@ -233,19 +296,37 @@ def gan_point(exp: Experiment, seed: int, preset: str) -> dict:
     task = get_task(profile.gan.task)
     lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
     base = exp.point(task, "baseline", lmbda, seed)
-    tuned, log, run_dir = load_or_finetune(base.codec, exp.machine(task), exp.datasets.train(task),
-                                           profile.gan, preset, seed, exp.cache_dir, exp.device,
-                                           exp.progress)
+    tuned, log, run_dir = load_or_finetune(
+        base.codec,
+        exp.machine(task),
+        exp.datasets.train(task),
+        profile.gan,
+        preset,
+        seed,
+        exp.cache_dir,
+        exp.device,
+        exp.progress,
+    )
     after = exp.evaluate(tuned, task, run_dir / f"eval-{task.name}.json")
-    record = {"task": task.name, "lmbda": lmbda, "seed": seed, "preset": preset,
-              "before": base.record["eval"][task.name], "after": after, "log": log,
-              "run_dir": str(run_dir), "train_seconds": log[-1]["seconds"] if log else 0.0}
+    record = {
+        "task": task.name,
+        "lmbda": lmbda,
+        "seed": seed,
+        "preset": preset,
+        "before": base.record["eval"][task.name],
+        "after": after,
+        "log": log,
+        "run_dir": str(run_dir),
+        "train_seconds": log[-1]["seconds"] if log else 0.0,
+    }
     return {"record": record, "codec": tuned, "base_codec": base.codec}
 
 
 def main(argv: list[str] | None = None) -> dict:
     """``python -m icm_lib.gan --codec data/cache/icm/det-baseline-.../codec.pt --task det``."""
-    parser = argparse.ArgumentParser(prog="python -m icm_lib.gan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_lib.gan", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--codec", required=True, help="a trained codec.pt (e.g. a baseline run's)")
     parser.add_argument("--task", choices=sorted(TASKS), default="det")
@@ -257,13 +338,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    exp = Experiment.prepare(profile, args.data_dir, get_device(args.device or None),
-                             not args.no_progress)
+    exp = Experiment.prepare(
+        profile, args.data_dir, get_device(args.device or None), not args.no_progress
+    )
     cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
     codec = load_codec(load_checkpoint(args.codec)).to(exp.device)
-    _, log, run_dir = load_or_finetune(codec, exp.machine(args.task), exp.datasets.train(args.task),
-                                       cfg, args.preset, args.seed, exp.cache_dir, exp.device,
-                                       exp.progress)
+    _, log, run_dir = load_or_finetune(
+        codec,
+        exp.machine(args.task),
+        exp.datasets.train(args.task),
+        cfg,
+        args.preset,
+        args.seed,
+        exp.cache_dir,
+        exp.device,
+        exp.progress,
+    )
     summary = {"run_dir": str(run_dir), "steps_logged": len(log), "last": log[-1] if log else None}
     print(json.dumps(summary, indent=2))
     return summary

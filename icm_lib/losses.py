@@ -9,9 +9,11 @@ R is the estimated rate in bits per pixel, E the frozen recognizer's task loss o
 against pseudo-labels y, E(y, ŷ_aux) the auxiliary branch's loss (``branch_loss``; not CompressAI's
 ``aux_loss``, which is the quantile loss of the entropy bottleneck).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -23,9 +25,15 @@ if TYPE_CHECKING:
     from .codec import ICMCodec
 
 
-def icm_loss(out: dict, x: torch.Tensor, task_loss: torch.Tensor, lmbda: float,
-             branch_loss: torch.Tensor | None = None, alpha: float = 0.5,
-             mse_weight: float = 0.0) -> dict[str, torch.Tensor]:
+def icm_loss(
+    out: dict,
+    x: torch.Tensor,
+    task_loss: torch.Tensor,
+    lmbda: float,
+    branch_loss: torch.Tensor | None = None,
+    alpha: float = 0.5,
+    mse_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
     """Eq. 4-6.
 
     Args:
@@ -45,8 +53,13 @@ def icm_loss(out: dict, x: torch.Tensor, task_loss: torch.Tensor, lmbda: float,
     zero = bpp.new_zeros(())
     branch = branch_loss if branch_loss is not None else zero
     distortion = task_loss + alpha * branch + mse_weight * mse
-    return {"loss": bpp + lmbda * distortion, "bpp_loss": bpp, "task_loss": task_loss,
-            "branch_loss": branch, "mse_loss": mse}
+    return {
+        "loss": bpp + lmbda * distortion,
+        "bpp_loss": bpp,
+        "task_loss": task_loss,
+        "branch_loss": branch,
+        "mse_loss": mse,
+    }
 
 
 #: an objective maps ``(codec, branch or None, x)`` to ``{"loss": ..., parts...}``
@@ -59,7 +72,7 @@ def mse_objective(lmbda: float) -> Objective:
 
     criterion = RateDistortionLoss(lmbda=lmbda, metric="mse")
 
-    def objective(codec: "ICMCodec", branch, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def objective(codec: ICMCodec, branch, x: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = criterion(codec(x), x)
         return {"loss": parts["loss"], "bpp_loss": parts["bpp_loss"], "mse_loss": parts["mse_loss"]}
 
@@ -80,18 +93,26 @@ class ICMObjective:
         lmbda, alpha, mse_weight: λ, α and the MSE weight of :func:`icm_loss`.
     """
 
-    def __init__(self, machine, lmbda: float, alpha: float = 0.5, mse_weight: float = 0.0,
-                 amp: bool = False):
+    def __init__(
+        self, machine, lmbda: float, alpha: float = 0.5, mse_weight: float = 0.0, amp: bool = False
+    ):
         self.machine, self.lmbda, self.alpha, self.mse_weight, self.amp = (
-            machine, lmbda, alpha, mse_weight, amp)
+            machine,
+            lmbda,
+            alpha,
+            mse_weight,
+            amp,
+        )
 
-    def __call__(self, codec: "ICMCodec", branch: nn.Module | None,
-                 x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         pseudo_labels = self.machine.pseudo_labels(x)
         out = codec(x)
         amp = self.amp and x.device.type == "cuda"
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             task_loss = self.machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
-            branch_loss = (branch(out, pseudo_labels, x.shape[-2:]).float()
-                           if branch is not None else None)
+            branch_loss = (
+                branch(out, pseudo_labels, x.shape[-2:]).float() if branch is not None else None
+            )
         return icm_loss(out, x, task_loss, self.lmbda, branch_loss, self.alpha, self.mse_weight)

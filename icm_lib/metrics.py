@@ -1,8 +1,9 @@
 """Metrics: rate (bpp), fidelity (PSNR, MS-SSIM), machine accuracy (mAP, mIoU) and BD-rate."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean PSNR in dB over a batch of images (B, C, H, W) in [0, data_range]."""
     mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-    return float((10 * torch.log10(data_range ** 2 / mse)).mean())
+    return float((10 * torch.log10(data_range**2 / mse)).mean())
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> float:
@@ -57,12 +58,17 @@ def detection_map(predictions: Sequence[dict], targets: Sequence[dict]) -> dict[
 
     # pycocotools' own float64 thresholds: torchmetrics' float32 defaults (0.6499999762...)
     # move mAP by up to ~1e-3 on small sets
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
-                                  iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
-                                  rec_thresholds=np.linspace(0.0, 1.0, 101).tolist())
-    metric.update([{k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")}
-                   for p in predictions],
-                  [{k: t[k].detach().cpu() for k in ("boxes", "labels")} for t in targets])
+    metric = MeanAveragePrecision(
+        box_format="xyxy",
+        iou_type="bbox",
+        backend="pycocotools",
+        iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+        rec_thresholds=np.linspace(0.0, 1.0, 101).tolist(),
+    )
+    metric.update(
+        [{k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")} for p in predictions],
+        [{k: t[k].detach().cpu() for k in ("boxes", "labels")} for t in targets],
+    )
     out = metric.compute()
     return {"map": float(out["map"]), "map_50": float(out["map_50"])}
 
@@ -78,8 +84,9 @@ class ConfusionMatrix:
         """pred, target: (B, H, W) or (H, W) integer labels."""
         valid = target != self.ignore_index
         idx = target[valid].cpu().long() * self.num_classes + pred[valid].cpu().long()
-        self.matrix += torch.bincount(idx, minlength=self.num_classes ** 2).reshape(
-            self.num_classes, self.num_classes)
+        self.matrix += torch.bincount(idx, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
 
     def miou(self) -> float:
         """Mean IoU over the classes present in the targets or predictions."""
@@ -107,9 +114,14 @@ def rd_front(rates: Sequence[float], metric: Sequence[float]) -> list[int]:
     return keep
 
 
-def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float],
-            rate_test: Sequence[float], metric_test: Sequence[float],
-            method: str = "akima", front: bool = False) -> float:
+def bd_rate(
+    rate_anchor: Sequence[float],
+    metric_anchor: Sequence[float],
+    rate_test: Sequence[float],
+    metric_test: Sequence[float],
+    method: str = "akima",
+    front: bool = False,
+) -> float:
     """Bjøntegaard delta rate of the test curve against the anchor, in percent (negative = saves
     bits), through the maintained ``bjontegaard`` package (``method``: ``akima`` or ``pchip``).
 
@@ -136,27 +148,40 @@ def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float],
     for name, (r, d) in curves.items():
         r, d = np.asarray(r, float), np.asarray(d, float)
         if len(r) != len(d) or len(r) < min_points:
-            raise BDRateError(f"{name} curve needs at least {min_points} (rate, metric) points"
-                              f"{' on its front' if front else ''}, got {len(r)}")
+            raise BDRateError(
+                f"{name} curve needs at least {min_points} (rate, metric) points"
+                f"{' on its front' if front else ''}, got {len(r)}"
+            )
         if not (np.isfinite(r).all() and np.isfinite(d).all()) or (r <= 0).any():
             raise BDRateError(f"{name} curve has non-finite values or non-positive rates: {r}, {d}")
         order = np.argsort(r)
         if not (np.diff(d[order]) > 0).all():
-            raise BDRateError(f"{name} curve's metric does not increase with rate "
-                              f"(rates {r[order].round(4).tolist()}, metric "
-                              f"{d[order].round(4).tolist()}); BD-rate needs monotonic curves: "
-                              "train longer or spread the lambdas")
+            raise BDRateError(
+                f"{name} curve's metric does not increase with rate "
+                f"(rates {r[order].round(4).tolist()}, metric "
+                f"{d[order].round(4).tolist()}); BD-rate needs monotonic curves: "
+                "train longer or spread the lambdas"
+            )
     lo = max(min(metric_anchor), min(metric_test))
     hi = min(max(metric_anchor), max(metric_test))
     if hi <= lo:
-        raise BDRateError(f"the curves do not overlap in quality (anchor {min(metric_anchor):.4g}.."
-                          f"{max(metric_anchor):.4g}, test {min(metric_test):.4g}.."
-                          f"{max(metric_test):.4g}); choose lambdas that cover a common range")
+        raise BDRateError(
+            f"the curves do not overlap in quality (anchor {min(metric_anchor):.4g}.."
+            f"{max(metric_anchor):.4g}, test {min(metric_test):.4g}.."
+            f"{max(metric_test):.4g}); choose lambdas that cover a common range"
+        )
     try:
-        return float(bjontegaard.bd_rate(list(map(float, rate_anchor)), list(map(float, metric_anchor)),
-                                         list(map(float, rate_test)), list(map(float, metric_test)),
-                                         method=method, require_matching_points=False,
-                                         min_overlap=0.0))
+        return float(
+            bjontegaard.bd_rate(
+                list(map(float, rate_anchor)),
+                list(map(float, metric_anchor)),
+                list(map(float, rate_test)),
+                list(map(float, metric_test)),
+                method=method,
+                require_matching_points=False,
+                min_overlap=0.0,
+            )
+        )
     except Exception as exc:  # the package raises assertion/value errors on bad curves
         raise BDRateError(f"BD-rate failed: {exc}") from exc
 
@@ -165,8 +190,9 @@ def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float],
 CHECKERBOARD_PERIODS = (2, 4, 8, 16)
 
 
-def checkerboard_score(decoded: torch.Tensor, original: torch.Tensor,
-                       periods: Sequence[int] = CHECKERBOARD_PERIODS) -> float:
+def checkerboard_score(
+    decoded: torch.Tensor, original: torch.Tensor, periods: Sequence[int] = CHECKERBOARD_PERIODS
+) -> float:
     """Share of the residual's spectral energy in peaks at the periodic frequencies of stride-2
     upsamplings: 0 means no checkerboard artifact, 1 a residual that is nothing but one.
 
@@ -202,8 +228,15 @@ def checkerboard_score(decoded: torch.Tensor, original: torch.Tensor,
     # a peak sits where both coordinates are on the grid (including the axes), DC excluded
     peaks = grid_u[:, None] & grid_v[None, :]
     peaks[0, 0] = False
-    neighbours = sum(torch.roll(power, (du, dv), dims=(-2, -1))
-                     for du in (-1, 0, 1) for dv in (-1, 0, 1) if du or dv) / 8
+    neighbours = (
+        sum(
+            torch.roll(power, (du, dv), dims=(-2, -1))
+            for du in (-1, 0, 1)
+            for dv in (-1, 0, 1)
+            if du or dv
+        )
+        / 8
+    )
     excess = (power - neighbours).clamp(min=0) * peaks
     total = power.sum(dim=(-2, -1)).clamp(min=1e-20)
     return float((excess.sum(dim=(-2, -1)) / total).clamp(0, 1).mean())

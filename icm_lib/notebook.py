@@ -1,4 +1,5 @@
 """The one setup every notebook runs after its ``parameters`` cell."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +22,18 @@ class Setup:
 
     def record(self, metrics: dict, name: str = "metrics.json") -> Path:
         """Write the notebook's key numbers (what its tests assert on) to ``output_dir``."""
-        payload = {"profile": self.profile.name, "seed": self.seed, "device": str(self.device),
-                   **metrics}
+        payload = {
+            "profile": self.profile.name,
+            "seed": self.seed,
+            "device": str(self.device),
+            **metrics,
+        }
         return atomic_write_json(self.output_dir / name, payload)
 
 
-def setup(profile: str, seed: int, data_dir: str, output_dir: str, device: str = "",
-          **overrides) -> Setup:
+def setup(
+    profile: str, seed: int, data_dir: str, output_dir: str, device: str = "", **overrides
+) -> Setup:
     """Seed, choose the device, resolve paths (``ICM_DATA_DIR`` / ``ICM_OUTPUT_DIR`` override the
     parameters), load the profile."""
     prof = get_profile(profile, **overrides)

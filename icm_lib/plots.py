@@ -1,11 +1,11 @@
 """Figures: annotated images, label maps, training curves, decoded images and bit allocation."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -24,9 +24,15 @@ def label_colormap(num_classes: int) -> ListedColormap:
     return ListedColormap([base[i % len(base)] for i in range(num_classes)])
 
 
-def draw_boxes(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
-               class_names: Sequence[str], scores: torch.Tensor | None = None,
-               title: str | None = None) -> None:
+def draw_boxes(
+    ax,
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    scores: torch.Tensor | None = None,
+    title: str | None = None,
+) -> None:
     """Image with xyxy boxes; labels are 1-based indices into ``class_names``."""
     ax.imshow(_hwc(image))
     cmap = label_colormap(len(class_names))
@@ -35,15 +41,27 @@ def draw_boxes(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tenso
         color = cmap(label - 1)
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, color=color))
         text = class_names[label - 1] + (f" {float(scores[i]):.2f}" if scores is not None else "")
-        ax.text(x0, y0, text, fontsize=6, color="white", va="bottom",
-                bbox=dict(facecolor=color, alpha=0.8, pad=0.5, lw=0))
+        ax.text(
+            x0,
+            y0,
+            text,
+            fontsize=6,
+            color="white",
+            va="bottom",
+            bbox=dict(facecolor=color, alpha=0.8, pad=0.5, lw=0),
+        )
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
 
 
-def draw_label_map(ax, label: torch.Tensor, class_names: Sequence[str],
-                   title: str | None = None, legend: bool = False) -> None:
+def draw_label_map(
+    ax,
+    label: torch.Tensor,
+    class_names: Sequence[str],
+    title: str | None = None,
+    legend: bool = False,
+) -> None:
     """Dense labels (H, W) in 0..C-1; IGNORE_INDEX is shown black."""
     lab = label.detach().cpu().numpy().astype(float)
     lab[lab == IGNORE_INDEX] = np.nan
@@ -63,11 +81,22 @@ def dataset_examples(det_set, seg_set, n: int = 4):
     fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5))
     for i in range(n):
         image, target = det_set[i]
-        draw_boxes(axes[0, i], image, target["boxes"], target["labels"], det_set.category_names,
-                   title=f"COCO-format #{i}: {len(target['boxes'])} boxes")
+        draw_boxes(
+            axes[0, i],
+            image,
+            target["boxes"],
+            target["labels"],
+            det_set.category_names,
+            title=f"COCO-format #{i}: {len(target['boxes'])} boxes",
+        )
         _, label = seg_set[i]
-        draw_label_map(axes[1, i], label, seg_set.classes, title="Pascal-Context-format labels",
-                       legend=i == n - 1)
+        draw_label_map(
+            axes[1, i],
+            label,
+            seg_set.classes,
+            title="Pascal-Context-format labels",
+            legend=i == n - 1,
+        )
     fig.tight_layout()
     return fig
 
@@ -79,7 +108,9 @@ def loss_curves(logs: dict[str, Sequence[float]], smooth: int = 10, ylog: bool =
         y = np.asarray(log, float)
         ax.plot(y, alpha=0.3, lw=0.8)
         if len(y) >= smooth:
-            ax.plot(np.arange(smooth - 1, len(y)), np.convolve(y, np.ones(smooth) / smooth, "valid"))
+            ax.plot(
+                np.arange(smooth - 1, len(y)), np.convolve(y, np.ones(smooth) / smooth, "valid")
+            )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         if ylog and (y > 0).all():
@@ -88,8 +119,9 @@ def loss_curves(logs: dict[str, Sequence[float]], smooth: int = 10, ylog: bool =
     return fig
 
 
-def bit_allocation(likelihoods: dict[str, torch.Tensor], size: tuple[int, int],
-                   key: str = "y") -> torch.Tensor:
+def bit_allocation(
+    likelihoods: dict[str, torch.Tensor], size: tuple[int, int], key: str = "y"
+) -> torch.Tensor:
     """Bits per latent position of ``likelihoods[key]`` (1, C, h, w), summed over channels and
     spread over the image pixels it covers: (H, W) in bits per pixel; it sums to the latent's bits
     divided by nothing (total bits = map.sum())."""
@@ -99,8 +131,9 @@ def bit_allocation(likelihoods: dict[str, torch.Tensor], size: tuple[int, int],
     return torch.nn.functional.interpolate(per_pixel[None, None], size=size, mode="nearest")[0, 0]
 
 
-def roundtrip_figure(x: torch.Tensor, x_hat: torch.Tensor, bit_map: torch.Tensor | None,
-                     caption: str):
+def roundtrip_figure(
+    x: torch.Tensor, x_hat: torch.Tensor, bit_map: torch.Tensor | None, caption: str
+):
     """Original, decoded, |error| and (optionally) the bit-allocation map side by side."""
     n = 3 + (bit_map is not None)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2))
@@ -122,15 +155,18 @@ def roundtrip_figure(x: torch.Tensor, x_hat: torch.Tensor, bit_map: torch.Tensor
     return fig
 
 
-CURVE_STYLE = {"mse": ("MSE codec (human viewing)", "tab:gray", "s"),
-               "baseline": ("w/o aux (Eq. 4)", "tab:blue", "o"),
-               "aux-enc": ("w/ aux, aux-enc (Eq. 5/6)", "tab:red", "^"),
-               "aux-dec": ("aux-dec", "tab:purple", "v"),
-               "roi": ("ROI (Ahonen et al., QF)", "tab:green", "D")}
+CURVE_STYLE = {
+    "mse": ("MSE codec (human viewing)", "tab:gray", "s"),
+    "baseline": ("w/o aux (Eq. 4)", "tab:blue", "o"),
+    "aux-enc": ("w/ aux, aux-enc (Eq. 5/6)", "tab:red", "^"),
+    "aux-dec": ("aux-dec", "tab:purple", "v"),
+    "roi": ("ROI (Ahonen et al., QF)", "tab:green", "D"),
+}
 
 
-def rd_curves(curves: dict[str, dict[int, list[dict]]], metric: str, title: str = "",
-              fidelity: str = "psnr"):
+def rd_curves(
+    curves: dict[str, dict[int, list[dict]]], metric: str, title: str = "", fidelity: str = "psnr"
+):
     """R-D curves: task metric vs bpp (left) and ``fidelity`` vs bpp (right).
 
     Args:
@@ -143,11 +179,24 @@ def rd_curves(curves: dict[str, dict[int, list[dict]]], metric: str, title: str 
         for ax, key in zip(axes, (metric, fidelity)):
             for pts in by_seed.values():
                 if len(by_seed) > 1:
-                    ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], color=color, alpha=0.25,
-                            lw=0.8, marker=marker, ms=3)
+                    ax.plot(
+                        [p["bpp"] for p in pts],
+                        [p[key] for p in pts],
+                        color=color,
+                        alpha=0.25,
+                        lw=0.8,
+                        marker=marker,
+                        ms=3,
+                    )
             mean = mean_curve(by_seed)
-            ax.plot([p["bpp"] for p in mean], [p[key] for p in mean], color=color, marker=marker, lw=2,
-                    label=f"{label} (n={len(by_seed)})")
+            ax.plot(
+                [p["bpp"] for p in mean],
+                [p[key] for p in mean],
+                color=color,
+                marker=marker,
+                lw=2,
+                label=f"{label} (n={len(by_seed)})",
+            )
     axes[0].set_ylabel({"map": "mAP@[.5:.95]", "miou": "mIoU"}.get(metric, metric))
     axes[1].set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}.get(fidelity, fidelity))
     for ax in axes:

@@ -7,6 +7,7 @@
 
 Use :func:`get_profile` (``get_profile("cpu", data__n_train=64)`` overrides one field).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,16 +106,22 @@ class RecognitionConfig:
 
     def sampling(self) -> dict[str, int]:
         """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""
-        return dict(rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
-                    rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
-                    rpn_batch_size_per_image=self.rpn_batch_size_per_image,
-                    box_batch_size_per_image=self.box_batch_size_per_image)
+        return dict(
+            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+            rpn_batch_size_per_image=self.rpn_batch_size_per_image,
+            box_batch_size_per_image=self.box_batch_size_per_image,
+        )
 
     def detector_kwargs(self) -> dict[str, Any]:
         """Everything :func:`~icm_lib.recognition.build_detector` takes from this config."""
-        return dict(**self.sampling(), rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
-                    rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
-                    box_head_dim=self.box_head_dim, anchor_sizes=self.anchor_sizes)
+        return dict(
+            **self.sampling(),
+            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+            box_head_dim=self.box_head_dim,
+            anchor_sizes=self.anchor_sizes,
+        )
 
 
 @dataclass(frozen=True)
@@ -269,15 +276,22 @@ PROFILES: dict[str, Profile] = {
         codec=CodecConfig(N=32, M=48),
         recognition=RecognitionConfig(train_steps=4, batch_size=4),
         mse=TrainConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
-        icm=ICMConfig(det_lambdas=(0.05, 0.5, 5.0, 50.0), seg_lambdas=(0.05, 0.5, 5.0, 50.0),
-                      branch_width=0.125,
-                      det=TrainConfig(steps=4, batch_size=2, crop=64, lr=2e-4,
-                                      checkpoint_every=2, log_every=1),
-                      seg=TrainConfig(steps=4, batch_size=2, crop=64, lr=2e-4,
-                                      checkpoint_every=2, log_every=1),
-                      mse_lambdas=(0.005, 0.02), mse_steps=2),
-        gan=GANConfig(steps=4, batch_size=2, crop=64, patch=32, d_channels=16, log_every=1,
-                      checkpoint_every=2),
+        icm=ICMConfig(
+            det_lambdas=(0.05, 0.5, 5.0, 50.0),
+            seg_lambdas=(0.05, 0.5, 5.0, 50.0),
+            branch_width=0.125,
+            det=TrainConfig(
+                steps=4, batch_size=2, crop=64, lr=2e-4, checkpoint_every=2, log_every=1
+            ),
+            seg=TrainConfig(
+                steps=4, batch_size=2, crop=64, lr=2e-4, checkpoint_every=2, log_every=1
+            ),
+            mse_lambdas=(0.005, 0.02),
+            mse_steps=2,
+        ),
+        gan=GANConfig(
+            steps=4, batch_size=2, crop=64, patch=32, d_channels=16, log_every=1, checkpoint_every=2
+        ),
     ),
     "cpu": Profile(
         name="cpu",
@@ -285,34 +299,82 @@ PROFILES: dict[str, Profile] = {
         codec=CodecConfig(N=64, M=96),
         recognition=RecognitionConfig(train_steps=300, batch_size=8),
         mse=TrainConfig(steps=1000, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
-        icm=ICMConfig(det_lambdas=(0.4, 0.8, 1.6, 3.2), seg_lambdas=(1.0, 2.0, 4.0, 8.0),
-                      branch_width=0.25, branch_lr=1e-3,
-                      det=TrainConfig(steps=120, batch_size=8, crop=128, lr=3e-4,
-                                      decay_start=0.5, checkpoint_every=40, log_every=10),
-                      seg=TrainConfig(steps=200, batch_size=8, crop=128, lr=3e-4,
-                                      decay_start=0.5, checkpoint_every=50, log_every=10)),
+        icm=ICMConfig(
+            det_lambdas=(0.4, 0.8, 1.6, 3.2),
+            seg_lambdas=(1.0, 2.0, 4.0, 8.0),
+            branch_width=0.25,
+            branch_lr=1e-3,
+            det=TrainConfig(
+                steps=120,
+                batch_size=8,
+                crop=128,
+                lr=3e-4,
+                decay_start=0.5,
+                checkpoint_every=40,
+                log_every=10,
+            ),
+            seg=TrainConfig(
+                steps=200,
+                batch_size=8,
+                crop=128,
+                lr=3e-4,
+                decay_start=0.5,
+                checkpoint_every=50,
+                log_every=10,
+            ),
+        ),
         gan=GANConfig(steps=300, batch_size=8, crop=128, patch=64, task="seg"),
     ),
     "paper": Profile(
         name="paper",
-        data=DataConfig(source="real", train_crop=256, eval_short_edge=800,
-                        coco_root="data/coco", context_root="data/VOCdevkit/VOC2010"),
+        data=DataConfig(
+            source="real",
+            train_crop=256,
+            eval_short_edge=800,
+            coco_root="data/coco",
+            context_root="data/VOCdevkit/VOC2010",
+        ),
         codec=CodecConfig(name="cheng2020-attn", quality=3, N=None, M=None, pretrained=True),
         recognition=RecognitionConfig(
-            det_backbone="resnext101_32x8d", seg_encoder="resnet101", pretrained=True,
+            det_backbone="resnext101_32x8d",
+            seg_encoder="resnet101",
+            pretrained=True,
             score_threshold=0.5,
-            train_steps=0, batch_size=16, rpn_pre_nms_top_n_train=2000,
-            rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
-            rpn_post_nms_top_n_test=1000, rpn_batch_size_per_image=256,
-            box_batch_size_per_image=512, box_head_dim=None, anchor_sizes=None),
+            train_steps=0,
+            batch_size=16,
+            rpn_pre_nms_top_n_train=2000,
+            rpn_post_nms_top_n_train=2000,
+            rpn_pre_nms_top_n_test=1000,
+            rpn_post_nms_top_n_test=1000,
+            rpn_batch_size_per_image=256,
+            box_batch_size_per_image=512,
+            box_head_dim=None,
+            anchor_sizes=None,
+        ),
         mse=TrainConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
         # section 4.1: 80 epochs of COCO (118287 images) at batch 16, lr 1e-4, polynomial decay
         # over the last 40 epochs; 80 epochs of Pascal-Context (4998 images) at batch 8, lr 5e-5,
         # polynomial decay throughout; images resized to 520 (crops of 512 here).
-        icm=ICMConfig(det=TrainConfig(steps=591_440, batch_size=16, crop=256, lr=1e-4,
-                                      decay_start=0.5, checkpoint_every=5000, log_every=100),
-                      seg=TrainConfig(steps=49_980, batch_size=8, crop=512, lr=5e-5,
-                                      decay_start=0.0, checkpoint_every=2000, log_every=100)),
+        icm=ICMConfig(
+            det=TrainConfig(
+                steps=591_440,
+                batch_size=16,
+                crop=256,
+                lr=1e-4,
+                decay_start=0.5,
+                checkpoint_every=5000,
+                log_every=100,
+            ),
+            seg=TrainConfig(
+                steps=49_980,
+                batch_size=8,
+                crop=512,
+                lr=5e-5,
+                decay_start=0.0,
+                checkpoint_every=2000,
+                log_every=100,
+            ),
+        ),
     ),
 }
 

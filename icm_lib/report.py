@@ -5,6 +5,7 @@
 The text goes between the ``<!-- study-report:start -->`` and ``<!-- study-report:end -->``
 markers of the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,76 +41,120 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     aux = Path(results_dir) / f"study-{profile_name}.json"
     if aux.is_file():
         d = json.loads(aux.read_text())
-        lines += [f"Seed 001 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}: "
-                  f"{d['runs']} runs, {d['compute_hours_in_runs']:.2f} h of compute in runs). "
-                  "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
-                  "", "| task | aux-enc (ours) | paper aux-enc | ROI (QF 1.4) | MSE codec |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"Seed 001 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}: "
+            f"{d['runs']} runs, {d['compute_hours_in_runs']:.2f} h of compute in runs). "
+            "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
+            "",
+            "| task | aux-enc (ours) | paper aux-enc | ROI (QF 1.4) | MSE codec |",
+            "|---|---|---|---|---|",
+        ]
 
         def cell(row):
             if not row:
                 return "–"
             mean = row.get("of_mean_curves") or {}
-            of_mean = (f"; of the mean curves {mean['bd_rate']:+.1f} %"
-                       if mean.get("bd_rate") is not None else "")
+            of_mean = (
+                f"; of the mean curves {mean['bd_rate']:+.1f} %"
+                if mean.get("bd_rate") is not None
+                else ""
+            )
             return fmt_mean_ci(row, 1, " %") + of_mean
 
         for task, t in d["tasks"].items():
             bd = t["bd_rate"]
-            lines.append(f"| {task} ({t['metric']}) | {cell(bd.get('aux-enc'))} | "
-                         f"{t['paper_bd_rate_aux_enc']:+.1f} % | {cell(bd.get('roi'))} | "
-                         f"{cell(bd.get('mse'))} |")
+            lines.append(
+                f"| {task} ({t['metric']}) | {cell(bd.get('aux-enc'))} | "
+                f"{t['paper_bd_rate_aux_enc']:+.1f} % | {cell(bd.get('roi'))} | "
+                f"{cell(bd.get('mse'))} |"
+            )
 
         def front_cell(row):
             row = (row or {}).get("front")
             if not row or row.get("n", 0) == 0:
                 return "–"
-            seeds = ", ".join(f"{v['bd_rate']:+.1f}" for v in row["per_seed"].values()
-                              if v["bd_rate"] is not None)
+            seeds = ", ".join(
+                f"{v['bd_rate']:+.1f}" for v in row["per_seed"].values() if v["bd_rate"] is not None
+            )
             return fmt_mean_ci(row, 1, " %") + f"; per seed {seeds}"
 
-        lines += ["", "The same on the operational R-D fronts (a point matched or beaten in quality by "
-                  "a cheaper one is dropped; pchip interpolation). A different, noisier estimator: "
-                  "the fallback where a saturating metric leaves the strict BD-rate undefined.", "",
-                  "| task | aux-enc | ROI (QF 1.4) | MSE codec |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "The same on the operational R-D fronts (a point matched or beaten in quality by "
+            "a cheaper one is dropped; pchip interpolation). A different, noisier estimator: "
+            "the fallback where a saturating metric leaves the strict BD-rate undefined.",
+            "",
+            "| task | aux-enc | ROI (QF 1.4) | MSE codec |",
+            "|---|---|---|---|",
+        ]
         for task, t in d["tasks"].items():
             bd = t["bd_rate"]
-            lines.append(f"| {task} ({t['metric']}) | {front_cell(bd.get('aux-enc'))} | "
-                         f"{front_cell(bd.get('roi'))} | {front_cell(bd.get('mse'))} |")
-        lines += ["", "R-D points (mean over the seeds done so far; bpp from real bytes):", "",
-                  "| task | curve | per λ: bpp / metric / PSNR |", "|---|---|---|"]
+            lines.append(
+                f"| {task} ({t['metric']}) | {front_cell(bd.get('aux-enc'))} | "
+                f"{front_cell(bd.get('roi'))} | {front_cell(bd.get('mse'))} |"
+            )
+        lines += [
+            "",
+            "R-D points (mean over the seeds done so far; bpp from real bytes):",
+            "",
+            "| task | curve | per λ: bpp / metric / PSNR |",
+            "|---|---|---|",
+        ]
         for task, t in d["tasks"].items():
             for name, by_seed in t["curves"].items():
                 pts = mean_curve({int(k): v for k, v in by_seed.items()})
-                cells = "; ".join(f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / "
-                                  f"{p['psnr']:.1f} dB" for p in pts)
+                cells = "; ".join(
+                    f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / {p['psnr']:.1f} dB"
+                    for p in pts
+                )
                 lines.append(f"| {task} | {name} (n={len(by_seed)}) | {cells} |")
-        undefined = [f"{task} {name} seed {seed}: {v['error']}" for task, t in d["tasks"].items()
-                     for name, row in t["bd_rate"].items()
-                     for seed, v in row["per_seed"].items() if v["bd_rate"] is None]
+        undefined = [
+            f"{task} {name} seed {seed}: {v['error']}"
+            for task, t in d["tasks"].items()
+            for name, row in t["bd_rate"].items()
+            for seed, v in row["per_seed"].items()
+            if v["bd_rate"] is None
+        ]
         if undefined:
             lines += ["", "BD-rates left undefined (and out of the means):", ""]
             lines += [f"* {u}" for u in undefined]
     gan = Path(results_dir) / f"gan-{profile_name}.json"
     if gan.is_file():
         d = json.loads(gan.read_text())
-        lines += ["", f"Seed 002 on `{d['profile']}` (seeds {d['seeds']}, "
-                  f"{d['compute_hours_in_runs']:.2f} h in finetuning runs); before → after, mean over seeds:",
-                  "", "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric | task change (paper −1.6 %) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Seed 002 on `{d['profile']}` (seeds {d['seeds']}, "
+            f"{d['compute_hours_in_runs']:.2f} h in finetuning runs); before → after, mean over seeds:",
+            "",
+            "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric | task change (paper −1.6 %) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for preset, t in d["summary"].items():
-            metric = next(k for k in t if k not in ("bpp", "psnr", "ms_ssim", "checkerboard",
-                                                     "task_relative_change_percent"))
-            cells = [f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"
-                     for k in ("bpp", "psnr", "ms_ssim", "checkerboard", metric)]
-            lines.append(f"| {preset} | " + " | ".join(cells) + " | "
-                         + fmt_mean_ci(t["task_relative_change_percent"], 1, " %") + " |")
+            metric = next(
+                k
+                for k in t
+                if k
+                not in ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
+            )
+            cells = [
+                f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"
+                for k in ("bpp", "psnr", "ms_ssim", "checkerboard", metric)
+            ]
+            lines.append(
+                f"| {preset} | "
+                + " | ".join(cells)
+                + " | "
+                + fmt_mean_ci(t["task_relative_change_percent"], 1, " %")
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
     """Print the tables (and write them into ``--readme`` between the markers)."""
-    parser = argparse.ArgumentParser(prog="python -m icm_lib.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_lib.report", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--readme", default=None)

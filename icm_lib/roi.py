@@ -13,6 +13,7 @@ pixel and has no ROI.
 
 Use :func:`roi_scaling` around any call that runs ``g_a`` (``compress``, ``roundtrip``, ``forward``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,9 @@ from .codec import ICMCodec
 from .data.transforms import pad_to_multiple
 
 
-def latent_roi_mask(mask: torch.Tensor, image_size: tuple[int, int], stride: int = 16) -> torch.Tensor:
+def latent_roi_mask(
+    mask: torch.Tensor, image_size: tuple[int, int], stride: int = 16
+) -> torch.Tensor:
     """The ROI at the latent's resolution.
 
     Args:
@@ -60,8 +63,10 @@ def roi_scaling(codec: ICMCodec, latent_mask: torch.Tensor, qf: float = 1.4):
 
     def hook(module, args, output):
         if output.shape[-2:] != latent_mask.shape[-2:]:
-            raise ValueError(f"ROI mask {tuple(latent_mask.shape[-2:])} does not match the "
-                             f"latent {tuple(output.shape[-2:])}")
+            raise ValueError(
+                f"ROI mask {tuple(latent_mask.shape[-2:])} does not match the "
+                f"latent {tuple(output.shape[-2:])}"
+            )
         scale = torch.where(latent_mask.to(output.device), 1.0, 1.0 / qf).to(output.dtype)
         return output * scale
 

@@ -1,4 +1,5 @@
 """What every trainer shares: device choice, seeding, atomic files and checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +108,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"cannot load checkpoint {path} ({type(exc).__name__}{detail}); it is truncated, "
             "corrupt, or holds more than tensors and plain data (icm_lib writes only those): "
-            "delete it to recompute, or point to a complete icm_lib file") from None
+            "delete it to recompute, or point to a complete icm_lib file"
+        ) from None
 
 
 def config_hash(obj: Any, length: int = 10) -> str:
@@ -144,7 +147,8 @@ class Distributed:
                 raise ICMError(
                     f"this is local process {self.local_rank} of a torchrun job, but the node "
                     f"has {gpus} GPU(s): start at most {gpus} processes per node "
-                    "(--nproc_per_node), or pass --device cpu to train on the CPU (gloo)")
+                    "(--nproc_per_node), or pass --device cpu to train on the CPU (gloo)"
+                )
             device = torch.device("cuda", self.local_rank)
         self.device = device
         if self.enabled and not torch.distributed.is_initialized():
@@ -154,7 +158,7 @@ class Distributed:
             torch.distributed.init_process_group(backend)
 
     @classmethod
-    def local(cls, device: torch.device) -> "Distributed":
+    def local(cls, device: torch.device) -> Distributed:
         """This process alone, even inside a torchrun job (e.g. rank 0 building a cache)."""
         out = cls.__new__(cls)
         out.world_size, out.rank, out.local_rank, out.device = 1, 0, 0, device
@@ -214,8 +218,14 @@ class RunFiles:
 
     FINAL, CHECKPOINT, LOG, CONFIG = "codec.pt", "checkpoint.pt", "log.jsonl", "config.json"
 
-    def __init__(self, run_dir: str | Path, steps: int, log_every: int, checkpoint_every: int,
-                 dist: "Distributed | None" = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        steps: int,
+        log_every: int,
+        checkpoint_every: int,
+        dist: Distributed | None = None,
+    ):
         self.dir = Path(run_dir)
         self.total, self.log_every, self.checkpoint_every = steps, log_every, checkpoint_every
         self.dist = dist
@@ -251,8 +261,13 @@ class RunFiles:
         """The steps still to run (to ``stop_after`` if given), with a progress bar; the
         training seconds keep counting across resumes."""
         self.end = self.total if stop_after is None else min(self.total, stop_after)
-        self._bar = tqdm(range(self.start, self.end), desc=desc, initial=self.start,
-                         total=self.total, disable=not (progress and self.is_main))
+        self._bar = tqdm(
+            range(self.start, self.end),
+            desc=desc,
+            initial=self.start,
+            total=self.total,
+            disable=not (progress and self.is_main),
+        )
         self._t0 = time.perf_counter() - logged_seconds(self.dir / self.LOG, self.start)
         return self._bar
 
@@ -265,10 +280,15 @@ class RunFiles:
         if self.is_main:
             append_log(self.dir / self.LOG, record)
         if self._bar is not None:
-            self._bar.set_postfix({k.removesuffix("_loss"): f"{v:.4g}" for k, v in record.items()
-                                   if k.endswith("loss")})
+            self._bar.set_postfix(
+                {
+                    k.removesuffix("_loss"): f"{v:.4g}"
+                    for k, v in record.items()
+                    if k.endswith("loss")
+                }
+            )
 
-    def checkpoint(self, done: int, state: "Callable[[], dict]") -> None:
+    def checkpoint(self, done: int, state: Callable[[], dict]) -> None:
         """Save ``state()`` (with ``step``) when due, and at the last step of this call."""
         if done % self.checkpoint_every == 0 or done == self.end:
             if self.is_main:

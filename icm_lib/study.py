@@ -19,6 +19,7 @@ BD-rate is computed per seed against that seed's baseline curve on the task metr
 then summarised as mean and 95 % Student-t interval over seeds. The README's tables are made from
 these files by :mod:`icm_lib.report`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,17 @@ PAPER_BD_RATE = {"det": -27.7, "seg": -20.3}
 PAPER_GAN_TASK_CHANGE = -1.6
 
 
-def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: list[str],
-              data_dir: str | Path, results_dir: str | Path, device: torch.device,
-              progress: bool = True, reference_curve: bool = True) -> dict:
+def run_study(
+    profile: Profile,
+    seeds: list[int],
+    tasks: list[str],
+    variants: list[str],
+    data_dir: str | Path,
+    results_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+    reference_curve: bool = True,
+) -> dict:
     """Run (or resume) the whole grid and write ``results/study-<profile>.json`` after every run
     and the R-D figure at the end. Returns the summary."""
     from . import plots
@@ -56,8 +65,9 @@ def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: li
     runs: list[dict] = []
 
     def write(done: bool) -> dict:
-        summary = summarise(profile, runs, tasks, seeds, variants, done,
-                            time.perf_counter() - t_start)
+        summary = summarise(
+            profile, runs, tasks, seeds, variants, done, time.perf_counter() - t_start
+        )
         atomic_write_json(out_json, summary)
         return summary
 
@@ -66,28 +76,48 @@ def run_study(profile: Profile, seeds: list[int], tasks: list[str], variants: li
         write(False)
     summary = write(True)
     for task in map(get_task, tasks):
-        fig = plots.rd_curves(curves(runs, task.name), task.metric,
-                              title=f"{task.name}: R-D on the {profile.name} profile "
-                                    f"({len(seeds)} seeds)")
+        fig = plots.rd_curves(
+            curves(runs, task.name),
+            task.metric,
+            title=f"{task.name}: R-D on the {profile.name} profile ({len(seeds)} seeds)",
+        )
         plots.save(fig, results_dir, f"study-{profile.name}-{task.name}-rd")
     return summary
 
 
-def summarise(profile: Profile, runs: list[dict], tasks: list[str], seeds: list[int],
-              variants: list[str], done: bool, wall_seconds: float) -> dict:
+def summarise(
+    profile: Profile,
+    runs: list[dict],
+    tasks: list[str],
+    seeds: list[int],
+    variants: list[str],
+    done: bool,
+    wall_seconds: float,
+) -> dict:
     """The study's JSON: every R-D point, BD-rate tables and the compute spent."""
     per_task = {}
     for task in map(get_task, tasks):
         c = curves(runs, task.name)
-        per_task[task.name] = {"metric": task.metric, "curves": c,
-                               "bd_rate": bd_rates(c, task.name),
-                               "paper_bd_rate_aux_enc": PAPER_BD_RATE[task.name]}
+        per_task[task.name] = {
+            "metric": task.metric,
+            "curves": c,
+            "bd_rate": bd_rates(c, task.name),
+            "paper_bd_rate_aux_enc": PAPER_BD_RATE[task.name],
+        }
     compute = sum(r["train_seconds"] for r in runs) + sum(
-        p.get("seconds", 0.0) for r in runs for p in [*r["eval"].values(), *r["roi"].values()])
-    return {"profile": profile.name, "complete": done, "seeds": seeds, "variants": variants,
-            "runs": len(runs), "compute_hours_in_runs": round(compute / 3600, 3),
-            "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
-            "icm_config": asdict(profile.icm), "tasks": per_task}
+        p.get("seconds", 0.0) for r in runs for p in [*r["eval"].values(), *r["roi"].values()]
+    )
+    return {
+        "profile": profile.name,
+        "complete": done,
+        "seeds": seeds,
+        "variants": variants,
+        "runs": len(runs),
+        "compute_hours_in_runs": round(compute / 3600, 3),
+        "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
+        "icm_config": asdict(profile.icm),
+        "tasks": per_task,
+    }
 
 
 # ---------------------------------------------------------------------- seed 002
@@ -99,18 +129,30 @@ def summarise_gan(rows: list[dict]) -> dict:
         metric = get_task(rs[0]["task"]).metric
         table = {}
         for key in ("bpp", "psnr", "ms_ssim", "checkerboard", metric):
-            table[key] = {"before": mean_ci([r["before"][key] for r in rs]),
-                          "after": mean_ci([r["after"][key] for r in rs]),
-                          "change": mean_ci([r["after"][key] - r["before"][key] for r in rs])}
+            table[key] = {
+                "before": mean_ci([r["before"][key] for r in rs]),
+                "after": mean_ci([r["after"][key] for r in rs]),
+                "change": mean_ci([r["after"][key] - r["before"][key] for r in rs]),
+            }
         table["task_relative_change_percent"] = mean_ci(
-            [100 * (r["after"][metric] / r["before"][metric] - 1) for r in rs
-             if r["before"][metric] > 0])
+            [
+                100 * (r["after"][metric] / r["before"][metric] - 1)
+                for r in rs
+                if r["before"][metric] > 0
+            ]
+        )
         out[preset] = table
     return out
 
 
-def run_gan_study(profile: Profile, seeds: list[int], data_dir: str | Path,
-                  results_dir: str | Path, device: torch.device, progress: bool = True) -> dict:
+def run_gan_study(
+    profile: Profile,
+    seeds: list[int],
+    data_dir: str | Path,
+    results_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
     """Every preset over ``seeds``; writes ``results/gan-<profile>.json`` after every run."""
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
@@ -120,36 +162,57 @@ def run_gan_study(profile: Profile, seeds: list[int], data_dir: str | Path,
     for seed in seeds:
         for preset in PRESETS:
             rows.append(gan_point(exp, seed, preset)["record"])
-            summary = {"profile": profile.name, "seeds": seeds, "rows": rows,
-                       "summary": summarise_gan(rows), "gan_config": asdict(profile.gan),
-                       "paper_task_relative_change_percent": PAPER_GAN_TASK_CHANGE,
-                       "compute_hours_in_runs": round(sum(x["train_seconds"] for x in rows) / 3600, 3),
-                       "wall_hours_this_invocation": round((time.perf_counter() - t_start) / 3600, 3)}
+            summary = {
+                "profile": profile.name,
+                "seeds": seeds,
+                "rows": rows,
+                "summary": summarise_gan(rows),
+                "gan_config": asdict(profile.gan),
+                "paper_task_relative_change_percent": PAPER_GAN_TASK_CHANGE,
+                "compute_hours_in_runs": round(sum(x["train_seconds"] for x in rows) / 3600, 3),
+                "wall_hours_this_invocation": round((time.perf_counter() - t_start) / 3600, 3),
+            }
             atomic_write_json(out_json, summary)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(prog="python -m icm_lib.study", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_lib.study", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--study", choices=["aux", "gan"], default="aux",
-                        help="aux: seed 001 (R-D, BD-rate); gan: seed 002 (PatchGAN finetuning)")
+    parser.add_argument(
+        "--study",
+        choices=["aux", "gan"],
+        default="aux",
+        help="aux: seed 001 (R-D, BD-rate); gan: seed 002 (PatchGAN finetuning)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
-    parser.add_argument("--variants", nargs="+", default=["baseline", "aux-enc"],
-                        choices=["baseline", "aux-enc", "aux-dec"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["baseline", "aux-enc"],
+        choices=["baseline", "aux-enc", "aux-dec"],
+    )
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--device", default="")
     parser.add_argument("--no-reference-curve", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--report", action="store_true",
-                        help="print the README's markdown tables from results/ and exit "
-                             "(= python -m icm_lib.report)")
-    parser.add_argument("--readme", default=None,
-                        help="with --report: also write the tables into this file between the "
-                             "<!-- study-report:start/end --> markers")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the README's markdown tables from results/ and exit "
+        "(= python -m icm_lib.report)",
+    )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="with --report: also write the tables into this file between the "
+        "<!-- study-report:start/end --> markers",
+    )
     args = parser.parse_args(argv)
     if args.report:
         text = report(args.results_dir, args.profile)
@@ -159,19 +222,36 @@ def main(argv: list[str] | None = None) -> dict:
         return {"report": text}
     profile, device = get_profile(args.profile), get_device(args.device or None)
     if args.study == "gan":
-        summary = run_gan_study(profile, args.seeds, args.data_dir, args.results_dir, device,
-                                not args.no_progress)
+        summary = run_gan_study(
+            profile, args.seeds, args.data_dir, args.results_dir, device, not args.no_progress
+        )
         for preset, t in summary["summary"].items():
-            print(f"{preset}: " + ", ".join(f"{k} {v['before']['mean']:.4g} → {v['after']['mean']:.4g}"
-                                            for k, v in t.items() if "before" in v))
+            print(
+                f"{preset}: "
+                + ", ".join(
+                    f"{k} {v['before']['mean']:.4g} → {v['after']['mean']:.4g}"
+                    for k, v in t.items()
+                    if "before" in v
+                )
+            )
         return summary
-    summary = run_study(profile, args.seeds, args.tasks, args.variants, args.data_dir,
-                        args.results_dir, device, not args.no_progress,
-                        not args.no_reference_curve)
+    summary = run_study(
+        profile,
+        args.seeds,
+        args.tasks,
+        args.variants,
+        args.data_dir,
+        args.results_dir,
+        device,
+        not args.no_progress,
+        not args.no_reference_curve,
+    )
     for task, t in summary["tasks"].items():
         for name, row in t["bd_rate"].items():
-            print(f"{task} {name:9s} BD-rate {fmt_mean_ci(row, 1, ' %')}; on the operational fronts "
-                  f"{fmt_mean_ci(row.get('front'), 1, ' %')} (paper aux-enc {t['paper_bd_rate_aux_enc']:+.1f} %)")
+            print(
+                f"{task} {name:9s} BD-rate {fmt_mean_ci(row, 1, ' %')}; on the operational fronts "
+                f"{fmt_mean_ci(row.get('front'), 1, ' %')} (paper aux-enc {t['paper_bd_rate_aux_enc']:+.1f} %)"
+            )
     return summary
 
 

@@ -4,6 +4,7 @@ A :class:`Task` names what differs between the two wherever the code must choose
 profiles, run folders and results (``det`` / ``seg``), the task metric of its R-D curves, and
 its title. Functions take a ``Task`` or its name (:func:`get_task`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ SEGMENTATION = Task("seg", "segmentation", "miou", "mIoU")
 TASKS: dict[str, Task] = {t.name: t for t in (DETECTION, SEGMENTATION)}
 
 
-def get_task(task: "Task | str") -> Task:
+def get_task(task: Task | str) -> Task:
     """The :class:`Task` of ``task`` (a Task or its name).
 
     Raises:

@@ -7,6 +7,7 @@ The run is the same one the notebooks and the study train for these settings (lo
 resumable: :meth:`icm_lib.experiment.Experiment.icm_run`); a JSON summary is printed. Under
 ``torchrun --nproc_per_node K`` the batch is split over K processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ from .tasks import TASKS
 
 def main(argv: list[str] | None = None) -> dict:
     """``python -m icm_lib.train --task det --variant aux-enc --lmbda 0.8`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(prog="python -m icm_lib.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_lib.train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--profile", default="cpu", help="smoke | cpu | paper")
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--variant", choices=VARIANTS, default="aux-enc")
@@ -34,19 +37,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="", help="default: cuda if available, else cpu")
-    parser.add_argument("--stop-after", type=int, default=None, help="stop at this step (resumable)")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop at this step (resumable)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     dist = Distributed(torch.device(args.device) if args.device else None)
     try:
-        exp = Experiment.prepare(get_profile(args.profile), args.data_dir, dist.device,
-                                 not args.no_progress, dist)
-        _, log, run_dir = exp.icm_run(args.task, args.variant, args.lmbda, args.seed,
-                                      steps=args.steps, accumulate=args.accumulate,
-                                      stop_after=args.stop_after)
-        summary = {"run_dir": str(run_dir), "steps_logged": len(log),
-                   "last": log[-1] if log else None, "world_size": dist.world_size,
-                   "finished": (run_dir / "codec.pt").is_file()}
+        exp = Experiment.prepare(
+            get_profile(args.profile), args.data_dir, dist.device, not args.no_progress, dist
+        )
+        _, log, run_dir = exp.icm_run(
+            args.task,
+            args.variant,
+            args.lmbda,
+            args.seed,
+            steps=args.steps,
+            accumulate=args.accumulate,
+            stop_after=args.stop_after,
+        )
+        summary = {
+            "run_dir": str(run_dir),
+            "steps_logged": len(log),
+            "last": log[-1] if log else None,
+            "world_size": dist.world_size,
+            "finished": (run_dir / "codec.pt").is_file(),
+        }
         if dist.is_main:
             print(json.dumps(summary, indent=2))
         return summary

@@ -25,12 +25,13 @@ Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`)::
     branch.pt       the finished auxiliary branch, for inspection (never needed to decode)
     config.json     the run's configuration
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -82,8 +83,9 @@ def _ddp(step_module: _TrainStep, codec: ICMCodec, dist: Distributed) -> nn.Modu
             p.requires_grad_(True)
 
 
-def _mean_over_ranks(values: dict[str, float], dist: Distributed,
-                     device: torch.device) -> dict[str, float]:
+def _mean_over_ranks(
+    values: dict[str, float], dist: Distributed, device: torch.device
+) -> dict[str, float]:
     if not dist.enabled:
         return values
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
@@ -94,20 +96,24 @@ def _mean_over_ranks(values: dict[str, float], dist: Distributed,
 class _Optimizers:
     """The codec's (and branch's) Adam with its schedule, and the quantile optimizer."""
 
-    def __init__(self, codec: ICMCodec, branch: nn.Module | None, cfg: TrainConfig,
-                 branch_lr: float | None):
+    def __init__(
+        self, codec: ICMCodec, branch: nn.Module | None, cfg: TrainConfig, branch_lr: float | None
+    ):
         groups = [{"params": codec.main_parameters(), "lr": cfg.lr, "name": "codec"}]
         if branch is not None:
-            groups.append({"params": list(branch.parameters()), "lr": branch_lr or cfg.lr,
-                           "name": "branch"})
+            groups.append(
+                {"params": list(branch.parameters()), "lr": branch_lr or cfg.lr, "name": "branch"}
+            )
         self.main = torch.optim.Adam(groups)
         self.quantiles = torch.optim.Adam(codec.quantile_parameters(), lr=cfg.quantile_lr)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.main, poly_decay(cfg))
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.main.state_dict(),
-                "quantile_optimizer": self.quantiles.state_dict(),
-                "scheduler": self.schedule.state_dict()}
+        return {
+            "optimizer": self.main.state_dict(),
+            "quantile_optimizer": self.quantiles.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.main.load_state_dict(state["optimizer"])
@@ -115,12 +121,21 @@ class _Optimizers:
         self.schedule.load_state_dict(state["scheduler"])
 
 
-def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, objective: Objective,
-                run_dir: str | Path, device: torch.device, progress: bool = True,
-                stop_after: int | None = None, branch: nn.Module | None = None,
-                branch_lr: float | None = None, accumulate: int = 1,
-                dist: Distributed | None = None, desc: str | None = None,
-                ) -> tuple[ICMCodec, list[dict]]:
+def train_codec(
+    codec: ICMCodec,
+    sampler: CropSampler,
+    cfg: TrainConfig,
+    objective: Objective,
+    run_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+    stop_after: int | None = None,
+    branch: nn.Module | None = None,
+    branch_lr: float | None = None,
+    accumulate: int = 1,
+    dist: Distributed | None = None,
+    desc: str | None = None,
+) -> tuple[ICMCodec, list[dict]]:
     """Train ``codec`` (load-or-compute): finished runs are loaded, stopped runs resumed.
 
     Args:
@@ -144,8 +159,10 @@ def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, objecti
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
     shards = dist.world_size * accumulate
     if cfg.batch_size % shards:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
-                         f"({dist.world_size} processes x {accumulate} accumulation steps)")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
+            f"({dist.world_size} processes x {accumulate} accumulation steps)"
+        )
     seed_everything(cfg.seed)
     codec.to(device).train()
     if branch is not None:
@@ -183,15 +200,30 @@ def train_codec(codec: ICMCodec, sampler: CropSampler, cfg: TrainConfig, objecti
         qloss.backward()
         opt.quantiles.step()
         if run.log_due(step + 1):
-            run.log(step + 1, {**_mean_over_ranks(totals, dist, device),
-                               "quantile_loss": qloss.item(), "lr": opt.main.param_groups[0]["lr"]})
-        run.checkpoint(step + 1, lambda: {
-            "codec": codec.codec_state(), "config": asdict(cfg), **opt.state_dict(),
-            "branch": branch.state_dict() if branch is not None else None})
+            run.log(
+                step + 1,
+                {
+                    **_mean_over_ranks(totals, dist, device),
+                    "quantile_loss": qloss.item(),
+                    "lr": opt.main.param_groups[0]["lr"],
+                },
+            )
+        run.checkpoint(
+            step + 1,
+            lambda: {
+                "codec": codec.codec_state(),
+                "config": asdict(cfg),
+                **opt.state_dict(),
+                "branch": branch.state_dict() if branch is not None else None,
+            },
+        )
     if not run.complete:
         return codec, run.read_log()
     codec.eval()
     codec.update()
-    run.finish(codec.codec_state(), asdict(cfg),
-               {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None)
+    run.finish(
+        codec.codec_state(),
+        asdict(cfg),
+        {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None,
+    )
     return codec, run.read_log()

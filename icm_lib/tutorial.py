@@ -6,6 +6,7 @@ Each notebook ``notebooks/NN_name.ipynb`` is executed into ``<output-dir>/<profi
 (executed notebook, figures and ``metrics.json``) with parameters ``PROFILE``, ``DATA_DIR`` and
 ``OUTPUT_DIR``; later notebooks find earlier results through these folders and ``data/cache``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,17 +26,34 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def run_notebook(path: Path, profile: str, output_dir: Path, data_dir: Path,
-                 extra: dict | None = None, log_output: bool = False) -> dict:
+def run_notebook(
+    path: Path,
+    profile: str,
+    output_dir: Path,
+    data_dir: Path,
+    extra: dict | None = None,
+    log_output: bool = False,
+) -> dict:
     """Execute one notebook; return the metrics JSON it recorded."""
     import papermill as pm
 
     out = output_dir / profile / path.stem
     out.mkdir(parents=True, exist_ok=True)
-    params = {"PROFILE": profile, "DATA_DIR": str(data_dir), "OUTPUT_DIR": str(out),
-              **(extra or {})}
-    pm.execute_notebook(str(path), str(out / path.name), parameters=params, cwd=str(out),
-                        kernel_name="python3", progress_bar=False, log_output=log_output)
+    params = {
+        "PROFILE": profile,
+        "DATA_DIR": str(data_dir),
+        "OUTPUT_DIR": str(out),
+        **(extra or {}),
+    }
+    pm.execute_notebook(
+        str(path),
+        str(out / path.name),
+        parameters=params,
+        cwd=str(out),
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=log_output,
+    )
     metrics = out / "metrics.json"
     if not metrics.is_file():
         raise RuntimeError(f"{path.name} ran but recorded no metrics.json in {out}")
@@ -57,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         t0 = time.perf_counter()
         print(f"[tutorial] {path.name} (profile {args.profile}) ...", flush=True)
-        run_notebook(path, args.profile, args.output_dir.resolve(), args.data_dir.resolve(),
-                     log_output=False)
+        run_notebook(
+            path, args.profile, args.output_dir.resolve(), args.data_dir.resolve(), log_output=False
+        )
         summary[path.stem] = round(time.perf_counter() - t0, 1)
         print(f"[tutorial] {path.name} done in {summary[path.stem]} s", flush=True)
     print(json.dumps({"seconds": summary, "total": round(sum(summary.values()), 1)}, indent=2))

@@ -5,6 +5,7 @@ hub. Offline, those calls can hang for minutes on DNS or TCP time-outs. :func:`r
 checks the local cache first, then probes the host for a few seconds, and raises
 :class:`~icm_lib.errors.WeightsUnavailableError` with what to do instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,7 +47,8 @@ def require_download(url: str, what: str) -> None:
             f"{what}: pretrained weights need a download from {host}, which cannot be reached "
             f"(offline?). Run once with internet (they are cached in {torch.hub.get_dir()}), "
             "pass a local checkpoint path, or use pretrained=False (the 'cpu' profile trains its "
-            "own models on the embedded data).")
+            "own models on the embedded data)."
+        )
 
 
 @contextlib.contextmanager

@@ -85,11 +85,11 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+PROFILE = "cpu"  # smoke | cpu | paper
 SEED = 0
-DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/00_data_preparation"  # figures + metrics.json (env ICM_OUTPUT_DIR)
-DEVICE = ""              # empty: cuda if available, else cpu
+DEVICE = ""  # empty: cuda if available, else cpu
 N_EXAMPLES = 4
 
 # %%
@@ -116,14 +116,19 @@ print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.o
 
 # %%
 import time
+
 from icm_lib.data import get_datasets
 
 t0 = time.perf_counter()
 ds = get_datasets(profile.data, S.data_dir)
 data_seconds = time.perf_counter() - t0
-print(f"source={ds.source}  detection: {len(ds.det_train)} train / {len(ds.det_val)} val, "
-      f"{ds.det_train.num_classes} classes {ds.det_train.category_names}")
-print(f"segmentation: {len(ds.seg_train)} train / {len(ds.seg_val)} val, {ds.seg_train.num_classes} classes")
+print(
+    f"source={ds.source}  detection: {len(ds.det_train)} train / {len(ds.det_val)} val, "
+    f"{ds.det_train.num_classes} classes {ds.det_train.category_names}"
+)
+print(
+    f"segmentation: {len(ds.seg_train)} train / {len(ds.seg_val)} val, {ds.seg_train.num_classes} classes"
+)
 print(f"ready in {data_seconds:.1f} s  ({ds.meta.get('counts', '')})")
 
 # %%
@@ -152,12 +157,21 @@ from icm_lib.recognition import load_or_train
 
 det, seg, rec_reports = load_or_train(profile, ds, S.cache_dir, device)
 for name, r in rec_reports.items():
-    print(f"{name}: val {r['val']}  trained {r['train_steps']} steps in {r['train_seconds']:.0f} s"
-          f"{'  (loaded from cache)' if r['cached'] else ''}")
+    print(
+        f"{name}: val {r['val']}  trained {r['train_steps']} steps in {r['train_seconds']:.0f} s"
+        f"{'  (loaded from cache)' if r['cached'] else ''}"
+    )
 if rec_reports["det"]["loss_log"]:
-    plots.save(plots.loss_curves({"detector loss": rec_reports["det"]["loss_log"],
-                                  "segmenter loss": rec_reports["seg"]["loss_log"]}),
-               S.output_dir, "recognition_training")
+    plots.save(
+        plots.loss_curves(
+            {
+                "detector loss": rec_reports["det"]["loss_log"],
+                "segmenter loss": rec_reports["seg"]["loss_log"],
+            }
+        ),
+        S.output_dir,
+        "recognition_training",
+    )
 
 # %% [markdown]
 # ### Pseudo-labels and the task loss
@@ -168,8 +182,9 @@ if rec_reports["det"]["loss_log"]:
 # pixels to change. That gradient is exactly what trains the codec in notebook 01.
 
 # %%
-import torch
 import matplotlib.pyplot as plt
+import torch
+
 from icm_lib.data.transforms import pad_to_multiple
 
 n = min(N_EXAMPLES, len(ds.det_val))
@@ -192,8 +207,14 @@ print(f"task loss with noise σ=0.1: det {float(det_loss):.3f}  seg {float(seg_l
 fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.2), squeeze=False)
 for i in range(n):
     d = det_targets[i]
-    plots.draw_boxes(axes[0, i], x[i], d["boxes"], d["labels"], ds.det_val.category_names,
-                     title=f"{len(d['boxes'])} pseudo-boxes")
+    plots.draw_boxes(
+        axes[0, i],
+        x[i],
+        d["boxes"],
+        d["labels"],
+        ds.det_val.category_names,
+        title=f"{len(d['boxes'])} pseudo-boxes",
+    )
     plots.draw_label_map(axes[1, i], seg_targets[i], ds.seg_val.classes, title="pseudo-label map")
     axes[2, i].imshow(saliency[i].cpu().numpy() ** 0.5, cmap="inferno")
     axes[2, i].set_title("|∂E/∂x| (task-loss gradient)", fontsize=8)
@@ -225,10 +246,17 @@ plots.save(fig, S.output_dir, "pseudo_labels")
 from icm_lib.experiment import load_or_train_reference_codec
 
 codec, codec_log = load_or_train_reference_codec(profile, ds, S.cache_dir, device)
-print(f"{codec.name} N={codec.N} M={codec.M}, {sum(p.numel() for p in codec.parameters())/1e6:.2f} M parameters")
+print(
+    f"{codec.name} N={codec.N} M={codec.M}, {sum(p.numel() for p in codec.parameters()) / 1e6:.2f} M parameters"
+)
 if codec_log:
-    plots.save(plots.loss_curves({k: [r[k] for r in codec_log] for k in ("loss", "bpp_loss", "mse_loss")},
-                                 smooth=3), S.output_dir, "mse_codec_training")
+    plots.save(
+        plots.loss_curves(
+            {k: [r[k] for r in codec_log] for k in ("loss", "bpp_loss", "mse_loss")}, smooth=3
+        ),
+        S.output_dir,
+        "mse_codec_training",
+    )
 
 # %%
 from icm_lib import bitstream
@@ -242,17 +270,26 @@ latent_identical = bool(torch.equal(codec.decoded_latent(data), encoder_latent))
 with torch.no_grad():
     enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
 
-print(f"{len(coded.data)} bytes for a {header.height}x{header.width} image; streams {[len(s) for s in strings]} bytes")
-print(f"actual bpp {coded.bpp:.4f} (payload {coded.bpp_payload:.4f}) | estimate {coded.bpp_estimate:.4f}"
-      f" | estimate with the coder's scale table {coded.bpp_coder_estimate:.4f}")
+print(
+    f"{len(coded.data)} bytes for a {header.height}x{header.width} image; streams {[len(s) for s in strings]} bytes"
+)
+print(
+    f"actual bpp {coded.bpp:.4f} (payload {coded.bpp_payload:.4f}) | estimate {coded.bpp_estimate:.4f}"
+    f" | estimate with the coder's scale table {coded.bpp_coder_estimate:.4f}"
+)
 print(f"header: {header}")
 print(f"decoded latent identical to the encoder's: {latent_identical}")
 
 from icm_lib.metrics import psnr
+
 bit_map = plots.bit_allocation(enc["likelihoods"], tuple(pad_to_multiple(image)[0].shape[-2:]))
 rt_psnr = psnr(coded.x_hat.cpu(), image[None])
-fig = plots.roundtrip_figure(image, coded.x_hat[0], bit_map[: image.shape[1], : image.shape[2]],
-                             f"{coded.bpp:.3f} bpp (actual), PSNR {rt_psnr:.2f} dB")
+fig = plots.roundtrip_figure(
+    image,
+    coded.x_hat[0],
+    bit_map[: image.shape[1], : image.shape[2]],
+    f"{coded.bpp:.3f} bpp (actual), PSNR {rt_psnr:.2f} dB",
+)
 plots.save(fig, S.output_dir, "roundtrip")
 
 # %% [markdown]
@@ -273,31 +310,68 @@ det_dec = evaluate_detection(det, ds.det_val, device, transform=rt)
 seg_dec = evaluate_segmentation(seg, ds.seg_val, device, transform=BitstreamRoundTrip(codec))
 rd = rt.summary()
 print(f"{'':<28}{'mAP':>8}{'mAP@.5':>9}{'mIoU':>8}")
-print(f"{'original images':<28}{det_orig['map']:>8.3f}{det_orig['map_50']:>9.3f}{seg_orig['miou']:>8.3f}")
-print(f"{'decoded, %.3f bpp' % rd['bpp']:<28}{det_dec['map']:>8.3f}{det_dec['map_50']:>9.3f}{seg_dec['miou']:>8.3f}")
-print(f"reference codec on val: PSNR {rd['psnr']:.2f} dB, MS-SSIM {rd['ms_ssim']:.4f}, "
-      f"actual/estimated bpp {rd['bpp'] / rd['bpp_estimate']:.3f}")
+print(
+    f"{'original images':<28}{det_orig['map']:>8.3f}{det_orig['map_50']:>9.3f}{seg_orig['miou']:>8.3f}"
+)
+print(
+    f"{'decoded, ' + format(rd['bpp'], '.3f') + ' bpp':<28}{det_dec['map']:>8.3f}{det_dec['map_50']:>9.3f}{seg_dec['miou']:>8.3f}"
+)
+print(
+    f"reference codec on val: PSNR {rd['psnr']:.2f} dB, MS-SSIM {rd['ms_ssim']:.4f}, "
+    f"actual/estimated bpp {rd['bpp'] / rd['bpp_estimate']:.3f}"
+)
 
 # %%
 record = {
-    "data": {"source": ds.source, "n_train": len(ds.det_train), "n_val": len(ds.det_val),
-             "det_classes": ds.det_train.num_classes, "seg_classes": ds.seg_train.num_classes,
-             "instances": ds.meta.get("counts"), "seconds": data_seconds},
-    "recognition": {k: {"val": r["val"], "train_seconds": r["train_seconds"],
-                        "train_steps": r["train_steps"], "cached": r["cached"]}
-                    for k, r in rec_reports.items()},
-    "pseudo_labels": {"boxes_per_image": sum(len(d["boxes"]) for d in det_targets) / n,
-                      "clean_det_loss": clean_det_loss, "noisy_det_loss": float(det_loss),
-                      "clean_seg_loss": clean_seg_loss, "noisy_seg_loss": float(seg_loss),
-                      "saliency_sum": float(saliency.sum())},
-    "codec": {"name": codec.name, "N": codec.N, "M": codec.M, "bytes": len(coded.data),
-              "bpp": coded.bpp, "bpp_payload": coded.bpp_payload, "bpp_estimate": coded.bpp_estimate,
-              "bpp_coder_estimate": coded.bpp_coder_estimate, "psnr": rt_psnr,
-              "latent_identical": latent_identical,
-              "decoded_shape": list(coded.x_hat.shape), "image_shape": list(image.shape),
-              "train_losses": [r["loss"] for r in codec_log]},
-    "machines_on_decoded": {"bpp": rd["bpp"], "bpp_estimate": rd["bpp_estimate"], "psnr": rd["psnr"],
-                            "ms_ssim": rd["ms_ssim"], "det": det_dec, "seg": seg_dec},
+    "data": {
+        "source": ds.source,
+        "n_train": len(ds.det_train),
+        "n_val": len(ds.det_val),
+        "det_classes": ds.det_train.num_classes,
+        "seg_classes": ds.seg_train.num_classes,
+        "instances": ds.meta.get("counts"),
+        "seconds": data_seconds,
+    },
+    "recognition": {
+        k: {
+            "val": r["val"],
+            "train_seconds": r["train_seconds"],
+            "train_steps": r["train_steps"],
+            "cached": r["cached"],
+        }
+        for k, r in rec_reports.items()
+    },
+    "pseudo_labels": {
+        "boxes_per_image": sum(len(d["boxes"]) for d in det_targets) / n,
+        "clean_det_loss": clean_det_loss,
+        "noisy_det_loss": float(det_loss),
+        "clean_seg_loss": clean_seg_loss,
+        "noisy_seg_loss": float(seg_loss),
+        "saliency_sum": float(saliency.sum()),
+    },
+    "codec": {
+        "name": codec.name,
+        "N": codec.N,
+        "M": codec.M,
+        "bytes": len(coded.data),
+        "bpp": coded.bpp,
+        "bpp_payload": coded.bpp_payload,
+        "bpp_estimate": coded.bpp_estimate,
+        "bpp_coder_estimate": coded.bpp_coder_estimate,
+        "psnr": rt_psnr,
+        "latent_identical": latent_identical,
+        "decoded_shape": list(coded.x_hat.shape),
+        "image_shape": list(image.shape),
+        "train_losses": [r["loss"] for r in codec_log],
+    },
+    "machines_on_decoded": {
+        "bpp": rd["bpp"],
+        "bpp_estimate": rd["bpp_estimate"],
+        "psnr": rd["psnr"],
+        "ms_ssim": rd["ms_ssim"],
+        "det": det_dec,
+        "seg": seg_dec,
+    },
 }
 print(S.record(record))
 

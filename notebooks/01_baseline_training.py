@@ -55,13 +55,13 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+PROFILE = "cpu"  # smoke | cpu | paper
 SEED = 0
-DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/01_baseline_training"  # figures + metrics.json (env ICM_OUTPUT_DIR)
-DEVICE = ""              # empty: cuda if available, else cpu
+DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-STEPS = None             # None: the profile's schedule; an int trains shorter (other runs)
+STEPS = None  # None: the profile's schedule; an int trains shorter (other runs)
 
 # %%
 from icm_lib.notebook import setup
@@ -80,8 +80,10 @@ exp = Experiment.prepare(profile, S.data_dir, device)
 ds, icm = exp.datasets, profile.icm
 for task in TASKS:
     cfg = icm.train(task)
-    print(f"{task}: λ {list(icm.lambdas(task))}, {STEPS or cfg.steps} steps x {cfg.batch_size} crops of "
-          f"{cfg.crop}px, lr {cfg.lr:g} (poly decay from {cfg.decay_start:.0%}), MSE weight {icm.mse_weight(task)}")
+    print(
+        f"{task}: λ {list(icm.lambdas(task))}, {STEPS or cfg.steps} steps x {cfg.batch_size} crops of "
+        f"{cfg.crop}px, lr {cfg.lr:g} (poly decay from {cfg.decay_start:.0%}), MSE weight {icm.mse_weight(task)}"
+    )
 
 # %% [markdown]
 # ## 2 · The human-viewing reference curve
@@ -98,9 +100,13 @@ metric = {t: get_task(t).metric for t in TASKS}
 mse_points = list(exp.grid([SEED], TASKS, [], mse_seed=SEED, steps=STEPS))  # the MSE curve only
 for point in mse_points:
     r = point.record
-    print(f"MSE λ={r['lmbda']:<7g}" + "".join(
-        f"  {t}: {p['bpp']:.3f} bpp, {metric[t]} {p[metric[t]]:.3f}, {p['psnr']:.2f} dB"
-        for t, p in r["eval"].items()))
+    print(
+        f"MSE λ={r['lmbda']:<7g}"
+        + "".join(
+            f"  {t}: {p['bpp']:.3f} bpp, {metric[t]} {p[metric[t]]:.3f}, {p['psnr']:.2f} dB"
+            for t, p in r["eval"].items()
+        )
+    )
 
 # %% [markdown]
 # ## 3 · Training with the task loss
@@ -137,25 +143,41 @@ plots.save(fig, S.output_dir, "training_curves")
 # %%
 for task in TASKS:
     m = metric[task]
-    print(f"{task}: {'λ':>6} {'bpp':>7} {m:>7} {'PSNR':>7}   ROI (QF {icm.roi_qf}): {'bpp':>6} {m:>7}")
+    print(
+        f"{task}: {'λ':>6} {'bpp':>7} {m:>7} {'PSNR':>7}   ROI (QF {icm.roi_qf}): {'bpp':>6} {m:>7}"
+    )
     for r in baseline[task]:
         p = r["eval"][task]
         roi = r["roi"].get(task)
         roi_s = f"{roi['bpp']:>6.3f} {roi[m]:>7.3f}" if roi else ""
-        print(f"     {r['lmbda']:>6g} {p['bpp']:>7.3f} {p[m]:>7.3f} {p['psnr']:>7.2f}   {'':>16}{roi_s}")
+        print(
+            f"     {r['lmbda']:>6g} {p['bpp']:>7.3f} {p[m]:>7.3f} {p['psnr']:>7.2f}   {'':>16}{roi_s}"
+        )
 
 # %%
 bd = {}
 for task in TASKS:
     c = curves(runs, task)
     bd[task] = bd_rates(c, task)
-    fig = plots.rd_curves(c, metric[task], title=f"{task}: codec trained with the task loss (Eq. 4) vs MSE and ROI")
+    fig = plots.rd_curves(
+        c, metric[task], title=f"{task}: codec trained with the task loss (Eq. 4) vs MSE and ROI"
+    )
     plots.save(fig, S.output_dir, f"rd_{task}")
     for name, row in bd[task].items():
         s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
-        print(f"{task}: BD-rate of {name} vs baseline: "
-              + (f"{s['bd_rate']:+.1f} %" if s.get("bd_rate") is not None else f"undefined ({s.get('error')})")
-              + (f"; on the operational fronts {f['bd_rate']:+.1f} %" if f.get("bd_rate") is not None else ""))
+        print(
+            f"{task}: BD-rate of {name} vs baseline: "
+            + (
+                f"{s['bd_rate']:+.1f} %"
+                if s.get("bd_rate") is not None
+                else f"undefined ({s.get('error')})"
+            )
+            + (
+                f"; on the operational fronts {f['bd_rate']:+.1f} %"
+                if f.get("bd_rate") is not None
+                else ""
+            )
+        )
 
 # %% [markdown]
 # ## 4 · Where do the bits go?
@@ -166,26 +188,31 @@ for task in TASKS:
 # rest.
 
 # %%
-import torch
 import matplotlib.pyplot as plt
+
 from icm_lib.data.transforms import pad_to_multiple
 
 task = TASKS[0]
 image = ds.val(task)[0][0]
 x = pad_to_multiple(image[None].to(device))[0]
 mse_codec = min(mse_points, key=lambda p: p.record["eval"][task]["bpp"]).codec
-task_codec = max((p for p in baseline_points if p.record["task"] == task),
-                 key=lambda p: p.record["lmbda"]).codec
+task_codec = max(
+    (p for p in baseline_points if p.record["task"] == task), key=lambda p: p.record["lmbda"]
+).codec
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-axes[0].imshow(image.permute(1, 2, 0).numpy()); axes[0].set_title("input", fontsize=9)
+axes[0].imshow(image.permute(1, 2, 0).numpy())
+axes[0].set_title("input", fontsize=9)
 maps = {}
 for ax, (name, c) in zip(axes[1:], [("MSE codec", mse_codec), (f"{task} task loss", task_codec)]):
     c = c.to(device).eval()
-    maps[name] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[: image.shape[1], : image.shape[2]]
+    maps[name] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[
+        : image.shape[1], : image.shape[2]
+    ]
     im = ax.imshow(maps[name].cpu().numpy(), cmap="viridis")
     ax.set_title(f"{name}: {float(maps[name].mean()):.3f} bpp (estimate)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-for ax in axes: ax.set_axis_off()
+for ax in axes:
+    ax.set_axis_off()
 fig.tight_layout()
 plots.save(fig, S.output_dir, "bit_allocation")
 

@@ -46,13 +46,13 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+PROFILE = "cpu"  # smoke | cpu | paper
 SEED = 0
-DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/02_auxiliary_branch_training"  # figures + metrics.json
-DEVICE = ""              # empty: cuda if available, else cpu
+DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-STEPS = None             # None: the profile's schedule (shared with notebook 01 and the study)
+STEPS = None  # None: the profile's schedule (shared with notebook 01 and the study)
 
 # %%
 from icm_lib.notebook import setup
@@ -69,12 +69,23 @@ exp = Experiment.prepare(profile, S.data_dir, device)
 ds, icm, reference = exp.datasets, profile.icm, exp.reference
 branch_sizes = {}
 for task in TASKS:
-    branch = build_branch("aux-enc", task, reference, ds.train(task).num_classes,
-                          icm.branch_width, profile.recognition.sampling())
-    n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+    branch = build_branch(
+        "aux-enc",
+        task,
+        reference,
+        ds.train(task).num_classes,
+        icm.branch_width,
+        profile.recognition.sampling(),
+    )
+
+    def n(m):
+        return sum(p.numel() for p in m.parameters()) / 1e6
+
     branch_sizes[task] = n(branch)
-    print(f"{task}: branch {n(branch):.2f} M parameters (width x{icm.branch_width}); "
-          f"recognizer {n(exp.machine(task).model):.2f} M; codec {n(reference):.2f} M")
+    print(
+        f"{task}: branch {n(branch):.2f} M parameters (width x{icm.branch_width}); "
+        f"recognizer {n(exp.machine(task).model):.2f} M; codec {n(reference):.2f} M"
+    )
     print("   stages:", branch.net.body.out_channels)
 
 # %% [markdown]
@@ -85,6 +96,7 @@ for task in TASKS:
 
 # %%
 import time
+
 from icm_lib.evaluate import bd_rates, curves, summary_point
 from icm_lib.tasks import get_task
 
@@ -143,18 +155,33 @@ bd = {}
 for task in TASKS:
     c = curves(runs, task)
     bd[task] = bd_rates(c, task)
-    plots.save(plots.rd_curves(c, metric[task], title=f"{task}: with and without the auxiliary branch"),
-               S.output_dir, f"rd_{task}")
+    plots.save(
+        plots.rd_curves(c, metric[task], title=f"{task}: with and without the auxiliary branch"),
+        S.output_dir,
+        f"rd_{task}",
+    )
     m = metric[task]
     print(f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}")
     for a, b in zip(by[(task, "baseline")], by[(task, "aux-enc")]):
         pa, pb = a["eval"][task], b["eval"][task]
-        print(f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}")
+        print(
+            f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}"
+        )
     for name, row in bd[task].items():
         s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
-        print(f"  BD-rate {name:8s} vs baseline: "
-              + (f"{s['bd_rate']:+.1f} %" if s.get("bd_rate") is not None else f"undefined: {s.get('error')}")
-              + (f"\n  {'':8s} on the operational fronts: {f['bd_rate']:+.1f} %" if f.get("bd_rate") is not None else ""))
+        print(
+            f"  BD-rate {name:8s} vs baseline: "
+            + (
+                f"{s['bd_rate']:+.1f} %"
+                if s.get("bd_rate") is not None
+                else f"undefined: {s.get('error')}"
+            )
+            + (
+                f"\n  {'':8s} on the operational fronts: {f['bd_rate']:+.1f} %"
+                if f.get("bd_rate") is not None
+                else ""
+            )
+        )
 
 # %% [markdown]
 # ## 4 · Bit allocation with and without the branch (paper Fig. 5–6)
@@ -163,8 +190,9 @@ for task in TASKS:
 # difference (red: aux-enc spends more there; blue: fewer).
 
 # %%
-import torch
 import matplotlib.pyplot as plt
+import torch
+
 from icm_lib.data.transforms import pad_to_multiple
 
 maps_record = {}
@@ -176,17 +204,22 @@ for row, task in zip(axes, TASKS):
     maps = {}
     for variant in ("baseline", "aux-enc"):
         c = codec_of[(task, variant, lm)].to(device).eval()
-        maps[variant] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[: image.shape[1], : image.shape[2]].cpu()
-    row[0].imshow(image.permute(1, 2, 0).numpy()); row[0].set_title(f"{task} input", fontsize=9)
+        maps[variant] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[
+            : image.shape[1], : image.shape[2]
+        ].cpu()
+    row[0].imshow(image.permute(1, 2, 0).numpy())
+    row[0].set_title(f"{task} input", fontsize=9)
     vmax = max(float(m.max()) for m in maps.values())
     for ax, (variant, m) in zip(row[1:3], maps.items()):
         ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=vmax)
         ax.set_title(f"{variant} λ={lm:g}: {float(m.mean()):.3f} bpp", fontsize=9)
     diff = maps["aux-enc"] - maps["baseline"]
     lim = float(diff.abs().max()) or 1.0
-    row[3].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim); row[3].set_title("aux-enc − baseline", fontsize=9)
+    row[3].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim)
+    row[3].set_title("aux-enc − baseline", fontsize=9)
     maps_record[task] = {v: float(m.mean()) for v, m in maps.items()}
-for ax in axes.flat: ax.set_axis_off()
+for ax in axes.flat:
+    ax.set_axis_off()
 fig.tight_layout()
 plots.save(fig, S.output_dir, "bit_allocation")
 
@@ -197,9 +230,10 @@ plots.save(fig, S.output_dir, "bit_allocation")
 # its own bitstreams without the branch.
 
 # %%
+from pathlib import Path
+
 from icm_lib.codec import load_codec
 from icm_lib.runtime import load_checkpoint
-from pathlib import Path
 
 checks = {}
 for task in TASKS:
@@ -210,9 +244,14 @@ for task in TASKS:
     x = ds.val(task)[0][0]
     trained = codec_of[(task, "aux-enc", r["lmbda"])]
     data = trained.compress(x)
-    decodes = bool(torch.equal(load_codec(saved).to(device).decompress(data), trained.decompress(data)))
-    checks[task] = {"codec_keys_equal_reference": same_keys, "branch_tensors": len(branch_state),
-                    "decodes_without_branch": decodes}
+    decodes = bool(
+        torch.equal(load_codec(saved).to(device).decompress(data), trained.decompress(data))
+    )
+    checks[task] = {
+        "codec_keys_equal_reference": same_keys,
+        "branch_tensors": len(branch_state),
+        "decodes_without_branch": decodes,
+    }
     print(task, checks[task])
 
 # %%
@@ -221,10 +260,15 @@ for task in TASKS:
     record["tasks"][task] = {
         "metric": metric[task],
         "lambdas": [r["lmbda"] for r in by[(task, "aux-enc")]],
-        **{v: [summary_point(r["eval"][task], task) for r in by[(task, v)]] for v in ("baseline", "aux-enc")},
+        **{
+            v: [summary_point(r["eval"][task], task) for r in by[(task, v)]]
+            for v in ("baseline", "aux-enc")
+        },
         "first_loss": [r["log"][0]["loss"] for r in by[(task, "aux-enc")]],
         "last_loss": [r["log"][-1]["loss"] for r in by[(task, "aux-enc")]],
-        "branch_loss_first_last": [[r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in by[(task, "aux-enc")]],
+        "branch_loss_first_last": [
+            [r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in by[(task, "aux-enc")]
+        ],
         "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},
         "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
         "bit_allocation_mean_bpp": maps_record[task],

@@ -47,13 +47,13 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides after this cell)
-PROFILE = "cpu"          # smoke | cpu | paper
+PROFILE = "cpu"  # smoke | cpu | paper
 SEED = 0
-DATA_DIR = "../data"     # datasets and caches (env ICM_DATA_DIR overrides)
+DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/04_patchgan_finetuning"  # figures + metrics.json
-DEVICE = ""              # empty: cuda if available, else cpu
+DEVICE = ""  # empty: cuda if available, else cpu
 PRESETS = ["full", "limited", "no-adv"]  # no-adv: the control (adversarial weight 0)
-ZOOM = 48                # side of the zoomed crops (pixels)
+ZOOM = 48  # side of the zoomed crops (pixels)
 
 # %%
 from icm_lib.notebook import setup
@@ -69,12 +69,18 @@ from icm_lib.gan import PatchDiscriminator
 exp = Experiment.prepare(profile, S.data_dir, device)
 ds, g = exp.datasets, profile.gan
 d = PatchDiscriminator(3, g.d_channels, g.d_layers)
-print(f"task {g.task}, codec: its baseline (Eq. 4) run at λ={g.lmbda or min(profile.icm.lambdas(g.task))}")
-print(f"discriminator: {sum(p.numel() for p in d.parameters())/1e6:.2f} M parameters, receptive field "
-      f"{d.receptive_field} px, judging {g.patch}x{g.patch} patches")
-print(f"{g.steps} steps x {g.batch_size} crops of {g.crop}px; decoder Adam {g.lr:g}, D Adam {g.d_lr:g} "
-      f"betas {g.d_betas}; {g.adv_loss}; weights adv {g.adv_weight} (limited {g.limited_adv_weight}), "
-      f"task {g.task_weight}, pixel {g.pixel_weight}; decoder layers trained: {g.decoder_layers or 'all'}")
+print(
+    f"task {g.task}, codec: its baseline (Eq. 4) run at λ={g.lmbda or min(profile.icm.lambdas(g.task))}"
+)
+print(
+    f"discriminator: {sum(p.numel() for p in d.parameters()) / 1e6:.2f} M parameters, receptive field "
+    f"{d.receptive_field} px, judging {g.patch}x{g.patch} patches"
+)
+print(
+    f"{g.steps} steps x {g.batch_size} crops of {g.crop}px; decoder Adam {g.lr:g}, D Adam {g.d_lr:g} "
+    f"betas {g.d_betas}; {g.adv_loss}; weights adv {g.adv_weight} (limited {g.limited_adv_weight}), "
+    f"task {g.task_weight}, pixel {g.pixel_weight}; decoder layers trained: {g.decoder_layers or 'all'}"
+)
 
 # %% [markdown]
 # ## 1 · Finetune (or load) the presets
@@ -113,8 +119,13 @@ import torch
 val = ds.val(g.task)
 identical = {}
 for p, codec in tuned.items():
-    same_encoder = all(torch.equal(a, b) for a, b in zip(base_codec.encoder_parameters(), codec.encoder_parameters()))
-    same_bytes = all(base_codec.compress(val[i][0]) == codec.compress(val[i][0]) for i in range(min(8, len(val))))
+    same_encoder = all(
+        torch.equal(a, b)
+        for a, b in zip(base_codec.encoder_parameters(), codec.encoder_parameters())
+    )
+    same_bytes = all(
+        base_codec.compress(val[i][0]) == codec.compress(val[i][0]) for i in range(min(8, len(val)))
+    )
     identical[p] = {"encoder_identical": same_encoder, "bitstreams_identical": same_bytes}
     print(p, identical[p])
 
@@ -128,6 +139,7 @@ for p, codec in tuned.items():
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+
 from icm_lib.metrics import checkerboard_score
 
 x = val[0][0]
@@ -139,18 +151,26 @@ h, w = (x.shape[1] // 16) * 16, (x.shape[2] // 16) * 16
 z = min(ZOOM, h, w)
 top, left = (h - z) // 2, (w - z) // 2
 fig, axes = plt.subplots(2, 1 + len(decoded), figsize=(3.2 * (1 + len(decoded)), 6.6))
-axes[0, 0].imshow(x[:, top:top + z, left:left + z].permute(1, 2, 0).numpy(), interpolation="nearest")
+axes[0, 0].imshow(
+    x[:, top : top + z, left : left + z].permute(1, 2, 0).numpy(), interpolation="nearest"
+)
 axes[0, 0].set_title("original (zoom)", fontsize=9)
-axes[1, 0].imshow(x.permute(1, 2, 0).numpy()); axes[1, 0].set_title("original", fontsize=9)
+axes[1, 0].imshow(x.permute(1, 2, 0).numpy())
+axes[1, 0].set_title("original", fontsize=9)
 scores = {}
 for i, (name, xh) in enumerate(decoded.items(), start=1):
     scores[name] = checkerboard_score(xh[:, :h, :w][None], x[:, :h, :w][None])
-    axes[0, i].imshow(xh[:, top:top + z, left:left + z].clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes[0, i].imshow(
+        xh[:, top : top + z, left : left + z].clamp(0, 1).permute(1, 2, 0).numpy(),
+        interpolation="nearest",
+    )
     axes[0, i].set_title(f"{name}\ncheckerboard {scores[name]:.3f}", fontsize=9)
     r = (xh[:, :h, :w] - x[:, :h, :w]).mean(0)
     spec = np.fft.fftshift(np.log10(np.abs(np.fft.fft2((r - r.mean()).numpy())) ** 2 + 1e-8))
-    axes[1, i].imshow(spec, cmap="magma"); axes[1, i].set_title("log |FFT(x̂ − x)|²", fontsize=9)
-for ax in axes.flat: ax.set_axis_off()
+    axes[1, i].imshow(spec, cmap="magma")
+    axes[1, i].set_title("log |FFT(x̂ − x)|²", fontsize=9)
+for ax in axes.flat:
+    ax.set_axis_off()
 fig.tight_layout()
 plots.save(fig, S.output_dir, "before_after")
 
@@ -169,18 +189,35 @@ rows = {"machine codec": before, **{f"PatchGAN {p}": r["after"] for p, r in runs
 print(f"{'':<20}{'bpp':>8}{'PSNR':>8}{'MS-SSIM':>9}{'checkerb.':>10}{m:>8}{'Δ' + m + ' %':>10}")
 for name, e in rows.items():
     rel = 100 * (e[m] / before[m] - 1) if before[m] > 0 else float("nan")
-    print(f"{name:<20}{e['bpp']:>8.4f}{e['psnr']:>8.2f}{e['ms_ssim']:>9.4f}{e['checkerboard']:>10.4f}{e[m]:>8.3f}{rel:>+10.1f}")
+    print(
+        f"{name:<20}{e['bpp']:>8.4f}{e['psnr']:>8.2f}{e['ms_ssim']:>9.4f}{e['checkerboard']:>10.4f}{e[m]:>8.3f}{rel:>+10.1f}"
+    )
 print(f"paper: checkerboards removed at {-1.6:+.1f} % relative task score (full)")
 
 # %%
 from icm_lib.evaluate import summary_point
 
-record = {"task": g.task, "metric": m, "lmbda": runs[PRESETS[0]]["lmbda"], "before": summary_point(before, g.task),
-          "presets": {p: {**summary_point(r["after"], g.task), **identical[p],
-                          "task_relative_change_percent": 100 * (r["after"][m] / before[m] - 1) if before[m] > 0 else None,
-                          "losses_finite": all(np.isfinite(v) for x in r["log"] for k, v in x.items() if k.endswith("loss")),
-                          "steps": r["log"][-1]["step"]} for p, r in runs.items()},
-          "example_checkerboard": scores}
+record = {
+    "task": g.task,
+    "metric": m,
+    "lmbda": runs[PRESETS[0]]["lmbda"],
+    "before": summary_point(before, g.task),
+    "presets": {
+        p: {
+            **summary_point(r["after"], g.task),
+            **identical[p],
+            "task_relative_change_percent": 100 * (r["after"][m] / before[m] - 1)
+            if before[m] > 0
+            else None,
+            "losses_finite": all(
+                np.isfinite(v) for x in r["log"] for k, v in x.items() if k.endswith("loss")
+            ),
+            "steps": r["log"][-1]["step"],
+        }
+        for p, r in runs.items()
+    },
+    "example_checkerboard": scores,
+}
 print(S.record(record))
 
 # %% [markdown]

@@ -13,8 +13,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs CUDA (a `gpu` test); run on a GPU machine with "
-                                   "-m gpu, see README 'Tests'")
+    skip = pytest.mark.skip(
+        reason="needs CUDA (a `gpu` test); run on a GPU machine with -m gpu, see README 'Tests'"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -25,8 +26,9 @@ def scenes(tmp_path_factory):
     """A tiny embedded dataset shared by the tests."""
     from icm_lib.data.embedded import prepare_embedded
 
-    return prepare_embedded(tmp_path_factory.mktemp("data"), image_size=128, n_train=12,
-                            n_val=6, seed=0)
+    return prepare_embedded(
+        tmp_path_factory.mktemp("data"), image_size=128, n_train=12, n_val=6, seed=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -40,15 +40,28 @@ def test_aux_detector_losses_and_detections_in_image_pixels():
 
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
-    head = AuxDetector(codec.M, num_classes=6, width=0.25, rpn_pre_nms_top_n_train=100,
-                       rpn_post_nms_top_n_train=50, rpn_batch_size_per_image=32,
-                       box_batch_size_per_image=32).train()
+    head = AuxDetector(
+        codec.M,
+        num_classes=6,
+        width=0.25,
+        rpn_pre_nms_top_n_train=100,
+        rpn_post_nms_top_n_train=50,
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=32,
+    ).train()
     out = codec(torch.rand(2, 3, 128, 128))
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([3])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     losses = head(out["latent_hat"], (128, 128), targets)
-    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
-                           "loss_box_reg", "loss"}
+    assert set(losses) == {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss",
+    }
     losses["loss"].backward()
     assert any(p.grad is not None for p in codec.model.g_a.parameters())
     assert all(p.grad is None for p in codec.decoder_parameters())
@@ -86,15 +99,29 @@ def test_aux_dec_reads_the_last_layer_input_and_reaches_the_decoder_but_not_its_
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
     assert codec.decoder_last_layer_channels == 32
-    branch = AuxBranch(task, "dec", codec.decoder_last_layer_channels, 6 if task == "det" else 11,
-                       width=0.25, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                       rpn_batch_size_per_image=32, box_batch_size_per_image=32) \
-        if task == "det" else AuxBranch(task, "dec", 32, 11, width=0.25)
+    branch = (
+        AuxBranch(
+            task,
+            "dec",
+            codec.decoder_last_layer_channels,
+            6 if task == "det" else 11,
+            width=0.25,
+            rpn_pre_nms_top_n_train=100,
+            rpn_post_nms_top_n_train=50,
+            rpn_batch_size_per_image=32,
+            box_batch_size_per_image=32,
+        )
+        if task == "det"
+        else AuxBranch(task, "dec", 32, 11, width=0.25)
+    )
     feats = branch.net.body(codec(torch.rand(2, 3, 128, 128))["decoder_feature"])
     assert [tuple(f.shape[-2:]) for f in feats.values()][0] == (32, 32)  # stride 4 like aux-enc
     out = codec(torch.rand(2, 3, 128, 128))
-    labels = ([{"boxes": torch.tensor([[8.0, 8.0, 70.0, 90.0]]), "labels": torch.tensor([2])}] * 2
-              if task == "det" else torch.randint(0, 11, (2, 128, 128)))
+    labels = (
+        [{"boxes": torch.tensor([[8.0, 8.0, 70.0, 90.0]]), "labels": torch.tensor([2])}] * 2
+        if task == "det"
+        else torch.randint(0, 11, (2, 128, 128))
+    )
     branch(out, labels, (128, 128)).backward()
     last = {id(p) for p in codec.decoder_last_layer.parameters()}
     inner = [p for p in codec.decoder_parameters() if id(p) not in last]

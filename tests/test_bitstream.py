@@ -4,7 +4,6 @@ import time
 import zlib
 
 import pytest
-import torch
 
 from icm_lib import bitstream
 from icm_lib.errors import BitstreamError

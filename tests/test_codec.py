@@ -41,8 +41,9 @@ def test_cheng2020_attn_round_trip():
 
 def test_real_bits_match_the_estimate_within_one_percent(trained_codec):
     codec, images = trained_codec
-    x = torch.cat([torch.cat([images[0], images[1]], -1), torch.cat([images[2], images[3]], -1)],
-                  -2)  # 256 x 256
+    x = torch.cat(
+        [torch.cat([images[0], images[1]], -1), torch.cat([images[2], images[3]], -1)], -2
+    )  # 256 x 256
     coded = codec.roundtrip(x)
     assert coded.bpp_estimate > 0.05
     # the payload matches the likelihoods the range coder uses to within 1 % ...
@@ -60,13 +61,16 @@ def test_real_bits_match_the_estimate_within_one_percent(trained_codec):
     assert mse < 0.5 * float(((x - x.mean((1, 2), keepdim=True)) ** 2).mean())
 
 
-@pytest.mark.parametrize("make", [
-    lambda: torch.rand(3, 70, 90),                                        # not a multiple of 64
-    lambda: torch.rand(3, 20, 33),                                        # smaller than 64 px
-    lambda: (np.random.default_rng(0).random((65, 64)) * 255).astype(np.uint8),  # grayscale
-    lambda: (np.random.default_rng(0).random((64, 80, 4)) * 255).astype(np.uint8),  # RGBA
-    lambda: (np.random.default_rng(0).random((64, 64, 3)) * 65535).astype(np.uint16),  # 16-bit
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.rand(3, 70, 90),  # not a multiple of 64
+        lambda: torch.rand(3, 20, 33),  # smaller than 64 px
+        lambda: (np.random.default_rng(0).random((65, 64)) * 255).astype(np.uint8),  # grayscale
+        lambda: (np.random.default_rng(0).random((64, 80, 4)) * 255).astype(np.uint8),  # RGBA
+        lambda: (np.random.default_rng(0).random((64, 64, 3)) * 65535).astype(np.uint16),  # 16-bit
+    ],
+)
 def test_odd_images_are_converted_and_cropped_back(trained_codec, make):
     codec, _ = trained_codec
     image = make()
@@ -75,8 +79,15 @@ def test_odd_images_are_converted_and_cropped_back(trained_codec, make):
     assert y.shape == (1, 3, h, w)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((0, 5, 3), np.uint8), np.zeros((8, 8, 5), np.uint8),
-                                 np.full((8, 8, 3), 2.0, np.float32), "no/such/file.png"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 5, 3), np.uint8),
+        np.zeros((8, 8, 5), np.uint8),
+        np.full((8, 8, 3), 2.0, np.float32),
+        "no/such/file.png",
+    ],
+)
 def test_bad_images_raise_image_error(trained_codec, bad):
     codec, _ = trained_codec
     with pytest.raises(ImageError):

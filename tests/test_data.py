@@ -63,7 +63,7 @@ def test_coco_files_are_valid_and_loaders_agree(scenes):
     assert label.dtype == torch.int64 and label.max() < len(SEG_CLASSES)
     # every box lies on pixels labelled with its class
     b = target["boxes"][0].long()
-    patch = label[b[1]:b[3], b[0]:b[2]]
+    patch = label[b[1] : b[3], b[0] : b[2]]
     assert (patch == target["labels"][0] - 1).any()
 
 
@@ -116,8 +116,9 @@ def test_transforms_keep_boxes_and_labels_aligned():
     assert torch.allclose(b, boxes * 2)
     g = torch.Generator().manual_seed(0)
     big = torch.tensor([[0.0, 0, 100, 100]])
-    img, b2, l2, _ = random_crop(torch.rand(3, 100, 100), 50, g, big, torch.tensor([3]),
-                                 min_visible=0.2)  # a quarter of the box stays visible
+    img, b2, l2, _ = random_crop(
+        torch.rand(3, 100, 100), 50, g, big, torch.tensor([3]), min_visible=0.2
+    )  # a quarter of the box stays visible
     assert img.shape == (3, 50, 50) and b2.tolist() == [[0, 0, 50, 50]] and l2.tolist() == [3]
     _, b3, l3, _ = random_crop(torch.rand(3, 100, 100), 50, g, big, torch.tensor([3]))
     assert b3.shape == (0, 4) and l3.numel() == 0  # under the default 30 % it is dropped

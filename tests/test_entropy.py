@@ -1,5 +1,6 @@
 """The device-independent, memory-safe coder (icm_lib.entropy): exactness, identical ŷ under
 perturbed float paths, fingerprints, tables that travel with the saved codec."""
+
 import copy
 
 import pytest
@@ -10,8 +11,12 @@ from icm_lib import entropy
 from icm_lib.codec import build_codec, load_codec
 from icm_lib.errors import BitstreamError
 
-FAMILY_CODECS = {"factorized": "bmshj2018-factorized", "scale": "bmshj2018-hyperprior",
-                 "mean-scale": "mbt2018-mean", "autoregressive": "cheng2020-attn"}
+FAMILY_CODECS = {
+    "factorized": "bmshj2018-factorized",
+    "scale": "bmshj2018-hyperprior",
+    "mean-scale": "mbt2018-mean",
+    "autoregressive": "cheng2020-attn",
+}
 
 
 def _int64_reference(layer: "entropy._ExactConv", x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +52,12 @@ def test_fixed_point_layers_are_exact_integer_arithmetic(name, quality):
     for layer in convs:
         cin = layer.weight.shape[0 if layer.transposed else 1]
         x = torch.randint(-limit, limit + 1, (1, cin, 5, 6)).double()
-        x[..., 0, :] = limit * torch.sign(layer.weight.sum((0, 2, 3) if not layer.transposed
-                                                           else (1, 2, 3)))[:, None]
+        x[..., 0, :] = (
+            limit
+            * torch.sign(layer.weight.sum((0, 2, 3) if not layer.transposed else (1, 2, 3)))[
+                :, None
+            ]
+        )
         ref = _int64_reference(layer, x)
         for n in (1, threads):
             torch.set_num_threads(n)
@@ -80,7 +89,8 @@ def test_fixed_point_hyper_decoder_tracks_the_float_one(trained_family_codecs):
         state = codec.coding_state()
         with torch.no_grad():
             z_hat = codec.model.entropy_bottleneck(
-                entropy.analysis(codec.model, images[:1])[1], training=False)[0]
+                entropy.analysis(codec.model, images[:1])[1], training=False
+            )[0]
             exact = state.h_s(torch.round(z_hat.double() * entropy.ONE)) / entropy.ONE
             ref = codec.model.h_s(z_hat).double()
         err = (exact - ref).abs().max().item()
@@ -89,7 +99,8 @@ def test_fixed_point_hyper_decoder_tracks_the_float_one(trained_family_codecs):
 
 def _noisy(module: torch.nn.Module, scale: float):
     return module.register_forward_hook(
-        lambda m, args, out: out * (1 + scale * torch.randn_like(out)))
+        lambda m, args, out: out * (1 + scale * torch.randn_like(out))
+    )
 
 
 @pytest.mark.parametrize("family", ["scale", "mean-scale", "autoregressive"])
@@ -112,20 +123,29 @@ def test_decoded_latent_ignores_the_float_path(trained_family_codecs, family):
     assert torch.equal(as_double.decoded_latent(data).float(), latent)
     noisy = load_codec(codec.codec_state()).eval()
     model = noisy.model
-    handles = [_noisy(m, 1e-3) for m in
-               (model.h_s, getattr(model, "context_prediction", None),
-                getattr(model, "entropy_parameters", None)) if m is not None]
+    handles = [
+        _noisy(m, 1e-3)
+        for m in (
+            model.h_s,
+            getattr(model, "context_prediction", None),
+            getattr(model, "entropy_parameters", None),
+        )
+        if m is not None
+    ]
     torch.manual_seed(1)
     try:
         assert torch.equal(noisy.decoded_latent(data), latent)
         with torch.no_grad():  # the same noise moves CompressAI's float table choice
-            z_hat = model.entropy_bottleneck(entropy.analysis(model, image[None])[1],
-                                             training=False)[0]
+            z_hat = model.entropy_bottleneck(
+                entropy.analysis(model, image[None])[1], training=False
+            )[0]
             params = model.h_s(z_hat)
         scales = params if family == "scale" else params.chunk(2, 1)[0]
         gc = model.gaussian_conditional
-        flips = (gc.build_indexes(scales) != gc.build_indexes(scales.detach() * (
-            1 + 1e-3 * torch.randn_like(scales)))).sum()
+        flips = (
+            gc.build_indexes(scales)
+            != gc.build_indexes(scales.detach() * (1 + 1e-3 * torch.randn_like(scales)))
+        ).sum()
         assert flips > 0
     finally:
         for h in handles:
@@ -153,8 +173,9 @@ def test_streams_of_other_weights_or_tables_are_refused(trained_family_codecs):
     assert torch.equal(finetuned.decoded_latent(data), codec.decoded_latent(data))
 
 
-def test_saved_codec_brings_its_tables_and_never_recomputes_them(trained_family_codecs,
-                                                                  monkeypatch, tmp_path):
+def test_saved_codec_brings_its_tables_and_never_recomputes_them(
+    trained_family_codecs, monkeypatch, tmp_path
+):
     from icm_lib.runtime import atomic_torch_save, load_checkpoint
 
     codec = trained_family_codecs[0]["autoregressive"]
@@ -206,8 +227,7 @@ def test_a_huge_claimed_image_is_refused_before_decoding(trained_family_codecs):
         codec.decompress(bitstream.pack(huge, strings))
 
 
-def test_wavefront_parameters_equal_the_float_networks_on_the_coded_latent(
-        trained_family_codecs):
+def test_wavefront_parameters_equal_the_float_networks_on_the_coded_latent(trained_family_codecs):
     """The exact context model + entropy parameters, evaluated wavefront by wavefront while
     decoding, give the float networks' scales and means on the same ŷ (to a few 2^-12): the
     taps, their order and the wavefront schedule are CompressAI's causal context. (A wrong

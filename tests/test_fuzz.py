@@ -1,6 +1,7 @@
 """No input crashes or hangs the decoder: damaged and crafted containers behind a recomputed
 checksum, each case in a worker process (icm_lib.fuzz), for the scale, mean-scale and
 autoregressive families with random and briefly trained weights."""
+
 import random
 
 import pytest
@@ -27,8 +28,12 @@ def test_fuzz_decoder_many_cases():
 
 
 def test_mutations_keep_a_valid_checksum_and_change_the_stream():
-    data = bitstream.pack(bitstream.Header("bmshj2018-hyperprior", 0, 32, 48, 128, 128, 0, 0,
-                                           (2, 2), bytes(range(8))), [bytes(range(64))])
+    data = bitstream.pack(
+        bitstream.Header(
+            "bmshj2018-hyperprior", 0, 32, 48, 128, 128, 0, 0, (2, 2), bytes(range(8))
+        ),
+        [bytes(range(64))],
+    )
     rng = random.Random(0)
     for kind in KINDS:
         changed = 0

@@ -1,10 +1,16 @@
 """Seed 002: the PatchGAN, decoder-only finetuning (bitstreams unchanged), the checkerboard score."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from icm_lib.gan import (PatchDiscriminator, discriminator_loss, generator_loss, load_or_finetune,
-                         trainable_decoder_parameters)
+from icm_lib.gan import (
+    PatchDiscriminator,
+    discriminator_loss,
+    generator_loss,
+    load_or_finetune,
+    trainable_decoder_parameters,
+)
 from icm_lib.metrics import checkerboard_score
 from icm_lib.profiles import get_profile
 
@@ -27,7 +33,9 @@ def test_receptive_field_formula_and_measured(n_layers, expected):
 def test_pix2pix_widths():
     convs = [m for m in PatchDiscriminator().net if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
-    assert [c.stride[0] for c in convs] == [2, 2, 2, 1, 1] and {c.kernel_size[0] for c in convs} == {4}
+    assert [c.stride[0] for c in convs] == [2, 2, 2, 1, 1] and {
+        c.kernel_size[0] for c in convs
+    } == {4}
 
 
 @pytest.mark.parametrize("kind", ["lsgan", "ns"])
@@ -79,9 +87,18 @@ def test_decoder_layers_choice():
 
 
 def _finetune(exp, tmp_path, preset="full", stop_after=None, seed=0):
-    return load_or_finetune(exp.reference, exp.machine("seg"), exp.datasets.train("seg"),
-                            exp.profile.gan, preset, seed, tmp_path, CPU, progress=False,
-                            stop_after=stop_after)
+    return load_or_finetune(
+        exp.reference,
+        exp.machine("seg"),
+        exp.datasets.train("seg"),
+        exp.profile.gan,
+        preset,
+        seed,
+        tmp_path,
+        CPU,
+        progress=False,
+        stop_after=stop_after,
+    )
 
 
 def test_finetuning_changes_the_decoder_only_and_keeps_bitstreams(smoke_env, tmp_path):
@@ -91,8 +108,10 @@ def test_finetuning_changes_the_decoder_only_and_keeps_bitstreams(smoke_env, tmp
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     for (name, a), b in zip(reference.encoder_named_parameters(), tuned.encoder_parameters()):
         assert torch.equal(a, b), name  # bit for bit
-    assert any(not torch.equal(a, b) for a, b in zip(reference.decoder_parameters(),
-                                                      tuned.decoder_parameters()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(reference.decoder_parameters(), tuned.decoder_parameters())
+    )
     data = reference.compress(x)
     assert tuned.compress(x) == data  # same bytes: the rate cannot change
     assert not torch.equal(tuned.decompress(data), reference.decompress(data))

@@ -1,6 +1,7 @@
 """Real coding across devices (marked `gpu`: skipped without CUDA). The notebooks and the
 `paper` training step also run on CUDA: see the `cuda` parameters of test_notebooks.py and
 test_paper_profile.py."""
+
 import copy
 
 import pytest
@@ -15,7 +16,10 @@ pytestmark = pytest.mark.gpu
 def images(trained_family_codecs):
     from icm_lib.fuzz import scene_images
 
-    return list(scene_images(4, 192, seed=7)) + [torch.rand(3, 96, 160), trained_family_codecs[1][0]]
+    return list(scene_images(4, 192, seed=7)) + [
+        torch.rand(3, 96, 160),
+        trained_family_codecs[1][0],
+    ]
 
 
 @pytest.mark.parametrize("family", ["scale", "mean-scale", "autoregressive"])
@@ -33,7 +37,8 @@ def test_streams_cross_devices(trained_family_codecs, images, family):
             pixels = []
             for reader in (cpu, gpu, tf32):
                 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
-                    reader is tf32)
+                    reader is tf32
+                )
                 assert torch.equal(reader.decoded_latent(data).cpu(), latent.cpu())
                 pixels.append(reader.decompress(data).cpu())
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -54,5 +59,6 @@ def test_checkerboard_score_on_cuda():
 
     x = torch.rand(2, 3, 64, 64)
     y = x + 0.05 * torch.randn_like(x)
-    assert checkerboard_score(y.cuda(), x.cuda()) == pytest.approx(checkerboard_score(y, x),
-                                                                   abs=1e-6)
+    assert checkerboard_score(y.cuda(), x.cuda()) == pytest.approx(
+        checkerboard_score(y, x), abs=1e-6
+    )

@@ -1,14 +1,14 @@
 """The ICM trainer: every variant, resume with the branch, the saved codec, DDP, the CLI."""
+
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
-
-from dataclasses import replace
 
 from icm_lib.aux_branch import VARIANTS
 from icm_lib.codec import load_codec
@@ -19,8 +19,9 @@ from icm_lib.trainer import poly_decay
 
 
 def _run(exp, task, variant, cache, steps=3, stop_after=None, seed=0, lmbda=1.0):
-    return replace(exp, cache_dir=cache).icm_run(task, variant, lmbda, seed, steps=steps,
-                                                 stop_after=stop_after)
+    return replace(exp, cache_dir=cache).icm_run(
+        task, variant, lmbda, seed, steps=steps, stop_after=stop_after
+    )
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -56,7 +57,9 @@ def test_the_branch_changes_the_encoder_not_only_the_rate(smoke_env, tmp_path):
     """With the same seed, data and λ, training with the branch ends with another encoder."""
     a, _, _ = _run(smoke_env, "seg", "baseline", tmp_path / "a")
     b, _, _ = _run(smoke_env, "seg", "aux-enc", tmp_path / "b")
-    diff = [not torch.equal(p, q) for p, q in zip(a.model.g_a.parameters(), b.model.g_a.parameters())]
+    diff = [
+        not torch.equal(p, q) for p, q in zip(a.model.g_a.parameters(), b.model.g_a.parameters())
+    ]
     assert any(diff)
 
 
@@ -66,7 +69,9 @@ def test_kill_and_resume_reproduces_codec_and_branch(smoke_env, tmp_path, task):
     _run(smoke_env, task, "aux-enc", tmp_path / "b", steps=4, stop_after=2)
     torch.manual_seed(999)  # the resumed process starts from another random state
     resumed, log_b, dir_b = _run(smoke_env, task, "aux-enc", tmp_path / "b", steps=4)
-    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, p), q in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
         assert torch.equal(p, q), name
     ba = load_checkpoint(dir_a / "branch.pt")["state_dict"]
     bb = load_checkpoint(dir_b / "branch.pt")["state_dict"]
@@ -83,8 +88,21 @@ def test_poly_decay():
 
 def test_cli_trains_then_loads(smoke_env, capsys):
     data_dir = smoke_env.cache_dir.parent
-    argv = ["--profile", "smoke", "--task", "seg", "--variant", "aux-enc", "--lmbda", "2",
-            "--data-dir", str(data_dir), "--steps", "2", "--no-progress"]
+    argv = [
+        "--profile",
+        "smoke",
+        "--task",
+        "seg",
+        "--variant",
+        "aux-enc",
+        "--lmbda",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
     first = main(argv)
     assert first["finished"] and first["steps_logged"] == 2
     again = main(argv)
@@ -95,12 +113,20 @@ def test_cli_trains_then_loads(smoke_env, capsys):
 def _train_cli(argv, nproc=None):
     """Run the trainer in a fresh process with one thread (torchrun when ``nproc``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ICM_OFFLINE": "1"}
-    launcher = (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-                if nproc else [])
-    proc = subprocess.run([sys.executable, *launcher, "-m", "icm_lib.train", *argv], env=env,
-                          capture_output=True, text=True, timeout=300)
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        if nproc
+        else []
+    )
+    proc = subprocess.run(
+        [sys.executable, *launcher, "-m", "icm_lib.train", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.index("{"):])
+    return json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
@@ -109,16 +135,32 @@ def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
     to float rounding. (Detection, because the segmentation branch's ASPP pooling needs 2 images
     per shard for its BatchNorm.)"""
     data_dir = smoke_env.cache_dir.parent
-    argv = ["--profile", "smoke", "--task", "det", "--variant", "aux-enc", "--lmbda", "2",
-            "--data-dir", str(data_dir), "--steps", "3", "--no-progress", "--seed", "5",
-            "--device", "cpu"]  # gloo on the CPU, also where GPUs exist
+    argv = [
+        "--profile",
+        "smoke",
+        "--task",
+        "det",
+        "--variant",
+        "aux-enc",
+        "--lmbda",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--steps",
+        "3",
+        "--no-progress",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]  # gloo on the CPU, also where GPUs exist
     single = _train_cli(argv + ["--accumulate", "2"])
     single_dir = tmp_path / "single"
     shutil.move(single["run_dir"], single_dir)
     ddp = _train_cli(argv, nproc=2)
     assert ddp["world_size"] == 2 and ddp["finished"] and single["world_size"] == 1
-    log_single = [json.loads(l) for l in (single_dir / "log.jsonl").read_text().splitlines()]
-    log_ddp = [json.loads(l) for l in open(os.path.join(ddp["run_dir"], "log.jsonl"))]
+    log_single = [json.loads(line) for line in (single_dir / "log.jsonl").read_text().splitlines()]
+    log_ddp = [json.loads(line) for line in open(os.path.join(ddp["run_dir"], "log.jsonl"))]
     assert [r["step"] for r in log_ddp] == [1, 2, 3]
     for a, b in zip(log_single, log_ddp):
         for k in ("loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss", "quantile_loss"):

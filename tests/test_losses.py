@@ -7,8 +7,10 @@ from icm_lib.losses import icm_loss
 
 
 def _out():
-    return {"x_hat": torch.full((1, 3, 4, 4), 0.5),
-            "likelihoods": {"y": torch.full((1, 2, 2, 2), 0.5), "z": torch.ones(1, 1, 1, 1)}}
+    return {
+        "x_hat": torch.full((1, 3, 4, 4), 0.5),
+        "likelihoods": {"y": torch.full((1, 2, 2, 2), 0.5), "z": torch.ones(1, 1, 1, 1)},
+    }
 
 
 def test_eq4_eq5_eq6_compose_as_written():

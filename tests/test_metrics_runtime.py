@@ -1,13 +1,18 @@
-
 import pytest
 import torch
 
-from icm_lib.errors import BDRateError
-from icm_lib.metrics import (ConfusionMatrix, bd_rate, bpp_from_likelihoods,
-                             detection_map, ms_ssim, psnr, rd_front)
+from icm_lib.errors import BDRateError, CheckpointError
+from icm_lib.metrics import (
+    ConfusionMatrix,
+    bd_rate,
+    bpp_from_likelihoods,
+    detection_map,
+    ms_ssim,
+    psnr,
+    rd_front,
+)
 from icm_lib.profiles import get_profile
-from icm_lib.runtime import (atomic_torch_save, atomic_write_json, load_checkpoint)
-from icm_lib.errors import CheckpointError
+from icm_lib.runtime import atomic_torch_save, atomic_write_json, load_checkpoint
 
 
 def test_psnr_and_ms_ssim():
@@ -32,10 +37,21 @@ def test_miou_known_values():
 
 
 def test_detection_map_perfect_and_empty():
-    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]]), "labels": torch.tensor([1, 2])}]
+    gt = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]]),
+            "labels": torch.tensor([1, 2]),
+        }
+    ]
     perfect = [{**gt[0], "scores": torch.tensor([0.9, 0.8])}]
     assert detection_map(perfect, gt)["map"] == pytest.approx(1.0)
-    none = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+    none = [
+        {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.long),
+        }
+    ]
     assert detection_map(none, gt)["map"] == pytest.approx(0.0)
 
 
@@ -124,11 +140,25 @@ def test_detection_map_equals_pycocotools():
         images.append({"id": img, "height": 300, "width": 300})
         for b, lab in zip(boxes.tolist(), labels.tolist()):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": img, "category_id": lab,
-                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img,
+                    "category_id": lab,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         for b, lab, sc in zip(pb.tolist(), pl.tolist(), ps.tolist()):
-            dets.append({"image_id": img, "category_id": lab, "score": sc,
-                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            dets.append(
+                {
+                    "image_id": img,
+                    "category_id": lab,
+                    "score": sc,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                }
+            )
     # one image whose detections overlap their boxes with IoU exactly 0.6, 0.8 and 0.85: the
     # float32 thresholds (0.6000000238...) refuse what pycocotools' 0.6 accepts
     img = len(images)
@@ -136,18 +166,36 @@ def test_detection_map_equals_pycocotools():
     pb = boxes.clone()
     pb[:, 3] = torch.tensor([6.0, 8.0, 8.5])
     targets.append({"boxes": boxes, "labels": torch.tensor([1, 1, 1])})
-    preds.append({"boxes": pb, "scores": torch.tensor([0.9, 0.8, 0.7]),
-                  "labels": torch.tensor([1, 1, 1])})
+    preds.append(
+        {"boxes": pb, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1])}
+    )
     images.append({"id": img, "height": 300, "width": 300})
     for b, p, sc in zip(boxes.tolist(), pb.tolist(), preds[-1]["scores"].tolist()):
-        anns.append({"id": len(anns) + 1, "image_id": img, "category_id": 1, "iscrowd": 0,
-                     "bbox": [b[0], b[1], 10.0, 10.0], "area": 100.0})
-        dets.append({"image_id": img, "category_id": 1, "score": sc,
-                     "bbox": [p[0], p[1], p[2] - p[0], p[3] - p[1]]})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": img,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [b[0], b[1], 10.0, 10.0],
+                "area": 100.0,
+            }
+        )
+        dets.append(
+            {
+                "image_id": img,
+                "category_id": 1,
+                "score": sc,
+                "bbox": [p[0], p[1], p[2] - p[0], p[3] - p[1]],
+            }
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": i} for i in (1, 2, 3)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": i} for i in (1, 2, 3)],
+        }
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate()

@@ -6,6 +6,7 @@ only UPPER_CASE assignments of literals. Fast: nothing is executed.
 Each check is a small function returning a list of problems (empty when all is well); the
 ``test_checker_*`` tests feed it a drifted or unstripped pair written into ``tmp_path``, so a
 check that could never fail would fail here."""
+
 import ast
 import json
 import re
@@ -54,17 +55,23 @@ def pair_problems(ipynb: Path) -> list:
     ipynb = Path(ipynb)
     script = ipynb.with_suffix(".py")
     if not script.is_file():
-        return [f"{script.name} missing: run `.venv/bin/jupytext --sync notebooks/{ipynb.name}` "
-                f"or save the notebook in `make lab` (pairing in jupytext.toml)"]
+        return [
+            f"{script.name} missing: run `.venv/bin/jupytext --sync notebooks/{ipynb.name}` "
+            f"or save the notebook in `make lab` (pairing in jupytext.toml)"
+        ]
     expected = _cells(read_ipynb(ipynb)["cells"])
     got = _cells(jupytext.read(script)["cells"])
     for i, (e, g) in enumerate(zip(expected, got)):
         if e != g:
-            return [f"{script.name} and {ipynb.name} differ at cell {i}: {_difference(g, e)} "
-                    f"(`make sync` copies the newer over the older)"]
+            return [
+                f"{script.name} and {ipynb.name} differ at cell {i}: {_difference(g, e)} "
+                f"(`make sync` copies the newer over the older)"
+            ]
     if len(expected) != len(got):
-        return [f"{script.name} has {len(got)} cells, {ipynb.name} {len(expected)} "
-                f"(`make sync` copies the newer over the older)"]
+        return [
+            f"{script.name} has {len(got)} cells, {ipynb.name} {len(expected)} "
+            f"(`make sync` copies the newer over the older)"
+        ]
     return []
 
 
@@ -109,7 +116,9 @@ def parameters_problems(nb: dict) -> list:
             continue
         for target in stmt.targets:
             if not (isinstance(target, ast.Name) and UPPER.fullmatch(target.id)):
-                problems.append(f"{where}: target {ast.unparse(target)!r} is not an UPPER_CASE name")
+                problems.append(
+                    f"{where}: target {ast.unparse(target)!r} is not an UPPER_CASE name"
+                )
         try:
             ast.literal_eval(stmt.value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -157,12 +166,14 @@ PARAMS = '# Parameters\nPROFILE = "cpu"  # smoke | cpu | paper\nSEED = 0\nSIZES 
 
 def _notebook(params=PARAMS):
     v4 = nbformat.v4
-    return v4.new_notebook(cells=[
-        v4.new_markdown_cell("# A title\n\nSome *text*."),
-        v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
-        v4.new_code_cell("x = SEED + 1\nprint(x)"),
-        v4.new_markdown_cell("## Next"),
-    ])
+    return v4.new_notebook(
+        cells=[
+            v4.new_markdown_cell("# A title\n\nSome *text*."),
+            v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+            v4.new_code_cell("x = SEED + 1\nprint(x)"),
+            v4.new_markdown_cell("## Next"),
+        ]
+    )
 
 
 def _write_pair(tmp_path, nb=None, name="00_example") -> Path:
@@ -184,8 +195,10 @@ def test_checker_accepts_a_clean_pair(tmp_path):
     assert '# %% tags=["parameters"]' in ipynb.with_suffix(".py").read_text()
 
 
-@pytest.mark.parametrize("drift", ["py source", "ipynb source", "py lost tag", "py extra cell",
-                                   "ipynb cell type", "py missing"])
+@pytest.mark.parametrize(
+    "drift",
+    ["py source", "ipynb source", "py lost tag", "py extra cell", "ipynb cell type", "py missing"],
+)
 def test_checker_reports_a_drifted_pair(tmp_path, drift):
     ipynb = _write_pair(tmp_path)
     script = ipynb.with_suffix(".py")
@@ -224,16 +237,19 @@ def test_checker_reports_an_unstripped_notebook(tmp_path, unstripped):
     assert output_problems(read_ipynb(ipynb)) != []
 
 
-@pytest.mark.parametrize("params", [
-    PARAMS + "\nDATA_DIR = Path('../data')",    # a call, not a literal
-    PARAMS + "\nseed = 1",                      # not UPPER_CASE
-    PARAMS + "\nA, B = 1, 2",                   # a tuple target
-    PARAMS + "\nSEED += 1",                     # not a plain assignment
-    "import os\n" + PARAMS,                     # not an assignment
-    PARAMS + "\nCFG.SEED = 1",                  # an attribute target
-    PARAMS + "\nX = [i for i in range(3)]",     # a comprehension
-    PARAMS + "\nX = (",                         # does not parse
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        PARAMS + "\nDATA_DIR = Path('../data')",  # a call, not a literal
+        PARAMS + "\nseed = 1",  # not UPPER_CASE
+        PARAMS + "\nA, B = 1, 2",  # a tuple target
+        PARAMS + "\nSEED += 1",  # not a plain assignment
+        "import os\n" + PARAMS,  # not an assignment
+        PARAMS + "\nCFG.SEED = 1",  # an attribute target
+        PARAMS + "\nX = [i for i in range(3)]",  # a comprehension
+        PARAMS + "\nX = (",  # does not parse
+    ],
+)
 def test_checker_reports_a_parameters_cell_with_more_than_literals(tmp_path, params):
     assert parameters_problems(read_ipynb(_write_pair(tmp_path, _notebook(params)))) != []
 

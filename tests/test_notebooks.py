@@ -1,9 +1,10 @@
 """Execute the notebooks with papermill on the smoke profile and assert on what they recorded."""
+
 import math
 
 import pytest
-
 from conftest import DEVICES
+
 from icm_lib.tutorial import notebook_paths, run_notebook
 
 pytestmark = pytest.mark.notebooks
@@ -19,8 +20,9 @@ def root(request, tmp_path_factory):
 def _run(root, number):
     folder, device = root
     path = notebook_paths([number])[0]
-    metrics = run_notebook(path, "smoke", folder / "outputs", folder / "data",
-                           extra={"DEVICE": device})
+    metrics = run_notebook(
+        path, "smoke", folder / "outputs", folder / "data", extra={"DEVICE": device}
+    )
     assert metrics["device"].startswith(device)
     return metrics, folder / "outputs" / "smoke" / path.stem
 
@@ -110,7 +112,7 @@ def test_notebook_01_baseline(nb01):
 
 def test_notebook_02_aux_branch(nb02):
     m, out = nb02
-    for task, t in m["tasks"].items():
+    for t in m["tasks"].values():
         _assert_rd_points_ordered_by_lambda(t["aux-enc"], t["lambdas"])
         _assert_rd_points_ordered_by_lambda(t["baseline"], t["lambdas"])
         assert all(last < first for first, last in zip(t["first_loss"], t["last_loss"])), t
@@ -135,7 +137,7 @@ def test_notebook_04_patchgan(nb04):
     m, out = nb04
     before = m["before"]
     assert set(m["presets"]) == {"full", "limited", "no-adv"}
-    for p, r in m["presets"].items():
+    for r in m["presets"].values():
         assert r["encoder_identical"] is True and r["bitstreams_identical"] is True
         assert r["bpp"] == before["bpp"]  # same bytes, same rate
         assert r["losses_finite"] is True and r["steps"] == 4

@@ -1,22 +1,22 @@
 """The GPU recipe's wiring: one training step of every variant with the `paper` profile's
 architectures (cheng2020-attn, Faster R-CNN ResNeXt-101-32x8d FPN, DeepLabV3+ ResNet-101) at
 random weights on small crops, on the CPU and (marked `gpu`) on CUDA under bfloat16 autocast."""
+
 import math
 
 import pytest
 import torch
-
 from conftest import DEVICES
+
+from icm_lib.aux_branch import VARIANTS, build_branch
 from icm_lib.codec import codec_from_config
 from icm_lib.data.coco import CocoDetection
+from icm_lib.data.sampler import CropSampler
+from icm_lib.losses import ICMObjective, mse_objective
 from icm_lib.profiles import TrainConfig, get_profile
 from icm_lib.recognition.detection import FrozenDetector, build_detector
 from icm_lib.recognition.segmentation import FrozenSegmenter, build_segmenter
-from icm_lib.aux_branch import VARIANTS, build_branch
-from icm_lib.data.sampler import CropSampler
-from icm_lib.losses import ICMObjective, mse_objective
 from icm_lib.trainer import train_codec
-
 
 PAPER = get_profile("paper", codec__pretrained=False, recognition__pretrained=False)
 
@@ -29,32 +29,51 @@ def machines(request):
     det = build_detector(6, rec.det_backbone, False, **rec.detector_kwargs())
     seg = build_segmenter(11, rec.seg_encoder, False)
     # random weights give no detection above 0.5: keep every detection as a pseudo-label
-    return {"det": FrozenDetector(det, score_threshold=0.0).to(device),
-            "seg": FrozenSegmenter(seg, 11).to(device), "device": device}
+    return {
+        "det": FrozenDetector(det, score_threshold=0.0).to(device),
+        "seg": FrozenSegmenter(seg, 11).to(device),
+        "device": device,
+    }
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_one_step_of_every_variant_with_the_paper_architectures(machines, scenes, tmp_path,
-                                                                 task, variant):
+def test_one_step_of_every_variant_with_the_paper_architectures(
+    machines, scenes, tmp_path, task, variant
+):
     """(On CUDA the recognizers and the branch run under the profile's bfloat16 autocast.)"""
     device = machines["device"]
-    assert PAPER.codec.name == "cheng2020-attn" and PAPER.recognition.det_backbone == "resnext101_32x8d"
+    assert (
+        PAPER.codec.name == "cheng2020-attn"
+        and PAPER.recognition.det_backbone == "resnext101_32x8d"
+    )
     assert PAPER.recognition.seg_encoder == "resnet101" and PAPER.icm.branch_width == 1.0
     torch.manual_seed(0)
     codec = codec_from_config(PAPER.codec)
-    branch = build_branch(variant, task, codec, 6 if task == "det" else 11,
-                          PAPER.icm.branch_width, PAPER.recognition.sampling())
+    branch = build_branch(
+        variant,
+        task,
+        codec,
+        6 if task == "det" else 11,
+        PAPER.icm.branch_width,
+        PAPER.recognition.sampling(),
+    )
     lmbda = PAPER.icm.lambdas(task)[0]
-    objective = (mse_objective(0.0067) if variant == "mse" else
-                 ICMObjective(machines[task], lmbda, PAPER.icm.alpha, PAPER.icm.mse_weight(task),
-                              amp=PAPER.icm.amp))
-    cfg = TrainConfig(steps=1, batch_size=2, crop=64, lr=PAPER.icm.train(task).lr, log_every=1,
-                      checkpoint_every=1)
+    objective = (
+        mse_objective(0.0067)
+        if variant == "mse"
+        else ICMObjective(
+            machines[task], lmbda, PAPER.icm.alpha, PAPER.icm.mse_weight(task), amp=PAPER.icm.amp
+        )
+    )
+    cfg = TrainConfig(
+        steps=1, batch_size=2, crop=64, lr=PAPER.icm.train(task).lr, log_every=1, checkpoint_every=1
+    )
     sampler = CropSampler(CocoDetection(scenes.coco_root, "train"), 64, 2, 0)
     before = [p.detach().clone().to(device) for p in codec.model.g_a.parameters()]
-    trained, log = train_codec(codec, sampler, cfg, objective, tmp_path, device,
-                               progress=False, branch=branch)
+    trained, log = train_codec(
+        codec, sampler, cfg, objective, tmp_path, device, progress=False, branch=branch
+    )
     assert len(log) == 1 and all(math.isfinite(v) for k, v in log[0].items() if k.endswith("loss"))
     assert any(not torch.equal(a, b) for a, b in zip(before, trained.model.g_a.parameters()))
     assert (tmp_path / "branch.pt").is_file() == variant.startswith("aux-")

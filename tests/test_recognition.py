@@ -7,9 +7,16 @@ from icm_lib.errors import WeightsUnavailableError
 from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_detector, build_segmenter
 from icm_lib.recognition.training import RandomCrops, evaluate_segmentation
 
-SMALL = dict(rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-             rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=32,
-             box_batch_size_per_image=32, box_head_dim=64, anchor_sizes=(16, 32, 64, 128, 256))
+SMALL = dict(
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=50,
+    rpn_pre_nms_top_n_test=50,
+    rpn_post_nms_top_n_test=50,
+    rpn_batch_size_per_image=32,
+    box_batch_size_per_image=32,
+    box_head_dim=64,
+    anchor_sizes=(16, 32, 64, 128, 256),
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +32,11 @@ def segmenter():
 
 
 def _bn_stats(model):
-    return [m.running_mean.clone() for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return [
+        m.running_mean.clone()
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 @pytest.mark.parametrize("which", ["detector", "segmenter"])
@@ -87,11 +97,14 @@ def test_random_crops_keep_boxes_inside(scenes):
         assert len(target["labels"]) == len(b)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: build_detector(6, "resnet18", pretrained=True),
-    lambda: build_detector(90, "resnet50", pretrained=True),
-    lambda: build_segmenter(11, "resnet18", pretrained=True),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: build_detector(6, "resnet18", pretrained=True),
+        lambda: build_detector(90, "resnet50", pretrained=True),
+        lambda: build_segmenter(11, "resnet18", pretrained=True),
+    ],
+)
 def test_pretrained_offline_fails_fast(build, monkeypatch, tmp_path):
     monkeypatch.setenv("ICM_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -114,11 +127,19 @@ def test_recognizers_are_a_function_of_the_seed_alone(scenes, tmp_path):
     for i in range(2):
         torch.manual_seed(100 + i)  # a different global state each time
         coco = [CocoDetection(scenes.coco_root, s, max_images=2) for s in ("train", "val")]
-        ctx = [PascalContextSegmentation(scenes.context_root, s, max_images=2)
-               for s in ("train", "val")]
-        det.append(load_or_train_detector(cfg, *coco, 64, tmp_path / f"a{i}", "cpu", seed=3,
-                                          progress=False)[0].model.state_dict())
-        seg.append(load_or_train_segmenter(cfg, *ctx, 64, tmp_path / f"a{i}", "cpu", seed=3,
-                                           progress=False)[0].model.state_dict())
+        ctx = [
+            PascalContextSegmentation(scenes.context_root, s, max_images=2)
+            for s in ("train", "val")
+        ]
+        det.append(
+            load_or_train_detector(
+                cfg, *coco, 64, tmp_path / f"a{i}", "cpu", seed=3, progress=False
+            )[0].model.state_dict()
+        )
+        seg.append(
+            load_or_train_segmenter(
+                cfg, *ctx, 64, tmp_path / f"a{i}", "cpu", seed=3, progress=False
+            )[0].model.state_dict()
+        )
     for a, b in ((det[0], det[1]), (seg[0], seg[1])):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

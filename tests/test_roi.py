@@ -1,4 +1,5 @@
 """The ROI baseline: latent scaling outside the mask lowers the bits there."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The study's bookkeeping on synthetic R-D points: curves, per-seed BD-rates, CI, the report."""
+
 import json
 
 import pytest
@@ -11,8 +12,16 @@ from icm_lib.study import main, summarise
 def _run(task, variant, lmbda, seed, bpp, metric, roi_bpp=None):
     key = "map" if task == "det" else "miou"
     point = {"bpp": bpp, key: metric, "psnr": 20.0, "ms_ssim": 0.5}
-    r = {"task": task, "variant": variant, "lmbda": lmbda, "seed": seed, "train_seconds": 10.0,
-         "log": [], "eval": {task: point}, "roi": {}}
+    r = {
+        "task": task,
+        "variant": variant,
+        "lmbda": lmbda,
+        "seed": seed,
+        "train_seconds": 10.0,
+        "log": [],
+        "eval": {task: point},
+        "roi": {},
+    }
     if roi_bpp is not None:
         r["roi"][task] = {**point, "bpp": roi_bpp}
     return r
@@ -23,7 +32,12 @@ def _grid(saving):
     at the same metric; the ROI curve uses 5 % fewer bits."""
     runs = []
     for seed, s in enumerate(saving):
-        for lmbda, bpp, m in [(0.4, 0.1, 0.10), (0.8, 0.15, 0.12), (1.6, 0.22, 0.13), (3.2, 0.3, 0.135)]:
+        for lmbda, bpp, m in [
+            (0.4, 0.1, 0.10),
+            (0.8, 0.15, 0.12),
+            (1.6, 0.22, 0.13),
+            (3.2, 0.3, 0.135),
+        ]:
             runs.append(_run("det", "baseline", lmbda, seed, bpp, m, roi_bpp=0.95 * bpp))
             runs.append(_run("det", "aux-enc", lmbda, seed, bpp * (1 - s), m))
     return runs
@@ -36,7 +50,7 @@ def test_bd_rates_per_seed_with_confidence_interval():
     per_seed = [v["bd_rate"] for v in table["aux-enc"]["per_seed"].values()]
     assert per_seed == pytest.approx([-20.0, -25.0, -30.0], abs=0.01)
     assert table["aux-enc"]["mean"] == pytest.approx(-25.0, abs=0.01)
-    assert table["aux-enc"]["ci95"] == pytest.approx(4.303 * 5 / 3 ** 0.5, rel=1e-3)  # t(2) = 4.303
+    assert table["aux-enc"]["ci95"] == pytest.approx(4.303 * 5 / 3**0.5, rel=1e-3)  # t(2) = 4.303
     assert table["roi"]["mean"] == pytest.approx(-5.0, abs=0.01)
     assert table["aux-enc"]["of_mean_curves"]["bd_rate"] == pytest.approx(-25.0, abs=0.5)
 
@@ -57,8 +71,9 @@ def test_an_undefined_bd_rate_is_reported_not_averaged():
 
 def test_report_writes_the_readme_between_markers(tmp_path):
     profile = get_profile("cpu")
-    summary = summarise(profile, _grid([0.2, 0.25, 0.3]), ["det"], [0, 1, 2],
-                        ["baseline", "aux-enc"], True, 60.0)
+    summary = summarise(
+        profile, _grid([0.2, 0.25, 0.3]), ["det"], [0, 1, 2], ["baseline", "aux-enc"], True, 60.0
+    )
     (tmp_path / "study-cpu.json").write_text(json.dumps(summary))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- study-report:start -->\nold\n<!-- study-report:end -->\nend\n")

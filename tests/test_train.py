@@ -4,31 +4,47 @@ import torch
 
 from icm_lib.codec import build_codec
 from icm_lib.data.coco import CocoDetection
-from icm_lib.profiles import TrainConfig
 from icm_lib.data.sampler import CropSampler
 from icm_lib.losses import mse_objective
+from icm_lib.profiles import TrainConfig
 from icm_lib.trainer import train_codec
 
-CFG = TrainConfig(steps=6, batch_size=2, crop=64, lr=1e-3, lmbda=0.01, checkpoint_every=2,
-                  log_every=1, seed=3)
+CFG = TrainConfig(
+    steps=6, batch_size=2, crop=64, lr=1e-3, lmbda=0.01, checkpoint_every=2, log_every=1, seed=3
+)
 
 
 def _train(tmp, scenes, stop_after=None, codec=None):
     torch.manual_seed(0)
     codec = codec or build_codec("bmshj2018-hyperprior", N=16, M=24)
-    sampler = CropSampler(CocoDetection(scenes.coco_root, "train"), CFG.crop, CFG.batch_size,
-                          CFG.seed)
-    return train_codec(codec, sampler, CFG, mse_objective(CFG.lmbda), tmp, torch.device("cpu"),
-                       progress=False, stop_after=stop_after)
+    sampler = CropSampler(
+        CocoDetection(scenes.coco_root, "train"), CFG.crop, CFG.batch_size, CFG.seed
+    )
+    return train_codec(
+        codec,
+        sampler,
+        CFG,
+        mse_objective(CFG.lmbda),
+        tmp,
+        torch.device("cpu"),
+        progress=False,
+        stop_after=stop_after,
+    )
 
 
 def test_stop_and_resume_reproduces_an_uninterrupted_run(tmp_path, scenes):
     straight, log_a = _train(tmp_path / "a", scenes)
     _train(tmp_path / "b", scenes, stop_after=3)
-    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "codec.pt").exists()
-    torch.manual_seed(123)  # a resumed process starts from other RNG state; the checkpoint restores it
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (
+        tmp_path / "b" / "codec.pt"
+    ).exists()
+    torch.manual_seed(
+        123
+    )  # a resumed process starts from other RNG state; the checkpoint restores it
     resumed, log_b = _train(tmp_path / "b", scenes)
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
         assert torch.equal(a, b), name
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     assert [r["step"] for r in log_b] == list(range(1, 7))
@@ -50,3 +66,12 @@ def test_crop_sampler_depends_only_on_seed_and_step(scenes):
     a, b = CropSampler(ds, 64, 3, seed=1), CropSampler(ds, 64, 3, seed=1)
     assert torch.equal(a.batch(5), b.batch(5))
     assert not torch.equal(a.batch(5), a.batch(6))
+
+
+def test_crop_sampler_memory_is_bounded(scenes):
+    ds = CocoDetection(scenes.coco_root, "train")
+    bounded, whole = CropSampler(ds, 64, 4, seed=2, cache_images=3), CropSampler(ds, 64, 4, seed=2)
+    for step in range(10):
+        assert torch.equal(bounded.batch(step), whole.batch(step))  # same batches either way
+        assert len(bounded._cache) <= 3
+    assert len(whole._cache) > 3

@@ -1,4 +1,5 @@
 """Datasets: the embedded procedural scenes or real COCO2017 / Pascal-Context59, one interface."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ class Datasets:
     source: str
     meta: dict
 
-    def train(self, task: "Task | str") -> CocoDetection | PascalContextSegmentation:
+    def train(self, task: Task | str) -> CocoDetection | PascalContextSegmentation:
         """The training split of ``task`` (``det``: COCO detection; ``seg``: Pascal-Context)."""
         return self.det_train if get_task(task) is DETECTION else self.seg_train
 
-    def val(self, task: "Task | str") -> CocoDetection | PascalContextSegmentation:
+    def val(self, task: Task | str) -> CocoDetection | PascalContextSegmentation:
         """The validation split of ``task``."""
         return self.det_val if get_task(task) is DETECTION else self.seg_val
 
@@ -37,15 +38,23 @@ def get_datasets(data_cfg, data_dir: str | Path, progress: bool = True) -> Datas
     if data_cfg.source == "embedded":
         from .embedded import prepare_embedded
 
-        emb = prepare_embedded(data_dir, data_cfg.image_size, data_cfg.n_train, data_cfg.n_val,
-                               data_cfg.seed, progress=progress)
+        emb = prepare_embedded(
+            data_dir,
+            data_cfg.image_size,
+            data_cfg.n_train,
+            data_cfg.n_val,
+            data_cfg.seed,
+            progress=progress,
+        )
         coco_root, context_root, meta = emb.coco_root, emb.context_root, emb.meta
     elif data_cfg.source == "real":
         if not data_cfg.coco_root or not data_cfg.context_root:
             raise DatasetError("source='real' needs coco_root and context_root in the profile")
         base = Path(data_dir).parent
-        coco_root, context_root = (Path(p) if Path(p).is_absolute() else base / p
-                                   for p in (data_cfg.coco_root, data_cfg.context_root))
+        coco_root, context_root = (
+            Path(p) if Path(p).is_absolute() else base / p
+            for p in (data_cfg.coco_root, data_cfg.context_root)
+        )
         meta = {"coco_root": str(coco_root), "context_root": str(context_root)}
     else:
         raise DatasetError(f"unknown data source {data_cfg.source!r}: 'embedded' or 'real'")
@@ -55,4 +64,6 @@ def get_datasets(data_cfg, data_dir: str | Path, progress: bool = True) -> Datas
         det_val=CocoDetection(coco_root, "val", short_edge=short),
         seg_train=PascalContextSegmentation(context_root, "train"),
         seg_val=PascalContextSegmentation(context_root, "val", short_edge=short),
-        source=data_cfg.source, meta=meta)
+        source=data_cfg.source,
+        meta=meta,
+    )

@@ -5,6 +5,7 @@ Expected layout (COCO2017's own)::
     <root>/train2017/*.jpg   <root>/val2017/*.jpg
     <root>/annotations/instances_train2017.json   instances_val2017.json
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,11 @@ from ..errors import DatasetError
 from .images import to_rgb_tensor
 from .transforms import resize_short_edge
 
-COCO_HINT = ("download COCO2017 (train2017, val2017 and annotations_trainval2017) from the COCO "
-             "website and pass its folder as coco_root, or use the embedded default "
-             "(profile 'cpu' or 'smoke')")
+COCO_HINT = (
+    "download COCO2017 (train2017, val2017 and annotations_trainval2017) from the COCO "
+    "website and pass its folder as coco_root, or use the embedded default "
+    "(profile 'cpu' or 'smoke')"
+)
 
 
 class CocoDetection(Dataset):
@@ -35,16 +38,23 @@ class CocoDetection(Dataset):
     (``self.category_names[label - 1]``).
     """
 
-    def __init__(self, root: str | Path, split: str = "val", short_edge: int | None = None,
-                 max_images: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "val",
+        short_edge: int | None = None,
+        max_images: int | None = None,
+    ):
         from pycocotools.coco import COCO
 
         self.root = Path(root)
         ann = self.root / "annotations" / f"instances_{split}2017.json"
         self.image_dir = self.root / f"{split}2017"
         if not ann.is_file() or not self.image_dir.is_dir():
-            raise DatasetError(f"no COCO {split} split at {self.root} (looked for {ann} and "
-                               f"{self.image_dir}); {COCO_HINT}")
+            raise DatasetError(
+                f"no COCO {split} split at {self.root} (looked for {ann} and "
+                f"{self.image_dir}); {COCO_HINT}"
+            )
         try:
             import contextlib
             import io
@@ -75,9 +85,18 @@ class CocoDetection(Dataset):
             raise DatasetError(f"image {path} listed in the annotations is missing; {COCO_HINT}")
         image = to_rgb_tensor(path)
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                               a["bbox"][1] + a["bbox"][3]] for a in anns],
-                             dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.tensor(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
         labels = torch.tensor([self._label[a["category_id"]] for a in anns], dtype=torch.int64)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         image, boxes, _ = resize_short_edge(image, self.short_edge, boxes[keep])
@@ -96,6 +115,7 @@ class CocoDetection(Dataset):
                     f"annotation {a.get('id')} of image {image_id} has no 'segmentation' mask: "
                     "the ROI baseline needs instance masks (COCO's instances_*.json have them; "
                     "box-only files such as SFU-HW's do not), so evaluate it on a dataset with "
-                    "masks or leave the ROI curve out")
+                    "masks or leave the ROI curve out"
+                )
             m |= self.coco.annToMask(a).astype(bool)
         return torch.from_numpy(m)

@@ -9,6 +9,7 @@ The layout is MMSegmentation's after its Pascal-Context conversion::
 ``<root>`` is ``VOCdevkit/VOC2010``. Labels are reduced as MMSegmentation's
 ``PascalContextDataset59`` does (``reduce_zero_label``): class k -> k-1, unlabeled -> 255 (ignored).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,17 +28,72 @@ IGNORE_INDEX = 255
 
 #: MMSegmentation's PascalContextDataset59 class order
 PASCAL_CONTEXT59_CLASSES = (
-    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
-    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
-    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
-    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person",
-    "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign",
-    "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall",
-    "water", "window", "wood")
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
+)
 
-CONTEXT_HINT = ("prepare Pascal-Context59 with MMSegmentation's tools/dataset_converters/"
-                "pascal_context.py (VOC2010 + trainval_merged.json) and pass VOCdevkit/VOC2010 as "
-                "context_root, or use the embedded default (profile 'cpu' or 'smoke')")
+CONTEXT_HINT = (
+    "prepare Pascal-Context59 with MMSegmentation's tools/dataset_converters/"
+    "pascal_context.py (VOC2010 + trainval_merged.json) and pass VOCdevkit/VOC2010 as "
+    "context_root, or use the embedded default (profile 'cpu' or 'smoke')"
+)
 
 
 class PascalContextSegmentation(Dataset):
@@ -54,13 +110,21 @@ class PascalContextSegmentation(Dataset):
     Items: ``(image (3, H, W) in [0, 1], label (H, W) int64 in 0..C-1 or 255)``.
     """
 
-    def __init__(self, root: str | Path, split: str = "val", classes: tuple[str, ...] | None = None,
-                 short_edge: int | None = None, max_images: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "val",
+        classes: tuple[str, ...] | None = None,
+        short_edge: int | None = None,
+        max_images: int | None = None,
+    ):
         self.root = Path(root)
         listing = self.root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         if not listing.is_file():
-            raise DatasetError(f"no Pascal-Context {split} split at {self.root} (looked for "
-                               f"{listing}); {CONTEXT_HINT}")
+            raise DatasetError(
+                f"no Pascal-Context {split} split at {self.root} (looked for "
+                f"{listing}); {CONTEXT_HINT}"
+            )
         self.ids = [s.strip() for s in listing.read_text().split() if s.strip()][:max_images]
         if not self.ids:
             raise DatasetError(f"{listing} lists no images; {CONTEXT_HINT}")
@@ -82,8 +146,9 @@ class PascalContextSegmentation(Dataset):
             p = self.root / "JPEGImages" / f"{stem}{suffix}"
             if p.is_file():
                 return p
-        raise DatasetError(f"image {stem} is missing from {self.root / 'JPEGImages'}; "
-                           f"{CONTEXT_HINT}")
+        raise DatasetError(
+            f"image {stem} is missing from {self.root / 'JPEGImages'}; {CONTEXT_HINT}"
+        )
 
     def __getitem__(self, idx: int):
         stem = self.ids[idx]
@@ -97,8 +162,8 @@ class PascalContextSegmentation(Dataset):
         label = raw.astype(np.int64) - 1
         label[(raw == 0) | (label >= self.num_classes)] = IGNORE_INDEX
         if label.shape != tuple(image.shape[-2:]):
-            raise DatasetError(f"label {label_path} is {label.shape}, image is "
-                               f"{tuple(image.shape[-2:])}")
-        image, _, label_t = resize_short_edge(image, self.short_edge, None,
-                                              torch.from_numpy(label))
+            raise DatasetError(
+                f"label {label_path} is {label.shape}, image is {tuple(image.shape[-2:])}"
+            )
+        image, _, label_t = resize_short_edge(image, self.short_edge, None, torch.from_numpy(label))
         return image, label_t

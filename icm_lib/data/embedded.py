@@ -15,6 +15,7 @@ Layout under ``<data_dir>/embedded/<tag>/``::
 The whole folder is built under a temporary name and renamed in one step, so a stopped run never
 leaves a half-written dataset behind; ``meta.json`` marks it complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,26 +56,37 @@ def _coco_annotation(ann_id: int, image_id: int, obj) -> dict:
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
-    return {"id": ann_id, "image_id": image_id, "category_id": obj.category + 1,
-            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(obj.mask.sum()),
-            "segmentation": rle, "iscrowd": 0}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": obj.category + 1,
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "area": int(obj.mask.sum()),
+        "segmentation": rle,
+        "iscrowd": 0,
+    }
 
 
-def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int,
-           progress: bool) -> dict:
+def _write(
+    root: Path, image_size: int, n_train: int, n_val: int, seed: int, progress: bool
+) -> dict:
     coco, voc = root / "coco", root / "VOCdevkit" / "VOC2010"
-    for d in [coco / "annotations", voc / "JPEGImages", voc / "SegmentationClassContext",
-              voc / "ImageSets" / "SegmentationContext"]:
+    for d in [
+        coco / "annotations",
+        voc / "JPEGImages",
+        voc / "SegmentationClassContext",
+        voc / "ImageSets" / "SegmentationContext",
+    ]:
         d.mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"}
-                  for i, n in enumerate(THING_CLASSES)]
+    categories = [
+        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(THING_CLASSES)
+    ]
     counts = {}
     for split, n, split_seed in [("train", n_train, seed), ("val", n_val, seed + 10_000)]:
         rng = np.random.default_rng(split_seed)
         (coco / f"{split}2017").mkdir(exist_ok=True)
         images, annotations, ids = [], [], []
-        for i in tqdm(range(n), desc=f"scenes {split}", leave=False,
-                       disable=not progress):
+        for i in tqdm(range(n), desc=f"scenes {split}", leave=False, disable=not progress):
             image, label, objects = generate_scene(image_size, rng)
             name = f"{i:06d}.png"
             img_path = coco / f"{split}2017" / name
@@ -86,20 +98,34 @@ def _write(root: Path, image_size: int, n_train: int, n_val: int, seed: int,
                 shutil.copyfile(img_path, voc / "JPEGImages" / f"{stem}.png")
             Image.fromarray(label).save(voc / "SegmentationClassContext" / f"{stem}.png")
             ids.append(stem)
-            images.append({"id": i + 1, "file_name": name, "height": image_size,
-                           "width": image_size})
+            images.append(
+                {"id": i + 1, "file_name": name, "height": image_size, "width": image_size}
+            )
             for obj in objects:
                 annotations.append(_coco_annotation(len(annotations) + 1, i + 1, obj))
         with open(coco / "annotations" / f"instances_{split}2017.json", "w") as f:
-            json.dump({"info": {"description": "icm_lib embedded scenes"}, "images": images,
-                       "annotations": annotations, "categories": categories}, f)
+            json.dump(
+                {
+                    "info": {"description": "icm_lib embedded scenes"},
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": categories,
+                },
+                f,
+            )
         (voc / "ImageSets" / "SegmentationContext" / f"{split}.txt").write_text("\n".join(ids))
         counts[split] = {"images": n, "instances": len(annotations)}
     return counts
 
 
-def prepare_embedded(data_dir: str | Path, image_size: int = 256, n_train: int = 256,
-                     n_val: int = 48, seed: int = 0, progress: bool = True) -> EmbeddedDataset:
+def prepare_embedded(
+    data_dir: str | Path,
+    image_size: int = 256,
+    n_train: int = 256,
+    n_val: int = 48,
+    seed: int = 0,
+    progress: bool = True,
+) -> EmbeddedDataset:
     """Generate the embedded dataset under ``data_dir`` unless it is already there.
 
     Returns:
@@ -115,11 +141,20 @@ def prepare_embedded(data_dir: str | Path, image_size: int = 256, n_train: int =
         t0 = time.perf_counter()
         try:
             counts = _write(tmp, image_size, n_train, n_val, seed, progress)
-            atomic_write_json(tmp / "meta.json", {
-                "generator_version": GENERATOR_VERSION, "image_size": image_size,
-                "n_train": n_train, "n_val": n_val, "seed": seed, "counts": counts,
-                "thing_classes": list(THING_CLASSES), "seg_classes": list(SEG_CLASSES),
-                "seconds": round(time.perf_counter() - t0, 2)})
+            atomic_write_json(
+                tmp / "meta.json",
+                {
+                    "generator_version": GENERATOR_VERSION,
+                    "image_size": image_size,
+                    "n_train": n_train,
+                    "n_val": n_val,
+                    "seed": seed,
+                    "counts": counts,
+                    "thing_classes": list(THING_CLASSES),
+                    "seg_classes": list(SEG_CLASSES),
+                    "seconds": round(time.perf_counter() - t0, 2),
+                },
+            )
             try:
                 os.rename(tmp, root)
             except OSError:  # another process finished first

@@ -3,6 +3,7 @@
 Grayscale is replicated to three channels, RGBA is composited over white, 16-bit and float images
 are rescaled. What cannot be converted raises :class:`~icm_lib.errors.ImageError`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def _array_to_float(arr: np.ndarray) -> np.ndarray:
         if not np.isfinite(arr).all():
             raise ImageError("image has NaN or infinite values")
         if arr.min() < 0 or arr.max() > 1:
-            raise ImageError(f"float image values must lie in [0, 1], got "
-                             f"[{arr.min():.3g}, {arr.max():.3g}]; divide by 255 first?")
+            raise ImageError(
+                f"float image values must lie in [0, 1], got "
+                f"[{arr.min():.3g}, {arr.max():.3g}]; divide by 255 first?"
+            )
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 65535:

@@ -8,11 +8,12 @@ colours, sizes, rotations and fills are painted over it, later ones occluding ea
 One call of :func:`generate_scene` returns the image and its exact annotations; :mod:`.embedded`
 writes many of them as a COCO detection set and a Pascal-Context-layout segmentation set.
 """
+
 from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import ndimage
@@ -33,7 +34,7 @@ class SceneObject:
     mask: np.ndarray  # (H, W) bool, visible part
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A grayscale photo texture in [0, 1] (shipped with scikit-image, no download)."""
     img = getattr(skdata, name)().astype(np.float32)
@@ -47,7 +48,7 @@ def _tile(tex: np.ndarray, h: int, w: int, rng: np.random.Generator, scale: floa
     reps = (need_h // th + 2, need_w // tw + 2)
     big = np.tile(tex, reps)
     y0, x0 = rng.integers(0, th), rng.integers(0, tw)
-    crop = big[y0:y0 + need_h, x0:x0 + need_w]
+    crop = big[y0 : y0 + need_h, x0 : x0 + need_w]
     out = ndimage.zoom(crop, zoom, order=1)[:h, :w]
     return out
 
@@ -88,14 +89,22 @@ def _wavy_boundary(w: int, level: float, amp: float, rng: np.random.Generator) -
     return level + amp * np.sin(freq * x + rng.uniform(0, 6))
 
 
-def _shape_mask(kind: str, h: int, w: int, cy: float, cx: float, r: float, angle: float,
-                rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(
+    kind: str,
+    h: int,
+    w: int,
+    cy: float,
+    cx: float,
+    r: float,
+    angle: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == "ball":
-        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
     if kind == "ring":
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        return (d2 <= r ** 2) & (d2 >= (0.55 * r) ** 2)
+        return (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
     if kind == "box":
         aspect = rng.uniform(0.6, 1.0)
         pts = np.array([[-1, -aspect], [1, -aspect], [1, aspect], [-1, aspect]]) * r * 0.9
@@ -107,8 +116,25 @@ def _shape_mask(kind: str, h: int, w: int, cy: float, cx: float, r: float, angle
         pts = np.stack([np.cos(ang) * rad, np.sin(ang) * rad], 1) * r
     elif kind == "cross":
         a, b = 1.0, 0.33
-        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
-                        [-b, b], [-a, b], [-a, -b], [-b, -b]]) * r
+        pts = (
+            np.array(
+                [
+                    [-b, -a],
+                    [b, -a],
+                    [b, -b],
+                    [a, -b],
+                    [a, b],
+                    [b, b],
+                    [b, a],
+                    [-b, a],
+                    [-b, b],
+                    [-a, b],
+                    [-a, -b],
+                    [-b, -b],
+                ]
+            )
+            * r
+        )
     else:
         raise ValueError(kind)
     c, s = np.cos(angle), np.sin(angle)
@@ -121,8 +147,9 @@ def _shape_mask(kind: str, h: int, w: int, cy: float, cx: float, r: float, angle
 
 def _fill(h: int, w: int, rng: np.random.Generator, cy: float, cx: float, r: float) -> np.ndarray:
     hue = rng.random()
-    rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)),
-                   dtype=np.float32)
+    rgb = np.array(
+        colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)), dtype=np.float32
+    )
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     style = rng.integers(0, 3)
     if style == 0:  # shaded (light from the top-left)
@@ -132,14 +159,19 @@ def _fill(h: int, w: int, rng: np.random.Generator, cy: float, cx: float, r: flo
         rgb2 = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1, 0.6, 0.9), dtype=np.float32)
         period = max(3.0, r / rng.uniform(1.5, 3.0))
         theta = rng.uniform(0, np.pi)
-        stripes = (np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period) > 0)
+        stripes = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period) > 0
         return np.where(stripes[..., None], rgb[None, None], rgb2[None, None])
     noise = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 1.5)
     return np.clip(rgb[None, None] * (1 + 0.25 * noise[..., None]), 0, 1)
 
 
-def generate_scene(size: int, rng: np.random.Generator, min_objects: int = 2,
-                   max_objects: int = 6, min_visible_px: int = 30):
+def generate_scene(
+    size: int,
+    rng: np.random.Generator,
+    min_objects: int = 2,
+    max_objects: int = 6,
+    min_visible_px: int = 30,
+):
     """One scene.
 
     Args:

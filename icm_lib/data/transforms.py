@@ -3,6 +3,7 @@
 Boxes (COCO ``[x, y, w, h]`` in pixels, or torchvision ``[x1, y1, x2, y2]``) and label maps follow
 the image through every transform.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 MULTIPLE = 64
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE,
-                    mode: str = "replicate") -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int = MULTIPLE, mode: str = "replicate"
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (B, C, H, W) or (C, H, W) at the bottom/right to a multiple of ``multiple``.
 
     Returns:
@@ -40,9 +42,12 @@ def crop_padding(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., :height, :width]
 
 
-def resize_short_edge(image: torch.Tensor, short_edge: int | None,
-                      boxes: torch.Tensor | None = None,
-                      label: torch.Tensor | None = None):
+def resize_short_edge(
+    image: torch.Tensor,
+    short_edge: int | None,
+    boxes: torch.Tensor | None = None,
+    label: torch.Tensor | None = None,
+):
     """Resize (3, H, W) so min(H, W) == short_edge (bilinear; labels nearest; boxes scaled).
 
     ``short_edge=None`` returns the inputs unchanged.
@@ -52,20 +57,28 @@ def resize_short_edge(image: torch.Tensor, short_edge: int | None,
     h, w = image.shape[-2:]
     scale = short_edge / min(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                          antialias=scale < 1)[0].clamp(0, 1)
+    image = F.interpolate(
+        image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
+    )[0].clamp(0, 1)
     if boxes is not None and boxes.numel():
-        boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype,
-                                     device=boxes.device)
+        boxes = boxes * torch.tensor(
+            [nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype, device=boxes.device
+        )
     if label is not None:
         label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
         label = label.to(torch.long)
     return image, boxes, label
 
 
-def random_crop(image: torch.Tensor, size: int, generator: torch.Generator,
-                boxes: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                label_map: torch.Tensor | None = None, min_visible: float = 0.3):
+def random_crop(
+    image: torch.Tensor,
+    size: int,
+    generator: torch.Generator,
+    boxes: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    label_map: torch.Tensor | None = None,
+    min_visible: float = 0.3,
+):
     """A random ``size x size`` crop (the image is replicate-padded first if smaller).
 
     Boxes (x1, y1, x2, y2) are clipped to the crop; a box keeping less than ``min_visible`` of its
@@ -80,11 +93,13 @@ def random_crop(image: torch.Tensor, size: int, generator: torch.Generator,
         h, w = image.shape[-2:]
     top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-    image = image[:, top:top + size, left:left + size]
+    image = image[:, top : top + size, left : left + size]
     if label_map is not None:
-        label_map = label_map[top:top + size, left:left + size]
+        label_map = label_map[top : top + size, left : left + size]
     if boxes is not None:
-        shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype, device=boxes.device)
+        shifted = boxes - torch.tensor(
+            [left, top, left, top], dtype=boxes.dtype, device=boxes.device
+        )
         clipped = shifted.clamp(min=0, max=size)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         kept_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])

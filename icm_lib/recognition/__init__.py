@@ -1,4 +1,5 @@
 """The frozen recognition models ("machines"): detection and segmentation."""
+
 from __future__ import annotations
 
 from .detection import FrozenDetector, build_detector
@@ -15,14 +16,33 @@ def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
     from .training import load_or_train_detector, load_or_train_segmenter
 
     crop = profile.data.train_crop
-    det, det_report = load_or_train_detector(profile.recognition, datasets.det_train,
-                                             datasets.det_val, crop, cache_dir, device,
-                                             seed=profile.data.seed, progress=progress)
-    seg, seg_report = load_or_train_segmenter(profile.recognition, datasets.seg_train,
-                                              datasets.seg_val, crop, cache_dir, device,
-                                              seed=profile.data.seed, progress=progress)
+    det, det_report = load_or_train_detector(
+        profile.recognition,
+        datasets.det_train,
+        datasets.det_val,
+        crop,
+        cache_dir,
+        device,
+        seed=profile.data.seed,
+        progress=progress,
+    )
+    seg, seg_report = load_or_train_segmenter(
+        profile.recognition,
+        datasets.seg_train,
+        datasets.seg_val,
+        crop,
+        cache_dir,
+        device,
+        seed=profile.data.seed,
+        progress=progress,
+    )
     return det, seg, {"det": det_report, "seg": seg_report}
 
 
-__all__ = ["FrozenDetector", "FrozenSegmenter", "build_detector", "build_segmenter",
-           "load_or_train"]
+__all__ = [
+    "FrozenDetector",
+    "FrozenSegmenter",
+    "build_detector",
+    "build_segmenter",
+    "load_or_train",
+]

@@ -1,4 +1,5 @@
 """What both recognition models share: freezing, and train-mode losses with frozen statistics."""
+
 from __future__ import annotations
 
 import contextlib

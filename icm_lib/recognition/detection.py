@@ -6,6 +6,7 @@ torchvision's Faster R-CNN with a ResNet/ResNeXt FPN backbone chosen by name (``
 COCO weights for the whole detector exist only for ``resnet50``; other backbones get ImageNet
 weights and are trained on the dataset (or loaded from ``checkpoint``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,8 @@ from torchvision.models import detection as tvdet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from ..errors import WeightsUnavailableError
-from ..weights import require_download
 from ..tasks import DETECTION
+from ..weights import require_download
 from .common import freeze, loss_mode
 
 
@@ -32,13 +33,20 @@ def _no_resize(image, target=None):
     return image, target
 
 
-def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: bool = False,
-                   rpn_pre_nms_top_n_train: int = 2000,
-                   rpn_post_nms_top_n_train: int = 2000, rpn_pre_nms_top_n_test: int = 1000,
-                   rpn_post_nms_top_n_test: int = 1000, rpn_batch_size_per_image: int = 256,
-                   box_batch_size_per_image: int = 512, box_score_thresh: float = 0.05,
-                   box_head_dim: int | None = None,
-                   anchor_sizes: tuple[int, ...] | None = None) -> nn.Module:
+def build_detector(
+    num_classes: int,
+    backbone: str = "resnet18",
+    pretrained: bool = False,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    box_batch_size_per_image: int = 512,
+    box_score_thresh: float = 0.05,
+    box_head_dim: int | None = None,
+    anchor_sizes: tuple[int, ...] | None = None,
+) -> nn.Module:
     """A torchvision Faster R-CNN with an FPN over ``backbone``.
 
     Args:
@@ -58,19 +66,23 @@ def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: boo
     Raises:
         WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
     """
-    kwargs = dict(rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-                  rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-                  rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-                  rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-                  rpn_batch_size_per_image=rpn_batch_size_per_image,
-                  box_batch_size_per_image=box_batch_size_per_image,
-                  box_score_thresh=box_score_thresh)
+    kwargs = dict(
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_score_thresh=box_score_thresh,
+    )
     if pretrained and backbone == "resnet50":
         weights = tvdet.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
         require_download(weights.url, "torchvision Faster R-CNN R50-FPN v2 (COCO)")
         if num_classes + 1 != len(weights.meta["categories"]):
-            raise ValueError("torchvision's COCO detector predicts 91 category ids; use "
-                             "num_classes=90 with CocoDetection(..., contiguous=False)")
+            raise ValueError(
+                "torchvision's COCO detector predicts 91 category ids; use "
+                "num_classes=90 with CocoDetection(..., contiguous=False)"
+            )
         model = tvdet.fasterrcnn_resnet50_fpn_v2(weights=weights, **kwargs)
         model.transform.resize = _no_resize
         return model
@@ -82,13 +94,18 @@ def build_detector(num_classes: int, backbone: str = "resnet18", pretrained: boo
     # FrozenBatchNorm2d is the standard choice.
     norm = None if weights is not None else nn.BatchNorm2d
     extra = {} if norm is None else {"norm_layer": norm}
-    fpn = resnet_fpn_backbone(backbone_name=backbone, weights=weights,
-                              trainable_layers=5 if weights is None else 3, **extra)
+    fpn = resnet_fpn_backbone(
+        backbone_name=backbone,
+        weights=weights,
+        trainable_layers=5 if weights is None else 3,
+        **extra,
+    )
     if anchor_sizes is not None:
         from torchvision.models.detection.anchor_utils import AnchorGenerator
 
         kwargs["rpn_anchor_generator"] = AnchorGenerator(
-            tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+            tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+        )
     if box_head_dim is not None:
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
@@ -116,7 +133,7 @@ class FrozenDetector:
         self.model = freeze(model)
         self.score_threshold = score_threshold
 
-    def to(self, device) -> "FrozenDetector":
+    def to(self, device) -> FrozenDetector:
         self.model.to(device)
         return self
 
@@ -144,8 +161,9 @@ class FrozenDetector:
         under ``"loss"``.
         """
         with loss_mode(self.model):
-            losses = self.model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]}
-                                               for t in targets])
+            losses = self.model(
+                list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            )
         losses = dict(losses)
         losses["loss"] = sum(losses.values())
         return losses

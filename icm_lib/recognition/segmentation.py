@@ -5,6 +5,7 @@ source, so this wraps smp's DeepLabV3+ (encoder chosen by name, ``resnet18`` ...
 ``pretrained=True`` loads smp's ImageNet encoder weights (from the Hugging Face hub); the
 segmentation head is trained on the dataset (or loaded from a checkpoint).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 
 from ..data.context import IGNORE_INDEX
 from ..errors import WeightsUnavailableError
-from ..weights import hf_offline_unless_reachable
 from ..tasks import SEGMENTATION
+from ..weights import hf_offline_unless_reachable
 from .common import freeze, loss_mode
 
 #: ImageNet normalisation (smp encoders expect normalised input; the wrapper takes [0, 1])
@@ -36,8 +37,9 @@ class NormalizedSegmenter(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def build_segmenter(num_classes: int, encoder: str = "resnet18",
-                    pretrained: bool = False) -> NormalizedSegmenter:
+def build_segmenter(
+    num_classes: int, encoder: str = "resnet18", pretrained: bool = False
+) -> NormalizedSegmenter:
     """DeepLabV3+ (smp) with ``encoder``; ImageNet encoder weights when ``pretrained``.
 
     Raises:
@@ -48,15 +50,17 @@ def build_segmenter(num_classes: int, encoder: str = "resnet18",
     weights = "imagenet" if pretrained else None
     try:
         with hf_offline_unless_reachable():
-            net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=weights,
-                                    classes=num_classes)
+            net = smp.DeepLabV3Plus(
+                encoder_name=encoder, encoder_weights=weights, classes=num_classes
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         if not pretrained:
             raise
         raise WeightsUnavailableError(
             f"smp {encoder} ImageNet weights cannot be downloaded ({type(exc).__name__}); run "
             "once with internet (they are cached by huggingface_hub), pass a checkpoint, or use "
-            "pretrained=False") from exc
+            "pretrained=False"
+        ) from exc
     return NormalizedSegmenter(net)
 
 
@@ -69,7 +73,7 @@ class FrozenSegmenter:
         self.model = freeze(model)
         self.num_classes = num_classes
 
-    def to(self, device) -> "FrozenSegmenter":
+    def to(self, device) -> FrozenSegmenter:
         self.model.to(device)
         return self
 

@@ -4,6 +4,7 @@ In the ``paper`` profile the models come pretrained (or from a checkpoint) and t
 on the embedded default they are trained here from scratch in minutes on a CPU, then frozen for
 every codec experiment.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from ..data.context import IGNORE_INDEX, PascalContextSegmentation
 from ..data.transforms import pad_to_multiple, random_crop
 from ..metrics import ConfusionMatrix, detection_map
 from ..profiles import RecognitionConfig
-from ..runtime import atomic_torch_save, config_hash, load_checkpoint, seed_everything
+from ..runtime import atomic_torch_save, config_hash, load_checkpoint, mix_seed, seed_everything
 from .detection import FrozenDetector, build_detector
 from .segmentation import FrozenSegmenter, build_segmenter
 
@@ -37,16 +38,18 @@ class RandomCrops(Dataset):
         return len(self.base)
 
     def __getitem__(self, idx: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + idx)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, idx))
         image, target = self.base[idx]
         flip = bool(torch.rand((), generator=g) < 0.5)
         if isinstance(target, dict):  # detection
-            image, boxes, labels, _ = random_crop(image, self.crop, g, target["boxes"],
-                                                  target["labels"])
+            image, boxes, labels, _ = random_crop(
+                image, self.crop, g, target["boxes"], target["labels"]
+            )
             if flip:
                 image = image.flip(-1)
-                boxes = torch.stack([self.crop - boxes[:, 2], boxes[:, 1],
-                                     self.crop - boxes[:, 0], boxes[:, 3]], 1)
+                boxes = torch.stack(
+                    [self.crop - boxes[:, 2], boxes[:, 1], self.crop - boxes[:, 0], boxes[:, 3]], 1
+                )
             return image, {"boxes": boxes.reshape(-1, 4), "labels": labels}
         image, _, _, label = random_crop(image, self.crop, g, label_map=target)
         if flip:
@@ -60,8 +63,7 @@ def collate_detection(batch):
 
 def _cycle(loader: DataLoader, dataset: RandomCrops):
     while True:
-        for batch in loader:
-            yield batch
+        yield from loader
         dataset.epoch += 1
 
 
@@ -71,11 +73,23 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _fit(model, crops: RandomCrops, loader: DataLoader, params, opt, steps: int, loss_of,
-         clip: float | None, desc: str, device: torch.device, progress: bool) -> list[float]:
+def _fit(
+    model,
+    crops: RandomCrops,
+    loader: DataLoader,
+    params,
+    opt,
+    steps: int,
+    loss_of,
+    clip: float | None,
+    desc: str,
+    device: torch.device,
+    progress: bool,
+) -> list[float]:
     """The shared loop: warm-up + cosine schedule, optional clipping, progress bar, loss log."""
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10)))
+        opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10))
+    )
     model.to(device).train()
     log = []
     batches = _cycle(loader, crops)
@@ -93,44 +107,92 @@ def _fit(model, crops: RandomCrops, loader: DataLoader, params, opt, steps: int,
     return log
 
 
-def train_detector(model, dataset: CocoDetection, cfg: RecognitionConfig, crop: int,
-                   device: torch.device, seed: int = 0, progress: bool = True) -> list[float]:
+def train_detector(
+    model,
+    dataset: CocoDetection,
+    cfg: RecognitionConfig,
+    crop: int,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log."""
     seed_everything(seed)
     crops = RandomCrops(dataset, crop, seed)
-    loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate_detection,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        crops,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_detection,
+        generator=torch.Generator().manual_seed(seed),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
 
     def loss_of(batch):
         images, targets = batch
-        losses = model(list(images.to(device)),
-                       [{k: v.to(device) for k, v in t.items()} for t in targets])
+        losses = model(
+            list(images.to(device)), [{k: v.to(device) for k, v in t.items()} for t in targets]
+        )
         return sum(losses.values())
 
-    return _fit(model, crops, loader, params, opt, cfg.train_steps, loss_of, 10.0,
-                "train detector", device, progress)
+    return _fit(
+        model,
+        crops,
+        loader,
+        params,
+        opt,
+        cfg.train_steps,
+        loss_of,
+        10.0,
+        "train detector",
+        device,
+        progress,
+    )
 
 
-def train_segmenter(model, dataset: PascalContextSegmentation, cfg: RecognitionConfig, crop: int,
-                    device: torch.device, seed: int = 0, progress: bool = True) -> list[float]:
+def train_segmenter(
+    model,
+    dataset: PascalContextSegmentation,
+    cfg: RecognitionConfig,
+    crop: int,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
     """Adam (warm-up + cosine) with cross-entropy on random crops; returns the loss log."""
     seed_everything(seed)
     crops = RandomCrops(dataset, crop, seed)
-    loader = DataLoader(crops, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        crops,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.seg_lr)
 
     def loss_of(batch):
         images, labels = batch
-        return F.cross_entropy(model(images.to(device)), labels.to(device),
-                               ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            model(images.to(device)), labels.to(device), ignore_index=IGNORE_INDEX
+        )
 
-    return _fit(model, crops, loader, params, opt, cfg.train_steps, loss_of, None,
-                "train segmenter", device, progress)
+    return _fit(
+        model,
+        crops,
+        loader,
+        params,
+        opt,
+        cfg.train_steps,
+        loss_of,
+        None,
+        "train segmenter",
+        device,
+        progress,
+    )
 
 
 def eval_batches(dataset: Dataset, batch_size: int = 4):
@@ -148,8 +210,13 @@ def eval_batches(dataset: Dataset, batch_size: int = 4):
 
 
 @torch.no_grad()
-def evaluate_detection(machine: FrozenDetector, dataset: CocoDetection, device: torch.device,
-                       transform=None, batch_size: int = 4) -> dict[str, float]:
+def evaluate_detection(
+    machine: FrozenDetector,
+    dataset: CocoDetection,
+    device: torch.device,
+    transform=None,
+    batch_size: int = 4,
+) -> dict[str, float]:
     """mAP of ``machine`` on ``dataset`` against ground truth; ``transform(images)`` (e.g. a codec
     round trip through real bitstreams) is applied to each batch first."""
     preds, gts = [], []
@@ -163,9 +230,13 @@ def evaluate_detection(machine: FrozenDetector, dataset: CocoDetection, device: 
 
 
 @torch.no_grad()
-def evaluate_segmentation(machine: FrozenSegmenter, dataset: PascalContextSegmentation,
-                          device: torch.device, transform=None,
-                          batch_size: int = 4) -> dict[str, float]:
+def evaluate_segmentation(
+    machine: FrozenSegmenter,
+    dataset: PascalContextSegmentation,
+    device: torch.device,
+    transform=None,
+    batch_size: int = 4,
+) -> dict[str, float]:
     """mIoU and pixel accuracy against ground truth (the model sees a 64-padded image; the
     padding is cropped from its prediction)."""
     cm = ConfusionMatrix(machine.num_classes, IGNORE_INDEX)
@@ -184,17 +255,36 @@ def evaluate_segmentation(machine: FrozenSegmenter, dataset: PascalContextSegmen
 INFERENCE_ONLY = ("score_threshold", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
 
 
-def _load_or_train(name: str, model, make_machine, train_fn, eval_fn, cfg: RecognitionConfig,
-                   train_set, val_set, crop: int, cache_dir: str | Path, device: torch.device,
-                   seed: int, progress: bool):
+def _load_or_train(
+    name: str,
+    model,
+    make_machine,
+    train_fn,
+    eval_fn,
+    cfg: RecognitionConfig,
+    train_set,
+    val_set,
+    crop: int,
+    cache_dir: str | Path,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+):
     """Load ``model``'s weights and report from the cache, or train, evaluate and cache them.
 
     The cache file is keyed by the recognition config, the dataset, the crop and the seed; it holds
     the weights and a report (val metric, training seconds, loss log).
     """
     trained_by = {k: v for k, v in asdict(cfg).items() if k not in INFERENCE_ONLY}
-    key = config_hash({"cfg": trained_by, "data": str(Path(train_set.root).resolve()),
-                       "classes": train_set.num_classes, "crop": crop, "seed": seed})
+    key = config_hash(
+        {
+            "cfg": trained_by,
+            "data": str(Path(train_set.root).resolve()),
+            "classes": train_set.num_classes,
+            "crop": crop,
+            "seed": seed,
+        }
+    )
     path = Path(cache_dir) / f"{name}-{key}.pt"
     if path.is_file():
         ckpt = load_checkpoint(path)
@@ -203,38 +293,79 @@ def _load_or_train(name: str, model, make_machine, train_fn, eval_fn, cfg: Recog
         report["cached"] = True
     else:
         t0 = time.perf_counter()
-        log = train_fn(model, train_set, cfg, crop, device, seed, progress) \
-            if cfg.train_steps else []
+        log = (
+            train_fn(model, train_set, cfg, crop, device, seed, progress) if cfg.train_steps else []
+        )
         seconds = time.perf_counter() - t0
-        report = {"val": eval_fn(make_machine(), val_set, device), "train_seconds": seconds,
-                  "train_steps": cfg.train_steps, "loss_log": log, "cached": False}
+        report = {
+            "val": eval_fn(make_machine(), val_set, device),
+            "train_seconds": seconds,
+            "train_steps": cfg.train_steps,
+            "loss_log": log,
+            "cached": False,
+        }
         atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
     report["path"] = str(path)
     return make_machine(), report
 
 
-def load_or_train_detector(cfg: RecognitionConfig, train_set: CocoDetection,
-                           val_set: CocoDetection, crop: int, cache_dir: str | Path,
-                           device: torch.device, seed: int = 0,
-                           progress: bool = True) -> tuple[FrozenDetector, dict]:
+def load_or_train_detector(
+    cfg: RecognitionConfig,
+    train_set: CocoDetection,
+    val_set: CocoDetection,
+    crop: int,
+    cache_dir: str | Path,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[FrozenDetector, dict]:
     """A frozen :class:`FrozenDetector`, trained and evaluated once (val mAP), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
-    model = build_detector(train_set.num_classes, cfg.det_backbone, cfg.pretrained,
-                           **cfg.detector_kwargs())
-    return _load_or_train(f"detector-{cfg.det_backbone}", model,
-                          lambda: FrozenDetector(model, cfg.score_threshold).to(device),
-                          train_detector, evaluate_detection, cfg, train_set, val_set, crop,
-                          cache_dir, device, seed, progress)
+    model = build_detector(
+        train_set.num_classes, cfg.det_backbone, cfg.pretrained, **cfg.detector_kwargs()
+    )
+    return _load_or_train(
+        f"detector-{cfg.det_backbone}",
+        model,
+        lambda: FrozenDetector(model, cfg.score_threshold).to(device),
+        train_detector,
+        evaluate_detection,
+        cfg,
+        train_set,
+        val_set,
+        crop,
+        cache_dir,
+        device,
+        seed,
+        progress,
+    )
 
 
-def load_or_train_segmenter(cfg: RecognitionConfig, train_set: PascalContextSegmentation,
-                            val_set: PascalContextSegmentation, crop: int,
-                            cache_dir: str | Path, device: torch.device, seed: int = 0,
-                            progress: bool = True) -> tuple[FrozenSegmenter, dict]:
+def load_or_train_segmenter(
+    cfg: RecognitionConfig,
+    train_set: PascalContextSegmentation,
+    val_set: PascalContextSegmentation,
+    crop: int,
+    cache_dir: str | Path,
+    device: torch.device,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[FrozenSegmenter, dict]:
     """A frozen :class:`FrozenSegmenter`, trained and evaluated once (val mIoU), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
     model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
-    return _load_or_train(f"segmenter-{cfg.seg_encoder}", model,
-                          lambda: FrozenSegmenter(model, train_set.num_classes).to(device),
-                          train_segmenter, evaluate_segmentation, cfg, train_set, val_set, crop,
-                          cache_dir, device, seed, progress)
+    return _load_or_train(
+        f"segmenter-{cfg.seg_encoder}",
+        model,
+        lambda: FrozenSegmenter(model, train_set.num_classes).to(device),
+        train_segmenter,
+        evaluate_segmentation,
+        cfg,
+        train_set,
+        val_set,
+        crop,
+        cache_dir,
+        device,
+        seed,
+        progress,
+    )
