@@ -117,10 +117,7 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
 
 
 def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> None:
-    from .aux_branch import build_branch
-    from .data.sampler import CropSampler
     from .experiment import Experiment
-    from .losses import ICMObjective
     from .profiles import get_profile
 
     profile = get_profile(profile_name)
@@ -130,52 +127,51 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
     print(
         f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}"
     )
-    icm = profile.icm
     for task in ("det", "seg"):
-        cfg = icm.train(task)
-        train_set = exp.datasets.train(task)
-        sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
-        times = {}
-        for variant in ("baseline", "aux-enc"):
-            torch.manual_seed(0)
-            codec = load_codec(exp.reference.codec_state()).to(device).train()
-            branch = build_branch(
-                variant,
-                task,
-                codec,
-                train_set.num_classes,
-                icm.branch_width,
-                profile.recognition.sampling(),
-            )
-            params = list(codec.main_parameters())
-            if branch is not None:
-                branch.to(device).train()
-                params += list(branch.parameters())
-            opt = torch.optim.Adam(params, lr=1e-5)
-            objective = ICMObjective(
-                exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
-            )
-
-            def step(i):
-                x = sampler.batch(i).to(device)
-                opt.zero_grad(set_to_none=True)
-                objective(codec, branch, x)["loss"].backward()
-                opt.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-
-            step(0)  # warm-up
-            ts = []
-            for i in range(1, steps + 1):
-                t0 = time.perf_counter()
-                step(i)
-                ts.append(time.perf_counter() - t0)
-            times[variant] = statistics.median(ts)
+        cfg = profile.icm.train(task)
+        base, aux = (_step_seconds(exp, task, v, steps) for v in ("baseline", "aux-enc"))
         print(
-            f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{times['baseline']:>17.3f}"
-            f"{times['aux-enc']:>16.3f}{times['aux-enc'] / times['baseline']:>7.2f}",
+            f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{base:>17.3f}{aux:>16.3f}{aux / base:>7.2f}",
             flush=True,
         )
+    _encode_time_ratio(exp, repeats)
+
+
+def _step_seconds(exp, task: str, variant: str, steps: int) -> float:
+    """Median seconds of one training step of ``variant`` (the profile's batch, after one
+    warm-up step), with the profile's objective and branch."""
+    from .data.sampler import CropSampler
+    from .losses import ICMObjective
+
+    icm, device = exp.profile.icm, exp.device
+    cfg, train_set = icm.train(task), exp.datasets.train(task)
+    sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
+    torch.manual_seed(0)
+    codec = load_codec(exp.reference.codec_state()).to(device).train()
+    branch = exp.branch(variant, task, codec)
+    params = list(codec.main_parameters())
+    if branch is not None:
+        branch.to(device).train()
+        params += list(branch.parameters())
+    opt = torch.optim.Adam(params, lr=1e-5)
+    objective = ICMObjective(
+        exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+    )
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        objective(codec, branch, sampler.batch(i).to(device))["loss"].backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step(0)  # warm-up
+    return statistics.median(_time(lambda i=i: step(i), 1)[0] for i in range(1, steps + 1))
+
+
+def _encode_time_ratio(exp, repeats: int) -> None:
+    """Encode time of a cached aux-enc codec against a cached baseline codec (no branch at test
+    time: ~1.0 expected)."""
     images = [pad_to_multiple(exp.datasets.det_val[i][0][None])[0] for i in range(4)]
     found = False
     for task in ("det", "seg"):
@@ -188,7 +184,7 @@ def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> No
         found = True
         enc = {}
         for v, paths in runs.items():
-            codec = load_codec(load_checkpoint(paths[0])).to(device).eval()
+            codec = load_codec(load_checkpoint(paths[0])).to(exp.device).eval()
             enc[v] = statistics.fmean(_time(lambda: codec.compress(x), repeats)[0] for x in images)
         print(
             f"encode time {task}: baseline {enc['baseline']:.4f} s, aux-enc {enc['aux-enc']:.4f} s,"
@@ -240,7 +236,7 @@ def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -
 
 
 def bench_devices(train_steps: int) -> dict:
-    from .errors import BitstreamError
+    """The cross-device table (module docstring); returns its cells."""
     from .fuzz import FAMILY_CODECS, scene_images, train_briefly
 
     variants = _device_variants()
@@ -255,10 +251,10 @@ def bench_devices(train_steps: int) -> dict:
         state = train_briefly(
             build_codec(name, N=32, M=48), scene_images(8, 128), train_steps
         ).codec_state()
-        codecs = {}
-        for v, spec in variants.items():
-            codecs[v] = load_codec(state).to(spec["device"], spec.get("dtype", torch.float32))
-            codecs[v].eval()
+        codecs = {
+            v: load_codec(state).to(spec["device"], spec.get("dtype", torch.float32)).eval()
+            for v, spec in variants.items()
+        }
         for coder in ("icm_lib", "CompressAI"):
             if coder == "CompressAI":  # as before: every reader rebuilds its own tables
                 for v, spec in variants.items():
@@ -266,32 +262,10 @@ def bench_devices(train_steps: int) -> dict:
                         codecs[v].model.update(force=True)
             print(f"\n{family} ({name}), {coder}: writer \\ reader")
             print(f"{'':<14}" + "".join(f"{r:>14}" for r in variants))
-            for w, wspec in variants.items():
+            for w in variants:
                 cells = []
-                for r, rspec in variants.items():
-                    counts = {"identical": 0, "refused": 0, "differ": 0}
-                    for x in images:
-                        with _on(wspec):
-                            if coder == "icm_lib":
-                                data, latent = codecs[w].compress_with_latent(x)
-                            else:
-                                try:
-                                    latent = _compressai_roundtrip(codecs[w], codecs[w], x)
-                                except RuntimeError:  # CompressAI's AR decoder is float32-only
-                                    counts = None
-                                    break
-                        with _on(rspec):
-                            try:
-                                got = (
-                                    codecs[r].decoded_latent(data)
-                                    if coder == "icm_lib"
-                                    else _compressai_roundtrip(codecs[w], codecs[r], x)
-                                )
-                            except (BitstreamError, RuntimeError, ValueError):
-                                counts["refused"] += 1
-                                continue
-                        same = torch.equal(got.float().cpu(), latent.float().cpu())
-                        counts["identical" if same else "differ"] += 1
+                for r in variants:
+                    counts = _cross_decode(codecs, variants, w, r, coder, images)
                     table[(family, coder, w, r)] = counts
                     cells.append(
                         "n/a"
@@ -300,6 +274,39 @@ def bench_devices(train_steps: int) -> dict:
                     )
                 print(f"{w:<14}" + "".join(f"{c:>14}" for c in cells), flush=True)
     return table
+
+
+def _cross_decode(
+    codecs: dict, variants: dict, w: str, r: str, coder: str, images: list
+) -> dict | None:
+    """Streams written by ``codecs[w]`` decoded by ``codecs[r]``: how many gave the writer's ŷ
+    (``None`` where CompressAI's writer itself cannot run, e.g. its AR coder in float64)."""
+    from .errors import BitstreamError
+
+    counts = {"identical": 0, "refused": 0, "differ": 0}
+    for x in images:
+        with _on(variants[w]):
+            if coder == "icm_lib":
+                data, latent = codecs[w].compress_with_latent(x)
+            else:
+                try:
+                    latent = _compressai_roundtrip(codecs[w], codecs[w], x)
+                except RuntimeError:  # CompressAI's AR decoder is float32-only
+                    return None
+        with _on(variants[r]):
+            try:
+                got = (
+                    codecs[r].decoded_latent(data)
+                    if coder == "icm_lib"
+                    else _compressai_roundtrip(codecs[w], codecs[r], x)
+                )
+            except (BitstreamError, RuntimeError, ValueError):
+                counts["refused"] += 1
+                continue
+        counts[
+            "identical" if torch.equal(got.float().cpu(), latent.float().cpu()) else "differ"
+        ] += 1
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,45 +332,58 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.what == "devices":
         bench_devices(150 if args.train_steps is None else args.train_steps)
-        return 0
-    if args.what == "icm":
+    elif args.what == "icm":
         bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
-        return 0
+    else:
+        bench_codecs(
+            args.codecs,
+            args.quality,
+            args.pretrained,
+            args.repeats,
+            args.train_steps or 0,
+            args.cache_dir,
+        )
+    return 0
+
+
+def bench_codecs(
+    names: list[str],
+    quality: int,
+    pretrained: bool,
+    repeats: int,
+    train_steps: int,
+    cache_dir: Path,
+) -> None:
+    """The ``codec`` table: zoo architectures, briefly trained small codecs, cached MSE codecs."""
     images = bench_images()
     print(
         f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
-        f"median of {args.repeats}"
+        f"median of {repeats}"
     )
     print(
         f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
-        f"{'pay/CAI':>8}"
-        f"{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
+        f"{'pay/CAI':>8}{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
     )
-    for name in args.codecs:
-        codec = build_codec(name, quality=args.quality, pretrained=args.pretrained)
-        tag = "pretrained" if args.pretrained else "random weights"
-        bench_codec(codec, f"{name} q{args.quality} ({tag})", images, args.repeats)
-    if args.train_steps:
+    for name in names:
+        codec = build_codec(name, quality=quality, pretrained=pretrained)
+        tag = "pretrained" if pretrained else "random weights"
+        bench_codec(codec, f"{name} q{quality} ({tag})", images, repeats)
+    if train_steps:
         from .fuzz import FAMILY_CODECS, scene_images, train_briefly
 
         for _, name in FAMILY_CODECS:
             torch.manual_seed(0)
-            codec = train_briefly(
-                build_codec(name, N=32, M=48), scene_images(8, 128), args.train_steps
-            )
-            bench_codec(codec, f"{name} N32 M48 ({args.train_steps} steps)", images, args.repeats)
-    for path in sorted(args.cache_dir.glob("mse-codec-*/codec.pt")):
+            codec = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128), train_steps)
+            bench_codec(codec, f"{name} N32 M48 ({train_steps} steps)", images, repeats)
+    for path in sorted(cache_dir.glob("mse-codec-*/codec.pt")):
         codec = load_codec(load_checkpoint(path))
-        bench_codec(
-            codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images, args.repeats
-        )
+        bench_codec(codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images, repeats)
     print(
         "est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
         " pay/cod: payload / coder estimate; pay/CAI: payload / CompressAI's own strings for "
-        "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own "
-        "compress/decompress (icm_lib before its own coder); ratio: icm_lib / CompressAI"
+        "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own compress/decompress "
+        "(icm_lib before its own coder); ratio: icm_lib / CompressAI"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -166,6 +166,19 @@ class Experiment:
         """The frozen recognizer of ``task``."""
         return self.machines[get_task(task).name]
 
+    def branch(self, variant: str, task: Task | str, codec: ICMCodec):
+        """A new auxiliary branch of ``variant`` for ``codec`` with the profile's width and the
+        detector's sampling (``None`` for ``mse`` and ``baseline``)."""
+        profile = self.profile
+        return build_branch(
+            variant,
+            task,
+            codec,
+            self.datasets.train(task).num_classes,
+            profile.icm.branch_width,
+            profile.recognition.sampling(),
+        )
+
     # ------------------------------------------------------------------ codecs for machines
     def icm_run(
         self,
@@ -209,14 +222,7 @@ class Experiment:
         run_dir = self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
         codec = load_codec(self.reference.codec_state())
         seed_everything(seed)  # the branch's initial weights depend on the seed only
-        branch = build_branch(
-            variant,
-            task,
-            codec,
-            train_set.num_classes,
-            icm.branch_width,
-            profile.recognition.sampling(),
-        )
+        branch = self.branch(variant, task, codec)
         objective = (
             mse_objective(lmbda)
             if variant == "mse"

@@ -63,78 +63,81 @@ def _with_crc(body: bytes) -> bytes:
 
 
 def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
-    """One mutation of a valid container ``data``; the checksum is recomputed."""
+    """One mutation of a valid container ``data`` (``kind``: one of :data:`KINDS`); the
+    checksum is recomputed."""
+    if kind not in _MUTATIONS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    return _MUTATIONS[kind](data, rng)
+
+
+def _mutate_payload(data: bytes, rng: random.Random) -> bytes:
     header, strings = bitstream.unpack(data)
-    if kind == "payload":
-        payload = bytearray(strings[0])
-        op = rng.randrange(5)
-        if op == 0 and payload:
-            for _ in range(rng.randint(1, 8)):
-                payload[rng.randrange(len(payload))] ^= 1 << rng.randrange(8)
-        elif op == 1 and payload:
-            for _ in range(rng.randint(1, 4)):
-                payload[rng.randrange(len(payload))] = rng.randrange(256)
-        elif op == 2:
-            payload = payload[: rng.randrange(len(payload) + 1)]
-        elif op == 3:
-            payload += bytes(rng.randrange(256) for _ in range(4 * rng.randint(1, 16)))
-        else:
-            cut = 4 * rng.randrange(len(payload) // 4 + 1)
-            payload = payload[:cut] + bytes(4) + payload[cut:]
-        return bitstream.pack(header, [bytes(payload)])
-    if kind == "header":
-        body = bytearray(data[:-4])
-        n = _header_length(data)
-        for _ in range(rng.randint(1, 3)):
-            body[rng.randrange(4, n)] = rng.randrange(256)
-        return _with_crc(bytes(body))
-    if kind == "field":
-        name = rng.choice(
-            [
-                "quality",
-                "N",
-                "M",
-                "height",
-                "width",
-                "pad_h",
-                "pad_w",
-                "latent0",
-                "latent1",
-                "fingerprint",
-            ]
-        )
-        if name == "fingerprint":
-            fp = bytearray(header.fingerprint)
-            fp[rng.randrange(len(fp))] ^= 1 << rng.randrange(8)
-            return bitstream.pack(replace(header, fingerprint=bytes(fp)), strings)
-        old = (
-            header.latent_shape[int(name[-1])]
-            if name.startswith("latent")
-            else getattr(header, name)
-        )
-        limit = 255 if name == "quality" else 0xFFFF
-        new = rng.choice(
-            [
-                v
-                for v in {old + 1, old - 1, old * 2, 0, limit, rng.randrange(limit + 1)}
-                if 0 <= v <= limit and v != old
-            ]
-        )
-        if name.startswith("latent"):
-            shape = list(header.latent_shape)
-            shape[int(name[-1])] = new
-            return bitstream.pack(replace(header, latent_shape=tuple(shape)), strings)
-        return bitstream.pack(replace(header, **{name: new}), strings)
-    if kind == "reshape":
-        per = (header.height + header.pad_h) // header.latent_shape[0]  # pixels per latent row
-        rows = max(1, header.latent_shape[0] + rng.choice([-1, 1, 2, 8, 64]))
-        cols = max(1, header.latent_shape[1] + rng.choice([-1, 0, 1, 4, 32]))
-        h, w, pad_h, pad_w = rows * per, cols * per, 0, 0
-        return bitstream.pack(
-            replace(header, height=h, width=w, pad_h=pad_h, pad_w=pad_w, latent_shape=(rows, cols)),
-            strings,
-        )
-    raise ValueError(f"kind must be one of {KINDS}")
+    payload = bytearray(strings[0])
+    op = rng.randrange(5)
+    if op == 0 and payload:  # bit flips
+        for _ in range(rng.randint(1, 8)):
+            payload[rng.randrange(len(payload))] ^= 1 << rng.randrange(8)
+    elif op == 1 and payload:  # overwritten bytes
+        for _ in range(rng.randint(1, 4)):
+            payload[rng.randrange(len(payload))] = rng.randrange(256)
+    elif op == 2:  # truncation
+        payload = payload[: rng.randrange(len(payload) + 1)]
+    elif op == 3:  # appended words
+        payload += bytes(rng.randrange(256) for _ in range(4 * rng.randint(1, 16)))
+    else:  # an inserted zero word
+        cut = 4 * rng.randrange(len(payload) // 4 + 1)
+        payload = payload[:cut] + bytes(4) + payload[cut:]
+    return bitstream.pack(header, [bytes(payload)])
+
+
+def _mutate_header_bytes(data: bytes, rng: random.Random) -> bytes:
+    body = bytearray(data[:-4])
+    n = _header_length(data)
+    for _ in range(rng.randint(1, 3)):
+        body[rng.randrange(4, n)] = rng.randrange(256)
+    return _with_crc(bytes(body))
+
+
+_FIELDS = ("quality", "N", "M", "height", "width", "pad_h", "pad_w", "latent0", "latent1")
+
+
+def _mutate_field(data: bytes, rng: random.Random) -> bytes:
+    header, strings = bitstream.unpack(data)
+    name = rng.choice([*_FIELDS, "fingerprint"])
+    if name == "fingerprint":
+        fp = bytearray(header.fingerprint)
+        fp[rng.randrange(len(fp))] ^= 1 << rng.randrange(8)
+        return bitstream.pack(replace(header, fingerprint=bytes(fp)), strings)
+    latent = name.startswith("latent")
+    old = header.latent_shape[int(name[-1])] if latent else getattr(header, name)
+    limit = 255 if name == "quality" else 0xFFFF
+    candidates = {old + 1, old - 1, old * 2, 0, limit, rng.randrange(limit + 1)}
+    new = rng.choice([v for v in candidates if 0 <= v <= limit and v != old])
+    if latent:
+        shape = list(header.latent_shape)
+        shape[int(name[-1])] = new
+        return bitstream.pack(replace(header, latent_shape=tuple(shape)), strings)
+    return bitstream.pack(replace(header, **{name: new}), strings)
+
+
+def _reshape(data: bytes, rng: random.Random) -> bytes:
+    """Height, width and latent shape changed together: a consistent header for another size."""
+    header, strings = bitstream.unpack(data)
+    per = (header.height + header.pad_h) // header.latent_shape[0]  # pixels per latent row
+    rows = max(1, header.latent_shape[0] + rng.choice([-1, 1, 2, 8, 64]))
+    cols = max(1, header.latent_shape[1] + rng.choice([-1, 0, 1, 4, 32]))
+    resized = replace(
+        header, height=rows * per, width=cols * per, pad_h=0, pad_w=0, latent_shape=(rows, cols)
+    )
+    return bitstream.pack(resized, strings)
+
+
+_MUTATIONS = {
+    "payload": _mutate_payload,
+    "header": _mutate_header_bytes,
+    "field": _mutate_field,
+    "reshape": _reshape,
+}
 
 
 # ---------------------------------------------------------------------- codecs to fuzz

@@ -38,6 +38,7 @@ from .data.sampler import CropSampler
 from .experiment import Experiment
 from .profiles import GANConfig, get_profile
 from .runtime import (
+    CheckpointParts,
     RunFiles,
     config_hash,
     get_device,
@@ -152,6 +153,50 @@ def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
     return replace(cfg, adv_weight=weight)
 
 
+class _FinetuneStep:
+    """One step of decoder-only finetuning: the discriminator on real vs decoded patches, then
+    g_s on the adversarial, task and pixel losses; and the state a checkpoint keeps."""
+
+    def __init__(self, codec: ICMCodec, machine, cfg: GANConfig, device: torch.device):
+        self.codec, self.machine, self.cfg = codec, machine, cfg
+        params = trainable_decoder_parameters(codec, cfg.decoder_layers)
+        self.disc = PatchDiscriminator(3, cfg.d_channels, cfg.d_layers).to(device).train()
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
+        self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+        self.state = CheckpointParts(
+            discriminator=self.disc, optimizer=self.opt, d_optimizer=self.d_opt
+        )
+
+    def __call__(self, step: int, x: torch.Tensor) -> dict[str, float]:
+        cfg, codec, disc = self.cfg, self.codec, self.disc
+        torch.manual_seed(mix_seed(cfg.seed, step))
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the patch positions
+        with torch.no_grad():
+            latent_hat = codec.encode(x)["latent_hat"]
+            pseudo_labels = self.machine.pseudo_labels(x)
+        x_hat = codec.decode(latent_hat)
+        real_p, fake_p = random_patches([x, x_hat], cfg.patch, g)
+        d_loss = discriminator_loss(disc(real_p), disc(fake_p.detach()), cfg.adv_loss)
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        adv = generator_loss(disc(fake_p), cfg.adv_loss)
+        task = self.machine.task_loss(x_hat, pseudo_labels)["loss"]
+        pixel = F.mse_loss(x_hat, x)
+        loss = cfg.adv_weight * adv + cfg.task_weight * task + cfg.pixel_weight * pixel
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
+        return {
+            "loss": loss.item(),
+            "adv_loss": adv.item(),
+            "task_loss": task.item(),
+            "mse_loss": pixel.item(),
+            "d_loss": d_loss.item(),
+        }
+
+
 def finetune_decoder(
     codec: ICMCodec,
     machine,
@@ -180,68 +225,27 @@ def finetune_decoder(
     seed_everything(cfg.seed)
     codec.to(device).eval()  # the encoder codes as in the bitstream (rounding, no noise)
     codec.update()
-    params = trainable_decoder_parameters(codec, cfg.decoder_layers)
-    disc = PatchDiscriminator(3, cfg.d_channels, cfg.d_layers).to(device).train()
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=tuple(cfg.d_betas))
+    stepper = _FinetuneStep(codec, machine, cfg, device)
     state = run.restore(device)
     if state is not None:
         codec.model.load_state_dict(state["codec"]["state_dict"])
-        disc.load_state_dict(state["discriminator"])
-        opt.load_state_dict(state["optimizer"])
-        d_opt.load_state_dict(state["d_optimizer"])
+        stepper.state.load_state_dict(state)
     for step in run.steps(stop_after, desc, progress):
-        torch.manual_seed(mix_seed(cfg.seed, step))
-        g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the patch positions
-        x = sampler.batch(step).to(device)
-        with torch.no_grad():
-            latent_hat = codec.encode(x)["latent_hat"]
-            pseudo_labels = machine.pseudo_labels(x)
-        x_hat = codec.decode(latent_hat)
-        real_p, fake_p = random_patches([x, x_hat], cfg.patch, g)
-        d_loss = discriminator_loss(disc(real_p), disc(fake_p.detach()), cfg.adv_loss)
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
-        adv = generator_loss(disc(fake_p), cfg.adv_loss)
-        task = machine.task_loss(x_hat, pseudo_labels)["loss"]
-        pixel = F.mse_loss(x_hat, x)
-        loss = cfg.adv_weight * adv + cfg.task_weight * task + cfg.pixel_weight * pixel
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
+        record = stepper(step, sampler.batch(step).to(device))
         if run.log_due(step + 1):
-            run.log(
-                step + 1,
-                {
-                    "loss": loss.item(),
-                    "adv_loss": adv.item(),
-                    "task_loss": task.item(),
-                    "mse_loss": pixel.item(),
-                    "d_loss": d_loss.item(),
-                },
-            )
+            run.log(step + 1, record)
         run.checkpoint(
             step + 1,
             lambda: {
                 "codec": codec.codec_state(),
-                "discriminator": disc.state_dict(),
-                "optimizer": opt.state_dict(),
-                "d_optimizer": d_opt.state_dict(),
+                **stepper.state.state_dict(),
                 "config": asdict(cfg),
             },
         )
     for p in codec.parameters():
         p.requires_grad_(True)
-    if not run.complete:
-        return codec, run.read_log()
-    codec.eval()
-    codec.update()
-    run.finish(
-        codec.codec_state(), asdict(cfg), {"discriminator.pt": {"state_dict": disc.state_dict()}}
-    )
-    return codec, run.read_log()
+    extras = {"discriminator.pt": {"state_dict": stepper.disc.state_dict()}}
+    return codec, run.close(codec, asdict(cfg), extras)
 
 
 def load_or_finetune(

@@ -41,113 +41,126 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     aux = Path(results_dir) / f"study-{profile_name}.json"
     if aux.is_file():
         d = json.loads(aux.read_text())
-        lines += [
-            f"Seed 001 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}: "
-            f"{d['runs']} runs, {d['compute_hours_in_runs']:.2f} h of compute in runs). "
-            "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
-            "",
-            "| task | aux-enc (ours) | paper aux-enc | ROI (QF 1.4) | MSE codec |",
-            "|---|---|---|---|---|",
-        ]
-
-        def cell(row):
-            if not row:
-                return "–"
-            mean = row.get("of_mean_curves") or {}
-            of_mean = (
-                f"; of the mean curves {mean['bd_rate']:+.1f} %"
-                if mean.get("bd_rate") is not None
-                else ""
-            )
-            return fmt_mean_ci(row, 1, " %") + of_mean
-
-        for task, t in d["tasks"].items():
-            bd = t["bd_rate"]
-            lines.append(
-                f"| {task} ({t['metric']}) | {cell(bd.get('aux-enc'))} | "
-                f"{t['paper_bd_rate_aux_enc']:+.1f} % | {cell(bd.get('roi'))} | "
-                f"{cell(bd.get('mse'))} |"
-            )
-
-        def front_cell(row):
-            row = (row or {}).get("front")
-            if not row or row.get("n", 0) == 0:
-                return "–"
-            seeds = ", ".join(
-                f"{v['bd_rate']:+.1f}" for v in row["per_seed"].values() if v["bd_rate"] is not None
-            )
-            return fmt_mean_ci(row, 1, " %") + f"; per seed {seeds}"
-
-        lines += [
-            "",
-            "The same on the operational R-D fronts (a point matched or beaten in quality by "
-            "a cheaper one is dropped; pchip interpolation). A different, noisier estimator: "
-            "the fallback where a saturating metric leaves the strict BD-rate undefined.",
-            "",
-            "| task | aux-enc | ROI (QF 1.4) | MSE codec |",
-            "|---|---|---|---|",
-        ]
-        for task, t in d["tasks"].items():
-            bd = t["bd_rate"]
-            lines.append(
-                f"| {task} ({t['metric']}) | {front_cell(bd.get('aux-enc'))} | "
-                f"{front_cell(bd.get('roi'))} | {front_cell(bd.get('mse'))} |"
-            )
-        lines += [
-            "",
-            "R-D points (mean over the seeds done so far; bpp from real bytes):",
-            "",
-            "| task | curve | per λ: bpp / metric / PSNR |",
-            "|---|---|---|",
-        ]
-        for task, t in d["tasks"].items():
-            for name, by_seed in t["curves"].items():
-                pts = mean_curve({int(k): v for k, v in by_seed.items()})
-                cells = "; ".join(
-                    f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / {p['psnr']:.1f} dB"
-                    for p in pts
-                )
-                lines.append(f"| {task} | {name} (n={len(by_seed)}) | {cells} |")
-        undefined = [
-            f"{task} {name} seed {seed}: {v['error']}"
-            for task, t in d["tasks"].items()
-            for name, row in t["bd_rate"].items()
-            for seed, v in row["per_seed"].items()
-            if v["bd_rate"] is None
-        ]
-        if undefined:
-            lines += ["", "BD-rates left undefined (and out of the means):", ""]
-            lines += [f"* {u}" for u in undefined]
+        lines += _bd_rate_table(d) + _front_table(d) + _rd_point_table(d) + _undefined(d)
     gan = Path(results_dir) / f"gan-{profile_name}.json"
     if gan.is_file():
-        d = json.loads(gan.read_text())
-        lines += [
-            "",
-            f"Seed 002 on `{d['profile']}` (seeds {d['seeds']}, "
-            f"{d['compute_hours_in_runs']:.2f} h in finetuning runs); before → after, mean over seeds:",
-            "",
-            "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric | task change (paper −1.6 %) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for preset, t in d["summary"].items():
-            metric = next(
-                k
-                for k in t
-                if k
-                not in ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
-            )
-            cells = [
-                f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"
-                for k in ("bpp", "psnr", "ms_ssim", "checkerboard", metric)
-            ]
-            lines.append(
-                f"| {preset} | "
-                + " | ".join(cells)
-                + " | "
-                + fmt_mean_ci(t["task_relative_change_percent"], 1, " %")
-                + " |"
-            )
+        lines += _gan_table(json.loads(gan.read_text()))
     return "\n".join(lines)
+
+
+def _bd_rate_cell(row: dict | None) -> str:
+    if not row:
+        return "–"
+    mean = row.get("of_mean_curves") or {}
+    of_mean = (
+        f"; of the mean curves {mean['bd_rate']:+.1f} %" if mean.get("bd_rate") is not None else ""
+    )
+    return fmt_mean_ci(row, 1, " %") + of_mean
+
+
+def _front_cell(row: dict | None) -> str:
+    row = (row or {}).get("front")
+    if not row or row.get("n", 0) == 0:
+        return "–"
+    seeds = ", ".join(
+        f"{v['bd_rate']:+.1f}" for v in row["per_seed"].values() if v["bd_rate"] is not None
+    )
+    return fmt_mean_ci(row, 1, " %") + f"; per seed {seeds}"
+
+
+def _curve_table(d: dict, cell, paper_column: bool) -> list[str]:
+    """One row per task: ``cell(row)`` for aux-enc, ROI and the MSE codec (and the paper's)."""
+    columns = ["aux-enc (ours)", "paper aux-enc"] if paper_column else ["aux-enc"]
+    lines = [
+        "| task | " + " | ".join([*columns, "ROI (QF 1.4)", "MSE codec"]) + " |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for task, t in d["tasks"].items():
+        bd = t["bd_rate"]
+        cells = [cell(bd.get("aux-enc"))]
+        if paper_column:
+            cells.append(f"{t['paper_bd_rate_aux_enc']:+.1f} %")
+        cells += [cell(bd.get("roi")), cell(bd.get("mse"))]
+        lines.append(f"| {task} ({t['metric']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _bd_rate_table(d: dict) -> list[str]:
+    return [
+        f"Seed 001 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}: "
+        f"{d['runs']} runs, {d['compute_hours_in_runs']:.2f} h of compute in runs). "
+        "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
+        "",
+    ] + _curve_table(d, _bd_rate_cell, paper_column=True)
+
+
+def _front_table(d: dict) -> list[str]:
+    return [
+        "",
+        "The same on the operational R-D fronts (a point matched or beaten in quality by "
+        "a cheaper one is dropped; pchip interpolation). A different, noisier estimator: "
+        "the fallback where a saturating metric leaves the strict BD-rate undefined.",
+        "",
+    ] + _curve_table(d, _front_cell, paper_column=False)
+
+
+def _rd_point_table(d: dict) -> list[str]:
+    lines = [
+        "",
+        "R-D points (mean over the seeds done so far; bpp from real bytes):",
+        "",
+        "| task | curve | per λ: bpp / metric / PSNR |",
+        "|---|---|---|",
+    ]
+    for task, t in d["tasks"].items():
+        for name, by_seed in t["curves"].items():
+            pts = mean_curve({int(k): v for k, v in by_seed.items()})
+            cells = "; ".join(
+                f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / {p['psnr']:.1f} dB"
+                for p in pts
+            )
+            lines.append(f"| {task} | {name} (n={len(by_seed)}) | {cells} |")
+    return lines
+
+
+def _undefined(d: dict) -> list[str]:
+    undefined = [
+        f"{task} {name} seed {seed}: {v['error']}"
+        for task, t in d["tasks"].items()
+        for name, row in t["bd_rate"].items()
+        for seed, v in row["per_seed"].items()
+        if v["bd_rate"] is None
+    ]
+    if not undefined:
+        return []
+    return ["", "BD-rates left undefined (and out of the means):", ""] + [
+        f"* {u}" for u in undefined
+    ]
+
+
+#: what a seed-002 summary holds besides the task metric
+_GAN_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
+
+
+def _gan_table(d: dict) -> list[str]:
+    lines = [
+        "",
+        f"Seed 002 on `{d['profile']}` (seeds {d['seeds']}, {d['compute_hours_in_runs']:.2f} h "
+        "in finetuning runs); before → after, mean over seeds:",
+        "",
+        "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric "
+        "| task change (paper −1.6 %) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for preset, t in d["summary"].items():
+        metric = next(k for k in t if k not in _GAN_KEYS)
+        cells = [
+            f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"
+            for k in (*_GAN_KEYS[:4], metric)
+        ]
+        change = fmt_mean_ci(t["task_relative_change_percent"], 1, " %")
+        lines.append(f"| {preset} | " + " | ".join(cells) + f" | {change} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> str:

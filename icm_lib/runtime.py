@@ -196,6 +196,21 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor], length: int = 10) -> 
 
 
 # ---------------------------------------------------------------------- the resumable-run engine
+class CheckpointParts:
+    """Named parts of a training state (optimizers, schedulers, modules) saved and restored
+    together under their names: ``state_dict()`` / ``load_state_dict()`` of them all."""
+
+    def __init__(self, **parts):
+        self.parts = parts
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+
+
 class RunFiles:
     """The folder of one resumable training run, and the bookkeeping every trainer shares::
 
@@ -206,7 +221,7 @@ class RunFiles:
         <extras>.pt     what else the finished run keeps (a branch, a discriminator)
 
     A trainer asks :attr:`finished`; else builds its state, calls :meth:`restore`, iterates
-    :meth:`steps`, calls :meth:`log` and :meth:`checkpoint` after each step and :meth:`finish`
+    :meth:`steps`, calls :meth:`log` and :meth:`checkpoint` after each step and :meth:`close`
     at the end. Under ``torchrun`` only the main process writes (``dist``).
 
     Args:
@@ -260,9 +275,9 @@ class RunFiles:
     def steps(self, stop_after: int | None = None, desc: str = "", progress: bool = True):
         """The steps still to run (to ``stop_after`` if given), with a progress bar; the
         training seconds keep counting across resumes."""
-        self.end = self.total if stop_after is None else min(self.total, stop_after)
+        self.stop_at = self.total if stop_after is None else min(self.total, stop_after)
         self._bar = tqdm(
-            range(self.start, self.end),
+            range(self.start, self.stop_at),
             desc=desc,
             initial=self.start,
             total=self.total,
@@ -290,7 +305,7 @@ class RunFiles:
 
     def checkpoint(self, done: int, state: Callable[[], dict]) -> None:
         """Save ``state()`` (with ``step``) when due, and at the last step of this call."""
-        if done % self.checkpoint_every == 0 or done == self.end:
+        if done % self.checkpoint_every == 0 or done == self.stop_at:
             if self.is_main:
                 atomic_torch_save({**state(), "step": done}, self.dir / self.CHECKPOINT)
             self._barrier()
@@ -298,7 +313,16 @@ class RunFiles:
     @property
     def complete(self) -> bool:
         """Whether the steps just run reached the schedule's end (not a ``stop_after``)."""
-        return self.end >= self.total
+        return self.stop_at >= self.total
+
+    def close(self, codec, config: dict, extras: dict[str, dict] | None = None) -> list[dict]:
+        """After the steps: if the schedule is complete, put ``codec`` (an ICMCodec) in eval mode,
+        build its entropy tables and :meth:`finish` the run with it; return the log."""
+        if self.complete:
+            codec.eval()
+            codec.update()
+            self.finish(codec.codec_state(), config, extras)
+        return self.read_log()
 
     def finish(self, final: dict, config: dict, extras: dict[str, dict] | None = None) -> None:
         """Write the finished run: the extras first, ``codec.pt`` last (its presence is the

@@ -176,8 +176,7 @@ def run_gan_study(
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m icm_lib.study", description=__doc__.split("\n")[0]
     )
@@ -213,7 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="with --report: also write the tables into this file between the "
         "<!-- study-report:start/end --> markers",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
+    args = _parser().parse_args(argv)
     if args.report:
         text = report(args.results_dir, args.profile)
         print(text)

@@ -40,7 +40,7 @@ from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .losses import Objective
 from .profiles import TrainConfig
-from .runtime import Distributed, RunFiles, mix_seed, seed_everything
+from .runtime import CheckpointParts, Distributed, RunFiles, mix_seed, seed_everything
 
 
 class _TrainStep(nn.Module):
@@ -93,12 +93,26 @@ def _mean_over_ranks(
     return dict(zip(values, (t / dist.world_size).tolist()))
 
 
-class _Optimizers:
-    """The codec's (and branch's) Adam with its schedule, and the quantile optimizer."""
+class _Stepper:
+    """One optimisation step of the codec (and branch) on this process's shards of a batch, and
+    the optimizer state a checkpoint keeps: the codec's (and branch's) Adam with its schedule,
+    and the quantile optimizer."""
 
     def __init__(
-        self, codec: ICMCodec, branch: nn.Module | None, cfg: TrainConfig, branch_lr: float | None
+        self,
+        codec: ICMCodec,
+        branch: nn.Module | None,
+        objective: Objective,
+        cfg: TrainConfig,
+        branch_lr: float | None,
+        dist: Distributed,
+        accumulate: int,
+        device: torch.device,
     ):
+        self.codec, self.branch, self.cfg = codec, branch, cfg
+        self.dist, self.accumulate, self.device = dist, accumulate, device
+        step_module = _TrainStep(codec, branch, objective)
+        self.model = _ddp(step_module, codec, dist) if dist.enabled else step_module
         groups = [{"params": codec.main_parameters(), "lr": cfg.lr, "name": "codec"}]
         if branch is not None:
             groups.append(
@@ -107,18 +121,36 @@ class _Optimizers:
         self.main = torch.optim.Adam(groups)
         self.quantiles = torch.optim.Adam(codec.quantile_parameters(), lr=cfg.quantile_lr)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.main, poly_decay(cfg))
+        self.state = CheckpointParts(
+            optimizer=self.main, quantile_optimizer=self.quantiles, scheduler=self.schedule
+        )
 
-    def state_dict(self) -> dict:
-        return {
-            "optimizer": self.main.state_dict(),
-            "quantile_optimizer": self.quantiles.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.main.load_state_dict(state["optimizer"])
-        self.quantiles.load_state_dict(state["quantile_optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
+    def __call__(self, step: int, batch: torch.Tensor) -> dict[str, float]:
+        """Train on ``batch`` (the global batch of ``step``); returns this process's loss parts
+        (averaged over its micro-batches), the quantile loss and the learning rate."""
+        shards = batch.tensor_split(self.dist.world_size * self.accumulate)
+        self.main.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(self.accumulate):
+            shard = self.dist.rank * self.accumulate + micro
+            torch.manual_seed(mix_seed(self.cfg.seed, step, shard))
+            sync = micro == self.accumulate - 1 or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                parts = self.model(shards[shard].to(self.device))
+                (parts["loss"] / self.accumulate).backward()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().item() / self.accumulate
+        if self.cfg.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.codec.main_parameters(), self.cfg.clip_max_norm)
+            if self.branch is not None:
+                torch.nn.utils.clip_grad_norm_(self.branch.parameters(), self.cfg.clip_max_norm)
+        self.main.step()
+        self.schedule.step()
+        qloss = self.codec.quantile_loss()
+        self.quantiles.zero_grad(set_to_none=True)
+        qloss.backward()
+        self.quantiles.step()
+        return {**totals, "quantile_loss": qloss.item(), "lr": self.main.param_groups[0]["lr"]}
 
 
 def train_codec(
@@ -167,63 +199,25 @@ def train_codec(
     codec.to(device).train()
     if branch is not None:
         branch.to(device).train()
-    opt = _Optimizers(codec, branch, cfg, branch_lr)
+    stepper = _Stepper(codec, branch, objective, cfg, branch_lr, dist, accumulate, device)
     state = run.restore(device)
     if state is not None:
         codec.model.load_state_dict(state["codec"]["state_dict"])
         if branch is not None:
             branch.load_state_dict(state["branch"])
-        opt.load_state_dict(state)
-    step_module = _TrainStep(codec, branch, objective)
-    model = _ddp(step_module, codec, dist) if dist.enabled else step_module
+        stepper.state.load_state_dict(state)
     for step in run.steps(stop_after, desc or f"train codec λ={cfg.lmbda:g}", progress):
-        shares = sampler.batch(step).tensor_split(shards)
-        opt.main.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
-        for micro in range(accumulate):
-            shard = dist.rank * accumulate + micro
-            torch.manual_seed(mix_seed(cfg.seed, step, shard))
-            sync = micro == accumulate - 1 or not dist.enabled
-            with contextlib.nullcontext() if sync else model.no_sync():
-                parts = model(shares[shard].to(device))
-                (parts["loss"] / accumulate).backward()
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().item() / accumulate
-        if cfg.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(codec.main_parameters(), cfg.clip_max_norm)
-            if branch is not None:
-                torch.nn.utils.clip_grad_norm_(branch.parameters(), cfg.clip_max_norm)
-        opt.main.step()
-        opt.schedule.step()
-        qloss = codec.quantile_loss()
-        opt.quantiles.zero_grad(set_to_none=True)
-        qloss.backward()
-        opt.quantiles.step()
+        record = stepper(step, sampler.batch(step))
         if run.log_due(step + 1):
-            run.log(
-                step + 1,
-                {
-                    **_mean_over_ranks(totals, dist, device),
-                    "quantile_loss": qloss.item(),
-                    "lr": opt.main.param_groups[0]["lr"],
-                },
-            )
+            run.log(step + 1, _mean_over_ranks(record, dist, device))
         run.checkpoint(
             step + 1,
             lambda: {
                 "codec": codec.codec_state(),
                 "config": asdict(cfg),
-                **opt.state_dict(),
+                **stepper.state.state_dict(),
                 "branch": branch.state_dict() if branch is not None else None,
             },
         )
-    if not run.complete:
-        return codec, run.read_log()
-    codec.eval()
-    codec.update()
-    run.finish(
-        codec.codec_state(),
-        asdict(cfg),
-        {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None,
-    )
-    return codec, run.read_log()
+    extras = {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None
+    return codec, run.close(codec, asdict(cfg), extras)

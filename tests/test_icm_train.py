@@ -88,21 +88,8 @@ def test_poly_decay():
 
 def test_cli_trains_then_loads(smoke_env, capsys):
     data_dir = smoke_env.cache_dir.parent
-    argv = [
-        "--profile",
-        "smoke",
-        "--task",
-        "seg",
-        "--variant",
-        "aux-enc",
-        "--lmbda",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--steps",
-        "2",
-        "--no-progress",
-    ]
+    argv = "--profile smoke --task seg --variant aux-enc --lmbda 2 --steps 2 --no-progress".split()
+    argv += ["--data-dir", str(data_dir)]
     first = main(argv)
     assert first["finished"] and first["steps_logged"] == 2
     again = main(argv)
@@ -135,25 +122,9 @@ def test_ddp_with_two_gloo_processes_matches_one_process(smoke_env, tmp_path):
     to float rounding. (Detection, because the segmentation branch's ASPP pooling needs 2 images
     per shard for its BatchNorm.)"""
     data_dir = smoke_env.cache_dir.parent
-    argv = [
-        "--profile",
-        "smoke",
-        "--task",
-        "det",
-        "--variant",
-        "aux-enc",
-        "--lmbda",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--steps",
-        "3",
-        "--no-progress",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-    ]  # gloo on the CPU, also where GPUs exist
+    argv = "--profile smoke --task det --variant aux-enc --lmbda 2 --steps 3 --no-progress".split()
+    # --device cpu: gloo on the CPU, also where GPUs exist
+    argv += ["--seed", "5", "--data-dir", str(data_dir), "--device", "cpu"]
     single = _train_cli(argv + ["--accumulate", "2"])
     single_dir = tmp_path / "single"
     shutil.move(single["run_dir"], single_dir)

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 \
-  --platform manylinux2014_x86_64 -d .gpu-wheels "constriction>=0.5,<0.6"
+  --platform manylinux2014_x86_64 -d .gpu-wheels "constriction>=0.5,<0.6" \
+  jupytext markdown-it-py mdit-py-plugins mdurl
 ls .gpu-wheels

@@ -75,21 +75,35 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def _fit(
     model,
-    crops: RandomCrops,
-    loader: DataLoader,
-    params,
+    dataset: Dataset,
+    cfg: RecognitionConfig,
+    crop: int,
+    seed: int,
     opt,
-    steps: int,
     loss_of,
     clip: float | None,
     desc: str,
     device: torch.device,
     progress: bool,
+    collate_fn=None,
 ) -> list[float]:
-    """The shared loop: warm-up + cosine schedule, optional clipping, progress bar, loss log."""
+    """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
+    schedule, optional clipping, progress bar; returns the loss log."""
+    seed_everything(seed)
+    crops = RandomCrops(dataset, crop, seed)
+    loader = DataLoader(
+        crops,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    steps = cfg.train_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10))
     )
+    params = [p for group in opt.param_groups for p in group["params"]]
     model.to(device).train()
     log = []
     batches = _cycle(loader, crops)
@@ -117,38 +131,27 @@ def train_detector(
     progress: bool = True,
 ) -> list[float]:
     """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log."""
-    seed_everything(seed)
-    crops = RandomCrops(dataset, crop, seed)
-    loader = DataLoader(
-        crops,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate_detection,
-        generator=torch.Generator().manual_seed(seed),
-    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
 
     def loss_of(batch):
         images, targets = batch
-        losses = model(
-            list(images.to(device)), [{k: v.to(device) for k, v in t.items()} for t in targets]
-        )
-        return sum(losses.values())
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        return sum(model(list(images.to(device)), targets).values())
 
     return _fit(
         model,
-        crops,
-        loader,
-        params,
+        dataset,
+        cfg,
+        crop,
+        seed,
         opt,
-        cfg.train_steps,
         loss_of,
         10.0,
         "train detector",
         device,
         progress,
+        collate_fn=collate_detection,
     )
 
 
@@ -162,36 +165,15 @@ def train_segmenter(
     progress: bool = True,
 ) -> list[float]:
     """Adam (warm-up + cosine) with cross-entropy on random crops; returns the loss log."""
-    seed_everything(seed)
-    crops = RandomCrops(dataset, crop, seed)
-    loader = DataLoader(
-        crops,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.seg_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
 
     def loss_of(batch):
         images, labels = batch
-        return F.cross_entropy(
-            model(images.to(device)), labels.to(device), ignore_index=IGNORE_INDEX
-        )
+        logits = model(images.to(device))
+        return F.cross_entropy(logits, labels.to(device), ignore_index=IGNORE_INDEX)
 
     return _fit(
-        model,
-        crops,
-        loader,
-        params,
-        opt,
-        cfg.train_steps,
-        loss_of,
-        None,
-        "train segmenter",
-        device,
-        progress,
+        model, dataset, cfg, crop, seed, opt, loss_of, None, "train segmenter", device, progress
     )
 
 
