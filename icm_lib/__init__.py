@@ -1,6 +1,7 @@
 """icm_lib: image coding for machines over CompressAI, torchvision and segmentation_models_pytorch."""
 
 from .errors import (
+    BDRateError,
     BitstreamError,
     CheckpointError,
     DatasetError,
@@ -18,6 +19,7 @@ __all__ = [
     "DatasetError",
     "WeightsUnavailableError",
     "CheckpointError",
+    "BDRateError",
     "Profile",
     "get_profile",
 ]

@@ -43,8 +43,10 @@ from .tasks import DETECTION, Task, get_task
 
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
 STAGES = ((128, 1), (256, 2), (256, 2), (512, 2))
-#: where the branch reads the codec: the forward output key of ICMCodec per position
-POSITIONS = {"enc": "latent_hat", "dec": "decoder_feature"}
+#: where the branch reads its input, per position: the key of the codec's forward output
+#: (``latent_hat``: ŷ; ``decoder_feature``: g_s's last-layer input) or of the frozen recognizer's
+#: intermediate feature on x̂ (``task_feature``, added by :class:`~icm_lib.losses.ICMObjective`)
+POSITIONS = {"enc": "latent_hat", "dec": "decoder_feature", "task": "task_feature"}
 
 
 class ResNeXtBlock(nn.Module):
@@ -103,8 +105,9 @@ class AuxBackbone(nn.Module):
             input channels, N, for ``dec``).
         task: ``"det"`` (ResNeXt blocks, Table 1) or ``"seg"`` (two 3x3 convs, Table 2).
         width: multiplier of every channel count (1.0 = the paper's).
-        position: ``"enc"`` (input at stride 16, stem RB↑2-RB-RB↑2) or ``"dec"`` (input at
-            stride 2, stem RB↓2-RB-RB; Table 3).
+        position: ``"enc"`` (input at stride 16, stem RB↑2-RB-RB↑2), ``"dec"`` (input at
+            stride 2, stem RB↓2-RB-RB; Table 3) or ``"task"`` (the detector's conv2 output at
+            stride 4: no stem, the branch "after its conv1").
 
     Returns (forward): ``{"conv2": (B, c2, H/4, W/4), "conv3": ..., "conv4": ..., "conv5": ...}``.
     """
@@ -127,12 +130,14 @@ class AuxBackbone(nn.Module):
                 ResidualBlock(stem, stem),
                 ResidualBlockUpsample(stem, stem, 2),
             )
-        else:
+        elif position == "dec":
             self.conv1 = nn.Sequential(
                 ResidualBlockWithStride(latent_channels, stem, 2),
                 ResidualBlock(stem, stem),
                 ResidualBlock(stem, stem),
             )
+        else:  # aux-task: the recognizer's own stride-4 feature replaces conv1 (section 4.2)
+            self.conv1, stem = nn.Identity(), latent_channels
         stages, in_ch = [], stem
         self.out_channels = []
         for i, (w, stride) in enumerate(STAGES):
@@ -242,12 +247,16 @@ class AuxDetector(nn.Module):
 
 
 class AuxSegmenter(nn.Module):
-    """DeepLabV3+ head (smp's decoder and segmentation head) on :class:`AuxBackbone` (``seg``).
+    """DeepLabV3+ head (smp's decoder and segmentation head) on :class:`AuxBackbone` (``seg``);
+    at the ``task`` position only a head, as MMSegmentation's auxiliary ``FCNHead`` on the
+    segmenter's conv3 output (3x3 conv, BN, ReLU, dropout 0.1, 1x1 conv to the classes; section
+    4.2: "we only used the head model for aux-task").
 
     Args:
-        latent_channels: M of the codec.
+        latent_channels: channels of the input (M of the codec; the segmenter's conv3 output
+            channels for ``task``).
         num_classes: segmentation classes.
-        width: channel multiplier; the decoder has ``256 * width`` channels.
+        width: channel multiplier; the decoder (or FCN head) has ``256 * width`` channels.
     """
 
     def __init__(
@@ -257,16 +266,31 @@ class AuxSegmenter(nn.Module):
         from segmentation_models_pytorch.base import SegmentationHead
         from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 
-        self.body = AuxBackbone(latent_channels, "seg", width, position)
         dec_ch = max(16, int(round(256 * width)))
+        if position == "task":
+            self.fcn = nn.Sequential(
+                nn.Conv2d(latent_channels, dec_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(dec_ch),
+                nn.ReLU(inplace=True),
+                nn.Dropout2d(0.1),
+                nn.Conv2d(dec_ch, num_classes, 1),
+            )
+            return
+        self.body = AuxBackbone(latent_channels, "seg", width, position)
         # smp's decoder reads the stride-4 feature at index 2 and the deepest (stride 16) last
         channels = [0, 0, *self.body.out_channels]
         self.decoder = DeepLabV3PlusDecoder(channels, 5, dec_ch, (12, 24, 36), 16, True, 0.5)
         self.head = SegmentationHead(dec_ch, num_classes, kernel_size=1, upsampling=4)
 
-    def forward(self, latent_hat: torch.Tensor) -> torch.Tensor:
-        """ŷ (B, M, H/16, W/16) -> logits (B, num_classes, H, W)."""
-        feats = list(self.body(latent_hat).values())
+    def forward(self, feature: torch.Tensor, image_size: tuple[int, int] | None = None):
+        """ŷ (B, M, H/16, W/16) (or the segmenter's feature) -> logits (B, classes, H, W);
+        ``image_size`` (H, W) is needed at the ``task`` position only."""
+        if hasattr(self, "fcn"):
+            logits = self.fcn(feature)
+            return nn.functional.interpolate(
+                logits, size=tuple(image_size), mode="bilinear", align_corners=False
+            )
+        feats = list(self.body(feature).values())
         return self.head(self.decoder([None, None, *feats]))
 
 
@@ -275,8 +299,10 @@ class AuxBranch(nn.Module):
 
     Args:
         task: ``"det"`` (:class:`AuxDetector`) or ``"seg"`` (:class:`AuxSegmenter`).
-        position: ``"enc"`` (ŷ, the proposed aux-enc) or ``"dec"`` (g_s's last-layer input).
-        in_channels: channels at that position (``ICMCodec.M`` / ``ICMCodec.N``).
+        position: ``"enc"`` (ŷ, the proposed aux-enc), ``"dec"`` (g_s's last-layer input) or
+            ``"task"`` (the frozen recognizer's intermediate feature on x̂, see
+            :attr:`~icm_lib.recognition.FrozenDetector.aux_task_layer`).
+        in_channels: channels at that position (``ICMCodec.M`` / ``ICMCodec.N`` / the feature's).
         num_classes: object classes (det, without background) or segmentation classes.
         width: channel multiplier.
         detector_kwargs: RPN/RoI sampling settings for :class:`AuxDetector`.
@@ -309,13 +335,13 @@ class AuxBranch(nn.Module):
             return self.net(feature, tuple(image_size), pseudo_labels)["loss"]
         from .data.context import IGNORE_INDEX
 
-        logits = self.net(feature)
+        logits = self.net(feature, image_size)
         return nn.functional.cross_entropy(logits.float(), pseudo_labels, ignore_index=IGNORE_INDEX)
 
 
 #: training variants: the MSE reference, Eq. 4 (no branch), Eq. 5/6 with the branch on ŷ
-#: (proposed) or on g_s's last-layer input (section 4.2)
-VARIANTS = ("mse", "baseline", "aux-enc", "aux-dec")
+#: (proposed), on g_s's last-layer input or on the recognizer's intermediate feature (section 4.2)
+VARIANTS = ("mse", "baseline", "aux-enc", "aux-dec", "aux-task")
 
 
 def build_branch(
@@ -325,6 +351,7 @@ def build_branch(
     num_classes: int,
     width: float,
     sampling: dict | None = None,
+    machine=None,
 ) -> AuxBranch | None:
     """The auxiliary branch of ``variant`` (``None`` for ``mse`` and ``baseline``).
 
@@ -332,6 +359,7 @@ def build_branch(
         codec: the :class:`~icm_lib.codec.ICMCodec` it reads from (its channel counts).
         width: channel multiplier (``ICMConfig.branch_width``).
         sampling: the detector's train-mode sampling (``RecognitionConfig.sampling()``).
+        machine: the frozen recognizer (``aux-task`` reads its intermediate feature).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -339,6 +367,12 @@ def build_branch(
         return None
     task = get_task(task)
     position = variant.removeprefix("aux-")
-    channels = codec.M if position == "enc" else codec.decoder_last_layer_channels
+    if position == "task" and machine is None:
+        raise ValueError("aux-task reads the frozen recognizer's feature: pass machine=")
+    channels = {
+        "enc": lambda: codec.M,
+        "dec": lambda: codec.decoder_last_layer_channels,
+        "task": lambda: machine.aux_task_channels,
+    }[position]()
     kwargs = (sampling or {}) if task is DETECTION else {}
     return AuxBranch(task, position, channels, num_classes, width, **kwargs)

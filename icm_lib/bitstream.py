@@ -82,8 +82,10 @@ def pack(header: Header, strings: list[bytes]) -> bytes:
             raise BitstreamError(f"{label}={value} does not fit the container (0..65535)")
     if len(name) > 255 or not 0 <= header.quality <= 255:
         raise BitstreamError("codec name longer than 255 bytes or quality out of 0..255")
-    if len(header.fingerprint) != FINGERPRINT_BYTES or len(header.latent_shape) > 255:
+    if len(header.fingerprint) != FINGERPRINT_BYTES:
         raise BitstreamError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+    if len(header.latent_shape) > 255:
+        raise BitstreamError("a latent shape has at most 255 dimensions")
     out = bytearray(MAGIC)
     out += struct.pack(">BB", VERSION, len(name)) + name
     out += struct.pack(">BHH", header.quality, header.N, header.M)

@@ -107,9 +107,12 @@ class ICMCodec(nn.Module):
             a model built from explicit channel counts.
     """
 
-    #: ``decompress`` refuses streams of larger (padded) images unless told otherwise: a crafted
-    #: header must not make the decoder allocate without bound. 2^26 px = 8192 x 8192.
-    max_decode_pixels: int = 1 << 26
+    #: ``decompress`` refuses streams of larger (padded) images unless told otherwise. The work
+    #: and memory of decoding follow the size the header claims (an ANS decoder keeps producing
+    #: symbols after a short payload ends; only then is the stream refused), so a crafted
+    #: 100-byte stream can cost what a real image of the maximum size costs. 2^22 px (2048 x
+    #: 2048) holds COCO at short edge 800 and Pascal-Context at 520; raise it for larger images.
+    max_decode_pixels: int = 1 << 22
 
     def __init__(
         self,

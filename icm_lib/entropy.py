@@ -21,8 +21,9 @@ between library versions, so a stream written on one machine can decode to garba
   integers are held in float64 and the shift ``s`` of each layer is chosen so that the sum of the
   absolute values of all products stays below 2^52: then every partial sum is an exactly
   representable integer, so the result does not depend on summation order, blocking, threads or
-  the BLAS library. It runs on the CPU (the hyper-decoder works at 1/64 of the image's
-  resolution, so this is cheap); ``g_a`` and ``g_s`` run on any device.
+  the BLAS library. It runs on the CPU (the hyper-decoder reads ẑ at 1/64 of the image's
+  resolution and writes at 1/16, a fraction of g_s's work); ``g_a`` and ``g_s`` run on any
+  device.
 * **Tables travel.** The integer CDF tables are CompressAI's own (``update()``), computed once on
   the CPU and saved with the codec; loading never recomputes them.
 * **Fingerprint.** The hash of the tables, the integer weights of the exact path and the format

@@ -213,3 +213,41 @@ def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[s
             "front": {"per_seed": on_front, **mean_ci([v["bd_rate"] for v in on_front.values()])},
         }
     return table
+
+
+def ablation_table(rows: list[dict]) -> dict:
+    """Section 4.2's comparison from ablation records
+    (:meth:`~icm_lib.experiment.Experiment.ablation_point`): per task and variant, the final
+    validation main loss per seed with its mean and 95 % interval, the validation curves over
+    seeds (mean, min, max per step), and the variants ordered by mean final main loss.
+
+    Returns:
+        ``{task: {"variants": {variant: {"final": {seed: loss}, "mean", "ci95", "n", "curve":
+        {"step", "mean", "min", "max"}}}, "order": [variants, lowest final loss first]}}``.
+    """
+    runs: dict = {}
+    for r in rows:
+        if r["val"].get("main_loss"):
+            runs.setdefault(r["task"], {}).setdefault(r["variant"], []).append(r)
+    out = {}
+    for task, by_variant in runs.items():
+        variants = {}
+        for variant, rs in by_variant.items():
+            steps = min((r["val"]["step"] for r in rs), key=len)
+            losses = np.asarray([r["val"]["main_loss"][: len(steps)] for r in rs])
+            final = {r["seed"]: r["val"]["main_loss"][-1] for r in rs}
+            variants[variant] = {
+                "final": final,
+                **mean_ci(list(final.values())),
+                "curve": {
+                    "step": list(steps),
+                    "mean": losses.mean(0).tolist(),
+                    "min": losses.min(0).tolist(),
+                    "max": losses.max(0).tolist(),
+                },
+            }
+        out[task] = {
+            "variants": variants,
+            "order": sorted(variants, key=lambda k: variants[k]["mean"]),
+        }
+    return out

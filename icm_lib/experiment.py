@@ -177,6 +177,7 @@ class Experiment:
             self.datasets.train(task).num_classes,
             profile.icm.branch_width,
             profile.recognition.sampling(),
+            machine=self.machine(task),
         )
 
     # ------------------------------------------------------------------ codecs for machines
@@ -189,6 +190,7 @@ class Experiment:
         steps: int | None = None,
         accumulate: int = 1,
         stop_after: int | None = None,
+        validate_every: int = 0,
     ) -> tuple[ICMCodec, list[dict], Path]:
         """One codec of seed 001 (load-or-compute), initialised from the reference codec.
 
@@ -197,6 +199,9 @@ class Experiment:
                 ``lmbda`` is then the MSE λ).
             steps: override the profile's step count (tests, quick looks; another run).
             accumulate, stop_after: see :func:`~icm_lib.trainer.train_codec`.
+            validate_every: log the validation losses (:meth:`validator`) every this many steps
+                (0: none). A run with validation is another run (its key includes the cadence);
+                runs without keep the keys they always had.
 
         Returns:
             ``(codec, log, run_dir)``.
@@ -217,6 +222,7 @@ class Experiment:
                 "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
                 "data": str(Path(train_set.root).resolve()),
+                **({"validation": self._validation_key(validate_every)} if validate_every else {}),
             }
         )
         run_dir = self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
@@ -243,8 +249,76 @@ class Experiment:
             accumulate=accumulate,
             dist=self.dist,
             desc=f"{task.name} {variant} λ={lmbda:g} seed {seed}",
+            validate=self.validator(task, lmbda, cfg.crop) if validate_every else None,
+            validate_every=validate_every,
         )
         return codec, log, run_dir
+
+    def _validation_key(self, every: int) -> dict:
+        return {"every": every, "images": self.profile.ablation.val_images}
+
+    def validator(self, task: Task | str, lmbda: float, crop: int):
+        """``validate(codec) -> {"val_main_loss", "val_bpp_loss", "val_task_loss",
+        "val_mse_loss"}``: the objective without the branch (Eq. 4 / Eq. 6 without its branch
+        term) on fixed centre crops of the first ``ablation.val_images`` val images, the codec
+        in eval mode, the recognizer's RoI sampling seeded the same every time."""
+        task, icm = get_task(task), self.profile.icm
+        val = self.datasets.val(task)
+        crops = []
+        for i in range(min(self.profile.ablation.val_images, len(val))):
+            image = val[i][0]
+            h, w = image.shape[-2:]
+            side = min(crop, h // 64 * 64, w // 64 * 64)
+            top, left = (h - side) // 2, (w - side) // 2
+            crops.append(image[:, top : top + side, left : left + side])
+        side = min(c.shape[-1] for c in crops)
+        batch = torch.stack([c[:, :side, :side] for c in crops]).to(self.device)
+        objective = ICMObjective(
+            self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), icm.amp
+        )
+
+        def validate(codec: ICMCodec) -> dict[str, float]:
+            was_training = codec.training
+            codec.eval()
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                parts = objective(codec, None, batch)
+            codec.train(was_training)
+            keys = ("main_loss", "bpp_loss", "task_loss", "mse_loss")
+            return {f"val_{k}": float(parts[k]) for k in keys}
+
+        return validate
+
+    def ablation_point(
+        self, task: Task | str, variant: str, seed: int, steps: int | None = None
+    ) -> RunPoint:
+        """One setting of the branch-position ablation (section 4.2): ``variant`` trained at
+        the ablation's λ with validation (load-or-compute). ``record["val"]`` holds the
+        validation curve: ``{"step": [...], "main_loss": [...], ...}``."""
+        task, ab = get_task(task), self.profile.ablation
+        lmbda = ab.lmbda(task)
+        codec, log, run_dir = self.icm_run(
+            task, variant, lmbda, seed, steps=steps or ab.steps, validate_every=ab.val_every
+        )
+        rows = [r for r in log if "val_main_loss" in r]
+        val = {"step": [r["step"] for r in rows]}
+        val.update(
+            {k.removeprefix("val_"): [r[k] for r in rows] for k in rows[0] if k.startswith("val_")}
+            if rows
+            else {}
+        )
+        record = {
+            "task": task.name,
+            "variant": variant,
+            "lmbda": lmbda,
+            "seed": seed,
+            "run_dir": str(run_dir),
+            "train_seconds": log[-1]["seconds"] if log else 0.0,
+            "log": log,
+            "val": val,
+        }
+        return RunPoint(record, codec)
 
     def evaluate(
         self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None

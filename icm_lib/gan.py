@@ -223,8 +223,9 @@ def finetune_decoder(
     if run.finished:
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
     seed_everything(cfg.seed)
-    codec.to(device).eval()  # the encoder codes as in the bitstream (rounding, no noise)
-    codec.update()
+    # the encoder codes as in the bitstream (rounding, no noise); the entropy tables stay the
+    # base codec's, so the finetuned codec decodes its streams wherever they were built
+    codec.to(device).eval()
     stepper = _FinetuneStep(codec, machine, cfg, device)
     state = run.restore(device)
     if state is not None:
@@ -245,7 +246,7 @@ def finetune_decoder(
     for p in codec.parameters():
         p.requires_grad_(True)
     extras = {"discriminator.pt": {"state_dict": stepper.disc.state_dict()}}
-    return codec, run.close(codec, asdict(cfg), extras)
+    return codec, run.close(codec, asdict(cfg), extras, update_tables=False)
 
 
 def load_or_finetune(

@@ -13,6 +13,7 @@ against pseudo-labels y, E(y, ŷ_aux) the auxiliary branch's loss (``branch_loss
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .metrics import bpp_from_likelihoods
+from .recognition.common import captured_output
 
 if TYPE_CHECKING:
     from .codec import ICMCodec
@@ -46,7 +48,9 @@ def icm_loss(
         mse_weight: weight of MSE(x, x̂) inside the braces (1 for Eq. 6, 0 otherwise).
 
     Returns:
-        ``{"loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss"}`` (absent parts are 0).
+        ``{"loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss", "main_loss"}`` (absent
+        parts are 0); ``main_loss`` is the loss without the branch term (Eq. 4, or Eq. 6 without
+        it): what section 4.2 compares between branch positions.
     """
     bpp = bpp_from_likelihoods(out["likelihoods"], x.shape[-2] * x.shape[-1])
     mse = F.mse_loss(out["x_hat"], x)
@@ -59,6 +63,7 @@ def icm_loss(
         "task_loss": task_loss,
         "branch_loss": branch,
         "mse_loss": mse,
+        "main_loss": bpp + lmbda * (task_loss + mse_weight * mse),
     }
 
 
@@ -83,8 +88,9 @@ class ICMObjective:
     """Seed 001's Eq. 4-6 for one frozen recognizer.
 
     ``y`` = the recognizer on the original crop (pseudo-labels, no gradient); ``E(y, ŷ)`` = its
-    training loss on the decoded crop; ``E(y, ŷ_aux)`` = the branch's loss on the codec's ŷ (or
-    g_s's last-layer input for aux-dec). With ``amp`` (CUDA), the recognizer and the branch run
+    training loss on the decoded crop; ``E(y, ŷ_aux)`` = the branch's loss on the codec's ŷ
+    (aux-enc), g_s's last-layer input (aux-dec) or the recognizer's own intermediate feature of
+    the decoded crop, captured during ``E(y, ŷ)`` (aux-task). With ``amp`` (CUDA), the recognizer and the branch run
     under bfloat16 autocast; the codec and its likelihoods stay in float32.
 
     Args:
@@ -110,8 +116,13 @@ class ICMObjective:
         pseudo_labels = self.machine.pseudo_labels(x)
         out = codec(x)
         amp = self.amp and x.device.type == "cuda"
+        reads_machine = branch is not None and branch.position == "task"
+        capture = captured_output(self.machine.aux_task_layer) if reads_machine else nullcontext({})
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            task_loss = self.machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+            with capture as feature:
+                task_loss = self.machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+            if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
+                out = {**out, "task_feature": feature["out"]}
             branch_loss = (
                 branch(out, pseudo_labels, x.shape[-2:]).float() if branch is not None else None
             )

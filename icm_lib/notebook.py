@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,9 @@ def setup(
     profile: str, seed: int, data_dir: str, output_dir: str, device: str = "", **overrides
 ) -> Setup:
     """Seed, choose the device, resolve paths (``ICM_DATA_DIR`` / ``ICM_OUTPUT_DIR`` override the
-    parameters), load the profile."""
-    prof = get_profile(profile, **overrides)
+    parameters, and ``ICM_PROFILE`` the profile: how a notebook opened in JupyterLab is pointed
+    at other data without editing it), load the profile."""
+    prof = get_profile(os.environ.get("ICM_PROFILE") or profile, **overrides)
     data = env_path("ICM_DATA_DIR", data_dir)
     out = env_path("ICM_OUTPUT_DIR", output_dir)
     out.mkdir(parents=True, exist_ok=True)

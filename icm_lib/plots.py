@@ -76,6 +76,33 @@ def draw_label_map(
         ax.legend(handles, class_names, fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
 
 
+def draw_machine_output(
+    ax, image: torch.Tensor, output, task, class_names: Sequence[str], title: str | None = None
+) -> None:
+    """``image`` with a machine's output on it: detection boxes (a dict with ``boxes``,
+    ``labels``, ``scores``) or a label map (H, W) blended over the image."""
+    from .tasks import DETECTION, get_task
+
+    if get_task(task) is DETECTION:
+        draw_boxes(
+            ax, image, output["boxes"], output["labels"], class_names, output.get("scores"), title
+        )
+        return
+    ax.imshow(_hwc(image))
+    cmap = label_colormap(len(class_names))
+    ax.imshow(
+        output.detach().cpu().numpy(),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(class_names) - 0.5,
+        alpha=0.45,
+        interpolation="nearest",
+    )
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
 def dataset_examples(det_set, seg_set, n: int = 4):
     """n images with ground-truth boxes (top) and ground-truth label maps (bottom)."""
     fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5))
@@ -160,6 +187,7 @@ CURVE_STYLE = {
     "baseline": ("w/o aux (Eq. 4)", "tab:blue", "o"),
     "aux-enc": ("w/ aux, aux-enc (Eq. 5/6)", "tab:red", "^"),
     "aux-dec": ("aux-dec", "tab:purple", "v"),
+    "aux-task": ("aux-task", "tab:orange", "P"),
     "roi": ("ROI (Ahonen et al., QF)", "tab:green", "D"),
 }
 
@@ -171,7 +199,8 @@ def rd_curves(
 
     Args:
         curves: ``{curve name: {seed: [points with "bpp", metric, fidelity]}}``; each seed is a
-            faint line, the mean over seeds (per λ index) a bold one.
+            faint line, the mean over seeds (per λ index) a bold one with the seeds' standard
+            deviation in both coordinates as error bars (the seed band).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, by_seed in curves.items():
@@ -197,6 +226,22 @@ def rd_curves(
                 lw=2,
                 label=f"{label} (n={len(by_seed)})",
             )
+            if len(by_seed) > 1:
+                n = len(mean)
+                spread = {
+                    k: np.std([[pts[i][k] for i in range(n)] for pts in by_seed.values()], axis=0)
+                    for k in ("bpp", key)
+                }
+                ax.errorbar(
+                    [p["bpp"] for p in mean],
+                    [p[key] for p in mean],
+                    xerr=spread["bpp"],
+                    yerr=spread[key],
+                    fmt="none",
+                    ecolor=color,
+                    alpha=0.6,
+                    capsize=2,
+                )
     axes[0].set_ylabel({"map": "mAP@[.5:.95]", "miou": "mIoU"}.get(metric, metric))
     axes[1].set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}.get(fidelity, fidelity))
     for ax in axes:
@@ -205,6 +250,159 @@ def rd_curves(
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def before_after_spectra(x: torch.Tensor, decoded: dict[str, torch.Tensor], zoom: int = 48):
+    """Seed 002's before/after: zoomed crops of the original and of each decoding (top) and the
+    log power spectrum of each residual x̂ − x (bottom), whose periodic peaks are the
+    checkerboard. Returns ``(figure, {name: checkerboard score})``.
+
+    Args:
+        x: the original (3, H, W); decoded: ``{name: (3, H, W)}`` decodings of the same bytes.
+    """
+    from .metrics import checkerboard_score
+
+    h, w = (x.shape[1] // 16) * 16, (x.shape[2] // 16) * 16
+    z = min(zoom, h, w)
+    top, left = (h - z) // 2, (w - z) // 2
+    fig, axes = plt.subplots(2, 1 + len(decoded), figsize=(3.2 * (1 + len(decoded)), 6.6))
+    axes[0, 0].imshow(_hwc(x[:, top : top + z, left : left + z]), interpolation="nearest")
+    axes[0, 0].set_title("original (zoom)", fontsize=9)
+    axes[1, 0].imshow(_hwc(x))
+    axes[1, 0].set_title("original", fontsize=9)
+    scores = {}
+    for i, (name, xh) in enumerate(decoded.items(), start=1):
+        xh = xh.detach().cpu()
+        scores[name] = checkerboard_score(xh[:, :h, :w][None], x[:, :h, :w][None])
+        axes[0, i].imshow(_hwc(xh[:, top : top + z, left : left + z]), interpolation="nearest")
+        axes[0, i].set_title(f"{name}\ncheckerboard {scores[name]:.3f}", fontsize=9)
+        r = (xh[:, :h, :w] - x[:, :h, :w]).mean(0).numpy()
+        spec = np.fft.fftshift(np.log10(np.abs(np.fft.fft2(r - r.mean())) ** 2 + 1e-8))
+        axes[1, i].imshow(spec, cmap="magma")
+        axes[1, i].set_title("log |FFT(x̂ − x)|²", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig, scores
+
+
+def bit_allocation_comparison(
+    image: torch.Tensor, panels: dict, task, class_names, reference: str, compared: tuple[str, str]
+):
+    """Seed 001's Fig. 5-6 for one image: the input and each codec's decoding with the
+    machine's output on it (top), each codec's bits per pixel and the difference of two of them
+    (bottom; red: the first spends more there).
+
+    Args:
+        panels: ``{name: {"x_hat", "output", "bits", "bpp"}}`` per codec (input first is
+            added here; ``reference`` names the codec whose decoding the input row omits).
+        compared: the two codecs whose bit maps are subtracted, e.g. ``("w/o aux", "w/ aux")``.
+    """
+    n = len(panels) + 1
+    fig, axes = plt.subplots(2, n + 1, figsize=(2.8 * (n + 1), 5.8))
+    draw_machine_output(
+        axes[0, 0], image, panels[reference]["on_input"], task, class_names, "input + machine"
+    )
+    vmax = max(float(p["bits"].max()) for p in panels.values())
+    for i, (name, p) in enumerate(panels.items(), start=1):
+        draw_machine_output(
+            axes[0, i], p["x_hat"], p["output"], task, class_names, f"{name}: decoded + machine"
+        )
+        axes[1, i].imshow(p["bits"].numpy(), cmap="viridis", vmin=0, vmax=vmax)
+        axes[1, i].set_title(f"{name}: {p['bpp']:.3f} bpp", fontsize=8)
+    a, b = compared
+    diff = panels[a]["bits"] - panels[b]["bits"]
+    lim = float(diff.abs().max()) or 1.0
+    axes[1, n].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim)
+    axes[1, n].set_title(f"{a} − {b} (bits per pixel)", fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def validation_curves(table: dict, title: str = ""):
+    """Validation main loss vs training step per ablation setting: the mean over seeds (bold)
+    and the band between the seeds' lowest and highest (``evaluate.ablation_table``'s task
+    entry)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, v in table["variants"].items():
+        label, color, marker = CURVE_STYLE.get(name, (name, None, "o"))
+        c = v["curve"]
+        ax.plot(
+            c["step"],
+            c["mean"],
+            color=color,
+            marker=marker,
+            ms=3,
+            lw=2,
+            label=f"{label} (n={v['n']})",
+        )
+        if v["n"] > 1:
+            ax.fill_between(c["step"], c["min"], c["max"], color=color, alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation main loss (Eq. 4, no branch term)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def branch_positions_diagram():
+    """Seed 001's Fig. 7 redrawn: where aux-enc, aux-dec and aux-task read their input, and
+    which parts of the codec each branch loss reaches."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 3.2)
+    ax.set_axis_off()
+    boxes = {
+        "x": (0.1, "x"),
+        "g_a": (1.0, "encoder\ng_a + hyperprior"),
+        "y": (2.9, "ŷ"),
+        "g_s": (3.8, "decoder g_s\n(all but last layer)"),
+        "last": (5.7, "g_s last\nlayer"),
+        "xh": (6.9, "x̂"),
+        "rec": (7.8, "frozen recognizer\n(conv1-2 | conv3-5, head)"),
+    }
+    widths = {"x": 0.6, "y": 0.6, "xh": 0.6, "rec": 2.1, "g_a": 1.6, "g_s": 1.6, "last": 0.9}
+    for key, (x0, text) in boxes.items():
+        ax.add_patch(
+            FancyBboxPatch(
+                (x0, 1.9), widths[key], 0.8, boxstyle="round,pad=0.05", fc="#e8eef7", ec="#34495e"
+            )
+        )
+        ax.text(x0 + widths[key] / 2, 2.3, text, ha="center", va="center", fontsize=8)
+    order = ["x", "g_a", "y", "g_s", "last", "xh", "rec"]
+    for a, b in zip(order, order[1:]):
+        ax.add_patch(
+            FancyArrowPatch(
+                (boxes[a][0] + widths[a] + 0.05, 2.3),
+                (boxes[b][0] - 0.05, 2.3),
+                arrowstyle="-|>",
+                mutation_scale=10,
+                color="#34495e",
+            )
+        )
+    branches = [
+        ("aux-enc (proposed)", 3.2, "tab:red", "reaches g_a only"),
+        ("aux-dec", 5.55, "tab:purple", "reaches g_a and g_s (not its last layer)"),
+        ("aux-task", 8.6, "tab:orange", "reaches g_a and all of g_s, through the recognizer"),
+    ]
+    for name, x, color, note in branches:
+        ax.add_patch(
+            FancyArrowPatch(
+                (x, 1.85), (x, 0.95), arrowstyle="-|>", mutation_scale=10, color=color, lw=1.6
+            )
+        )
+        ax.text(
+            x, 0.75, f"{name}\nbranch → E(y, ŷ_aux)", ha="center", va="top", fontsize=8, color=color
+        )
+        ax.text(x, 0.18, note, ha="center", va="top", fontsize=6.5, color=color)
+    ax.set_title("Where the auxiliary loss enters (seed 001, Fig. 7)", fontsize=10)
     return fig
 
 

@@ -206,6 +206,37 @@ class ICMConfig:
 
 
 @dataclass(frozen=True)
+class AblationConfig:
+    """Seed 001 section 4.2: where should the auxiliary loss enter? (notebook 03, the study's
+    ``--study ablation``)
+
+    Every setting trains the task's codec for machines at one λ with validation every
+    ``val_every`` steps; the compared number is the validation *main* loss (Eq. 4 / Eq. 6 without
+    the branch term) on a fixed set of ``val_images`` centre crops of the val split.
+
+    Attributes:
+        det_lmbda, seg_lmbda: the paper's ablation λ (0.016 detection, 2 segmentation). The
+            ``cpu`` profile's λ grids are the paper's, so the values carry over unchanged.
+        variants: ``baseline`` (no branch: the paper's "none") and the three branch positions.
+        seeds: the seeds of the study (the notebook shows what is cached).
+        val_every: validation cadence in steps (the last step is always validated).
+        val_images: how many val images (centre-cropped to the training crop) validate.
+        steps: training steps of every setting (``None``: the task's schedule).
+    """
+
+    det_lmbda: float = 0.016
+    seg_lmbda: float = 2.0
+    variants: tuple[str, ...] = ("baseline", "aux-enc", "aux-dec", "aux-task")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    val_every: int = 10
+    val_images: int = 16
+    steps: int | None = None
+
+    def lmbda(self, task: Task | str) -> float:
+        return self.det_lmbda if get_task(task) is DETECTION else self.seg_lmbda
+
+
+@dataclass(frozen=True)
 class GANConfig:
     """Decoder-only PatchGAN finetuning (seed 002, Le et al.).
 
@@ -267,6 +298,8 @@ class Profile:
     icm: ICMConfig = field(default_factory=ICMConfig)
     #: decoder-only PatchGAN finetuning (seed 002), notebook 04
     gan: GANConfig = field(default_factory=GANConfig)
+    #: the branch-position ablation (seed 001 section 4.2), notebook 03
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 PROFILES: dict[str, Profile] = {
@@ -291,6 +324,9 @@ PROFILES: dict[str, Profile] = {
         ),
         gan=GANConfig(
             steps=4, batch_size=2, crop=64, patch=32, d_channels=16, log_every=1, checkpoint_every=2
+        ),
+        ablation=AblationConfig(
+            det_lmbda=0.5, seg_lmbda=0.5, seeds=(0, 1), val_every=1, val_images=2, steps=2
         ),
     ),
     "cpu": Profile(
@@ -324,6 +360,7 @@ PROFILES: dict[str, Profile] = {
             ),
         ),
         gan=GANConfig(steps=300, batch_size=8, crop=128, patch=64, task="seg"),
+        ablation=AblationConfig(val_every=10, val_images=16),
     ),
     "paper": Profile(
         name="paper",
@@ -375,6 +412,8 @@ PROFILES: dict[str, Profile] = {
                 log_every=100,
             ),
         ),
+        # validation every 1000 steps on 100 val crops (the paper does not say how often)
+        ablation=AblationConfig(val_every=1000, val_images=100),
     ),
 }
 

@@ -16,11 +16,12 @@ from .evaluate import mean_curve
 from .runtime import atomic_write_bytes
 
 
-def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "") -> str:
+def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True) -> str:
+    """``-2.6 % ± 3.0 (n=3)`` from a :func:`~icm_lib.evaluate.mean_ci` row (``–`` if empty)."""
     if not row or row.get("n", 0) == 0:
         return "–"
     ci = f" ± {row['ci95']:.{digits}f}" if row["n"] > 1 else ""
-    return f"{row['mean']:+.{digits}f}{unit}{ci} (n={row['n']})"
+    return f"{row['mean']:{'+' if signed else ''}.{digits}f}{unit}{ci} (n={row['n']})"
 
 
 START, END = "<!-- study-report:start -->", "<!-- study-report:end -->"
@@ -42,6 +43,9 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     if aux.is_file():
         d = json.loads(aux.read_text())
         lines += _bd_rate_table(d) + _front_table(d) + _rd_point_table(d) + _undefined(d)
+    ablation = Path(results_dir) / f"ablation-{profile_name}.json"
+    if ablation.is_file():
+        lines += _ablation_table(json.loads(ablation.read_text()))
     gan = Path(results_dir) / f"gan-{profile_name}.json"
     if gan.is_file():
         lines += _gan_table(json.loads(gan.read_text()))
@@ -136,6 +140,29 @@ def _undefined(d: dict) -> list[str]:
     return ["", "BD-rates left undefined (and out of the means):", ""] + [
         f"* {u}" for u in undefined
     ]
+
+
+def _ablation_table(d: dict) -> list[str]:
+    cfg = d["ablation_config"]
+    lines = [
+        "",
+        f"Seed 001 section 4.2 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}"
+        f": {len(d['rows'])} runs, {d['compute_hours_in_runs']:.2f} h): final validation main "
+        f"loss (Eq. 4 / Eq. 6 without the branch term) by branch position, mean ± 95 % CI over "
+        f"seeds; λ {cfg['det_lmbda']:g} (det) / {cfg['seg_lmbda']:g} (seg):",
+        "",
+        "| task | " + " | ".join(cfg["variants"]) + " | lowest (ours) | lowest (paper) |",
+        "|---" * (len(cfg["variants"]) + 3) + "|",
+    ]
+    for task, t in d["tasks"].items():
+        cells = [
+            fmt_mean_ci(t["variants"][v], 4, signed=False) if v in t["variants"] else "–"
+            for v in cfg["variants"]
+        ]
+        lines.append(
+            f"| {task} | " + " | ".join(cells) + f" | {t['order'][0]} | {d['paper_lowest']} |"
+        )
+    return lines
 
 
 #: what a seed-002 summary holds besides the task metric

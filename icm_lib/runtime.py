@@ -7,6 +7,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,10 @@ def state_fingerprint(state_dict: dict[str, torch.Tensor], length: int = 10) -> 
 
 
 # ---------------------------------------------------------------------- the resumable-run engine
+#: what a checkpoint must have been written with to be resumed (2: streams seeded by mix_seed)
+RUN_FORMAT = 2
+
+
 class CheckpointParts:
     """Named parts of a training state (optimizers, schedulers, modules) saved and restored
     together under their names: ``state_dict()`` / ``load_state_dict()`` of them all."""
@@ -260,15 +265,23 @@ class RunFiles:
         return read_log(self.dir / self.LOG)
 
     def restore(self, map_location: str | torch.device) -> dict | None:
-        """The latest checkpoint (``None``: start from step 0); the log is cut back to it."""
+        """The latest checkpoint (``None``: start from step 0); the log is cut back to it. A
+        checkpoint of another :data:`RUN_FORMAT` (written by a version of the library that
+        seeded its random streams differently) is not resumed: the run starts over, so that a
+        finished run is always the product of one version."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / self.CHECKPOINT
-        if not path.is_file():
-            return None
-        state = load_checkpoint(path, map_location=map_location)
-        self.start = state["step"]
-        if self.is_main:
+        state = load_checkpoint(path, map_location=map_location) if path.is_file() else None
+        if state is not None and state.get("run_format") != RUN_FORMAT:
+            warnings.warn(
+                f"{path} was written by an older icm_lib (another seeding of the "
+                "training noise); the run starts over",
+                stacklevel=2,
+            )
+            state = None
+        self.start = state["step"] if state is not None else 0
+        if self.is_main and (self.dir / self.LOG).is_file():
             truncate_log(self.dir / self.LOG, self.start)
         return state
 
@@ -307,7 +320,9 @@ class RunFiles:
         """Save ``state()`` (with ``step``) when due, and at the last step of this call."""
         if done % self.checkpoint_every == 0 or done == self.stop_at:
             if self.is_main:
-                atomic_torch_save({**state(), "step": done}, self.dir / self.CHECKPOINT)
+                atomic_torch_save(
+                    {**state(), "step": done, "run_format": RUN_FORMAT}, self.dir / self.CHECKPOINT
+                )
             self._barrier()
 
     @property
@@ -315,12 +330,17 @@ class RunFiles:
         """Whether the steps just run reached the schedule's end (not a ``stop_after``)."""
         return self.stop_at >= self.total
 
-    def close(self, codec, config: dict, extras: dict[str, dict] | None = None) -> list[dict]:
+    def close(
+        self, codec, config: dict, extras: dict[str, dict] | None = None, update_tables: bool = True
+    ) -> list[dict]:
         """After the steps: if the schedule is complete, put ``codec`` (an ICMCodec) in eval mode,
-        build its entropy tables and :meth:`finish` the run with it; return the log."""
+        build its entropy tables (unless ``update_tables`` is false: a run that trained the
+        decoder only keeps the tables it started with) and :meth:`finish` the run with it;
+        return the log."""
         if self.complete:
             codec.eval()
-            codec.update()
+            if update_tables:
+                codec.update()
             self.finish(codec.codec_state(), config, extras)
         return self.read_log()
 

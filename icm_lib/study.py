@@ -6,6 +6,7 @@ it; :meth:`icm_lib.experiment.Experiment.grid`), so a stopped study resumes wher
 notebooks 01-02 reuse the seed-0 runs::
 
     python -m icm_lib.study --profile cpu --seeds 0 1 2        # or: make study
+    python -m icm_lib.study --study ablation --seeds 0 1 2     # section 4.2: branch position
     python -m icm_lib.study --study gan --seeds 0 1 2          # seed 002: PatchGAN presets
 
 Curves per task:
@@ -29,13 +30,14 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import bd_rates, curves, mean_ci
+from .aux_branch import VARIANTS
+from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
 from .gan import PRESETS, gan_point
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
 from .runtime import atomic_write_json, get_device
-from .tasks import get_task
+from .tasks import TASKS, get_task
 
 #: the paper's average BD-rates of aux-enc against the baseline (seed 001 section 4.1)
 PAPER_BD_RATE = {"det": -27.7, "seg": -20.3}
@@ -120,6 +122,66 @@ def summarise(
     }
 
 
+# ---------------------------------------------------------------------- seed 001 section 4.2
+#: the paper's finding: the lowest validation main loss with the branch just before the decoder
+PAPER_ABLATION_LOWEST = "aux-enc"
+
+
+def run_ablation_study(
+    profile: Profile,
+    seeds: list[int],
+    tasks: list[str],
+    data_dir: str | Path,
+    results_dir: str | Path,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
+    """The branch-position ablation: every setting of ``profile.ablation.variants`` per task
+    and seed, trained with validation (load-or-compute); writes
+    ``results/ablation-<profile>.json`` after every run and the curves at the end."""
+    from . import plots
+
+    t_start = time.perf_counter()
+    exp = Experiment.prepare(profile, data_dir, device, progress)
+    out_json = Path(results_dir) / f"ablation-{profile.name}.json"
+    rows: list[dict] = []
+    summary: dict = {}
+    for seed in seeds:
+        for task in tasks:
+            for variant in profile.ablation.variants:
+                record = exp.ablation_point(task, variant, seed).record
+                rows.append({k: v for k, v in record.items() if k != "log"})
+                summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
+                atomic_write_json(out_json, summary)
+    for task, table in summary["tasks"].items():
+        fig = plots.validation_curves(
+            table,
+            f"{task}: validation main loss by branch position "
+            f"({profile.name}, λ={profile.ablation.lmbda(task):g})",
+        )
+        plots.save(fig, results_dir, f"ablation-{profile.name}-{task}")
+    return summary
+
+
+def summarise_ablation(
+    profile: Profile, rows: list[dict], seeds: list[int], wall_seconds: float
+) -> dict:
+    """The ablation's JSON: the records, the table of :func:`~icm_lib.evaluate.ablation_table`
+    per task with the paper's claim beside it, and the compute spent."""
+    done = len(rows) == len(seeds) * len(profile.ablation.variants) * len({r["task"] for r in rows})
+    return {
+        "profile": profile.name,
+        "seeds": seeds,
+        "complete": done,
+        "rows": rows,
+        "tasks": ablation_table(rows),
+        "paper_lowest": PAPER_ABLATION_LOWEST,
+        "ablation_config": asdict(profile.ablation),
+        "compute_hours_in_runs": round(sum(r["train_seconds"] for r in rows) / 3600, 3),
+        "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
+    }
+
+
 # ---------------------------------------------------------------------- seed 002
 def summarise_gan(rows: list[dict]) -> dict:
     """Mean and 95 % interval over seeds of before, after and the change, per preset."""
@@ -183,17 +245,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument(
         "--study",
-        choices=["aux", "gan"],
+        choices=["aux", "ablation", "gan"],
         default="aux",
-        help="aux: seed 001 (R-D, BD-rate); gan: seed 002 (PatchGAN finetuning)",
+        help="aux: seed 001 (R-D, BD-rate); ablation: seed 001 section 4.2 (branch position); "
+        "gan: seed 002 (PatchGAN finetuning)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
+    parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=sorted(TASKS))
     parser.add_argument(
         "--variants",
         nargs="+",
         default=["baseline", "aux-enc"],
-        choices=["baseline", "aux-enc", "aux-dec"],
+        choices=[v for v in VARIANTS if v != "mse"],
     )
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--results-dir", default="results")
@@ -225,6 +288,23 @@ def main(argv: list[str] | None = None) -> dict:
             write_between_markers(Path(args.readme), text)
         return {"report": text}
     profile, device = get_profile(args.profile), get_device(args.device or None)
+    if args.study == "ablation":
+        summary = run_ablation_study(
+            profile,
+            args.seeds,
+            args.tasks,
+            args.data_dir,
+            args.results_dir,
+            device,
+            not args.no_progress,
+        )
+        for task, t in summary["tasks"].items():
+            print(
+                f"{task}: "
+                + ", ".join(f"{v} {t['variants'][v]['mean']:.4f}" for v in t["order"])
+                + f" (lowest first; paper: {PAPER_ABLATION_LOWEST} lowest)"
+            )
+        return summary
     if args.study == "gan":
         summary = run_gan_study(
             profile, args.seeds, args.data_dir, args.results_dir, device, not args.no_progress

@@ -167,6 +167,8 @@ def train_codec(
     accumulate: int = 1,
     dist: Distributed | None = None,
     desc: str | None = None,
+    validate: Callable[[ICMCodec], dict[str, float]] | None = None,
+    validate_every: int = 0,
 ) -> tuple[ICMCodec, list[dict]]:
     """Train ``codec`` (load-or-compute): finished runs are loaded, stopped runs resumed.
 
@@ -181,6 +183,9 @@ def train_codec(
             own parameter group (``branch_lr``, default ``cfg.lr``) and is saved apart.
         accumulate: split each process's share of the batch into this many micro-batches.
         dist: the torchrun job (``None``: one process).
+        validate: ``validate(codec) -> {name: value}``, run every ``validate_every`` steps and at
+            the last step; its values join that step's log record (which is then written even
+            off the logging cadence). It must be deterministic for exact resume.
 
     Returns:
         The trained codec (entropy tables updated, eval mode) and the log records.
@@ -208,10 +213,13 @@ def train_codec(
         stepper.state.load_state_dict(state)
     for step in run.steps(stop_after, desc or f"train codec λ={cfg.lmbda:g}", progress):
         record = stepper(step, sampler.batch(step))
-        if run.log_due(step + 1):
-            run.log(step + 1, _mean_over_ranks(record, dist, device))
+        done = step + 1
+        validating = validate is not None and (done % validate_every == 0 or done == cfg.steps)
+        if run.log_due(done) or validating:
+            record = _mean_over_ranks(record, dist, device)
+            run.log(done, {**record, **(validate(codec) if validating else {})})
         run.checkpoint(
-            step + 1,
+            done,
             lambda: {
                 "codec": codec.codec_state(),
                 "config": asdict(cfg),

@@ -39,12 +39,10 @@ def run_notebook(
 
     out = output_dir / profile / path.stem
     out.mkdir(parents=True, exist_ok=True)
-    params = {
-        "PROFILE": profile,
-        "DATA_DIR": str(data_dir),
-        "OUTPUT_DIR": str(out),
-        **(extra or {}),
-    }
+    params = {"PROFILE": profile, "DATA_DIR": str(data_dir), "OUTPUT_DIR": str(out)}
+    if "RESULTS_DIR" in pm.inspect_notebook(str(path)):  # notebooks that read the studies
+        params["RESULTS_DIR"] = str(REPO / "results")
+    params.update(extra or {})
     pm.execute_notebook(
         str(path),
         str(out / path.name),

@@ -137,41 +137,14 @@ for p, codec in tuned.items():
 # the checkerboard sit on the grid of multiples of 1/16 cycle per pixel.
 
 # %%
-import matplotlib.pyplot as plt
 import numpy as np
-
-from icm_lib.metrics import checkerboard_score
 
 x = val[0][0]
 data = base_codec.compress(x)
 decoded = {"machine codec": base_codec.decompress(data)[0].cpu()}
 for p, codec in tuned.items():
     decoded[f"PatchGAN {p}"] = codec.decompress(data)[0].cpu()
-h, w = (x.shape[1] // 16) * 16, (x.shape[2] // 16) * 16
-z = min(ZOOM, h, w)
-top, left = (h - z) // 2, (w - z) // 2
-fig, axes = plt.subplots(2, 1 + len(decoded), figsize=(3.2 * (1 + len(decoded)), 6.6))
-axes[0, 0].imshow(
-    x[:, top : top + z, left : left + z].permute(1, 2, 0).numpy(), interpolation="nearest"
-)
-axes[0, 0].set_title("original (zoom)", fontsize=9)
-axes[1, 0].imshow(x.permute(1, 2, 0).numpy())
-axes[1, 0].set_title("original", fontsize=9)
-scores = {}
-for i, (name, xh) in enumerate(decoded.items(), start=1):
-    scores[name] = checkerboard_score(xh[:, :h, :w][None], x[:, :h, :w][None])
-    axes[0, i].imshow(
-        xh[:, top : top + z, left : left + z].clamp(0, 1).permute(1, 2, 0).numpy(),
-        interpolation="nearest",
-    )
-    axes[0, i].set_title(f"{name}\ncheckerboard {scores[name]:.3f}", fontsize=9)
-    r = (xh[:, :h, :w] - x[:, :h, :w]).mean(0)
-    spec = np.fft.fftshift(np.log10(np.abs(np.fft.fft2((r - r.mean()).numpy())) ** 2 + 1e-8))
-    axes[1, i].imshow(spec, cmap="magma")
-    axes[1, i].set_title("log |FFT(x̂ − x)|²", fontsize=9)
-for ax in axes.flat:
-    ax.set_axis_off()
-fig.tight_layout()
+fig, scores = plots.before_after_spectra(x, decoded, ZOOM)
 plots.save(fig, S.output_dir, "before_after")
 
 # %% [markdown]

@@ -128,3 +128,69 @@ def test_aux_dec_reads_the_last_layer_input_and_reaches_the_decoder_but_not_its_
     assert all(p.grad is None for p in codec.decoder_last_layer.parameters())
     assert sum(float(p.grad.abs().sum()) for p in inner if p.grad is not None) > 0
     assert any(p.grad is not None for p in codec.model.g_a.parameters())
+
+
+SMALL_DET = dict(
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=50,
+    rpn_batch_size_per_image=32,
+    box_batch_size_per_image=32,
+)
+
+
+@pytest.fixture(scope="module")
+def machines():
+    from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_detector, build_segmenter
+
+    torch.manual_seed(0)
+    det = FrozenDetector(build_detector(6, "resnet18", **SMALL_DET), score_threshold=0.0)
+    return {"det": det, "seg": FrozenSegmenter(build_segmenter(11, "resnet18"), 11)}
+
+
+def _bn_state(model):
+    return [
+        t.clone()
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for t in (m.running_mean, m.running_var)
+    ]
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+@pytest.mark.parametrize("variant", ["aux-enc", "aux-dec", "aux-task"])
+def test_gradient_paths_of_the_three_branch_positions(machines, task, variant):
+    """Section 4.2: the branch loss alone reaches g_a in every position; g_s never for aux-enc,
+    up to its last layer for aux-dec, all of it for aux-task (whose input is the recognizer's
+    feature of x̂); the frozen recognizer's weights and BatchNorm statistics never change."""
+    from icm_lib.aux_branch import build_branch
+    from icm_lib.losses import ICMObjective
+
+    torch.manual_seed(0)
+    machine = machines[task]
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
+    branch = build_branch(
+        variant, task, codec, 6 if task == "det" else 11, 0.25, SMALL_DET, machine=machine
+    ).train()
+    if variant == "aux-task":
+        expected = 64 if task == "det" else 256  # ResNet-18: layer1 (stride 4), layer3 (16)
+        assert machine.aux_task_channels == expected
+    weights = [p.detach().clone() for p in machine.model.parameters()]
+    bn = _bn_state(machine.model)
+    parts = ICMObjective(machine, lmbda=1.0)(codec, branch, torch.rand(2, 3, 128, 128))
+    assert parts["branch_loss"] > 0
+    assert float(parts["main_loss"]) == pytest.approx(
+        float(parts["loss"] - 0.5 * parts["branch_loss"])
+    )
+    parts["branch_loss"].backward()
+
+    def reached(params):
+        return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None) > 0
+
+    last = {id(p) for p in codec.decoder_last_layer.parameters()}
+    inner = [p for p in codec.decoder_parameters() if id(p) not in last]
+    assert reached(codec.model.g_a.parameters())
+    assert reached(inner) == (variant != "aux-enc")
+    assert reached(codec.decoder_last_layer.parameters()) == (variant == "aux-task")
+    assert all(p.grad is None for p in machine.model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights, machine.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(bn, _bn_state(machine.model)))

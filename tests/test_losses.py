@@ -25,5 +25,8 @@ def test_eq4_eq5_eq6_compose_as_written():
     eq6 = icm_loss(_out(), x, task, lmbda=2.0, branch_loss=branch, alpha=0.5, mse_weight=1.0)
     assert float(eq6["mse_loss"]) == pytest.approx(0.25)
     assert float(eq6["loss"]) == pytest.approx(bpp + 2.0 * (2.0 + 2.0 + 0.25))
-    assert set(eq6) == {"loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss"}
+    assert set(eq6) == {"loss", "bpp_loss", "task_loss", "branch_loss", "mse_loss", "main_loss"}
+    # the main loss of section 4.2: the same without the branch term
+    assert float(eq6["main_loss"]) == pytest.approx(bpp + 2.0 * (2.0 + 0.25))
+    assert float(eq4["main_loss"]) == pytest.approx(float(eq4["loss"]))
     assert all(math.isfinite(float(v)) for v in eq6.values())

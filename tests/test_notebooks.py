@@ -1,6 +1,15 @@
 """Execute the notebooks with papermill on the smoke profile and assert on what they recorded."""
 
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import DEVICES
@@ -129,8 +138,72 @@ def test_notebook_02_aux_branch(nb02):
 
 
 @pytest.fixture(scope="module")
+def nb03(root, nb00):
+    return _run(root, "03")
+
+
+def test_notebook_03_position_ablation(nb03):
+    m, out = nb03
+    assert m["seeds"] == [0, 1]  # the smoke profile's ablation seeds
+    for task, t in m["tasks"].items():
+        assert set(t["variants"]) == {"baseline", "aux-enc", "aux-dec", "aux-task"}
+        assert sorted(t["order"]) == sorted(t["variants"])
+        for v in t["variants"].values():
+            assert v["n"] == 2 and len(v["final"]) == 2 and _finite(v["final"])
+            assert v["val_steps"] == [1, 2] and _finite(v["val_mean"])  # validated while training
+            assert v["mean"] == pytest.approx(sum(v["final"]) / 2)
+        sizes = t["branch_million_parameters"]
+        assert sizes["aux-task"] < sizes["aux-enc"]  # no stem (det) or a head only (seg)
+        (out / f"validation_{task}.png").stat()
+    assert _finite(list(m["first_train_loss"].values()) + list(m["last_train_loss"].values()))
+    assert (out / "branch_positions.png").stat().st_size > 5_000
+
+
+@pytest.fixture(scope="module")
 def nb04(root, nb01):
     return _run(root, "04")
+
+
+@pytest.fixture(scope="module")
+def nb05(root, nb02, nb04):
+    folder, device = root
+    path = notebook_paths(["05"])[0]
+    metrics = run_notebook(
+        path,
+        "smoke",
+        folder / "outputs",
+        folder / "data",
+        extra={"DEVICE": device, "RESULTS_DIR": str(folder / "no-results")},
+    )
+    return metrics, folder / "outputs" / "smoke" / path.stem
+
+
+def test_notebook_05_visualization_and_explorer(nb05):
+    m, out = nb05
+    assert m["rd_source"] == "this notebook's runs (seed 0)"  # no study files given
+    for task, f in m["bit_allocation"].items():
+        assert set(f["bpp"]) == {"MSE codec", "w/o aux", "w/ aux"} and min(f["bpp"].values()) > 0
+        assert math.isfinite(f["difference_mean"]) and f["difference_abs_max"] >= 0
+        (out / f"bit_allocation_{task}.png").stat()
+        (out / f"rd_{task}.png").stat()
+    assert set(m["checkerboard"]) == {
+        "machine codec",
+        *(f"PatchGAN {p}" for p in ("full", "limited", "no-adv")),
+    }
+    assert all(0 <= v <= 1 for v in m["checkerboard"].values())
+    e = m["explorer"]
+    assert e["tasks"] == ["det", "seg"] and e["codecs"] == 20 and e["finetuned"] == 3
+    views = e["views"]
+    assert len(views) == 2 * 2 + 4
+    for v in views:
+        assert v["bpp"] > 0 and v["bytes"] > 0 and math.isfinite(v["psnr"])
+        assert 0 <= v.get("map", v.get("miou")) <= 1
+    # notebook 04's codec: its own decoder and the three finetuned ones read the very same bytes
+    same_bytes = views[4:]
+    assert [v["decoder"] for v in same_bytes] == ["as trained", "full", "limited", "no-adv"]
+    assert len({v["bytes"] for v in same_bytes}) == 1 and len({v["bpp"] for v in same_bytes}) == 1
+    assert len({round(v["psnr"], 6) for v in same_bytes}) > 1  # ... and decode them differently
+    assert len(list(out.glob("explorer_*.png"))) == len(views)
 
 
 def test_notebook_04_patchgan(nb04):
@@ -145,3 +218,151 @@ def test_notebook_04_patchgan(nb04):
         assert 0 <= r["checkerboard"] <= 1
         assert r["psnr"] != before["psnr"]  # the decoder did change
     assert (out / "before_after.png").stat().st_size > 5_000
+
+
+# ---------------------------------------------------------------------- notebook 05 in a browser
+ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
+
+
+def _browser_or_skip():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip(
+            "no headless browser: install Debian's chromium and chromium-driver "
+            "(.ci/run does) to run the JupyterLab test of notebook 05"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1600",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(driver), options=options)
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def jupyterlab(root, nb05, tmp_path):
+    """JupyterLab on localhost serving a copy of notebook 05 (so nothing in the repository is
+    saved over), its kernel pointed at the smoke caches of the notebooks above."""
+    folder, _ = root
+    shutil.copy(notebook_paths(["05"])[0], tmp_path / "05_visualization.ipynb")
+    port, token = _free_port(), "icm-browser-test"
+    env = {
+        **os.environ,
+        "ICM_PROFILE": "smoke",
+        "ICM_DATA_DIR": str(folder / "data"),
+        "ICM_OUTPUT_DIR": str(tmp_path / "out"),
+        "ICM_OFFLINE": "1",
+    }
+    args = f"--no-browser --port={port} --IdentityProvider.token={token} --allow-root"
+    args += " --ServerApp.ip=127.0.0.1 --LabApp.expose_app_in_browser=True"
+    log = open(tmp_path / "jupyterlab.log", "w")
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", *args.split(), f"--ServerApp.root_dir={tmp_path}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(
+            lambda: _responds(f"{url}/api/status?token={token}"),
+            120,
+            f"JupyterLab to start (its log: {tmp_path / 'jupyterlab.log'})",
+        )
+        yield f"{url}/lab/tree/05_visualization.ipynb?token={token}", tmp_path / "out"
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _responds(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.browser
+def test_notebook_05_explorer_in_a_real_browser(jupyterlab):
+    """Open notebook 05 in JupyterLab in headless Chromium, run every cell, press the
+    explorer's "next image" button and check that the displayed picture changes; the screenshot
+    is kept in outputs/test-artifacts/."""
+    from selenium.webdriver.common.by import By
+
+    url, out = jupyterlab
+    browser = _browser_or_skip()
+    try:
+        browser.get(url)
+        # the notebook panel's kernel (headless Chromium has no focused "current" widget)
+        kernel = (
+            "const a = window.jupyterapp; if (!a) return null;"
+            "const w = Array.from(a.shell.widgets('main')).find(w => w.sessionContext);"
+            "const k = w && w.sessionContext.session && w.sessionContext.session.kernel;"
+            "return k && k.status;"
+        )
+        _wait(lambda: browser.execute_script(kernel) == "idle", 120, "the notebook's kernel")
+        browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        _wait(lambda: (out / "metrics.json").is_file(), 600, "the notebook to run to its end")
+
+        def picture():
+            images = browser.find_elements(By.CSS_SELECTOR, ".widget-image")
+            return images and images[0].get_attribute("src")
+
+        before = _wait(picture, 60, "the explorer's picture")
+        html = browser.find_elements(By.CSS_SELECTOR, ".widget-html-content")
+        assert any("index</b> 0" in h.get_attribute("innerHTML") for h in html)
+        button = next(
+            b for b in browser.find_elements(By.CSS_SELECTOR, "button") if "next image" in b.text
+        )
+        browser.execute_script("arguments[0].scrollIntoView();", button)
+        button.click()
+        after = _wait(
+            lambda: picture() if picture() != before else None,
+            60,
+            "the picture to change after 'next image'",
+        )
+        assert after != before
+        _wait(
+            lambda: any(
+                "index</b> 1" in h.get_attribute("innerHTML")
+                for h in browser.find_elements(By.CSS_SELECTOR, ".widget-html-content")
+            ),
+            30,
+            "the numbers of image 1",
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "notebook05-explorer.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        browser.quit()

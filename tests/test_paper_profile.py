@@ -57,6 +57,7 @@ def test_one_step_of_every_variant_with_the_paper_architectures(
         6 if task == "det" else 11,
         PAPER.icm.branch_width,
         PAPER.recognition.sampling(),
+        machine=machines[task],
     )
     lmbda = PAPER.icm.lambdas(task)[0]
     objective = (

@@ -75,3 +75,19 @@ def test_crop_sampler_memory_is_bounded(scenes):
         assert torch.equal(bounded.batch(step), whole.batch(step))  # same batches either way
         assert len(bounded._cache) <= 3
     assert len(whole._cache) > 3
+
+
+def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_path):
+    import pytest
+
+    from icm_lib.runtime import RunFiles, append_log, atomic_torch_save, read_log
+
+    run = RunFiles(tmp_path, steps=10, log_every=1, checkpoint_every=5)
+    append_log(tmp_path / "log.jsonl", {"step": 1, "loss": 1.0})  # died before a checkpoint
+    assert run.restore("cpu") is None and run.start == 0
+    assert read_log(tmp_path / "log.jsonl") == []  # no duplicate steps after the restart
+    atomic_torch_save({"step": 5, "w": torch.ones(1)}, tmp_path / "checkpoint.pt")  # old format
+    append_log(tmp_path / "log.jsonl", {"step": 5, "loss": 1.0})
+    with pytest.warns(UserWarning, match="starts over"):
+        assert RunFiles(tmp_path, 10, 1, 5).restore("cpu") is None
+    assert read_log(tmp_path / "log.jsonl") == []

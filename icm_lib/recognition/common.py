@@ -29,3 +29,20 @@ def loss_mode(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+def output_channels(layer: nn.Module) -> int:
+    """Channels of a torchvision ResNet stage's output (its last block's last convolution)."""
+    return [m for m in layer[-1].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+@contextlib.contextmanager
+def captured_output(module: nn.Module):
+    """``with captured_output(layer) as store:`` -- ``store["out"]`` is ``layer``'s output of
+    the forward passes run inside the block (the last one)."""
+    store: dict = {}
+    handle = module.register_forward_hook(lambda m, args, out: store.__setitem__("out", out))
+    try:
+        yield store
+    finally:
+        handle.remove()

@@ -17,7 +17,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from ..errors import WeightsUnavailableError
 from ..tasks import DETECTION
 from ..weights import require_download
-from .common import freeze, loss_mode
+from .common import freeze, loss_mode, output_channels
 
 
 def _imagenet_weights(backbone: str):
@@ -136,6 +136,16 @@ class FrozenDetector:
     def to(self, device) -> FrozenDetector:
         self.model.to(device)
         return self
+
+    @property
+    def aux_task_layer(self) -> nn.Module:
+        """Where seed 001's aux-task branch reads the detector (section 4.2): the output of the
+        backbone's conv2 stage (ResNet ``layer1``, stride 4), "between conv2 and conv3"."""
+        return self.model.backbone.body.layer1
+
+    @property
+    def aux_task_channels(self) -> int:
+        return output_channels(self.aux_task_layer)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from ..data.context import IGNORE_INDEX
 from ..errors import WeightsUnavailableError
 from ..tasks import SEGMENTATION
 from ..weights import hf_offline_unless_reachable
-from .common import freeze, loss_mode
+from .common import freeze, loss_mode, output_channels
 
 #: ImageNet normalisation (smp encoders expect normalised input; the wrapper takes [0, 1])
 _MEAN = (0.485, 0.456, 0.406)
@@ -76,6 +76,16 @@ class FrozenSegmenter:
     def to(self, device) -> FrozenSegmenter:
         self.model.to(device)
         return self
+
+    @property
+    def aux_task_layer(self) -> nn.Module:
+        """Where seed 001's aux-task branch reads the segmenter (section 4.2): the encoder's
+        conv4 input (ResNet ``layer3``, stride 16), as MMSegmentation's auxiliary FCN head."""
+        return self.model.net.encoder.layer3
+
+    @property
+    def aux_task_channels(self) -> int:
+        return output_channels(self.aux_task_layer)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,228 @@
+"""An interactive explorer of trained codecs for machines (notebook 05).
+
+Pick a task, a codec (variant and λ), a decoder (as trained, or a PatchGAN-finetuned one where
+notebook 04 made them) and a validation image; see the decoded image with the machine's output
+on it, where the bits went, the error, and the numbers (bpp from real bytes, PSNR, the task metric
+of that image)::
+
+    explorer = Explorer(exp, codecs, finetuned)      # codecs: {(task, variant, λ): ICMCodec}
+    explorer.widget()                                # ipywidgets controls + the picture
+    view = explorer.view("det", "aux-enc", 0.8, 3)   # the same without a frontend
+
+It only *reads* codecs that were trained before (the notebook loads them): a change of a control
+never trains anything, and every view is cached, so going back is instant.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch
+
+from . import plots
+from .metrics import ConfusionMatrix, detection_map, psnr
+from .tasks import DETECTION, get_task
+
+#: the decoder choice for "the codec as trained"
+AS_TRAINED = "as trained"
+
+
+@dataclass
+class View:
+    """One rendered choice: its numbers and the picture (PNG bytes)."""
+
+    numbers: dict
+    png: bytes
+    seconds: float
+
+
+class Explorer:
+    """Cached codecs of an :class:`~icm_lib.experiment.Experiment`, viewed image by image.
+
+    Args:
+        exp: the experiment (validation images, frozen machines).
+        codecs: ``{(task, variant, λ): codec}`` of the runs to explore.
+        finetuned: ``{(task, variant, λ): {preset: codec}}``: PatchGAN-finetuned decoders of some
+            of those codecs (seed 002), offered as alternative decoders of the same bytes.
+        images: how many validation images per task to offer.
+    """
+
+    def __init__(self, exp, codecs: dict, finetuned: dict | None = None, images: int = 8):
+        self.exp, self.codecs, self.finetuned = exp, codecs, finetuned or {}
+        self.images = images
+        self._cache: dict = {}
+
+    # ------------------------------------------------------------------ choices
+    def variants(self, task: str) -> list[str]:
+        return sorted({v for t, v, _ in self.codecs if t == task})
+
+    def lambdas(self, task: str, variant: str) -> list[float]:
+        return sorted(lm for t, v, lm in self.codecs if (t, v) == (task, variant))
+
+    def decoders(self, task: str, variant: str, lmbda: float) -> list[str]:
+        return [AS_TRAINED, *self.finetuned.get((task, variant, lmbda), {})]
+
+    # ------------------------------------------------------------------ rendering
+    def view(
+        self, task: str, variant: str, lmbda: float, index: int, decoder: str = AS_TRAINED
+    ) -> View:
+        """The numbers and picture of one choice (computed once, then cached)."""
+        key = (task, variant, lmbda, index, decoder)
+        if key not in self._cache:
+            t0 = time.perf_counter()
+            numbers, fig = self._render(task, variant, lmbda, index, decoder)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=80)
+            plt.close(fig)
+            self._cache[key] = View(numbers, buf.getvalue(), time.perf_counter() - t0)
+        return self._cache[key]
+
+    def _render(self, task_name, variant, lmbda, index, decoder):
+        task = get_task(task_name)
+        encoder = self.codecs[(task.name, variant, lmbda)]
+        codec = (
+            encoder
+            if decoder == AS_TRAINED
+            else self.finetuned[(task.name, variant, lmbda)][decoder]
+        )
+        dataset = self.exp.datasets.val(task)
+        image, target = dataset[index]
+        machine = self.exp.machine(task)
+        device = self.exp.device
+        data = encoder.compress(image)  # the bytes; a finetuned decoder reads the same ones
+        x_hat = codec.decompress(data)[0].cpu()
+        with torch.no_grad():
+            coded = encoder.roundtrip(image)
+            bits = plots.bit_allocation(
+                encoder.coder_likelihoods(_padded(image).to(device)), _padded(image).shape[-2:]
+            )[: image.shape[1], : image.shape[2]].cpu()
+            on_decoded = _predict(machine, x_hat, device)
+            on_original = _predict(machine, image, device)
+        score = _image_score(task, machine, on_decoded, target)
+        numbers = {
+            "task": task.name,
+            "variant": variant,
+            "lmbda": lmbda,
+            "index": index,
+            "decoder": decoder,
+            "bytes": len(data),
+            "bpp": coded.bpp,
+            "psnr": psnr(x_hat[None], image[None]),
+            task.metric: score,
+        }
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+        names = _class_names(dataset)
+        plots.draw_machine_output(axes[0], image, on_original, task, names, "original + machine")
+        plots.draw_machine_output(
+            axes[1],
+            x_hat,
+            on_decoded,
+            task,
+            names,
+            f"decoded ({decoder}): {task.metric_title} {score:.3f}",
+        )
+        im = axes[2].imshow(bits.numpy(), cmap="viridis")
+        axes[2].set_title(f"bits of ŷ: {coded.bpp:.3f} bpp (real bytes)", fontsize=8)
+        fig.colorbar(im, ax=axes[2], fraction=0.046)
+        axes[3].imshow((x_hat - image).abs().mean(0).numpy(), cmap="magma")
+        axes[3].set_title(f"|x̂ − x|: PSNR {numbers['psnr']:.2f} dB", fontsize=8)
+        for ax in axes[2:]:
+            ax.set_axis_off()
+        fig.suptitle(f"{task.title}, {variant} λ={lmbda:g}, val image {index}", fontsize=9)
+        fig.tight_layout()
+        return numbers, fig
+
+    # ------------------------------------------------------------------ the widget
+    def widget(self):
+        """ipywidgets controls (task, codec, λ, decoder, image, "next image") above the picture
+        and the numbers; every change re-renders from the cache or the cached codecs."""
+        import ipywidgets as w
+
+        tasks = sorted({t for t, _, _ in self.codecs})
+        task = w.Dropdown(options=tasks, description="task")
+        variant = w.Dropdown(description="codec")
+        lmbda = w.Dropdown(description="λ")
+        decoder = w.Dropdown(description="decoder")
+        index = w.IntSlider(0, 0, self.images - 1, description="val image")
+        step = w.Button(description="next image ▶")
+        picture, numbers = w.Image(format="png"), w.HTML()
+
+        updating = False
+
+        def refresh_choices(*_):
+            """Offer what exists for the current task (and codec, and λ), keep what still fits."""
+            nonlocal updating
+            if updating:
+                return
+            updating = True
+            try:
+                for control, choices in (
+                    (variant, lambda: self.variants(task.value)),
+                    (lmbda, lambda: self.lambdas(task.value, variant.value)),
+                    (decoder, lambda: self.decoders(task.value, variant.value, lmbda.value)),
+                ):
+                    options = choices()
+                    keep = control.value if control.value in options else options[0]
+                    control.options = options
+                    control.value = keep
+            finally:
+                updating = False
+            render()
+
+        def render(*_):
+            if updating:
+                return
+            v = self.view(task.value, variant.value, lmbda.value, index.value, decoder.value)
+            picture.value = v.png
+            numbers.value = (
+                " · ".join(
+                    f"<b>{k}</b> {val:.4g}" if isinstance(val, float) else f"<b>{k}</b> {val}"
+                    for k, val in v.numbers.items()
+                )
+                + f" · rendered in {v.seconds:.2f} s"
+            )
+
+        for control in (task, variant, lmbda):
+            control.observe(refresh_choices, "value")
+        for control in (decoder, index):
+            control.observe(render, "value")
+        step.on_click(lambda _: setattr(index, "value", (index.value + 1) % self.images))
+        refresh_choices()
+        return w.VBox(
+            [w.HBox([task, variant, lmbda]), w.HBox([decoder, index, step]), numbers, picture]
+        )
+
+
+def _padded(image: torch.Tensor) -> torch.Tensor:
+    from .data.transforms import pad_to_multiple
+
+    return pad_to_multiple(image[None])[0]
+
+
+def _predict(machine, image: torch.Tensor, device):
+    """The machine's output as it is used: detections above its pseudo-label threshold (with
+    their scores), or the label map."""
+    out = machine.predict(_padded(image).to(device))[0]
+    if machine.task is DETECTION:
+        keep = out["scores"] >= machine.score_threshold
+        return {k: v[keep].cpu() for k, v in out.items()}
+    return out[: image.shape[1], : image.shape[2]].cpu()
+
+
+def _image_score(task, machine, prediction, target) -> float:
+    """The task metric of one image against its ground truth."""
+    if task is DETECTION:
+        return detection_map([prediction], [target])["map"]
+    cm = ConfusionMatrix(machine.num_classes)
+    cm.update(prediction, target)
+    return cm.miou()
+
+
+def _class_names(dataset) -> list[str]:
+    return list(getattr(dataset, "category_names", None) or dataset.classes)
+
+
+__all__ = ["AS_TRAINED", "Explorer", "View"]

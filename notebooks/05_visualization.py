@@ -1,0 +1,292 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Seeing the results: bit allocation, R-D curves, artifacts, and an explorer
+#
+# Notebooks 01–04 trained codecs for machines with and without the auxiliary branch, compared
+# branch positions and finetuned a decoder against a PatchGAN. This notebook puts their results
+# side by side and lets you look at any of them image by image:
+#
+# 1. **Where the bits go** (Iino et al., Fig. 5–6): the MSE codec, the codec trained with the task
+#    loss (w/o aux) and with the auxiliary branch (w/ aux) on one image, with the machine's output
+#    on each decoding, and the difference of the two machine codecs' bit maps.
+# 2. **R-D curves** of every variant with seed bands, and the BD-rate table.
+# 3. **Checkerboards** before and after PatchGAN finetuning (Le et al.): residual spectra.
+# 4. **The branch-position ablation**, where the study has run it.
+# 5. **An interactive explorer**: pick a task, a codec, λ, a decoder and a val image.
+#
+# It trains nothing itself beyond what notebooks 01, 02 and 04 train (with the same keys, so after
+# them everything loads from the cache). Multi-seed figures come from the study files in
+# `results/` when they exist (`make study`); otherwise from this notebook's seed alone.
+
+# %% tags=["parameters"]
+# Parameters (papermill injects overrides after this cell)
+PROFILE = "cpu"  # smoke | cpu | paper
+SEED = 0
+DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
+OUTPUT_DIR = "../outputs/cpu/05_visualization"  # figures + metrics.json (env ICM_OUTPUT_DIR)
+RESULTS_DIR = "../results"  # the studies' files (missing: this notebook's own runs are used)
+DEVICE = ""  # empty: cuda if available, else cpu
+TASKS = ["det", "seg"]
+PRESETS = ["full", "limited", "no-adv"]
+IMAGES = 8  # val images offered by the explorer
+
+# %%
+from pathlib import Path
+
+from icm_lib.notebook import setup
+
+S = setup(PROFILE, SEED, DATA_DIR, OUTPUT_DIR, DEVICE)
+profile, device = S.profile, S.device
+results_dir = Path(RESULTS_DIR).resolve()
+print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")
+print(f"results: {results_dir} ({'found' if results_dir.is_dir() else 'absent'})")
+
+# %% [markdown]
+# ## 0 · The codecs of notebooks 01, 02 and 04 (loaded from the cache)
+
+# %%
+import time
+
+from icm_lib.experiment import Experiment
+from icm_lib.gan import gan_point
+
+t0 = time.perf_counter()
+exp = Experiment.prepare(profile, S.data_dir, device)
+points = list(exp.grid([SEED], TASKS, ["baseline", "aux-enc"], mse_seed=SEED))
+codecs = {}
+for p in points:
+    r = p.record
+    for task in r["eval"]:  # the MSE reference codecs are scored on every task
+        codecs[(task, r["variant"], r["lmbda"])] = p.codec
+gan = {preset: gan_point(exp, SEED, preset) for preset in PRESETS}
+g = profile.gan
+gan_lmbda = gan[PRESETS[0]]["record"]["lmbda"]
+finetuned = {(g.task, "baseline", gan_lmbda): {p: v["codec"] for p, v in gan.items()}}
+print(f"{len(codecs)} codecs and {len(gan)} finetuned decoders in {time.perf_counter() - t0:.0f} s")
+
+# %% [markdown]
+# ## 1 · Where the bits go (Fig. 5–6)
+#
+# Top: the input with the machine's output on it, and each codec's decoding with the machine's
+# output on *that*. Bottom: bits per pixel of ŷ (where each codec spends its rate) and, right,
+# w/o aux − w/ aux: red where the plain machine codec spends more than the one trained with the
+# auxiliary branch, blue where it spends less. The codecs are compared at their middle λ; the MSE
+# codec at the λ whose rate is closest.
+
+# %%
+import torch
+
+from icm_lib import plots
+from icm_lib.data.transforms import pad_to_multiple
+
+
+def panel(codec, image, machine):
+    x = pad_to_multiple(image[None].to(device))[0]
+    with torch.no_grad():
+        coded = codec.roundtrip(image)
+        bits = plots.bit_allocation(codec.coder_likelihoods(x), tuple(x.shape[-2:]))
+    x_hat = coded.x_hat[0].cpu()
+    h, w = image.shape[1:]
+    output = machine.predict(pad_to_multiple(x_hat[None].to(device))[0])[0]
+    if not isinstance(output, dict):
+        output = output[:h, :w]
+    return {
+        "x_hat": x_hat,
+        "bits": bits[:h, :w].cpu(),
+        "bpp": coded.bpp,
+        "output": {k: v.cpu() for k, v in output.items()}
+        if isinstance(output, dict)
+        else output.cpu(),
+    }
+
+
+fig56 = {}
+for task in TASKS:
+    machine, val = exp.machine(task), exp.datasets.val(task)
+    image = val[0][0]
+    lambdas = list(profile.icm.lambdas(task))
+    lm = lambdas[len(lambdas) // 2]
+    panels = {
+        "w/o aux": panel(codecs[(task, "baseline", lm)], image, machine),
+        "w/ aux": panel(codecs[(task, "aux-enc", lm)], image, machine),
+    }
+    mse_lm = min(
+        (k[2] for k in codecs if k[:2] == (task, "mse")),
+        key=lambda m: abs(
+            panel(codecs[(task, "mse", m)], image, machine)["bpp"] - panels["w/o aux"]["bpp"]
+        ),
+    )
+    panels = {"MSE codec": panel(codecs[(task, "mse", mse_lm)], image, machine), **panels}
+    on_input = machine.predict(pad_to_multiple(image[None].to(device))[0])[0]
+    panels["w/o aux"]["on_input"] = (
+        {k: v.cpu() for k, v in on_input.items()}
+        if isinstance(on_input, dict)
+        else on_input[: image.shape[1], : image.shape[2]].cpu()
+    )
+    names = list(getattr(val, "category_names", None) or val.classes)
+    fig = plots.bit_allocation_comparison(
+        image, panels, task, names, "w/o aux", ("w/o aux", "w/ aux")
+    )
+    plots.save(fig, S.output_dir, f"bit_allocation_{task}")
+    diff = panels["w/o aux"]["bits"] - panels["w/ aux"]["bits"]
+    fig56[task] = {
+        "lmbda": lm,
+        "mse_lmbda": mse_lm,
+        "bpp": {k: v["bpp"] for k, v in panels.items()},
+        "difference_mean": float(diff.mean()),
+        "difference_abs_max": float(diff.abs().max()),
+    }
+    print(task, fig56[task])
+
+# %% [markdown]
+# ## 2 · R-D curves and BD-rates
+#
+# From `results/study-<profile>.json` (every seed of the study) where it exists, else from this
+# notebook's runs (one seed: no band). Bold: the mean over seeds with ±1 standard deviation;
+# faint: each seed.
+
+# %%
+import json
+
+from icm_lib.evaluate import bd_rates, curves
+from icm_lib.report import fmt_mean_ci
+from icm_lib.tasks import get_task
+
+study_file = results_dir / f"study-{profile.name}.json"
+if study_file.is_file():
+    study = json.loads(study_file.read_text())
+    rd = {
+        t: {
+            name: {int(s): pts for s, pts in by_seed.items()}
+            for name, by_seed in study["tasks"][t]["curves"].items()
+        }
+        for t in TASKS
+    }
+    bd = {t: study["tasks"][t]["bd_rate"] for t in TASKS}
+    rd_source = f"{study_file.name} ({len(study['seeds'])} seeds)"
+else:
+    runs = [p.record for p in points]
+    rd = {t: curves(runs, t) for t in TASKS}
+    bd = {t: bd_rates(rd[t], t) for t in TASKS}
+    rd_source = f"this notebook's runs (seed {SEED})"
+print("R-D source:", rd_source)
+for task in TASKS:
+    fig = plots.rd_curves(rd[task], get_task(task).metric, title=f"{task}: R-D ({rd_source})")
+    plots.save(fig, S.output_dir, f"rd_{task}")
+    for name, row in bd[task].items():
+        print(
+            f"{task} BD-rate of {name:8s} vs baseline: strict {fmt_mean_ci(row, 1, ' %')}; "
+            f"fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
+        )
+
+# %% [markdown]
+# ## 3 · Checkerboards before and after PatchGAN finetuning (seed 002)
+#
+# The same bytes decoded by the machine codec's decoder and by each finetuned decoder; bottom:
+# the log power spectrum of each residual, where a checkerboard shows as a grid of peaks.
+
+# %%
+val = exp.datasets.val(g.task)
+x = val[0][0]
+base = gan[PRESETS[0]]["base_codec"]
+data = base.compress(x)
+decoded = {
+    "machine codec": base.decompress(data)[0].cpu(),
+    **{f"PatchGAN {p}": v["codec"].decompress(data)[0].cpu() for p, v in gan.items()},
+}
+fig, spectra_scores = plots.before_after_spectra(x, decoded)
+plots.save(fig, S.output_dir, "checkerboard_spectra")
+print({k: round(v, 4) for k, v in spectra_scores.items()})
+
+# %% [markdown]
+# ## 4 · The branch-position ablation (where the study ran it)
+
+# %%
+ablation_file = results_dir / f"ablation-{profile.name}.json"
+ablation = json.loads(ablation_file.read_text()) if ablation_file.is_file() else None
+if ablation:
+    for task, table in ablation["tasks"].items():
+        plots.save(
+            plots.validation_curves(table, f"{task}: validation main loss"),
+            S.output_dir,
+            f"ablation_{task}",
+        )
+        print(task, "lowest first:", " < ".join(table["order"]))
+else:
+    print(f"no {ablation_file.name}: run notebook 03 or `python -m icm_lib.study --study ablation`")
+
+# %% [markdown]
+# ## 5 · Explore
+#
+# Choose a task, a codec (`mse`, `baseline` = w/o aux, `aux-enc` = w/ aux), its λ, a decoder
+# (as trained, or — for the codec notebook 04 finetuned — a PatchGAN decoder of the *same bytes*)
+# and a val image. Left to right: the original with the machine's output, the decoding with the
+# machine's output and that image's task metric, the bits of ŷ, and the error. Nothing trains
+# here: every choice decodes cached codecs, and every view is cached once rendered.
+
+# %%
+from IPython.display import display
+
+from icm_lib.widgets import Explorer
+
+explorer = Explorer(exp, codecs, finetuned, images=IMAGES)
+display(explorer.widget())
+
+# %% [markdown]
+# Without a browser (papermill, a script), the same views render as figures. Here: one image of
+# each task for both machine codecs at the middle λ, and the codec of notebook 04 with its own
+# decoder and each finetuned one (the same bytes).
+
+# %%
+import numpy as np
+from IPython.display import Image
+
+samples = []
+for task in TASKS:
+    lambdas = explorer.lambdas(task, "baseline")
+    lm = lambdas[len(lambdas) // 2]
+    for variant in ("baseline", "aux-enc"):
+        samples.append(explorer.view(task, variant, lm, 1))
+for preset in explorer.decoders(g.task, "baseline", gan_lmbda):  # as trained + finetuned
+    samples.append(explorer.view(g.task, "baseline", gan_lmbda, 1, preset))
+for i, v in enumerate(samples):
+    (S.output_dir / f"explorer_{i}.png").write_bytes(v.png)
+    display(Image(v.png))
+seconds = [v.seconds for v in samples]
+print(
+    f"{len(samples)} views, first render {np.median(seconds):.2f} s median "
+    f"(max {max(seconds):.2f} s); a cached view returns at once"
+)
+
+# %%
+record = {
+    "bit_allocation": fig56,
+    "rd_source": rd_source,
+    "bd_rate": {
+        t: {name: {"mean": row.get("mean"), "n": row.get("n")} for name, row in bd[t].items()}
+        for t in TASKS
+    },
+    "checkerboard": spectra_scores,
+    "ablation_orders": {t: v["order"] for t, v in ablation["tasks"].items()} if ablation else None,
+    "explorer": {
+        "codecs": len(codecs),
+        "finetuned": len(finetuned[(g.task, "baseline", gan_lmbda)]),
+        "views": [v.numbers for v in samples],
+        "render_seconds": seconds,
+        "tasks": sorted({t for t, _, _ in codecs}),
+    },
+}
+print(S.record(record))

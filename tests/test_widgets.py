@@ -1,0 +1,55 @@
+"""The explorer of notebook 05 without a browser: its controls offer only cached codecs, every
+change re-renders, and a finetuned decoder reads the same bytes."""
+
+import pytest
+
+from icm_lib.codec import load_codec
+from icm_lib.widgets import AS_TRAINED, Explorer
+
+
+@pytest.fixture(scope="module")
+def explorer(smoke_env):
+    exp = smoke_env
+    ref = exp.reference
+    codecs = {
+        ("det", "baseline", 0.5): ref,
+        ("det", "aux-enc", 0.5): load_codec(ref.codec_state()),
+        ("seg", "baseline", 0.5): ref,
+        ("seg", "baseline", 5.0): load_codec(ref.codec_state()),
+    }
+    tuned = load_codec(ref.codec_state())
+    for p in tuned.decoder_parameters():
+        p.data.mul_(1.05)  # another decoder of the same bytes
+    return Explorer(exp, codecs, {("seg", "baseline", 0.5): {"full": tuned}}, images=3)
+
+
+def test_widget_offers_what_exists_and_rerenders_on_every_change(explorer):
+    box = explorer.widget()
+    (task, variant, lmbda), (decoder, index, step) = (
+        box.children[0].children,
+        box.children[1].children,
+    )
+    numbers, picture = box.children[2], box.children[3]
+    assert (task.value, variant.value, lmbda.value, decoder.value) == (
+        "det",
+        "aux-enc",
+        0.5,
+        AS_TRAINED,
+    )
+    assert variant.options == ("aux-enc", "baseline") and "<b>index</b> 0" in numbers.value
+    first = picture.value
+    assert first[:4] == b"\x89PNG"
+    step.click()
+    assert index.value == 1 and "<b>index</b> 1" in numbers.value and picture.value != first
+    task.value = "seg"  # the codec and λ choices follow the task
+    assert variant.options == ("baseline",) and lmbda.options == (0.5, 5.0)
+    assert decoder.options == (AS_TRAINED, "full") and "<b>task</b> seg" in numbers.value
+    lmbda.value = 5.0
+    assert decoder.options == (AS_TRAINED,)  # only that λ's codec was finetuned
+
+
+def test_a_finetuned_decoder_reads_the_same_bytes(explorer):
+    a = explorer.view("seg", "baseline", 0.5, 0)
+    b = explorer.view("seg", "baseline", 0.5, 0, "full")
+    assert a.numbers["bytes"] == b.numbers["bytes"] and a.numbers["psnr"] != b.numbers["psnr"]
+    assert explorer.view("seg", "baseline", 0.5, 0) is a  # cached: a second look is instant
