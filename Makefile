@@ -8,9 +8,17 @@ PYTEST_ARGS ?=
 
 .PHONY: install tutorial test test-all lint format lab bench study clean-outputs strip sync
 
+## detectron2 and mmcv wheels for this machine (../shared/wheels here and in CI): when the folder
+## has wheels, the detectron2 and MMSegmentation backends are installed from it too.
+BACKEND_WHEELS ?= ../shared/wheels
+comma := ,
+HAVE_WHEELS := $(wildcard $(BACKEND_WHEELS)/*.whl)
+EXTRAS := notebooks,dev$(if $(HAVE_WHEELS),$(comma)detectron2$(comma)mmseg)
+FIND_LINKS := $(if $(HAVE_WHEELS),--find-links $(BACKEND_WHEELS))
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[notebooks,dev]"
+	$(PY) -m pip install $(FIND_LINKS) -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name icm --display-name "Python (icm)"
 	touch $@
 

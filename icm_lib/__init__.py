@@ -1,6 +1,8 @@
-"""icm_lib: image coding for machines over CompressAI, torchvision and segmentation_models_pytorch."""
+"""icm_lib: image coding for machines over CompressAI and the recognition libraries (torchvision,
+segmentation_models_pytorch, detectron2, MMSegmentation)."""
 
 from .errors import (
+    BackendUnavailableError,
     BDRateError,
     BitstreamError,
     CheckpointError,
@@ -20,6 +22,7 @@ __all__ = [
     "WeightsUnavailableError",
     "CheckpointError",
     "BDRateError",
+    "BackendUnavailableError",
     "Profile",
     "get_profile",
 ]

@@ -3,11 +3,17 @@
     python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 5] [--train-steps 0]
     python -m icm_lib.bench icm [--profile cpu] [--steps 5]
     python -m icm_lib.bench devices [--train-steps 150]
+    python -m icm_lib.bench backends [--profile cpu] [--steps 5]
 
 ``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
 one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
 batch, median over ``--steps``; ratio), and the encode time of a baseline-trained and an
 aux-trained codec of the study's cache (ratio; the branch is not part of the codec, so ~1.0).
+
+``backends``: the time of one ICM training step (baseline and aux-enc) with each recognition
+backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
+libraries on one architecture, the paper rows are seed 001's models) on the profile's batch and
+crop; a backend whose library is not installed is listed as skipped.
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -149,14 +156,20 @@ def _step_seconds(exp, task: str, variant: str, steps: int) -> float:
     torch.manual_seed(0)
     codec = load_codec(exp.reference.codec_state()).to(device).train()
     branch = exp.branch(variant, task, codec)
+    objective = ICMObjective(
+        exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+    )
+    return _median_step(codec, branch, objective, sampler, device, steps)
+
+
+def _median_step(codec, branch, objective, sampler, device, steps: int) -> float:
+    """Median seconds of an Adam step of ``codec`` (and ``branch``) under ``objective`` on
+    ``sampler``'s batches, after one warm-up step."""
     params = list(codec.main_parameters())
     if branch is not None:
         branch.to(device).train()
         params += list(branch.parameters())
     opt = torch.optim.Adam(params, lr=1e-5)
-    objective = ICMObjective(
-        exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
-    )
 
     def step(i):
         opt.zero_grad(set_to_none=True)
@@ -167,6 +180,73 @@ def _step_seconds(exp, task: str, variant: str, steps: int) -> float:
 
     step(0)  # warm-up
     return statistics.median(_time(lambda i=i: step(i), 1)[0] for i in range(1, steps + 1))
+
+
+#: ``bench backends``: (task, backend, RecognitionConfig overrides, label) at random weights
+BACKEND_ROWS = (
+    ("det", "torchvision", {"det_backbone": "resnet18"}, "Faster R-CNN R18-FPN (cpu profile)"),
+    ("det", "torchvision", {"det_backbone": "resnet50"}, "Faster R-CNN R50-FPN"),
+    ("det", "detectron2", {"det_config": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"},
+     "Faster R-CNN R50-FPN"),
+    ("det", "detectron2", {}, "Faster R-CNN X101-32x8d-FPN (paper)"),
+    ("seg", "smp", {"seg_encoder": "resnet18"}, "DeepLabV3+ R18 (cpu profile)"),
+    ("seg", "smp", {"seg_encoder": "resnet101"}, "DeepLabV3+ R101 (stride 16)"),
+    ("seg", "mmseg", {"seg_config": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024"},
+     "DeepLabV3+ R18-D8"),
+    ("seg", "mmseg", {}, "DeepLabV3+ R101-D8 (paper)"),
+)  # fmt: skip
+
+
+def bench_backends(profile_name: str, data_dir: Path, steps: int) -> None:
+    """Seconds per ICM training step (baseline and aux-enc) with each recognition backend at
+    random weights, on the profile's batch, crop and reference codec architecture."""
+    from .aux_branch import build_branch
+    from .codec import codec_from_config
+    from .data import get_datasets
+    from .data.sampler import CropSampler
+    from .errors import BackendUnavailableError
+    from .losses import ICMObjective
+    from .profiles import get_profile
+    from .recognition import FrozenDetector, FrozenSegmenter, build_recognizer
+
+    profile = get_profile(profile_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datasets = get_datasets(profile.data, data_dir, progress=False)
+    icm = profile.icm
+    print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'task':<5}{'backend':<13}{'model':<38}{'batch':>6}{'crop':>6}", end="")
+    print(f"{'baseline s/step':>17}{'aux-enc s/step':>16}")
+    for task, backend, overrides, label in BACKEND_ROWS:
+        field = "det_backend" if task == "det" else "seg_backend"
+        rec = dataclasses.replace(profile.recognition, pretrained=False, **{field: backend})
+        rec = dataclasses.replace(rec, **overrides)
+        train_set = datasets.train(task)
+        cfg = icm.train(task)
+        try:
+            torch.manual_seed(0)
+            model = build_recognizer(task, rec, train_set.num_classes)
+        except BackendUnavailableError as exc:
+            print(f"{task:<5}{backend:<13}{label:<38} skipped: {str(exc)[:60]}...")
+            continue
+        machine = (
+            FrozenDetector(model, score_threshold=0.0)
+            if task == "det"
+            else FrozenSegmenter(model, train_set.num_classes)
+        ).to(device)
+        sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
+        objective = ICMObjective(
+            machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+        )
+        times = []
+        for variant in ("baseline", "aux-enc"):
+            torch.manual_seed(0)
+            codec = codec_from_config(profile.codec).to(device).train()
+            branch = build_branch(
+                variant, task, codec, train_set.num_classes, icm.branch_width, rec.sampling()
+            )
+            times.append(_median_step(codec, branch, objective, sampler, device, steps))
+        print(f"{task:<5}{backend:<13}{label:<38}{cfg.batch_size:>6}{cfg.crop:>6}", end="")
+        print(f"{times[0]:>17.3f}{times[1]:>16.3f}", flush=True)
 
 
 def _encode_time_ratio(exp, repeats: int) -> None:
@@ -311,7 +391,7 @@ def _cross_decode(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("what", choices=["codec", "icm", "devices"])
+    ap.add_argument("what", choices=["codec", "icm", "devices", "backends"])
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
@@ -334,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_devices(150 if args.train_steps is None else args.train_steps)
     elif args.what == "icm":
         bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
+    elif args.what == "backends":
+        bench_backends(args.profile, args.cache_dir.parent, args.steps)
     else:
         bench_codecs(
             args.codecs,

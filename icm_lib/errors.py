@@ -26,6 +26,10 @@ class WeightsUnavailableError(ICMError):
     """Pretrained weights cannot be downloaded (offline) and no local checkpoint was given."""
 
 
+class BackendUnavailableError(ICMError):
+    """An optional recognition library (detectron2, MMSegmentation) is not installed."""
+
+
 class CheckpointError(ICMError):
     """A checkpoint or cache file is missing, truncated or incompatible."""
 

@@ -218,7 +218,7 @@ class Experiment:
                 "variant": variant,
                 "task": task.name,
                 "codec": asdict(profile.codec),
-                "recognition": asdict(profile.recognition),
+                "recognition": profile.recognition.key(),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
                 "data": str(Path(train_set.root).resolve()),

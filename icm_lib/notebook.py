@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, parse_overrides
 from .runtime import atomic_write_json, env_path, get_device, seed_everything
 
 
@@ -36,8 +36,11 @@ def setup(
     profile: str, seed: int, data_dir: str, output_dir: str, device: str = "", **overrides
 ) -> Setup:
     """Seed, choose the device, resolve paths (``ICM_DATA_DIR`` / ``ICM_OUTPUT_DIR`` override the
-    parameters, and ``ICM_PROFILE`` the profile: how a notebook opened in JupyterLab is pointed
-    at other data without editing it), load the profile."""
+    parameters, ``ICM_PROFILE`` the profile and ``ICM_OVERRIDES`` its fields, e.g.
+    ``recognition__det_backend=detectron2``: how a notebook opened in JupyterLab or run by
+    ``make tutorial`` is pointed at other data or models without editing it), load the
+    profile."""
+    overrides = {**parse_overrides(os.environ.get("ICM_OVERRIDES", "")), **overrides}
     prof = get_profile(os.environ.get("ICM_PROFILE") or profile, **overrides)
     data = env_path("ICM_DATA_DIR", data_dir)
     out = env_path("ICM_OUTPUT_DIR", output_dir)

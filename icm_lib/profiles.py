@@ -63,14 +63,29 @@ class CodecConfig:
     pretrained: bool = False
 
 
+#: the recognition libraries of each task (README "Recognition backends")
+DET_BACKENDS = ("torchvision", "detectron2")
+SEG_BACKENDS = ("smp", "mmseg")
+
+
 @dataclass(frozen=True)
 class RecognitionConfig:
     """The frozen recognition models that define the task loss.
 
     Attributes:
-        det_backbone: Faster R-CNN FPN backbone (``resnet18``, ``resnet50``, ``resnext101_32x8d``).
-        seg_encoder: DeepLabV3+ encoder (``resnet18`` ... ``resnet101``).
-        pretrained: load the libraries' pretrained weights (COCO detector; ImageNet encoder).
+        det_backend: the detection library: ``torchvision`` (Faster R-CNN FPN over
+            ``det_backbone``) or ``detectron2`` (model-zoo ``det_config``; seed 001's own).
+        seg_backend: the segmentation library: ``smp`` (DeepLabV3+ over ``seg_encoder``) or
+            ``mmseg`` (MMSegmentation config ``seg_config``; seed 001's own).
+        det_backbone: torchvision Faster R-CNN FPN backbone (``resnet18``, ``resnet50``,
+            ``resnext101_32x8d``).
+        seg_encoder: smp DeepLabV3+ encoder (``resnet18`` ... ``resnet101``).
+        det_config: detectron2 model-zoo config (seed 001: Faster R-CNN X101-32x8d-FPN 3x).
+        seg_config: MMSegmentation model name or config path (seed 001: DeepLabV3+ R101-D8,
+            Pascal-Context-59, 40k).
+        pretrained: load the libraries' pretrained weights (torchvision: COCO R50 detector or
+            ImageNet backbones; smp: ImageNet encoder; detectron2 / MMSegmentation: the zoo
+            weights of ``det_config`` / ``seg_config``, the paper's models).
         train_steps: optimisation steps when training on the embedded data (0 with pretrained).
         batch_size: for that training.
         det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
@@ -87,8 +102,12 @@ class RecognitionConfig:
         anchor_sizes: anchor size per FPN level (``None``: torchvision's 32..512).
     """
 
+    det_backend: str = "torchvision"
+    seg_backend: str = "smp"
     det_backbone: str = "resnet18"
     seg_encoder: str = "resnet18"
+    det_config: str = "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml"
+    seg_config: str = "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-59-480x480"
     pretrained: bool = False
     train_steps: int = 300
     batch_size: int = 8
@@ -103,6 +122,30 @@ class RecognitionConfig:
     box_batch_size_per_image: int = 64
     box_head_dim: int | None = None
     anchor_sizes: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        for name, allowed in (("det_backend", DET_BACKENDS), ("seg_backend", SEG_BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def model_name(self, task: Task | str) -> str:
+        """The task's model as a file-name part: the backbone, or the library and config."""
+        if get_task(task) is DETECTION:
+            if self.det_backend == "torchvision":
+                return self.det_backbone
+            return "d2-" + self.det_config.rsplit("/", 1)[-1].removesuffix(".yaml")
+        if self.seg_backend == "smp":
+            return self.seg_encoder
+        return "mmseg-" + self.seg_config.rsplit("/", 1)[-1].removesuffix(".py")
+
+    def key(self) -> dict[str, Any]:
+        """The fields that decide the models, for cache keys: a backend's fields only where that
+        backend is used (so the torchvision / smp keys are those of before the backends)."""
+        unused = set()
+        unused |= {"det_backend", "det_config"} if self.det_backend == "torchvision" else set()
+        unused |= {"det_backbone"} if self.det_backend != "torchvision" else set()
+        unused |= {"seg_backend", "seg_config"} if self.seg_backend == "smp" else {"seg_encoder"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
 
     def sampling(self) -> dict[str, int]:
         """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""
@@ -372,7 +415,11 @@ PROFILES: dict[str, Profile] = {
             context_root="data/VOCdevkit/VOC2010",
         ),
         codec=CodecConfig(name="cheng2020-attn", quality=3, N=None, M=None, pretrained=True),
+        # seed 001's own models: detectron2's Faster R-CNN X101-32x8d-FPN (COCO) and
+        # MMSegmentation's DeepLabV3+ R101-D8 (Pascal-Context-59), with their zoo weights
         recognition=RecognitionConfig(
+            det_backend="detectron2",
+            seg_backend="mmseg",
             det_backbone="resnext101_32x8d",
             seg_encoder="resnet101",
             pretrained=True,
@@ -440,3 +487,25 @@ def get_profile(name: str, **overrides: Any) -> Profile:
             raise ValueError(f"{type(sub).__name__} has no field {fld!r}")
         profile = replace(profile, **{section: replace(sub, **{fld: value})})
     return profile
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``"section__field=value ..."`` (space-separated; values as Python literals, else strings)
+    -> keyword overrides for :func:`get_profile`, e.g. the ``ICM_OVERRIDES`` environment
+    variable of the notebooks: ``recognition__det_backend=detectron2 data__n_train=64``.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} must look like 'data__n_train=64'")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out

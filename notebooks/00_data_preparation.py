@@ -140,10 +140,16 @@ plots.save(fig, S.output_dir, "dataset_examples")
 # %% [markdown]
 # ## 2 · The machines: frozen recognition models
 #
-# * **Detection:** torchvision's Faster R-CNN with an FPN backbone (ResNet-18 here; the paper's
-#   ResNeXt-101-32x8d in the `paper` profile). detectron2, which the paper used, has no PyPI release.
-# * **Segmentation:** DeepLabV3+ from `segmentation_models_pytorch` (ResNet-18 here; ResNet-101 in
-#   the `paper` profile), standing in for MMSegmentation's.
+# * **Detection:** Faster R-CNN with an FPN. Here torchvision's, over a ResNet-18; in the `paper`
+#   profile the paper's own, detectron2's X101-32x8d-FPN with its COCO weights.
+# * **Segmentation:** DeepLabV3+. Here `segmentation_models_pytorch`'s, over a ResNet-18; in the
+#   `paper` profile MMSegmentation's R101-D8 with its Pascal-Context-59 weights.
+#
+# Four libraries sit behind one interface (README "Recognition backends"); the profile's
+# `recognition.det_backend` / `seg_backend` choose. To switch without editing a notebook, set
+# `ICM_OVERRIDES` before starting JupyterLab or `make tutorial`, for example
+# `ICM_OVERRIDES="recognition__det_backend=detectron2 recognition__det_config=COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"`
+# (detectron2 and MMSegmentation are optional installs: `pip install -e ".[detectron2,mmseg]"`).
 #
 # On the embedded default both are trained from scratch here (a few minutes on a CPU; cached after
 # the first run). During codec training they are **frozen**: no weight changes, BatchNorm uses its
@@ -155,6 +161,11 @@ plots.save(fig, S.output_dir, "dataset_examples")
 # %%
 from icm_lib.recognition import load_or_train
 
+rec = profile.recognition
+print(
+    f"detection: {rec.det_backend} ({rec.model_name('det')}), "
+    f"segmentation: {rec.seg_backend} ({rec.model_name('seg')}), pretrained={rec.pretrained}"
+)
 det, seg, rec_reports = load_or_train(profile, ds, S.cache_dir, device)
 for name, r in rec_reports.items():
     print(

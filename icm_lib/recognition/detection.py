@@ -123,7 +123,8 @@ class FrozenDetector:
     """A frozen detector seen as a machine: pseudo-labels and a differentiable task loss.
 
     Args:
-        model: a torchvision Faster R-CNN (frozen here).
+        model: a detector with torchvision's detection interface (a torchvision Faster R-CNN,
+            or :class:`~.detectron2_backend.Detectron2Detector`), frozen here.
         score_threshold: detections above it are pseudo-labels.
     """
 
@@ -140,8 +141,10 @@ class FrozenDetector:
     @property
     def aux_task_layer(self) -> nn.Module:
         """Where seed 001's aux-task branch reads the detector (section 4.2): the output of the
-        backbone's conv2 stage (ResNet ``layer1``, stride 4), "between conv2 and conv3"."""
-        return self.model.backbone.body.layer1
+        backbone's conv2 stage (ResNet ``layer1``, stride 4), "between conv2 and conv3".
+        Adapters of other libraries name theirs (``model.aux_task_layer``)."""
+        layer = getattr(self.model, "aux_task_layer", None)
+        return layer if layer is not None else self.model.backbone.body.layer1
 
     @property
     def aux_task_channels(self) -> int:

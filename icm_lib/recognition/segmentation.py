@@ -24,7 +24,12 @@ _STD = (0.229, 0.224, 0.225)
 
 
 class NormalizedSegmenter(nn.Module):
-    """An smp model that takes images in [0, 1] and normalises them itself."""
+    """An smp model that takes images in [0, 1] and normalises them itself.
+
+    The project's segmenter interface (which :class:`~.mmseg_backend.MMSegSegmenter` shares):
+    ``model(x)`` logits at the input size, ``model.loss(x, labels)`` the training loss (a dict
+    with ``"loss"``), ``model.aux_task_layer`` the aux-task feature.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -35,6 +40,17 @@ class NormalizedSegmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) in [0, 1], H and W multiples of 16 -> logits (B, C, H, W)."""
         return self.net((x - self.mean) / self.std)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the logits against ``labels`` (B, H, W), ``IGNORE_INDEX`` ignored."""
+        ce = F.cross_entropy(self(x), labels, ignore_index=IGNORE_INDEX)
+        return {"loss_ce": ce, "loss": ce}
+
+    @property
+    def aux_task_layer(self) -> nn.Module:
+        """Seed 001's aux-task feature: the encoder's ``layer3`` (conv4 stage, stride 16), the
+        input of MMSegmentation's auxiliary FCN head."""
+        return self.net.encoder.layer3
 
 
 def build_segmenter(
@@ -65,7 +81,13 @@ def build_segmenter(
 
 
 class FrozenSegmenter:
-    """A frozen segmenter seen as a machine: pseudo-labels and a differentiable task loss."""
+    """A frozen segmenter seen as a machine: pseudo-labels and a differentiable task loss.
+
+    Args:
+        model: a segmenter with the project's interface (:class:`NormalizedSegmenter`, smp;
+            :class:`~.mmseg_backend.MMSegSegmenter`, MMSegmentation), frozen here.
+        num_classes: classes of its output.
+    """
 
     task = SEGMENTATION
 
@@ -79,9 +101,9 @@ class FrozenSegmenter:
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Where seed 001's aux-task branch reads the segmenter (section 4.2): the encoder's
-        conv4 input (ResNet ``layer3``, stride 16), as MMSegmentation's auxiliary FCN head."""
-        return self.model.net.encoder.layer3
+        """Where seed 001's aux-task branch reads the segmenter (section 4.2): the backbone's
+        conv4 stage (ResNet ``layer3``), as MMSegmentation's auxiliary FCN head."""
+        return self.model.aux_task_layer
 
     @property
     def aux_task_channels(self) -> int:
@@ -98,12 +120,11 @@ class FrozenSegmenter:
         return self.predict(images)
 
     def task_loss(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Cross-entropy of the frozen model's logits on ``images`` against ``targets`` (B, H, W),
-        differentiable with respect to ``images``; ignores ``IGNORE_INDEX``."""
+        """The frozen model's own training loss (cross-entropy) of ``images`` against
+        ``targets`` (B, H, W), differentiable with respect to ``images``; ignores
+        ``IGNORE_INDEX``. Returns the loss terms and their sum under ``"loss"``."""
         with loss_mode(self.model):
-            logits = self.model(images)
-        ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-        return {"loss_ce": ce, "loss": ce}
+            return self.model.loss(images, targets)
 
 
 __all__ = ["build_segmenter", "FrozenSegmenter", "NormalizedSegmenter"]

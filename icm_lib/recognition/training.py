@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -23,8 +21,10 @@ from ..data.transforms import pad_to_multiple, random_crop
 from ..metrics import ConfusionMatrix, detection_map
 from ..profiles import RecognitionConfig
 from ..runtime import atomic_torch_save, config_hash, load_checkpoint, mix_seed, seed_everything
-from .detection import FrozenDetector, build_detector
-from .segmentation import FrozenSegmenter, build_segmenter
+from ..tasks import DETECTION, SEGMENTATION
+from . import build_recognizer
+from .detection import FrozenDetector
+from .segmentation import FrozenSegmenter
 
 
 class RandomCrops(Dataset):
@@ -164,13 +164,13 @@ def train_segmenter(
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
-    """Adam (warm-up + cosine) with cross-entropy on random crops; returns the loss log."""
+    """Adam (warm-up + cosine) with the model's own loss (cross-entropy) on random crops;
+    returns the loss log."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
 
     def loss_of(batch):
         images, labels = batch
-        logits = model(images.to(device))
-        return F.cross_entropy(logits, labels.to(device), ignore_index=IGNORE_INDEX)
+        return model.loss(images.to(device), labels.to(device))["loss"]
 
     return _fit(
         model, dataset, cfg, crop, seed, opt, loss_of, None, "train segmenter", device, progress
@@ -257,7 +257,7 @@ def _load_or_train(
     The cache file is keyed by the recognition config, the dataset, the crop and the seed; it holds
     the weights and a report (val metric, training seconds, loss log).
     """
-    trained_by = {k: v for k, v in asdict(cfg).items() if k not in INFERENCE_ONLY}
+    trained_by = {k: v for k, v in cfg.key().items() if k not in INFERENCE_ONLY}
     key = config_hash(
         {
             "cfg": trained_by,
@@ -303,11 +303,9 @@ def load_or_train_detector(
 ) -> tuple[FrozenDetector, dict]:
     """A frozen :class:`FrozenDetector`, trained and evaluated once (val mAP), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
-    model = build_detector(
-        train_set.num_classes, cfg.det_backbone, cfg.pretrained, **cfg.detector_kwargs()
-    )
+    model = build_recognizer(DETECTION, cfg, train_set.num_classes)
     return _load_or_train(
-        f"detector-{cfg.det_backbone}",
+        f"detector-{cfg.model_name(DETECTION)}",
         model,
         lambda: FrozenDetector(model, cfg.score_threshold).to(device),
         train_detector,
@@ -335,9 +333,9 @@ def load_or_train_segmenter(
 ) -> tuple[FrozenSegmenter, dict]:
     """A frozen :class:`FrozenSegmenter`, trained and evaluated once (val mIoU), then cached."""
     seed_everything(seed)  # the initial weights are a function of the seed alone
-    model = build_segmenter(train_set.num_classes, cfg.seg_encoder, cfg.pretrained)
+    model = build_recognizer(SEGMENTATION, cfg, train_set.num_classes)
     return _load_or_train(
-        f"segmenter-{cfg.seg_encoder}",
+        f"segmenter-{cfg.model_name(SEGMENTATION)}",
         model,
         lambda: FrozenSegmenter(model, train_set.num_classes).to(device),
         train_segmenter,
