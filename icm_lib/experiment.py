@@ -104,6 +104,20 @@ class RunPoint:
     codec: ICMCodec = field(repr=False)
 
 
+def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> dict:
+    """What a study keeps of one training run: its identity, folder, compute and log."""
+    return {
+        "task": task.name,
+        "variant": variant,
+        "lmbda": lmbda,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "train_seconds": log[-1]["seconds"] if log else 0.0,
+        "log": log,
+        **parts,
+    }
+
+
 @dataclass
 class Experiment:
     """A profile's data, frozen machines and reference codec (see the module docstring).
@@ -207,25 +221,10 @@ class Experiment:
             ``(codec, log, run_dir)``.
         """
         task = get_task(task)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         profile, icm = self.profile, self.profile.icm
         cfg = run_config(profile, task, variant, lmbda, seed, steps)
         train_set = self.datasets.train(task)
-        key = config_hash(
-            {
-                "train": asdict(cfg),
-                "variant": variant,
-                "task": task.name,
-                "codec": asdict(profile.codec),
-                "recognition": profile.recognition.key(),
-                "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
-                "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
-                "data": str(Path(train_set.root).resolve()),
-                **({"validation": self._validation_key(validate_every)} if validate_every else {}),
-            }
-        )
-        run_dir = self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
+        run_dir = self.run_dir(task, variant, lmbda, seed, steps, validate_every)
         codec = load_codec(self.reference.codec_state())
         seed_everything(seed)  # the branch's initial weights depend on the seed only
         branch = self.branch(variant, task, codec)
@@ -253,6 +252,42 @@ class Experiment:
             validate_every=validate_every,
         )
         return codec, log, run_dir
+
+    def run_dir(
+        self,
+        task: Task | str,
+        variant: str,
+        lmbda: float,
+        seed: int,
+        steps: int | None = None,
+        validate_every: int = 0,
+    ) -> Path:
+        """The cache folder of :meth:`icm_run` with these arguments: its name carries the key of
+        everything that decides the run (config, codec, machines, reference codec, data)."""
+        task = get_task(task)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        profile, icm = self.profile, self.profile.icm
+        cfg = run_config(profile, task, variant, lmbda, seed, steps)
+        key = config_hash(
+            {
+                "train": asdict(cfg),
+                "variant": variant,
+                "task": task.name,
+                "codec": asdict(profile.codec),
+                "recognition": profile.recognition.key(),
+                "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
+                "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
+                "data": str(Path(self.datasets.train(task).root).resolve()),
+                **({"validation": self._validation_key(validate_every)} if validate_every else {}),
+            }
+        )
+        return self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
+
+    def ablation_run_dir(self, task: Task | str, variant: str, seed: int) -> Path:
+        """The cache folder of :meth:`ablation_point` (without training)."""
+        ab = self.profile.ablation
+        return self.run_dir(task, variant, ab.lmbda(task), seed, ab.steps, ab.val_every)
 
     def _validation_key(self, every: int) -> dict:
         return {"every": every, "images": self.profile.ablation.val_images}
@@ -308,17 +343,7 @@ class Experiment:
             if rows
             else {}
         )
-        record = {
-            "task": task.name,
-            "variant": variant,
-            "lmbda": lmbda,
-            "seed": seed,
-            "run_dir": str(run_dir),
-            "train_seconds": log[-1]["seconds"] if log else 0.0,
-            "log": log,
-            "val": val,
-        }
-        return RunPoint(record, codec)
+        return RunPoint(_run_record(task, variant, lmbda, seed, run_dir, log, val=val), codec)
 
     def evaluate(
         self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None
@@ -353,17 +378,7 @@ class Experiment:
         """
         task = get_task(task)
         codec, log, run_dir = self.icm_run(task, variant, lmbda, seed, steps=steps)
-        record = {
-            "task": task.name,
-            "variant": variant,
-            "lmbda": lmbda,
-            "seed": seed,
-            "run_dir": str(run_dir),
-            "train_seconds": log[-1]["seconds"] if log else 0.0,
-            "log": log,
-            "eval": {},
-            "roi": {},
-        }
+        record = _run_record(task, variant, lmbda, seed, run_dir, log, eval={}, roi={})
         for t in map(get_task, eval_tasks or (task.name,)):
             record["eval"][t.name] = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             if roi and t is DETECTION:

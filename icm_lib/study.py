@@ -144,13 +144,18 @@ def run_ablation_study(
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = Path(results_dir) / f"ablation-{profile.name}.json"
+    recorded = _recorded_rows(out_json)
     rows: list[dict] = []
     summary: dict = {}
     for seed in seeds:
         for task in tasks:
             for variant in profile.ablation.variants:
-                record = exp.ablation_point(task, variant, seed).record
-                rows.append({k: v for k, v in record.items() if k != "log"})
+                run_dir = exp.ablation_run_dir(task, variant, seed)
+                row = recorded.get(run_dir.name)
+                if row is None or (run_dir / "codec.pt").is_file():
+                    record = exp.ablation_point(task, variant, seed).record
+                    row = {k: v for k, v in record.items() if k != "log"}
+                rows.append(row)
                 summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
                 atomic_write_json(out_json, summary)
     for task, table in summary["tasks"].items():
@@ -161,6 +166,22 @@ def run_ablation_study(
         )
         plots.save(fig, results_dir, f"ablation-{profile.name}-{task}")
     return summary
+
+
+def _recorded_rows(path: Path) -> dict[str, dict]:
+    """The finished runs of an earlier invocation's results file, by run folder name.
+
+    The results file is the record that outlives a session (the cache is not committed): a run
+    whose folder name, which carries the key of everything that decides it, is in the file and
+    not in the cache is taken from the file instead of being trained again, marked
+    ``"from_results_file": true``. A run in the cache is loaded from there as usual.
+    """
+    if not path.is_file():
+        return {}
+    import json
+
+    rows = json.loads(path.read_text()).get("rows", [])
+    return {Path(r["run_dir"]).name: {**r, "from_results_file": True} for r in rows}
 
 
 def summarise_ablation(

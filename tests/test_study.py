@@ -1,6 +1,7 @@
 """The study's bookkeeping on synthetic R-D points: curves, per-seed BD-rates, CI, the report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,30 @@ def test_report_writes_the_readme_between_markers(tmp_path):
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
     assert "-25.0 % ± 12.4 (n=3)" in text and "-27.7 %" in text
     assert "operational R-D fronts" in text and "per seed -20.0, -25.0, -30.0" in text
+
+
+def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
+    """The cache does not outlive a session; the results file does. A second invocation whose
+    cache is gone takes every finished run from the file (same key, marked) and trains nothing."""
+    import shutil
+
+    import torch
+
+    from icm_lib.study import run_ablation_study
+
+    profile, data_dir = smoke_env.profile, smoke_env.cache_dir.parent
+    first = run_ablation_study(
+        profile, [0], ["seg"], data_dir, tmp_path, torch.device("cpu"), False
+    )
+    assert first["complete"] and len(first["rows"]) == 4
+    assert not any(r.get("from_results_file") for r in first["rows"])
+    for row in first["rows"]:
+        shutil.rmtree(row["run_dir"])  # a new session: no cache
+    again = run_ablation_study(
+        profile, [0], ["seg"], data_dir, tmp_path, torch.device("cpu"), False
+    )
+    assert all(r["from_results_file"] for r in again["rows"])
+    assert [r["val"] for r in again["rows"]] == [r["val"] for r in first["rows"]]
+    # (one seed: the intervals are NaN, which only compare equal as text)
+    assert json.dumps(again["tasks"], sort_keys=True) == json.dumps(first["tasks"], sort_keys=True)
+    assert not any(Path(r["run_dir"]).exists() for r in again["rows"])  # nothing trained
