@@ -148,6 +148,7 @@ def test_detectron2_sees_what_its_own_predictor_feeds_it(scenes):
     with torch.no_grad():
         own = net([{"image": image, "height": 64, "width": 64}])[0]["instances"]
     ours = machine.predict(rgb[None])[0]
+    assert len(own) > 0 and len(ours["boxes"]) == len(own)
     assert torch.allclose(ours["boxes"], own.pred_boxes.tensor, atol=1e-4)
     assert torch.equal(ours["labels"], own.pred_classes + 1)
 
@@ -281,22 +282,25 @@ def test_one_icm_step_with_every_segmentation_backend(backend, variant, scenes, 
     one_icm_step(seg_machine(backend), "seg", variant, scenes, tmp_path)
 
 
-@needs("detectron2")
-def test_detectron2_pretrained_offline_fails_fast(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "task, backend, classes, cache_env, name",
+    [
+        pytest.param(
+            "det", "detectron2", 80, "FVCORE_CACHE", "detectron2", marks=needs("detectron2")
+        ),
+        pytest.param("seg", "mmseg", 59, "TORCH_HOME", "MMSegmentation", marks=needs("mmseg")),
+    ],
+)
+def test_pretrained_offline_fails_fast(
+    monkeypatch, tmp_path, task, backend, classes, cache_env, name
+):
+    """The paper's weights, offline and not cached: WeightsUnavailableError at once."""
     monkeypatch.setenv("ICM_OFFLINE", "1")
-    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
-    cfg = RecognitionConfig(det_backend="detectron2", pretrained=True)
-    with pytest.raises(WeightsUnavailableError, match="detectron2"):
-        build_recognizer("det", cfg, 80)
-
-
-@needs("mmseg")
-def test_mmseg_pretrained_offline_fails_fast(monkeypatch, tmp_path):
-    monkeypatch.setenv("ICM_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cfg = RecognitionConfig(seg_backend="mmseg", pretrained=True)
-    with pytest.raises(WeightsUnavailableError, match="MMSegmentation"):
-        build_recognizer("seg", cfg, 59)
+    monkeypatch.setenv(cache_env, str(tmp_path))  # an empty download cache
+    field = "det_backend" if task == "det" else "seg_backend"
+    cfg = RecognitionConfig(pretrained=True, **{field: backend})
+    with pytest.raises(WeightsUnavailableError, match=name):
+        build_recognizer(task, cfg, classes)
 
 
 @pytest.mark.parametrize(
@@ -338,3 +342,17 @@ def test_icm_overrides_switch_a_notebooks_backend(monkeypatch, tmp_path):
     s = setup("smoke", 0, str(tmp_path / "d"), str(tmp_path / "o"), "cpu")
     assert s.profile.recognition.det_backend == "detectron2"
     assert s.profile.recognition.seg_backend == "smp"
+
+
+@needs("mmseg")
+def test_our_pascal_context_labels_are_mmsegmentations_reduce_zero_label(scenes):
+    """The label convention at the boundary: MMSegmentation's own ``LoadAnnotations`` with
+    ``reduce_zero_label=True`` (as ``PascalContextDataset59``) reads the same label maps."""
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    data = PascalContextSegmentation(scenes.context_root, "val")
+    load = LoadAnnotations(reduce_zero_label=True)
+    for i, stem in enumerate(data.ids):
+        path = data.root / "SegmentationClassContext" / f"{stem}.png"
+        theirs = load({"seg_map_path": str(path), "reduce_zero_label": True, "seg_fields": []})
+        assert np.array_equal(data[i][1].numpy(), theirs["gt_seg_map"].astype(np.int64))
