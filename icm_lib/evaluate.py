@@ -218,12 +218,15 @@ def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[s
 def ablation_table(rows: list[dict]) -> dict:
     """Section 4.2's comparison from ablation records
     (:meth:`~icm_lib.experiment.Experiment.ablation_point`): per task and variant, the final
-    validation main loss per seed with its mean and 95 % interval, the validation curves over
-    seeds (mean, min, max per step), and the variants ordered by mean final main loss.
+    validation main loss per seed with its mean and 95 % interval, the paired difference to the
+    baseline of the same seed (same data order and initial codec, so seed-to-seed spread cancels),
+    the validation curves over seeds (mean, min, max per step), and the variants ordered by mean
+    final main loss.
 
     Returns:
-        ``{task: {"variants": {variant: {"final": {seed: loss}, "mean", "ci95", "n", "curve":
-        {"step", "mean", "min", "max"}}}, "order": [variants, lowest final loss first]}}``.
+        ``{task: {"variants": {variant: {"final": {seed: loss}, "mean", "ci95", "n",
+        "vs_baseline": {"mean", "ci95", "n"} (not for the baseline), "curve": {"step", "mean",
+        "min", "max"}}}, "order": [variants, lowest final loss first]}}``.
     """
     runs: dict = {}
     for r in rows:
@@ -246,6 +249,11 @@ def ablation_table(rows: list[dict]) -> dict:
                     "max": losses.max(0).tolist(),
                 },
             }
+        base = variants.get("baseline", {}).get("final", {})
+        for variant, v in variants.items():
+            if variant != "baseline" and base:
+                paired = [loss - base[seed] for seed, loss in v["final"].items() if seed in base]
+                v["vs_baseline"] = mean_ci(paired)
         out[task] = {
             "variants": variants,
             "order": sorted(variants, key=lambda k: variants[k]["mean"]),

@@ -162,6 +162,13 @@ def _ablation_table(d: dict) -> list[str]:
         lines.append(
             f"| {task} | " + " | ".join(cells) + f" | {t['order'][0]} | {d['paper_lowest']} |"
         )
+        paired = [
+            fmt_mean_ci(t["variants"][v].get("vs_baseline", {}), 4)
+            if v in t["variants"] and v != "baseline"
+            else "–"
+            for v in cfg["variants"]
+        ]
+        lines.append(f"| {task}: − baseline, same seed | " + " | ".join(paired) + " | | |")
     return lines
 
 

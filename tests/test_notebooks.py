@@ -152,6 +152,11 @@ def test_notebook_03_position_ablation(nb03):
             assert v["n"] == 2 and len(v["final"]) == 2 and _finite(v["final"])
             assert v["val_steps"] == [1, 2] and _finite(v["val_mean"])  # validated while training
             assert v["mean"] == pytest.approx(sum(v["final"]) / 2)
+        paired = {k: v["vs_baseline"] for k, v in t["variants"].items() if k != "baseline"}
+        base = t["variants"]["baseline"]["final"]
+        for k, p in paired.items():  # each position minus the baseline of the same seed
+            diffs = [a - b for a, b in zip(t["variants"][k]["final"], base)]
+            assert p["n"] == 2 and p["mean"] == pytest.approx(sum(diffs) / 2)
         sizes = t["branch_million_parameters"]
         assert sizes["aux-task"] < sizes["aux-enc"]  # no stem (det) or a head only (seg)
         (out / f"validation_{task}.png").stat()

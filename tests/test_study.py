@@ -110,3 +110,29 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     # (one seed: the intervals are NaN, which only compare equal as text)
     assert json.dumps(again["tasks"], sort_keys=True) == json.dumps(first["tasks"], sort_keys=True)
     assert not any(Path(r["run_dir"]).exists() for r in again["rows"])  # nothing trained
+
+
+def test_ablation_table_pairs_each_position_with_the_same_seeds_baseline():
+    from icm_lib.evaluate import ablation_table
+
+    def row(variant, seed, final):
+        return {
+            "task": "det",
+            "variant": variant,
+            "seed": seed,
+            "val": {"step": [10, 20], "main_loss": [1.0, final]},
+        }
+
+    # seeds differ a lot; aux-enc is 0.01 below its seed's baseline every time
+    base = {0: 0.50, 1: 0.70, 2: 0.90}
+    rows = [row("baseline", s, v) for s, v in base.items()]
+    rows += [row("aux-enc", s, v - 0.01) for s, v in base.items()]
+    rows += [row("aux-dec", s, v + d) for (s, v), d in zip(base.items(), (0.02, -0.02, 0.03))]
+    t = ablation_table(rows)["det"]
+    enc, dec = t["variants"]["aux-enc"], t["variants"]["aux-dec"]
+    assert enc["ci95"] > 0.1  # unpaired: the seeds' spread hides the difference
+    assert enc["vs_baseline"]["mean"] == pytest.approx(-0.01)
+    assert enc["vs_baseline"]["ci95"] == pytest.approx(0.0, abs=1e-12)  # paired: it does not
+    assert dec["vs_baseline"]["mean"] == pytest.approx(0.01) and dec["vs_baseline"]["n"] == 3
+    assert "vs_baseline" not in t["variants"]["baseline"]
+    assert t["order"] == ["aux-enc", "baseline", "aux-dec"]
