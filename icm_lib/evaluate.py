@@ -3,6 +3,12 @@
 Every val image is compressed to bytes and decoded from them; the bpp is counted from the bytes
 (container included) per original pixel, and the decoded images are scored by the frozen
 recognizer against ground truth (mAP for detection, mIoU for segmentation) and by PSNR / MS-SSIM.
+
+For sweeps with a slow coder (cheng2020-attn on 5,000 COCO images) a point can instead use the
+**estimated rate** (``real_images=k``): every image goes through the codec's forward pass in
+eval mode (x̂ = g_s(ŷ) and bpp = -Σ log₂ p / pixels), and only the first ``k`` images are also
+coded to bytes, to report actual / estimated bits (``real_check``) and how far the forward pass's
+x̂ is from the decoded one. The point says which it used (``rate``).
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import json
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from .codec import ICMCodec
+from .data.transforms import pad_to_multiple
 from .errors import BDRateError
 from .metrics import bd_rate, checkerboard_score, ms_ssim, psnr
 from .roi import latent_roi_mask, roi_scaling
@@ -39,12 +47,22 @@ class BitstreamRoundTrip:
         roi_qf: the quantization factor outside the ROI.
     """
 
-    def __init__(self, codec: ICMCodec, roi_dataset=None, roi_qf: float | None = None):
+    def __init__(
+        self,
+        codec: ICMCodec,
+        roi_dataset=None,
+        roi_qf: float | None = None,
+        real_images: int | None = None,
+    ):
         self.codec = codec.eval()
         self.roi_dataset, self.roi_qf = roi_dataset, roi_qf
+        if real_images is not None and roi_qf is not None:
+            raise ValueError("the ROI baseline is evaluated through real bitstreams only")
+        self.real_images = real_images
         self.bits = self.estimate_bits = self.pixels = 0.0
         self.psnr_sum = self.msssim_sum = self.checkerboard_sum = 0.0
         self.images = 0
+        self.check = {"images": 0, "bits": 0.0, "estimate_bits": 0.0, "x_hat_max_abs_diff": 0.0}
 
     def _code(self, x: torch.Tensor):
         if self.roi_qf is None:
@@ -53,14 +71,38 @@ class BitstreamRoundTrip:
         with roi_scaling(self.codec, mask, self.roi_qf):
             return self.codec.roundtrip(x[None])
 
+    def _estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """x̂ of the forward pass (eval mode: ŷ rounded around the means) and its estimated
+        bpp; the first ``real_images`` images are also coded to bytes for the check."""
+        h, w = x.shape[-2:]
+        padded, _ = pad_to_multiple(x[None])
+        out = self.codec(padded)
+        x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
+        bpp = float(self.codec.bpp_estimate(out["likelihoods"], h * w))
+        if self.check["images"] < self.real_images:
+            coded = self._code(x)
+            c = self.check
+            c["images"] += 1
+            c["bits"] += coded.bpp * h * w
+            c["estimate_bits"] += bpp * h * w
+            diff = float((coded.x_hat.to(x_hat) - x_hat).abs().max())
+            c["x_hat_max_abs_diff"] = max(c["x_hat_max_abs_diff"], diff)
+        return x_hat, bpp
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         decoded = []
         for x in images:
-            coded = self._code(x)
             pixels = x.shape[-1] * x.shape[-2]
-            self.bits += coded.bpp * pixels
-            self.estimate_bits += coded.bpp_estimate * pixels
+            if self.real_images is None:
+                coded = self._code(x)
+                self.bits += coded.bpp * pixels
+                self.estimate_bits += coded.bpp_estimate * pixels
+            else:
+                x_hat, bpp = self._estimate(x)
+                coded = SimpleNamespace(x_hat=x_hat)
+                self.bits += bpp * pixels
+                self.estimate_bits += bpp * pixels
             self.pixels += pixels
             self.psnr_sum += psnr(coded.x_hat, x[None].to(coded.x_hat))
             self.msssim_sum += ms_ssim(coded.x_hat, x[None].to(coded.x_hat))
@@ -73,26 +115,43 @@ class BitstreamRoundTrip:
         return torch.stack(decoded).to(images.device)
 
     def summary(self) -> dict[str, float]:
-        return {
+        out = {
             "bpp": self.bits / self.pixels,
             "bpp_estimate": self.estimate_bits / self.pixels,
             "psnr": self.psnr_sum / self.images,
             "ms_ssim": self.msssim_sum / self.images,
             "checkerboard": self.checkerboard_sum / self.images,
             "images": self.images,
+            "rate": "real" if self.real_images is None else "estimate",
         }
+        if self.real_images is not None:
+            c = self.check
+            out["real_check"] = {
+                "images": c["images"],
+                "actual_over_estimated_bits": c["bits"] / c["estimate_bits"]
+                if c["estimate_bits"]
+                else None,
+                "x_hat_max_abs_diff": c["x_hat_max_abs_diff"],
+            }
+        return out
 
 
 def rd_point(
-    codec: ICMCodec, machine, dataset, device: torch.device, roi_qf: float | None = None
+    codec: ICMCodec,
+    machine,
+    dataset,
+    device: torch.device,
+    roi_qf: float | None = None,
+    real_images: int | None = None,
 ) -> dict[str, float]:
     """One R-D point: real bitstreams over ``dataset`` -> bpp, PSNR, MS-SSIM and the task metric
     of ``machine`` (a frozen recognizer; its ``task`` picks the metric) on the decoded images
-    against ground truth (``roi_qf``: the ROI baseline)."""
+    against ground truth (``roi_qf``: the ROI baseline; ``real_images``: the estimated rate,
+    checked on that many images through real bytes, see the module docstring)."""
     from .recognition.training import evaluate_detection, evaluate_segmentation
 
     t0 = time.perf_counter()
-    rt = BitstreamRoundTrip(codec, dataset if roi_qf is not None else None, roi_qf)
+    rt = BitstreamRoundTrip(codec, dataset if roi_qf is not None else None, roi_qf, real_images)
     evaluate = evaluate_detection if machine.task is DETECTION else evaluate_segmentation
     scores = evaluate(machine, dataset, device, transform=rt)
     return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
@@ -137,6 +196,38 @@ def bd_rate_or_reason(
         return {"bd_rate": value, "error": None}
     except BDRateError as exc:
         return {"bd_rate": None, "error": str(exc)}
+
+
+def study_agreement(runs: list[dict], study_curves: dict, task: str) -> list[dict]:
+    """This session's runs against the study's R-D points of the same (curve, seed, λ): the
+    same run keys, so the numbers should agree (exactly on the machine that ran the study; to
+    float noise elsewhere). One row per run scored on ``task`` that the study holds."""
+    metric = get_task(task).metric
+    rows = []
+    for r in runs:
+        mine = r["eval"].get(task)
+        theirs = [
+            p
+            for p in study_curves.get(task, {}).get(r["variant"], {}).get(r["seed"], [])
+            if p.get("lmbda") == r["lmbda"]
+        ]
+        if mine is None or not theirs:
+            continue
+        rows.append(
+            {
+                "curve": r["variant"],
+                "lmbda": r["lmbda"],
+                "seed": r["seed"],
+                "bpp": mine["bpp"],
+                "bpp_study": theirs[0]["bpp"],
+                metric: mine[metric],
+                f"{metric}_study": theirs[0][metric],
+                "max_abs_difference": max(
+                    abs(mine[k] - theirs[0][k]) for k in ("bpp", metric, "psnr")
+                ),
+            }
+        )
+    return rows
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, float]:

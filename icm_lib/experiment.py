@@ -284,10 +284,12 @@ class Experiment:
         )
         return self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
 
-    def ablation_run_dir(self, task: Task | str, variant: str, seed: int) -> Path:
+    def ablation_run_dir(
+        self, task: Task | str, variant: str, seed: int, steps: int | None = None
+    ) -> Path:
         """The cache folder of :meth:`ablation_point` (without training)."""
         ab = self.profile.ablation
-        return self.run_dir(task, variant, ab.lmbda(task), seed, ab.steps, ab.val_every)
+        return self.run_dir(task, variant, ab.lmbda(task), seed, steps or ab.steps, ab.val_every)
 
     def _validation_key(self, every: int) -> dict:
         return {"every": every, "images": self.profile.ablation.val_images}
@@ -349,12 +351,21 @@ class Experiment:
         self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None
     ) -> dict:
         """The R-D point of ``codec`` on ``task``'s val set, stored at ``path`` (load-or-compute;
-        ``roi_qf``: through the ROI baseline)."""
+        ``roi_qf``: through the ROI baseline). Real bitstreams, or the estimated rate with a
+        real check as ``profile.evaluation`` says (the point's ``rate``)."""
         task = get_task(task)
+        real = None if roi_qf is not None else self.profile.evaluation.real_images
+        if real is not None:  # the estimated rate: another file than the real bitstreams'
+            path = path.with_name(f"{path.stem}-estimate-check{real}.json")
         return load_or_evaluate(
             path,
             lambda: rd_point(
-                codec, self.machine(task), self.datasets.val(task), self.device, roi_qf=roi_qf
+                codec,
+                self.machine(task),
+                self.datasets.val(task),
+                self.device,
+                roi_qf=roi_qf,
+                real_images=real,
             ),
             POINT_KEYS,
         )
@@ -396,11 +407,13 @@ class Experiment:
         reference_curve: bool = True,
         mse_seed: int = 0,
         steps: int | None = None,
+        lambdas: dict[str, tuple[float, ...]] | None = None,
     ) -> Iterator[RunPoint]:
         """Train-or-load and evaluate seed 001's grid, yielding each :class:`RunPoint` in turn:
         the MSE reference curve (``mse_seed``, scored on every task) first, then per seed,
         task, variant and λ (with the ROI evaluation of the detection baselines). The study and
-        notebooks 01-02 walk the same grid, so they share their runs."""
+        notebooks 01-02 walk the same grid, so they share their runs; ``lambdas`` (task name ->
+        λ) walks part of it (:meth:`tutorial_grid`)."""
         if reference_curve:
             for lmbda in self.profile.icm.mse_lambdas:
                 yield self.point(
@@ -408,8 +421,9 @@ class Experiment:
                 )
         for seed in seeds:
             for task in map(get_task, tasks):
+                grid = self.profile.icm.lambdas(task)
                 for variant in variants:
-                    for lmbda in self.profile.icm.lambdas(task):
+                    for lmbda in grid if lambdas is None else lambdas.get(task.name, grid):
                         yield self.point(
                             task,
                             variant,
@@ -418,6 +432,15 @@ class Experiment:
                             steps=steps,
                             roi=variant == "baseline" and task is DETECTION,
                         )
+
+    def tutorial_grid(self, seed: int, tasks: list[str], variants: list[str]) -> list[RunPoint]:
+        """The part of the grid the notebooks train themselves (``profile.tutorial``): its λ per
+        task, and the MSE reference curve if it asks for it. Same runs as :meth:`grid`'s."""
+        tut, icm = self.profile.tutorial, self.profile.icm
+        lambdas = {t: tut.lambdas(t, icm.lambdas(t)) for t in tasks}
+        return list(
+            self.grid([seed], tasks, variants, tut.mse_curve, mse_seed=seed, lambdas=lambdas)
+        )
 
 
 __all__ = [

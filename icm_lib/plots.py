@@ -193,7 +193,11 @@ CURVE_STYLE = {
 
 
 def rd_curves(
-    curves: dict[str, dict[int, list[dict]]], metric: str, title: str = "", fidelity: str = "psnr"
+    curves: dict[str, dict[int, list[dict]]],
+    metric: str,
+    title: str = "",
+    fidelity: str = "psnr",
+    trained: dict[str, list[dict]] | None = None,
 ):
     """R-D curves: task metric vs bpp (left) and ``fidelity`` vs bpp (right).
 
@@ -201,6 +205,8 @@ def rd_curves(
         curves: ``{curve name: {seed: [points with "bpp", metric, fidelity]}}``; each seed is a
             faint line, the mean over seeds (per λ index) a bold one with the seeds' standard
             deviation in both coordinates as error bars (the seed band).
+        trained: ``{curve name: [points]}`` drawn on top as large open markers: the points a
+            notebook trained itself, over the study's curves.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, by_seed in curves.items():
@@ -242,6 +248,20 @@ def rd_curves(
                     alpha=0.6,
                     capsize=2,
                 )
+    for name, pts in (trained or {}).items():
+        label, color, marker = CURVE_STYLE.get(name, (name, None, "o"))
+        for ax, key in zip(axes, (metric, fidelity)):
+            ax.scatter(
+                [p["bpp"] for p in pts],
+                [p[key] for p in pts],
+                s=120,
+                facecolors="none",
+                edgecolors=color or "k",
+                linewidths=1.5,
+                marker=marker,
+                label=f"{label}: trained here",
+                zorder=5,
+            )
     axes[0].set_ylabel({"map": "mAP@[.5:.95]", "miou": "mIoU"}.get(metric, metric))
     axes[1].set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}.get(fidelity, fidelity))
     for ax in axes:

@@ -328,6 +328,52 @@ class GANConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How R-D points are measured (:func:`icm_lib.evaluate.rd_point`).
+
+    Attributes:
+        real_images: ``None``: every val image through real bitstreams (bytes written and read
+            back). An int: the **estimated** rate of the likelihoods and x̂ of the forward pass
+            for every image, and real bitstreams for the first ``real_images`` only, reported
+            as actual / estimated bits (for sweeps with a slow autoregressive coder). The ROI
+            baseline is always coded for real.
+    """
+
+    real_images: int | None = None
+
+
+@dataclass(frozen=True)
+class TutorialConfig:
+    """What the notebooks train themselves, on top of notebook 00's recognizers and reference
+    codec; everything else they show comes from the study's files in ``results/`` (``make study``
+    trains the full λ × seed grid, the same runs with the same keys, so the notebooks' runs are
+    the study's seed-``SEED`` runs and are checked against them).
+
+    Attributes:
+        det_lambdas, seg_lambdas: the λ of the task's grid that notebooks 01-02 train (baseline,
+            then aux-enc); ``None``: the whole grid; ``()``: none (the task is shown from the study).
+        mse_curve: notebook 01 finetunes the MSE reference curve (else the reference codec of
+            notebook 00 is the MSE point and the study holds the curve).
+        gan_presets: the PatchGAN presets notebook 04 finetunes (the others from the study).
+    """
+
+    det_lambdas: tuple[float, ...] | None = None
+    seg_lambdas: tuple[float, ...] | None = None
+    mse_curve: bool = True
+    gan_presets: tuple[str, ...] = ("full", "limited", "no-adv")
+
+    def lambdas(self, task: Task | str, grid: tuple[float, ...]) -> tuple[float, ...]:
+        """The λ of ``grid`` (the task's) that the notebooks train."""
+        chosen = self.det_lambdas if get_task(task) is DETECTION else self.seg_lambdas
+        if chosen is None:
+            return tuple(grid)
+        unknown = set(chosen) - set(grid)
+        if unknown:
+            raise ValueError(f"tutorial λ {sorted(unknown)} are not in the task's grid {grid}")
+        return tuple(chosen)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A complete configuration of the tutorial; see the module docstring."""
 
@@ -343,6 +389,10 @@ class Profile:
     gan: GANConfig = field(default_factory=GANConfig)
     #: the branch-position ablation (seed 001 section 4.2), notebook 03
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    #: what notebooks 01-04 train themselves (``make tutorial``); the rest comes from ``results/``
+    tutorial: TutorialConfig = field(default_factory=TutorialConfig)
+    #: how R-D points are measured (real bitstreams, or the estimated rate with a real check)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
 
 PROFILES: dict[str, Profile] = {
@@ -404,6 +454,12 @@ PROFILES: dict[str, Profile] = {
         ),
         gan=GANConfig(steps=300, batch_size=8, crop=128, patch=64, task="seg"),
         ablation=AblationConfig(val_every=10, val_images=16),
+        # `make tutorial` in ~30 min on 2 cores: segmentation codecs at the lowest λ (baseline,
+        # aux-enc, and the codec notebook 04 finetunes), PatchGAN with its control; the λ × seed
+        # grid, detection codecs included, comes from `make study` (results/)
+        tutorial=TutorialConfig(
+            det_lambdas=(), seg_lambdas=(1.0,), mse_curve=False, gan_presets=("full", "no-adv")
+        ),
     ),
     "paper": Profile(
         name="paper",
@@ -461,6 +517,8 @@ PROFILES: dict[str, Profile] = {
         ),
         # validation every 1000 steps on 100 val crops (the paper does not say how often)
         ablation=AblationConfig(val_every=1000, val_images=100),
+        # 5,000 COCO images per R-D point: the estimated rate, checked on 100 real bitstreams
+        evaluation=EvalConfig(real_images=100),
     ),
 }
 

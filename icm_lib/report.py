@@ -24,6 +24,55 @@ def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True)
     return f"{row['mean']:{'+' if signed else ''}.{digits}f}{unit}{ci} (n={row['n']})"
 
 
+def recorded_study(results_dir: str | Path, profile) -> dict | None:
+    """Seed 001's study file of ``profile`` (``results/study-<name>.json``) as the notebooks
+    read it, or ``None`` when it is absent or was written for other codec-training settings
+    (its ``icm_config`` differs from the profile's: the notebooks then say so and use their
+    own runs).
+
+    Returns:
+        ``{"curves": {task: {curve: {seed: [points]}}}, "bd_rate": {task: table}, "seeds",
+        "complete", "source"}`` (seeds as ints).
+    """
+    from dataclasses import asdict
+
+    path = Path(results_dir) / f"study-{profile.name}.json"
+    if not path.is_file():
+        return None
+    study = json.loads(path.read_text())
+    if study.get("icm_config") != json.loads(json.dumps(asdict(profile.icm))):
+        print(f"{path.name} was written for other settings than profile {profile.name!r}: unused")
+        return None
+    return {
+        "curves": {
+            task: {
+                name: {int(s): pts for s, pts in by_seed.items()}
+                for name, by_seed in t["curves"].items()
+            }
+            for task, t in study["tasks"].items()
+        },
+        "bd_rate": {
+            task: {name: _int_seeds(row) for name, row in t["bd_rate"].items()}
+            for task, t in study["tasks"].items()
+        },
+        "seeds": study["seeds"],
+        "complete": study["complete"],
+        "source": f"{path.name} ({len(study['seeds'])} seeds"
+        + ("" if study["complete"] else ", in progress")
+        + ")",
+    }
+
+
+def _int_seeds(row: dict) -> dict:
+    """A BD-rate row with its ``per_seed`` keys (JSON strings) back to ints, nested rows too."""
+    out = {
+        k: _int_seeds(v) if isinstance(v, dict) and k != "per_seed" else v for k, v in row.items()
+    }
+    if "per_seed" in row:
+        out["per_seed"] = {int(s): v for s, v in row["per_seed"].items()}
+    return out
+
+
 START, END = "<!-- study-report:start -->", "<!-- study-report:end -->"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 import warnings
@@ -14,9 +15,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm as _auto_tqdm
 
 from .errors import CheckpointError, ICMError
+
+
+def tqdm(iterable=None, **kwargs):
+    """The progress bars of the library: tqdm's notebook/terminal bar, or, with the environment
+    variable ``ICM_PROGRESS=log`` (set by ``make tutorial``, whose terminal shows the kernel's
+    output), a plain text bar on stdout redrawn every ``ICM_PROGRESS_SECONDS`` (default 20) s."""
+    if os.environ.get("ICM_PROGRESS") != "log":
+        return _auto_tqdm(iterable, **kwargs)
+    from tqdm.std import tqdm as plain
+
+    seconds = float(os.environ.get("ICM_PROGRESS_SECONDS", "20"))
+    return plain(iterable, file=sys.stdout, mininterval=seconds, ascii=True, ncols=110, **kwargs)
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -313,7 +326,8 @@ class RunFiles:
                     k.removesuffix("_loss"): f"{v:.4g}"
                     for k, v in record.items()
                     if k.endswith("loss")
-                }
+                },
+                refresh=False,
             )
 
     def checkpoint(self, done: int, state: Callable[[], dict]) -> None:

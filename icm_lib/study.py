@@ -144,20 +144,12 @@ def run_ablation_study(
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = Path(results_dir) / f"ablation-{profile.name}.json"
-    recorded = _recorded_rows(out_json)
     rows: list[dict] = []
     summary: dict = {}
-    for seed in seeds:
-        for task in tasks:
-            for variant in profile.ablation.variants:
-                run_dir = exp.ablation_run_dir(task, variant, seed)
-                row = recorded.get(run_dir.name)
-                if row is None or (run_dir / "codec.pt").is_file():
-                    record = exp.ablation_point(task, variant, seed).record
-                    row = {k: v for k, v in record.items() if k != "log"}
-                rows.append(row)
-                summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
-                atomic_write_json(out_json, summary)
+    for row in ablation_rows(exp, seeds, tasks, recorded_rows(out_json)):
+        rows.append({k: v for k, v in row.items() if k != "log"})
+        summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
+        atomic_write_json(out_json, summary)
     for task, table in summary["tasks"].items():
         fig = plots.validation_curves(
             table,
@@ -168,7 +160,28 @@ def run_ablation_study(
     return summary
 
 
-def _recorded_rows(path: Path) -> dict[str, dict]:
+def ablation_rows(
+    exp: Experiment,
+    seeds: list[int],
+    tasks: list[str],
+    recorded: dict[str, dict],
+    steps: int | None = None,
+):
+    """Each setting's run record, per seed, task and ``profile.ablation.variants``: from the
+    cache or trained (load-or-compute, with its ``log``), or, when the cache lacks the run, the
+    row an earlier results file ``recorded`` (:func:`recorded_rows`; without the log). The
+    study and notebook 03 walk the same rows."""
+    for seed in seeds:
+        for task in tasks:
+            for variant in exp.profile.ablation.variants:
+                run_dir = exp.ablation_run_dir(task, variant, seed, steps)
+                row = recorded.get(run_dir.name)
+                if row is None or (run_dir / "codec.pt").is_file():
+                    row = exp.ablation_point(task, variant, seed, steps=steps).record
+                yield row
+
+
+def recorded_rows(path: Path) -> dict[str, dict]:
     """The finished runs of an earlier invocation's results file, by run folder name.
 
     The results file is the record that outlives a session (the cache is not committed): a run

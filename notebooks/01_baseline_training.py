@@ -46,8 +46,17 @@
 # **Initialisation.** Every run starts from the reference codec (the paper starts from CompressAI's
 # pretrained cheng2020-attn; the `cpu` profile from notebook 00's MSE codec) and finetunes it: the
 # paper's schedule is 80 epochs with a polynomial decay of the learning rate, the `cpu` profile's a
-# few hundred steps (printed below). Runs are cached, so the study (`make study`) and notebook 02
-# reuse these seed-0 codecs.
+# few hundred steps (printed below). Runs are cached and keyed by their settings, so the study
+# (`make study`) and notebook 02 reuse these codecs.
+#
+# **What this notebook trains, and what it reads.** A R-D curve needs a codec per λ, and a BD-rate
+# needs several seeds to mean anything; on a laptop that is hours. So the notebook trains the λ of
+# `profile.tutorial` (on `cpu`: the segmentation codec at the lowest λ; `paper` and `smoke`: the
+# whole grid), and draws the curves and BD-rates of **`make study`** (`results/study-<profile>.json`:
+# every λ, three seeds, the very same runs) with this notebook's points on top — and checks that the
+# codec trained here lands where the study's run of the same seed and λ did. Without a study file
+# the curves are this notebook's own runs. `ICM_OVERRIDES="tutorial__det_lambdas=None
+# tutorial__seg_lambdas=None tutorial__mse_curve=True"` trains the whole grid here.
 #
 # **The ROI baseline** (Ahonen et al.) needs no training: at encoding time it divides the latent
 # outside the objects' ground-truth masks by a quantization factor QF = 1.4, so the background costs
@@ -62,6 +71,7 @@ OUTPUT_DIR = "../outputs/cpu/01_baseline_training"  # figures + metrics.json (en
 DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
 STEPS = None  # None: the profile's schedule; an int trains shorter (other runs)
+RESULTS_DIR = "../results"  # make study's files (absent or other settings: own runs only)
 
 # %%
 from icm_lib.notebook import setup
@@ -81,23 +91,34 @@ ds, icm = exp.datasets, profile.icm
 for task in TASKS:
     cfg = icm.train(task)
     print(
-        f"{task}: λ {list(icm.lambdas(task))}, {STEPS or cfg.steps} steps x {cfg.batch_size} crops of "
-        f"{cfg.crop}px, lr {cfg.lr:g} (poly decay from {cfg.decay_start:.0%}), MSE weight {icm.mse_weight(task)}"
+        f"{task}: λ grid {list(icm.lambdas(task))}, trained here "
+        f"{list(profile.tutorial.lambdas(task, icm.lambdas(task)))}; {STEPS or cfg.steps} steps x "
+        f"{cfg.batch_size} crops of {cfg.crop}px, lr {cfg.lr:g} (poly decay from "
+        f"{cfg.decay_start:.0%}), MSE weight {icm.mse_weight(task)}"
     )
+
+# %%
+from pathlib import Path
+
+from icm_lib.report import recorded_study
+
+study = recorded_study(Path(RESULTS_DIR).resolve(), profile)
+print("study:", study["source"] if study else "none: the curves below are this notebook's runs")
 
 # %% [markdown]
 # ## 2 · The human-viewing reference curve
 #
 # The MSE codec of notebook 00, finetuned at a few other λ of $R + \lambda \cdot 255^2 \cdot
 # \mathrm{MSE}$, gives the curve a codec *not* trained for machines achieves (CompressAI's pretrained
-# qualities play this role in the paper).
+# qualities play this role in the paper). Where `profile.tutorial.mse_curve` is off, the curve is
+# the study's and notebook 00's codec stands for it below.
 
 # %%
-from icm_lib.evaluate import bd_rates, curves, summary_point
+from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
 from icm_lib.tasks import get_task
 
 metric = {t: get_task(t).metric for t in TASKS}
-mse_points = list(exp.grid([SEED], TASKS, [], mse_seed=SEED, steps=STEPS))  # the MSE curve only
+mse_points = [p for p in exp.tutorial_grid(SEED, TASKS, []) if p.record["variant"] == "mse"]
 for point in mse_points:
     r = point.record
     print(
@@ -107,18 +128,22 @@ for point in mse_points:
             for t, p in r["eval"].items()
         )
     )
+print(f"{len(mse_points)} MSE codecs trained or loaded here")
 
 # %% [markdown]
 # ## 3 · Training with the task loss
 #
-# One run per λ and task. The progress bar shows the loss parts; each run writes a JSON-lines log,
-# complete checkpoints (resumable) and, at the end, the codec alone. Finished runs load in a second.
+# One run per λ and task (those of `profile.tutorial`). The progress bar shows the loss parts; each
+# run writes a JSON-lines log, complete checkpoints (resumable) and, at the end, the codec alone.
+# Finished runs load in a second.
 
 # %%
 import time
 
 t0 = time.perf_counter()
-baseline_points = list(exp.grid([SEED], TASKS, ["baseline"], reference_curve=False, steps=STEPS))
+baseline_points = [
+    p for p in exp.tutorial_grid(SEED, TASKS, ["baseline"]) if p.record["variant"] != "mse"
+]
 print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
 runs = [p.record for p in mse_points + baseline_points]  # plain data: what curves and tables read
 baseline = {task: [p.record for p in baseline_points if p.record["task"] == task] for task in TASKS}
@@ -131,16 +156,22 @@ for task in TASKS:
     for r in baseline[task]:
         for part in ("bpp_loss", "task_loss"):
             logs[f"{task} {part} λ={r['lmbda']:g}"] = [x[part] for x in r["log"]]
-fig = plots.loss_curves(logs, smooth=3)
-fig.set_size_inches(min(4 * len(logs), 28), 3)
-plots.save(fig, S.output_dir, "training_curves")
+if logs:
+    fig = plots.loss_curves(logs, smooth=3)
+    fig.set_size_inches(min(4 * len(logs), 28), 3)
+    plots.save(fig, S.output_dir, "training_curves")
 
 # %% [markdown]
 # Did λ spread the rates? Each λ must give a different bpp, ordered with λ (a larger λ
 # weights the task loss more, so it keeps more bits). The R-D points below are measured on the val
-# set through **real bitstreams** (bytes written and read back), scored against ground truth.
+# set through **real bitstreams** (bytes written and read back), scored against ground truth; the
+# study's points follow those trained here.
 
 # %%
+rates = {r["eval"][t].get("rate", "real") for r in runs for t in r["eval"]}
+print(
+    f"R-D points measured with: {rates or 'no runs here'} (profile.evaluation: {profile.evaluation})"
+)
 for task in TASKS:
     m = metric[task]
     print(
@@ -155,29 +186,55 @@ for task in TASKS:
         )
 
 # %%
-bd = {}
+from icm_lib.report import fmt_mean_ci
+
+bd, agreement = {}, {}
 for task in TASKS:
-    c = curves(runs, task)
-    bd[task] = bd_rates(c, task)
+    own = curves(runs, task)
+    rd = study["curves"][task] if study else own
+    source = study["source"] if study else f"this notebook (seed {SEED})"
+    trained = {name: [p for pts in by_seed.values() for p in pts] for name, by_seed in own.items()}
     fig = plots.rd_curves(
-        c, metric[task], title=f"{task}: codec trained with the task loss (Eq. 4) vs MSE and ROI"
+        rd,
+        metric[task],
+        title=f"{task}: task loss (Eq. 4) vs MSE and ROI — {source}",
+        trained=trained,
     )
     plots.save(fig, S.output_dir, f"rd_{task}")
-    for name, row in bd[task].items():
-        s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
-        print(
-            f"{task}: BD-rate of {name} vs baseline: "
-            + (
-                f"{s['bd_rate']:+.1f} %"
-                if s.get("bd_rate") is not None
-                else f"undefined ({s.get('error')})"
+    if study:
+        bd[task] = {k: v for k, v in study["bd_rate"][task].items() if k != "aux-enc"}
+        for name, row in bd[task].items():
+            print(
+                f"{task}: BD-rate of {name} vs baseline ({source}): {fmt_mean_ci(row, 1, ' %')}; fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
             )
-            + (
-                f"; on the operational fronts {f['bd_rate']:+.1f} %"
-                if f.get("bd_rate") is not None
-                else ""
+        agreement[task] = study_agreement(runs, study["curves"], task)
+        for row in agreement[task]:
+            print(
+                f"{task} {row['curve']} λ={row['lmbda']:g} seed {row['seed']}: here {row['bpp']:.4f} bpp, "
+                f"{metric[task]} {row[metric[task]]:.4f} | study {row['bpp_study']:.4f} bpp, "
+                f"{metric[task]} {row[metric[task] + '_study']:.4f} (max |difference| {row['max_abs_difference']:.2g})"
             )
-        )
+    else:
+        table = bd_rates(own, task)
+        bd[task] = {
+            name: {"per_seed": row["per_seed"], "front": row["front"]}
+            for name, row in table.items()
+        }
+        for name, row in table.items():
+            s_, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
+            print(
+                f"{task}: BD-rate of {name} vs baseline: "
+                + (
+                    f"{s_['bd_rate']:+.1f} %"
+                    if s_.get("bd_rate") is not None
+                    else f"undefined ({s_.get('error')})"
+                )
+                + (
+                    f"; on the operational fronts {f['bd_rate']:+.1f} %"
+                    if f.get("bd_rate") is not None
+                    else ""
+                )
+            )
 
 # %% [markdown]
 # ## 4 · Where do the bits go?
@@ -192,10 +249,14 @@ import matplotlib.pyplot as plt
 
 from icm_lib.data.transforms import pad_to_multiple
 
-task = TASKS[0]
+task = next(t for t in TASKS if baseline[t])  # the first task with a codec trained here
 image = ds.val(task)[0][0]
 x = pad_to_multiple(image[None].to(device))[0]
-mse_codec = min(mse_points, key=lambda p: p.record["eval"][task]["bpp"]).codec
+mse_codec = (
+    min(mse_points, key=lambda p: p.record["eval"][task]["bpp"]).codec
+    if mse_points
+    else exp.reference  # notebook 00's MSE codec
+)
 task_codec = max(
     (p for p in baseline_points if p.record["task"] == task), key=lambda p: p.record["lmbda"]
 ).codec
@@ -232,7 +293,9 @@ for task in TASKS:
         "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
         "steps": [r["log"][-1]["step"] for r in rs],
         "train_seconds": [r["train_seconds"] for r in rs],
+        "study_agreement": agreement.get(task, []),
     }
+record["study"] = study["source"] if study else None
 print(S.record(record))
 
 # %% [markdown]

@@ -53,6 +53,7 @@ OUTPUT_DIR = "../outputs/cpu/02_auxiliary_branch_training"  # figures + metrics.
 DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
 STEPS = None  # None: the profile's schedule (shared with notebook 01 and the study)
+RESULTS_DIR = "../results"  # make study's files (absent or other settings: own runs only)
 
 # %%
 from icm_lib.notebook import setup
@@ -92,16 +93,23 @@ for task in TASKS:
 # ## 1 · Train (or load) the baseline and the aux-enc codecs
 #
 # The baseline runs are notebook 01's (loaded from the cache when it ran); the aux-enc runs use the
-# same seed, data order, λ and schedule, so the only difference is the branch.
+# same seed, data order, λ and schedule, so the only difference is the branch. As in notebook 01,
+# the λ trained here are `profile.tutorial`'s (on `cpu`: segmentation at the lowest λ); the curves
+# and BD-rates over every λ and three seeds come from `make study`'s file, which holds these very
+# runs.
 
 # %%
 import time
+from pathlib import Path
 
-from icm_lib.evaluate import bd_rates, curves, summary_point
+from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
+from icm_lib.report import fmt_mean_ci, recorded_study
 from icm_lib.tasks import get_task
 
+study = recorded_study(Path(RESULTS_DIR).resolve(), profile)
+print("study:", study["source"] if study else "none: the curves below are this notebook's runs")
 t0 = time.perf_counter()
-points = list(exp.grid([SEED], TASKS, ["baseline", "aux-enc"], mse_seed=SEED, steps=STEPS))
+points = exp.tutorial_grid(SEED, TASKS, ["baseline", "aux-enc"])
 print(f"{time.perf_counter() - t0:.0f} s (trained or loaded)")
 runs = [p.record for p in points]  # plain data: what curves and tables read
 codec_of = {(p.record["task"], p.record["variant"], p.record["lmbda"]): p.codec for p in points}
@@ -109,6 +117,9 @@ by = {(r["task"], r["variant"]): [] for r in runs}
 for r in runs:
     by[(r["task"], r["variant"])].append(r)
 metric = {t: get_task(t).metric for t in TASKS}
+TRAINED = [t for t in TASKS if by.get((t, "aux-enc"))]  # tasks with codecs trained here
+mid = {t: by[(t, "aux-enc")][len(by[(t, "aux-enc")]) // 2]["lmbda"] for t in TRAINED}
+print("trained here:", {t: [r["lmbda"] for r in by[(t, "aux-enc")]] for t in TRAINED})
 
 # %% [markdown]
 # ## 2 · Training curves: does the branch help the *main* loss?
@@ -121,8 +132,8 @@ metric = {t: get_task(t).metric for t in TASKS}
 from icm_lib import plots
 
 logs = {}
-for task in TASKS:
-    lm = icm.lambdas(task)[len(icm.lambdas(task)) // 2]
+for task in TRAINED:
+    lm = mid[task]
     for variant in ("baseline", "aux-enc"):
         r = next(r for r in by[(task, variant)] if r["lmbda"] == lm)
         logs[f"{task} {variant} task loss λ={lm:g}"] = [x["task_loss"] for x in r["log"]]
@@ -139,8 +150,9 @@ plots.save(fig, S.output_dir, "training_curves")
 # Every point: the val set through real bitstreams, scored against ground truth. BD-rate (Bjøntegaard,
 # Akima interpolation) is the average bitrate difference at equal task accuracy, against the
 # baseline curve: negative means fewer bits. The paper reports **−27.7 %** (detection) and
-# **−20.3 %** (segmentation) for aux-enc. One seed is shown here; the study (`make study`) repeats
-# everything over seeds and reports confidence intervals.
+# **−20.3 %** (segmentation) for aux-enc. The curves and BD-rates are the study's (`make study`:
+# every λ, three seeds, confidence intervals) where its file exists, with the points trained here
+# on top; else this notebook's runs alone (one seed).
 #
 # The strict BD-rate needs each curve's metric to rise with rate. A task metric often **saturates**:
 # past some rate the detector is as good as it gets, and a larger λ buys noise, not accuracy
@@ -151,22 +163,49 @@ plots.save(fig, S.output_dir, "training_curves")
 # and is labelled as such wherever it appears.
 
 # %%
-bd = {}
+bd, agreement = {}, {}
 for task in TASKS:
-    c = curves(runs, task)
-    bd[task] = bd_rates(c, task)
+    own = curves(runs, task)
+    rd = study["curves"][task] if study else own
+    source = study["source"] if study else f"this notebook (seed {SEED})"
+    trained = {
+        name: [p for pts in by_seed.values() for p in pts]
+        for name, by_seed in own.items()
+        if name != "mse"
+    }
     plots.save(
-        plots.rd_curves(c, metric[task], title=f"{task}: with and without the auxiliary branch"),
+        plots.rd_curves(
+            rd,
+            metric[task],
+            title=f"{task}: with and without the branch — {source}",
+            trained=trained,
+        ),
         S.output_dir,
         f"rd_{task}",
     )
     m = metric[task]
-    print(f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}")
-    for a, b in zip(by[(task, "baseline")], by[(task, "aux-enc")]):
+    print(
+        f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}   (trained here)"
+    )
+    for a, b in zip(by.get((task, "baseline"), []), by.get((task, "aux-enc"), [])):
         pa, pb = a["eval"][task], b["eval"][task]
         print(
             f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}"
         )
+    if study:
+        bd[task] = study["bd_rate"][task]
+        for name, row in bd[task].items():
+            print(
+                f"  BD-rate {name:8s} vs baseline ({source}): {fmt_mean_ci(row, 1, ' %')}; fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
+            )
+        agreement[task] = study_agreement(runs, study["curves"], task)
+        for row in agreement[task]:
+            print(
+                f"  {row['curve']} λ={row['lmbda']:g} seed {row['seed']}: here {row['bpp']:.4f} bpp, {m} {row[m]:.4f}"
+                f" | study {row['bpp_study']:.4f} bpp, {m} {row[m + '_study']:.4f} (max |difference| {row['max_abs_difference']:.2g})"
+            )
+        continue
+    bd[task] = bd_rates(own, task)
     for name, row in bd[task].items():
         s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
         print(
@@ -196,11 +235,11 @@ import torch
 from icm_lib.data.transforms import pad_to_multiple
 
 maps_record = {}
-fig, axes = plt.subplots(len(TASKS), 4, figsize=(13, 3.3 * len(TASKS)), squeeze=False)
-for row, task in zip(axes, TASKS):
+fig, axes = plt.subplots(len(TRAINED), 4, figsize=(13, 3.3 * len(TRAINED)), squeeze=False)
+for row, task in zip(axes, TRAINED):
     image = ds.val(task)[0][0]
     x = pad_to_multiple(image[None].to(device))[0]
-    lm = icm.lambdas(task)[len(icm.lambdas(task)) // 2]
+    lm = mid[task]
     maps = {}
     for variant in ("baseline", "aux-enc"):
         c = codec_of[(task, variant, lm)].to(device).eval()
@@ -236,7 +275,7 @@ from icm_lib.codec import load_codec
 from icm_lib.runtime import load_checkpoint
 
 checks = {}
-for task in TASKS:
+for task in TRAINED:
     r = by[(task, "aux-enc")][0]
     saved = load_checkpoint(Path(r["run_dir"]) / "codec.pt")
     branch_state = load_checkpoint(Path(r["run_dir"]) / "branch.pt")["state_dict"]
@@ -255,8 +294,8 @@ for task in TASKS:
     print(task, checks[task])
 
 # %%
-record = {"tasks": {}}
-for task in TASKS:
+record = {"tasks": {}, "study": study["source"] if study else None}
+for task in TRAINED:
     record["tasks"][task] = {
         "metric": metric[task],
         "lambdas": [r["lmbda"] for r in by[(task, "aux-enc")]],
@@ -273,8 +312,11 @@ for task in TASKS:
         "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
         "bit_allocation_mean_bpp": maps_record[task],
         "branch_million_parameters": branch_sizes[task],
+        "study_agreement": agreement.get(task, []),
         **checks[task],
     }
+for task in set(TASKS) - set(TRAINED):  # shown from the study only
+    record["tasks"][task] = {"metric": metric[task], "lambdas": [], "study_bd_rate": bd[task]}
 print(S.record(record))
 
 # %% [markdown]

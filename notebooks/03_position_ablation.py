@@ -48,8 +48,9 @@ DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/03_position_ablation"  # figures + metrics.json (env ICM_OUTPUT_DIR)
 DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-SEEDS = None  # None: the profile's ablation seeds (three on cpu: 24 runs, ~1.5 h the first time)
+SEEDS = None  # None: the profile's ablation seeds (three on cpu: 24 runs, ~2.6 h to train)
 STEPS = None  # None: the profile's schedule; an int trains shorter (other runs)
+RESULTS_DIR = "../results"  # the study's ablation file: runs recorded there are not retrained
 
 # %%
 from icm_lib.notebook import setup
@@ -103,20 +104,26 @@ for task in TASKS:
 #
 # Each setting and seed is one run (load-or-compute, resumable): the same data order, λ,
 # schedule and initial codec; only the branch differs. `python -m icm_lib.study --study ablation`
-# trains the same runs, so after it this cell only loads.
+# trains the same runs and records each in `results/ablation-<profile>.json` with its validation
+# curve; a run recorded there under the same key (the run folder's name: every setting, the data,
+# the recognizers and the reference codec) is read from the file instead of being trained again —
+# on `cpu` all 24 of them, the ~2.6 hours `make tutorial` does not spend. Delete the file (or
+# point `RESULTS_DIR` elsewhere) to train them here.
 
 # %%
 import time
+from pathlib import Path
+
+from icm_lib.study import ablation_rows, recorded_rows
 
 t0 = time.perf_counter()
-points = [
-    exp.ablation_point(task, v, seed, steps=STEPS)
-    for seed in seeds
-    for task in TASKS
-    for v in ab.variants
-]
-rows = [p.record for p in points]
-print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s (trained or loaded)")
+results_file = Path(RESULTS_DIR).resolve() / f"ablation-{profile.name}.json"
+rows = list(ablation_rows(exp, seeds, TASKS, recorded_rows(results_file), STEPS))
+from_file = sum(bool(r.get("from_results_file")) for r in rows)
+print(
+    f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s: {from_file} read from "
+    f"{results_file.name}, {len(rows) - from_file} trained or loaded from the cache"
+)
 
 # %% [markdown]
 # ## 3 · Validation main loss during training (paper Fig. 8–9)
@@ -189,11 +196,12 @@ record = {
         for task in TASKS
     },
     "seeds": seeds,
-    "first_train_loss": {
-        f"{r['task']} {r['variant']} {r['seed']}": r["log"][0]["loss"] for r in rows
+    "runs_from_results_file": from_file,
+    "first_train_loss": {  # runs trained or cached here (a results file keeps no training log)
+        f"{r['task']} {r['variant']} {r['seed']}": r["log"][0]["loss"] for r in rows if "log" in r
     },
     "last_train_loss": {
-        f"{r['task']} {r['variant']} {r['seed']}": r["log"][-1]["loss"] for r in rows
+        f"{r['task']} {r['variant']} {r['seed']}": r["log"][-1]["loss"] for r in rows if "log" in r
     },
 }
 print(S.record(record))

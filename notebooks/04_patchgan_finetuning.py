@@ -52,7 +52,9 @@ SEED = 0
 DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/04_patchgan_finetuning"  # figures + metrics.json
 DEVICE = ""  # empty: cuda if available, else cpu
-PRESETS = ["full", "limited", "no-adv"]  # no-adv: the control (adversarial weight 0)
+PRESETS = (
+    None  # None: profile.tutorial's (cpu: full + the no-adv control); all: full limited no-adv
+)
 ZOOM = 48  # side of the zoomed crops (pixels)
 
 # %%
@@ -89,8 +91,14 @@ print(
 # the cache). Each finetuning is load-or-compute, resumable, with a JSON-lines log.
 
 # %%
+from icm_lib.gan import PRESETS as ALL_PRESETS
 from icm_lib.gan import gan_point
 
+PRESETS = list(PRESETS or profile.tutorial.gan_presets)
+print(
+    f"finetuned here: {PRESETS}; the others ({[p for p in ALL_PRESETS if p not in PRESETS]}) and "
+    f"seeds 1-2: `python -m icm_lib.study --study gan` (results/gan-{profile.name}.json, README)"
+)
 points = {p: gan_point(exp, SEED, p) for p in PRESETS}
 runs = {p: point["record"] for p, point in points.items()}  # plain data
 tuned = {p: point["codec"] for p, point in points.items()}  # the finetuned codecs

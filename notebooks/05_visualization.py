@@ -40,7 +40,7 @@ OUTPUT_DIR = "../outputs/cpu/05_visualization"  # figures + metrics.json (env IC
 RESULTS_DIR = "../results"  # the studies' files (missing: this notebook's own runs are used)
 DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-PRESETS = ["full", "limited", "no-adv"]
+PRESETS = None  # PatchGAN presets (None: those notebook 04 finetuned, profile.tutorial)
 IMAGES = 8  # val images offered by the explorer
 
 # %%
@@ -65,12 +65,15 @@ from icm_lib.gan import gan_point
 
 t0 = time.perf_counter()
 exp = Experiment.prepare(profile, S.data_dir, device)
-points = list(exp.grid([SEED], TASKS, ["baseline", "aux-enc"], mse_seed=SEED))
+points = exp.tutorial_grid(SEED, TASKS, ["baseline", "aux-enc"])  # notebooks 01-02's codecs
 codecs = {}
 for p in points:
     r = p.record
     for task in r["eval"]:  # the MSE reference codecs are scored on every task
         codecs[(task, r["variant"], r["lmbda"])] = p.codec
+if not any(k[1] == "mse" for k in codecs):  # no MSE curve trained: notebook 00's MSE codec
+    codecs.update({(t, "mse", profile.mse.lmbda): exp.reference for t in TASKS})
+PRESETS = list(PRESETS or profile.tutorial.gan_presets)
 gan = {preset: gan_point(exp, SEED, preset) for preset in PRESETS}
 g = profile.gan
 gan_lmbda = gan[PRESETS[0]]["record"]["lmbda"]
@@ -114,10 +117,12 @@ def panel(codec, image, machine):
 
 
 fig56 = {}
-for task in TASKS:
+TRAINED = [t for t in TASKS if any(k[:2] == (t, "aux-enc") for k in codecs)]
+print("tasks with codecs of notebooks 01-02:", TRAINED)
+for task in TRAINED:
     machine, val = exp.machine(task), exp.datasets.val(task)
     image = val[0][0]
-    lambdas = list(profile.icm.lambdas(task))
+    lambdas = sorted(k[2] for k in codecs if k[:2] == (task, "aux-enc"))
     lm = lambdas[len(lambdas) // 2]
     panels = {
         "w/o aux": panel(codecs[(task, "baseline", lm)], image, machine),
@@ -162,21 +167,12 @@ for task in TASKS:
 import json
 
 from icm_lib.evaluate import bd_rates, curves
-from icm_lib.report import fmt_mean_ci
+from icm_lib.report import fmt_mean_ci, recorded_study
 from icm_lib.tasks import get_task
 
-study_file = results_dir / f"study-{profile.name}.json"
-if study_file.is_file():
-    study = json.loads(study_file.read_text())
-    rd = {
-        t: {
-            name: {int(s): pts for s, pts in by_seed.items()}
-            for name, by_seed in study["tasks"][t]["curves"].items()
-        }
-        for t in TASKS
-    }
-    bd = {t: study["tasks"][t]["bd_rate"] for t in TASKS}
-    rd_source = f"{study_file.name} ({len(study['seeds'])} seeds)"
+study = recorded_study(results_dir, profile)
+if study:
+    rd, bd, rd_source = study["curves"], study["bd_rate"], study["source"]
 else:
     runs = [p.record for p in points]
     rd = {t: curves(runs, t) for t in TASKS}
@@ -255,8 +251,8 @@ import numpy as np
 from IPython.display import Image
 
 samples = []
-for task in TASKS:
-    lambdas = explorer.lambdas(task, "baseline")
+for task in TRAINED:
+    lambdas = explorer.lambdas(task, "aux-enc")
     lm = lambdas[len(lambdas) // 2]
     for variant in ("baseline", "aux-enc"):
         samples.append(explorer.view(task, variant, lm, 1))

@@ -229,6 +229,81 @@ def test_notebook_04_patchgan(nb04):
 ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
 
 
+def test_notebooks_train_the_tutorial_part_and_read_the_rest_from_the_study(
+    root, nb02, nb03, nb04, monkeypatch
+):
+    """``profile.tutorial`` as on `cpu` (segmentation at one λ, no detection codec, no MSE
+    curve, one PatchGAN preset): notebooks 01, 02 and 05 train only that and draw the rest from
+    the study file, whose seed-0 runs are the very runs trained here (same keys, same cache)."""
+    import torch
+
+    from icm_lib.profiles import get_profile
+    from icm_lib.study import run_ablation_study, run_study
+
+    folder, device = root
+    results, smoke = folder / "study-results", get_profile("smoke")
+    run_study(
+        smoke, [0], ["det", "seg"], ["baseline", "aux-enc"], folder / "data", results,
+        torch.device(device), progress=False,
+    )  # fmt: skip
+    ablation = run_ablation_study(
+        smoke, list(smoke.ablation.seeds), ["det", "seg"], folder / "data", results,
+        torch.device(device), progress=False,
+    )  # fmt: skip
+    # notebook 03 reads the runs the ablation file records and the cache lacks
+    cache, hidden = folder / "data" / "cache" / "icm", folder / "hidden-ablation-runs"
+    hidden.mkdir()
+    for row in ablation["rows"]:
+        (cache / Path(row["run_dir"]).name).rename(hidden / Path(row["run_dir"]).name)
+    try:
+        m03 = run_notebook(
+            notebook_paths(["03"])[0], "smoke", folder / "outputs-tutorial", folder / "data",
+            extra={"DEVICE": device, "RESULTS_DIR": str(results)},
+        )  # fmt: skip
+    finally:
+        for run in hidden.iterdir():
+            run.rename(cache / run.name)
+    assert m03["runs_from_results_file"] == len(ablation["rows"]) == 16
+    assert m03["first_train_loss"] == {}  # nothing trained
+    assert m03["tasks"]["seg"]["order"] == nb03[0]["tasks"]["seg"]["order"]
+    for task in ("det", "seg"):
+        for v, t in m03["tasks"][task]["variants"].items():
+            assert t["final"] == nb03[0]["tasks"][task]["variants"][v]["final"]
+    monkeypatch.setenv(
+        "ICM_OVERRIDES",
+        "tutorial__det_lambdas=() tutorial__seg_lambdas=(0.05,) tutorial__mse_curve=False "
+        "tutorial__gan_presets=('full',)",
+    )
+    out = folder / "outputs-tutorial"
+    m = {
+        n: run_notebook(
+            notebook_paths([n])[0], "smoke", out, folder / "data",
+            extra={"DEVICE": device, "RESULTS_DIR": str(results)},
+        )
+        for n in ("01", "02", "05")
+    }  # fmt: skip
+    m01, m02, m05 = m["01"], m["02"], m["05"]
+    assert m01["study"].startswith("study-smoke.json (1 seeds")
+    assert m01["tasks"]["det"]["lambdas"] == [] and m01["tasks"]["seg"]["lambdas"] == [0.05]
+    assert m01["tasks"]["seg"]["mse"] == []  # no MSE curve trained: the study's is drawn
+    assert set(m01["tasks"]["det"]["bd_rate"]) == {"mse", "roi"}  # the study's table
+    rows = m01["tasks"]["seg"]["study_agreement"]
+    assert [(r["curve"], r["lmbda"]) for r in rows] == [("baseline", 0.05)]
+    assert rows[0]["max_abs_difference"] == 0.0  # the same run, found in the study
+    rows = m02["tasks"]["seg"]["study_agreement"]
+    assert sorted(r["curve"] for r in rows) == ["aux-enc", "baseline"]
+    assert all(r["max_abs_difference"] == 0.0 for r in rows)
+    assert m02["tasks"]["det"] == {
+        "metric": "map", "lambdas": [], "study_bd_rate": m02["tasks"]["det"]["study_bd_rate"]
+    } and "aux-enc" in m02["tasks"]["det"]["study_bd_rate"]  # fmt: skip
+    assert m05["rd_source"].startswith("study-smoke.json")
+    assert set(m05["bit_allocation"]) == {"seg"}
+    assert m05["explorer"]["finetuned"] == 1 and set(m05["checkerboard"]) == {
+        "machine codec",
+        "PatchGAN full",
+    }
+
+
 def _browser_or_skip():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm.auto import tqdm
 
-from ..runtime import atomic_write_json, config_hash
+from ..runtime import atomic_write_json, config_hash, tqdm
 from .scenes import SEG_CLASSES, THING_CLASSES, generate_scene
 
 GENERATOR_VERSION = 1

@@ -13,14 +13,20 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data.coco import CocoDetection
 from ..data.context import IGNORE_INDEX, PascalContextSegmentation
 from ..data.transforms import pad_to_multiple, random_crop
 from ..metrics import ConfusionMatrix, detection_map
 from ..profiles import RecognitionConfig
-from ..runtime import atomic_torch_save, config_hash, load_checkpoint, mix_seed, seed_everything
+from ..runtime import (
+    atomic_torch_save,
+    config_hash,
+    load_checkpoint,
+    mix_seed,
+    seed_everything,
+    tqdm,
+)
 from ..tasks import DETECTION, SEGMENTATION
 from . import build_recognizer
 from .detection import FrozenDetector
@@ -117,7 +123,7 @@ def _fit(
         opt.step()
         sched.step()
         log.append(loss.item())
-        bar.set_postfix(loss=f"{log[-1]:.3f}")
+        bar.set_postfix(loss=f"{log[-1]:.3f}", refresh=False)
     return log
 
 
