@@ -38,6 +38,12 @@ between library versions, so a stream written on one machine can decode to garba
 Autoregressive codecs (``mbt2018``, ``cheng2020-*``) are coded in **wavefront order**: with the
 5x5 causal mask, position (i, j) depends only on positions with a smaller ``3 i + j``, so all
 positions on one anti-diagonal ``3 i + j = t`` are coded together (3 H + W steps instead of H W).
+The context model and the 1x1 entropy-parameter network run as float64 matrix products on the
+wavefront's positions only (:class:`_ARStep`, the same integers as the fixed-point layers); the
+hyper-decoder's share of the first layer is computed for the whole latent at once. The encoder
+needs only the means inside its loop (ŷ = round(y - μ) + μ is the next wavefronts' context); it
+computes the scales, the tables and the order of all symbols in one pass after it. The symbols'
+order in the stream -- per wavefront, table by table, row-major within a table -- is unchanged.
 
 The guarantee: a stream written by a codec on any device and thread count decodes, with the same
 saved codec on any other device and thread count, to the identical ŷ. The pixels then differ
@@ -233,11 +239,8 @@ class ExactNet:
 
 
 class _CausalContext:
-    """The masked 5x5 context convolution, evaluated exactly at chosen positions only.
-
-    Only the taps the mask keeps are used, so a wavefront of n positions costs one
-    (n, M·taps) x (M·taps, 2M) product.
-    """
+    """The masked 5x5 context convolution in fixed point: only the taps the mask keeps (their
+    order is part of the fingerprint); :class:`_ARStep` evaluates it at chosen positions."""
 
     def __init__(self, conv: nn.Module):
         mask = conv.mask.detach().cpu()
@@ -245,20 +248,98 @@ class _CausalContext:
         keep = mask.flatten(0, 1).any(0)  # (kh, kw)
         self.taps = [(int(i), int(j)) for i, j in keep.nonzero()]
         self.pad = conv.padding[0]
-        w = self.exact.weight[:, :, [i for i, _ in self.taps], [j for _, j in self.taps]]
-        self.matrix = w.reshape(w.shape[0], -1).T.contiguous()  # (M·taps, 2M)
-
-    def at(self, latent_pad: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Context features (n, 2M) at positions (rows, cols) of the unpadded latent;
-        ``latent_pad``: (M, H + 2p, W + 2p) exact integers, zero where not yet decoded."""
-        patches = torch.stack([latent_pad[:, rows + i, cols + j] for i, j in self.taps], -1)
-        acc = patches.permute(1, 0, 2).reshape(len(rows), -1) @ self.matrix
-        acc = acc + self.exact.bias
-        return _floor_shift(acc, self.exact.shift).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def digest(self, h) -> None:
         h.update(f"taps{self.taps}".encode())
         self.exact.digest(h)
+
+
+def _wavefront_order(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of an (h, w) latent in coding order: by wavefront ``t = 3 i + j``, then by row.
+
+    Returns:
+        rows, cols: (h·w,) int64 in that order; starts: (3 (h - 1) + w + 1,) the first index of
+        every wavefront (and the end).
+    """
+    i, j = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    t = 3 * i + j
+    order = np.lexsort((i, t))
+    starts = np.zeros(3 * (h - 1) + w + 1, dtype=np.int64)
+    np.cumsum(np.bincount(t, minlength=3 * (h - 1) + w), out=starts[1:])
+    return i[order], j[order], starts
+
+
+class _ARStep:
+    """The context model and the entropy-parameter network of an autoregressive codec as float64
+    matrices for wavefront coding: the same integer weights, biases and shifts as
+    :class:`_CausalContext` and the 1x1 layers of the :class:`ExactNet`, so the same integers
+    (every sum is exact, whatever its order). The hyper-decoder's share of the first layer is
+    computed for every position at once (:meth:`first`); a wavefront then costs a gather of its
+    causal neighbourhoods and one small matrix product per layer (:meth:`params`).
+    """
+
+    def __init__(self, context: _CausalContext, net: ExactNet):
+        conv = context.exact
+        w = conv.weight[:, :, [i for i, _ in context.taps], [j for _, j in context.taps]]
+        # rows ordered (tap, channel), as a gather of channels-last neighbourhoods gives them
+        self.ctx = (w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous(), conv.bias, conv.shift)
+        self.pad, self.taps = context.pad, context.taps
+        self.layers: list = []  # (weight (in, out), bias, shift) or a leaky slope (int)
+        for layer in net.layers:
+            if isinstance(layer, _ExactLeakyReLU):
+                self.layers.append(layer.slope)
+            elif (
+                isinstance(layer, _ExactConv)
+                and not layer.transposed
+                and tuple(layer.weight.shape[-2:]) == (1, 1)
+                and layer.padding == (0, 0)
+            ):
+                self.layers.append(
+                    (layer.weight[:, :, 0, 0].T.contiguous(), layer.bias, layer.shift)
+                )
+            else:
+                raise NotImplementedError(
+                    "wavefront coding needs an entropy-parameter network of 1x1 convolutions "
+                    "and (leaky) ReLUs, as in CompressAI's autoregressive models"
+                )
+        if not self.layers or not isinstance(self.layers[0], tuple):
+            raise NotImplementedError("the entropy-parameter network must start with a conv")
+        w1, b1, shift1 = self.layers[0]
+        n_ctx = self.ctx[0].shape[1]  # the context features come after the hyper-decoder's
+        self.first_hyper = (w1[:-n_ctx].contiguous(), b1, shift1)
+        self.first_ctx = w1[-n_ctx:].contiguous()
+
+    def offsets(self, width: int) -> torch.Tensor:
+        """(taps,) flat offsets of the taps in a padded channels-last latent of this width."""
+        return torch.tensor([(i - self.pad) * width + (j - self.pad) for i, j in self.taps])
+
+    def first(self, hyper: torch.Tensor) -> torch.Tensor:
+        """(n, C) hyper-decoder outputs -> their share of the first layer, bias included
+        (exact integers, not yet requantized)."""
+        w, b, _ = self.first_hyper
+        return torch.addmm(b, hyper, w)
+
+    def context(self, neighbours: torch.Tensor) -> torch.Tensor:
+        """(n, taps, M) causal neighbourhoods -> (n, 2M) context features."""
+        return self._apply(self.ctx, neighbours.reshape(len(neighbours), -1))
+
+    def params(self, first: torch.Tensor, ctx: torch.Tensor, upto: int | None = None):
+        """The network on ``first`` (from :meth:`first`) and the context features (n, 2M);
+        ``upto``: stop before that layer (e.g. -1: the last hidden activations)."""
+        x = torch.addmm(first, ctx, self.first_ctx)
+        x = x.mul_(2.0 ** -self.first_hyper[2]).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+        for layer in self.layers[1:upto]:
+            x = self._apply(layer, x)
+        return x
+
+    @staticmethod
+    def _apply(layer, x: torch.Tensor) -> torch.Tensor:
+        """One layer on (n, in): a requantized 1x1 conv (as :class:`_ExactConv`) or a leaky
+        ReLU (as :class:`_ExactLeakyReLU`)."""
+        if isinstance(layer, tuple):
+            w, b, shift = layer
+            return torch.addmm(b, x, w).mul_(2.0**-shift).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+        return torch.where(x >= 0, x, _floor_shift(x * layer, _LEAKY_BITS))
 
 
 # ---------------------------------------------------------------------- tables and the coder
@@ -311,7 +392,37 @@ class _Writer:
         escaped = (v < 0) | (v >= esc_sym)
         self.chunks.append((tables.models[row], np.where(escaped, esc_sym, v).astype(np.int32)))
         if escaped.any():
-            v = v[escaped]
+            self.escapes(v[escaped], esc_sym)
+
+    def grouped(
+        self, tables: _Tables, index: np.ndarray, values: np.ndarray, wave: np.ndarray | None = None
+    ) -> None:
+        """``values`` (n,) with table rows ``index`` (n,): the chunks of :meth:`values` for every
+        row present, in ascending row order, the order within a row kept; with ``wave`` (n,)
+        (non-decreasing), the same for each wavefront in turn."""
+        n_rows = len(tables.lengths)
+        key = index if wave is None else wave * n_rows + index
+        order = np.argsort(key, kind="stable")
+        index = index[order]
+        v = values[order] - tables.offsets[index]
+        esc_sym = tables.escape[index]
+        escaped = (v < 0) | (v >= esc_sym)
+        symbols = np.where(escaped, esc_sym, v).astype(np.int32)
+        counts = np.bincount(key, minlength=1)
+        keys = np.flatnonzero(counts)
+        ends = np.cumsum(counts[keys]).tolist()
+        models, any_escaped = tables.models, bool(escaped.any())
+        start = 0
+        for row, end in zip((keys % n_rows).tolist(), ends):
+            self.chunks.append((models[row], symbols[start:end]))
+            if any_escaped and escaped[start:end].any():
+                sel = escaped[start:end]
+                self.escapes(v[start:end][sel], int(tables.escape[row]))
+            start = end
+
+    def escapes(self, v: np.ndarray, esc_sym: int) -> None:
+        """The overflow of escaped values ``v`` (value - offset, outside [0, esc_sym))."""
+        if len(v):
             raw = np.where(v < 0, -2 * v - 1, 2 * (v - esc_sym))
             nbits = np.zeros_like(raw)
             r = raw.copy()
@@ -374,6 +485,18 @@ class _Reader:
                 )
             v[escaped] = np.where(raw % 2 == 1, -(raw + 1) // 2, raw // 2 + esc_sym)
         return v + tables.offsets[row]
+
+    def grouped(self, tables: _Tables, index: np.ndarray) -> np.ndarray:
+        """Decode what :meth:`_Writer.grouped` wrote for table rows ``index`` (n,)."""
+        counts = np.bincount(index, minlength=1)
+        order = np.argsort(index, kind="stable")
+        out = np.empty(len(index), dtype=np.int64)
+        start = 0
+        for row in np.flatnonzero(counts).tolist():
+            end = start + int(counts[row])
+            out[order[start:end]] = self.values(tables, row, end - start)
+            start = end
+        return out
 
     def finish(self) -> None:
         if not self.coder.is_empty():
@@ -470,6 +593,7 @@ class CodingState:
     h_s: ExactNet | None = None
     context: _CausalContext | None = None
     entropy_parameters: ExactNet | None = None
+    ar: _ARStep | None = None  # the two above as matrices (derived, not fingerprinted)
     fingerprint: bytes = field(default=b"")
 
     @classmethod
@@ -492,6 +616,7 @@ class CodingState:
         if family == "autoregressive":
             state.context = _CausalContext(model.context_prediction)
             state.entropy_parameters = ExactNet(model.entropy_parameters)
+            state.ar = _ARStep(state.context, state.entropy_parameters)
         h = hashlib.sha256(CODER_VERSION + family.encode())
         state.bottleneck.digest(h)
         h.update(state.medians.to(torch.int64).numpy().astype("<i8").tobytes())
@@ -517,16 +642,15 @@ class CodingState:
     def _channels(self, io, values: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         """Code a (C, h, w) tensor with one table per channel; returns exact integers."""
         c, hw = len(self.medians), shape[0] * shape[1]
-        out = torch.empty(c, hw, dtype=torch.float64)
-        for ch in range(c):
-            if values is None:
-                s = io.values(self.bottleneck, ch, hw)
-            else:
-                v = values[ch].reshape(-1) - self.medians[ch] / ONE
-                s = _symbols(v, self.medians[ch]).numpy()
-                io.values(self.bottleneck, ch, s)
-            out[ch] = torch.from_numpy(s).double() * ONE + self.medians[ch]
-        return out.clamp_(-ACT_LIMIT, ACT_LIMIT).reshape(c, *shape)
+        medians = self.medians.numpy()[:, None]
+        index = np.repeat(np.arange(c), hw)
+        if values is None:
+            s = io.grouped(self.bottleneck, index).reshape(c, hw)
+        else:
+            s = _symbols(values.reshape(c, hw).numpy() - medians / ONE, medians)
+            io.grouped(self.bottleneck, index, s.reshape(-1))
+        out = np.clip(s * ONE + medians, -ACT_LIMIT, ACT_LIMIT)
+        return torch.from_numpy(out.reshape(c, *shape))
 
     # -------------------------------------------------------------- Gaussian coding (y)
     def _gaussian(
@@ -534,19 +658,16 @@ class CodingState:
     ) -> torch.Tensor:
         """Code one block of y: ``scales``/``means`` are exact integers of any (same) shape; the
         symbols are taken table by table, in row-major order within each table."""
-        index = torch.searchsorted(self.thresholds, scales.contiguous(), right=False)
-        means = torch.zeros_like(scales) if means is None else means
-        s = torch.empty(scales.shape, dtype=torch.int64)
-        flat_index, flat_s = index.reshape(-1), s.reshape(-1)
-        if y is not None:
-            flat_s[:] = _symbols(y.reshape(-1) - means.reshape(-1) / ONE, means.reshape(-1))
-        for t in torch.unique(flat_index).tolist():
-            sel = flat_index == t
-            if y is None:
-                flat_s[sel] = torch.from_numpy(io.values(self.y_tables, t, int(sel.sum())))
-            else:
-                io.values(self.y_tables, t, flat_s[sel].numpy())
-        return (s.double() * ONE + means).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        sc = scales.numpy().reshape(-1)
+        index = np.searchsorted(self.thresholds.numpy(), sc, side="left")
+        mu = np.zeros_like(sc) if means is None else means.numpy().reshape(-1)
+        if y is None:
+            s = io.grouped(self.y_tables, index)
+        else:
+            s = _symbols(y.numpy().reshape(-1) - mu / ONE, mu)
+            io.grouped(self.y_tables, index, s)
+        out = np.clip(s * ONE + mu, -ACT_LIMIT, ACT_LIMIT)
+        return torch.from_numpy(out.reshape(scales.shape))
 
     def _code(
         self, io, y: torch.Tensor | None, z: torch.Tensor | None, shape: tuple[int, int]
@@ -564,19 +685,54 @@ class CodingState:
         return self._wavefronts(io, y, params)
 
     def _wavefronts(self, io, y: torch.Tensor | None, params: torch.Tensor) -> torch.Tensor:
-        m, h, w = self.M, params.shape[-2], params.shape[-1]
-        p = self.context.pad
-        latent = torch.zeros(m, h + 2 * p, w + 2 * p, dtype=torch.float64)
-        for t in range(3 * (h - 1) + w):
-            rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
-            cols = t - 3 * rows
-            ctx = self.context.at(latent, rows, cols)  # (n, 2M)
-            joint = torch.cat([params[:, rows, cols].T, ctx], 1)[..., None, None]
-            gp = self.entropy_parameters(joint)[..., 0, 0]  # (n, 2M)
-            yt = None if y is None else y[:, rows, cols].T
-            block = self._gaussian(io, yt, gp[:, :m], gp[:, m:])  # (n, M)
-            latent[:, rows + p, cols + p] = block.T
-        return latent[:, p : p + h, p : p + w]
+        """Autoregressive coding in wavefront order. The latent is kept channels-last and
+        zero-padded, so a wavefront's causal neighbourhoods are one gather.
+
+        Decoding runs the context model and the entropy parameters once per wavefront, at its
+        positions only, then decodes its symbols. Encoding needs only the means inside the loop
+        (ŷ = round(y - μ) + μ feeds the next wavefronts); the scales, the tables and the symbols'
+        order are computed for the whole latent at once after it.
+        """
+        ar, m = self.ar, self.M
+        h, w = params.shape[-2:]
+        rows, cols, starts = (torch.from_numpy(a) for a in _wavefront_order(h, w))
+        p = ar.pad
+        wp = w + 2 * p
+        pidx = (rows + p) * wp + cols + p  # flat positions in the padded latent, coding order
+        neighbours = pidx[:, None] + ar.offsets(wp)  # (h w, taps)
+        first = ar.first(params.reshape(len(params), -1).T[rows * w + cols])  # coding order
+        latent = torch.zeros((h + 2 * p) * wp, m, dtype=torch.float64)
+        waves = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
+        if y is None:
+            for a, b in waves:
+                gp = ar.params(first[a:b], ar.context(latent[neighbours[a:b]]))
+                latent[pidx[a:b]] = self._gaussian(io, None, gp[:, :m], gp[:, m:])
+        else:
+            y_w = y.reshape(m, -1).T[rows * w + cols].numpy()  # (h w, M), coding order
+            symbols, last = np.empty((h * w, m), dtype=np.int64), ar.layers[-1]
+            split = len(ar.layers) > 1 and isinstance(last, tuple)
+            if split:  # the last layer's means inside the loop, its scales after it
+                means_layer = (last[0][:, m:].contiguous(), last[1][m:], last[2])
+                hidden = torch.empty(h * w, last[0].shape[0], dtype=torch.float64)
+            else:
+                scales = torch.empty(h * w, m, dtype=torch.float64)
+            for a, b in waves:
+                ctx = ar.context(latent[neighbours[a:b]])
+                if split:
+                    hidden[a:b] = ar.params(first[a:b], ctx, upto=-1)
+                    mu = ar._apply(means_layer, hidden[a:b]).numpy()
+                else:
+                    gp = ar.params(first[a:b], ctx)
+                    scales[a:b], mu = gp[:, :m], gp[:, m:].numpy()
+                s = symbols[a:b] = _symbols(y_w[a:b] - mu / ONE, mu)
+                latent[pidx[a:b]] = torch.from_numpy(np.clip(s * ONE + mu, -ACT_LIMIT, ACT_LIMIT))
+            if split:
+                scales = ar._apply((last[0][:, :m].contiguous(), last[1][:m], last[2]), hidden)
+            index = np.searchsorted(self.thresholds.numpy(), scales.numpy().reshape(-1))
+            wave = np.repeat(np.arange(len(waves)), np.diff(starts.numpy()) * m)
+            io.grouped(self.y_tables, index, symbols.reshape(-1), wave)
+        out = latent.reshape(h + 2 * p, wp, m)[p : p + h, p : p + w].permute(2, 0, 1)
+        return out.contiguous()
 
     # -------------------------------------------------------------- public
     @torch.no_grad()
@@ -613,12 +769,12 @@ class CodingState:
         return (latent / ONE).float()[None]
 
 
-def _symbols(residual: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+def _symbols(residual: np.ndarray, means: np.ndarray) -> np.ndarray:
     """round(y - μ), kept so that ŷ = s + μ stays within ±4096 (the exact path's range)."""
-    s = torch.round(residual)
-    lo = torch.ceil((-ACT_LIMIT - means) / ONE)
-    hi = torch.floor((ACT_LIMIT - means) / ONE)
-    return torch.minimum(torch.maximum(s, lo), hi).to(torch.int64)
+    s = np.round(residual)
+    lo = np.ceil((-ACT_LIMIT - means) / ONE)
+    hi = np.floor((ACT_LIMIT - means) / ONE)
+    return np.minimum(np.maximum(s, lo), hi).astype(np.int64)
 
 
 __all__ = [

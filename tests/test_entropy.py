@@ -259,3 +259,92 @@ def test_wavefront_parameters_equal_the_float_networks_on_the_coded_latent(train
         cols = t - 3 * rows
         assert (s / entropy.ONE - scales[:, rows, cols].T).abs().max() < 20 / entropy.ONE
         assert (mu / entropy.ONE - means[:, rows, cols].T).abs().max() < 20 / entropy.ONE
+
+
+def _exact_parameters(state: "entropy.CodingState", params: torch.Tensor, latent: torch.Tensor):
+    """Scales and means (M, h, w) of the fixed-point context model + entropy parameters run as
+    whole-latent convolutions (:class:`entropy._ExactConv`, the conv path) on the final ŷ: the
+    causal mask makes them what each position saw while it was coded."""
+    ctx = state.context.exact(torch.round(latent.double() * entropy.ONE))
+    gp = state.entropy_parameters(torch.cat([params[None], ctx], 1))[0]
+    return gp.chunk(2, 0)
+
+
+def _ar_codec(name: str, weights: str, trained_family_codecs):
+    if weights == "trained" and name == "cheng2020-attn":
+        return trained_family_codecs[0]["autoregressive"]
+    if weights == "trained" and name == "mbt2018-mean":
+        return trained_family_codecs[0]["mean-scale"]
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
+    if weights == "trained":
+        from icm_lib.fuzz import scene_images, train_briefly
+
+        train_briefly(codec, scene_images(8, 128), steps=40)
+    return codec.eval()
+
+
+@pytest.mark.parametrize("weights", ["random", "trained"])
+@pytest.mark.parametrize("name", ["cheng2020-attn", "mbt2018", "mbt2018-mean"])
+def test_wavefront_coding_is_lossless(trained_family_codecs, name, weights):
+    """The fast wavefront coder (and the mean-scale one): the decoder gets the encoder's ŷ
+    exactly, on odd image sizes (latents from 4x4, narrow and tall ones, wavefronts of one
+    position), random and trained weights; the scales and means it used are bit for bit those of the
+    fixed-point conv path on the whole latent, and ŷ = round(y - μ) + μ."""
+    from icm_lib.data.transforms import pad_to_multiple
+
+    codec = _ar_codec(name, weights, trained_family_codecs)
+    state = codec.coding_state()
+    torch.manual_seed(2)
+    images = [
+        trained_family_codecs[1][0][None, :, :77, :],
+        torch.rand(1, 3, 45, 130),
+        trained_family_codecs[1][1][None, :, :, :33],
+        torch.rand(1, 3, 300, 70) * 0.3 + 0.5,
+        torch.rand(1, 3, 60, 61),
+        torch.rand(1, 3, 30, 200),
+    ]
+    for x in images:
+        data, latent = codec.compress_with_latent(x)
+        assert torch.equal(codec.decoded_latent(data), latent), x.shape
+        if state.family != "autoregressive":
+            continue
+        seen = []
+        original = state._gaussian
+
+        def spy(io, y, scales, means):  # what the decoder used, wavefront by wavefront
+            seen.append((scales.clone(), means.clone()))
+            return original(io, y, scales, means)
+
+        state._gaussian = spy
+        try:
+            codec.decoded_latent(data)
+        finally:
+            del state._gaussian
+        with torch.no_grad():
+            y, z = entropy.analysis(codec.model, pad_to_multiple(x)[0])
+            z_hat = codec.model.entropy_bottleneck(z, training=False)[0]
+        params = state.h_s(torch.round(z_hat.double() * entropy.ONE))[0]
+        scales, means = _exact_parameters(state, params, latent[0])
+        h, w = latent.shape[-2:]
+        assert len(seen) == 3 * (h - 1) + w
+        for t, (s, mu) in enumerate(seen):
+            rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
+            cols = t - 3 * rows
+            assert torch.equal(s, scales[:, rows, cols].T)
+            assert torch.equal(mu, means[:, rows, cols].T)
+        y_hat = torch.round(y[0].double() - means / entropy.ONE) + means / entropy.ONE
+        assert torch.equal(y_hat.float(), latent[0])
+
+
+def test_wavefront_streams_do_not_depend_on_threads(trained_family_codecs):
+    """Encoding on one thread writes the same bytes as on the default threads."""
+    codec = trained_family_codecs[0]["autoregressive"]
+    image = trained_family_codecs[1][0]
+    data = codec.compress(image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert codec.compress(image) == data
+    finally:
+        torch.set_num_threads(threads)
