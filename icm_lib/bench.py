@@ -4,6 +4,8 @@
     python -m icm_lib.bench icm [--profile cpu] [--steps 5]
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
+    python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
+        (the `paper` profile's training step: icm_lib.stepbench; its own --help)
 
 ``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
 one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
@@ -38,6 +40,7 @@ import argparse
 import contextlib
 import dataclasses
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,16 +54,16 @@ from .metrics import bpp_from_bytes
 from .runtime import load_checkpoint
 
 
-def bench_images() -> list[torch.Tensor]:
+def bench_images(size: tuple[int, int] = (512, 768)) -> list[torch.Tensor]:
     from skimage import data
 
     out = []
     for name in ("coffee", "rocket"):
         x = to_rgb_tensor(getattr(data, name)())[None]
         out.append(
-            F.interpolate(
-                x, size=(512, 768), mode="bilinear", antialias=True, align_corners=False
-            ).clamp(0, 1)
+            F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(
+                0, 1
+            )
         )
     return out
 
@@ -82,19 +85,11 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
         xp, _ = pad_to_multiple(x)
         coded = codec.roundtrip(x)
         data = codec.compress(x)
-        with torch.no_grad():
-            raw = codec.model.compress(xp)
-            times = {k: [] for k in ("ours_enc", "cai_enc", "ours_dec", "cai_dec")}
-            for _ in range(repeats):  # interleaved, so that load on the machine hits both
-                times["ours_enc"].append(_time(lambda: codec.compress(x), 1)[0])
-                times["cai_enc"].append(_time(lambda: codec.model.compress(xp), 1)[0])
-                times["ours_dec"].append(_time(lambda: codec.decompress(data), 1)[0])
-                times["cai_dec"].append(
-                    _time(lambda: codec.model.decompress(raw["strings"], raw["shape"]), 1)[0]
-                )
+        t = _codec_times(codec, x, data, repeats)
         t_ours_enc, t_cai_enc, t_ours_dec, t_cai_dec = (
-            statistics.median(v) for v in times.values()
+            t[k] for k in ("ours_enc", "cai_enc", "ours_dec", "cai_dec")
         )
+        raw = t["raw"]
         cai_bytes = sum(len(s[0]) for s in raw["strings"])
         rows.append(
             dict(
@@ -109,6 +104,10 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
                 t_dec=t_ours_dec,
                 c_enc=t_cai_enc,
                 c_dec=t_cai_dec,
+                g_a=t["g_a"],
+                g_s=t["g_s"],
+                cod_enc=(t_ours_enc - t["g_a"]) / (t_cai_enc - t["g_a"]),
+                cod_dec=(t_ours_dec - t["g_s"]) / (t_cai_dec - t["g_s"]),
             )
         )
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
@@ -117,10 +116,74 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
         f"{mean['act'] / mean['est']:>8.3f}{mean['pay'] / mean['coder']:>8.3f}"
         f"{mean['pay_cai']:>8.4f}"
         f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
-        f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}",
+        f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}"
+        f"{mean['g_a']:>8.3f}{mean['cod_enc']:>7.3f}{mean['g_s']:>8.3f}{mean['cod_dec']:>7.3f}",
         flush=True,
     )
     return mean
+
+
+def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) -> dict:
+    """Median seconds of ours / CompressAI's encode and decode of ``x`` (interleaved, so that
+    load on the machine hits both), and of the parts both include: ``g_a`` (the analysis
+    transforms, ``h_a`` included) and ``g_s``. CompressAI's ``compress`` = g_a + h_a + its
+    entropy coding; its ``decompress`` = its entropy decoding + g_s; ours likewise, plus the
+    container and padding. Also CompressAI's strings (``raw``)."""
+    from .entropy import analysis
+
+    xp, _ = pad_to_multiple(x)
+    latent = codec.compress_with_latent(x)[1]
+    with torch.no_grad():
+        raw = codec.model.compress(xp)
+        fns = {
+            "ours_enc": lambda: codec.compress(x),
+            "cai_enc": lambda: codec.model.compress(xp),
+            "g_a": lambda: analysis(codec.model, xp),
+            "ours_dec": lambda: codec.decompress(data),
+            "cai_dec": lambda: codec.model.decompress(raw["strings"], raw["shape"]),
+            "g_s": lambda: codec.decoder(latent),
+        }
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                times[k].append(_time(fn, 1)[0])
+    return {**{k: statistics.median(v) for k, v in times.items()}, "raw": raw}
+
+
+def bench_codec_scaling(name: str, quality: int, pretrained: bool, repeats: int) -> None:
+    """``codec --scaling``: encode / decode seconds of one codec from 256x256 to 1080p, ours vs
+    CompressAI's (coffee resized; one repeat above 512x768)."""
+    from . import bitstream
+
+    torch.manual_seed(0)
+    codec = build_codec(name, quality=quality, pretrained=pretrained).eval()
+    codec.update(force=True)
+    tag = "pretrained" if pretrained else "random weights"
+    print(f"{name} q{quality} ({tag}), torch threads {torch.get_num_threads()}")
+    print(
+        f"{'image':>10}{'latent':>9}{'waves':>7}{'enc s':>8}{'CAI s':>8}{'CAI/us':>7}{'g_a s':>8}"
+        f"{'dec s':>8}{'CAI s':>8}{'CAI/us':>7}{'g_s s':>8}{'pay/CAI':>8}"
+    )
+    for size in ((256, 256), (512, 768), (1080, 1920)):
+        x = bench_images(size)[0]
+        data, latent = codec.compress_with_latent(x)
+        n = repeats if size[0] * size[1] <= 512 * 768 else 1
+        t = _codec_times(codec, x, data, n)
+        payload = sum(len(s) for s in bitstream.unpack(data)[1])
+        cai_bytes = sum(len(s[0]) for s in t["raw"]["strings"])
+        h, w = latent.shape[-2:]
+        print(
+            f"{size[0]:>5}x{size[1]:<4}{h:>4}x{w:<4}{3 * (h - 1) + w:>7}"
+            f"{t['ours_enc']:>8.3f}{t['cai_enc']:>8.3f}{t['cai_enc'] / t['ours_enc']:>7.2f}"
+            f"{t['g_a']:>8.3f}{t['ours_dec']:>8.3f}{t['cai_dec']:>8.3f}"
+            f"{t['cai_dec'] / t['ours_dec']:>7.2f}{t['g_s']:>8.3f}{payload / cai_bytes:>8.4f}",
+            flush=True,
+        )
+    print(
+        "enc/dec s: icm_lib's compress/decompress (g_a resp. g_s included); CAI s: CompressAI's "
+        "own compress/decompress (the same); CAI/us: speed-up; g_a s (h_a included), g_s s: the "
+        "transforms both include; pay/CAI: payload bytes / CompressAI's strings"
+    )
 
 
 def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> None:
@@ -390,8 +453,13 @@ def _cross_decode(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["paper-step"]:  # its own options: icm_lib.stepbench
+        from .stepbench import main as paper_step
+
+        return paper_step(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("what", choices=["codec", "icm", "devices", "backends"])
+    ap.add_argument("what", choices=["codec", "icm", "devices", "backends", "paper-step"])
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
@@ -408,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         help="codec: add briefly trained small codecs (default 0); devices: their "
         "training steps (default 150)",
     )
+    ap.add_argument("--scaling", action="store_true", help="codec: time 256² to 1080p instead")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.what == "devices":
@@ -416,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
+    elif args.scaling:
+        for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
+            bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)
     else:
         bench_codecs(
             args.codecs,
@@ -445,6 +517,7 @@ def bench_codecs(
     print(
         f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
         f"{'pay/CAI':>8}{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
+        f"{'g_a s':>8}{'c.rat':>7}{'g_s s':>8}{'c.rat':>7}"
     )
     for name in names:
         codec = build_codec(name, quality=quality, pretrained=pretrained)
@@ -464,7 +537,9 @@ def bench_codecs(
         "est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
         " pay/cod: payload / coder estimate; pay/CAI: payload / CompressAI's own strings for "
         "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own compress/decompress "
-        "(icm_lib before its own coder); ratio: icm_lib / CompressAI"
+        "(icm_lib before its own coder); ratio: icm_lib / CompressAI; g_a s: the analysis "
+        "transforms (h_a included) and g_s s: the synthesis, which both include; c.rat: the "
+        "ratio without them (entropy coding, plus container and padding for icm_lib)"
     )
 
 

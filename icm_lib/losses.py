@@ -97,10 +97,18 @@ class ICMObjective:
         machine: the frozen recognizer (:class:`~icm_lib.recognition.FrozenDetector` or
             :class:`~icm_lib.recognition.FrozenSegmenter`).
         lmbda, alpha, mse_weight: λ, α and the MSE weight of :func:`icm_loss`.
+        amp_device_types: where ``amp`` applies (CUDA only by default; ``("cuda", "cpu")`` for
+            the CPU's bfloat16 autocast, e.g. in ``python -m icm_lib.bench paper-step``).
     """
 
     def __init__(
-        self, machine, lmbda: float, alpha: float = 0.5, mse_weight: float = 0.0, amp: bool = False
+        self,
+        machine,
+        lmbda: float,
+        alpha: float = 0.5,
+        mse_weight: float = 0.0,
+        amp: bool = False,
+        amp_device_types: tuple[str, ...] = ("cuda",),
     ):
         self.machine, self.lmbda, self.alpha, self.mse_weight, self.amp = (
             machine,
@@ -109,13 +117,14 @@ class ICMObjective:
             mse_weight,
             amp,
         )
+        self.amp_device_types = tuple(amp_device_types)
 
     def __call__(
         self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         pseudo_labels = self.machine.pseudo_labels(x)
         out = codec(x)
-        amp = self.amp and x.device.type == "cuda"
+        amp = self.amp and x.device.type in self.amp_device_types
         reads_machine = branch is not None and branch.position == "task"
         capture = captured_output(self.machine.aux_task_layer) if reads_machine else nullcontext({})
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):

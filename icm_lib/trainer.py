@@ -29,7 +29,7 @@ Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`)::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -93,10 +93,58 @@ def _mean_over_ranks(
     return dict(zip(values, (t / dist.world_size).tolist()))
 
 
+def step_flags(device_type: str, fast: bool | None = None) -> dict[str, bool]:
+    """The step's speed settings for a device type (``fast=None``: on for CUDA only; ``True`` /
+    ``False`` force them, e.g. to compare the losses with and without them on the CPU).
+
+    ``channels_last``: the frozen recognizer's weights in NHWC layout (faster cuDNN kernels)
+    where that is a pure layout change (:func:`_layout_free`); ``cudnn_benchmark``: cuDNN picks
+    its fastest algorithms once per shape (CUDA only; the choice may vary between runs, as any
+    CUDA run's float summation order does); ``fused_adam``: one Adam kernel for all parameters.
+    """
+    on = device_type == "cuda" if fast is None else fast
+    return {
+        "channels_last": on,
+        "cudnn_benchmark": on and device_type == "cuda",
+        "fused_adam": on,
+    }
+
+
+def _layout_free(module: nn.Module) -> bool:
+    """Whether ``module``'s results do not depend on its tensors' memory layout: no element-wise
+    random draws (dropout masks are drawn in memory order). The codec (CompressAI's training
+    noise) and the branch keep their layout for that reason."""
+    return not any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules())
+
+
+class _StepValues(Mapping):
+    """A step's logged values, read from the device only when first looked at (one read for all
+    of them, instead of a ``.item()`` per loss part every step)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], lr: float):
+        self._tensors, self._lr, self._values = tensors, lr, None
+
+    def _read(self) -> dict[str, float]:
+        if self._values is None:
+            with torch.profiler.record_function("icm_lib::to_host"):
+                values = torch.stack(list(self._tensors.values())).tolist()
+            self._values = {**dict(zip(self._tensors, values)), "lr": self._lr}
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter([*self._tensors, "lr"])
+
+    def __len__(self) -> int:
+        return len(self._tensors) + 1
+
+
 class _Stepper:
     """One optimisation step of the codec (and branch) on this process's shards of a batch, and
     the optimizer state a checkpoint keeps: the codec's (and branch's) Adam with its schedule,
-    and the quantile optimizer."""
+    and the quantile optimizer. ``fast``: :func:`step_flags` (``None``: on for CUDA)."""
 
     def __init__(
         self,
@@ -108,9 +156,16 @@ class _Stepper:
         dist: Distributed,
         accumulate: int,
         device: torch.device,
+        fast: bool | None = None,
     ):
         self.codec, self.branch, self.cfg = codec, branch, cfg
         self.dist, self.accumulate, self.device = dist, accumulate, device
+        self.flags = step_flags(device.type, fast)
+        machine = getattr(getattr(objective, "machine", None), "model", None)
+        if self.flags["channels_last"] and machine is not None and _layout_free(machine):
+            machine.to(memory_format=torch.channels_last)
+        if self.flags["cudnn_benchmark"]:
+            torch.backends.cudnn.benchmark = True
         step_module = _TrainStep(codec, branch, objective)
         self.model = _ddp(step_module, codec, dist) if dist.enabled else step_module
         groups = [{"params": codec.main_parameters(), "lr": cfg.lr, "name": "codec"}]
@@ -118,19 +173,21 @@ class _Stepper:
             groups.append(
                 {"params": list(branch.parameters()), "lr": branch_lr or cfg.lr, "name": "branch"}
             )
-        self.main = torch.optim.Adam(groups)
-        self.quantiles = torch.optim.Adam(codec.quantile_parameters(), lr=cfg.quantile_lr)
+        adam = {"fused": True} if self.flags["fused_adam"] else {}
+        self.main = torch.optim.Adam(groups, **adam)
+        self.quantiles = torch.optim.Adam(codec.quantile_parameters(), lr=cfg.quantile_lr, **adam)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.main, poly_decay(cfg))
         self.state = CheckpointParts(
             optimizer=self.main, quantile_optimizer=self.quantiles, scheduler=self.schedule
         )
 
-    def __call__(self, step: int, batch: torch.Tensor) -> dict[str, float]:
+    def __call__(self, step: int, batch: torch.Tensor) -> Mapping[str, float]:
         """Train on ``batch`` (the global batch of ``step``); returns this process's loss parts
-        (averaged over its micro-batches), the quantile loss and the learning rate."""
+        (averaged over its micro-batches), the quantile loss and the learning rate, read from
+        the device when first looked at (not at steps that are not logged)."""
         shards = batch.tensor_split(self.dist.world_size * self.accumulate)
         self.main.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(self.accumulate):
             shard = self.dist.rank * self.accumulate + micro
             torch.manual_seed(mix_seed(self.cfg.seed, step, shard))
@@ -138,8 +195,9 @@ class _Stepper:
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 parts = self.model(shards[shard].to(self.device))
                 (parts["loss"] / self.accumulate).backward()
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().item() / self.accumulate
+            for k, v in parts.items():  # float64 on the device: the sums .item() gave before
+                part = v.detach().double() / self.accumulate
+                totals[k] = totals[k] + part if k in totals else part
         if self.cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.codec.main_parameters(), self.cfg.clip_max_norm)
             if self.branch is not None:
@@ -150,7 +208,8 @@ class _Stepper:
         self.quantiles.zero_grad(set_to_none=True)
         qloss.backward()
         self.quantiles.step()
-        return {**totals, "quantile_loss": qloss.item(), "lr": self.main.param_groups[0]["lr"]}
+        totals["quantile_loss"] = qloss.detach().double()
+        return _StepValues(totals, self.main.param_groups[0]["lr"])
 
 
 def train_codec(

@@ -9,6 +9,7 @@ weights and are trained on the dataset (or loaded from ``checkpoint``).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.models import detection as tvdet
@@ -27,6 +28,18 @@ def _imagenet_weights(backbone: str):
         return get_model_weights(backbone).DEFAULT
     except (ValueError, AttributeError) as exc:
         raise ValueError(f"torchvision has no backbone named {backbone!r}") from exc
+
+
+#: the ``record_function`` label of the library's explicit device-to-host reads (counted as host
+#: synchronisations by ``python -m icm_lib.bench paper-step --profile-ops``)
+TO_HOST = "icm_lib::to_host"
+
+
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU: one device-to-host read (a synchronisation on CUDA), labelled for the
+    profiler as :data:`TO_HOST`."""
+    with torch.profiler.record_function(TO_HOST):
+        return t.cpu()
 
 
 def _no_resize(image, target=None):
@@ -160,11 +173,19 @@ class FrozenDetector:
     def pseudo_labels(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """The model's output on the original images, kept above the score threshold: the
         targets y of seed 001's Eq. 4-5 (after Yamazaki et al.)."""
-        out = []
-        for det in self.predict(images):
-            keep = det["scores"] >= self.score_threshold
-            out.append({"boxes": det["boxes"][keep], "labels": det["labels"][keep]})
-        return out
+        dets = self.predict(images)
+        if not dets:
+            return []
+        # The kept boxes of the whole batch with one device-to-host read (boolean indexing per
+        # image would wait for the device twice per image): the same boxes, in the same order.
+        keep = to_host(torch.cat([d["scores"] for d in dets]) >= self.score_threshold).numpy()
+        ends = np.cumsum([len(d["scores"]) for d in dets])
+        counts = [int(keep[e - len(d["scores"]) : e].sum()) for d, e in zip(dets, ends)]
+        index = torch.from_numpy(np.flatnonzero(keep))
+        index = index.to(dets[0]["boxes"].device, non_blocking=True)
+        boxes = torch.cat([d["boxes"] for d in dets]).index_select(0, index).split(counts)
+        labels = torch.cat([d["labels"] for d in dets]).index_select(0, index).split(counts)
+        return [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
 
     def task_loss(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
         """Faster R-CNN's own training losses of decoded images against ``targets``.

@@ -1,0 +1,436 @@
+"""``python -m icm_lib.bench paper-step``: the time of one `paper`-profile training step.
+
+For each task (det, seg) and variant (``baseline``: Eq. 4, no branch; ``aux-enc``) this builds
+the trainer's own step (:class:`~icm_lib.trainer._Stepper`: Adam on the codec and branch, the
+quantile optimizer, the schedule) around the `paper` profile's codec (cheng2020-attn) and
+recognizers (detectron2 Faster R-CNN X101-32x8d-FPN, MMSegmentation DeepLabV3+ R101-D8) at
+random weights (the zoo weights need the internet) on random crops, at the profile's batch and
+crop (B16 256² det, B8 512² seg) unless overridden, and prints::
+
+    s/step      median over --steps steps after one warm-up step
+    img/s       batch / s/step
+    peak MiB    torch.cuda.max_memory_allocated (CUDA); the process's peak RSS increase (CPU)
+    hours       the paper's schedule (profile.icm.<task>.steps) x s/step
+    amp         without and with bfloat16 autocast of the recognizer and branch (on the CPU
+                too when it runs there, else "skipped")
+
+Random weights give no detection above the profile's 0.5 threshold, so every detection is kept
+as a pseudo-label (``score_threshold=0``), as the paper-profile tests do.
+
+``--profile-ops`` adds the CPU proxies of a GPU step's cost: per step, the number of ``aten::``
+operators the profiler records (``ops``; ``leaf``: those that call no other one, ~ kernel
+launches) and of operators that make a CUDA device wait for the host to read a result (``syncs``:
+:data:`SYNC_OPS`, counted once where they nest), split by where they run (pseudo-labels, codec,
+task loss, branch, optimizer, the rest: backward, losses, the step's bookkeeping). The optimizer's
+``item`` calls read Adam's step counters, which live on the host: listed, not counted as syncs.
+
+    python -m icm_lib.bench paper-step                      # the paper's batches (a GPU)
+    python -m icm_lib.bench paper-step --device cpu --batch 2 --crop 128 --steps 3 --profile-ops
+    python -m icm_lib.bench paper-step --backend torchvision/smp --batch 2 --crop 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import resource
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+#: operators whose CUDA implementation waits for the device and reads a result on the host
+#: (data-dependent output sizes, Python scalars, host-side NMS masks); ``icm_lib::to_host`` marks
+#: the library's own explicit device-to-host reads (invisible to a CPU profile otherwise)
+SYNC_OPS = frozenset(
+    {
+        "aten::nonzero",
+        "aten::masked_select",
+        "aten::_local_scalar_dense",
+        "aten::item",
+        "aten::is_nonzero",
+        "aten::unique",
+        "aten::_unique",
+        "aten::_unique2",
+        "aten::unique_dim",
+        "aten::unique_consecutive",
+        "aten::repeat_interleave",
+        "aten::bincount",
+        "aten::equal",
+        "aten::allclose",
+        "torchvision::nms",
+        "icm_lib::to_host",
+    }
+)
+#: the parts of a step the sync counts are split into (record_function labels set by the bench)
+PHASES = ("pseudo_labels", "codec", "task_loss", "branch", "optimizer")
+#: no device sync on CUDA in these phases: Adam's step counters live on the host (``item`` on
+#: them reads host memory), unless fused, where there is no ``item`` at all
+HOST_PHASES = frozenset({"optimizer"})
+#: COCO (80 classes) and Pascal-Context-59: the paper's datasets
+NUM_CLASSES = {"det": 80, "seg": 59}
+VARIANTS = ("baseline", "aux-enc")
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """One task/variant's training step, ready to run: ``stepper(step, batch(step))``."""
+
+    task: str
+    variant: str
+    stepper: object
+    batch_size: int
+    crop: int
+    device: torch.device
+    schedule_steps: int
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Random crops (B, 3, crop, crop) in [0, 1], a pure function of ``step``."""
+        g = torch.Generator().manual_seed(step)
+        return torch.rand(self.batch_size, 3, self.crop, self.crop, generator=g)
+
+    def run(self, step: int) -> dict[str, float]:
+        """One training step; returns its logged values (read on the host)."""
+        return dict(self.stepper(step, self.batch(step)))
+
+
+def recognition_config(profile, backend: str | None = None):
+    """The profile's RecognitionConfig at random weights, with ``backend`` = ``"det/seg"``
+    (e.g. ``torchvision/smp``) replacing the libraries (the paper-size architectures:
+    ResNeXt-101 32x8d FPN, ResNet-101)."""
+    rec = dataclasses.replace(profile.recognition, pretrained=False)
+    if backend:
+        det, _, seg = backend.partition("/")
+        rec = dataclasses.replace(rec, det_backend=det or rec.det_backend)
+        rec = dataclasses.replace(rec, seg_backend=seg or rec.seg_backend)
+    return rec
+
+
+def build_machine(task: str, rec, device: torch.device):
+    """The frozen recognizer of ``task`` at random weights (every detection a pseudo-label)."""
+    from .recognition import FrozenDetector, FrozenSegmenter, build_recognizer
+
+    torch.manual_seed(0)
+    model = build_recognizer(task, rec, NUM_CLASSES[task])
+    machine = (
+        FrozenDetector(model, score_threshold=0.0)
+        if task == "det"
+        else FrozenSegmenter(model, NUM_CLASSES[task])
+    )
+    return machine.to(device)
+
+
+def build_step(
+    task: str,
+    variant: str,
+    machine,
+    profile,
+    device: torch.device,
+    *,
+    batch: int | None = None,
+    crop: int | None = None,
+    amp: bool = False,
+    fast: bool | None = None,
+    seed: int = 0,
+) -> StepSetup:
+    """The trainer's step of ``task``/``variant`` with the profile's codec, objective (λ = the
+    first of its grid) and branch; ``amp``: bfloat16 autocast of the recognizer and branch (on
+    any device); ``fast``: the trainer's step flags (``None``: its choice for the device)."""
+    from .aux_branch import build_branch
+    from .codec import codec_from_config
+    from .losses import ICMObjective
+    from .runtime import Distributed
+    from .trainer import _Stepper
+
+    icm = profile.icm
+    cfg = icm.train(task)
+    cfg = dataclasses.replace(
+        cfg, batch_size=batch or cfg.batch_size, crop=crop or cfg.crop, seed=seed
+    )
+    torch.manual_seed(seed)
+    codec = dataclasses.replace(profile.codec, pretrained=False)
+    codec = codec_from_config(codec).to(device).train()
+    branch = build_branch(
+        variant, task, codec, NUM_CLASSES[task], icm.branch_width, profile.recognition.sampling()
+    )
+    if branch is not None:
+        branch.to(device).train()
+    objective = ICMObjective(
+        machine,
+        icm.lambdas(task)[0],
+        icm.alpha,
+        icm.mse_weight(task),
+        amp=amp,
+        amp_device_types=("cuda", "cpu") if amp else ("cuda",),
+    )
+    stepper = _Stepper(codec, branch, objective, cfg, None, Distributed(device), 1, device, fast)
+    return StepSetup(
+        task, variant, stepper, cfg.batch_size, cfg.crop, device, icm.train(task).steps
+    )
+
+
+# ----------------------------------------------------------------------------- measurements
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    """``with peak_memory(device) as peak:`` -- ``peak["mib"]`` after the block: CUDA's peak
+    allocated memory, or on the CPU the peak resident set size's increase over the block's start
+    (Linux resets the peak through /proc/self/clear_refs; elsewhere ru_maxrss's increase)."""
+    out: dict = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        torch.cuda.synchronize(device)
+        out["mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        return
+    start = _rss_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = start is not None
+    except OSError:
+        reset = False
+    before = start if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield out
+    after = _rss_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["mib"] = max(0, (after or 0) - before) / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(setup: StepSetup, steps: int) -> dict[str, float]:
+    """s/step (median of ``steps`` after one warm-up step), images/s, peak MiB, projected hours."""
+    with peak_memory(setup.device) as peak:
+        setup.run(0)  # warm-up (cudnn.benchmark's search, allocator, lazy init)
+        _sync(setup.device)
+        times = []
+        for i in range(1, steps + 1):
+            t0 = time.perf_counter()
+            setup.stepper(i, setup.batch(i))
+            _sync(setup.device)
+            times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    return {
+        "s_per_step": s,
+        "images_per_s": setup.batch_size / s,
+        "peak_mib": peak["mib"],
+        "hours": setup.schedule_steps * s / 3600,
+    }
+
+
+@contextlib.contextmanager
+def _labelled_phases(setup: StepSetup):
+    """Wrap the step's parts in ``record_function`` labels (instance attributes, undone after)."""
+    from torch.profiler import record_function
+
+    objective = setup.stepper.model._objective
+    machine, codec, branch = objective.machine, setup.stepper.codec, setup.stepper.branch
+    targets = [(machine, "pseudo_labels", "pseudo_labels"), (machine, "task_loss", "task_loss")]
+    targets += [(codec, "forward", "codec"), (codec, "quantile_loss", "codec")]
+    targets += [(setup.stepper.main, "step", "optimizer")]
+    targets += [(setup.stepper.quantiles, "step", "optimizer")]
+    if branch is not None:
+        targets.append((branch, "forward", "branch"))
+
+    def labelled(fn, label):
+        def call(*args, **kwargs):
+            with record_function(f"phase::{label}"):
+                return fn(*args, **kwargs)
+
+        return call
+
+    for obj, name, label in targets:
+        setattr(obj, name, labelled(getattr(obj, name), label))
+    try:
+        yield
+    finally:
+        for obj, name, _ in targets:
+            delattr(obj, name)
+
+
+def count_ops(setup: StepSetup, step: int = 1) -> dict:
+    """The profiler's operator counts of one step (after a warm-up step): ``ops`` (``aten::``
+    events), ``leaf`` (those without an ``aten::`` child), ``syncs`` (:data:`SYNC_OPS`, outermost
+    only, outside :data:`HOST_PHASES`), ``by_phase`` (every phase, the host ones included) and
+    ``by_op`` (the syncs by operator)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup.run(0)
+    with _labelled_phases(setup), profile(activities=[ProfilerActivity.CPU]) as prof:
+        setup.run(step)
+    ops = leaf = 0
+    by_phase, by_op = Counter(), Counter()
+    for ev in prof.events():
+        if ev.name.startswith("aten::"):
+            ops += 1
+            leaf += not any(c.name.startswith("aten::") for c in ev.cpu_children)
+        if ev.name not in SYNC_OPS:
+            continue
+        parent, phase, nested = ev.cpu_parent, "other", False
+        while parent is not None:
+            nested |= parent.name in SYNC_OPS
+            if parent.name.startswith("phase::") and phase == "other":
+                phase = parent.name.removeprefix("phase::")
+            parent = parent.cpu_parent
+        if nested:
+            continue
+        by_phase[phase] += 1
+        if phase not in HOST_PHASES:
+            by_op[ev.name.split("::")[-1]] += 1
+    return {
+        "ops": ops,
+        "leaf": leaf,
+        "syncs": sum(by_op.values()),
+        "by_phase": dict(by_phase),
+        "by_op": dict(by_op),
+    }
+
+
+def amp_runs(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs a convolution on ``device``."""
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            x = torch.ones(1, 1, 4, 4, device=device)
+            torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3, device=device)).sum().item()
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def bench_paper_step(
+    device: torch.device,
+    steps: int = 5,
+    batch: int | None = None,
+    crop: int | None = None,
+    backend: str | None = None,
+    tasks: tuple[str, ...] = ("det", "seg"),
+    variants: tuple[str, ...] = VARIANTS,
+    amp: tuple[bool, ...] = (False, True),
+    profile_ops: bool = False,
+    profile_name: str = "paper",
+    fast: bool | None = None,
+) -> list[dict]:
+    """The table of the module docstring; returns its rows (one dict per printed row)."""
+    from .errors import BackendUnavailableError
+    from .profiles import get_profile
+
+    profile = get_profile(profile_name)
+    rec = recognition_config(profile, backend)
+    print(
+        f"profile {profile.name}, device {device}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}, codec {profile.codec.name} (random weights), "
+        f"det {rec.det_backend}, seg {rec.seg_backend}; median of {steps} steps after a warm-up"
+    )
+    header = (
+        f"{'task':<5}{'variant':<10}{'B':>4}{'crop':>6}{'amp':>6}{'s/step':>9}{'img/s':>8}"
+        f"{'peak MiB':>10}{'hours':>9}"
+    )
+    print(header + (f"{'ops':>8}{'leaf':>8}{'syncs':>7}  sync ops by phase" if profile_ops else ""))
+    rows = []
+    can_amp = amp_runs(device)
+    for task in tasks:
+        try:
+            machine = build_machine(task, rec, device)
+        except BackendUnavailableError as exc:
+            print(f"{task:<5}skipped: {exc}")
+            continue
+        for variant in variants:
+            for use_amp in amp:
+                label = "bf16" if use_amp else "fp32"
+                if use_amp and not can_amp:
+                    print(f"{task:<5}{variant:<10}{'':>10}{label:>6}  skipped: no bf16 autocast")
+                    continue
+                setup = build_step(
+                    task, variant, machine, profile, device, batch=batch, crop=crop,
+                    amp=use_amp, fast=fast,
+                )  # fmt: skip
+                try:
+                    row = time_steps(setup, steps)
+                except (RuntimeError, NotImplementedError) as exc:
+                    if not use_amp:
+                        raise
+                    print(f"{task:<5}{variant:<10}{'':>10}{label:>6}  skipped: {str(exc)[:70]}")
+                    continue
+                row = {"task": task, "variant": variant, "amp": use_amp, **row}
+                line = (
+                    f"{task:<5}{variant:<10}{setup.batch_size:>4}{setup.crop:>6}{label:>6}"
+                    f"{row['s_per_step']:>9.3f}{row['images_per_s']:>8.2f}"
+                    f"{row['peak_mib']:>10.0f}{row['hours']:>9.3g}"
+                )
+                if profile_ops:
+                    ops = count_ops(setup)
+                    row.update(ops)
+                    phases = " ".join(f"{k}={v}" for k, v in sorted(ops["by_phase"].items()))
+                    line += f"{ops['ops']:>8}{ops['leaf']:>8}{ops['syncs']:>7}  {phases}"
+                print(line, flush=True)
+                rows.append({**row, "batch": setup.batch_size, "crop": setup.crop})
+    if profile_ops and rows:
+        print("sync operators per step (outermost), by task/variant/amp:")
+        for r in rows:
+            ops = ", ".join(
+                f"{k} {v}" for k, v in sorted(r["by_op"].items(), key=lambda kv: -kv[1])
+            )
+            print(f"  {r['task']}/{r['variant']}/{'bf16' if r['amp'] else 'fp32'}: {ops}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m icm_lib.bench paper-step",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    ap.add_argument("--batch", type=int, default=None, help="override the profile's batch")
+    ap.add_argument("--crop", type=int, default=None, help="override the profile's crop")
+    ap.add_argument(
+        "--backend", default=None, help="det/seg libraries, e.g. torchvision/smp (default: paper)"
+    )
+    ap.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=["det", "seg"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--amp", choices=["both", "off", "on"], default="both")
+    ap.add_argument("--profile-ops", action="store_true", help="count operators and host syncs")
+    ap.add_argument("--profile", default="paper", help="the profile (smoke: a quick check)")
+    ap.add_argument(
+        "--fast",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the trainer's step flags (channels_last, cudnn.benchmark, fused Adam): auto = "
+        "on for CUDA only",
+    )
+    args = ap.parse_args(argv)
+    amp = {"both": (False, True), "off": (False,), "on": (True,)}[args.amp]
+    bench_paper_step(
+        torch.device(args.device),
+        args.steps,
+        args.batch,
+        args.crop,
+        args.backend,
+        tuple(args.tasks),
+        tuple(args.variants),
+        amp,
+        args.profile_ops,
+        args.profile,
+        {"auto": None, "on": True, "off": False}[args.fast],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

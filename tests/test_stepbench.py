@@ -1,0 +1,113 @@
+"""The fast training step keeps the losses (needs the CPU: the flags are forced on there), the
+pseudo-labels keep their boxes, and ``python -m icm_lib.bench paper-step`` prints its figures
+(smoke profile, torchvision/smp, a tiny batch)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from icm_lib import bench
+from icm_lib.profiles import get_profile
+from icm_lib.recognition import FrozenDetector
+from icm_lib.stepbench import bench_paper_step, build_machine, build_step, recognition_config
+from icm_lib.trainer import _StepValues, step_flags
+
+SMOKE = get_profile("smoke")
+
+
+def test_step_flags_are_on_for_cuda_only_unless_forced():
+    assert step_flags("cuda") == {
+        "channels_last": True,
+        "cudnn_benchmark": True,
+        "fused_adam": True,
+    }
+    assert not any(step_flags("cpu").values())
+    assert not any(step_flags("cuda", fast=False).values())
+    forced = step_flags("cpu", fast=True)  # cuDNN exists on CUDA only
+    assert forced == {"channels_last": True, "cudnn_benchmark": False, "fused_adam": True}
+
+
+class _FixedDetections(nn.Module):
+    """A 'detector' returning fixed detections (one image without any)."""
+
+    def __init__(self, dets):
+        super().__init__()
+        self.dets = dets
+
+    def forward(self, images):
+        return self.dets[: len(images)]
+
+
+def test_pseudo_labels_keep_the_boxes_boolean_masks_keep():
+    g = torch.Generator().manual_seed(0)
+    dets = [
+        {
+            "boxes": torch.rand(n, 4, generator=g) * 64,
+            "scores": torch.rand(n, generator=g),
+            "labels": torch.randint(1, 6, (n,), generator=g),
+        }
+        for n in (7, 0, 12)
+    ]
+    for threshold in (0.0, 0.5, 2.0):
+        got = FrozenDetector(_FixedDetections(dets), threshold).pseudo_labels(
+            torch.rand(3, 3, 8, 8)
+        )
+        assert len(got) == 3
+        for det, labels in zip(dets, got):
+            keep = det["scores"] >= threshold  # the former per-image boolean indexing
+            assert torch.equal(labels["boxes"], det["boxes"][keep])
+            assert torch.equal(labels["labels"], det["labels"][keep])
+            assert labels["boxes"].shape[1] == 4
+
+
+def test_step_values_are_what_item_gave():
+    parts = {"loss": torch.tensor(0.1234567), "bpp_loss": torch.tensor(3.0) / 7}
+    values = _StepValues({k: v.double() for k, v in parts.items()}, 1e-4)
+    assert list(values) == ["loss", "bpp_loss", "lr"] and len(values) == 3
+    assert dict(values) == {
+        "loss": parts["loss"].item(),
+        "bpp_loss": parts["bpp_loss"].item(),
+        "lr": 1e-4,
+    }
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+@pytest.mark.parametrize("variant", ["baseline", "aux-enc"])
+def test_fast_step_gives_the_same_losses(task, variant):
+    """Same batch, same seed: the losses of two steps with the step flags forced on (channels_last,
+    fused Adam) equal those without them within float tolerance (needs the CPU)."""
+    device = torch.device("cpu")
+    machine = build_machine(task, recognition_config(SMOKE), device)
+    records = {}
+    for fast in (False, True):  # channels_last converts the machine in place: plain first
+        setup = build_step(task, variant, machine, SMOKE, device, batch=2, crop=64, fast=fast)
+        records[fast] = [setup.run(step) for step in range(2)]
+    for slow, fast in zip(records[False], records[True]):
+        assert slow.keys() == fast.keys()
+        for key in slow:
+            assert fast[key] == pytest.approx(slow[key], rel=1e-4, abs=1e-6), key
+
+
+def test_paper_step_bench_prints_its_figures(capsys):
+    assert bench.main(
+        ["paper-step", "--profile", "smoke", "--backend", "torchvision/smp", "--device", "cpu",
+         "--batch", "1", "--crop", "64", "--steps", "1", "--variants", "baseline",
+         "--amp", "off", "--profile-ops"]
+    ) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("det ", "seg "))]
+    assert [r[:2] for r in rows] == [["det", "baseline"], ["seg", "baseline"]]
+    for r in rows:
+        s_step, img_s, peak, hours, ops, leaf, syncs = map(float, r[5:12])
+        assert s_step > 0 and img_s > 0 and hours > 0 and peak >= 0
+        assert ops >= leaf > 0 and syncs >= 0
+    assert "sync operators per step" in out
+
+
+def test_paper_step_rows_with_autocast():
+    rows = bench_paper_step(
+        torch.device("cpu"), 1, 1, 64, "torchvision/smp", ("det",), ("aux-enc",), (False, True),
+        profile_ops=True, profile_name="smoke",
+    )  # fmt: skip
+    assert rows and all(r["s_per_step"] > 0 and r["hours"] > 0 for r in rows)
+    assert rows[0]["syncs"] > 0 and rows[0]["by_phase"]["pseudo_labels"] > 0
