@@ -31,7 +31,7 @@ from .evaluate import POINT_KEYS, load_or_evaluate, rd_point
 from .losses import ICMObjective, mse_objective
 from .profiles import Profile, TrainConfig
 from .recognition import load_or_train
-from .runtime import Distributed, config_hash, seed_everything, state_fingerprint
+from .runtime import Distributed, config_hash, data_key, seed_everything, state_fingerprint
 from .tasks import DETECTION, TASKS, Task, get_task
 from .trainer import train_codec
 
@@ -55,7 +55,7 @@ def load_or_train_reference_codec(
         {
             "codec": asdict(profile.codec),
             "train": asdict(profile.mse),
-            "data": str(Path(datasets.det_train.root).resolve()),
+            "data": data_key(datasets.det_train.root),
         }
     )
     sampler = CropSampler(
@@ -261,9 +261,12 @@ class Experiment:
         seed: int,
         steps: int | None = None,
         validate_every: int = 0,
+        data_dir_as: str | Path | None = None,
     ) -> Path:
         """The cache folder of :meth:`icm_run` with these arguments: its name carries the key of
-        everything that decides the run (config, codec, machines, reference codec, data)."""
+        everything that decides the run (config, codec, machines, reference codec, data), the
+        same in every clone (:func:`~icm_lib.runtime.data_key`; ``data_dir_as``: the name the
+        run had, before keys were path-free, under that data folder)."""
         task = get_task(task)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -278,18 +281,24 @@ class Experiment:
                 "recognition": profile.recognition.key(),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
-                "data": str(Path(self.datasets.train(task).root).resolve()),
+                "data": data_key(self.datasets.train(task).root, data_dir_as),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
             }
         )
         return self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
 
     def ablation_run_dir(
-        self, task: Task | str, variant: str, seed: int, steps: int | None = None
+        self,
+        task: Task | str,
+        variant: str,
+        seed: int,
+        steps: int | None = None,
+        data_dir_as: str | Path | None = None,
     ) -> Path:
         """The cache folder of :meth:`ablation_point` (without training)."""
         ab = self.profile.ablation
-        return self.run_dir(task, variant, ab.lmbda(task), seed, steps or ab.steps, ab.val_every)
+        lmbda, steps = ab.lmbda(task), steps or ab.steps
+        return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every, data_dir_as)
 
     def _validation_key(self, every: int) -> dict:
         return {"every": every, "images": self.profile.ablation.val_images}

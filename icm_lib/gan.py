@@ -41,6 +41,7 @@ from .runtime import (
     CheckpointParts,
     RunFiles,
     config_hash,
+    data_key,
     get_device,
     load_checkpoint,
     mix_seed,
@@ -268,7 +269,7 @@ def load_or_finetune(
         {
             "cfg": asdict(cfg),
             "codec": state_fingerprint(codec.codec_state()["state_dict"]),
-            "data": str(Path(train_set.root).resolve()),
+            "data": data_key(train_set.root),
         }
     )
     run_dir = Path(cache_dir) / "gan" / f"{preset}-seed{seed}-{key}"

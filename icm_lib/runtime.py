@@ -134,6 +134,22 @@ def config_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def data_key(root: str | Path, data_dir_as: str | Path | None = None) -> str:
+    """A dataset's identity in cache keys. The embedded scenes: their path from the
+    ``embedded/<tag>`` folder on (the tag carries the generator's settings and version, so every
+    clone, wherever it lives, generates the same files and gets the same keys); a dataset
+    elsewhere (COCO, Pascal-Context): its resolved path.
+
+    ``data_dir_as``: the identity as keys had it before they were path-free (the absolute path,
+    under that data folder), to find runs an older results file recorded on another machine.
+    """
+    path = Path(root).resolve()
+    parts = path.parts
+    marks = [i for i, p in enumerate(parts[:-1]) if p == "embedded"]
+    key = "/".join(parts[marks[-1] :]) if marks else str(path)
+    return key if data_dir_as is None else str(Path(data_dir_as) / key)
+
+
 def env_path(name: str, default: str | Path) -> Path:
     """A path from environment variable ``name`` if set, else ``default``."""
     return Path(os.environ.get(name) or default).expanduser().resolve()

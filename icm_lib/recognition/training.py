@@ -22,6 +22,7 @@ from ..profiles import RecognitionConfig
 from ..runtime import (
     atomic_torch_save,
     config_hash,
+    data_key,
     load_checkpoint,
     mix_seed,
     seed_everything,
@@ -267,7 +268,7 @@ def _load_or_train(
     key = config_hash(
         {
             "cfg": trained_by,
-            "data": str(Path(train_set.root).resolve()),
+            "data": data_key(train_set.root),
             "classes": train_set.num_classes,
             "crop": crop,
             "seed": seed,
