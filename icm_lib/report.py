@@ -24,6 +24,32 @@ def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True)
     return f"{row['mean']:{'+' if signed else ''}.{digits}f}{unit}{ci} (n={row['n']})"
 
 
+def fmt_bd_rate(row: dict, seed: int | None = None) -> str:
+    """A BD-rate row of :func:`~icm_lib.evaluate.bd_rates` as one line: mean ± CI over seeds
+    (``seed=None``), or that seed's value, ``undefined`` with the reason, and the BD-rate on
+    the operational fronts (labelled: a different, noisier estimator)."""
+    if seed is None:
+        return f"{fmt_mean_ci(row, 1, ' %')}; fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
+    strict, front = row["per_seed"].get(seed, {}), row["front"]["per_seed"].get(seed, {})
+    text = (
+        f"{strict['bd_rate']:+.1f} %"
+        if strict.get("bd_rate") is not None
+        else f"undefined ({strict.get('error')})"
+    )
+    if front.get("bd_rate") is not None:
+        text += f"; on the operational fronts {front['bd_rate']:+.1f} %"
+    return text
+
+
+def fmt_agreement(row: dict, metric: str) -> str:
+    """A row of :func:`~icm_lib.evaluate.study_agreement` as one line."""
+    return (
+        f"{row['curve']} λ={row['lmbda']:g} seed {row['seed']}: here {row['bpp']:.4f} bpp, "
+        f"{metric} {row[metric]:.4f} | study {row['bpp_study']:.4f} bpp, {metric} "
+        f"{row[metric + '_study']:.4f} (max |difference| {row['max_abs_difference']:.2g})"
+    )
+
+
 def recorded_study(results_dir: str | Path, profile) -> dict | None:
     """Seed 001's study file of ``profile`` (``results/study-<name>.json``) as the notebooks
     read it, or ``None`` when it is absent or was written for other codec-training settings

@@ -186,7 +186,7 @@ for task in TASKS:
         )
 
 # %%
-from icm_lib.report import fmt_mean_ci
+from icm_lib.report import fmt_agreement, fmt_bd_rate
 
 bd, agreement = {}, {}
 for task in TASKS:
@@ -203,38 +203,15 @@ for task in TASKS:
     plots.save(fig, S.output_dir, f"rd_{task}")
     if study:
         bd[task] = {k: v for k, v in study["bd_rate"][task].items() if k != "aux-enc"}
-        for name, row in bd[task].items():
-            print(
-                f"{task}: BD-rate of {name} vs baseline ({source}): {fmt_mean_ci(row, 1, ' %')}; fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
-            )
         agreement[task] = study_agreement(runs, study["curves"], task)
-        for row in agreement[task]:
-            print(
-                f"{task} {row['curve']} λ={row['lmbda']:g} seed {row['seed']}: here {row['bpp']:.4f} bpp, "
-                f"{metric[task]} {row[metric[task]]:.4f} | study {row['bpp_study']:.4f} bpp, "
-                f"{metric[task]} {row[metric[task] + '_study']:.4f} (max |difference| {row['max_abs_difference']:.2g})"
-            )
     else:
-        table = bd_rates(own, task)
-        bd[task] = {
-            name: {"per_seed": row["per_seed"], "front": row["front"]}
-            for name, row in table.items()
-        }
-        for name, row in table.items():
-            s_, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
-            print(
-                f"{task}: BD-rate of {name} vs baseline: "
-                + (
-                    f"{s_['bd_rate']:+.1f} %"
-                    if s_.get("bd_rate") is not None
-                    else f"undefined ({s_.get('error')})"
-                )
-                + (
-                    f"; on the operational fronts {f['bd_rate']:+.1f} %"
-                    if f.get("bd_rate") is not None
-                    else ""
-                )
-            )
+        bd[task] = bd_rates(own, task)
+    for name, row in bd[task].items():
+        print(
+            f"{task}: BD-rate of {name} vs baseline ({source}): {fmt_bd_rate(row, None if study else SEED)}"
+        )
+    for row in agreement.get(task, []):
+        print(f"{task} {fmt_agreement(row, metric[task])}")
 
 # %% [markdown]
 # ## 4 · Where do the bits go?

@@ -103,7 +103,7 @@ import time
 from pathlib import Path
 
 from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
-from icm_lib.report import fmt_mean_ci, recorded_study
+from icm_lib.report import fmt_agreement, fmt_bd_rate, recorded_study
 from icm_lib.tasks import get_task
 
 study = recorded_study(Path(RESULTS_DIR).resolve(), profile)
@@ -192,35 +192,14 @@ for task in TASKS:
         print(
             f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}"
         )
-    if study:
-        bd[task] = study["bd_rate"][task]
-        for name, row in bd[task].items():
-            print(
-                f"  BD-rate {name:8s} vs baseline ({source}): {fmt_mean_ci(row, 1, ' %')}; fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
-            )
-        agreement[task] = study_agreement(runs, study["curves"], task)
-        for row in agreement[task]:
-            print(
-                f"  {row['curve']} λ={row['lmbda']:g} seed {row['seed']}: here {row['bpp']:.4f} bpp, {m} {row[m]:.4f}"
-                f" | study {row['bpp_study']:.4f} bpp, {m} {row[m + '_study']:.4f} (max |difference| {row['max_abs_difference']:.2g})"
-            )
-        continue
-    bd[task] = bd_rates(own, task)
+    bd[task] = study["bd_rate"][task] if study else bd_rates(own, task)
     for name, row in bd[task].items():
-        s, f = row["per_seed"].get(SEED, {}), row["front"]["per_seed"].get(SEED, {})
         print(
-            f"  BD-rate {name:8s} vs baseline: "
-            + (
-                f"{s['bd_rate']:+.1f} %"
-                if s.get("bd_rate") is not None
-                else f"undefined: {s.get('error')}"
-            )
-            + (
-                f"\n  {'':8s} on the operational fronts: {f['bd_rate']:+.1f} %"
-                if f.get("bd_rate") is not None
-                else ""
-            )
+            f"  BD-rate {name:8s} vs baseline ({source}): {fmt_bd_rate(row, None if study else SEED)}"
         )
+    agreement[task] = study_agreement(runs, study["curves"], task) if study else []
+    for row in agreement[task]:
+        print(f"  {fmt_agreement(row, m)}")
 
 # %% [markdown]
 # ## 4 · Bit allocation with and without the branch (paper Fig. 5–6)

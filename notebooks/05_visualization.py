@@ -167,7 +167,7 @@ for task in TRAINED:
 import json
 
 from icm_lib.evaluate import bd_rates, curves
-from icm_lib.report import fmt_mean_ci, recorded_study
+from icm_lib.report import fmt_bd_rate, recorded_study
 from icm_lib.tasks import get_task
 
 study = recorded_study(results_dir, profile)
@@ -183,10 +183,7 @@ for task in TASKS:
     fig = plots.rd_curves(rd[task], get_task(task).metric, title=f"{task}: R-D ({rd_source})")
     plots.save(fig, S.output_dir, f"rd_{task}")
     for name, row in bd[task].items():
-        print(
-            f"{task} BD-rate of {name:8s} vs baseline: strict {fmt_mean_ci(row, 1, ' %')}; "
-            f"fronts {fmt_mean_ci(row.get('front'), 1, ' %')}"
-        )
+        print(f"{task} BD-rate of {name:8s} vs baseline: strict {fmt_bd_rate(row)}")
 
 # %% [markdown]
 # ## 3 · Checkerboards before and after PatchGAN finetuning (seed 002)
