@@ -270,7 +270,7 @@ def bench_backends(profile_name: str, data_dir: Path, steps: int) -> None:
     from .errors import BackendUnavailableError
     from .losses import ICMObjective
     from .profiles import get_profile
-    from .recognition import FrozenDetector, FrozenSegmenter, build_recognizer
+    from .stepbench import build_machine
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -286,16 +286,10 @@ def bench_backends(profile_name: str, data_dir: Path, steps: int) -> None:
         train_set = datasets.train(task)
         cfg = icm.train(task)
         try:
-            torch.manual_seed(0)
-            model = build_recognizer(task, rec, train_set.num_classes)
+            machine = build_machine(task, rec, device, train_set.num_classes)
         except BackendUnavailableError as exc:
             print(f"{task:<5}{backend:<13}{label:<38} skipped: {str(exc)[:60]}...")
             continue
-        machine = (
-            FrozenDetector(model, score_threshold=0.0)
-            if task == "det"
-            else FrozenSegmenter(model, train_set.num_classes)
-        ).to(device)
         sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
         objective = ICMObjective(
             machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp

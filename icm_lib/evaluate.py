@@ -17,7 +17,6 @@ import json
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -96,22 +95,21 @@ class BitstreamRoundTrip:
             pixels = x.shape[-1] * x.shape[-2]
             if self.real_images is None:
                 coded = self._code(x)
-                self.bits += coded.bpp * pixels
-                self.estimate_bits += coded.bpp_estimate * pixels
+                x_hat, bpp, estimate = coded.x_hat, coded.bpp, coded.bpp_estimate
             else:
                 x_hat, bpp = self._estimate(x)
-                coded = SimpleNamespace(x_hat=x_hat)
-                self.bits += bpp * pixels
-                self.estimate_bits += bpp * pixels
+                estimate = bpp
+            self.bits += bpp * pixels
+            self.estimate_bits += estimate * pixels
             self.pixels += pixels
-            self.psnr_sum += psnr(coded.x_hat, x[None].to(coded.x_hat))
-            self.msssim_sum += ms_ssim(coded.x_hat, x[None].to(coded.x_hat))
+            self.psnr_sum += psnr(x_hat, x[None].to(x_hat))
+            self.msssim_sum += ms_ssim(x_hat, x[None].to(x_hat))
             h, w = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16  # whole periods only
             self.checkerboard_sum += checkerboard_score(
-                coded.x_hat[..., :h, :w], x[None, :, :h, :w].to(coded.x_hat)
+                x_hat[..., :h, :w], x[None, :, :h, :w].to(x_hat)
             )
             self.images += 1
-            decoded.append(coded.x_hat[0])
+            decoded.append(x_hat[0])
         return torch.stack(decoded).to(images.device)
 
     def summary(self) -> dict[str, float]:

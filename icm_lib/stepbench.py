@@ -109,16 +109,18 @@ def recognition_config(profile, backend: str | None = None):
     return rec
 
 
-def build_machine(task: str, rec, device: torch.device):
-    """The frozen recognizer of ``task`` at random weights (every detection a pseudo-label)."""
+def build_machine(task: str, rec, device: torch.device, num_classes: int | None = None):
+    """The frozen recognizer of ``task`` at random weights (seed 0; every detection a
+    pseudo-label), for ``num_classes`` (default: the paper's datasets')."""
     from .recognition import FrozenDetector, FrozenSegmenter, build_recognizer
 
+    num_classes = num_classes or NUM_CLASSES[task]
     torch.manual_seed(0)
-    model = build_recognizer(task, rec, NUM_CLASSES[task])
+    model = build_recognizer(task, rec, num_classes)
     machine = (
         FrozenDetector(model, score_threshold=0.0)
         if task == "det"
-        else FrozenSegmenter(model, NUM_CLASSES[task])
+        else FrozenSegmenter(model, num_classes)
     )
     return machine.to(device)
 
