@@ -36,3 +36,8 @@ class CheckpointError(ICMError):
 
 class BDRateError(ICMError):
     """Two R-D curves cannot be compared (too few points, no overlap, not monotonic)."""
+
+
+class DamagedFileError(ICMError):
+    """A file the project wrote (JSON results, logs, metadata) is cut, corrupt, or of an older
+    schema; the message names the file and how to regenerate it."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm as _auto_tqdm
 
-from .errors import CheckpointError, ICMError
+from .errors import CheckpointError, DamagedFileError, ICMError
 
 
 def tqdm(iterable=None, **kwargs):
@@ -96,6 +96,38 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def read_json(path: str | Path, *, what: str, fix: str) -> Any:
+    """Read a JSON file the project wrote, turning any damage into one clear error.
+
+    The single reader for every JSON file (results, evaluations, run configs, dataset metadata):
+    a cut or corrupt file, or one holding NaN / infinity (which :func:`atomic_write_json` never
+    writes as a measurement), raises :class:`DamagedFileError` naming the file and what to do.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (``"the evaluation cache"``).
+        fix: what to do about it (``"delete it to recompute"``).
+
+    Raises:
+        DamagedFileError: missing, unreadable, not JSON, or holding a non-finite number.
+    """
+    path = Path(path)
+
+    def refuse(_: str) -> Any:
+        raise ValueError("NaN or infinity is not a measurement")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_constant=refuse)
+    except FileNotFoundError:
+        raise DamagedFileError(f"{what} {path} does not exist: {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise DamagedFileError(
+            f"{what} {path} is damaged ({type(exc).__name__}: {exc}); it was cut by a stopped "
+            f"process or a full disk, or edited by hand: {fix}"
+        ) from None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
