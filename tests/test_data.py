@@ -131,3 +131,69 @@ def test_roi_mask_without_instance_masks_is_a_dataset_error(scenes):
         a.pop("segmentation", None)  # as in box-only annotation files
     with pytest.raises(DatasetError, match="no 'segmentation' mask"):
         ds.roi_mask(0)
+
+
+# ------------------------------------------------------------------ the patterns world
+def _orientation_of(image: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the masked area's gradient energy along y (horizontal stripes: most of it;
+    the isotropic clutter and the silhouette's edge pull every object towards 1/2)."""
+    gray = image.astype(np.float32).mean(-1)
+    ys, xs = np.nonzero(mask)
+    patch = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    inside = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    patch = np.where(inside, patch - patch[inside].mean(), 0.0)
+    dy, dx = np.diff(patch, axis=0)[:, :-1], np.diff(patch, axis=1)[:-1, :]
+    both = inside[1:, 1:] & inside[:-1, 1:] & inside[1:, :-1]
+    ey, ex = float((dy[both] ** 2).sum()), float((dx[both] ** 2).sum())
+    return ey / (ey + ex)
+
+
+def test_patterns_world_carries_class_in_the_fill_not_the_silhouette():
+    """Every object's stripes run as its class says (horizontal: the energy varies along y),
+    whatever its silhouette; labels cover every pixel; the scene is a function of the seed."""
+    from icm_lib.data.patterns import SEG_CLASSES as P_SEG
+    from icm_lib.data.patterns import THING_CLASSES as P_THINGS
+    from icm_lib.data.patterns import generate_pattern_scene
+
+    rng = np.random.default_rng(0)
+    checked = {"h": [], "v": []}
+    for _ in range(12):
+        image, label, objects = generate_pattern_scene(256, rng)
+        assert label.min() >= 1 and label.max() <= len(P_SEG)
+        for obj in objects:
+            assert (label[obj.mask] == obj.category + 1).all()
+            if obj.mask.sum() >= 300:
+                kind = P_THINGS[obj.category][-1]
+                checked[kind].append(_orientation_of(image, obj.mask))
+    assert len(checked["h"]) >= 5 and len(checked["v"]) >= 5
+    assert min(checked["h"]) > 0.55 and max(checked["v"]) < 0.45, checked
+    a = generate_pattern_scene(64, np.random.default_rng(7))[0]
+    b = generate_pattern_scene(64, np.random.default_rng(7))[0]
+    assert (a == b).all()
+
+
+def test_worlds_keep_the_shapes_keys_and_name_their_classes(tmp_path):
+    """The shapes world keeps its folder names (so every run key of the committed results);
+    another world gets its own folder, and its classes reach the loaders through meta.json."""
+    from icm_lib.data import patterns
+    from icm_lib.data.embedded import _tag, get_world
+
+    assert _tag(256, 384, 48, 0) == "scenes256-384-48-s0-f95b7d"  # the cpu profile's data
+    assert _tag(128, 16, 8, 0) == "scenes128-16-8-s0-020797"  # the smoke profile's
+    assert _tag(256, 384, 48, 0, "patterns").startswith("patterns256-384-48-s0-")
+    with pytest.raises(DatasetError, match="unknown embedded world"):
+        get_world("stripes")
+    emb = prepare_embedded(tmp_path, image_size=64, n_train=2, n_val=2, world="patterns")
+    assert emb.meta["world"] == "patterns"
+    assert PascalContextSegmentation(emb.context_root, "val").classes == patterns.SEG_CLASSES
+    assert CocoDetection(emb.coco_root, "val").num_classes == len(patterns.THING_CLASSES)
+
+
+def test_damaged_dataset_metadata_is_one_clear_error(tmp_path):
+    from icm_lib.errors import DamagedFileError
+
+    emb = prepare_embedded(tmp_path, image_size=64, n_train=2, n_val=2)
+    meta = emb.root / "meta.json"
+    meta.write_bytes(meta.read_bytes()[:20])  # cut by a full disk
+    with pytest.raises(DamagedFileError, match="regenerate"):
+        prepare_embedded(tmp_path, image_size=64, n_train=2, n_val=2)

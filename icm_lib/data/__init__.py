@@ -45,6 +45,7 @@ def get_datasets(data_cfg, data_dir: str | Path, progress: bool = True) -> Datas
             data_cfg.n_val,
             data_cfg.seed,
             progress=progress,
+            world=data_cfg.world,
         )
         coco_root, context_root, meta = emb.coco_root, emb.context_root, emb.meta
     elif data_cfg.source == "real":

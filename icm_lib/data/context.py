@@ -20,11 +20,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
+from ..runtime import read_json
 from .images import to_rgb_tensor
 from .scenes import SEG_CLASSES
 from .transforms import resize_short_edge
 
 IGNORE_INDEX = 255
+EMBEDDED_FIX = "delete that dataset folder and run again to regenerate it"
 
 #: MMSegmentation's PascalContextDataset59 class order
 PASCAL_CONTEXT59_CLASSES = (
@@ -129,8 +131,14 @@ class PascalContextSegmentation(Dataset):
         if not self.ids:
             raise DatasetError(f"{listing} lists no images; {CONTEXT_HINT}")
         if classes is None:
-            embedded = (self.root.parent.parent / "meta.json").is_file()
-            classes = SEG_CLASSES if embedded else PASCAL_CONTEXT59_CLASSES
+            meta = self.root.parent.parent / "meta.json"  # the embedded scenes name their classes
+            classes = (
+                read_json(meta, what="the embedded dataset's metadata", fix=EMBEDDED_FIX).get(
+                    "seg_classes", SEG_CLASSES
+                )
+                if meta.is_file()
+                else PASCAL_CONTEXT59_CLASSES
+            )
         self.classes = tuple(classes)
         self.short_edge = short_edge
 

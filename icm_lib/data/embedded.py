@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,41 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..runtime import atomic_write_json, config_hash, tqdm
-from .scenes import SEG_CLASSES, THING_CLASSES, generate_scene
+from ..errors import DatasetError
+from ..runtime import atomic_write_json, config_hash, read_json, tqdm
+from . import patterns, scenes
 
 GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class World:
+    """A family of embedded scenes: its generator and class names."""
+
+    generate: Callable  # (size, rng) -> (image uint8 (H, W, 3), label uint8 (H, W), objects)
+    thing_classes: tuple[str, ...]
+    seg_classes: tuple[str, ...]
+    version: int
+
+
+#: the embedded worlds (``DataConfig.world``)
+WORLDS = {
+    "shapes": World(scenes.generate_scene, scenes.THING_CLASSES, scenes.SEG_CLASSES, 1),
+    "patterns": World(
+        patterns.generate_pattern_scene, patterns.THING_CLASSES, patterns.SEG_CLASSES, 1
+    ),
+}
+
+
+def get_world(name: str) -> World:
+    """The embedded world called ``name``.
+
+    Raises:
+        DatasetError: an unknown name.
+    """
+    if name not in WORLDS:
+        raise DatasetError(f"unknown embedded world {name!r}: choose one of {sorted(WORLDS)}")
+    return WORLDS[name]
 
 
 @dataclass(frozen=True)
@@ -45,9 +77,12 @@ class EmbeddedDataset:
     meta: dict
 
 
-def _tag(image_size: int, n_train: int, n_val: int, seed: int) -> str:
+def _tag(image_size: int, n_train: int, n_val: int, seed: int, world: str = "shapes") -> str:
     cfg = dict(v=GENERATOR_VERSION, size=image_size, n_train=n_train, n_val=n_val, seed=seed)
-    return f"scenes{image_size}-{n_train}-{n_val}-s{seed}-{config_hash(cfg, 6)}"
+    if world == "shapes":  # the first world keeps its folder names (and so every run key)
+        return f"scenes{image_size}-{n_train}-{n_val}-s{seed}-{config_hash(cfg, 6)}"
+    cfg.update(world=world, world_v=get_world(world).version)
+    return f"{world}{image_size}-{n_train}-{n_val}-s{seed}-{config_hash(cfg, 6)}"
 
 
 def _coco_annotation(ann_id: int, image_id: int, obj) -> dict:
@@ -67,7 +102,7 @@ def _coco_annotation(ann_id: int, image_id: int, obj) -> dict:
 
 
 def _write(
-    root: Path, image_size: int, n_train: int, n_val: int, seed: int, progress: bool
+    root: Path, world: World, image_size: int, n_train: int, n_val: int, seed: int, progress: bool
 ) -> dict:
     coco, voc = root / "coco", root / "VOCdevkit" / "VOC2010"
     for d in [
@@ -78,7 +113,8 @@ def _write(
     ]:
         d.mkdir(parents=True, exist_ok=True)
     categories = [
-        {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(THING_CLASSES)
+        {"id": i + 1, "name": n, "supercategory": "shape"}
+        for i, n in enumerate(world.thing_classes)
     ]
     counts = {}
     for split, n, split_seed in [("train", n_train, seed), ("val", n_val, seed + 10_000)]:
@@ -86,7 +122,7 @@ def _write(
         (coco / f"{split}2017").mkdir(exist_ok=True)
         images, annotations, ids = [], [], []
         for i in tqdm(range(n), desc=f"scenes {split}", leave=False, disable=not progress):
-            image, label, objects = generate_scene(image_size, rng)
+            image, label, objects = world.generate(image_size, rng)
             name = f"{i:06d}.png"
             img_path = coco / f"{split}2017" / name
             Image.fromarray(image).save(img_path, optimize=False, compress_level=1)
@@ -124,14 +160,19 @@ def prepare_embedded(
     n_val: int = 48,
     seed: int = 0,
     progress: bool = True,
+    world: str = "shapes",
 ) -> EmbeddedDataset:
     """Generate the embedded dataset under ``data_dir`` unless it is already there.
+
+    Args:
+        world: ``"shapes"`` or ``"patterns"`` (:data:`WORLDS`).
 
     Returns:
         An :class:`EmbeddedDataset` whose ``coco_root`` / ``context_root`` the loaders read.
     """
     base = Path(data_dir) / "embedded"
-    root = base / _tag(image_size, n_train, n_val, seed)
+    spec = get_world(world)
+    root = base / _tag(image_size, n_train, n_val, seed, world)
     meta_path = root / "meta.json"
     if not meta_path.is_file():
         base.mkdir(parents=True, exist_ok=True)
@@ -139,7 +180,7 @@ def prepare_embedded(
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()
         try:
-            counts = _write(tmp, image_size, n_train, n_val, seed, progress)
+            counts = _write(tmp, spec, image_size, n_train, n_val, seed, progress)
             atomic_write_json(
                 tmp / "meta.json",
                 {
@@ -148,9 +189,10 @@ def prepare_embedded(
                     "n_train": n_train,
                     "n_val": n_val,
                     "seed": seed,
+                    "world": world,
                     "counts": counts,
-                    "thing_classes": list(THING_CLASSES),
-                    "seg_classes": list(SEG_CLASSES),
+                    "thing_classes": list(spec.thing_classes),
+                    "seg_classes": list(spec.seg_classes),
                     "seconds": round(time.perf_counter() - t0, 2),
                 },
             )
@@ -161,5 +203,9 @@ def prepare_embedded(
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(
+        meta_path,
+        what="the embedded dataset's metadata",
+        fix=f"delete the folder {root} and run again to regenerate it",
+    )
     return EmbeddedDataset(root, root / "coco", root / "VOCdevkit" / "VOC2010", meta)

@@ -165,6 +165,40 @@ def _fill(h: int, w: int, rng: np.random.Generator, cy: float, cx: float, r: flo
     return np.clip(rgb[None, None] * (1 + 0.25 * noise[..., None]), 0, 1)
 
 
+def layout_regions(
+    upper: str, lower: list[str], horizon: np.ndarray, h: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Stuff regions of an ``h``-row scene: ``upper`` above the ``horizon`` (one row index per
+    column), one or two ``lower`` classes below it, two split by a slanted line.
+
+    Returns:
+        class name -> (h, len(horizon)) bool mask.
+    """
+    w = len(horizon)
+    yy, xx = np.mgrid[0:h, 0:w]
+    region_upper = yy < horizon[None, :]
+    regions = {upper: region_upper}
+    if len(lower) == 1:
+        regions[lower[0]] = ~region_upper
+    else:
+        split = rng.uniform(0.3, 0.7) * w + (yy - h) * rng.uniform(-0.8, 0.8)
+        regions[lower[0]] = ~region_upper & (xx < split)
+        regions[lower[1]] = ~region_upper & (xx >= split)
+    return regions
+
+
+def paint_over(
+    painted: list[tuple[int, np.ndarray]], category: int, mask: np.ndarray
+) -> list[tuple[int, np.ndarray]]:
+    """The objects painted so far, occluded by a new one of ``category`` over ``mask``."""
+    return [(c, m & ~mask) for c, m in painted] + [(category, mask)]
+
+
+def visible_objects(painted: list[tuple[int, np.ndarray]], min_visible_px: int) -> list:
+    """The painted objects whose visible part is at least ``min_visible_px`` (annotated)."""
+    return [SceneObject(c, m) for c, m in painted if m.sum() >= min_visible_px]
+
+
 def generate_scene(
     size: int,
     rng: np.random.Generator,
@@ -191,15 +225,7 @@ def generate_scene(
     upper = "sky" if rng.random() < 0.7 else "wall"
     horizon = _wavy_boundary(w, rng.uniform(0.25, 0.6) * h, rng.uniform(0, 0.06) * h, rng)
     lower = list(rng.choice(["grass", "water", "ground"], size=rng.integers(1, 3), replace=False))
-    yy, xx = np.mgrid[0:h, 0:w]
-    region_upper = yy < horizon[None, :]
-    regions = {upper: region_upper}
-    if len(lower) == 1:
-        regions[lower[0]] = ~region_upper
-    else:
-        split = rng.uniform(0.3, 0.7) * w + (yy - h) * rng.uniform(-0.8, 0.8)
-        regions[lower[0]] = ~region_upper & (xx < split)
-        regions[lower[1]] = ~region_upper & (xx >= split)
+    regions = layout_regions(upper, lower, horizon, h, rng)
     for name, region in regions.items():
         tex = _background(name, h, w, rng)
         image[region] = tex[region]
@@ -216,9 +242,8 @@ def generate_scene(
             continue
         image[mask] = _fill(h, w, rng, cy, cx, r)[mask]
         label[mask] = seg_id[THING_CLASSES[cat]]
-        painted = [(c, m & ~mask) for c, m in painted]
-        painted.append((cat, mask))
-    objects = [SceneObject(c, m) for c, m in painted if m.sum() >= min_visible_px]
+        painted = paint_over(painted, cat, mask)
+    objects = visible_objects(painted, min_visible_px)
 
     image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0))  # optics: soften hard edges
     image += rng.normal(0, 0.01, image.shape).astype(np.float32)  # sensor noise

@@ -1,0 +1,51 @@
+"""The encoder-gradient measurements (Iino et al.'s premise; dropout in the task loss)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from icm_lib.codec import load_codec
+from icm_lib.gradients import dropout_noise, encoder_gradients
+from icm_lib.losses import ICMObjective
+
+
+def _batch(exp, task, n=2, side=64):
+    return torch.stack([exp.datasets.val(task)[i][0][:, :side, :side] for i in range(n)])
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_encoder_gradients_split_task_and_branch(smoke_env, task):
+    exp = smoke_env
+    codec = load_codec(exp.reference.codec_state()).train()
+    branch = exp.branch("aux-enc", task, codec)
+    x = _batch(exp, task)
+    objective = ICMObjective(exp.machine(task), lmbda=1.0, alpha=0.5)
+    g = encoder_gradients(objective, codec, branch, x)
+    assert g["task_norm"] > 0 and g["branch_norm"] > 0 and g["rate_norm"] > 0
+    assert g["ratio"] == pytest.approx(g["branch_norm"] / g["task_norm"])
+    assert -1 <= g["cosine"] <= 1
+    # α scales the branch's gradient and nothing else
+    half = encoder_gradients(ICMObjective(exp.machine(task), 1.0, alpha=0.25), codec, branch, x)
+    assert half["branch_norm"] == pytest.approx(g["branch_norm"] / 2, rel=1e-4)
+    assert half["task_norm"] == pytest.approx(g["task_norm"], rel=1e-5)
+
+
+def test_dropout_makes_the_segmentation_gradient_stochastic(smoke_env):
+    """smp's DeepLabV3+ has dropout in its ASPP: with it the task gradient differs draw to draw;
+    held off, it is the same every time (segmentation has no other sampling)."""
+    exp = smoke_env
+    codec = load_codec(exp.reference.codec_state()).train()
+    out = dropout_noise(exp.machine("seg"), codec, _batch(exp, "seg"), draws=3)
+    assert out["dropout_layers"] >= 1
+    assert out["cos_dropout_free_draws"] == pytest.approx(1.0, abs=1e-6)
+    assert out["cos_between_draws"] < 0.9999
+    assert all(math.isfinite(v) for v in out.values())
+    # the machine's dropout layers are left as they were
+    assert all(
+        not m.training
+        for m in exp.machine("seg").model.modules()
+        if isinstance(m, torch.nn.Dropout)
+    )
