@@ -9,13 +9,17 @@ For sweeps with a slow coder (cheng2020-attn on 5,000 COCO images) a point can i
 eval mode (x̂ = g_s(ŷ) and bpp = -Σ log₂ p / pixels), and only the first ``k`` images are also
 coded to bytes, to report actual / estimated bits (``real_check``) and how far the forward pass's
 x̂ is from the decoded one. The point says which it used (``rate``).
+
+Every point keeps per-image data (:class:`~icm_lib.results.ImageRecords`): each image's bits,
+fidelity and metric contribution (per-class intersection / union counts; COCO-matched
+detections), so statistics can resample images as well as seeds.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +28,27 @@ import torch
 from .codec import ICMCodec
 from .data.transforms import pad_to_multiple
 from .errors import BDRateError
-from .metrics import bd_rate, checkerboard_score, ms_ssim, psnr
+from .metrics import (
+    ConfusionMatrix,
+    bd_rate,
+    checkerboard_score,
+    detection_map,
+    detection_matches,
+    ms_ssim,
+    psnr,
+)
+from .results import (
+    ImageRecords,
+    RDPoint,
+    RunRecord,
+    finite_or_none,
+    read_evaluation,
+    write_evaluation,
+)
 from .roi import latent_roi_mask, roi_scaling
-from .runtime import atomic_write_json
 from .tasks import DETECTION, Task, get_task
 
-#: what every R-D point holds besides the task metric; a stored point missing one of them was
-#: written by an older evaluator and is recomputed
+#: what every R-D point holds besides the task metric (:func:`summary_point`)
 POINT_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard")
 
 
@@ -61,6 +79,10 @@ class BitstreamRoundTrip:
         self.bits = self.estimate_bits = self.pixels = 0.0
         self.psnr_sum = self.msssim_sum = self.checkerboard_sum = 0.0
         self.images = 0
+        #: per image, in coding order: pixels, bits, PSNR, MS-SSIM, checkerboard score
+        self.per_image: dict[str, list] = {
+            k: [] for k in ("pixels", "bits", "psnr", "ms_ssim", "checkerboard")
+        }
         self.check = {"images": 0, "bits": 0.0, "estimate_bits": 0.0, "x_hat_max_abs_diff": 0.0}
 
     def _code(self, x: torch.Tensor):
@@ -102,12 +124,21 @@ class BitstreamRoundTrip:
             self.bits += bpp * pixels
             self.estimate_bits += estimate * pixels
             self.pixels += pixels
-            self.psnr_sum += psnr(x_hat, x[None].to(x_hat))
-            self.msssim_sum += ms_ssim(x_hat, x[None].to(x_hat))
             h, w = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16  # whole periods only
-            self.checkerboard_sum += checkerboard_score(
-                x_hat[..., :h, :w], x[None, :, :h, :w].to(x_hat)
-            )
+            image = {
+                "pixels": pixels,
+                "bits": bpp * pixels,
+                "psnr": psnr(x_hat, x[None].to(x_hat)),
+                "ms_ssim": ms_ssim(x_hat, x[None].to(x_hat)),
+                "checkerboard": checkerboard_score(
+                    x_hat[..., :h, :w], x[None, :, :h, :w].to(x_hat)
+                ),
+            }
+            for k, v in image.items():
+                self.per_image[k].append(v)
+            self.psnr_sum += image["psnr"]
+            self.msssim_sum += image["ms_ssim"]
+            self.checkerboard_sum += image["checkerboard"]
             self.images += 1
             decoded.append(x_hat[0])
         return torch.stack(decoded).to(images.device)
@@ -134,6 +165,47 @@ class BitstreamRoundTrip:
         return out
 
 
+@torch.no_grad()
+def score_images(machine, dataset, device: torch.device, transform=None, batch_size: int = 4):
+    """The task metric of ``machine`` on ``dataset`` (each batch through ``transform`` first)
+    and each image's contribution to it: the loop of
+    :func:`~icm_lib.recognition.training.evaluate_detection` / ``evaluate_segmentation`` (the
+    same batches, so the same numbers) keeping per-image data.
+
+    Returns:
+        ``(scores, per_image)``: ``{"map", "map_50"}`` or ``{"miou", "pixel_acc"}``, and the
+        per-image fields of :class:`~icm_lib.results.ImageRecords` for the task (``gt`` and
+        ``dt``, or ``intersection``, ``union`` and ``labelled``).
+    """
+    from .data.context import IGNORE_INDEX
+    from .recognition.training import eval_batches
+
+    detection = machine.task is DETECTION
+    preds, gts = [], []
+    total = None if detection else ConfusionMatrix(machine.num_classes, IGNORE_INDEX)
+    seg: dict[str, list] = {"intersection": [], "union": [], "labelled": []}
+    for images, targets in eval_batches(dataset, batch_size):
+        images = images.to(device)
+        if transform is not None:
+            images = transform(images)
+        if detection:
+            preds += [{k: v.cpu() for k, v in p.items()} for p in machine.predict(images)]
+            gts += [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            continue
+        h, w = images.shape[-2:]
+        pred = machine.predict(pad_to_multiple(images)[0])[..., :h, :w].cpu()
+        for p, label in zip(pred, targets):
+            total.update(p, label)
+            one = ConfusionMatrix(machine.num_classes, IGNORE_INDEX)
+            one.update(p, label)
+            for k, v in zip(seg, one.counts()):
+                seg[k].append(v)
+    if detection:
+        gt, dt = detection_matches(preds, gts)
+        return detection_map(preds, gts), {"gt": gt, "dt": dt}
+    return {"miou": total.miou(), "pixel_acc": total.pixel_accuracy()}, seg
+
+
 def rd_point(
     codec: ICMCodec,
     machine,
@@ -141,37 +213,63 @@ def rd_point(
     device: torch.device,
     roi_qf: float | None = None,
     real_images: int | None = None,
-) -> dict[str, float]:
+) -> RDPoint:
     """One R-D point: real bitstreams over ``dataset`` -> bpp, PSNR, MS-SSIM and the task metric
     of ``machine`` (a frozen recognizer; its ``task`` picks the metric) on the decoded images
-    against ground truth (``roi_qf``: the ROI baseline; ``real_images``: the estimated rate,
-    checked on that many images through real bytes, see the module docstring)."""
-    from .recognition.training import evaluate_detection, evaluate_segmentation
-
+    against ground truth, with per-image data (``roi_qf``: the ROI baseline; ``real_images``:
+    the estimated rate, checked on that many images through real bytes, see the module
+    docstring). The point is not yet placed on a curve (:meth:`RDPoint.placed`)."""
     t0 = time.perf_counter()
     rt = BitstreamRoundTrip(codec, dataset if roi_qf is not None else None, roi_qf, real_images)
-    evaluate = evaluate_detection if machine.task is DETECTION else evaluate_segmentation
-    scores = evaluate(machine, dataset, device, transform=rt)
-    return {**rt.summary(), **scores, "seconds": round(time.perf_counter() - t0, 2)}
+    scores, per_image = score_images(machine, dataset, device, transform=rt)
+    s = rt.summary()
+    ids = getattr(dataset, "ids", None)
+    images = ImageRecords(
+        ids=list(ids[: rt.images]) if ids is not None else list(range(rt.images)),
+        **rt.per_image,
+        **per_image,
+    )
+    task = machine.task
+    undefined: dict[str, str] = {}
+    scores = finite_or_none(scores, undefined, "no class present in targets or predictions")
+    return RDPoint(
+        task=task.name,
+        curve="",
+        lmbda=None,
+        seed=None,
+        bpp=s["bpp"],
+        metric=scores.pop(task.metric),
+        psnr=s["psnr"],
+        ms_ssim=s["ms_ssim"],
+        checkerboard=s["checkerboard"],
+        bpp_estimate=s["bpp_estimate"],
+        rate=s["rate"],
+        n_images=s["images"],
+        scores=scores,
+        seconds=round(time.perf_counter() - t0, 2),
+        real_check=s.get("real_check"),
+        images=images,
+        undefined={("metric" if k == task.metric else k): v for k, v in undefined.items()},
+    )
 
 
-def summary_point(point: dict, task: Task | str) -> dict[str, float]:
+def summary_point(point: RDPoint | dict, task: Task | str) -> dict[str, float]:
     """The numbers a notebook records of an R-D point: bpp, the task metric (as ``metric``),
     PSNR, MS-SSIM and the checkerboard score."""
+    point = point.plain() if isinstance(point, RDPoint) else point
     return {"metric": point[get_task(task).metric], **{k: point[k] for k in POINT_KEYS}}
 
 
-def load_or_evaluate(path: str | Path, compute, required: tuple[str, ...] = ()) -> dict:
-    """Read the JSON at ``path`` or write ``compute()`` there (atomically) and return it; a
-    stored result missing one of the ``required`` keys (an older evaluation) is recomputed."""
-    path = Path(path)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if all(k in stored for k in required):
-            return stored
-    result = compute()
-    atomic_write_json(path, result)
-    return result
+def load_or_evaluate(path: str | Path, compute) -> RDPoint:
+    """The R-D point stored at ``path``, or ``compute()`` stored there (atomically) and
+    returned; a stored point of another schema (e.g. before per-image data) or a damaged one is
+    recomputed (:func:`~icm_lib.results.read_evaluation`)."""
+    stored = read_evaluation(path)
+    if stored is not None:
+        return stored
+    point = compute()
+    write_evaluation(path, point)
+    return point
 
 
 def bd_rate_or_reason(
@@ -228,18 +326,20 @@ def study_agreement(runs: list[dict], study_curves: dict, task: str) -> list[dic
     return rows
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean and the half-width of its Student-t confidence interval (``nan`` for one value)."""
+def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean and the half-width of its Student-t confidence interval over the finite values;
+    an undefined one (no value; one value's interval) is ``None`` with the reason in
+    ``undefined``."""
     from scipy import stats
 
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     if len(v) == 0:
-        return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
-    half = (
-        float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-        if len(v) > 1
-        else float("nan")
-    )
+        reason = "no finite value to average (n=0)"
+        return {"mean": None, "ci95": None, "n": 0, "undefined": {"mean": reason, "ci95": reason}}
+    if len(v) == 1:
+        why = {"ci95": "one value has no interval (n=1)"}
+        return {"mean": float(v.mean()), "ci95": None, "n": 1, "undefined": why}
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return {"mean": float(v.mean()), "ci95": half, "n": int(len(v))}
 
 
@@ -253,12 +353,16 @@ def mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:
     ]
 
 
-def curves(runs: list[dict], task: str) -> dict[str, dict[int, list[dict]]]:
+def _plain(run: RunRecord | dict) -> dict:
+    return run.plain() if isinstance(run, RunRecord) else run
+
+
+def curves(runs: Sequence[RunRecord | dict], task: str) -> dict[str, dict[int, list[dict]]]:
     """``{curve name: {seed: [R-D points sorted by λ]}}`` for one task from run records
-    (:attr:`icm_lib.experiment.RunPoint.record`; the ROI curve comes from the baseline runs'
-    ROI evaluations)."""
+    (:class:`~icm_lib.results.RunRecord` or its plain view; the ROI curve comes from the
+    baseline runs' ROI evaluations)."""
     out: dict[str, dict[int, list[dict]]] = {}
-    for r in sorted(runs, key=lambda r: r["lmbda"]):
+    for r in sorted(map(_plain, runs), key=lambda r: r["lmbda"]):
         if task in r["eval"] and (r["task"] == task or r["variant"] == "mse"):
             point = {**r["eval"][task], "lmbda": r["lmbda"]}
             out.setdefault(r["variant"], {}).setdefault(r["seed"], []).append(point)
@@ -304,7 +408,7 @@ def bd_rates(task_curves: dict[str, dict[int, list[dict]]], task: str) -> dict[s
     return table
 
 
-def ablation_table(rows: list[dict]) -> dict:
+def ablation_table(rows: Sequence[RunRecord | dict]) -> dict:
     """Section 4.2's comparison from ablation records
     (:meth:`~icm_lib.experiment.Experiment.ablation_point`): per task and variant, the final
     validation main loss per seed with its mean and 95 % interval, the paired difference to the
@@ -318,7 +422,7 @@ def ablation_table(rows: list[dict]) -> dict:
         "min", "max"}}}, "order": [variants, lowest final loss first]}}``.
     """
     runs: dict = {}
-    for r in rows:
+    for r in map(_plain, rows):
         if r["val"].get("main_loss"):
             runs.setdefault(r["task"], {}).setdefault(r["variant"], []).append(r)
     out = {}

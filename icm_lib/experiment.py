@@ -27,10 +27,11 @@ from .aux_branch import VARIANTS, build_branch
 from .codec import ICMCodec, codec_from_config, load_codec
 from .data import Datasets, get_datasets
 from .data.sampler import CropSampler
-from .evaluate import POINT_KEYS, load_or_evaluate, rd_point
+from .evaluate import load_or_evaluate, rd_point
 from .losses import ICMObjective, mse_objective
 from .profiles import Profile, TrainConfig
 from .recognition import load_or_train
+from .results import RDPoint, RunRecord
 from .runtime import Distributed, config_hash, data_key, seed_everything, state_fingerprint
 from .tasks import DETECTION, TASKS, Task, get_task
 from .trainer import train_codec
@@ -53,7 +54,7 @@ def load_or_train_reference_codec(
         return codec.to(device).eval(), []
     key = config_hash(
         {
-            "codec": asdict(profile.codec),
+            "codec": profile.codec.key(),
             "train": asdict(profile.mse),
             "data": data_key(datasets.det_train.root),
         }
@@ -95,27 +96,35 @@ class RunPoint:
     """One trained codec of a grid and its evaluation.
 
     Attributes:
-        record: plain data (JSON): ``task``, ``variant``, ``lmbda``, ``seed``, ``run_dir``,
-            ``train_seconds``, ``log``, ``eval`` ({task: R-D point}), ``roi`` ({task: point}).
+        run: the typed record (:class:`~icm_lib.results.RunRecord`): identity, run folder,
+            log, R-D points with per-image data.
         codec: the trained codec (eval mode).
     """
 
-    record: dict
+    run: RunRecord
     codec: ICMCodec = field(repr=False)
 
+    @property
+    def record(self) -> dict:
+        """The run's plain view (:meth:`~icm_lib.results.RunRecord.plain`): ``task``,
+        ``variant``, ``lmbda``, ``seed``, ``run_dir``, ``train_seconds``, ``log``, ``eval``
+        ({task: R-D point}), ``roi`` ({task: point})."""
+        return self.run.plain()
 
-def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> dict:
-    """What a study keeps of one training run: its identity, folder, compute and log."""
-    return {
-        "task": task.name,
-        "variant": variant,
-        "lmbda": lmbda,
-        "seed": seed,
-        "run_dir": str(run_dir),
-        "train_seconds": log[-1]["seconds"] if log else 0.0,
-        "log": log,
+
+def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> RunRecord:
+    """What a study keeps of one training run: its identity, folder, steps, compute and log."""
+    return RunRecord(
+        task=task.name,
+        variant=variant,
+        lmbda=lmbda,
+        seed=seed,
+        run_dir=str(run_dir),
+        steps=log[-1].get("step") if log else None,
+        seconds=log[-1]["seconds"] if log else 0.0,
+        log=log,
         **parts,
-    }
+    )
 
 
 @dataclass
@@ -277,7 +286,7 @@ class Experiment:
                 "train": asdict(cfg),
                 "variant": variant,
                 "task": task.name,
-                "codec": asdict(profile.codec),
+                "codec": profile.codec.key(),
                 "recognition": profile.recognition.key(),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
@@ -340,7 +349,7 @@ class Experiment:
         self, task: Task | str, variant: str, seed: int, steps: int | None = None
     ) -> RunPoint:
         """One setting of the branch-position ablation (section 4.2): ``variant`` trained at
-        the ablation's λ with validation (load-or-compute). ``record["val"]`` holds the
+        the ablation's λ with validation (load-or-compute). ``run.val`` holds the
         validation curve: ``{"step": [...], "main_loss": [...], ...}``."""
         task, ab = get_task(task), self.profile.ablation
         lmbda = ab.lmbda(task)
@@ -358,7 +367,7 @@ class Experiment:
 
     def evaluate(
         self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None
-    ) -> dict:
+    ) -> RDPoint:
         """The R-D point of ``codec`` on ``task``'s val set, stored at ``path`` (load-or-compute;
         ``roi_qf``: through the ROI baseline). Real bitstreams, or the estimated rate with a
         real check as ``profile.evaluation`` says (the point's ``rate``)."""
@@ -376,7 +385,6 @@ class Experiment:
                 roi_qf=roi_qf,
                 real_images=real,
             ),
-            POINT_KEYS,
         )
 
     def point(
@@ -398,14 +406,16 @@ class Experiment:
         """
         task = get_task(task)
         codec, log, run_dir = self.icm_run(task, variant, lmbda, seed, steps=steps)
-        record = _run_record(task, variant, lmbda, seed, run_dir, log, eval={}, roi={})
+        record = _run_record(task, variant, lmbda, seed, run_dir, log)
         for t in map(get_task, eval_tasks or (task.name,)):
-            record["eval"][t.name] = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
+            point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
+            record.points.append(point.placed(variant, lmbda, seed))
             if roi and t is DETECTION:
                 qf = self.profile.icm.roi_qf
-                record["roi"][t.name] = self.evaluate(
+                point = self.evaluate(
                     codec, t, run_dir / f"eval-{t.name}-roi-qf{qf:g}.json", roi_qf=qf
                 )
+                record.points.append(point.placed("roi", lmbda, seed))
         return RunPoint(record, codec)
 
     def grid(

@@ -19,14 +19,15 @@ finetunes the decoder the same way without the discriminator; not in the poster)
 
 Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`): ``checkpoint.pt`` (codec,
 discriminator, both optimizers, step, config), ``log.jsonl``, and at the end ``codec.pt`` (the
-finetuned codec alone), ``discriminator.pt`` and ``config.json``.
+finetuned codec alone), ``discriminator.pt`` and ``config.json``; ``writer.lock`` while a
+process finetunes (one at a time per run key).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .experiment import Experiment
 from .profiles import GANConfig, get_profile
+from .results import GanRecord
 from .runtime import (
     CheckpointParts,
     RunFiles,
@@ -223,6 +225,24 @@ def finetune_decoder(
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every)
     if run.finished:
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
+    with run.claim():  # one writer per run key: another process finetuning it is waited for
+        if run.finished:  # ... and it finished the run meanwhile
+            return load_codec(run.final_state()).to(device).eval(), run.read_log()
+        return _finetune(codec, machine, sampler, cfg, run, device, progress, stop_after, desc)
+
+
+def _finetune(
+    codec: ICMCodec,
+    machine,
+    sampler: CropSampler,
+    cfg: GANConfig,
+    run: RunFiles,
+    device: torch.device,
+    progress: bool,
+    stop_after: int | None,
+    desc: str,
+) -> tuple[ICMCodec, list[dict]]:
+    """The body of :func:`finetune_decoder` once this process holds the run's claim."""
     seed_everything(cfg.seed)
     # the encoder codes as in the bitstream (rounding, no noise); the entropy tables stay the
     # base codec's, so the finetuned codec decodes its streams wherever they were built
@@ -289,15 +309,31 @@ def load_or_finetune(
     return tuned, log, run_dir
 
 
-def gan_point(exp: Experiment, seed: int, preset: str) -> dict:
+@dataclass
+class GanPoint:
+    """One PatchGAN finetuning and its codecs.
+
+    Attributes:
+        run: the typed record (:class:`~icm_lib.results.GanRecord`): before / after R-D points
+            with per-image data, log, run folder.
+        codec: the finetuned codec; base_codec: the baseline codec it started from.
+    """
+
+    run: GanRecord
+    codec: ICMCodec = field(repr=False)
+    base_codec: ICMCodec = field(repr=False)
+
+    @property
+    def record(self) -> dict:
+        """The plain view (:meth:`~icm_lib.results.GanRecord.plain`): ``task``, ``lmbda``,
+        ``seed``, ``preset``, ``before``, ``after``, ``log``, ``run_dir``, ``train_seconds``."""
+        return self.run.plain()
+
+
+def gan_point(exp: Experiment, seed: int, preset: str) -> GanPoint:
     """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline
     codec of ``profile.gan.task`` at ``profile.gan.lmbda`` (trained if missing), finetuned with
-    ``preset``; both evaluated through real bitstreams (with the checkerboard score).
-
-    Returns:
-        ``{"record": plain data (task, lmbda, seed, preset, before, after, log, run_dir,
-        train_seconds), "codec": the finetuned codec, "base_codec": the baseline codec}``.
-    """
+    ``preset``; both evaluated through real bitstreams (with the checkerboard score)."""
     profile = exp.profile
     task = get_task(profile.gan.task)
     lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
@@ -314,18 +350,18 @@ def gan_point(exp: Experiment, seed: int, preset: str) -> dict:
         exp.progress,
     )
     after = exp.evaluate(tuned, task, run_dir / f"eval-{task.name}.json")
-    record = {
-        "task": task.name,
-        "lmbda": lmbda,
-        "seed": seed,
-        "preset": preset,
-        "before": base.record["eval"][task.name],
-        "after": after,
-        "log": log,
-        "run_dir": str(run_dir),
-        "train_seconds": log[-1]["seconds"] if log else 0.0,
-    }
-    return {"record": record, "codec": tuned, "base_codec": base.codec}
+    record = GanRecord(
+        task=task.name,
+        lmbda=lmbda,
+        seed=seed,
+        preset=preset,
+        run_dir=str(run_dir),
+        seconds=log[-1]["seconds"] if log else 0.0,
+        log=log,
+        before=base.run.point(task.name),
+        after=after.placed(f"patchgan-{preset}", lmbda, seed),
+    )
+    return GanPoint(record, tuned, base.codec)
 
 
 def main(argv: list[str] | None = None) -> dict:

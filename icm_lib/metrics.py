@@ -47,6 +47,13 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> float:
     return float(_ms_ssim(x.float(), y.float(), data_range=data_range, win_size=win))
 
 
+#: COCO's IoU thresholds (pycocotools' own float64 values) and recall points of mAP@[.5:.95]
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
+#: detections per image that count (COCO's maxDets for mAP)
+COCO_MAX_DETECTIONS = 100
+
+
 def detection_map(predictions: Sequence[dict], targets: Sequence[dict]) -> dict[str, float]:
     """COCO mAP@[.5:.95] and mAP@.5 (torchmetrics, pycocotools backend).
 
@@ -62,8 +69,9 @@ def detection_map(predictions: Sequence[dict], targets: Sequence[dict]) -> dict[
         box_format="xyxy",
         iou_type="bbox",
         backend="pycocotools",
-        iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
-        rec_thresholds=np.linspace(0.0, 1.0, 101).tolist(),
+        iou_thresholds=COCO_IOU_THRESHOLDS,
+        rec_thresholds=COCO_RECALL_THRESHOLDS,
+        max_detection_thresholds=[1, 10, COCO_MAX_DETECTIONS],
     )
     metric.update(
         [{k: p[k].detach().cpu() for k in ("boxes", "scores", "labels")} for p in predictions],
@@ -71,6 +79,131 @@ def detection_map(predictions: Sequence[dict], targets: Sequence[dict]) -> dict[
     )
     out = metric.compute()
     return {"map": float(out["map"]), "map_50": float(out["map_50"])}
+
+
+def detection_matches(
+    predictions: Sequence[dict], targets: Sequence[dict]
+) -> tuple[list[list[list[int]]], list[list[list[float]]]]:
+    """Per image, what COCO's mAP accumulates over images: its ground-truth count per class and
+    its detections matched at every IoU threshold, so that :func:`map_from_matches` gives the
+    mAP of :func:`detection_map` on any subset (or resample) of the images.
+
+    pycocotools matches each image and class as :func:`detection_map` does (the same boxes,
+    scores, areas and parameters; the boxes converted to xywh in float32 as torchmetrics does).
+
+    Args:
+        predictions, targets: as for :func:`detection_map`.
+
+    Returns:
+        ``(gt, dt)``: per image ``[[label, ground-truth boxes that count], ...]`` and
+        ``[[label, score, matched, ignored], ...]`` (per label, highest score first, at most
+        :data:`COCO_MAX_DETECTIONS`; bit ``t`` of ``matched`` / ``ignored``: a true positive /
+        ignored at threshold ``t`` of :data:`COCO_IOU_THRESHOLDS`), less the detections scored
+        below every true positive of their class over all images (they rank after every true
+        positive of any subset, where they cannot change a precision the mAP reads).
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from torchvision.ops import box_convert
+
+    def xywh(boxes: torch.Tensor) -> list:
+        boxes = boxes.detach().cpu()
+        return box_convert(boxes, "xyxy", "xywh").tolist() if boxes.numel() else []
+
+    gts, dts = [], []
+    for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
+        for box, label in zip(xywh(t["boxes"]), t["labels"].tolist()):
+            gts.append({"image_id": i, "bbox": box, "category_id": label, "iscrowd": 0})
+        for box, label, score in zip(xywh(p["boxes"]), p["labels"].tolist(), p["scores"].tolist()):
+            dts.append({"image_id": i, "bbox": box, "category_id": label, "score": score})
+    labels = sorted({a["category_id"] for a in gts + dts})
+    n = len(targets)
+    coco_gt, coco_dt = COCO(), COCO()
+    for coco, anns in ((coco_gt, gts), (coco_dt, dts)):
+        for k, a in enumerate(anns, start=1):  # ids from 1: COCOeval reads 0 as "unmatched"
+            a.update(id=k, area=a["bbox"][2] * a["bbox"][3])
+        coco.dataset = {
+            "images": [{"id": i} for i in range(n)],
+            "annotations": anns,
+            "categories": [{"id": c} for c in labels],
+        }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+        coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.iouThrs = np.array(COCO_IOU_THRESHOLDS, dtype=np.float64)
+        ev.params.recThrs = np.array(COCO_RECALL_THRESHOLDS, dtype=np.float64)
+        ev.params.maxDets = [1, 10, COCO_MAX_DETECTIONS]
+        ev.evaluate()
+    gt_out: list[list] = [[] for _ in range(n)]
+    dt_out: list[list] = [[] for _ in range(n)]
+    areas, images = len(ev.params.areaRng), len(ev.params.imgIds)
+    for k, label in enumerate(map(int, ev.params.catIds)):
+        for i, image in enumerate(ev.params.imgIds):
+            e = ev.evalImgs[k * areas * images + i]  # area range 0: "all"
+            if e is None:
+                continue
+            counted = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+            if counted:
+                gt_out[image].append([label, counted])
+            for d, score in enumerate(e["dtScores"][:COCO_MAX_DETECTIONS]):
+                matched = sum(
+                    1 << t for t in range(len(COCO_IOU_THRESHOLDS)) if e["dtMatches"][t, d]
+                )
+                ignored = sum(
+                    1 << t for t in range(len(COCO_IOU_THRESHOLDS)) if e["dtIgnore"][t, d]
+                )
+                dt_out[image].append([label, float(score), matched, ignored])
+    # a detection scored below every true positive of its class sorts after all of them in any
+    # subset of the images: it cannot change any precision the mAP reads, so it is not kept
+    lowest_tp: dict[int, float] = {}
+    for d in (d for image in dt_out for d in image if d[2]):
+        lowest_tp[d[0]] = min(d[1], lowest_tp.get(d[0], math.inf))
+    dt_out = [[d for d in image if d[1] >= lowest_tp.get(d[0], math.inf)] for image in dt_out]
+    return gt_out, dt_out
+
+
+def map_from_matches(gt: Sequence[list], dt: Sequence[list]) -> dict[str, float]:
+    """COCO mAP@[.5:.95] and mAP@.5 of the images whose :func:`detection_matches` are ``gt``
+    and ``dt`` (any subset, in any order, repeats allowed), accumulated as pycocotools does
+    (detections of a class over the images in the given order, stably sorted by score), and
+    rounded to float32 as :func:`detection_map` reports it.
+    """
+    thresholds, recall_points = len(COCO_IOU_THRESHOLDS), np.asarray(COCO_RECALL_THRESHOLDS)
+    labels = sorted({c for image in gt for c, _ in image} | {d[0] for image in dt for d in image})
+    precision = -np.ones((thresholds, len(recall_points), len(labels)))
+    for k, label in enumerate(labels):
+        counted = sum(n for image in gt for c, n in image if c == label)
+        if counted == 0:
+            continue
+        rows = [d for image in dt for d in image if d[0] == label]
+        order = np.argsort(-np.asarray([d[1] for d in rows], dtype=np.float64), kind="mergesort")
+        bits = np.arange(thresholds)[:, None]
+        matched = (np.asarray([d[2] for d in rows], dtype=np.int64)[None] >> bits) & 1
+        ignored = (np.asarray([d[3] for d in rows], dtype=np.int64)[None] >> bits) & 1
+        matched, ignored = matched[:, order].astype(bool), ignored[:, order].astype(bool)
+        tp_sum = np.cumsum(matched & ~ignored, axis=1).astype(dtype=float)
+        fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(dtype=float)
+        for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum)):
+            recall = tp / counted
+            pr = (tp / (fp + tp + np.spacing(1))).tolist()
+            for i in range(len(tp) - 1, 0, -1):  # the precision envelope
+                if pr[i] > pr[i - 1]:
+                    pr[i - 1] = pr[i]
+            q = np.zeros(len(recall_points))
+            for r, i in enumerate(np.searchsorted(recall, recall_points, side="left")):
+                if i >= len(pr):
+                    break
+                q[r] = pr[i]
+            precision[t, :, k] = q
+
+    def mean(s: np.ndarray) -> float:
+        return float(np.float32(np.mean(s[s > -1]) if (s > -1).any() else -1.0))
+
+    return {"map": mean(precision), "map_50": mean(precision[:1])}
 
 
 class ConfusionMatrix:
@@ -88,17 +221,32 @@ class ConfusionMatrix:
             self.num_classes, self.num_classes
         )
 
+    def counts(self) -> tuple[list[int], list[int], int]:
+        """Per class the pixels labelled that class by both prediction and target
+        (intersection) and by either (union), and the labelled pixels: sums over images give
+        the counts of their union, so the mIoU of any set of images follows
+        (:func:`miou_from_counts`)."""
+        inter = self.matrix.diag()
+        union = self.matrix.sum(0) + self.matrix.sum(1) - inter
+        return inter.tolist(), union.tolist(), int(self.matrix.sum())
+
     def miou(self) -> float:
         """Mean IoU over the classes present in the targets or predictions."""
-        m = self.matrix.double()
-        inter = m.diag()
-        union = m.sum(0) + m.sum(1) - inter
-        present = union > 0
-        return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
+        inter, union, _ = self.counts()
+        return miou_from_counts(inter, union)
 
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
         return float(self.matrix.diag().sum() / total) if total else float("nan")
+
+
+def miou_from_counts(intersection: Sequence[int], union: Sequence[int]) -> float:
+    """Mean IoU over the classes with a non-empty union, from per-class pixel counts
+    (:meth:`ConfusionMatrix.counts`, or their sums over images); ``nan`` when none is present."""
+    inter = torch.as_tensor(intersection, dtype=torch.float64)
+    union = torch.as_tensor(union, dtype=torch.float64)
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else float("nan")
 
 
 def rd_front(rates: Sequence[float], metric: Sequence[float]) -> list[int]:

@@ -12,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .evaluate import mean_curve
+from .evaluate import curves, mean_curve
+from .results import PAPERS, AblationFile, GanFile, StudyFile
 from .runtime import atomic_write_bytes
 
 
@@ -62,31 +63,32 @@ def recorded_study(results_dir: str | Path, profile) -> dict | None:
     """
     from dataclasses import asdict
 
-    path = Path(results_dir) / f"study-{profile.name}.json"
-    if not path.is_file():
+    path = StudyFile.path(results_dir, profile.name)
+    study = StudyFile.find(results_dir, profile.name)
+    if study is None:
         return None
-    study = json.loads(path.read_text())
-    if study.get("icm_config") != json.loads(json.dumps(asdict(profile.icm))):
+    if study.icm_config != json.loads(json.dumps(asdict(profile.icm))):
         print(f"{path.name} was written for other settings than profile {profile.name!r}: unused")
         return None
     return {
-        "curves": {
-            task: {
-                name: {int(s): pts for s, pts in by_seed.items()}
-                for name, by_seed in t["curves"].items()
-            }
-            for task, t in study["tasks"].items()
-        },
+        "curves": {task: _sorted_curves(study, task) for task in study.tasks},
         "bd_rate": {
             task: {name: _int_seeds(row) for name, row in t["bd_rate"].items()}
-            for task, t in study["tasks"].items()
+            for task, t in study.tasks.items()
         },
-        "seeds": study["seeds"],
-        "complete": study["complete"],
-        "source": f"{path.name} ({len(study['seeds'])} seeds"
-        + ("" if study["complete"] else ", in progress")
+        "seeds": study.seeds,
+        "complete": study.complete,
+        "source": f"{path.name} ({len(study.seeds)} seeds"
+        + ("" if study.complete else ", in progress")
         + ")",
     }
+
+
+def _sorted_curves(study: StudyFile, task: str) -> dict:
+    """The study's curves of ``task`` (:func:`~icm_lib.evaluate.curves`), curves and seeds in
+    sorted order."""
+    c = curves(study.runs, task)
+    return {name: {s: c[name][s] for s in sorted(c[name])} for name in sorted(c)}
 
 
 def _int_seeds(row: dict) -> dict:
@@ -114,17 +116,26 @@ def write_between_markers(path: Path, text: str) -> None:
 def report(results_dir: str | Path, profile_name: str) -> str:
     """Markdown tables for the README, generated from the study JSON files (never typed in)."""
     lines = []
-    aux = Path(results_dir) / f"study-{profile_name}.json"
-    if aux.is_file():
-        d = json.loads(aux.read_text())
-        lines += _bd_rate_table(d) + _front_table(d) + _rd_point_table(d) + _undefined(d)
-    ablation = Path(results_dir) / f"ablation-{profile_name}.json"
-    if ablation.is_file():
-        lines += _ablation_table(json.loads(ablation.read_text()))
-    gan = Path(results_dir) / f"gan-{profile_name}.json"
-    if gan.is_file():
-        lines += _gan_table(json.loads(gan.read_text()))
+    study = StudyFile.find(results_dir, profile_name)
+    if study is not None:
+        lines += _provenance(study)
+        lines += (
+            _bd_rate_table(study) + _front_table(study) + _rd_point_table(study) + _undefined(study)
+        )
+    ablation = AblationFile.find(results_dir, profile_name)
+    if ablation is not None:
+        lines += _provenance(ablation) + _ablation_table(ablation)
+    gan = GanFile.find(results_dir, profile_name)
+    if gan is not None:
+        lines += _provenance(gan) + _gan_table(gan)
     return "\n".join(lines)
+
+
+def _provenance(file) -> list[str]:
+    """A results file's notes when its numbers are not (known to be) today's code's."""
+    if file.reproduced_by_current_code is not False:
+        return []
+    return ["", *(f"*{file.path('', file.profile).name}: {note}*" for note in file.notes), ""]
 
 
 def _bd_rate_cell(row: dict | None) -> str:
@@ -147,33 +158,33 @@ def _front_cell(row: dict | None) -> str:
     return fmt_mean_ci(row, 1, " %") + f"; per seed {seeds}"
 
 
-def _curve_table(d: dict, cell, paper_column: bool) -> list[str]:
+def _curve_table(d: StudyFile, cell, paper_column: bool) -> list[str]:
     """One row per task: ``cell(row)`` for aux-enc, ROI and the MSE codec (and the paper's)."""
     columns = ["aux-enc (ours)", "paper aux-enc"] if paper_column else ["aux-enc"]
     lines = [
         "| task | " + " | ".join([*columns, "ROI (QF 1.4)", "MSE codec"]) + " |",
         "|---" * (len(columns) + 3) + "|",
     ]
-    for task, t in d["tasks"].items():
+    for task, t in d.tasks.items():
         bd = t["bd_rate"]
         cells = [cell(bd.get("aux-enc"))]
         if paper_column:
-            cells.append(f"{t['paper_bd_rate_aux_enc']:+.1f} %")
+            cells.append(f"{PAPERS.iino_bd_rate[task]:+.1f} %")
         cells += [cell(bd.get("roi")), cell(bd.get("mse"))]
         lines.append(f"| {task} ({t['metric']}) | " + " | ".join(cells) + " |")
     return lines
 
 
-def _bd_rate_table(d: dict) -> list[str]:
+def _bd_rate_table(d: StudyFile) -> list[str]:
     return [
-        f"Seed 001 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}: "
-        f"{d['runs']} runs, {d['compute_hours_in_runs']:.2f} h of compute in runs). "
+        f"Seed 001 on `{d.profile}` ({'complete' if d.complete else 'in progress'}: "
+        f"{len(d.runs)} runs, {d.compute_hours_in_runs:.2f} h of compute in runs). "
         "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
         "",
     ] + _curve_table(d, _bd_rate_cell, paper_column=True)
 
 
-def _front_table(d: dict) -> list[str]:
+def _front_table(d: StudyFile) -> list[str]:
     return [
         "",
         "The same on the operational R-D fronts (a point matched or beaten in quality by "
@@ -183,7 +194,7 @@ def _front_table(d: dict) -> list[str]:
     ] + _curve_table(d, _front_cell, paper_column=False)
 
 
-def _rd_point_table(d: dict) -> list[str]:
+def _rd_point_table(d: StudyFile) -> list[str]:
     lines = [
         "",
         "R-D points (mean over the seeds done so far; bpp from real bytes):",
@@ -191,9 +202,9 @@ def _rd_point_table(d: dict) -> list[str]:
         "| task | curve | per λ: bpp / metric / PSNR |",
         "|---|---|---|",
     ]
-    for task, t in d["tasks"].items():
-        for name, by_seed in t["curves"].items():
-            pts = mean_curve({int(k): v for k, v in by_seed.items()})
+    for task, t in d.tasks.items():
+        for name, by_seed in _sorted_curves(d, task).items():
+            pts = mean_curve(by_seed)
             cells = "; ".join(
                 f"λ {p['lmbda']:g}: {p['bpp']:.3f} / {p[t['metric']]:.3f} / {p['psnr']:.1f} dB"
                 for p in pts
@@ -202,10 +213,10 @@ def _rd_point_table(d: dict) -> list[str]:
     return lines
 
 
-def _undefined(d: dict) -> list[str]:
+def _undefined(d: StudyFile) -> list[str]:
     undefined = [
         f"{task} {name} seed {seed}: {v['error']}"
-        for task, t in d["tasks"].items()
+        for task, t in d.tasks.items()
         for name, row in t["bd_rate"].items()
         for seed, v in row["per_seed"].items()
         if v["bd_rate"] is None
@@ -217,25 +228,27 @@ def _undefined(d: dict) -> list[str]:
     ]
 
 
-def _ablation_table(d: dict) -> list[str]:
-    cfg = d["ablation_config"]
+def _ablation_table(d: AblationFile) -> list[str]:
+    cfg = d.ablation_config
     lines = [
         "",
-        f"Seed 001 section 4.2 on `{d['profile']}` ({'complete' if d['complete'] else 'in progress'}"
-        f": {len(d['rows'])} runs, {d['compute_hours_in_runs']:.2f} h): final validation main "
+        f"Seed 001 section 4.2 on `{d.profile}` ({'complete' if d.complete else 'in progress'}"
+        f": {len(d.runs)} runs, {d.compute_hours_in_runs:.2f} h): final validation main "
         f"loss (Eq. 4 / Eq. 6 without the branch term) by branch position, mean ± 95 % CI over "
         f"seeds; λ {cfg['det_lmbda']:g} (det) / {cfg['seg_lmbda']:g} (seg):",
         "",
         "| task | " + " | ".join(cfg["variants"]) + " | lowest (ours) | lowest (paper) |",
         "|---" * (len(cfg["variants"]) + 3) + "|",
     ]
-    for task, t in d["tasks"].items():
+    for task, t in d.tasks.items():
         cells = [
             fmt_mean_ci(t["variants"][v], 4, signed=False) if v in t["variants"] else "–"
             for v in cfg["variants"]
         ]
         lines.append(
-            f"| {task} | " + " | ".join(cells) + f" | {t['order'][0]} | {d['paper_lowest']} |"
+            f"| {task} | "
+            + " | ".join(cells)
+            + f" | {t['order'][0]} | {PAPERS.iino_ablation_lowest} |"
         )
         paired = [
             fmt_mean_ci(t["variants"][v].get("vs_baseline", {}), 4)
@@ -251,17 +264,18 @@ def _ablation_table(d: dict) -> list[str]:
 _GAN_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
 
 
-def _gan_table(d: dict) -> list[str]:
+def _gan_table(d: GanFile) -> list[str]:
+    paper = f"{PAPERS.le_task_relative_change_percent:+.1f}".replace("-", "−")
     lines = [
         "",
-        f"Seed 002 on `{d['profile']}` (seeds {d['seeds']}, {d['compute_hours_in_runs']:.2f} h "
+        f"Seed 002 on `{d.profile}` (seeds {d.seeds}, {d.compute_hours_in_runs:.2f} h "
         "in finetuning runs); before → after, mean over seeds:",
         "",
         "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric "
-        "| task change (paper −1.6 %) |",
+        f"| task change (paper {paper} %) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for preset, t in d["summary"].items():
+    for preset, t in d.summary.items():
         metric = next(k for k in t if k not in _GAN_KEYS)
         cells = [
             f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"

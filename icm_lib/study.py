@@ -1,5 +1,6 @@
-"""The resumable studies, written to ``results/`` as plain data: seed 001's R-D points of every
-(task, variant, λ, seed) with BD-rates and confidence intervals, and seed 002's PatchGAN presets.
+"""The resumable studies, written to ``results/`` as typed files (:mod:`icm_lib.results`): seed
+001's runs with their R-D points (per-image data included) of every (task, variant, λ, seed),
+with BD-rates and confidence intervals, and seed 002's PatchGAN presets.
 
 Every run is load-or-compute (a trained codec in its run folder, its evaluation in a JSON beside
 it; :meth:`icm_lib.experiment.Experiment.grid`), so a stopped study resumes where it stopped, and
@@ -24,8 +25,9 @@ these files by :mod:`icm_lib.report`.
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,13 +38,9 @@ from .experiment import Experiment
 from .gan import PRESETS, gan_point
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
-from .runtime import atomic_write_json, get_device
+from .results import PAPERS, AblationFile, GanFile, GanRecord, RunRecord, StudyFile, figure_name
+from .runtime import get_device
 from .tasks import TASKS, get_task
-
-#: the paper's average BD-rates of aux-enc against the baseline (seed 001 section 4.1)
-PAPER_BD_RATE = {"det": -27.7, "seg": -20.3}
-#: seed 002's headline: relative change of the task score after PatchGAN finetuning
-PAPER_GAN_TASK_CHANGE = -1.6
 
 
 def run_study(
@@ -55,78 +53,75 @@ def run_study(
     device: torch.device,
     progress: bool = True,
     reference_curve: bool = True,
-) -> dict:
+) -> StudyFile:
     """Run (or resume) the whole grid and write ``results/study-<profile>.json`` after every run
-    and the R-D figure at the end. Returns the summary."""
+    and the R-D figure at the end. Returns the study file."""
     from . import plots
 
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
-    results_dir = Path(results_dir)
-    out_json = results_dir / f"study-{profile.name}.json"
-    runs: list[dict] = []
+    out_json = StudyFile.path(results_dir, profile.name)
+    runs: list[RunRecord] = []
 
-    def write(done: bool) -> dict:
-        summary = summarise(
+    def write(done: bool) -> StudyFile:
+        study = summarise(
             profile, runs, tasks, seeds, variants, done, time.perf_counter() - t_start
         )
-        atomic_write_json(out_json, summary)
-        return summary
+        study.write(out_json)
+        return study
 
     for point in exp.grid(seeds, tasks, variants, reference_curve):
-        runs.append(point.record)  # the weights stay on disk
+        runs.append(point.run)  # the weights stay on disk
         write(False)
-    summary = write(True)
+    study = write(True)
     for task in map(get_task, tasks):
         fig = plots.rd_curves(
             curves(runs, task.name),
             task.metric,
             title=f"{task.name}: R-D on the {profile.name} profile ({len(seeds)} seeds)",
         )
-        plots.save(fig, results_dir, f"study-{profile.name}-{task.name}-rd")
-    return summary
+        plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
+    return study
 
 
 def summarise(
     profile: Profile,
-    runs: list[dict],
+    runs: list[RunRecord],
     tasks: list[str],
     seeds: list[int],
     variants: list[str],
     done: bool,
     wall_seconds: float,
-) -> dict:
-    """The study's JSON: every R-D point, BD-rate tables and the compute spent."""
+) -> StudyFile:
+    """The study's file: every run with its R-D points, BD-rate tables and the compute spent."""
     per_task = {}
     for task in map(get_task, tasks):
-        c = curves(runs, task.name)
         per_task[task.name] = {
             "metric": task.metric,
-            "curves": c,
-            "bd_rate": bd_rates(c, task.name),
-            "paper_bd_rate_aux_enc": PAPER_BD_RATE[task.name],
+            "bd_rate": _as_json(bd_rates(curves(runs, task.name), task.name)),
         }
-    compute = sum(r["train_seconds"] for r in runs) + sum(
-        p.get("seconds", 0.0) for r in runs for p in [*r["eval"].values(), *r["roi"].values()]
+    compute = sum(r.seconds or 0.0 for r in runs) + sum(
+        p.seconds or 0.0 for r in runs for p in r.points
     )
-    return {
-        "profile": profile.name,
-        "complete": done,
-        "seeds": seeds,
-        "variants": variants,
-        "runs": len(runs),
-        "compute_hours_in_runs": round(compute / 3600, 3),
-        "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
-        "icm_config": asdict(profile.icm),
-        "tasks": per_task,
-    }
+    return StudyFile(
+        profile=profile.name,
+        seeds=seeds,
+        compute_hours_in_runs=round(compute / 3600, 3),
+        wall_hours_this_invocation=round(wall_seconds / 3600, 3),
+        complete=done,
+        variants=variants,
+        runs=runs,
+        tasks=per_task,
+        icm_config=_as_json(asdict(profile.icm)),
+    )
+
+
+def _as_json(table: dict) -> dict:
+    """``table`` as it reads back from JSON (seed keys as strings, tuples as lists)."""
+    return json.loads(json.dumps(table))
 
 
 # ---------------------------------------------------------------------- seed 001 section 4.2
-#: the paper's finding: the lowest validation main loss with the branch just before the decoder
-PAPER_ABLATION_LOWEST = "aux-enc"
-
-
 def run_ablation_study(
     profile: Profile,
     seeds: list[int],
@@ -135,7 +130,7 @@ def run_ablation_study(
     results_dir: str | Path,
     device: torch.device,
     progress: bool = True,
-) -> dict:
+) -> AblationFile:
     """The branch-position ablation: every setting of ``profile.ablation.variants`` per task
     and seed, trained with validation (load-or-compute); writes
     ``results/ablation-<profile>.json`` after every run and the curves at the end."""
@@ -143,20 +138,20 @@ def run_ablation_study(
 
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
-    out_json = Path(results_dir) / f"ablation-{profile.name}.json"
-    rows: list[dict] = []
-    summary: dict = {}
+    out_json = AblationFile.path(results_dir, profile.name)
+    rows: list[RunRecord] = []
+    summary = None
     for row in ablation_rows(exp, seeds, tasks, recorded_rows(out_json)):
-        rows.append({k: v for k, v in row.items() if k != "log"})
+        rows.append(replace(row, log=[]))  # the log stays in the run folder
         summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
-        atomic_write_json(out_json, summary)
-    for task, table in summary["tasks"].items():
+        summary.write(out_json)
+    for task, table in summary.tasks.items():
         fig = plots.validation_curves(
             table,
             f"{task}: validation main loss by branch position "
             f"({profile.name}, λ={profile.ablation.lmbda(task):g})",
         )
-        plots.save(fig, results_dir, f"ablation-{profile.name}-{task}")
+        plots.save(fig, results_dir, figure_name("ablation", profile.name, task))
     return summary
 
 
@@ -164,61 +159,59 @@ def ablation_rows(
     exp: Experiment,
     seeds: list[int],
     tasks: list[str],
-    recorded: dict[str, dict],
+    recorded: dict[str, RunRecord],
     steps: int | None = None,
 ):
-    """Each setting's run record, per seed, task and ``profile.ablation.variants``: from the
-    cache or trained (load-or-compute, with its ``log``), or, when the cache lacks the run, the
-    row an earlier results file ``recorded`` (:func:`recorded_rows`; without the log). The
-    study and notebook 03 walk the same rows."""
+    """Each setting's :class:`~icm_lib.results.RunRecord`, per seed, task and
+    ``profile.ablation.variants``: from the cache or trained (load-or-compute, with its
+    ``log``), or, when the cache lacks the run, the run an earlier results file ``recorded``
+    (:func:`recorded_rows`; without the log). The study and notebook 03 walk the same rows."""
     for seed in seeds:
         for task in tasks:
             for variant in exp.profile.ablation.variants:
                 run_dir = exp.ablation_run_dir(task, variant, seed, steps)
                 row = recorded.get(run_dir.name)
                 if row is None or (run_dir / "codec.pt").is_file():
-                    row = exp.ablation_point(task, variant, seed, steps=steps).record
+                    row = exp.ablation_point(task, variant, seed, steps=steps).run
                 yield row
 
 
-def recorded_rows(path: Path) -> dict[str, dict]:
-    """The finished runs of an earlier invocation's results file, by run folder name.
+def recorded_rows(path: Path) -> dict[str, RunRecord]:
+    """The finished runs of an earlier invocation's results file, by run key (folder name).
 
     The results file is the record that outlives a session (the cache is not committed): a run
     whose folder name, which carries the key of everything that decides it, is in the file and
     not in the cache is taken from the file instead of being trained again, marked
-    ``"from_results_file": true``. A run in the cache is loaded from there as usual.
+    ``from_results_file``. A run in the cache is loaded from there as usual.
     """
-    if not path.is_file():
+    if not Path(path).is_file():
         return {}
-    import json
-
-    rows = json.loads(path.read_text()).get("rows", [])
-    return {Path(r["run_dir"]).name: {**r, "from_results_file": True} for r in rows}
+    runs = AblationFile.read(path).runs
+    return {r.run_key: replace(r, from_results_file=True) for r in runs}
 
 
 def summarise_ablation(
-    profile: Profile, rows: list[dict], seeds: list[int], wall_seconds: float
-) -> dict:
-    """The ablation's JSON: the records, the table of :func:`~icm_lib.evaluate.ablation_table`
-    per task with the paper's claim beside it, and the compute spent."""
-    done = len(rows) == len(seeds) * len(profile.ablation.variants) * len({r["task"] for r in rows})
-    return {
-        "profile": profile.name,
-        "seeds": seeds,
-        "complete": done,
-        "rows": rows,
-        "tasks": ablation_table(rows),
-        "paper_lowest": PAPER_ABLATION_LOWEST,
-        "ablation_config": asdict(profile.ablation),
-        "compute_hours_in_runs": round(sum(r["train_seconds"] for r in rows) / 3600, 3),
-        "wall_hours_this_invocation": round(wall_seconds / 3600, 3),
-    }
+    profile: Profile, rows: list[RunRecord], seeds: list[int], wall_seconds: float
+) -> AblationFile:
+    """The ablation's file: the runs, the table of :func:`~icm_lib.evaluate.ablation_table`
+    per task, and the compute spent."""
+    done = len(rows) == len(seeds) * len(profile.ablation.variants) * len({r.task for r in rows})
+    return AblationFile(
+        profile=profile.name,
+        seeds=seeds,
+        compute_hours_in_runs=round(sum(r.seconds or 0.0 for r in rows) / 3600, 3),
+        wall_hours_this_invocation=round(wall_seconds / 3600, 3),
+        complete=done,
+        runs=rows,
+        tasks=_as_json(ablation_table(rows)),
+        ablation_config=_as_json(asdict(profile.ablation)),
+    )
 
 
 # ---------------------------------------------------------------------- seed 002
-def summarise_gan(rows: list[dict]) -> dict:
+def summarise_gan(runs: list[GanRecord]) -> dict:
     """Mean and 95 % interval over seeds of before, after and the change, per preset."""
+    rows = [r.plain() for r in runs]
     out = {}
     for preset in sorted({r["preset"] for r in rows}):
         rs = [r for r in rows if r["preset"] == preset]
@@ -248,27 +241,26 @@ def run_gan_study(
     results_dir: str | Path,
     device: torch.device,
     progress: bool = True,
-) -> dict:
+) -> GanFile:
     """Every preset over ``seeds``; writes ``results/gan-<profile>.json`` after every run."""
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
-    rows = []
-    out_json = Path(results_dir) / f"gan-{profile.name}.json"
-    summary: dict = {}
+    rows: list[GanRecord] = []
+    out_json = GanFile.path(results_dir, profile.name)
+    summary = None
     for seed in seeds:
         for preset in PRESETS:
-            rows.append(gan_point(exp, seed, preset)["record"])
-            summary = {
-                "profile": profile.name,
-                "seeds": seeds,
-                "rows": rows,
-                "summary": summarise_gan(rows),
-                "gan_config": asdict(profile.gan),
-                "paper_task_relative_change_percent": PAPER_GAN_TASK_CHANGE,
-                "compute_hours_in_runs": round(sum(x["train_seconds"] for x in rows) / 3600, 3),
-                "wall_hours_this_invocation": round((time.perf_counter() - t_start) / 3600, 3),
-            }
-            atomic_write_json(out_json, summary)
+            rows.append(gan_point(exp, seed, preset).run)
+            summary = GanFile(
+                profile=profile.name,
+                seeds=seeds,
+                compute_hours_in_runs=round(sum(x.seconds or 0.0 for x in rows) / 3600, 3),
+                wall_hours_this_invocation=round((time.perf_counter() - t_start) / 3600, 3),
+                runs=rows,
+                summary=_as_json(summarise_gan(rows)),
+                gan_config=_as_json(asdict(profile.gan)),
+            )
+            summary.write(out_json)
     return summary
 
 
@@ -312,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | GanFile:
     """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
     args = _parser().parse_args(argv)
     if args.report:
@@ -332,18 +324,18 @@ def main(argv: list[str] | None = None) -> dict:
             device,
             not args.no_progress,
         )
-        for task, t in summary["tasks"].items():
+        for task, t in summary.tasks.items():
             print(
                 f"{task}: "
                 + ", ".join(f"{v} {t['variants'][v]['mean']:.4f}" for v in t["order"])
-                + f" (lowest first; paper: {PAPER_ABLATION_LOWEST} lowest)"
+                + f" (lowest first; paper: {PAPERS.iino_ablation_lowest} lowest)"
             )
         return summary
     if args.study == "gan":
         summary = run_gan_study(
             profile, args.seeds, args.data_dir, args.results_dir, device, not args.no_progress
         )
-        for preset, t in summary["summary"].items():
+        for preset, t in summary.summary.items():
             print(
                 f"{preset}: "
                 + ", ".join(
@@ -364,11 +356,12 @@ def main(argv: list[str] | None = None) -> dict:
         not args.no_progress,
         not args.no_reference_curve,
     )
-    for task, t in summary["tasks"].items():
+    for task, t in summary.tasks.items():
         for name, row in t["bd_rate"].items():
             print(
                 f"{task} {name:9s} BD-rate {fmt_mean_ci(row, 1, ' %')}; on the operational fronts "
-                f"{fmt_mean_ci(row.get('front'), 1, ' %')} (paper aux-enc {t['paper_bd_rate_aux_enc']:+.1f} %)"
+                f"{fmt_mean_ci(row.get('front'), 1, ' %')} "
+                f"(paper aux-enc {PAPERS.iino_bd_rate[task]:+.1f} %)"
             )
     return summary
 

@@ -114,12 +114,13 @@ for task in TASKS:
 import time
 from pathlib import Path
 
+from icm_lib.results import AblationFile
 from icm_lib.study import ablation_rows, recorded_rows
 
 t0 = time.perf_counter()
-results_file = Path(RESULTS_DIR).resolve() / f"ablation-{profile.name}.json"
+results_file = AblationFile.path(Path(RESULTS_DIR).resolve(), profile.name)
 rows = list(ablation_rows(exp, seeds, TASKS, recorded_rows(results_file), STEPS))
-from_file = sum(bool(r.get("from_results_file")) for r in rows)
+from_file = sum(r.from_results_file for r in rows)
 print(
     f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s: {from_file} read from "
     f"{results_file.name}, {len(rows) - from_file} trained or loaded from the cache"
@@ -198,11 +199,9 @@ record = {
     "seeds": seeds,
     "runs_from_results_file": from_file,
     "first_train_loss": {  # runs trained or cached here (a results file keeps no training log)
-        f"{r['task']} {r['variant']} {r['seed']}": r["log"][0]["loss"] for r in rows if "log" in r
+        f"{r.task} {r.variant} {r.seed}": r.log[0]["loss"] for r in rows if r.log
     },
-    "last_train_loss": {
-        f"{r['task']} {r['variant']} {r['seed']}": r["log"][-1]["loss"] for r in rows if "log" in r
-    },
+    "last_train_loss": {f"{r.task} {r.variant} {r.seed}": r.log[-1]["loss"] for r in rows if r.log},
 }
 print(S.record(record))
 

@@ -100,9 +100,9 @@ print(
     f"seeds 1-2: `python -m icm_lib.study --study gan` (results/gan-{profile.name}.json, README)"
 )
 points = {p: gan_point(exp, SEED, p) for p in PRESETS}
-runs = {p: point["record"] for p, point in points.items()}  # plain data
-tuned = {p: point["codec"] for p, point in points.items()}  # the finetuned codecs
-base_codec = points[PRESETS[0]]["base_codec"]
+runs = {p: point.record for p, point in points.items()}  # plain data
+tuned = {p: point.codec for p, point in points.items()}  # the finetuned codecs
+base_codec = points[PRESETS[0]].base_codec
 
 # %%
 from icm_lib import plots

@@ -76,8 +76,8 @@ if not any(k[1] == "mse" for k in codecs):  # no MSE curve trained: notebook 00'
 PRESETS = list(PRESETS or profile.tutorial.gan_presets)
 gan = {preset: gan_point(exp, SEED, preset) for preset in PRESETS}
 g = profile.gan
-gan_lmbda = gan[PRESETS[0]]["record"]["lmbda"]
-finetuned = {(g.task, "baseline", gan_lmbda): {p: v["codec"] for p, v in gan.items()}}
+gan_lmbda = gan[PRESETS[0]].run.lmbda
+finetuned = {(g.task, "baseline", gan_lmbda): {p: v.codec for p, v in gan.items()}}
 print(f"{len(codecs)} codecs and {len(gan)} finetuned decoders in {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
@@ -164,8 +164,6 @@ for task in TRAINED:
 # faint: each seed.
 
 # %%
-import json
-
 from icm_lib.evaluate import bd_rates, curves
 from icm_lib.report import fmt_bd_rate, recorded_study
 from icm_lib.tasks import get_task
@@ -194,11 +192,11 @@ for task in TASKS:
 # %%
 val = exp.datasets.val(g.task)
 x = val[0][0]
-base = gan[PRESETS[0]]["base_codec"]
+base = gan[PRESETS[0]].base_codec
 data = base.compress(x)
 decoded = {
     "machine codec": base.decompress(data)[0].cpu(),
-    **{f"PatchGAN {p}": v["codec"].decompress(data)[0].cpu() for p, v in gan.items()},
+    **{f"PatchGAN {p}": v.codec.decompress(data)[0].cpu() for p, v in gan.items()},
 }
 fig, spectra_scores = plots.before_after_spectra(x, decoded)
 plots.save(fig, S.output_dir, "checkerboard_spectra")
@@ -208,10 +206,11 @@ print({k: round(v, 4) for k, v in spectra_scores.items()})
 # ## 4 · The branch-position ablation (where the study ran it)
 
 # %%
-ablation_file = results_dir / f"ablation-{profile.name}.json"
-ablation = json.loads(ablation_file.read_text()) if ablation_file.is_file() else None
+from icm_lib.results import AblationFile
+
+ablation = AblationFile.find(results_dir, profile.name)
 if ablation:
-    for task, table in ablation["tasks"].items():
+    for task, table in ablation.tasks.items():
         plots.save(
             plots.validation_curves(table, f"{task}: validation main loss"),
             S.output_dir,
@@ -219,7 +218,10 @@ if ablation:
         )
         print(task, "lowest first:", " < ".join(table["order"]))
 else:
-    print(f"no {ablation_file.name}: run notebook 03 or `python -m icm_lib.study --study ablation`")
+    print(
+        f"no {AblationFile.path(results_dir, profile.name).name}: run notebook 03 or "
+        "`python -m icm_lib.study --study ablation`"
+    )
 
 # %% [markdown]
 # ## 5 · Explore
@@ -273,7 +275,7 @@ record = {
         for t in TASKS
     },
     "checkerboard": spectra_scores,
-    "ablation_orders": {t: v["order"] for t, v in ablation["tasks"].items()} if ablation else None,
+    "ablation_orders": {t: v["order"] for t, v in ablation.tasks.items()} if ablation else None,
     "explorer": {
         "codecs": len(codecs),
         "finetuned": len(finetuned[(g.task, "baseline", gan_lmbda)]),

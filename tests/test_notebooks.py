@@ -253,8 +253,8 @@ def test_notebooks_train_the_tutorial_part_and_read_the_rest_from_the_study(
     # notebook 03 reads the runs the ablation file records and the cache lacks
     cache, hidden = folder / "data" / "cache" / "icm", folder / "hidden-ablation-runs"
     hidden.mkdir()
-    for row in ablation["rows"]:
-        (cache / Path(row["run_dir"]).name).rename(hidden / Path(row["run_dir"]).name)
+    for row in ablation.runs:
+        (cache / row.run_key).rename(hidden / row.run_key)
     try:
         m03 = run_notebook(
             notebook_paths(["03"])[0], "smoke", folder / "outputs-tutorial", folder / "data",
@@ -263,7 +263,7 @@ def test_notebooks_train_the_tutorial_part_and_read_the_rest_from_the_study(
     finally:
         for run in hidden.iterdir():
             run.rename(cache / run.name)
-    assert m03["runs_from_results_file"] == len(ablation["rows"]) == 16
+    assert m03["runs_from_results_file"] == len(ablation.runs) == 16
     assert m03["first_train_loss"] == {}  # nothing trained
     assert m03["tasks"]["seg"]["order"] == nb03[0]["tasks"]["seg"]["order"]
     for task in ("det", "seg"):

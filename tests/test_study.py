@@ -1,30 +1,26 @@
 """The study's bookkeeping on synthetic R-D points: curves, per-seed BD-rates, CI, the report."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from icm_lib.evaluate import bd_rates, curves
 from icm_lib.profiles import get_profile
+from icm_lib.results import RDPoint, RunRecord, StudyFile
 from icm_lib.study import main, summarise
 
 
 def _run(task, variant, lmbda, seed, bpp, metric, roi_bpp=None):
-    key = "map" if task == "det" else "miou"
-    point = {"bpp": bpp, key: metric, "psnr": 20.0, "ms_ssim": 0.5}
-    r = {
-        "task": task,
-        "variant": variant,
-        "lmbda": lmbda,
-        "seed": seed,
-        "train_seconds": 10.0,
-        "log": [],
-        "eval": {task: point},
-        "roi": {},
-    }
+    point = RDPoint(
+        task, variant, lmbda, seed, bpp, metric, psnr=20.0, ms_ssim=0.5, checkerboard=None,
+        bpp_estimate=None, rate="real", n_images=4,
+    )  # fmt: skip
+    r = RunRecord(task, variant, lmbda, seed, f"runs/{task}-{variant}-{lmbda}-{seed}", 10, 10.0)
+    r.points.append(point)
     if roi_bpp is not None:
-        r["roi"][task] = {**point, "bpp": roi_bpp}
+        r.points.append(replace(point, curve="roi", bpp=roi_bpp))
     return r
 
 
@@ -59,8 +55,8 @@ def test_bd_rates_per_seed_with_confidence_interval():
 def test_an_undefined_bd_rate_is_reported_not_averaged():
     runs = _grid([0.2, 0.2])
     for r in runs:  # seed 1's baseline is not monotonic
-        if r["seed"] == 1 and r["variant"] == "baseline" and r["lmbda"] == 3.2:
-            r["eval"]["det"]["map"] = 0.05
+        if r.seed == 1 and r.variant == "baseline" and r.lmbda == 3.2:
+            r.points[0].metric = 0.05
     table = bd_rates(curves(runs, "det"), "det")["aux-enc"]
     assert table["n"] == 1 and table["per_seed"][1]["bd_rate"] is None
     assert "does not increase" in table["per_seed"][1]["error"]
@@ -75,7 +71,7 @@ def test_report_writes_the_readme_between_markers(tmp_path):
     summary = summarise(
         profile, _grid([0.2, 0.25, 0.3]), ["det"], [0, 1, 2], ["baseline", "aux-enc"], True, 60.0
     )
-    (tmp_path / "study-cpu.json").write_text(json.dumps(summary))
+    summary.write(StudyFile.path(tmp_path, "cpu"))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- study-report:start -->\nold\n<!-- study-report:end -->\nend\n")
     main(["--report", "--profile", "cpu", "--results-dir", str(tmp_path), "--readme", str(readme)])
@@ -98,18 +94,18 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     first = run_ablation_study(
         profile, [0], ["seg"], data_dir, tmp_path, torch.device("cpu"), False
     )
-    assert first["complete"] and len(first["rows"]) == 4
-    assert not any(r.get("from_results_file") for r in first["rows"])
-    for row in first["rows"]:
-        shutil.rmtree(row["run_dir"])  # a new session: no cache
+    assert first.complete and len(first.runs) == 4
+    assert not any(r.from_results_file for r in first.runs)
+    for row in first.runs:
+        shutil.rmtree(row.run_dir)  # a new session: no cache
     again = run_ablation_study(
         profile, [0], ["seg"], data_dir, tmp_path, torch.device("cpu"), False
     )
-    assert all(r["from_results_file"] for r in again["rows"])
-    assert [r["val"] for r in again["rows"]] == [r["val"] for r in first["rows"]]
-    # (one seed: the intervals are NaN, which only compare equal as text)
-    assert json.dumps(again["tasks"], sort_keys=True) == json.dumps(first["tasks"], sort_keys=True)
-    assert not any(Path(r["run_dir"]).exists() for r in again["rows"])  # nothing trained
+    assert all(r.from_results_file for r in again.runs)
+    assert [r.val for r in again.runs] == [r.val for r in first.runs]
+    # (one seed: the intervals are undefined: null with a reason)
+    assert json.dumps(again.tasks, sort_keys=True) == json.dumps(first.tasks, sort_keys=True)
+    assert not any(Path(r.run_dir).exists() for r in again.runs)  # nothing trained
 
 
 def test_ablation_table_pairs_each_position_with_the_same_seeds_baseline():

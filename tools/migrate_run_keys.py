@@ -12,12 +12,12 @@ under, requires it to equal the recorded name (else nothing is written), and rep
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from icm_lib.experiment import Experiment
 from icm_lib.profiles import get_profile
-from icm_lib.runtime import atomic_write_json, get_device
+from icm_lib.results import AblationFile
+from icm_lib.runtime import get_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,22 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recorded-data-dir", required=True, help="absolute data folder of the study")
     args = ap.parse_args(argv)
     profile = get_profile(args.profile)
-    path = args.results_dir / f"ablation-{profile.name}.json"
-    summary = json.loads(path.read_text())
+    path = AblationFile.path(args.results_dir, profile.name)
+    summary = AblationFile.read(path)
     exp = Experiment.prepare(profile, args.data_dir, get_device(None), progress=False)
     renamed = []
-    for row in summary["rows"]:
-        old = Path(row["run_dir"])
-        ids = (row["task"], row["variant"], row["seed"])
+    for row in summary.runs:
+        old = Path(row.run_dir)
+        ids = (row.task, row.variant, row.seed)
         legacy = exp.ablation_run_dir(*ids, data_dir_as=args.recorded_data_dir)
         if legacy.name != old.name:
             print(f"{old.name}: not the run these settings give under {args.recorded_data_dir}")
             return 1
         renamed.append(str(old.parent / exp.ablation_run_dir(*ids).name))
-    for row, run_dir in zip(summary["rows"], renamed):
-        print(f"{Path(row['run_dir']).name} -> {Path(run_dir).name}")
-        row["run_dir"] = run_dir
-    atomic_write_json(path, summary)
+    for row, run_dir in zip(summary.runs, renamed):
+        print(f"{row.run_key} -> {Path(run_dir).name}")
+        row.run_dir = run_dir
+    summary.write(path)
     return 0
 
 

@@ -1,0 +1,293 @@
+"""Typed results files (results.py): round trips, no NaN, schema refusal, per-image data that
+recomputes the dataset metric, and the one-off conversion of the untyped files."""
+
+import json
+import math
+import subprocess
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from icm_lib import results
+from icm_lib.errors import DamagedFileError
+from icm_lib.metrics import ConfusionMatrix, detection_map, detection_matches, map_from_matches
+from icm_lib.results import (
+    AblationFile,
+    GanFile,
+    GanRecord,
+    ImageRecords,
+    RDPoint,
+    RunRecord,
+    StudyFile,
+    convert_legacy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _point(task="seg", curve="baseline", lmbda=0.5, seed=0, **kw):
+    images = ImageRecords(
+        ids=["a", "b"], pixels=[100, 100], bits=[30.0, 50.0], psnr=[20.0, 22.0],
+        ms_ssim=[0.5, 0.6], checkerboard=[0.1, 0.2],
+    )  # fmt: skip
+    if task == "seg":
+        images = replace(images, intersection=[[5, 0], [3, 4]], union=[[8, 1], [6, 4]])
+        images.labelled = [90, 95]
+    else:
+        images = replace(images, gt=[[[1, 2]], []], dt=[[[1, 0.9, 1023, 0]], [[2, 0.5, 0, 0]]])
+    base = dict(
+        bpp=0.4, metric=0.55, psnr=21.0, ms_ssim=0.55, checkerboard=0.15, bpp_estimate=0.38,
+        rate="real", n_images=2, scores={"pixel_acc": 0.9}, seconds=1.5, images=images,
+    )  # fmt: skip
+    return RDPoint(task, curve, lmbda, seed, **{**base, **kw})
+
+
+def _run(variant="baseline", seed=0, **kw):
+    run = RunRecord("seg", variant, 0.5, seed, f"cache/icm/seg-{variant}-seed{seed}-abc", 20, 9.0)
+    run.log = [{"step": 20, "loss": 0.3, "seconds": 9.0}]
+    run.points = [_point(curve=variant, seed=seed)]
+    return replace(run, **kw)
+
+
+def _files():
+    common = dict(profile="smoke", seeds=[0], compute_hours_in_runs=0.1,
+                  wall_hours_this_invocation=0.2)  # fmt: skip
+    gan = GanRecord(
+        "seg", 0.5, 0, "full", "cache/gan/full-seed0-x", 3.0, [{"step": 1, "seconds": 3.0}],
+        before=_point(), after=_point(curve="patchgan-full", psnr=23.0),
+    )  # fmt: skip
+    return [
+        StudyFile(**common, complete=True, variants=["baseline"], runs=[_run()],
+                  tasks={"seg": {"metric": "miou", "bd_rate": {}}}, icm_config={"alpha": 1}),
+        AblationFile(**common, runs=[_run(val={"step": [1], "main_loss": [0.2]}, log=[])],
+                     tasks={}, ablation_config={"steps": 2}),
+        GanFile(**common, runs=[gan], summary={}, gan_config={"steps": 1}),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("file", _files(), ids=lambda f: f.KIND)
+def test_every_file_type_round_trips(file, tmp_path):
+    path = file.write(file.path(tmp_path, "smoke"))
+    assert path.name == f"{file.KIND}-smoke.json"
+    back = type(file).read(path)
+    assert back == file
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == results.SCHEMA_VERSION and data["kind"] == file.KIND
+    assert data["run_keys"] == [r.run_key for r in file.runs] and all(data["run_keys"])
+    assert set(data["commit"]) >= {"sha", "dirty"}
+
+
+def test_records_round_trip_and_plain_views():
+    for point in (_point("seg"), _point("det", scores={"map_50": 0.7})):
+        assert RDPoint.from_json(json.loads(json.dumps(asdict(point)))) == point
+    run = _run()
+    assert RunRecord.from_json(json.loads(json.dumps(asdict(run)))) == run
+    plain = run.plain()
+    assert plain["eval"]["seg"]["miou"] == 0.55 and plain["roi"] == {}
+    assert plain["train_seconds"] == 9.0 and run.final["loss"] == 0.3
+    assert run.run_key == "seg-baseline-seed0-abc"
+
+
+def test_nan_is_refused_on_write_and_on_read(tmp_path):
+    study = _files()[0]
+    study.runs[0].points[0].psnr = float("nan")
+    with pytest.raises(ValueError, match="None with its reason"):
+        study.write(tmp_path / "study-smoke.json")
+    assert not (tmp_path / "study-smoke.json").exists()
+    good = _files()[0].write(tmp_path / "study-smoke.json")
+    good.write_text(good.read_text().replace('"psnr": 21.0', '"psnr": NaN', 1))
+    with pytest.raises(DamagedFileError, match="NaN"):
+        StudyFile.read(good)
+
+
+def test_an_older_schema_is_refused_with_the_command_that_regenerates_it(tmp_path):
+    path = _files()[1].write(tmp_path / "ablation-cpu.json")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "schema_version": 1}))
+    with pytest.raises(DamagedFileError, match="python -m icm_lib.study --study ablation"):
+        AblationFile.read(path)
+    del data["schema_version"]  # the untyped shape: also says how to convert it
+    path.write_text(json.dumps(data))
+    with pytest.raises(DamagedFileError, match="--convert"):
+        AblationFile.read(path)
+    with pytest.raises(DamagedFileError, match="not gan"):
+        GanFile.read(_files()[0].write(tmp_path / "gan-cpu.json"))
+
+
+def test_an_evaluation_of_an_older_format_is_recomputed_not_misread(tmp_path):
+    from icm_lib.evaluate import load_or_evaluate
+
+    path = tmp_path / "eval-seg.json"
+    path.write_text(json.dumps({"bpp": 0.1, "miou": 0.3, "psnr": 20.0, "ms_ssim": 0.5}))
+    fresh = load_or_evaluate(path, lambda: _point(curve=""))
+    assert fresh == _point(curve="")
+    assert load_or_evaluate(path, lambda: pytest.fail("recomputed")) == fresh
+
+
+# ------------------------------------------------------------------ per-image data
+def _random_detections(n_images, seed):
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for _ in range(n_images):
+        gt_n, dt_n = (
+            int(torch.randint(0, 5, (1,), generator=g)),
+            int(torch.randint(0, 9, (1,), generator=g)),
+        )
+        xy = torch.rand(gt_n, 2, generator=g) * 80
+        gt = torch.cat([xy, xy + 10 + torch.rand(gt_n, 2, generator=g) * 30], 1)
+        labels = torch.randint(1, 4, (gt_n,), generator=g)
+        # detections: jittered copies of the ground truth (some relabelled) and random boxes
+        jitter = gt + torch.randn(gt.shape, generator=g) * 4
+        xy = torch.rand(dt_n, 2, generator=g) * 80
+        noise = torch.cat([xy, xy + 10 + torch.rand(dt_n, 2, generator=g) * 30], 1)
+        boxes = torch.cat([jitter, noise])
+        dl = torch.cat([labels, torch.randint(1, 4, (dt_n,), generator=g)])
+        scores = torch.rand(len(boxes), generator=g)
+        preds.append({"boxes": boxes, "scores": scores, "labels": dl})
+        targets.append({"boxes": gt, "labels": labels})
+    return preds, targets
+
+
+def test_per_image_detection_matches_give_the_map_of_any_resample():
+    preds, targets = _random_detections(12, seed=0)
+    gt, dt = detection_matches(preds, targets)
+    g = torch.Generator().manual_seed(1)
+    for subset in [
+        list(range(12)),
+        [0, 3, 5, 7],
+        torch.randint(0, 12, (12,), generator=g).tolist(),
+    ]:
+        expected = detection_map([preds[i] for i in subset], [targets[i] for i in subset])
+        assert map_from_matches([gt[i] for i in subset], [dt[i] for i in subset]) == expected
+    assert 0 < expected["map"] < 1
+
+
+def test_per_image_confusion_counts_give_the_miou_of_any_resample():
+    g = torch.Generator().manual_seed(0)
+    labels = [torch.randint(0, 5, (16, 16), generator=g) for _ in range(6)]
+    labels[0][:4] = 255  # ignored pixels
+    preds = [torch.where(torch.rand(16, 16, generator=g) < 0.7, t, 3) for t in labels]
+    counts = []
+    for p, t in zip(preds, labels):
+        one = ConfusionMatrix(5)
+        one.update(p, t)
+        counts.append(one.counts())
+    records = ImageRecords(
+        ids=list(range(6)), pixels=[256] * 6, bits=[1.0] * 6, psnr=[0.0] * 6, ms_ssim=[0.0] * 6,
+        checkerboard=[0.0] * 6, intersection=[c[0] for c in counts],
+        union=[c[1] for c in counts], labelled=[c[2] for c in counts],
+    )  # fmt: skip
+    for subset in [list(range(6)), [1, 2], [5, 5, 0, 3, 3, 3]]:
+        whole = ConfusionMatrix(5)
+        for i in subset:
+            whole.update(preds[i], labels[i])
+        assert records.metric(subset) == whole.miou()
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_an_rd_point_recomputes_its_dataset_metric_from_its_images(smoke_env, task):
+    """On the smoke profile: the reference codec scored through real bitstreams; the per-image
+    records give the metric, bpp and fidelity the point reports, and the metric is the one the
+    recognizer's own evaluation reports on the same decoded images."""
+    from icm_lib.evaluate import BitstreamRoundTrip, rd_point
+    from icm_lib.recognition.training import evaluate_detection, evaluate_segmentation
+
+    exp, device = smoke_env, torch.device("cpu")
+    machine, val = exp.machine(task), exp.datasets.val(task)
+    point = rd_point(exp.reference, machine, val, device)
+    images = point.images
+    assert point.task == task and point.n_images == len(images) == len(val)
+    assert images.ids == list(val.ids)
+    assert images.metric() == point.metric  # exactly: the same counts, the same arithmetic
+    assert images.bpp() == point.bpp
+    assert sum(images.psnr) / len(images) == point.psnr
+    evaluate = evaluate_detection if task == "det" else evaluate_segmentation
+    theirs = evaluate(machine, val, device, transform=BitstreamRoundTrip(exp.reference))
+    assert theirs[point.metric_name] == point.metric
+    # as an evaluation file holds it
+    again = RDPoint.from_json(json.loads(json.dumps(asdict(point))))
+    assert again == point and again.images.metric() == point.metric
+
+
+# ------------------------------------------------------------------ legacy files
+def _legacy_study():
+    point = {"bpp": 0.1, "bpp_estimate": 0.09, "checkerboard": 0.2, "images": 48,
+             "lmbda": 0.4, "miou": 0.43, "ms_ssim": 0.6, "pixel_acc": 0.8, "psnr": 19.5,
+             "seconds": 9.1}  # fmt: skip
+    curves = {
+        name: {str(s): [{**point, "bpp": 0.1 + s / 100 + (name == "aux-enc") / 50}] for s in (0, 1)}
+        for name in ("baseline", "aux-enc")
+    }
+    curves["mse"] = {"0": [{**point, "bpp": 0.3, "lmbda": 0.0067}]}
+    undefined = {"bd_rate": None, "error": "needs at least 4 points"}
+    row = {"mean": math.nan, "ci95": math.nan, "n": 0, "per_seed": {"0": undefined},
+           "of_mean_curves": undefined,
+           "front": {"mean": -3.5, "ci95": math.nan, "n": 1, "per_seed": {"0": undefined}}}  # fmt: skip
+    return {
+        "profile": "cpu", "complete": True, "seeds": [0, 1], "variants": ["baseline", "aux-enc"],
+        "runs": 5, "compute_hours_in_runs": 1.25, "wall_hours_this_invocation": 0.5,
+        "icm_config": {"alpha": 1.0, "seg_lambdas": [0.5, 1.0]},
+        "tasks": {"seg": {"metric": "miou", "curves": curves, "bd_rate": {"aux-enc": row},
+                          "paper_bd_rate_aux_enc": -20.3}},
+    }  # fmt: skip
+
+
+def test_the_converter_keeps_every_number_and_nulls_nan_with_a_reason(tmp_path):
+    path = tmp_path / "study-cpu.json"
+    path.write_text(json.dumps(_legacy_study()))  # json writes NaN tokens, as the old code did
+    assert "NaN" in path.read_text()
+    study = convert_legacy(path)
+    assert StudyFile.read(path) == study
+    assert study.reproduced_by_current_code is False and "older code" in study.notes[0]
+    assert len(study.runs) == 5 and all(p.images is None for r in study.runs for p in r.points)
+    assert all(p.undefined["images"] == results.NO_IMAGES for r in study.runs for p in r.points)
+    row = study.tasks["seg"]["bd_rate"]["aux-enc"]
+    assert row["mean"] is None and row["undefined"]["mean"] == "no finite value to average (n=0)"
+    assert row["front"]["undefined"] == {"ci95": "one value has no interval (n=1)"}
+    from icm_lib.evaluate import curves
+
+    old = _legacy_study()["tasks"]["seg"]["curves"]
+    new = curves(study.runs, "seg")
+    for name, by_seed in old.items():
+        for seed, pts in by_seed.items():
+            got = new[name][int(seed)]
+            assert [{k: p[k] for k in pts[0]} for p in got] == pts  # every field, unchanged
+    with pytest.raises(DamagedFileError, match="already typed"):
+        convert_legacy(path)
+
+
+def test_the_converter_refuses_to_change_a_number(tmp_path, monkeypatch):
+    path = tmp_path / "study-cpu.json"
+    path.write_text(json.dumps(_legacy_study()))
+    real = results._legacy_point
+
+    def off_by_a_bit(p, *args):
+        point = real(p, *args)
+        return replace(point, bpp=point.bpp + 1e-12)
+
+    monkeypatch.setattr(results, "_legacy_point", off_by_a_bit)
+    with pytest.raises(AssertionError, match="not found in the typed file"):
+        convert_legacy(path)
+    assert "schema_version" not in path.read_text()  # nothing written
+
+
+#: the commit whose results files are the last of the untyped shape
+LEGACY_COMMIT = "f3b5ec8"
+
+
+@pytest.mark.parametrize("kind", ["study", "ablation", "gan"])
+def test_the_committed_files_are_the_conversion_of_the_untyped_ones(kind, tmp_path):
+    name = f"{kind}-cpu.json"
+    shown = subprocess.run(
+        ["git", "show", f"{LEGACY_COMMIT}:results/{name}"], cwd=ROOT, capture_output=True
+    )
+    if shown.returncode:
+        pytest.skip(f"git history without {LEGACY_COMMIT} (a shallow clone)")
+    legacy = tmp_path / name
+    legacy.write_bytes(shown.stdout)
+    converted = convert_legacy(legacy, write=False)  # asserts every number is kept
+    committed = results.FILE_TYPES[kind].read(ROOT / "results" / name)
+    assert replace(converted, commit=committed.commit, created=committed.created) == committed
+    assert committed.reproduced_by_current_code is (False if kind == "study" else None)
