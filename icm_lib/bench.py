@@ -6,6 +6,18 @@
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.stepbench; its own --help)
+    python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
+        [--tile 32 --overlap 8]   (its own --help)
+
+``decode-budget``: what a stream costs a decoder for the size its header claims, in the units a
+server operator needs. For each codec family (scale hyperprior ``bmshj2018-hyperprior``,
+mean-scale ``mbt2018-mean``, autoregressive ``cheng2020-attn``; random weights, the channel counts
+of ``--size``) and each claimed size, a minimal valid stream is crafted (:func:`crafted_stream`:
+the claimed header over a payload whose every symbol is the zero residual, the most probable
+one; tens of bytes) and decoded by ``ICMCodec.decompress`` in a fresh process: seconds, and the
+peak resident memory above what the process held before (``ru_maxrss``), per claimed megapixel.
+Square and 1:64 / 64:1 claims of equal area show the autoregressive codecs' aspect-ratio effect
+(3 H + W wavefronts). ``--tile T`` adds the peak with :func:`icm_lib.tiling.synthesize_tiled`.
 
 ``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
 one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
@@ -452,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         from .stepbench import main as paper_step
 
         return paper_step(argv[1:])
+    if argv[:1] == ["decode-budget"]:  # its own options
+        return decode_budget_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("what", choices=["codec", "icm", "devices", "backends", "paper-step"])
+    ap.add_argument(
+        "what", choices=["codec", "icm", "devices", "backends", "paper-step", "decode-budget"]
+    )
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
@@ -535,6 +551,232 @@ def bench_codecs(
         "transforms (h_a included) and g_s s: the synthesis, which both include; c.rat: the "
         "ratio without them (entropy coding, plus container and padding for icm_lib)"
     )
+
+
+# ---------------------------------------------------------------------- decode budget
+#: the codec of each coded family (as icm_lib.fuzz)
+BUDGET_CODECS = (
+    ("scale", "bmshj2018-hyperprior"),
+    ("mean-scale", "mbt2018-mean"),
+    ("autoregressive", "cheng2020-attn"),
+)
+#: channel counts (N, M) of ``--size``: the smoke and cpu profiles' codecs, and the zoo's at
+#: quality 3 (cheng2020-attn N=128; the paper's codec); cheng2020 takes N only
+BUDGET_SIZES = {"smoke": (32, 48), "cpu": (64, 96), "zoo": (None, None)}
+#: claimed (height, width): 0.25 and 1 MPix squares, and 1 MPix at 1:64 and 64:1
+BUDGET_CLAIMS = ((512, 512), (1024, 1024), (128, 8192), (8192, 128))
+
+
+class _MostProbable:
+    """An entropy-coder stand-in for :meth:`icm_lib.entropy.CodingState._code`: every symbol it
+    is asked for is the zero residual (the median of z, the mean of a Gaussian: each table's
+    most probable value), and each is also written to ``writer``, so the writer's payload
+    decodes to exactly these symbols."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def grouped(self, tables, index):
+        import numpy as np
+
+        values = np.zeros(len(index), dtype=np.int64)
+        self.writer.grouped(tables, index, values)
+        return values
+
+
+def crafted_stream(codec: ICMCodec, height: int, width: int) -> bytes:
+    """A valid container claiming a ``height`` x ``width`` image whose latents are all the most
+    probable symbol: what an attacker sends to make a decoder work for the largest size it
+    accepts (a few tens of bytes; issue 22 item 9). Costs what decoding it costs."""
+    from . import bitstream, entropy
+
+    state = codec.coding_state()
+    ph, pw = -(-height // 64) * 64, -(-width // 64) * 64
+    shape = state.latent_shape(ph, pw)
+    writer = entropy._Writer()
+    state._code(_MostProbable(writer), None, None, shape)
+    header = bitstream.Header(
+        codec.name,
+        codec.quality or 0,
+        codec.N,
+        codec.M,
+        height,
+        width,
+        ph - height,
+        pw - width,
+        shape,
+        state.fingerprint,
+    )
+    return bitstream.pack(header, [writer.finish()])
+
+
+def budget_codec(name: str, size: str, seed: int = 0) -> ICMCodec:
+    """A random-weight codec of ``name`` with the channel counts of ``size`` (BUDGET_SIZES),
+    entropy tables built."""
+    torch.manual_seed(seed)
+    n, m = BUDGET_SIZES[size]
+    if name.startswith("cheng2020"):
+        m = None
+    codec = build_codec(name, quality=3, N=n, M=m).eval()
+    codec.update()
+    return codec
+
+
+def _budget_worker(argv: list[str]) -> int:
+    """In a fresh process: decode one stream, print seconds and ru_maxrss before / after."""
+    import json
+    import resource
+
+    from . import bitstream
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("codec")
+    ap.add_argument("stream")
+    ap.add_argument("--tile", type=int, default=0)
+    ap.add_argument("--overlap", type=int, default=8)
+    args = ap.parse_args(argv)
+    codec = load_codec(torch.load(args.codec, weights_only=True)).eval()
+    data = Path(args.stream).read_bytes()
+    state = codec.coding_state()  # once per codec in a server, not per stream
+
+    def decode(data: bytes) -> torch.Tensor:
+        if not args.tile:
+            return codec.decompress(data, max_pixels=1 << 32)
+        from .tiling import synthesize_tiled
+
+        header, strings = bitstream.unpack(data)
+        latent = state.decode(strings[0], tuple(header.latent_shape))
+        return synthesize_tiled(codec.decoder, latent, args.tile, args.overlap).clamp(0, 1)
+
+    # a warm decoder: the one-time allocations of torch's first calls are not the stream's
+    decode(crafted_stream(codec, 64, 64))
+    # Linux: reset the peak (VmHWM) to the current RSS, so a decode that needs less than the
+    # imports' transient peak is still seen; elsewhere ru_maxrss (a lower bound then)
+    before = peak = None
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status_kb("VmRSS")
+    if before is None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    x = decode(data)
+    seconds = time.perf_counter() - t0
+    peak = _proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {"seconds": seconds, "before_kb": before, "peak_kb": peak, "shape": list(x.shape)}
+        )
+    )
+    return 0
+
+
+def _proc_status_kb(field: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _run_budget_case(codec_file: Path, stream_file: Path, tile: int, overlap: int) -> dict:
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "icm_lib.bench", "decode-budget", "--worker", str(codec_file)]
+    cmd += [str(stream_file), "--tile", str(tile), "--overlap", str(overlap)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"decode-budget worker failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_decode_budget(
+    size: str, claims, tile: int = 0, overlap: int = 8, codecs=BUDGET_CODECS
+) -> list[dict]:
+    """The ``decode-budget`` table (module docstring); returns its rows."""
+    import tempfile
+
+    rows = []
+    print(
+        f"decode budget: random-weight codecs, size {size!r} (N, M = {BUDGET_SIZES[size]}; None: "
+        f"the zoo's q3), torch threads {torch.get_num_threads()}; one fresh process per case"
+    )
+    head = f"{'family':<15}{'codec':<22}{'claim':>12}{'MPix':>7}{'bytes':>7}{'s':>8}{'s/MPix':>8}"
+    head += f"{'MB':>8}{'MB/MPix':>9}"
+    if tile:
+        head += f"{'tiled MB':>9}{'MB/MPix':>9}{'tiled s':>8}"
+    print(head)
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, name in codecs:
+            codec = budget_codec(name, size)
+            codec_file = Path(tmp) / f"{name}.pt"
+            torch.save(codec.codec_state(), codec_file)
+            for h, w in claims:
+                data = crafted_stream(codec, h, w)
+                stream_file = Path(tmp) / f"{name}-{h}x{w}.icm"
+                stream_file.write_bytes(data)
+                mpix = (-(-h // 64) * 64) * (-(-w // 64) * 64) / 1e6
+                got = _run_budget_case(codec_file, stream_file, 0, overlap)
+                mb = (got["peak_kb"] - got["before_kb"]) / 1024
+                row = {
+                    "family": family,
+                    "codec": name,
+                    "N": codec.N,
+                    "M": codec.M,
+                    "height": h,
+                    "width": w,
+                    "mpix": mpix,
+                    "bytes": len(data),
+                    "seconds": got["seconds"],
+                    "peak_mb": mb,
+                    "baseline_mb": got["before_kb"] / 1024,
+                }
+                line = f"{family:<15}{name:<22}{f'{h}x{w}':>12}{mpix:>7.2f}{len(data):>7}"
+                line += f"{got['seconds']:>8.2f}{got['seconds'] / mpix:>8.2f}{mb:>8.0f}{mb / mpix:>9.0f}"
+                if tile:
+                    tiled = _run_budget_case(codec_file, stream_file, tile, overlap)
+                    tmb = (tiled["peak_kb"] - tiled["before_kb"]) / 1024
+                    row.update(tiled_mb=tmb, tiled_seconds=tiled["seconds"])
+                    line += f"{tmb:>9.0f}{tmb / mpix:>9.0f}{tiled['seconds']:>8.2f}"
+                print(line, flush=True)
+                rows.append(row)
+    print(
+        "claim: the header's height x width; MPix: padded pixels; bytes: the whole crafted file; "
+        "s: wall seconds of decompress (entropy decoding + g_s; the machine's load changes them); "
+        "MB: peak resident memory above the process's before decoding (VmHWM reset; "
+        "after a 64x64 warm-up decode, so torch's one-time allocations are excluded)"
+        + (f"; tiled: g_s in {tile}-latent tiles with {overlap} of overlap" if tile else "")
+    )
+    return rows
+
+
+def decode_budget_main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        return _budget_worker(argv[1:])
+    ap = argparse.ArgumentParser(
+        prog="python -m icm_lib.bench decode-budget",
+        description="Seconds and memory per claimed megapixel of crafted streams (bench.py).",
+    )
+    ap.add_argument("--size", choices=sorted(BUDGET_SIZES), default="smoke")
+    ap.add_argument(
+        "--claims",
+        nargs="*",
+        default=[f"{h}x{w}" for h, w in BUDGET_CLAIMS],
+        help="claimed sizes HxW (default: %(default)s)",
+    )
+    ap.add_argument("--codecs", nargs="*", default=[n for _, n in BUDGET_CODECS])
+    ap.add_argument("--tile", type=int, default=0, help="also decode with g_s in tiles of T")
+    ap.add_argument("--overlap", type=int, default=8, help="latents of overlap of the tiles")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args(argv)
+    claims = [tuple(int(v) for v in c.lower().split("x")) for c in args.claims]
+    codecs = [(f, n) for f, n in BUDGET_CODECS if n in args.codecs]
+    rows = bench_decode_budget(args.size, claims, args.tile, args.overlap, codecs)
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

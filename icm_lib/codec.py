@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from compressai import zoo as compressai_zoo
 from compressai.zoo import image as zoo_image
 
 from . import bitstream, entropy
@@ -29,11 +28,13 @@ from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
 from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
 from .metrics import bpp_from_bytes, bpp_from_likelihoods
-from .weights import require_download
+from .weights import compressai_zoo_model
 
 #: the four codecs the tutorial names; cheng2020-attn is seed 001's default.
 CODEC_NAMES = ("cheng2020-attn", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2018-factorized")
 _DECODER_ATTR = "g_s"
+#: the container's 16-bit size fields: the largest side a stream can hold
+_MAX_SIDE = 0xFFFF
 
 
 def build_compressai_model(
@@ -43,6 +44,7 @@ def build_compressai_model(
     M: int | None = None,
     pretrained: bool = False,
     metric: str = "mse",
+    checkpoint: str | None = None,
 ) -> nn.Module:
     """A CompressAI model by zoo name and quality, or with explicit channel counts.
 
@@ -51,6 +53,7 @@ def build_compressai_model(
         N, M: explicit channel counts (cheng2020 models take N only).
         pretrained: CompressAI's weights through its zoo (cached by torch.hub); offline it raises
             :class:`WeightsUnavailableError` within a few seconds.
+        checkpoint: with ``pretrained``, a local copy of the zoo's file, read instead.
     """
     if name not in zoo_image.model_architectures:
         raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
@@ -60,14 +63,9 @@ def build_compressai_model(
     if pretrained:
         if N is not None or M is not None:
             raise ValueError("pretrained weights fix N and M; leave them None")
-        try:
-            url = zoo_image.model_urls[name][metric][q]
-        except KeyError:
-            raise ValueError(
-                f"CompressAI has no pretrained {name} for metric={metric}, quality={q}"
-            ) from None
-        require_download(url, f"CompressAI {name} q{q}")
-        return getattr(compressai_zoo, name.replace("-", "_"))(q, metric=metric, pretrained=True)
+        # a local copy of the zoo's file (CodecConfig.checkpoint), else torch.hub's cache or the
+        # download; offline, the error names the file torch.hub reads and the URL
+        return compressai_zoo_model(name, q, metric, checkpoint)
     arch, default = zoo_image.model_architectures[name], zoo_image.cfgs[name][q]
     if name.startswith("cheng2020"):  # Cheng2020 models take N only
         return arch(N=N or default[0])
@@ -278,7 +276,11 @@ class ICMCodec(nn.Module):
         The tables are computed on the CPU whatever the codec's device, stored in the model's
         buffers (so :meth:`codec_state` saves them) and never recomputed by :func:`load_codec`.
         ``force`` is accepted for CompressAI compatibility; tables are always rebuilt.
+
+        Raises:
+            CheckpointError: the weights hold NaN or infinite values (a diverged run).
         """
+        self.require_finite_weights()
         entropy.update_tables(self.model)
         self._coding = entropy.CodingState.from_model(self.model)
 
@@ -288,6 +290,7 @@ class ICMCodec(nn.Module):
         Weights changed after it was built (training on) are not seen until :meth:`update`.
         """
         if self._coding is None:
+            self.require_finite_weights()
             if not entropy.has_tables(self.model):
                 entropy.update_tables(self.model)
             self._coding = entropy.CodingState.from_model(self.model)
@@ -298,13 +301,45 @@ class ICMCodec(nn.Module):
         """8 bytes identifying the coding state; every stream carries the writer's."""
         return self.coding_state().fingerprint
 
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the model's floating-point parameters and buffers holding NaN or ±inf
+        (empty for a usable codec; one sync whatever the device)."""
+        tensors = [
+            (name, t)
+            for name, t in (*self.model.named_parameters(), *self.model.named_buffers())
+            if t.is_floating_point() and t.numel()
+        ]
+        flags: dict[torch.device, list[torch.Tensor]] = {}
+        for _, t in tensors:  # one stacked flag vector per device: one host sync each
+            flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+        finite = {dev: iter(torch.stack(f).tolist()) for dev, f in flags.items()}
+        return [name for name, t in tensors if not next(finite[t.device])]
+
+    def require_finite_weights(self) -> None:
+        """Raise :class:`CheckpointError` if any weight is NaN or infinite.
+
+        Such a codec (a diverged training run) cannot code: its latents are NaN. Checked before
+        every coding call, by :meth:`update` and by :func:`load_codec`.
+        """
+        bad = self.nonfinite_weights()
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise CheckpointError(
+                f"the {self.name} codec's weights hold NaN or infinite values ({shown}): it "
+                "comes from a diverged training run and cannot code images; resume from an "
+                "earlier checkpoint or retrain (lower learning rate, gradient clipping)"
+            )
+
     def _prepare(self, image: ImageLike) -> tuple[torch.Tensor, int, int, tuple[int, int]]:
-        x = image if isinstance(image, torch.Tensor) and image.ndim == 4 else None
-        if x is None:
-            x = to_rgb_tensor(image)[None]
-        elif x.shape[0] != 1 or x.shape[1] != 3:
-            raise ImageError(f"compress takes one image (1, 3, H, W), got {tuple(x.shape)}")
+        """Any image form through :func:`~icm_lib.data.images.to_rgb_tensor` (the same rules
+        for a path, a PIL image, an array and a 3-D or 4-D tensor), padded to 64."""
+        x = to_rgb_tensor(image, batch=True)
         h, w = x.shape[-2:]
+        if max(h, w) > _MAX_SIDE:
+            raise ImageError(
+                f"the image is {h}x{w}; a stream holds at most {_MAX_SIDE} pixels a side: "
+                "split it into tiles or downscale it"
+            )
         param = next(self.model.parameters())
         x = x.to(param.device, param.dtype if param.is_floating_point() else torch.float32)
         x, pad = pad_to_multiple(x)
@@ -315,8 +350,16 @@ class ICMCodec(nn.Module):
         """Entropy-code one image to container bytes.
 
         Args:
-            image: a path, PIL image, array or tensor; grayscale/RGBA/16-bit are converted, any
-                size is padded to a multiple of 64 (and cropped back by ``decompress``).
+            image: a path, PIL image, array, (C, H, W) or (1, C, H, W) tensor, converted by
+                :func:`~icm_lib.data.images.to_rgb_tensor` (its table of rules per dtype and
+                mode); any size is padded to a multiple of 64 (and cropped back by
+                ``decompress``).
+
+        Raises:
+            ImageError: what ``to_rgb_tensor`` refuses (NaN or infinite values, floats outside
+                [0, 1], integer types other than uint8 / uint16, empty, unreadable), or a side
+                longer than 65535.
+            CheckpointError: the codec's weights hold NaN or infinite values.
         """
         return self.compress_with_latent(image)[0]
 
@@ -325,6 +368,7 @@ class ICMCodec(nn.Module):
         """:meth:`compress`, also returning the ŷ (1, M, h, w) that every decoder of the bytes
         will reconstruct (on the codec's device)."""
         x, h, w, (pad_h, pad_w) = self._prepare(image)
+        self.require_finite_weights()
         state = self.coding_state()
         was_training = self.training
         self.eval()
@@ -414,6 +458,7 @@ class ICMCodec(nn.Module):
             BitstreamError: corrupt, truncated or crafted data, or data written by another codec.
         """
         header, strings = bitstream.unpack(data)
+        self.require_finite_weights()
         state = self.coding_state()
         self._check(header, strings, state, max_pixels or self.max_decode_pixels)
         latent = state.decode(strings[0], tuple(header.latent_shape))
@@ -477,20 +522,26 @@ def build_codec(
     N: int | None = None,
     M: int | None = None,
     pretrained: bool = False,
+    checkpoint: str | None = None,
 ) -> ICMCodec:
     """Build an :class:`ICMCodec` by name (see :data:`CODEC_NAMES`) and quality or N/M."""
-    model = build_compressai_model(name, quality, N, M, pretrained)
+    model = build_compressai_model(name, quality, N, M, pretrained, checkpoint=checkpoint)
     explicit = not pretrained and (N is not None or M is not None)
     return ICMCodec(model, name, None if explicit else quality)  # N, M read from the model
 
 
 def codec_from_config(cfg) -> ICMCodec:
     """Build from a :class:`~icm_lib.profiles.CodecConfig`."""
-    return build_codec(cfg.name, cfg.quality, cfg.N, cfg.M, cfg.pretrained)
+    return build_codec(cfg.name, cfg.quality, cfg.N, cfg.M, cfg.pretrained, cfg.checkpoint)
 
 
 def load_codec(state: dict) -> ICMCodec:
-    """Rebuild a codec saved with :meth:`ICMCodec.codec_state` (e.g. from ``load_checkpoint``)."""
+    """Rebuild a codec saved with :meth:`ICMCodec.codec_state` (e.g. from ``load_checkpoint``).
+
+    Raises:
+        CheckpointError: not a saved codec, incompatible weights, or weights holding NaN or
+            infinite values (a diverged run).
+    """
     try:
         cfg = state["codec_config"]
         quality = cfg["quality"] or None  # codecs saved before 2026-11 wrote 0 for "explicit N/M"
@@ -502,7 +553,9 @@ def load_codec(state: dict) -> ICMCodec:
         raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
     # the saved entropy tables are used as they are: recomputing them on another device or
     # machine could change them and make the codec's own streams undecodable
-    return ICMCodec(model, cfg["name"], quality, cfg["N"], cfg["M"])
+    codec = ICMCodec(model, cfg["name"], quality, cfg["N"], cfg["M"])
+    codec.require_finite_weights()
+    return codec
 
 
 __all__ = [

@@ -67,7 +67,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BitstreamError
+from .errors import BitstreamError, CheckpointError
 
 #: fractional bits of every value on the exact path: ŷ, ẑ, scales and means are multiples of 2^-12
 FRAC_BITS = 12
@@ -126,14 +126,22 @@ class _ExactConv:
             if conv.bias is not None
             else torch.zeros(w.shape[1] if transposed else w.shape[0], dtype=torch.float64)
         )
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise CheckpointError(
+                "a layer of the hyper-decoder / context model holds NaN or infinite weights "
+                "(a diverged training run): the codec cannot code; resume from an earlier "
+                "checkpoint or retrain"
+            )
         wmax = float(w.abs().max())
         # the largest shift whose worst case Σ|w a| + |b| stays below 2^52
-        shift = (
+        top = (
             30
             if wmax == 0
             else min(30, math.floor(math.log2(_EXACT / (2 * fan_in * ACT_LIMIT * wmax))))
         )
-        while True:
+        # a huge bias (never seen in trained codecs) lowers the shift: give up precision. Every
+        # finite float64 fits below 2^52 by shift -1100, so the loop is bounded.
+        for shift in range(top, -1100, -1):
             w_int = torch.round(w * 2.0**shift)
             # the bias carries half a unit of the result, so floor() rounds to nearest
             b_int = torch.round(b * 2.0 ** (FRAC_BITS + shift)) + (
@@ -142,7 +150,8 @@ class _ExactConv:
             bound = fan_in * ACT_LIMIT * float(w_int.abs().max()) + float(b_int.abs().max())
             if bound < _EXACT:
                 break
-            shift -= 1  # a huge bias (never seen in trained codecs): give up precision
+        else:
+            raise CheckpointError("a layer's weights are too large for the exact path")
         return cls(
             w_int,
             b_int,
@@ -424,13 +433,14 @@ class _Writer:
         """The overflow of escaped values ``v`` (value - offset, outside [0, esc_sym))."""
         if len(v):
             raw = np.where(v < 0, -2 * v - 1, 2 * (v - esc_sym))
-            nbits = np.zeros_like(raw)
-            r = raw.copy()
-            while r.any():
-                nbits += r > 0
-                r >>= 1
-            if nbits.max() > _ESCAPE_BITS:
-                raise ValueError("latent value too large to code")  # ŷ is clamped: unreachable
+            # bit lengths in closed form (no loop that a garbage value could keep going):
+            # frexp(r) = (m, e) with r = m 2^e, m in [0.5, 1), so e is r's bit length for every
+            # 1 <= r < 2^53, and 0 for r = 0. ŷ is clamped, so r < 2^_ESCAPE_BITS.
+            if (raw < 0).any() or raw.max() >= 1 << _ESCAPE_BITS:
+                raise ValueError(  # unreachable: the doors refuse non-finite latents
+                    "latent value too large to code; the latents were not finite or not clamped"
+                )
+            nbits = np.frexp(raw.astype(np.float64))[1].astype(np.int64)
             self.chunks.append((self.uniform(_ESCAPE_BITS + 1), nbits.astype(np.int32)))
             for n in np.unique(nbits[nbits >= 2]):
                 low = raw[nbits == n] - (1 << (int(n) - 1))
@@ -601,6 +611,11 @@ class CodingState:
         family = model_family(model)
         eb = model.entropy_bottleneck
         medians = eb.quantiles.detach()[:, 0, 1].to("cpu", torch.float64)
+        if not bool(torch.isfinite(eb.quantiles).all()):
+            raise CheckpointError(
+                "the entropy bottleneck's quantiles hold NaN or infinite values (a diverged "
+                "training run): the codec cannot code; resume from an earlier checkpoint"
+            )
         state = cls(
             family,
             int(getattr(model, "M", eb.channels)),
@@ -745,7 +760,17 @@ class CodingState:
 
         Returns:
             The payload and ŷ (1, M, H/16, W/16) float32 on the CPU: what the decoder will get.
+
+        Raises:
+            CheckpointError: ``y`` or ``z`` holds NaN or infinite values.
         """
+        for name, t in (("y", y), ("z", z)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(
+                    f"the latent {name} holds NaN or infinite values: the codec's weights are "
+                    "not finite (a diverged run), or its analysis overflowed (float16?); it "
+                    "cannot be coded -- load a codec with finite weights, in float32"
+                )
         y64 = y.detach()[0].to("cpu", torch.float64).clamp(-4000.0, 4000.0)
         z64 = None if z is None else z.detach()[0].to("cpu", torch.float64).clamp(-4000.0, 4000.0)
         writer = _Writer()

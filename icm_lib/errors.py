@@ -41,3 +41,18 @@ class BDRateError(ICMError):
 class DamagedFileError(ICMError):
     """A file the project wrote (JSON results, logs, metadata) is cut, corrupt, or of an older
     schema; the message names the file and how to regenerate it."""
+
+
+class FileWriteError(ICMError):
+    """A file could not be written (a full disk, a quota, permissions, a failing device); the
+    message names the file, the bytes it needed and the space left. The previous version of the
+    file, if any, is intact (every project file is written through a temporary file)."""
+
+
+class DiskFullError(FileWriteError):
+    """The disk or the user's quota is full (``ENOSPC`` / ``EDQUOT``)."""
+
+
+class RunLockedError(ICMError):
+    """Another process holds the writer lock of a run key (or a cache file) past the wait
+    allowed; the message names the holder (pid, host, since when) and the lock file."""

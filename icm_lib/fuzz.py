@@ -1,21 +1,33 @@
-"""Fuzzing the decoder: damaged and crafted containers behind a recomputed checksum.
+"""Fuzzing the coder's doors: damaged and crafted containers, non-finite images and weights.
 
-    python -m icm_lib.fuzz [--cases 1000] [--train-steps 300] [--out fuzz.json]
+    python -m icm_lib.fuzz [--cases 1000] [--train-steps 300] [--aspect-side 65536] [--out f.json]
 
 For each codec family (scale hyperprior, mean-scale, autoregressive) with random weights and
-briefly trained on procedural scenes, one stream of a small image is mutated in four ways, the
+briefly trained on procedural scenes, one stream of a small image is mutated in five ways, the
 CRC-32 recomputed each time so that every case reaches the decoder:
 
 * ``payload``: bit flips, overwritten bytes, dropped or appended words, truncation;
 * ``header``: random bytes of the header overwritten (any field, including lengths and counts);
 * ``field``: one header field set to a neighbouring, extreme or random value;
 * ``reshape``: height, width and latent shape changed *consistently*, so the payload is decoded
-  for an image of another size.
+  for an image of another size;
+* ``aspect``: the same with an extreme aspect ratio: one side 64 or 128 px, the other up to
+  ``--aspect-side`` (64 x 65,536 is the largest claim the default ``max_decode_pixels`` takes;
+  autoregressive codecs decode 3 H + W wavefronts, so a thin claim costs more than a square one).
+
+and one more kind tries the encoder's door:
+
+* ``nonfinite``: NaN, +inf or -inf in an image of every form (3-D and 4-D tensors of float32,
+  float16 and float64, float arrays, PIL ``F`` images, float TIFF files), or in one weight of the
+  codec (compressed, decoded, or saved and loaded). Every case must be refused
+  (:class:`~icm_lib.errors.ImageError` / :class:`~icm_lib.errors.CheckpointError`), promptly:
+  before the entropy coder was guarded, a NaN looped forever in it.
 
 Each case runs in a worker process; a case that kills it (a crash) or outlasts ``--timeout`` (a
 hang) is counted and the worker restarted with the next case. Outcomes: ``decoded`` (an image of
-the header's size, finite), ``refused`` (:class:`~icm_lib.errors.BitstreamError`), ``other``
-(any other exception: a defect), ``crash``, ``hang``.
+the header's size, finite), ``refused`` (:class:`~icm_lib.errors.BitstreamError` for streams, any
+:class:`~icm_lib.errors.ICMError` for ``nonfinite``), ``other`` (any other exception, or a
+non-finite input accepted: a defect), ``crash``, ``hang``.
 """
 
 from __future__ import annotations
@@ -38,7 +50,10 @@ import torch
 from . import bitstream
 from .runtime import mix_seed
 
-KINDS = ("payload", "header", "field", "reshape")
+#: stream mutations (decoded) and the encoder's door (``nonfinite``)
+KINDS = ("payload", "header", "field", "reshape", "aspect", "nonfinite")
+#: the longest side of an ``aspect`` claim by default: 64 x 65,536 = the default decode limit
+ASPECT_SIDE = 65536
 OUTCOMES = ("decoded", "refused", "other", "crash", "hang")
 #: the family representatives: (label, CompressAI name)
 FAMILY_CODECS = (
@@ -62,11 +77,14 @@ def _with_crc(body: bytes) -> bytes:
     return body + struct.pack(">I", zlib.crc32(body))
 
 
-def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
-    """One mutation of a valid container ``data`` (``kind``: one of :data:`KINDS`); the
-    checksum is recomputed."""
+def mutate(data: bytes, kind: str, rng: random.Random, aspect_side: int = ASPECT_SIDE) -> bytes:
+    """One mutation of a valid container ``data`` (``kind``: one of :data:`KINDS` but
+    ``nonfinite``); the checksum is recomputed. ``aspect_side``: the longest side of an
+    ``aspect`` claim."""
+    if kind == "aspect":
+        return _aspect(data, rng, aspect_side)
     if kind not in _MUTATIONS:
-        raise ValueError(f"kind must be one of {KINDS}")
+        raise ValueError(f"kind must be one of {tuple(k for k in KINDS if k != 'nonfinite')}")
     return _MUTATIONS[kind](data, rng)
 
 
@@ -128,6 +146,28 @@ def _reshape(data: bytes, rng: random.Random) -> bytes:
     cols = max(1, header.latent_shape[1] + rng.choice([-1, 0, 1, 4, 32]))
     resized = replace(
         header, height=rows * per, width=cols * per, pad_h=0, pad_w=0, latent_shape=(rows, cols)
+    )
+    return bitstream.pack(resized, strings)
+
+
+def _aspect(data: bytes, rng: random.Random, long_side: int) -> bytes:
+    """A consistent header for an image with an extreme aspect ratio: the short side 64 or 128
+    px, the long one ``long_side`` or a random multiple of 64 up to it, either way round."""
+    header, strings = bitstream.unpack(data)
+    per = (header.height + header.pad_h) // header.latent_shape[0]  # pixels per latent row
+    short = per * rng.choice([1, 2])
+    longest = max(per, long_side - long_side % per)
+    long = rng.choice([longest, per * rng.randint(1, longest // per)])
+    sides = [(short, long), (long, short)][rng.randrange(2)]
+    # a padded side of 65,536 does not fit the 16-bit size field: 65,535 px plus 1 of padding
+    kept = [min(v, 0xFFFF) for v in sides]
+    resized = replace(
+        header,
+        height=kept[0],
+        width=kept[1],
+        pad_h=sides[0] - kept[0],
+        pad_w=sides[1] - kept[1],
+        latent_shape=(sides[0] // per, sides[1] // per),
     )
     return bitstream.pack(resized, strings)
 
@@ -195,24 +235,112 @@ def train_briefly(
     return codec
 
 
+# ---------------------------------------------------------------------- non-finite inputs
+#: the forms a ``nonfinite`` case poisons (see the module docstring)
+NONFINITE_FORMS = (
+    "tensor3",
+    "tensor4",
+    "tensor4-float16",
+    "tensor4-float64",
+    "array-float32",
+    "array-float64",
+    "pil-F",
+    "tiff-F",
+    "weights-compress",
+    "weights-decompress",
+    "weights-load",
+)
+
+
+def nonfinite_input(codec, rng: random.Random, folder: Path):
+    """One ``nonfinite`` case: ``(form, run, error)`` where ``run()`` feeds a poisoned image to
+    ``codec.compress``, or poisons one weight of a copy of ``codec`` and uses it; ``run`` must
+    raise ``error`` (:class:`~icm_lib.errors.ImageError` or
+    :class:`~icm_lib.errors.CheckpointError`)."""
+    import copy
+
+    import numpy as np
+    from PIL import Image
+
+    from .codec import load_codec
+    from .errors import CheckpointError, ImageError
+
+    form = rng.choice(NONFINITE_FORMS)
+    value = rng.choice([float("nan"), float("inf"), float("-inf")])
+    h, w = rng.randint(1, 96), rng.randint(1, 96)
+    gen = np.random.default_rng(rng.randrange(2**32))
+    clean = gen.random((h, w, 3)).astype(np.float32)
+    clean_chw = torch.from_numpy(clean).permute(2, 0, 1).contiguous()
+    image = clean.copy()
+    flat = image.reshape(-1)
+    n_bad = rng.choice([1, rng.randint(1, flat.size), flat.size])
+    flat[gen.choice(flat.size, n_bad, replace=False)] = value
+    if form.startswith("weights"):
+        sd = {k: v.clone() for k, v in codec.model.state_dict().items()}
+        names = [k for k, v in sd.items() if v.is_floating_point() and v.numel()]
+        name = rng.choice(names)
+        sd[name].view(-1)[rng.randrange(sd[name].numel())] = value
+        if form == "weights-load":
+            state = {"codec_config": codec.config(), "state_dict": sd}
+            return form, lambda: load_codec(state), CheckpointError
+        poisoned = copy.deepcopy(codec)
+        poisoned.model.load_state_dict(sd)
+        if form == "weights-compress":
+            return form, lambda: poisoned.compress(clean_chw), CheckpointError
+        stream = codec.compress(clean_chw)
+        return form, lambda: poisoned.decompress(stream), CheckpointError
+    chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    if form == "tensor3":
+        return form, lambda: codec.compress(chw), ImageError
+    if form.startswith("tensor4"):
+        dtype = {"tensor4": torch.float32, "tensor4-float16": torch.float16}.get(
+            form, torch.float64
+        )
+        return form, lambda: codec.compress(chw[None].to(dtype)), ImageError
+    if form.startswith("array"):
+        return form, lambda: codec.compress(image.astype(form.split("-")[1])), ImageError
+    gray = np.ascontiguousarray(image[..., 0])
+    if np.isfinite(gray).all():  # the poison sat in channels 1-2 only
+        gray[0, 0] = value
+    if form == "pil-F":
+        return form, lambda: codec.compress(Image.fromarray(gray)), ImageError
+    path = folder / f"nonfinite-{rng.randrange(10**9)}.tif"
+    Image.fromarray(gray).save(path)
+    return form, lambda: codec.compress(path), ImageError
+
+
 # ---------------------------------------------------------------------- the isolated runner
 def _worker(manifest: str, start: int) -> None:
-    """Decode cases ``start...`` of the manifest, one line per case on stdout."""
+    """Run cases ``start...`` of the manifest, one line per case on stdout."""
     from .codec import load_codec
-    from .errors import BitstreamError
+    from .errors import BitstreamError, ICMError
     from .runtime import load_checkpoint
 
     torch.set_num_threads(1)
     tasks = json.loads(Path(manifest).read_text())
     codecs: dict[str, object] = {}
+    folder = Path(manifest).parent
     for i, task in enumerate(_expand(tasks)):
         if i < start:
             continue
-        path, stream, kind, seed = task
+        path, stream, kind, seed, aspect_side = task
         if path not in codecs:
             codecs[path] = load_codec(load_checkpoint(path)).eval()
         codec = codecs[path]
-        blob = mutate(Path(stream).read_bytes(), kind, random.Random(seed))
+        if kind == "nonfinite":
+            _, run, expected = nonfinite_input(codec, random.Random(seed), folder)
+            try:
+                run()
+                outcome = "other:accepted"  # a non-finite input coded: a defect
+            except expected:
+                outcome = "refused"
+            except ICMError as exc:  # refused, but for another reason than the poison
+                outcome = f"other:{type(exc).__name__}"
+            except Exception as exc:  # noqa: BLE001 -- a defect to count, not to hide
+                outcome = f"other:{type(exc).__name__}"
+            print(i, outcome, flush=True)
+            continue
+        blob = mutate(Path(stream).read_bytes(), kind, random.Random(seed), aspect_side)
         try:
             x = codec.decompress(blob)
             header, _ = bitstream.unpack(blob)
@@ -227,7 +355,13 @@ def _worker(manifest: str, start: int) -> None:
 
 def _expand(tasks: list[dict]) -> list[tuple]:
     return [
-        (t["codec"], t["stream"], t["kind"], mix_seed(t["seed"], c))
+        (
+            t["codec"],
+            t["stream"],
+            t["kind"],
+            mix_seed(t["seed"], c),
+            t.get("aspect_side", ASPECT_SIDE),
+        )
         for t in tasks
         for c in range(t["cases"])
     ]
@@ -307,16 +441,47 @@ def prepare_codecs(folder: Path, train_steps: int, size: int = 128) -> list[dict
     return out
 
 
-def fuzz(cases: int, train_steps: int, timeout: float = 10.0, kinds=KINDS) -> list[dict]:
-    """The table of the module docstring: one row per family x weights x kind."""
+def fuzz(
+    cases: int,
+    train_steps: int,
+    timeout: float = 10.0,
+    kinds=KINDS,
+    aspect_side: int = ASPECT_SIDE,
+    aspect_timeout: float = 120.0,
+) -> list[dict]:
+    """The table of the module docstring: one row per family x weights x kind, with its
+    ``cases`` and the count of each of :data:`OUTCOMES`.
+
+    ``aspect`` cases may claim the largest image the decoder accepts, whose decoding takes
+    seconds to a minute (it is refused only after its symbols are decoded): they are a hang
+    after ``aspect_timeout`` seconds, the others after ``timeout``.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         codecs = prepare_codecs(Path(tmp), train_steps)
         tasks = [
-            dict(codec=c["codec"], stream=c["stream"], kind=k, cases=cases, seed=j)
+            dict(
+                codec=c["codec"],
+                stream=c["stream"],
+                kind=k,
+                cases=cases,
+                seed=j,
+                aspect_side=aspect_side,
+            )
             for c in codecs
             for j, k in enumerate(kinds)
         ]
-        outcomes = run_isolated(tasks, timeout, tmp)
+        slow = [t["kind"] == "aspect" for t in tasks]
+        runs = {
+            flag: iter(
+                run_isolated(
+                    [t for t, f in zip(tasks, slow) if f == flag],
+                    aspect_timeout if flag else timeout,
+                    tmp,
+                )
+            )
+            for flag in set(slow)
+        }
+        outcomes = [next(runs[flag]) for flag in slow for _ in range(cases)]
     rows, i = [], 0
     for c in codecs:
         for k in kinds:
@@ -327,6 +492,7 @@ def fuzz(cases: int, train_steps: int, timeout: float = 10.0, kinds=KINDS) -> li
                     "family": c["family"],
                     "weights": c["weights"],
                     "kind": k,
+                    "cases": cases,
                     **{o: counts.get(o, 0) for o in OUTCOMES},
                     "other_types": others,
                 }
@@ -340,6 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=1000, help="cases per family x weights x kind")
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per case")
+    ap.add_argument(
+        "--aspect-side",
+        type=int,
+        default=ASPECT_SIDE,
+        help="longest side of the `aspect` claims (px; default 65536: a 64 x 65536 claim)",
+    )
+    ap.add_argument("--aspect-timeout", type=float, default=120.0, help="seconds per `aspect` case")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -347,7 +521,14 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.worker[0], int(args.worker[1]))
         return 0
     t0 = time.perf_counter()
-    rows = fuzz(args.cases, args.train_steps, args.timeout)
+    rows = fuzz(
+        args.cases,
+        args.train_steps,
+        args.timeout,
+        args.kinds,
+        args.aspect_side,
+        args.aspect_timeout,
+    )
     print(f"{'family':<16}{'weights':<9}{'kind':<9}" + "".join(f"{o:>9}" for o in OUTCOMES))
     for r in rows:
         print(
@@ -355,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f"{r[o]:>9}" for o in OUTCOMES)
             + (f"  {r['other_types']}" if r["other_types"] else "")
         )
-    print(f"{len(rows) * args.cases} cases in {time.perf_counter() - t0:.0f} s")
+    totals = {o: sum(r[o] for r in rows) for o in OUTCOMES}
+    print(
+        f"{len(rows) * args.cases} cases: "
+        + ", ".join(f"{n} {o}" for o, n in totals.items())
+        + f" in {time.perf_counter() - t0:.0f} s"
+    )
     if args.out:
         from .runtime import atomic_write_json
 

@@ -31,6 +31,10 @@ class DataConfig:
         eval_short_edge: evaluation images are resized so the shorter edge has this length
             (800 in the paper for COCO), then padded to a multiple of 64. ``None`` keeps the size.
         coco_root, context_root: paths of the real datasets (``source="real"``).
+        world: which embedded scenes (embedded only): ``"shapes"`` (class = silhouette, stuff =
+            colour: a machine needs few, cheap bits) or ``"patterns"`` (class = a fine stripe
+            pattern beside task-irrelevant clutter in the same band: bits compete); see
+            :mod:`icm_lib.data.patterns`.
     """
 
     source: str = "embedded"
@@ -42,6 +46,7 @@ class DataConfig:
     eval_short_edge: int | None = None
     coco_root: str | None = None
     context_root: str | None = None
+    world: str = "shapes"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class CodecConfig:
         quality: zoo quality 1..8; sets N/M when they are not given and picks pretrained weights.
         N, M: explicit channel counts (small CPU models); ``None`` uses the zoo's for ``quality``.
         pretrained: load CompressAI's pretrained weights (needs internet once).
+        checkpoint: a local copy of the zoo's weights file for ``name`` and ``quality`` (e.g.
+            ``cheng2020_attn-mse-3-2d07bbdf.pth.tar``), read instead of torch.hub's cache and
+            the download (``pretrained=True``; README "Weights on a machine without internet").
+            Keys carry the file's content hash, never its path (:meth:`key`).
     """
 
     name: str = "bmshj2018-hyperprior"
@@ -61,6 +70,25 @@ class CodecConfig:
     N: int | None = 64
     M: int | None = 96
     pretrained: bool = False
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        if self.checkpoint is not None and not self.pretrained:
+            raise ValueError(
+                "codec.checkpoint replaces the pretrained download: set codec__pretrained=True"
+            )
+
+    def key(self) -> dict[str, Any]:
+        """The fields that decide the codec, for cache keys: without ``checkpoint`` those of
+        before the field existed; with it, the file's content hash (``weights``) instead of its
+        path, so two clones with the same file share keys."""
+        out = dataclasses.asdict(self)
+        path = out.pop("checkpoint")
+        if path is not None:
+            from .weights import file_identity
+
+            out["weights"] = file_identity(path)
+        return out
 
 
 #: the recognition libraries of each task (README "Recognition backends")
@@ -100,6 +128,12 @@ class RecognitionConfig:
             1000/1000); 300 keeps evaluation and pseudo-labelling cheap on small images.
         box_head_dim: RoI box-head width (``None``: torchvision's 1024).
         anchor_sizes: anchor size per FPN level (``None``: torchvision's 32..512).
+        det_checkpoint, seg_checkpoint: a local copy of the pretrained weights file the backend
+            would download (``pretrained=True``), read instead of the library's cache: the
+            detectron2 zoo's ``model_final_*.pkl``, MMSegmentation's ``.pth``, torchvision's COCO
+            R50 detector or ImageNet backbone ``.pth``, smp's ``model.safetensors`` (README
+            "Weights on a machine without internet"). Keys carry the file's content hash, never
+            its path (:meth:`key`).
     """
 
     det_backend: str = "torchvision"
@@ -122,11 +156,19 @@ class RecognitionConfig:
     box_batch_size_per_image: int = 64
     box_head_dim: int | None = None
     anchor_sizes: tuple[int, ...] | None = None
+    det_checkpoint: str | None = None
+    seg_checkpoint: str | None = None
 
     def __post_init__(self):
         for name, allowed in (("det_backend", DET_BACKENDS), ("seg_backend", SEG_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("det_checkpoint", "seg_checkpoint"):
+            if getattr(self, name) is not None and not self.pretrained:
+                raise ValueError(
+                    f"recognition.{name} replaces the pretrained download: set "
+                    "recognition__pretrained=True"
+                )
 
     def model_name(self, task: Task | str) -> str:
         """The task's model as a file-name part: the backbone, or the library and config."""
@@ -140,12 +182,21 @@ class RecognitionConfig:
 
     def key(self) -> dict[str, Any]:
         """The fields that decide the models, for cache keys: a backend's fields only where that
-        backend is used (so the torchvision / smp keys are those of before the backends)."""
-        unused = set()
+        backend is used (so the torchvision / smp keys are those of before the backends); a
+        local checkpoint as its content hash (``det_weights`` / ``seg_weights``), never its path,
+        and nothing without one (so the keys are those of before the fields)."""
+        unused = {"det_checkpoint", "seg_checkpoint"}
         unused |= {"det_backend", "det_config"} if self.det_backend == "torchvision" else set()
         unused |= {"det_backbone"} if self.det_backend != "torchvision" else set()
         unused |= {"seg_backend", "seg_config"} if self.seg_backend == "smp" else {"seg_encoder"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in unused}
+        for task in ("det", "seg"):
+            path = getattr(self, f"{task}_checkpoint")
+            if path is not None:
+                from .weights import file_identity
+
+                out[f"{task}_weights"] = file_identity(path)
+        return out
 
     def sampling(self) -> dict[str, int]:
         """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""

@@ -17,7 +17,8 @@ Multi-GPU: under ``torchrun --nproc_per_node K`` each process takes one shard of
 batch, gradients are averaged by ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), and
 only rank 0 writes files.
 
-Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`)::
+Files in ``run_dir`` (:class:`~icm_lib.runtime.RunFiles`; one process at a time trains a run
+key: a second one waits for the first and then loads the finished codec)::
 
     checkpoint.pt   latest complete training state (codec, branch, optimizers, scheduler, step, config)
     log.jsonl       one line per logged step: step, loss parts, learning rate, seconds
@@ -253,6 +254,47 @@ def train_codec(
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every, dist)
     if run.finished:
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
+    with run.claim():  # one writer per run key: another process training it is waited for
+        if run.finished:  # ... and it finished the run meanwhile
+            return load_codec(run.final_state()).to(device).eval(), run.read_log()
+        return _train(
+            codec,
+            sampler,
+            cfg,
+            objective,
+            run,
+            device,
+            progress=progress,
+            stop_after=stop_after,
+            branch=branch,
+            branch_lr=branch_lr,
+            accumulate=accumulate,
+            dist=dist,
+            desc=desc,
+            validate=validate,
+            validate_every=validate_every,
+        )
+
+
+def _train(
+    codec: ICMCodec,
+    sampler: CropSampler,
+    cfg: TrainConfig,
+    objective: Objective,
+    run: RunFiles,
+    device: torch.device,
+    *,
+    progress: bool,
+    stop_after: int | None,
+    branch: nn.Module | None,
+    branch_lr: float | None,
+    accumulate: int,
+    dist: Distributed,
+    desc: str | None,
+    validate: Callable[[ICMCodec], dict[str, float]] | None,
+    validate_every: int,
+) -> tuple[ICMCodec, list[dict]]:
+    """The body of :func:`train_codec` once this process holds the run's claim."""
     shards = dist.world_size * accumulate
     if cfg.batch_size % shards:
         raise ValueError(

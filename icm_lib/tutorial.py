@@ -104,7 +104,13 @@ def run_notebook(
     metrics = out / "metrics.json"
     if not metrics.is_file():
         raise RuntimeError(f"{path.name} ran but recorded no metrics.json in {out}")
-    return json.loads(metrics.read_text())
+    from .runtime import read_json  # here: the module stays light until a notebook has run
+
+    return read_json(
+        metrics,
+        what=f"the metrics {path.name} recorded",
+        fix=f"run {path.name} again (python -m icm_lib.tutorial --only {path.name[:2]})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,16 +29,28 @@ def build_recognizer(task: Task | str, cfg, num_classes: int) -> nn.Module:
             from .detectron2_backend import build_detectron2_detector
 
             return build_detectron2_detector(
-                num_classes, cfg.det_config, cfg.pretrained, **cfg.detector_kwargs()
+                num_classes,
+                cfg.det_config,
+                cfg.pretrained,
+                checkpoint=cfg.det_checkpoint,
+                **cfg.detector_kwargs(),
             )
         return build_detector(
-            num_classes, cfg.det_backbone, cfg.pretrained, **cfg.detector_kwargs()
+            num_classes,
+            cfg.det_backbone,
+            cfg.pretrained,
+            checkpoint=cfg.det_checkpoint,
+            **cfg.detector_kwargs(),
         )
     if cfg.seg_backend == "mmseg":
         from .mmseg_backend import build_mmseg_segmenter
 
-        return build_mmseg_segmenter(num_classes, cfg.seg_config, cfg.pretrained)
-    return build_segmenter(num_classes, cfg.seg_encoder, cfg.pretrained)
+        return build_mmseg_segmenter(
+            num_classes, cfg.seg_config, cfg.pretrained, checkpoint=cfg.seg_checkpoint
+        )
+    return build_segmenter(
+        num_classes, cfg.seg_encoder, cfg.pretrained, checkpoint=cfg.seg_checkpoint
+    )
 
 
 def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):

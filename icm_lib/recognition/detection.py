@@ -4,7 +4,8 @@ Seed 001 uses detectron2's Faster R-CNN X101-FPN. detectron2 has no PyPI release
 torchvision's Faster R-CNN with a ResNet/ResNeXt FPN backbone chosen by name (``resnet18``,
 ``resnet50``, ``resnext101_32x8d``, ...). Pretrained weights come through torchvision's weight API:
 COCO weights for the whole detector exist only for ``resnet50``; other backbones get ImageNet
-weights and are trained on the dataset (or loaded from ``checkpoint``).
+weights and are trained on the dataset. ``checkpoint`` (the profile's
+``recognition.det_checkpoint``) is a local copy of the file torchvision would download.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import torch.nn as nn
 from torchvision.models import detection as tvdet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from ..errors import WeightsUnavailableError
+from ..errors import CheckpointError, WeightsUnavailableError
 from ..tasks import DETECTION
-from ..weights import require_download
+from ..weights import load_state_file, require_download
 from .common import freeze, loss_mode, output_channels
+
+#: the profile field that takes a local copy of the detector's pretrained weights
+FIELD = "recognition.det_checkpoint"
 
 
 def _imagenet_weights(backbone: str):
@@ -59,6 +63,7 @@ def build_detector(
     box_score_thresh: float = 0.05,
     box_head_dim: int | None = None,
     anchor_sizes: tuple[int, ...] | None = None,
+    checkpoint: str | None = None,
 ) -> nn.Module:
     """A torchvision Faster R-CNN with an FPN over ``backbone``.
 
@@ -75,9 +80,14 @@ def build_detector(
         box_head_dim: width of the two-layer RoI box head (torchvision: 1024); 256 is ~4x cheaper
             and enough for the embedded scenes.
         anchor_sizes: one anchor size per FPN level (torchvision: 32, 64, 128, 256, 512).
+        checkpoint: with ``pretrained``, a local copy of the file torchvision would download
+            (``resnet50``: the COCO detector's; else the ImageNet backbone's), read instead of
+            torch.hub's cache.
 
     Raises:
-        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded (the
+            message names the file torch.hub reads and the URL), or ``checkpoint`` is missing.
+        CheckpointError: ``checkpoint`` does not hold that model's weights.
     """
     kwargs = dict(
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
@@ -90,29 +100,44 @@ def build_detector(
     )
     if pretrained and backbone == "resnet50":
         weights = tvdet.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
-        require_download(weights.url, "torchvision Faster R-CNN R50-FPN v2 (COCO)")
+        what = "torchvision Faster R-CNN R50-FPN v2 (COCO)"
         if num_classes + 1 != len(weights.meta["categories"]):
             raise ValueError(
                 "torchvision's COCO detector predicts 91 category ids; use "
                 "num_classes=90 with CocoDetection(..., contiguous=False)"
             )
-        model = tvdet.fasterrcnn_resnet50_fpn_v2(weights=weights, **kwargs)
+        if checkpoint is None:
+            require_download(weights.url, what, field=FIELD)
+            model = tvdet.fasterrcnn_resnet50_fpn_v2(weights=weights, **kwargs)
+        else:
+            model = tvdet.fasterrcnn_resnet50_fpn_v2(
+                weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs
+            )
+            _load_local(model, checkpoint, what)
+            # what torchvision does for a trained model: conv1 and layer1 frozen
+            for name, param in model.backbone.body.named_parameters():
+                if not name.startswith(("layer2", "layer3", "layer4")):
+                    param.requires_grad_(False)
         model.transform.resize = _no_resize
         return model
     weights = None
     if pretrained:
         weights = _imagenet_weights(backbone)
-        require_download(weights.url, f"torchvision {backbone} (ImageNet)")
+        if checkpoint is None:
+            require_download(weights.url, f"torchvision {backbone} (ImageNet)", field=FIELD)
     # Trained from scratch, the backbone needs real BatchNorm; with ImageNet weights torchvision's
     # FrozenBatchNorm2d is the standard choice.
     norm = None if weights is not None else nn.BatchNorm2d
     extra = {} if norm is None else {"norm_layer": norm}
-    fpn = resnet_fpn_backbone(
-        backbone_name=backbone,
-        weights=weights,
-        trainable_layers=5 if weights is None else 3,
-        **extra,
-    )
+    if weights is not None and checkpoint is not None:
+        fpn = _local_backbone_fpn(backbone, checkpoint)
+    else:
+        fpn = resnet_fpn_backbone(
+            backbone_name=backbone,
+            weights=weights,
+            trainable_layers=5 if weights is None else 3,
+            **extra,
+        )
     if anchor_sizes is not None:
         from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -130,6 +155,31 @@ def build_detector(
     model = tvdet.FasterRCNN(fpn, num_classes=num_classes_arg, **kwargs)
     model.transform.resize = _no_resize
     return model
+
+
+def _load_local(model: nn.Module, checkpoint: str, what: str) -> None:
+    """Load a local weights file into ``model`` strictly (CheckpointError if it does not fit)."""
+    state = load_state_file(checkpoint, what, FIELD)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{what}: {FIELD}={checkpoint!r} does not hold this model's weights ({first})"
+        ) from None
+
+
+def _local_backbone_fpn(backbone: str, checkpoint: str) -> nn.Module:
+    """``resnet_fpn_backbone(weights=<ImageNet>)`` with the ImageNet file read from
+    ``checkpoint``: the same network (FrozenBatchNorm2d, three trainable stages), the same
+    weights."""
+    from torchvision.models import get_model
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_nn_ops
+
+    net = get_model(backbone, weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    _load_local(net, checkpoint, f"torchvision {backbone} (ImageNet)")
+    return _resnet_fpn_extractor(net, 3)
 
 
 class FrozenDetector:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BackendUnavailableError
-from ..weights import require_download
+from ..weights import local_file, require_download
 
 #: seed 001's detector (detectron2 model zoo)
 PAPER_CONFIG = "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml"
@@ -37,6 +37,14 @@ INSTALL_HINT = (
     "(pip install 'git+https://github.com/facebookresearch/detectron2.git', then "
     'pip install -e ".[detectron2]"; README "Recognition backends"), or use the '
     "torchvision backend (recognition__det_backend='torchvision')"
+)
+#: the profile field that takes a local copy of the zoo's weights file
+FIELD = "recognition.det_checkpoint"
+#: where detectron2 reads a model-zoo file, in words (iopath's cache, not torch.hub's)
+CACHE_FOLDER = (
+    "$FVCORE_CACHE/<the URL's path after the host>; FVCORE_CACHE defaults to "
+    "~/.torch/iopath_cache (iopath's cache, which detectron2's DetectionCheckpointer reads; not "
+    "torch.hub's)"
 )
 
 #: RecognitionConfig / build_detector keyword -> detectron2 config key
@@ -172,7 +180,11 @@ class Detectron2Detector(nn.Module):
 
 
 def build_detectron2_detector(
-    num_classes: int, config: str = PAPER_CONFIG, pretrained: bool = False, **kwargs
+    num_classes: int,
+    config: str = PAPER_CONFIG,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    **kwargs,
 ) -> Detectron2Detector:
     """A :class:`Detectron2Detector` of model-zoo ``config``.
 
@@ -181,12 +193,15 @@ def build_detectron2_detector(
             of sorted COCO category ids, which is detectron2's contiguous order).
         config: a detectron2 model-zoo config (seed 001: :data:`PAPER_CONFIG`).
         pretrained: load the zoo's COCO weights through detectron2's ``DetectionCheckpointer``
-            (downloaded once into fvcore's cache).
+            (downloaded once into iopath's cache: :func:`d2_cache_file`).
+        checkpoint: with ``pretrained``, a local copy of the zoo's file (``model_final_*.pkl``;
+            the profile's ``recognition.det_checkpoint``), loaded instead of the URL.
         **kwargs: sampling / test settings (:func:`detectron2_config`).
 
     Raises:
         BackendUnavailableError: detectron2 is not installed.
-        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded (the message
+            names the file detectron2 reads and the URL), or ``checkpoint`` is missing.
     """
     cfg = detectron2_config(config, num_classes, pretrained, **kwargs)
     from detectron2 import model_zoo
@@ -199,25 +214,32 @@ def build_detectron2_detector(
             raise ValueError(
                 f"detectron2's COCO weights predict 80 classes; the dataset has {num_classes}"
             )
-        url = model_zoo.get_checkpoint_url(config)
-        _require_d2_download(url, f"detectron2 {config}")
-        DetectionCheckpointer(net).load(url)
+        what = f"detectron2 {config}"
+        if checkpoint is not None:
+            # the file name's suffix tells DetectionCheckpointer the format (.pkl: the zoo's)
+            DetectionCheckpointer(net).load(str(local_file(checkpoint, what, FIELD)))
+        else:
+            url = model_zoo.get_checkpoint_url(config)
+            require_download(url, what, cached=d2_cache_file(url), folder=CACHE_FOLDER, field=FIELD)
+            DetectionCheckpointer(net).load(url)
     return Detectron2Detector(net, cfg.INPUT.FORMAT)
 
 
-def _require_d2_download(url: str, what: str) -> None:
-    """detectron2 caches downloads in fvcore's cache, not torch.hub's: check that one first."""
+def d2_cache_file(url: str) -> Path:
+    """The file detectron2's ``DetectionCheckpointer`` reads for a model-zoo ``url``: iopath's
+    ``HTTPURLHandler`` caches it as ``<get_cache_dir()>/<the URL's path after the host>``, where
+    ``get_cache_dir()`` is ``$FVCORE_CACHE``, default ``~/.torch/iopath_cache`` (torch.hub's
+    folder is never read)."""
     from iopath.common.file_io import get_cache_dir
 
-    if (Path(get_cache_dir()) / urlparse(url).path.lstrip("/")).is_file():
-        return
-    require_download(url, what)
+    return Path(get_cache_dir()) / urlparse(url).path.lstrip("/")
 
 
 __all__ = [
     "PAPER_CONFIG",
     "Detectron2Detector",
     "build_detectron2_detector",
+    "d2_cache_file",
     "detectron2_config",
     "require_detectron2",
 ]

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import BackendUnavailableError
-from ..weights import require_download
+from ..weights import local_file, require_download
 
 #: seed 001's segmenter (MMSegmentation model index)
 PAPER_CONFIG = "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-59-480x480"
@@ -41,6 +41,8 @@ INSTALL_HINT = (
     'OpenMMLab\'s wheel index for your torch/CUDA (README "Recognition backends"), or use the '
     "smp backend (recognition__seg_backend='smp')"
 )
+#: the profile field that takes a local copy of the model index's weights file
+FIELD = "recognition.seg_checkpoint"
 
 
 def require_mmseg():
@@ -143,18 +145,25 @@ class MMSegSegmenter(nn.Module):
 
 
 def build_mmseg_segmenter(
-    num_classes: int, config: str = PAPER_CONFIG, pretrained: bool = False
+    num_classes: int,
+    config: str = PAPER_CONFIG,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
 ) -> MMSegSegmenter:
     """A :class:`MMSegSegmenter` of ``config`` (a model name of MMSegmentation's index or a path).
 
     Args:
         num_classes: classes of the decode (and auxiliary) head (59 for Pascal-Context-59).
         pretrained: load the model index's weights through mmengine's ``load_checkpoint``
-            (``mmseg.apis.init_model``; downloaded once into torch.hub's cache).
+            (``mmseg.apis.init_model``; downloaded once into torch.hub's cache,
+            ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``).
+        checkpoint: with ``pretrained``, a local copy of that file (the profile's
+            ``recognition.seg_checkpoint``), loaded instead of the URL.
 
     Raises:
         BackendUnavailableError: MMSegmentation (or mmcv / mmengine) is not installed.
-        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded (the message
+            names the file mmengine reads and the URL), or ``checkpoint`` is missing.
     """
     path = mmseg_config_path(config)
     from mmengine.config import Config
@@ -162,21 +171,26 @@ def build_mmseg_segmenter(
     from mmseg.apis import init_model
 
     cfg = Config.fromfile(str(path))
-    checkpoint = None
+    weights = None
     if pretrained:
         if num_classes != cfg.model.decode_head.num_classes:
             raise ValueError(
                 f"{path.stem}'s weights predict {cfg.model.decode_head.num_classes} classes; the "
                 f"dataset has {num_classes}"
             )
-        checkpoint = mmseg_checkpoint_url(config)
-        require_download(checkpoint, f"MMSegmentation {path.stem}")
+        what = f"MMSegmentation {path.stem}"
+        if checkpoint is not None:
+            weights = str(local_file(checkpoint, what, FIELD))
+        else:
+            # mmengine's load_checkpoint reads a URL through torch.hub.load_state_dict_from_url
+            weights = mmseg_checkpoint_url(config)
+            require_download(weights, what, field=FIELD)
     heads = [cfg.model.decode_head]
     aux = cfg.model.get("auxiliary_head")
     heads += aux if isinstance(aux, list) else [aux] if aux else []
     for head in heads:
         head.num_classes = num_classes
-    net = revert_sync_batchnorm(init_model(cfg, checkpoint, device="cpu"))
+    net = revert_sync_batchnorm(init_model(cfg, weights, device="cpu"))
     pre = cfg.model.data_preprocessor
     return MMSegSegmenter(
         net, list(pre["mean"]), list(pre["std"]), bgr=not pre.get("bgr_to_rgb", False)

@@ -2,21 +2,31 @@
 
 Seed 001 uses MMSegmentation's DeepLabV3+ with a ResNet-101; mmsegmentation needs mmcv built from
 source, so this wraps smp's DeepLabV3+ (encoder chosen by name, ``resnet18`` ... ``resnet101``).
-``pretrained=True`` loads smp's ImageNet encoder weights (from the Hugging Face hub); the
+``pretrained=True`` loads smp's ImageNet encoder weights (from the Hugging Face hub, or from a
+local copy of its ``model.safetensors``: the profile's ``recognition.seg_checkpoint``); the
 segmentation head is trained on the dataset (or loaded from a checkpoint).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.context import IGNORE_INDEX
-from ..errors import WeightsUnavailableError
+from ..errors import CheckpointError, WeightsUnavailableError
 from ..tasks import SEGMENTATION
-from ..weights import hf_offline_unless_reachable
+from ..weights import hf_offline_unless_reachable, load_state_file, offline_message
 from .common import freeze, loss_mode, output_channels
+
+#: the profile field that takes a local copy of the segmenter's pretrained weights
+FIELD = "recognition.seg_checkpoint"
+HF_FOLDER = (
+    "$HF_HUB_CACHE; it defaults to $HF_HOME/hub, i.e. ~/.cache/huggingface/hub, and is read once "
+    "when huggingface_hub is imported"
+)
 
 #: ImageNet normalisation (smp encoders expect normalised input; the wrapper takes [0, 1])
 _MEAN = (0.485, 0.456, 0.406)
@@ -53,16 +63,58 @@ class NormalizedSegmenter(nn.Module):
         return self.net.encoder.layer3
 
 
+def smp_weight_files(encoder: str) -> list[tuple[str, Path]] | None:
+    """The files smp reads for ``encoder``'s ImageNet weights, as ``(url, path in the Hugging
+    Face cache)``: the repository's ``config.json`` and ``model.safetensors`` at the revision smp
+    pins (``None`` for an encoder whose weights smp does not fetch from the hub)."""
+    try:
+        from huggingface_hub import constants
+        from segmentation_models_pytorch.encoders import encoders
+
+        settings = encoders[encoder]["pretrained_settings"]["imagenet"]
+        repo, revision = settings["repo_id"], settings["revision"]
+    except (ImportError, KeyError, TypeError):
+        return None
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    return [
+        (f"https://huggingface.co/{repo}/resolve/{revision}/{name}", folder / revision / name)
+        for name in ("config.json", "model.safetensors")
+    ]
+
+
 def build_segmenter(
-    num_classes: int, encoder: str = "resnet18", pretrained: bool = False
+    num_classes: int,
+    encoder: str = "resnet18",
+    pretrained: bool = False,
+    checkpoint: str | None = None,
 ) -> NormalizedSegmenter:
     """DeepLabV3+ (smp) with ``encoder``; ImageNet encoder weights when ``pretrained``.
 
+    Args:
+        checkpoint: with ``pretrained``, a local copy of the encoder's weights
+            (smp's ``model.safetensors`` from the hub, or a ``.pth`` state dict of the encoder),
+            read instead of the Hugging Face cache.
+
     Raises:
-        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded.
+        WeightsUnavailableError: ``pretrained`` and the weights cannot be downloaded (the message
+            names the files the hub's cache must hold and their URLs), or ``checkpoint`` is
+            missing.
+        CheckpointError: ``checkpoint`` does not hold the encoder's weights.
     """
     import segmentation_models_pytorch as smp
 
+    what = f"smp {encoder} ImageNet encoder"
+    if pretrained and checkpoint is not None:
+        net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=num_classes)
+        state = load_state_file(checkpoint, what, FIELD)
+        try:
+            net.encoder.load_state_dict(dict(state))  # smp's ResNet encoders drop fc.* here
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{what}: {FIELD}={checkpoint!r} does not hold its weights ({first})"
+            ) from None
+        return NormalizedSegmenter(net)
     weights = "imagenet" if pretrained else None
     try:
         with hf_offline_unless_reachable():
@@ -72,10 +124,16 @@ def build_segmenter(
     except (OSError, ValueError, RuntimeError) as exc:
         if not pretrained:
             raise
+        files = smp_weight_files(encoder)
+        reason = f"the Hugging Face hub cannot be reached ({type(exc).__name__})"
+        if files is None:
+            raise WeightsUnavailableError(
+                f"{what}: the weights cannot be downloaded ({type(exc).__name__}); run once "
+                f"with internet (huggingface_hub caches them in {HF_FOLDER}), set {FIELD} to a "
+                "local copy, or use pretrained=False"
+            ) from exc
         raise WeightsUnavailableError(
-            f"smp {encoder} ImageNet weights cannot be downloaded ({type(exc).__name__}); run "
-            "once with internet (they are cached by huggingface_hub), pass a checkpoint, or use "
-            "pretrained=False"
+            offline_message(what, files, HF_FOLDER, FIELD, reason)
         ) from exc
     return NormalizedSegmenter(net)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,9 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.coco import CocoDetection
 from ..data.context import IGNORE_INDEX, PascalContextSegmentation
 from ..data.transforms import pad_to_multiple, random_crop
+from ..errors import CheckpointError
 from ..metrics import ConfusionMatrix, detection_map
 from ..profiles import RecognitionConfig
 from ..runtime import (
+    RunLock,
     atomic_torch_save,
     config_hash,
     data_key,
@@ -275,27 +278,48 @@ def _load_or_train(
         }
     )
     path = Path(cache_dir) / f"{name}-{key}.pt"
-    if path.is_file():
-        ckpt = load_checkpoint(path)
+    ckpt = _cached(path)
+    if ckpt is None:
+        # one writer per cache file: a second process waits, then loads what the first wrote
+        with RunLock(path.with_name(path.name + ".lock"), what=f"the recognizer cache {path}"):
+            ckpt = _cached(path)
+            if ckpt is None:
+                t0 = time.perf_counter()
+                log = (
+                    train_fn(model, train_set, cfg, crop, device, seed, progress)
+                    if cfg.train_steps
+                    else []
+                )
+                seconds = time.perf_counter() - t0
+                report = {
+                    "val": eval_fn(make_machine(), val_set, device),
+                    "train_seconds": seconds,
+                    "train_steps": cfg.train_steps,
+                    "loss_log": log,
+                    "cached": False,
+                }
+                atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+    if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         report = ckpt["report"]
         report["cached"] = True
-    else:
-        t0 = time.perf_counter()
-        log = (
-            train_fn(model, train_set, cfg, crop, device, seed, progress) if cfg.train_steps else []
-        )
-        seconds = time.perf_counter() - t0
-        report = {
-            "val": eval_fn(make_machine(), val_set, device),
-            "train_seconds": seconds,
-            "train_steps": cfg.train_steps,
-            "loss_log": log,
-            "cached": False,
-        }
-        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
     report["path"] = str(path)
     return make_machine(), report
+
+
+def _cached(path: Path) -> dict | None:
+    """The cached recognizer at ``path``, or ``None`` when there is none or it is damaged (cut,
+    corrupt, a content hash that does not match): a cache is recomputed, with a warning."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+        if not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("report"), dict):
+            raise CheckpointError(f"{path} is not a recognizer cache (no state_dict / report)")
+        return ckpt
+    except CheckpointError as exc:
+        warnings.warn(f"{exc}; training the recognizer again", stacklevel=3)
+        return None
 
 
 def load_or_train_detector(

@@ -1,0 +1,332 @@
+"""``python -m icm_lib encode / decode``: an image file on disk to a stream on disk and back, and
+one line of error with exit status 2 for every bad file, image or codec."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icm_lib import cli
+from icm_lib.codec import build_codec
+from icm_lib.errors import ImageError
+from icm_lib.runtime import atomic_torch_save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def deadline(seconds: int):
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small random-weight codec saved as a finished run's codec.pt, another codec, and a
+    70 x 90 scene written as a PNG."""
+    from icm_lib.fuzz import scene_images
+
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).eval()
+    codec.update()
+    run = root / "run"
+    atomic_torch_save(codec.codec_state(), run / "codec.pt")
+    torch.manual_seed(1)
+    other = build_codec("bmshj2018-hyperprior", N=32, M=48).eval()
+    other.update()
+    atomic_torch_save(other.codec_state(), root / "other.pt")
+    poisoned = codec.codec_state()
+    poisoned["state_dict"] = {k: v.clone() for k, v in poisoned["state_dict"].items()}
+    poisoned["state_dict"]["g_a.0.weight"].view(-1)[3] = float("nan")
+    atomic_torch_save(poisoned, root / "diverged.pt")
+    scene = scene_images(1, 96, seed=3)[0][:, :70, :90]
+    pixels = (scene * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(root / "scene.png")
+    return {"root": root, "codec": codec, "run": run, "image": root / "scene.png"}
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code: int, err: str, *needles: str) -> None:
+    assert code == cli.EXIT_BAD_INPUT, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_image_file_to_stream_file_and_back(files, capsys, tmp_path):
+    stream, png = tmp_path / "scene.icm", tmp_path / "scene.png"
+    code, out, err = run_cli(
+        capsys, "encode", files["image"], "-o", stream, "--codec", files["run"] / "codec.pt"
+    )
+    assert code == 0, err
+    data = stream.read_bytes()
+    assert data == files["codec"].compress(files["image"])  # the library's own bytes
+    assert f"{len(data)} bytes" in out and "bpp" in out and " s " in out
+    bpp = 8 * len(data) / (70 * 90)
+    assert f"{bpp:.4f} bpp" in out
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file + rename
+
+    code, out, err = run_cli(capsys, "decode", stream, "-o", png, "--codec", files["run"])
+    assert code == 0, err
+    codec = files["codec"]
+    for claim in (
+        "bmshj2018-hyperprior",
+        "N=32, M=48",
+        "90x70 px (padded 128x128)",
+        codec.fingerprint.hex(),
+        "latent       2x2",
+    ):
+        assert claim in out, claim
+    assert "wrote" in out and " s" in out
+    back = np.asarray(Image.open(png))
+    assert Image.open(png).format == "PNG" and back.shape == (70, 90, 3)
+    expected = (codec.decompress(data)[0] * 255).round().clamp(0, 255).byte().permute(1, 2, 0)
+    assert np.array_equal(back, expected.numpy())
+
+
+def test_python_dash_m_icm_lib_encode(files, tmp_path):
+    stream = tmp_path / "out.icm"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "icm_lib", "encode", str(files["image"]), "-o", str(stream)]
+        + ["--codec", str(files["run"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert stream.read_bytes() == files["codec"].compress(files["image"])
+    assert "bpp" in proc.stdout
+
+
+def _cut(files, tmp_path) -> Path:
+    data = files["codec"].compress(files["image"])
+    path = tmp_path / "cut.icm"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _random_bytes(files, tmp_path) -> Path:
+    path = tmp_path / "random.icm"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 500, np.uint8).tobytes())
+    return path
+
+
+def _foreign(files, tmp_path) -> Path:
+    """A valid stream, written by another codec (other weights, same architecture)."""
+    from icm_lib.codec import load_codec
+    from icm_lib.runtime import load_checkpoint
+
+    other = load_codec(load_checkpoint(files["root"] / "other.pt"))
+    path = tmp_path / "foreign.icm"
+    path.write_bytes(other.compress(files["image"]))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_cut, "checksum"),
+        (_random_bytes, "not an icm_lib bitstream"),
+        (_foreign, "other weights"),
+        (lambda f, p: p / "missing.icm", "no stream file"),
+    ],
+    ids=["cut", "random-bytes", "other-codec", "missing"],
+)
+def test_bad_stream_files_give_one_error_line(files, capsys, tmp_path, make, needle):
+    stream = make(files, tmp_path)
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", tmp_path / "x.png", "--codec", files["run"]
+    )
+    assert_one_error_line(code, err, needle)
+    assert not (tmp_path / "x.png").exists()
+
+
+def _text_file(tmp_path) -> Path:
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image\n")
+    return path
+
+
+def _nan_tiff(tmp_path) -> Path:
+    path = tmp_path / "nan.tif"
+    a = np.full((20, 30), 0.5, np.float32)
+    a[4, 5] = np.nan
+    Image.fromarray(a).save(path)
+    return path
+
+
+def _int32_tiff(tmp_path) -> Path:
+    path = tmp_path / "int.tif"
+    Image.fromarray(np.full((20, 30), 300_000, np.int32)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_text_file, "cannot read image"),
+        (_nan_tiff, "NaN or infinite"),
+        (_int32_tiff, "outside 0..65535"),
+        (lambda p: p / "missing.png", "no image file"),
+    ],
+    ids=["not-an-image", "nan-tiff", "int32-tiff", "missing"],
+)
+def test_bad_images_give_one_error_line_promptly(files, capsys, tmp_path, make, needle):
+    out = tmp_path / "x.icm"
+    with deadline(120):
+        code, _, err = run_cli(capsys, "encode", make(tmp_path), "-o", out, "--codec", files["run"])
+    assert_one_error_line(code, err, needle)
+    assert not out.exists()
+
+
+def test_a_diverged_codec_is_refused(files, capsys, tmp_path):
+    diverged = files["root"] / "diverged.pt"
+    with deadline(120):
+        code, _, err = run_cli(
+            capsys, "encode", files["image"], "-o", tmp_path / "x.icm", "--codec", diverged
+        )
+    assert_one_error_line(code, err, "NaN or infinite", "g_a.0.weight")
+    stream = tmp_path / "ok.icm"
+    stream.write_bytes(files["codec"].compress(files["image"]))
+    code, _, err = run_cli(capsys, "decode", stream, "-o", tmp_path / "x.png", "--codec", diverged)
+    assert_one_error_line(code, err, "NaN or infinite")
+
+
+def test_nan_tensor_compress_returns_promptly(files):
+    """Before the guards, one NaN looped forever in the entropy coder's escape loop."""
+    x = torch.rand(1, 3, 64, 64)
+    x[0, 1, 10, 10] = float("nan")
+    with deadline(60), pytest.raises(ImageError, match="NaN"):
+        files["codec"].compress(x)
+
+
+def test_codec_and_output_mistakes(files, capsys, tmp_path):
+    stream = tmp_path / "ok.icm"
+    stream.write_bytes(files["codec"].compress(files["image"]))
+    code, out, err = run_cli(capsys, "decode", stream, "-o", tmp_path / "x.png")
+    assert_one_error_line(code, err, "--codec")
+    assert "bmshj2018-hyperprior" in out  # the header's claims are printed before
+    code, _, err = run_cli(capsys, "decode", stream, "-o", tmp_path / "x.png", "--zoo")
+    assert_one_error_line(code, err, "explicit N/M")
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", tmp_path / "x.jpg", "--codec", files["run"]
+    )
+    assert_one_error_line(code, err, "PNG")
+    code, _, err = run_cli(
+        capsys,
+        "decode",
+        stream,
+        "-o",
+        tmp_path / "x.png",
+        "--codec",
+        files["run"],
+        "--max-pixels",
+        4096,
+    )
+    assert_one_error_line(code, err, "max_pixels")
+    code, _, err = run_cli(
+        capsys, "encode", files["image"], "-o", tmp_path / "y.icm", "--codec", tmp_path
+    )
+    assert_one_error_line(code, err, "holds no codec.pt")
+    code, _, err = run_cli(
+        capsys, "encode", files["image"], "-o", tmp_path / "y.icm", "--codec", stream
+    )
+    assert_one_error_line(code, err)  # a stream is no checkpoint
+
+
+def test_zoo_offline_says_what_to_do(files, capsys, tmp_path, monkeypatch):
+    """Offline, ``--zoo`` ends with the library's own WeightsUnavailableError message."""
+    from icm_lib.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("ICM_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_codec("bmshj2018-hyperprior", 2, pretrained=True)
+    with deadline(60):
+        code, _, err = run_cli(
+            capsys,
+            "encode",
+            files["image"],
+            "-o",
+            tmp_path / "z.icm",
+            "--zoo",
+            "bmshj2018-hyperprior",
+            "--quality",
+            2,
+        )
+    assert_one_error_line(code, err)
+    assert err.strip() == "error: " + " ".join(str(info.value).split())
+    assert not (tmp_path / "z.icm").exists()
+    code, _, err = run_cli(
+        capsys,
+        "encode",
+        files["image"],
+        "-o",
+        tmp_path / "z.icm",
+        "--zoo",
+        "bmshj2018-hyperprior",
+        "--quality",
+        99,
+    )
+    assert_one_error_line(code, err, "qualities")
+
+
+def test_usage_mistakes_exit_2():
+    with pytest.raises(SystemExit) as info:
+        cli.main(["encode", "x.png"])  # no -o, no codec
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["encode", "x.png", "-o", "y", "--codec", "a", "--zoo", "cheng2020-attn"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("name", sorted(cli.FORWARDED))
+def test_other_commands_are_forwarded_to_their_modules(name, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(cli.FORWARDED[name][0])
+    assert list(inspect.signature(module.main).parameters) == ["argv"]
+    calls = []
+    monkeypatch.setattr(module, "main", lambda argv: calls.append(argv) or 3)
+    assert cli.main([name, "--profile", "smoke"]) == 3
+    assert calls == [["--profile", "smoke"]]
+    monkeypatch.setattr(module, "main", lambda argv: {"record": 1})  # train, study, gan
+    assert cli.main([name]) == 0
+    monkeypatch.setattr(module, "main", lambda argv: {})
+    assert cli.main([name]) == (1 if name == "train" else 0)  # as `python -m icm_lib.train`
+
+
+def test_help_says_how_the_decoder_finds_its_codec(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["decode", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the same --codec" in text and "--max-pixels" in text
