@@ -17,7 +17,6 @@ detections), so statistics can resample images as well as seeds.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -330,17 +329,16 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
     """Mean and the half-width of its Student-t confidence interval over the finite values;
     an undefined one (no value; one value's interval) is ``None`` with the reason in
     ``undefined``."""
-    from scipy import stats
+    from .statistics import t_interval
 
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-    if len(v) == 0:
+    t = t_interval(values, confidence)
+    if t["n"] == 0:
         reason = "no finite value to average (n=0)"
         return {"mean": None, "ci95": None, "n": 0, "undefined": {"mean": reason, "ci95": reason}}
-    if len(v) == 1:
+    if t["n"] == 1:
         why = {"ci95": "one value has no interval (n=1)"}
-        return {"mean": float(v.mean()), "ci95": None, "n": 1, "undefined": why}
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return {"mean": float(v.mean()), "ci95": half, "n": int(len(v))}
+        return {"mean": t["mean"], "ci95": None, "n": 1, "undefined": why}
+    return {"mean": t["mean"], "ci95": t["half"], "n": t["n"]}
 
 
 def mean_curve(by_seed: dict[int, list[dict]]) -> list[dict]:

@@ -88,18 +88,21 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
-    """Mean, SD and the t-interval of ``values`` (``None`` bounds for fewer than 2)."""
-    v = np.asarray([x for x in values if x is not None], float)
+def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict:
+    """Mean, SD and the Student-t interval (``half`` width, ``lo``, ``hi``) of the finite
+    ``values`` (``None`` and non-finite ones are left out; ``None`` where undefined: no value,
+    or one value's spread)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     n = len(v)
+    out = {"n": n, "mean": None, "sd": None, "half": None, "lo": None, "hi": None}
     if n == 0:
-        return {"n": 0, "mean": None, "sd": None, "lo": None, "hi": None}
-    mean = float(v.mean())
+        return out
+    out["mean"] = float(v.mean())
     if n < 2:
-        return {"n": 1, "mean": mean, "sd": None, "lo": None, "hi": None}
+        return out
     sd = float(v.std(ddof=1))
-    half = float(_st.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+    half = float(_st.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+    return out | {"sd": sd, "half": half, "lo": out["mean"] - half, "hi": out["mean"] + half}
 
 
 def seeds_needed(
