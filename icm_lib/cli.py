@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest padded image accepted; a stream's claimed size sets the decoding's "
         f"time and memory (default {ICMCodec.max_decode_pixels})",
     )
+    dec.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="run g_s on latent tiles of this side (16*TILE px): bounded synthesis memory for "
+        "large images, the same pixels to float rounding (default: the whole image at once)",
+    )
     dec.add_argument("--device", default="cpu", help="where g_s runs (default cpu)")
 
     for name, (_, text) in FORWARDED.items():
@@ -270,7 +277,9 @@ def decode(args: argparse.Namespace) -> int:
             "run folder), or --zoo if it was CompressAI's pretrained model"
         )
     t0 = time.perf_counter()
-    x_hat = codec.decompress(data, max_pixels=args.max_pixels)
+    if args.tile is not None and args.tile <= 0:
+        raise ICMError(f"--tile must be positive, got {args.tile}")
+    x_hat = codec.decompress(data, max_pixels=args.max_pixels, tile=args.tile)
     seconds = time.perf_counter() - t0
     pixels = (x_hat[0] * 255.0).round().clamp(0, 255).to("cpu").byte().permute(1, 2, 0)
     png = io.BytesIO()

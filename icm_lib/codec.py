@@ -446,13 +446,19 @@ class ICMCodec(nn.Module):
             )
 
     @torch.no_grad()
-    def decompress(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
+    def decompress(
+        self, data: bytes, max_pixels: int | None = None, tile: int | None = None
+    ) -> torch.Tensor:
         """Decode container bytes to (1, 3, H, W) in [0, 1] at the original size.
 
         Args:
             data: bytes written by :meth:`compress` of this codec (same saved weights) on any
                 device.
             max_pixels: largest padded image accepted (default :attr:`max_decode_pixels`).
+            tile: run g_s on latent tiles of this side (16·tile pixels) with the codec's exact
+                overlap (:func:`~icm_lib.tiling.synthesize_tiled`): the synthesis's peak memory
+                no longer grows with the image, the pixels equal the whole-image synthesis to
+                float rounding. ``None``: the whole latent at once.
 
         Raises:
             BitstreamError: corrupt, truncated or crafted data, or data written by another codec.
@@ -465,8 +471,15 @@ class ICMCodec(nn.Module):
         param = next(self.model.parameters())
         was_training = self.training
         self.eval()
+        latent = latent.to(param.device, param.dtype)
         try:
-            x_hat = self.decoder(latent.to(param.device, param.dtype))
+            if tile is not None and max(latent.shape[-2:]) > tile:
+                from .tiling import exact_overlap, synthesize_tiled
+
+                x_hat = synthesize_tiled(self.decoder, latent, tile, exact_overlap(self.name))
+                self._captured["latent_hat"] = latent  # the tiles' hook kept only the last one
+            else:
+                x_hat = self.decoder(latent)
         finally:
             self.train(was_training)
         if not torch.isfinite(x_hat).all():

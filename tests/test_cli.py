@@ -109,6 +109,20 @@ def test_image_file_to_stream_file_and_back(files, capsys, tmp_path):
     expected = (codec.decompress(data)[0] * 255).round().clamp(0, 255).byte().permute(1, 2, 0)
     assert np.array_equal(back, expected.numpy())
 
+    # --tile: g_s on 1 x 1 latent tiles (a 2 x 2 latent: four tiles), the same picture up to
+    # float rounding (a pixel may round to its neighbouring 8-bit value)
+    tiled = tmp_path / "tiled.png"
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", tiled, "--codec", files["run"], "--tile", 1
+    )
+    assert code == 0, err
+    diff = np.abs(np.asarray(Image.open(tiled)).astype(int) - back.astype(int))
+    assert diff.max() <= 1
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", tiled, "--codec", files["run"], "--tile", 0
+    )
+    assert code == 2 and "--tile must be positive" in err
+
 
 def test_python_dash_m_icm_lib_encode(files, tmp_path):
     stream = tmp_path / "out.icm"
