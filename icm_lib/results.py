@@ -397,6 +397,7 @@ class _ResultsFile:
     """
 
     KIND: ClassVar[str] = ""
+    RECORD: ClassVar[type] = RunRecord  # the type of the file's runs
     profile: str
     seeds: list[int]
     compute_hours_in_runs: float
@@ -418,6 +419,11 @@ class _ResultsFile:
 
     def to_json(self) -> dict:
         return {"kind": self.KIND, "run_keys": self.run_keys, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Any:
+        d = _fields_of(cls, d, derived=("kind", "run_keys"))
+        return cls(**{**d, "runs": [cls.RECORD.from_json(r) for r in d["runs"]]})
 
     def write(self, path: str | Path) -> Path:
         """Write atomically; refuse NaN or infinity anywhere (write ``None`` with a reason)."""
@@ -483,11 +489,6 @@ class StudyFile(_ResultsFile):
     def plain_runs(self) -> list[dict]:
         return [r.plain() for r in self.runs]
 
-    @classmethod
-    def from_json(cls, d: dict) -> StudyFile:
-        d = _fields_of(cls, d, derived=("kind", "run_keys"))
-        return cls(**{**d, "runs": [RunRecord.from_json(r) for r in d["runs"]]})
-
 
 @dataclass
 class AblationFile(_ResultsFile):
@@ -506,11 +507,6 @@ class AblationFile(_ResultsFile):
     tasks: dict = field(default_factory=dict)
     ablation_config: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, d: dict) -> AblationFile:
-        d = _fields_of(cls, d, derived=("kind", "run_keys"))
-        return cls(**{**d, "runs": [RunRecord.from_json(r) for r in d["runs"]]})
-
 
 @dataclass
 class GanFile(_ResultsFile):
@@ -523,14 +519,10 @@ class GanFile(_ResultsFile):
     """
 
     KIND: ClassVar[str] = "gan"
+    RECORD: ClassVar[type] = GanRecord
     runs: list[GanRecord] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     gan_config: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, d: dict) -> GanFile:
-        d = _fields_of(cls, d, derived=("kind", "run_keys"))
-        return cls(**{**d, "runs": [GanRecord.from_json(r) for r in d["runs"]]})
 
 
 FILE_TYPES = {cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile)}

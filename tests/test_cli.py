@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import inspect
 import os
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import deadline
 from PIL import Image
 
 from icm_lib import cli
@@ -22,20 +21,6 @@ from icm_lib.errors import ImageError
 from icm_lib.runtime import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def deadline(seconds: int):
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module")

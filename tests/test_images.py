@@ -5,15 +5,14 @@ real behaviour, and the codec's 4-D tensor path going through the same rules."""
 from __future__ import annotations
 
 import re
-import signal
 import struct
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import deadline
 from PIL import Image
 
 from icm_lib.codec import build_codec, load_codec
@@ -22,22 +21,6 @@ from icm_lib.errors import CheckpointError, ImageError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 H, W = 2, 3
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block outlasts ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def rgb(r, g=None, b=None) -> torch.Tensor:
