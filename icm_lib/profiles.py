@@ -115,6 +115,14 @@ class RecognitionConfig:
             ImageNet backbones; smp: ImageNet encoder; detectron2 / MMSegmentation: the zoo
             weights of ``det_config`` / ``seg_config``, the paper's models).
         train_steps: optimisation steps when training on the embedded data (0 with pretrained).
+        det_train_steps, seg_train_steps: one task's steps instead of ``train_steps`` (a detector
+            from scratch needs several times a segmenter's); ``None`` uses ``train_steps``. Each
+            keys its own task's recognizer only.
+        eval_every: evaluate the recognizer on the val split every this many training steps (0:
+            only at the end); the curve goes into its report (``val_curve``), to show a plateau.
+        checkpoint_every: save the training state (weights, optimizer, schedule, random state)
+            every this many steps, so a stopped training resumes where it was and ends on the
+            same weights as an uninterrupted one. Neither of the two keys the cache.
         batch_size: for that training.
         det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
@@ -144,6 +152,10 @@ class RecognitionConfig:
     seg_config: str = "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-59-480x480"
     pretrained: bool = False
     train_steps: int = 300
+    det_train_steps: int | None = None
+    seg_train_steps: int | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 100
     batch_size: int = 8
     det_lr: float = 0.02
     seg_lr: float = 1e-3
@@ -185,7 +197,10 @@ class RecognitionConfig:
         backend is used (so the torchvision / smp keys are those of before the backends); a
         local checkpoint as its content hash (``det_weights`` / ``seg_weights``), never its path,
         and nothing without one (so the keys are those of before the fields)."""
-        unused = {"det_checkpoint", "seg_checkpoint"}
+        unused = {"det_checkpoint", "seg_checkpoint", "eval_every", "checkpoint_every"}
+        unused |= {
+            f"{t}_train_steps" for t in ("det", "seg") if getattr(self, f"{t}_train_steps") is None
+        }
         unused |= {"det_backend", "det_config"} if self.det_backend == "torchvision" else set()
         unused |= {"det_backbone"} if self.det_backend != "torchvision" else set()
         unused |= {"seg_backend", "seg_config"} if self.seg_backend == "smp" else {"seg_encoder"}
@@ -197,6 +212,11 @@ class RecognitionConfig:
 
                 out[f"{task}_weights"] = file_identity(path)
         return out
+
+    def steps_for(self, task: Task | str) -> int:
+        """The training steps of ``task``'s recognizer."""
+        own = getattr(self, f"{get_task(task).name}_train_steps")
+        return self.train_steps if own is None else own
 
     def sampling(self) -> dict[str, int]:
         """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""

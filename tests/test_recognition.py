@@ -143,3 +143,73 @@ def test_recognizers_are_a_function_of_the_seed_alone(scenes, tmp_path):
         )
     for a, b in ((det[0], det[1]), (seg[0], seg[1])):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
+    scenes, tmp_path, monkeypatch, task
+):
+    """Stopped after its checkpoint at step 2 of 5 and started again, training ends on the weights
+    of an uninterrupted run; the val curve covers every ``eval_every`` step and the end; the
+    other task's step count does not key this recognizer."""
+    from icm_lib.data import CocoDetection, PascalContextSegmentation
+    from icm_lib.profiles import RecognitionConfig
+    from icm_lib.recognition import training
+
+    if task == "det":
+        sets = [CocoDetection(scenes.coco_root, s, max_images=4) for s in ("train", "val")]
+        load = training.load_or_train_detector
+    else:
+        sets = [
+            PascalContextSegmentation(scenes.context_root, s, max_images=4)
+            for s in ("train", "val")
+        ]
+        load = training.load_or_train_segmenter
+    other = "seg" if task == "det" else "det"
+    cfg = RecognitionConfig(
+        train_steps=1,
+        batch_size=2,
+        checkpoint_every=2,
+        eval_every=2,
+        **SMALL,
+        **{f"{task}_train_steps": 5, f"{other}_train_steps": 7},
+    )
+
+    def run(folder, cfg=cfg):
+        machine, report = load(cfg, *sets, 64, tmp_path / folder, "cpu", seed=1, progress=False)
+        return machine.model.state_dict(), report
+
+    whole, report = run("whole")
+    assert [c["step"] for c in report["val_curve"]] == [2, 4, 5]
+    assert report["train_steps"] == 5 and len(report["loss_log"]) == 5
+
+    opt_cls = torch.optim.SGD if task == "det" else torch.optim.Adam
+    real_step = opt_cls.step
+    calls = {"n": 0}
+
+    def stop_at_third(self, *a, **k):  # a stopped session: dies during step 3
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(opt_cls, "step", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped")
+    monkeypatch.undo()
+    assert len(list((tmp_path / "stopped").glob("*.partial"))) == 1
+    resumed, report2 = run("stopped")
+    assert not list((tmp_path / "stopped").glob("*.partial"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert report2["loss_log"] == report["loss_log"]
+    # the other task's steps are not part of this recognizer's key
+    _, again = run(
+        "whole",
+        cfg=RecognitionConfig(
+            train_steps=1,
+            batch_size=2,
+            **SMALL,
+            **{f"{task}_train_steps": 5, f"{other}_train_steps": 3},
+        ),
+    )
+    assert again["cached"]

@@ -7,6 +7,7 @@ every codec experiment.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -87,6 +88,7 @@ def _fit(
     model,
     dataset: Dataset,
     cfg: RecognitionConfig,
+    steps: int,
     crop: int,
     seed: int,
     opt,
@@ -96,9 +98,17 @@ def _fit(
     device: torch.device,
     progress: bool,
     collate_fn=None,
-) -> list[float]:
+    state_path: Path | None = None,
+    evaluate=None,
+) -> tuple[list[float], list[dict]]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
-    schedule, optional clipping, progress bar; returns the loss log."""
+    schedule, optional clipping, progress bar; returns the loss log and the val curve.
+
+    With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
+    and a stopped training resumes from it: the batches already seen are drawn again without a
+    step, and the random state is restored, so it ends on the weights of an uninterrupted run.
+    ``evaluate(model)`` (a metric dict) runs every ``cfg.eval_every`` steps and at the end.
+    """
     seed_everything(seed)
     crops = RandomCrops(dataset, crop, seed)
     loader = DataLoader(
@@ -109,16 +119,26 @@ def _fit(
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
     )
-    steps = cfg.train_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10))
     )
     params = [p for group in opt.param_groups for p in group["params"]]
     model.to(device).train()
-    log = []
+    log: list[float] = []
+    curve: list[dict] = []
     batches = _cycle(loader, crops)
-    bar = tqdm(range(steps), desc=desc, disable=not progress)
-    for _ in bar:
+    start = 0
+    state = _training_state(state_path, steps)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, log, curve = state["step"], state["log"], state["curve"]
+        for _ in range(start):  # the data order of an uninterrupted run
+            next(batches)
+        torch.set_rng_state(state["rng"])
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    for step in bar:
         loss = loss_of(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,7 +148,45 @@ def _fit(
         sched.step()
         log.append(loss.item())
         bar.set_postfix(loss=f"{log[-1]:.3f}", refresh=False)
-    return log
+        done = step + 1
+        if evaluate is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < steps:
+            curve.append({"step": done, **evaluate(model)})
+            model.train()
+        if state_path is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            if done < steps:
+                atomic_torch_save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "step": done,
+                        "steps": steps,
+                        "log": log,
+                        "curve": curve,
+                        "rng": torch.get_rng_state(),
+                    },
+                    state_path,
+                )
+    return log, curve
+
+
+def _training_state(path: Path | None, steps: int) -> dict | None:
+    """The saved state of a stopped training at ``path`` (``None``: none, or one of another
+    schedule, or damaged -- then training starts over, with a warning)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        warnings.warn(f"{exc}; training the recognizer from the start", stacklevel=3)
+        return None
+    if state.get("steps") != steps:
+        warnings.warn(
+            f"{path} belongs to a {state.get('steps')}-step schedule, not {steps}; starting over",
+            stacklevel=3,
+        )
+        return None
+    return state
 
 
 def train_detector(
@@ -139,8 +197,11 @@ def train_detector(
     device: torch.device,
     seed: int = 0,
     progress: bool = True,
-) -> list[float]:
-    """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log."""
+    state_path: Path | None = None,
+    evaluate=None,
+) -> tuple[list[float], list[dict]]:
+    """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log and
+    the val curve (see :func:`_fit` for ``state_path`` and ``evaluate``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
 
@@ -153,6 +214,7 @@ def train_detector(
         model,
         dataset,
         cfg,
+        cfg.steps_for(DETECTION),
         crop,
         seed,
         opt,
@@ -162,6 +224,8 @@ def train_detector(
         device,
         progress,
         collate_fn=collate_detection,
+        state_path=state_path,
+        evaluate=evaluate,
     )
 
 
@@ -173,9 +237,11 @@ def train_segmenter(
     device: torch.device,
     seed: int = 0,
     progress: bool = True,
-) -> list[float]:
+    state_path: Path | None = None,
+    evaluate=None,
+) -> tuple[list[float], list[dict]]:
     """Adam (warm-up + cosine) with the model's own loss (cross-entropy) on random crops;
-    returns the loss log."""
+    returns the loss log and the val curve (see :func:`_fit`)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
 
     def loss_of(batch):
@@ -183,7 +249,20 @@ def train_segmenter(
         return model.loss(images.to(device), labels.to(device))["loss"]
 
     return _fit(
-        model, dataset, cfg, crop, seed, opt, loss_of, None, "train segmenter", device, progress
+        model,
+        dataset,
+        cfg,
+        cfg.steps_for(SEGMENTATION),
+        crop,
+        seed,
+        opt,
+        loss_of,
+        None,
+        "train segmenter",
+        device,
+        progress,
+        state_path=state_path,
+        evaluate=evaluate,
     )
 
 
@@ -249,6 +328,7 @@ INFERENCE_ONLY = ("score_threshold", "rpn_pre_nms_top_n_test", "rpn_post_nms_top
 
 def _load_or_train(
     name: str,
+    task,
     model,
     make_machine,
     train_fn,
@@ -267,7 +347,9 @@ def _load_or_train(
     The cache file is keyed by the recognition config, the dataset, the crop and the seed; it holds
     the weights and a report (val metric, training seconds, loss log).
     """
-    trained_by = {k: v for k, v in cfg.key().items() if k not in INFERENCE_ONLY}
+    other = SEGMENTATION if task is DETECTION else DETECTION
+    not_ours = set(INFERENCE_ONLY) | {f"{other.name}_train_steps"}
+    trained_by = {k: v for k, v in cfg.key().items() if k not in not_ours}
     key = config_hash(
         {
             "cfg": trained_by,
@@ -285,26 +367,37 @@ def _load_or_train(
             ckpt = _cached(path)
             if ckpt is None:
                 t0 = time.perf_counter()
-                log = (
-                    train_fn(model, train_set, cfg, crop, device, seed, progress)
-                    if cfg.train_steps
-                    else []
+                steps = cfg.steps_for(task)
+                state_path = path.with_name(path.name + ".partial")
+
+                def evaluate(trained):
+                    return eval_fn(make_machine(copy.deepcopy(trained)), val_set, device)
+
+                log, curve = (
+                    train_fn(
+                        model, train_set, cfg, crop, device, seed, progress, state_path, evaluate
+                    )
+                    if steps
+                    else ([], [])
                 )
                 seconds = time.perf_counter() - t0
+                val = eval_fn(make_machine(model), val_set, device)
                 report = {
-                    "val": eval_fn(make_machine(), val_set, device),
+                    "val": val,
+                    "val_curve": curve + ([{"step": steps, **val}] if steps else []),
                     "train_seconds": seconds,
-                    "train_steps": cfg.train_steps,
+                    "train_steps": steps,
                     "loss_log": log,
                     "cached": False,
                 }
                 atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+                state_path.unlink(missing_ok=True)
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         report = ckpt["report"]
         report["cached"] = True
     report["path"] = str(path)
-    return make_machine(), report
+    return make_machine(model), report
 
 
 def _cached(path: Path) -> dict | None:
@@ -337,8 +430,9 @@ def load_or_train_detector(
     model = build_recognizer(DETECTION, cfg, train_set.num_classes)
     return _load_or_train(
         f"detector-{cfg.model_name(DETECTION)}",
+        DETECTION,
         model,
-        lambda: FrozenDetector(model, cfg.score_threshold).to(device),
+        lambda m: FrozenDetector(m, cfg.score_threshold).to(device),
         train_detector,
         evaluate_detection,
         cfg,
@@ -367,8 +461,9 @@ def load_or_train_segmenter(
     model = build_recognizer(SEGMENTATION, cfg, train_set.num_classes)
     return _load_or_train(
         f"segmenter-{cfg.model_name(SEGMENTATION)}",
+        SEGMENTATION,
         model,
-        lambda: FrozenSegmenter(model, train_set.num_classes).to(device),
+        lambda m: FrozenSegmenter(m, train_set.num_classes).to(device),
         train_segmenter,
         evaluate_segmentation,
         cfg,
