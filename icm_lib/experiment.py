@@ -112,6 +112,19 @@ class RunPoint:
         return self.run.plain()
 
 
+def _val_curve(log: list[dict]) -> dict[str, list] | None:
+    """The validation curve of a run's log: ``{"step": [...], "main_loss": [...], ...}``
+    (``None`` for a run without validation)."""
+    rows = [r for r in log if "val_main_loss" in r]
+    if not rows:
+        return None
+    val = {"step": [r["step"] for r in rows]}
+    val.update(
+        {k.removeprefix("val_"): [r[k] for r in rows] for k in rows[0] if k.startswith("val_")}
+    )
+    return val
+
+
 def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> RunRecord:
     """What a study keeps of one training run: its identity, folder, steps, compute and log."""
     return RunRecord(
@@ -288,7 +301,12 @@ class Experiment:
                 "task": task.name,
                 "codec": profile.codec.key(),
                 "recognition": profile.recognition.key(),
-                "icm": {k: v for k, v in asdict(icm).items() if k not in ("det", "seg")},
+                # validation keys the run in its own part below (validate_every: the grid's)
+                "icm": {
+                    k: v
+                    for k, v in asdict(icm).items()
+                    if k not in ("det", "seg", "validate_every")
+                },
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
                 "data": data_key(self.datasets.train(task).root, data_dir_as),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
@@ -356,13 +374,7 @@ class Experiment:
         codec, log, run_dir = self.icm_run(
             task, variant, lmbda, seed, steps=steps or ab.steps, validate_every=ab.val_every
         )
-        rows = [r for r in log if "val_main_loss" in r]
-        val = {"step": [r["step"] for r in rows]}
-        val.update(
-            {k.removeprefix("val_"): [r[k] for r in rows] for k in rows[0] if k.startswith("val_")}
-            if rows
-            else {}
-        )
+        val = _val_curve(log)
         return RunPoint(_run_record(task, variant, lmbda, seed, run_dir, log, val=val), codec)
 
     def evaluate(
@@ -405,8 +417,11 @@ class Experiment:
             roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) on detection.
         """
         task = get_task(task)
-        codec, log, run_dir = self.icm_run(task, variant, lmbda, seed, steps=steps)
-        record = _run_record(task, variant, lmbda, seed, run_dir, log)
+        every = self.profile.icm.validate_every if variant != "mse" else 0
+        codec, log, run_dir = self.icm_run(
+            task, variant, lmbda, seed, steps=steps, validate_every=every
+        )
+        record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         for t in map(get_task, eval_tasks or (task.name,)):
             point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             record.points.append(point.placed(variant, lmbda, seed))

@@ -292,6 +292,10 @@ class ICMConfig:
         roi_qf: the ROI baseline's quantization factor for latents outside the ROI (1.4).
         amp: bfloat16 autocast of the recognizers and the branch on CUDA (the codec and its
             entropy model stay in float32).
+        validate_every: every run of the grid logs the validation losses (as the ablation's
+            runs do) every this many steps; 0: none. Equal to ``ablation.val_every``, the
+            ablation's ``baseline`` and ``aux-enc`` settings are the grid's runs at its λ, not
+            new ones. Keys the runs only where it is not 0 (the ``validation`` part of the key).
     """
 
     det_lambdas: tuple[float, ...] = (0.4, 0.8, 1.6, 3.2)
@@ -308,6 +312,7 @@ class ICMConfig:
     mse_qualities: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     roi_qf: float = 1.4
     amp: bool = True
+    validate_every: int = 0
 
     def lambdas(self, task: Task | str) -> tuple[float, ...]:
         return self.det_lambdas if get_task(task) is DETECTION else self.seg_lambdas
@@ -414,6 +419,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PilotConfig:
+    """The λ pilot (``python -m icm_lib.pilot``): seed-``seed`` baseline runs of the full schedule
+    on a factor-2 grid per task, from which the rule of ``results/analysis-plan.json`` picks the
+    study's λ grid (``icm.det_lambdas`` / ``seg_lambdas``) and the ablation's λ. The runs are the
+    study's own (same keys): nothing of the pilot is trained twice."""
+
+    det_lambdas: tuple[float, ...] = ()
+    seg_lambdas: tuple[float, ...] = ()
+    seed: int = 0
+
+    def lambdas(self, task: Task | str) -> tuple[float, ...]:
+        return self.det_lambdas if get_task(task) is DETECTION else self.seg_lambdas
+
+
+@dataclass(frozen=True)
 class TutorialConfig:
     """What the notebooks train themselves, on top of notebook 00's recognizers and reference
     codec; everything else they show comes from the study's files in ``results/`` (``make study``
@@ -464,6 +484,8 @@ class Profile:
     tutorial: TutorialConfig = field(default_factory=TutorialConfig)
     #: how R-D points are measured (real bitstreams, or the estimated rate with a real check)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    #: the λ pilot that chose ``icm``'s λ grids (issue: experiments that can show ...)
+    pilot: PilotConfig = field(default_factory=PilotConfig)
 
 
 PROFILES: dict[str, Profile] = {
@@ -592,6 +614,38 @@ PROFILES: dict[str, Profile] = {
         evaluation=EvalConfig(real_images=100),
     ),
 }
+
+
+def _cpu_patterns(cpu: Profile) -> Profile:
+    """The ``cpu`` profile in the world where bits compete (:mod:`icm_lib.data.patterns`), with
+    the foundations the experiments issue asks for. Departures from the paper, named wherever
+    results appear: recognizers trained here from scratch (ResNet-18), schedules of hundreds of
+    steps, a branch that starts untrained."""
+    return replace(
+        cpu,
+        name="cpu-patterns",
+        data=replace(cpu.data, world="patterns"),
+        # to a plateau: the val curve every 200 steps is in each recognizer's report
+        recognition=replace(
+            cpu.recognition, det_train_steps=2400, seg_train_steps=1500, eval_every=200
+        ),
+        icm=replace(
+            cpu.icm,
+            det=replace(cpu.icm.det, steps=200, checkpoint_every=50),
+            seg=replace(cpu.icm.seg, steps=300, checkpoint_every=50),
+            # every run validates: the ablation's baseline and aux-enc are the grid's runs
+            validate_every=10,
+        ),
+        ablation=replace(cpu.ablation, val_every=10, seeds=(0, 1, 2, 3, 4, 5)),
+        # factor-2 grids around where the task loss starts to cost bits (analysis plan)
+        pilot=PilotConfig(
+            det_lambdas=(0.1, 0.2, 0.4, 0.8, 1.6, 3.2),
+            seg_lambdas=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+        ),
+    )
+
+
+PROFILES["cpu-patterns"] = _cpu_patterns(PROFILES["cpu"])
 
 
 def get_profile(name: str, **overrides: Any) -> Profile:

@@ -50,6 +50,8 @@ REGENERATE = {
     "study": "python -m icm_lib.study --profile {profile}",
     "ablation": "python -m icm_lib.study --study ablation --profile {profile}",
     "gan": "python -m icm_lib.study --study gan --profile {profile}",
+    "world": "python -m icm_lib.world_check --profile {profile}",
+    "pilot": "python -m icm_lib.pilot --profile {profile}",
 }
 
 
@@ -525,7 +527,50 @@ class GanFile(_ResultsFile):
     gan_config: dict = field(default_factory=dict)
 
 
-FILE_TYPES = {cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile)}
+@dataclass
+class WorldFile(_ResultsFile):
+    """``results/world-<profile>.json``: the acceptance checks of the profile's embedded world
+    (:mod:`icm_lib.world_check`), run before any study.
+
+    Attributes:
+        world: the world (``DataConfig.world``).
+        recognizers: per task the cache file, val metric, val curve, steps and seconds.
+        runs: the MSE reference curve (scored on both tasks) and the detection baselines (with
+            their ROI points) the checks read.
+        checks: per check its value, bar and ``pass``.
+        passed: every check passed.
+    """
+
+    KIND: ClassVar[str] = "world"
+    world: str = ""
+    recognizers: dict = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)
+    checks: dict = field(default_factory=dict)
+    passed: bool = False
+
+
+@dataclass
+class PilotFile(_ResultsFile):
+    """``results/pilot-<profile>.json``: the λ pilot (:mod:`icm_lib.pilot`) and the λ it chose
+    by the rule of ``results/analysis-plan.json``.
+
+    Attributes:
+        complete: every pilot run is in.
+        runs: the pilot's baseline runs (the study's own, same keys), with validation curves.
+        selection: per task the rule's inputs (uncompressed metric, each λ's share of it and
+            collapse flag) and outputs (``lambdas``, ``ablation_lambda``, or ``None`` with the
+            reason and what to extend).
+        rule: the selection rule as applied (words).
+    """
+
+    KIND: ClassVar[str] = "pilot"
+    complete: bool = False
+    runs: list[RunRecord] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+    rule: dict = field(default_factory=dict)
+
+
+FILE_TYPES = {cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile)}
 
 
 # ---------------------------------------------------------------------------------- evaluations
@@ -628,7 +673,7 @@ def convert_legacy(path: str | Path, write: bool = True) -> _ResultsFile:
     if "schema_version" in old:
         raise DamagedFileError(f"{path} is already typed (schema {old['schema_version']})")
     kind = path.stem.split("-")[0]
-    if kind not in FILE_TYPES:
+    if kind not in ("study", "ablation", "gan"):
         raise DamagedFileError(f"{path}: not a study-, ablation- or gan- results file")
     reasons: list[str] = []
     new = {"study": _legacy_study, "ablation": _legacy_ablation, "gan": _legacy_gan}[kind](

@@ -13,8 +13,9 @@ that can show what the tutorial teaches), each from runs the studies share (load
    property of real images that the ROI method rests on. Where a task-loss codec can already drop
    everything a machine does not need, ROI has nothing left to win.
 
-``python -m icm_lib.world_check --profile cpu --world patterns`` prints the checks and writes
-``results/world-<world>-<profile>.json``.
+``python -m icm_lib.world_check --profile cpu-patterns`` prints the checks and writes
+``results/world-<profile>.json`` (:class:`~icm_lib.results.WorldFile`); ``--profile cpu`` checks
+the control world.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .evaluate import bd_rate_or_reason
-from .profiles import get_profile, parse_overrides
+from .profiles import Profile, get_profile, parse_overrides
+from .results import WorldFile
 from .runtime import env_path, get_device
 from .statistics import equal_rate_delta
 
@@ -48,66 +49,26 @@ def share_at(points: list[dict], metric: str, bpp: float, reference: float) -> f
     return None
 
 
-def run_checks(
-    profile_name: str,
-    world: str,
-    data_dir: Path,
-    det_lambdas: tuple[float, ...] | None = None,
-    overrides: dict | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train-or-load what the checks need and measure them (see the module docstring)."""
-    from .experiment import Experiment
+def _point_rows(runs, task: str, curve: str) -> list[dict]:
+    """``{"lmbda", "bpp", metric}`` of every run's point of ``curve`` on ``task``."""
+    rows = []
+    for run in runs:
+        point = run.point(task, curve)
+        if point is not None and point.metric is not None:
+            rows.append({"lmbda": run.lmbda, "bpp": point.bpp, point.metric_name: point.metric})
+    return rows
 
-    profile = get_profile(profile_name, **(overrides or {}))
-    profile = replace(profile, data=replace(profile.data, world=world))
-    device = get_device()
-    t0 = time.perf_counter()
-    exp = Experiment.prepare(profile, data_dir, device, progress)
-    uncompressed = {
-        "det": {k: exp.reports["det"]["val"][k] for k in ("map", "map_50")},
-        "seg": {k: exp.reports["seg"]["val"][k] for k in ("miou", "pixel_acc")},
-        "recognizer_train_seconds": {t: exp.reports[t]["train_seconds"] for t in ("det", "seg")},
-    }
-    print(f"[world {world}] uncompressed: {uncompressed}", flush=True)
 
-    metrics = {"det": ("map", "map_50"), "seg": ("miou", "pixel_acc")}
-
-    def row(point, task, lmbda, part="eval"):
-        ev = point.record[part][task]
-        return {"lmbda": lmbda, "bpp": ev["bpp"], "psnr": ev["psnr"]} | {
-            k: ev[k] for k in metrics[task]
-        }
-
-    mse = [
-        exp.point("det", "mse", lm, 0, eval_tasks=("det", "seg")) for lm in profile.icm.mse_lambdas
-    ]
-    mse_det = [row(p, "det", lm) for p, lm in zip(mse, profile.icm.mse_lambdas)]
-    mse_seg = [row(p, "seg", lm) for p, lm in zip(mse, profile.icm.mse_lambdas)]
-    print(f"[world {world}] MSE det: {mse_det}\n[world {world}] MSE seg: {mse_seg}", flush=True)
-    baseline, roi = [], []
-    run_keys = [Path(p.record["run_dir"]).name for p in mse]
-    for lm in det_lambdas or profile.icm.det_lambdas:
-        p = exp.point("det", "baseline", lm, 0, roi=True)
-        run_keys.append(Path(p.record["run_dir"]).name)
-        baseline.append(row(p, "det", lm))
-        roi.append(row(p, "det", lm, part="roi"))
-        print(f"[world {world}] det λ={lm:g}: baseline {baseline[-1]} roi {roi[-1]}", flush=True)
-
-    det_ref, seg_ref = uncompressed["det"]["map"], uncompressed["seg"]["miou"]
+def checks_of(recognizers: dict, runs: list) -> dict:
+    """The checks from the recognizers' val metrics and the runs' R-D points."""
+    det_ref, seg_ref = recognizers["det"]["val"]["map"], recognizers["seg"]["val"]["miou"]
     checks = {
         "informative_det": {"value": det_ref, "bar": MIN_DET_MAP, "pass": det_ref >= MIN_DET_MAP},
-        "informative_seg": {
-            "value": seg_ref,
-            "bar": MIN_SEG_MIOU,
-            "pass": seg_ref >= MIN_SEG_MIOU,
-        },
+        "informative_seg": {"value": seg_ref, "bar": MIN_SEG_MIOU, "pass": seg_ref >= MIN_SEG_MIOU},
     }
-    for task, pts, metric, ref in (
-        ("det", mse_det, "map", det_ref),
-        ("seg", mse_seg, "miou", seg_ref),
-    ):
-        share = share_at(pts, metric, LOW_BPP, ref) if ref > 0 else None
+    mse_runs = [r for r in runs if r.variant == "mse"]
+    for task, metric, ref in (("det", "map", det_ref), ("seg", "miou", seg_ref)):
+        share = share_at(_point_rows(mse_runs, task, "mse"), metric, LOW_BPP, ref) if ref else None
         checks[f"mse_loses_{task}"] = {
             "share_at_low_bpp": share,
             "low_bpp": LOW_BPP,
@@ -115,6 +76,8 @@ def run_checks(
             "pass": share is not None and share <= MAX_MSE_SHARE,
             "note": None if share is not None else "the MSE curve does not span the low bpp",
         }
+    det_runs = [r for r in runs if r.variant == "baseline" and r.task == "det"]
+    baseline, roi = (_point_rows(det_runs, "det", c) for c in ("baseline", "roi"))
     gain = equal_rate_delta(*([(p["bpp"], p["map"]) for p in c] for c in (baseline, roi)))
     checks["roi_beats_baseline_det"] = {
         "map_gain_at_equal_rate": gain,
@@ -122,48 +85,83 @@ def run_checks(
         "bd_rate_front": bd_rate_or_reason(baseline, roi, "map", front=True),
         "pass": gain is not None and gain > 0,
     }
-    from .results import code_commit
+    return checks
 
-    return {
-        "world": world,
-        "profile": profile.name,
-        "commit": code_commit(),
-        "run_keys": run_keys,
-        "recognizers": {t: Path(exp.reports[t]["path"]).name for t in ("det", "seg")},
-        "overrides": overrides or {},
-        "uncompressed": uncompressed,
-        "mse": {"det": mse_det, "seg": mse_seg},
-        "det_baseline": baseline,
-        "det_roi": roi,
-        "roi_qf": profile.icm.roi_qf,
-        "checks": checks,
-        "passed": all(c["pass"] for c in checks.values()),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
+
+def run_checks(
+    profile: Profile,
+    data_dir: Path,
+    det_lambdas: tuple[float, ...] | None = None,
+    progress: bool = True,
+) -> WorldFile:
+    """Train-or-load what the checks need and measure them (see the module docstring): the
+    recognizers, the MSE reference curve scored on both tasks, and seed-0 detection baselines
+    at ``det_lambdas`` (default: the pilot's grid, else the profile's) with their ROI points.
+    The runs are the study's and the pilot's own (same keys)."""
+    from .experiment import Experiment
+
+    device = get_device()
+    t0 = time.perf_counter()
+    exp = Experiment.prepare(profile, data_dir, device, progress)
+    recognizers = {
+        t: {
+            "file": Path(r["path"]).name,
+            "val": r["val"],
+            "val_curve": r.get("val_curve", []),
+            "train_steps": r["train_steps"],
+            "train_seconds": r["train_seconds"],
+        }
+        for t, r in exp.reports.items()
     }
+    print(
+        f"[world {profile.data.world}] recognizers: "
+        f"{ {t: r['val'] for t, r in recognizers.items()} }",
+        flush=True,
+    )
+    runs = [
+        exp.point("det", "mse", lm, 0, eval_tasks=("det", "seg")).run
+        for lm in profile.icm.mse_lambdas
+    ]
+    lambdas = det_lambdas or profile.pilot.lambdas("det") or profile.icm.lambdas("det")
+    for lm in lambdas:
+        runs.append(exp.point("det", "baseline", lm, 0, roi=True).run)
+        base, roi = runs[-1].point("det"), runs[-1].point("det", "roi")
+        print(
+            f"[world] det λ={lm:g}: baseline {base.bpp:.4f} bpp mAP {base.metric:.4f}; "
+            f"roi {roi.bpp:.4f} bpp mAP {roi.metric:.4f}",
+            flush=True,
+        )
+    checks = checks_of(recognizers, runs)
+    hours = (time.perf_counter() - t0) / 3600
+    return WorldFile(
+        profile=profile.name,
+        seeds=[0],
+        compute_hours_in_runs=round(sum(r.seconds for r in runs) / 3600, 3),
+        wall_hours_this_invocation=round(hours, 3),
+        world=profile.data.world,
+        recognizers=recognizers,
+        runs=runs,
+        checks=checks,
+        passed=all(c["pass"] for c in checks.values()),
+        notes=[
+            f"roi_qf {profile.icm.roi_qf:g}; the bars are those of results/analysis-plan.json",
+        ],
+    )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from .runtime import atomic_write_json
-
+def main(argv: list[str] | None = None) -> WorldFile:
     p = argparse.ArgumentParser(prog="python -m icm_lib.world_check", description=__doc__)
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--world", default="patterns")
+    p.add_argument("--profile", default="cpu-patterns")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--det-lambdas", type=float, nargs="*", default=None)
-    p.add_argument("--overrides", default="", help='e.g. "recognition__train_steps=1200"')
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--overrides", default="", help='e.g. "recognition__det_train_steps=1200"')
     args = p.parse_args(argv)
     data_dir = args.data_dir or env_path("ICM_DATA_DIR", "data")
-    out = run_checks(
-        args.profile,
-        args.world,
-        data_dir,
-        tuple(args.det_lambdas) if args.det_lambdas else None,
-        parse_overrides(args.overrides),
-    )
-    path = args.out or Path("results") / f"world-{args.world}-{args.profile}.json"
-    atomic_write_json(path, out)
-    for name, check in out["checks"].items():
+    profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    out = run_checks(profile, data_dir, tuple(args.det_lambdas) if args.det_lambdas else None)
+    out.write(WorldFile.path(args.results_dir, profile.name))
+    for name, check in out.checks.items():
         print(f"{name}: {'PASS' if check['pass'] else 'FAIL'} {check}")
     return out
 

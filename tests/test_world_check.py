@@ -8,6 +8,7 @@ import math
 import pytest
 
 from icm_lib.statistics import equal_rate_delta
+from icm_lib.results import WorldFile
 from icm_lib.world_check import main, share_at
 
 
@@ -22,11 +23,13 @@ def test_share_at_interpolates_in_log_bpp():
 def test_world_check_on_smoke(tmp_path):
     out = main(
         [
-            "--profile", "smoke", "--world", "patterns", "--data-dir", str(tmp_path / "data"),
-            "--det-lambdas", "0.5", "5.0", "--out", str(tmp_path / "world.json"),
+            "--profile", "smoke", "--overrides", "data__world=patterns",
+            "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path),
+            "--det-lambdas", "0.5", "5.0",
         ]
     )  # fmt: skip
-    checks = out["checks"]
+    assert WorldFile.read(tmp_path / "world-smoke.json") == out
+    checks = out.checks
     assert set(checks) == {
         "informative_det",
         "informative_seg",
@@ -34,14 +37,15 @@ def test_world_check_on_smoke(tmp_path):
         "mse_loses_seg",
         "roi_beats_baseline_det",
     }
-    assert len(out["det_baseline"]) == len(out["det_roi"]) == 2
-    assert len(out["run_keys"]) == 4 and out["commit"]["sha"]
-    gain = equal_rate_delta(
-        [(p["bpp"], p["map"]) for p in out["det_baseline"]],
-        [(p["bpp"], p["map"]) for p in out["det_roi"]],
-    )
-    assert checks["roi_beats_baseline_det"]["map_gain_at_equal_rate"] == gain
+    assert out.world == "patterns" and out.commit["sha"]
+    det = [r for r in out.runs if r.variant == "baseline"]
+    assert [r.lmbda for r in det] == [0.5, 5.0] and len(out.run_keys) == 4
+    base = [(r.point("det").bpp, r.point("det").metric) for r in det]
+    roi = [(r.point("det", "roi").bpp, r.point("det", "roi").metric) for r in det]
+    assert checks["roi_beats_baseline_det"]["map_gain_at_equal_rate"] == equal_rate_delta(base, roi)
     # ROI scales the background latent down: it never costs more bits than the baseline
-    assert all(r["bpp"] <= b["bpp"] + 1e-9 for r, b in zip(out["det_roi"], out["det_baseline"]))
-    assert out["passed"] == all(c["pass"] for c in checks.values())
-    assert all(math.isfinite(p["bpp"]) for p in out["mse"]["det"] + out["mse"]["seg"])
+    assert all(r[0] <= b[0] + 1e-9 for r, b in zip(roi, base))
+    assert out.passed == all(c["pass"] for c in checks.values())
+    assert checks["informative_seg"]["value"] == out.recognizers["seg"]["val"]["miou"]
+    mse = [r for r in out.runs if r.variant == "mse"]
+    assert all(math.isfinite(r.point(t, "mse").bpp) for r in mse for t in ("det", "seg"))
