@@ -1,0 +1,203 @@
+"""The λ pilot: which λ make a study's R-D curves informative (issue: experiments that can show
+what the tutorial teaches).
+
+A λ grid chosen by habit can leave a curve flat (every point at the uncompressed metric: the
+codec already keeps all the machine needs) or collapsed (the task lost at the lowest rate); on
+either, BD-rate is undefined and an effect cannot show. The pilot trains the seed-``pilot.seed``
+baseline of each task at the full schedule on a factor-2 grid (``profile.pilot``) and applies the
+rule declared in ``results/analysis-plan.json`` *before* the runs it governs:
+
+* **the study's grid**: the 4 consecutive λ whose metrics rise strictly with rate and lie inside
+  80-98 % of the uncompressed metric, spanning the widest range of it; ties to the lower rates;
+* **the ablation's λ**: the second-lowest chosen λ, unless its run collapses (its validation task
+  loss over the last fifth of training exceeds the mid-training value by more than
+  ``COLLAPSE_RISE``); then the next higher.
+
+The pilot runs are the study's own seed-0 baselines (same keys, validation included), so nothing
+is trained twice. ``python -m icm_lib.pilot --profile cpu-patterns`` writes
+``results/pilot-<profile>.json`` (:class:`~icm_lib.results.PilotFile`); the chosen grids are
+then written into the profile by hand, and a test checks that they are the file's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .profiles import Profile, get_profile, parse_overrides
+from .results import PilotFile, RunRecord
+from .runtime import env_path, get_device
+from .tasks import DETECTION, TASKS, get_task
+
+#: the band of the uncompressed metric a study's curve should cover (analysis plan)
+BAND = (0.80, 0.98)
+#: points per R-D curve
+WINDOW = 4
+#: the rise of the validation task loss (last fifth over mid-training, relative) that marks a
+#: run that lost its task
+COLLAPSE_RISE = 0.10
+
+RULE = {
+    "grid": f"the {WINDOW} consecutive pilot λ whose metrics rise strictly with rate (bpp and "
+    f"metric both strictly increasing) and lie inside {BAND[0]:.0%}-{BAND[1]:.0%} of the "
+    "uncompressed metric, spanning the widest part of it; ties to the lower rates",
+    "ablation": "the second-lowest chosen λ unless its pilot run collapsed, else the next higher",
+    "collapse": "mean validation task loss over the last 20 % of training steps > "
+    f"(1 + {COLLAPSE_RISE:g}) x its mean over 40-60 % of the steps",
+}
+
+
+def collapsed(val: dict | None) -> bool | None:
+    """Whether a run's validation curve (``{"step", "task_loss", ...}``) shows the task lost
+    (see :data:`RULE`); ``None`` without a curve."""
+    if not val or not val.get("step"):
+        return None
+    steps, loss = val["step"], val["task_loss"]
+    end = steps[-1]
+    mid = [v for s, v in zip(steps, loss) if 0.4 * end <= s <= 0.6 * end]
+    last = [v for s, v in zip(steps, loss) if s >= 0.8 * end]
+    if not mid or not last:
+        return None
+    return sum(last) / len(last) > (1 + COLLAPSE_RISE) * sum(mid) / len(mid)
+
+
+def select(rows: list[dict], reference: float) -> dict:
+    """The rule applied to one task's pilot ``rows`` (``{"lmbda", "bpp", "metric",
+    "collapsed"}``, any order) against the uncompressed ``reference`` metric.
+
+    Returns:
+        ``{"lambdas", "ablation_lambda", "reason", "shares"}`` (``shares``: each λ's metric over
+        ``reference``): ``lambdas`` ``None`` with the
+        reason (and which way to extend the grid) when no window qualifies.
+    """
+    rows = sorted(rows, key=lambda r: r["lmbda"])
+    share_of = {r["lmbda"]: r["metric"] / reference for r in rows}
+    shares = [{"lmbda": lm, "share": s} for lm, s in share_of.items()]
+    best, best_span = None, -1.0
+    for i in range(len(rows) - WINDOW + 1):
+        win = rows[i : i + WINDOW]
+        rising = all(
+            b["bpp"] > a["bpp"] and b["metric"] > a["metric"] for a, b in zip(win, win[1:])
+        )
+        inside = all(BAND[0] <= share_of[r["lmbda"]] <= BAND[1] for r in win)
+        span = win[-1]["metric"] - win[0]["metric"]
+        if rising and inside and span > best_span + 1e-12:  # ties keep the lower rates
+            best, best_span = win, span
+    if best is None:
+        low = [lm for lm, s in share_of.items() if s < BAND[0]]
+        high = [lm for lm, s in share_of.items() if s > BAND[1]]
+        hint = (
+            "no λ reaches the band's top: extend the grid upwards"
+            if not high and len(low) == len(rows)
+            else "every λ is above the band: extend the grid downwards"
+            if not low and len(high) == len(rows)
+            else f"fewer than {WINDOW} consecutive λ rise strictly inside the band: refine the "
+            "grid (a factor √2) where the shares cross it"
+        )
+        return {"lambdas": None, "ablation_lambda": None, "reason": hint, "shares": shares}
+    chosen = [r["lmbda"] for r in best]
+    ablation = next(
+        (r["lmbda"] for r in best[1:] if r.get("collapsed") is not True),
+        None,
+    )
+    return {
+        "lambdas": chosen,
+        "ablation_lambda": ablation,
+        "reason": None if ablation is not None else "every chosen λ above the lowest collapsed",
+        "shares": shares,
+    }
+
+
+def row_of(run: RunRecord) -> dict:
+    point = run.point(run.task)
+    return {
+        "lmbda": run.lmbda,
+        "bpp": point.bpp,
+        "metric": point.metric,
+        "collapsed": collapsed(run.val),
+    }
+
+
+def run_pilot(
+    profile: Profile,
+    tasks: list[str],
+    data_dir: str | Path,
+    results_dir: str | Path,
+    progress: bool = True,
+) -> PilotFile:
+    """Train-or-load the pilot runs, apply the rule, write ``results/pilot-<profile>.json``
+    after every run (a stopped pilot resumes; ``complete`` says when it is whole)."""
+    from .experiment import Experiment
+
+    t0 = time.perf_counter()
+    pilot = profile.pilot
+    if not any(pilot.lambdas(t) for t in tasks):
+        raise ValueError(
+            f"profile {profile.name!r} declares no pilot grid (profile.pilot): the pilot is for "
+            "profiles whose λ are chosen by it, e.g. cpu-patterns"
+        )
+    exp = Experiment.prepare(profile, data_dir, get_device(), progress)
+    path = PilotFile.path(results_dir, profile.name)
+    runs: list[RunRecord] = []
+
+    def write(complete: bool) -> PilotFile:
+        selection = {}
+        for task in map(get_task, tasks):
+            ref = exp.reports[task.name]["val"][task.metric]
+            rows = [row_of(r) for r in runs if r.task == task.name]
+            done = len(rows) == len(pilot.lambdas(task))
+            selection[task.name] = {
+                "uncompressed": ref,
+                "rows": rows,
+                **(select(rows, ref) if done else {"lambdas": None, "reason": "pilot running"}),
+            }
+        out = PilotFile(
+            profile=profile.name,
+            seeds=[pilot.seed],
+            compute_hours_in_runs=round(sum(r.seconds for r in runs) / 3600, 3),
+            wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 3),
+            complete=complete,
+            runs=runs,
+            selection=selection,
+            rule=RULE,
+        )
+        out.write(path)
+        return out
+
+    for task in map(get_task, tasks):
+        for lmbda in pilot.lambdas(task):
+            point = exp.point(task, "baseline", lmbda, pilot.seed, roi=task is DETECTION)
+            runs.append(point.run)
+            write(False)
+    return write(True)
+
+
+def main(argv: list[str] | None = None) -> PilotFile:
+    p = argparse.ArgumentParser(prog="python -m icm_lib.pilot", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu-patterns")
+    p.add_argument("--tasks", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--overrides", default="")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    out = run_pilot(
+        profile,
+        args.tasks,
+        args.data_dir or env_path("ICM_DATA_DIR", "data"),
+        args.results_dir,
+        not args.no_progress,
+    )
+    for task, sel in out.selection.items():
+        print(
+            f"{task}: uncompressed {sel['uncompressed']:.4f}; chosen λ {sel['lambdas']}, "
+            f"ablation λ {sel.get('ablation_lambda')}"
+            + (f" ({sel['reason']})" if sel.get("reason") else "")
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()

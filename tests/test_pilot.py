@@ -1,0 +1,110 @@
+"""The λ pilot's rule on hand-made rows, and the pilot's runs being the study's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from icm_lib.pilot import collapsed, select
+
+
+def rows(*triples, collapsed_at=()):
+    return [
+        {"lmbda": lm, "bpp": b, "metric": m, "collapsed": lm in collapsed_at}
+        for lm, b, m in triples
+    ]
+
+
+PILOT = rows(
+    (0.1, 0.02, 0.30),  # 60 %: below the band
+    (0.2, 0.04, 0.41),  # 82 %
+    (0.4, 0.07, 0.44),  # 88 %
+    (0.8, 0.11, 0.46),  # 92 %
+    (1.6, 0.16, 0.48),  # 96 %
+    (3.2, 0.22, 0.495),  # 99 %: above
+)
+
+
+def test_the_widest_rising_window_inside_the_band_is_chosen():
+    out = select(PILOT, reference=0.5)
+    assert out["lambdas"] == [0.2, 0.4, 0.8, 1.6]
+    assert out["ablation_lambda"] == 0.4  # the second-lowest
+    assert [s["lmbda"] for s in out["shares"]] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert out["shares"][1]["share"] == pytest.approx(0.82)
+
+
+def test_a_flat_step_breaks_a_window_and_ties_go_to_the_lower_rates():
+    flat = rows(
+        (0.1, 0.03, 0.41), (0.2, 0.05, 0.43), (0.4, 0.08, 0.45), (0.8, 0.12, 0.47),
+        (1.6, 0.17, 0.47), (3.2, 0.23, 0.48),
+    )  # fmt: skip
+    # 0.8 -> 1.6 does not rise: only the first window qualifies
+    assert select(flat, 0.5)["lambdas"] == [0.1, 0.2, 0.4, 0.8]
+    even = rows(
+        (0.1, 0.03, 0.41), (0.2, 0.05, 0.42), (0.4, 0.08, 0.43), (0.8, 0.12, 0.44),
+        (1.6, 0.17, 0.45),
+    )  # fmt: skip
+    # both windows span 0.03: the lower rates win
+    assert select(even, 0.5)["lambdas"] == [0.1, 0.2, 0.4, 0.8]
+
+
+def test_the_ablation_lambda_skips_a_collapsed_run():
+    assert select(PILOT, 0.5)["ablation_lambda"] == 0.4
+    bad = rows(*[(r["lmbda"], r["bpp"], r["metric"]) for r in PILOT], collapsed_at=(0.4,))
+    assert select(bad, 0.5)["ablation_lambda"] == 0.8
+
+
+@pytest.mark.parametrize(
+    "metrics, hint",
+    [
+        ((0.1, 0.2, 0.3, 0.35), "upwards"),
+        ((0.495, 0.496, 0.497, 0.498), "downwards"),
+        ((0.30, 0.45, 0.30, 0.45), "refine"),
+    ],
+)
+def test_no_window_says_which_way_to_extend_the_grid(metrics, hint):
+    rs = rows(*[(0.1 * 2**i, 0.01 * (i + 1), m) for i, m in enumerate(metrics)])
+    out = select(rs, 0.5)
+    assert out["lambdas"] is None and hint in out["reason"]
+
+
+def test_collapse_is_a_rise_of_the_validation_task_loss_late_in_training():
+    steps = list(range(10, 210, 10))
+    steady = {"step": steps, "task_loss": [1.5 - 0.01 * i for i in range(20)]}
+    lost = {"step": steps, "task_loss": [1.4] * 10 + [1.4 + 0.2 * i for i in range(10)]}
+    noisy = {"step": steps, "task_loss": [1.4 + (0.05 if i % 2 else -0.05) for i in range(20)]}
+    assert collapsed(steady) is False
+    assert collapsed(lost) is True
+    assert collapsed(noisy) is False
+    assert collapsed(None) is None and collapsed({"step": [], "task_loss": []}) is None
+
+
+@pytest.mark.slow
+def test_the_pilot_runs_are_the_study_grid_runs(tmp_path):
+    """On smoke with a 4-λ seg pilot: the file is complete, its rows are its runs' points, and
+    every run folder is the one the study's grid (validation included) would use."""
+    import torch
+
+    from icm_lib.experiment import Experiment
+    from icm_lib.pilot import main
+    from icm_lib.profiles import get_profile
+    from icm_lib.results import PilotFile
+
+    grid = "(0.05,0.5,5.0,50.0)"
+    out = main(
+        [
+            "--profile", "smoke", "--tasks", "seg", "--no-progress",
+            "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path),
+            "--overrides", f"pilot__seg_lambdas={grid} icm__validate_every=2",
+        ]
+    )  # fmt: skip
+    assert PilotFile.read(tmp_path / "pilot-smoke.json") == out and out.complete
+    sel = out.selection["seg"]
+    assert [r["lmbda"] for r in sel["rows"]] == [0.05, 0.5, 5.0, 50.0]
+    assert [r["metric"] for r in sel["rows"]] == [r.point("seg").metric for r in out.runs]
+    assert all(r.val and r.val["step"][-1] == r.steps for r in out.runs)  # validated runs
+    profile = get_profile("smoke", icm__validate_every=2)
+    exp = Experiment.prepare(profile, tmp_path / "data", torch.device("cpu"), False)
+    assert [r.run_dir for r in out.runs] == [
+        str(exp.run_dir("seg", "baseline", lm, 0, validate_every=2))
+        for lm in (0.05, 0.5, 5.0, 50.0)
+    ]
