@@ -1,0 +1,344 @@
+"""Each paper claim tested as ``results/analysis-plan.json`` declared it: a verdict with numbers.
+
+A claim is a comparison of a *test* against an *anchor* on the same seeds (paired): Iino et al.'s
+R-D claims (aux-enc against the baseline, per task; aux-enc against ROI on detection), the
+positive control (the MSE codec against the task-loss baseline: a large effect the pipeline must
+detect), and the branch-position ablation. For each, this module computes from the results files
+(:mod:`icm_lib.results`; nothing is stored that could go stale):
+
+* the **paired per-seed effects** and their Student-t interval (the seed level alone);
+* the **two-level bootstrap** interval (seeds × val images, every point recomputed from its
+  per-image records; :func:`icm_lib.statistics.two_level_bootstrap`);
+* the **verdict** against the plan's margin: ``effect`` / ``equivalent`` / ``unresolved``, with
+  the interval's width and the seeds a t-interval would need (:func:`icm_lib.statistics.verdict`).
+
+R-D claims carry two estimators: the strict BD-rate (percent of bits at equal metric; undefined
+when a curve does not rise strictly, which is counted) and the metric difference at equal rate
+(defined when a curve flattens). ``python -m icm_lib.claims --profile cpu-patterns`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as _st
+
+from .results import AblationFile, RDPoint, RunRecord, StudyFile
+from .runtime import read_json
+from .statistics import (
+    bd_rate_effect,
+    equal_rate_delta,
+    paired_effects,
+    t_interval,
+    two_level_bootstrap,
+    verdict,
+)
+
+PLAN = Path("results") / "analysis-plan.json"
+
+
+@dataclass
+class Claim:
+    """One claim's test.
+
+    Attributes:
+        name: the plan's claim (``iino_seg_rd``, ...) and, after ``/``, the estimator.
+        title: what is compared, in words.
+        paper: the paper's number or statement.
+        estimator: ``bd_rate`` (%, negative = fewer bits), ``delta_equal_rate`` (metric points,
+            positive = better), ``val_main_loss`` (lower = better).
+        per_seed: the paired effect per seed (``None`` where undefined).
+        seed_interval: :func:`~icm_lib.statistics.t_interval` of the defined per-seed effects.
+        interval: ``{"estimate", "lo", "hi", "bootstrap", "t", "n_boot", "undefined"}``: the
+            verdict's interval ``[lo, hi]`` is the union of the two-level bootstrap's
+            (``bootstrap``; seeds only where the records hold no per-image data) and the
+            seed-level t-interval (``t``).
+        verdict: :func:`~icm_lib.statistics.verdict` at the plan's margin.
+    """
+
+    name: str
+    title: str
+    paper: str
+    estimator: str
+    per_seed: dict[int, float | None]
+    seed_interval: dict
+    interval: dict
+    verdict: dict
+    notes: list[str] = field(default_factory=list)
+
+    def plain(self) -> dict:
+        return asdict(self)
+
+
+def read_plan(path: str | Path = PLAN) -> dict:
+    return read_json(
+        path,
+        what="the analysis plan",
+        fix="restore results/analysis-plan.json from git (it is declared before the runs)",
+    )
+
+
+def _curves(runs: list[RunRecord], task: str, variant: str, curve: str) -> dict[int, list]:
+    """Per seed, the points of ``curve`` on ``task`` of the runs of ``variant``, by λ."""
+    out: dict[int, list[RDPoint]] = {}
+    for run in sorted(runs, key=lambda r: r.lmbda):
+        if run.variant != variant or (run.task != task and variant != "mse"):
+            continue
+        point = run.point(task, curve)
+        if point is not None and point.metric is not None:
+            out.setdefault(run.seed, []).append(point)
+    return out
+
+
+class _Records:
+    """A point's per-image records as the bootstrap reads them (the point's own numbers when it
+    has none: then only seeds are resampled)."""
+
+    def __init__(self, point: RDPoint):
+        self.point = point
+        im = point.images
+        self.bits = im.bits if im is not None else [point.bpp]
+        self.pixels = im.pixels if im is not None else [1]
+
+    def metric(self, images=None):
+        if self.point.images is None:
+            return self.point.metric
+        return self.point.images.metric(images)
+
+
+ESTIMATORS = {
+    "bd_rate": bd_rate_effect,
+    "delta_equal_rate": equal_rate_delta,
+}
+
+
+def rd_claim(
+    name: str,
+    title: str,
+    paper: str,
+    anchor: dict[int, list[RDPoint]],
+    test: dict[int, list[RDPoint]],
+    estimator: str,
+    margin: float,
+    n_boot: int,
+) -> Claim:
+    """One R-D comparison, paired by seed (seeds both curves hold)."""
+    fn = ESTIMATORS[estimator]
+    a = {s: [_Records(p) for p in pts] for s, pts in anchor.items()}
+    t = {s: [_Records(p) for p in pts] for s, pts in test.items()}
+    per_seed = paired_effects(
+        {s: [(p.bpp, p.metric) for p in pts] for s, pts in anchor.items()},
+        {s: [(p.bpp, p.metric) for p in pts] for s, pts in test.items()},
+        fn,
+    )
+    per_image = all(p.images is not None for pts in (*anchor.values(), *test.values()) for p in pts)
+    notes = []
+    if not per_image:
+        notes.append("some points hold no per-image records: the interval resamples seeds only")
+    if not per_seed:
+        boot = {"estimate": None, "lo": None, "hi": None, "n_boot": 0, "undefined": 0}
+    else:
+        boot = two_level_bootstrap(a, t, fn, n_boot=n_boot, resample_images=per_image)
+        boot = {k: boot[k] for k in ("estimate", "lo", "hi", "n_boot", "undefined")}
+    undefined = [s for s, v in per_seed.items() if v is None]
+    if undefined:
+        notes.append(f"undefined for seeds {undefined}")
+    seed_iv = t_interval(list(per_seed.values()))
+    boot = _union(boot, seed_iv)
+    return Claim(
+        name=f"{name}/{estimator}",
+        title=title,
+        paper=paper,
+        estimator=estimator,
+        per_seed=per_seed,
+        seed_interval=seed_iv,
+        interval=boot,
+        verdict=verdict(boot["lo"], boot["hi"], margin, seed_iv["sd"], boot["estimate"]),
+        notes=notes,
+    )
+
+
+def _union(boot: dict, seed_iv: dict) -> dict:
+    """The verdict's interval: the union of the bootstrap's and the seed-level t-interval (the
+    plan's amendment: a percentile bootstrap over a handful of seeds sees few distinct seed sets
+    and is too narrow; the t-interval alone ignores the val images' sampling)."""
+    out = {**boot, "bootstrap": [boot["lo"], boot["hi"]], "t": [seed_iv["lo"], seed_iv["hi"]]}
+    los = [x for x in (boot["lo"], seed_iv["lo"]) if x is not None]
+    his = [x for x in (boot["hi"], seed_iv["hi"]) if x is not None]
+    out["lo"], out["hi"] = (min(los), max(his)) if los and his else (None, None)
+    return out
+
+
+def study_claims(study: StudyFile, plan: dict, n_boot: int = 2000) -> list[Claim]:
+    """The plan's R-D claims and the positive control that ``study`` holds runs for."""
+    margins = plan["margins"]
+    out = []
+    for name, spec in plan["claims"].items():
+        if "anchor" not in spec or "test" not in spec:
+            continue
+        tasks = ["det", "seg"] if spec["task"] == "det and seg" else [spec["task"]]
+        for task in tasks:
+            metric = "map" if task == "det" else "miou"
+            anchor_variant = "baseline" if spec["anchor"] in ("baseline", "roi") else spec["anchor"]
+            anchor = _curves(study.runs, task, anchor_variant, spec["anchor"])
+            test = _curves(study.runs, task, spec["test"], spec["test"])
+            if spec["test"] == "mse" and 0 in test:  # one MSE curve (seed 0) against every seed
+                test = {s: test[0] for s in anchor}
+            if not anchor or not test:
+                continue
+            paper = spec.get("paper") or spec.get("expected", "")
+            label = f"{name}" + (f"_{task}" if len(tasks) > 1 else "")
+            title = f"{task}: {spec['test']} against {spec['anchor']}"
+            out.append(
+                rd_claim(label, title, paper, anchor, test, "bd_rate",
+                         margins["bd_rate_percent"], n_boot)
+            )  # fmt: skip
+            out.append(
+                rd_claim(label, title, paper, anchor, test, "delta_equal_rate",
+                         margins[f"delta_{metric}_equal_rate"], n_boot)
+            )  # fmt: skip
+    return out
+
+
+def late_val_loss(run: RunRecord, key: str = "main_loss", last: float = 0.2) -> float | None:
+    """Mean validation ``key`` over the last ``last`` share of the run's steps (the plan's
+    ablation score); ``None`` without a validation curve."""
+    if not run.val or not run.val.get("step"):
+        return None
+    steps, values = run.val["step"], run.val[key]
+    end = steps[-1]
+    tail = [v for s, v in zip(steps, values) if s >= (1 - last) * end]
+    return float(np.mean(tail)) if tail else None
+
+
+def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm-adjusted p-values (step-down, monotone; ``None`` stays ``None``)."""
+    known = sorted(((p, k) for k, p in p_values.items() if p is not None), key=lambda x: x[0])
+    m, running, out = len(known), 0.0, {k: None for k in p_values}
+    for i, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
+    """Section 4.2 per task: every position against the same seed's baseline (Holm over the
+    positions), and aux-enc against each other position; the score is the mean validation main
+    loss over the last 20 % of training (lower is better)."""
+    margin = plan["margins"]["ablation_main_loss"]
+    spec = plan["claims"]["iino_ablation"]
+    out = []
+    for task in sorted({r.task for r in ablation.runs}):
+        score = {(r.variant, r.seed): late_val_loss(r) for r in ablation.runs if r.task == task}
+        pairs = [(p, "baseline") for p in spec["positions"]]
+        pairs += [("aux-enc", p) for p in spec["positions"] if p != "aux-enc"]
+        found = []
+        for test, anchor in pairs:
+            seeds = sorted(
+                {s for v, s in score if v == test} & {s for v, s in score if v == anchor}
+            )
+            per_seed = {
+                s: (score[test, s] - score[anchor, s])
+                if score[test, s] is not None and score[anchor, s] is not None
+                else None
+                for s in seeds
+            }
+            if per_seed:
+                found.append((test, anchor, per_seed))
+        p_raw = {}
+        for test, anchor, per_seed in found:
+            v = [x for x in per_seed.values() if x is not None]
+            p_raw[f"{test}|{anchor}"] = (
+                float(_st.ttest_1samp(v, 0.0).pvalue)
+                if len(v) > 1 and np.std(v) > 1e-9 * max(1.0, abs(float(np.mean(v))))
+                else None
+            )
+        p_holm = holm({k: p for k, p in p_raw.items() if k.endswith("|baseline")})
+        for test, anchor, per_seed in found:
+            iv = t_interval(list(per_seed.values()))
+            v = verdict(iv["lo"], iv["hi"], margin, iv["sd"], iv["mean"])
+            key = f"{test}|{anchor}"
+            notes = [f"p = {p_raw[key]:.3g} (paired t)"] if p_raw[key] is not None else []
+            if key in p_holm and p_holm[key] is not None:
+                notes.append(f"Holm-adjusted over the positions: p = {p_holm[key]:.3g}")
+                if v["verdict"] == "effect" and p_holm[key] >= 0.05:
+                    v = {**v, "verdict": "unresolved", "why": "not significant after Holm"}
+            out.append(
+                Claim(
+                    name=f"iino_ablation_{task}/{test}-vs-{anchor}",
+                    title=f"{task}: {test} against {anchor} (late validation main loss)",
+                    paper=spec["paper"],
+                    estimator="val_main_loss",
+                    per_seed=per_seed,
+                    seed_interval=iv,
+                    interval={
+                        "estimate": iv["mean"],
+                        "lo": iv["lo"],
+                        "hi": iv["hi"],
+                        "n_boot": 0,
+                        "undefined": sum(x is None for x in per_seed.values()),
+                    },
+                    verdict=v,
+                    notes=notes,
+                )
+            )
+    return out
+
+
+def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Claim]:
+    """Every claim the profile's results files hold runs for."""
+    plan = read_plan(Path(results_dir) / "analysis-plan.json")
+    out: list[Claim] = []
+    study = StudyFile.find(results_dir, profile)
+    if study is not None:
+        out += study_claims(study, plan, n_boot)
+    ablation = AblationFile.find(results_dir, profile)
+    if ablation is not None:
+        out += ablation_claims(ablation, plan)
+    return out
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def table(rows: list[Claim]) -> str:
+    """A markdown table: claim, paper, estimate [interval], verdict, seeds."""
+    lines = [
+        "| claim | estimator | paper | estimate [95 % CI] | verdict | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        digits = 1 if c.estimator == "bd_rate" else 4
+        iv = c.interval
+        v = c.verdict
+        extra = (
+            f" (would need {v['seeds_needed']} seeds)"
+            if v["verdict"] == "unresolved" and v.get("seeds_needed")
+            else ""
+        )
+        lines.append(
+            f"| {c.title} | {c.estimator} | {c.paper} | {fmt(iv['estimate'], digits)} "
+            f"[{fmt(iv['lo'], digits)}, {fmt(iv['hi'], digits)}] | **{v['verdict']}**{extra} | "
+            f"{len(c.per_seed)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[Claim]:
+    p = argparse.ArgumentParser(prog="python -m icm_lib.claims", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu-patterns")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--n-boot", type=int, default=2000)
+    args = p.parse_args(argv)
+    rows = claims(args.results_dir, args.profile, args.n_boot)
+    print(table(rows) if rows else f"no results for profile {args.profile!r} yet")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Claims from results files: paired per-seed effects, the verdict's interval, Holm, and the
+ablation score, on hand-made records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from icm_lib.claims import (
+    ablation_claims,
+    claims,
+    holm,
+    late_val_loss,
+    read_plan,
+    study_claims,
+)
+from icm_lib.results import AblationFile, ImageRecords, RDPoint, RunRecord, StudyFile
+from icm_lib.statistics import equal_rate_delta
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = read_plan(ROOT / "results" / "analysis-plan.json")
+
+
+def seg_point(curve, lmbda, seed, bits, correct):
+    """A seg point over 4 images of 100 pixels, 2 classes; ``correct`` pixels of each image's
+    100 are right (split evenly over the two classes), so mIoU = correct / (200 - correct)."""
+    inter = [[c // 2, c - c // 2] for c in correct]
+    union = [[100 - c // 2, 100 - (c - c // 2)] for c in correct]
+    images = ImageRecords(
+        ids=list(range(4)), pixels=[100] * 4, bits=list(bits), psnr=[30.0] * 4,
+        ms_ssim=[0.9] * 4, checkerboard=[0.0] * 4, intersection=inter, union=union,
+        labelled=[100] * 4,
+    )  # fmt: skip
+    return RDPoint(
+        task="seg", curve=curve, lmbda=lmbda, seed=seed, bpp=images.bpp(), metric=images.metric(),
+        psnr=30.0, ms_ssim=0.9, checkerboard=0.0, bpp_estimate=None, rate="real", n_images=4,
+        images=images,
+    )  # fmt: skip
+
+
+def run(variant, lmbda, seed, bits, correct, val=None):
+    return RunRecord(
+        task="seg", variant=variant, lmbda=lmbda, seed=seed, run_dir=None, steps=10,
+        seconds=1.0, val=val, points=[seg_point(variant, lmbda, seed, bits, correct)],
+    )  # fmt: skip
+
+
+def study(shift_bits: float, spread: float = 0.02, seeds=range(4)):
+    """baseline and aux-enc curves at 4 λ; aux-enc spends ``shift_bits`` of the bits for the
+    same accuracy, times ``1 + spread (seed - 1.5)`` (a per-seed spread around it)."""
+    runs = []
+    for seed in seeds:
+        for i, lm in enumerate((1.0, 2.0, 4.0, 8.0)):
+            bits = [10.0 * 2**i + j + seed for j in range(4)]
+            correct = [60 + 8 * i + j for j in range(4)]
+            runs.append(run("baseline", lm, seed, bits, correct))
+            scale = shift_bits * (1 + spread * (seed - 1.5))
+            runs.append(run("aux-enc", lm, seed, [b * scale for b in bits], correct))
+    return StudyFile(profile="t", seeds=list(seeds), compute_hours_in_runs=0,
+                     wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+
+
+def by_name(rows, name):
+    return next(c for c in rows if c.name == name)
+
+
+def test_a_large_paired_effect_is_an_effect_and_none_is_equivalent():
+    rows = study_claims(study(0.7), PLAN, n_boot=200)
+    bd = by_name(rows, "iino_seg_rd/bd_rate")
+    # the same metric at the scaled bits: BD-rate = the scale - 1, per seed
+    for seed, value in bd.per_seed.items():
+        assert value == pytest.approx(100 * (0.7 * (1 + 0.02 * (seed - 1.5)) - 1), abs=0.1)
+    assert bd.verdict["verdict"] == "effect" and bd.interval["hi"] < 0
+    same = by_name(study_claims(study(1.0, 0.002), PLAN, n_boot=200), "iino_seg_rd/bd_rate")
+    assert same.verdict["verdict"] == "equivalent"  # inside the plan's ±5 %
+    wide = by_name(study_claims(study(1.0, 0.05), PLAN, n_boot=200), "iino_seg_rd/bd_rate")
+    assert wide.verdict["verdict"] == "unresolved" and wide.verdict["seeds_needed"] > 4
+
+
+def test_equal_rate_delta_is_paired_per_seed_and_the_interval_is_a_union():
+    s = study(0.7)
+    rows = study_claims(s, PLAN, n_boot=200)
+    delta = by_name(rows, "iino_seg_rd/delta_equal_rate")
+    for seed in s.seeds:
+        curve = {
+            v: [(r.points[0].bpp, r.points[0].metric) for r in s.runs if r.seed == seed and r.variant == v]
+            for v in ("baseline", "aux-enc")
+        }  # fmt: skip
+        assert delta.per_seed[seed] == pytest.approx(
+            equal_rate_delta(curve["baseline"], curve["aux-enc"])
+        )
+    iv = delta.interval
+    assert iv["lo"] == min(iv["bootstrap"][0], iv["t"][0])
+    assert iv["hi"] == max(iv["bootstrap"][1], iv["t"][1])
+    assert iv["estimate"] > 0  # fewer bits for the same accuracy: more accuracy at equal rate
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04)
+    out = holm({"a": 0.02, "b": 0.01, "c": 0.04, "d": None})
+    assert out["b"] == pytest.approx(0.03) and out["a"] == pytest.approx(0.04)
+    assert out["c"] == pytest.approx(0.04) and out["d"] is None
+    assert holm({"a": 0.5, "b": 0.6}) == {"a": 1.0, "b": 1.0}  # capped at 1
+
+
+def test_the_ablation_score_and_claims():
+    steps = list(range(10, 110, 10))
+
+    def val(base):
+        return {"step": steps, "main_loss": [base + 1.0 / s for s in steps]}
+
+    runs = []
+    for seed in range(5):
+        runs.append(run("baseline", 2.0, seed, [1] * 4, [60] * 4, val(1.00 + 0.01 * seed)))
+        runs.append(run("aux-enc", 2.0, seed, [1] * 4, [60] * 4, val(0.95 + 0.01 * seed)))
+        runs.append(run("aux-dec", 2.0, seed, [1] * 4, [60] * 4, val(1.00 + 0.01 * seed)))
+        runs.append(run("aux-task", 2.0, seed, [1] * 4, [60] * 4, val(1.05 + 0.01 * seed)))
+    # the last 20 % of 100 steps: steps 80, 90, 100
+    assert late_val_loss(runs[0]) == pytest.approx(1.0 + (1 / 80 + 1 / 90 + 1 / 100) / 3)
+    ab = AblationFile(profile="t", seeds=list(range(5)), compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+    rows = ablation_claims(ab, PLAN)
+    enc = by_name(rows, "iino_ablation_seg/aux-enc-vs-baseline")
+    assert enc.interval["estimate"] == pytest.approx(-0.05)
+    # an exactly constant difference has no spread: no t-test, the interval is a point
+    assert enc.verdict["verdict"] == "effect"
+    dec = by_name(rows, "iino_ablation_seg/aux-dec-vs-baseline")
+    assert dec.verdict["verdict"] == "equivalent"
+    assert by_name(rows, "iino_ablation_seg/aux-enc-vs-aux-task").interval["estimate"] == (
+        pytest.approx(-0.10)
+    )
+
+
+def test_claims_read_the_profiles_files(tmp_path):
+    (tmp_path / "analysis-plan.json").write_text(
+        (ROOT / "results" / "analysis-plan.json").read_text()
+    )
+    study(0.7).write(StudyFile.path(tmp_path, "t"))
+    rows = claims(tmp_path, "t", n_boot=50)
+    assert {c.name for c in rows} == {"iino_seg_rd/bd_rate", "iino_seg_rd/delta_equal_rate"}
+    assert claims(tmp_path, "other") == []
