@@ -149,11 +149,28 @@ def trainable_decoder_parameters(codec: ICMCodec, layers: int | None) -> list[nn
 def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
     """``full``: as configured; ``limited``: the attenuated adversarial weight; ``no-adv``: the
     control, adversarial weight 0: the same decoder finetuning on the task and pixel terms
-    alone, so that what the PatchGAN itself adds can be told from what more decoder steps do."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    weight = {"full": cfg.adv_weight, "limited": cfg.limited_adv_weight, "no-adv": 0.0}[preset]
-    return replace(cfg, adv_weight=weight)
+    alone, so that what the PatchGAN itself adds can be told from what more decoder steps do.
+
+    A preset may carry another pixel weight, ``<preset>-px<w>`` (``full-px1``: the adversarial
+    weight of ``full`` with pixel weight 1): the cells of Le et al.'s factorial
+    (``GANConfig.presets``), where at a small pixel weight only the discriminator can remove
+    periodic energy."""
+    name, _, pixel = preset.partition("-px")
+    if name not in PRESETS:
+        raise ValueError(
+            f"preset must be one of {PRESETS}, optionally with -px<pixel weight> "
+            f"(e.g. full-px1), got {preset!r}"
+        )
+    weight = {"full": cfg.adv_weight, "limited": cfg.limited_adv_weight, "no-adv": 0.0}[name]
+    if not pixel:
+        return replace(cfg, adv_weight=weight)
+    try:
+        pixel_weight = float(pixel)
+    except ValueError:
+        raise ValueError(f"{preset!r}: the pixel weight after -px must be a number") from None
+    if not pixel_weight >= 0:
+        raise ValueError(f"{preset!r}: the pixel weight must be >= 0")
+    return replace(cfg, adv_weight=weight, pixel_weight=pixel_weight)
 
 
 class _FinetuneStep:
@@ -270,6 +287,20 @@ def _finetune(
     return codec, run.close(codec, asdict(cfg), extras, update_tables=False)
 
 
+def gan_run_dir(codec: ICMCodec, train_set, cfg: GANConfig, preset: str, cache_dir) -> Path:
+    """The cache folder of a finetuning with ``cfg`` (the preset's, seed set): its name carries
+    the key of the exact weights of ``codec``, the configuration and the data."""
+    key = config_hash(
+        {
+            # the study's list of presets decides no run: the keys of before the field
+            "cfg": {k: v for k, v in asdict(cfg).items() if k != "presets"},
+            "codec": state_fingerprint(codec.codec_state()["state_dict"]),
+            "data": data_key(train_set.root),
+        }
+    )
+    return Path(cache_dir) / "gan" / f"{preset}-seed{cfg.seed}-{key}"
+
+
 def load_or_finetune(
     codec: ICMCodec,
     machine,
@@ -285,14 +316,7 @@ def load_or_finetune(
     """Finetune a copy of ``codec`` with ``preset`` and ``seed`` (load-or-compute), keyed by the
     exact weights of ``codec`` and the configuration. Returns ``(codec, log, run_dir)``."""
     cfg = replace(preset_config(cfg, preset), seed=seed)
-    key = config_hash(
-        {
-            "cfg": asdict(cfg),
-            "codec": state_fingerprint(codec.codec_state()["state_dict"]),
-            "data": data_key(train_set.root),
-        }
-    )
-    run_dir = Path(cache_dir) / "gan" / f"{preset}-seed{seed}-{key}"
+    run_dir = gan_run_dir(codec, train_set, cfg, preset, cache_dir)
     copy = load_codec(codec.codec_state())
     sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
     tuned, log = finetune_decoder(
@@ -372,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--codec", required=True, help="a trained codec.pt (e.g. a baseline run's)")
     parser.add_argument("--task", choices=sorted(TASKS), default="det")
-    parser.add_argument("--preset", choices=PRESETS, default="full")
+    parser.add_argument(
+        "--preset", default="full", help=f"one of {PRESETS}, optionally -px<pixel weight>"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--data-dir", default="data")

@@ -374,6 +374,9 @@ class GANConfig:
             all; the poster finetunes "the first few layers").
         d_channels, d_layers: the discriminator's width and strided depth (pix2pix: 64, 3 → a
             70 x 70 receptive field).
+        presets: what the study finetunes per seed (:func:`~icm_lib.gan.preset_config`):
+            ``full`` / ``limited`` / ``no-adv``, each optionally at another pixel weight
+            (``full-px1``) -- Le et al.'s factorial in ``cpu-patterns``.
         task, lmbda: the codec for machines to finetune in the notebook and the study: the
             seed's baseline (Eq. 4) run of ``task`` at ``lmbda`` (``None``: the task's lowest λ,
             where artifacts are worst). Segmentation in ``cpu``: a step costs a third of one
@@ -401,6 +404,7 @@ class GANConfig:
     seed: int = 0
     task: str = "seg"
     lmbda: float | None = None
+    presets: tuple[str, ...] = ("full", "limited", "no-adv")
 
 
 @dataclass(frozen=True)
@@ -637,6 +641,11 @@ def _cpu_patterns(cpu: Profile) -> Profile:
             validate_every=10,
         ),
         ablation=replace(cpu.ablation, val_every=10, seeds=(0, 1, 2, 3, 4, 5)),
+        # Le et al. as a factorial: adversarial weight {0, 0.01, 0.1} x pixel weight {20, 1}
+        gan=replace(
+            cpu.gan,
+            presets=("no-adv", "limited", "full", "no-adv-px1", "limited-px1", "full-px1"),
+        ),
         # factor-2 grids around where the task loss starts to cost bits (analysis plan)
         pilot=PilotConfig(
             det_lambdas=(0.1, 0.2, 0.4, 0.8, 1.6, 3.2),

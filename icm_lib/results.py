@@ -311,7 +311,8 @@ class GanRecord:
 
     Attributes:
         task, lmbda, seed: the baseline codec's task, λ and seed (the finetuning's seed too).
-        preset: the finetuning preset (:data:`~icm_lib.gan.PRESETS`).
+        preset: the finetuning preset (:func:`~icm_lib.gan.preset_config`: ``full``, ``limited``,
+            ``no-adv``, optionally ``-px<pixel weight>``).
         run_dir: its cache folder (the name is its key); seconds: finetuning wall time;
         log: the finetuning log.
         before, after: the R-D points of the codec before and after.

@@ -135,3 +135,33 @@ def test_limited_preset_lowers_the_adversarial_weight(smoke_env, tmp_path):
     assert preset_config(cfg, "limited").adv_weight == cfg.limited_adv_weight < cfg.adv_weight
     assert preset_config(cfg, "no-adv").adv_weight == 0.0
     assert preset_config(cfg, "full") == cfg
+
+
+def test_factorial_cells_set_the_pixel_weight_and_the_preset_list_keys_no_run(scenes, tmp_path):
+    from dataclasses import replace
+
+    from icm_lib.codec import build_codec
+    from icm_lib.data import PascalContextSegmentation
+    from icm_lib.gan import gan_run_dir, preset_config
+
+    cfg = get_profile("cpu-patterns").gan
+    assert set(cfg.presets) == {
+        "no-adv",
+        "limited",
+        "full",
+        "no-adv-px1",
+        "limited-px1",
+        "full-px1",
+    }
+    cell = preset_config(cfg, "limited-px1")
+    assert (cell.adv_weight, cell.pixel_weight) == (cfg.limited_adv_weight, 1.0)
+    assert preset_config(cfg, "full-px20") == preset_config(cfg, "full")
+    for bad in ("fulll", "full-pxa", "full-px-1", "px1"):
+        with pytest.raises(ValueError, match="preset|pixel weight"):
+            preset_config(cfg, bad)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
+    train = PascalContextSegmentation(scenes.context_root, "train", max_images=2)
+    full = replace(preset_config(cfg, "full"), seed=1)
+    a = gan_run_dir(codec, train, full, "full", tmp_path)
+    assert a == gan_run_dir(codec, train, replace(full, presets=("full",)), "full", tmp_path)
+    assert a != gan_run_dir(codec, train, replace(full, pixel_weight=1.0), "full", tmp_path)
