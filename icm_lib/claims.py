@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as _st
 
-from .results import AblationFile, RDPoint, RunRecord, StudyFile
+from .results import AblationFile, GanFile, RDPoint, RunRecord, StudyFile
 from .runtime import read_json
 from .statistics import (
     bd_rate_effect,
@@ -289,6 +289,80 @@ def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
     return out
 
 
+def _seed_claim(name, title, paper, estimator, per_seed, margin, notes=()) -> Claim:
+    """A claim whose interval is the seed-level t-interval alone."""
+    iv = t_interval(list(per_seed.values()))
+    return Claim(
+        name=name,
+        title=title,
+        paper=paper,
+        estimator=estimator,
+        per_seed=per_seed,
+        seed_interval=iv,
+        interval={
+            "estimate": iv["mean"],
+            "lo": iv["lo"],
+            "hi": iv["hi"],
+            "n_boot": 0,
+            "undefined": sum(x is None for x in per_seed.values()),
+        },
+        verdict=verdict(iv["lo"], iv["hi"], margin, iv["sd"], iv["mean"]),
+        notes=list(notes),
+    )
+
+
+def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
+    """Le et al. per pixel weight: what the discriminator adds to the change in checkerboard
+    score (each adversarial preset minus ``no-adv`` at the same pixel weight and seed), and the
+    task metric's change over finetuning (percent of before) of each adversarial preset."""
+    spec = plan["claims"]["le_patchgan"]
+    margins = plan["margins"]
+    change = {}
+    task_change = {}
+    for r in gan.runs:
+        name, _, px = r.preset.partition("-px")
+        cell = (name, px or "paper")
+        if r.after.checkerboard is not None and r.before.checkerboard is not None:
+            change[cell, r.seed] = r.after.checkerboard - r.before.checkerboard
+        if r.after.metric is not None and r.before.metric:
+            task_change[cell, r.seed] = 100 * (r.after.metric / r.before.metric - 1)
+    out = []
+    cells = sorted({c for c, _ in change} | {c for c, _ in task_change})
+    for name, px in cells:
+        if name == "no-adv":
+            continue
+        weight = "the configured pixel weight" if px == "paper" else f"pixel weight {px}"
+        control = ("no-adv", px)
+        seeds = sorted(
+            {s for c, s in change if c == (name, px)} & {s for c, s in change if c == control}
+        )
+        if seeds:
+            per_seed = {s: change[(name, px), s] - change[control, s] for s in seeds}
+            out.append(
+                _seed_claim(
+                    f"le_patchgan/{name}-px{px}/checkerboard",
+                    f"{name} against no-adv at {weight}: change in checkerboard score",
+                    spec["paper"],
+                    "checkerboard_vs_control",
+                    per_seed,
+                    margins["checkerboard"],
+                )
+            )
+        per_seed = {s: v for (c, s), v in task_change.items() if c == (name, px)}
+        if per_seed:
+            out.append(
+                _seed_claim(
+                    f"le_patchgan/{name}-px{px}/task",
+                    f"{name} at {weight}: task metric after finetuning (% of before)",
+                    spec["paper"],
+                    "task_change_percent",
+                    per_seed,
+                    margins["task_change_percent"],
+                )
+            )
+    return out
+
+
 def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Claim]:
     """Every claim the profile's results files hold runs for."""
     plan = read_plan(Path(results_dir) / "analysis-plan.json")
@@ -299,6 +373,9 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     ablation = AblationFile.find(results_dir, profile)
     if ablation is not None:
         out += ablation_claims(ablation, plan)
+    gan = GanFile.find(results_dir, profile)
+    if gan is not None:
+        out += gan_claims(gan, plan)
     return out
 
 
@@ -313,7 +390,7 @@ def table(rows: list[Claim]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for c in rows:
-        digits = 1 if c.estimator == "bd_rate" else 4
+        digits = 1 if c.estimator in ("bd_rate", "task_change_percent") else 4
         iv = c.interval
         v = c.verdict
         extra = (

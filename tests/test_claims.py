@@ -140,3 +140,43 @@ def test_claims_read_the_profiles_files(tmp_path):
     rows = claims(tmp_path, "t", n_boot=50)
     assert {c.name for c in rows} == {"iino_seg_rd/bd_rate", "iino_seg_rd/delta_equal_rate"}
     assert claims(tmp_path, "other") == []
+
+
+def test_le_claims_subtract_the_control_of_the_same_pixel_weight_and_seed():
+    from dataclasses import replace
+
+    from icm_lib.claims import gan_claims
+    from icm_lib.results import GanFile, GanRecord
+
+    base = seg_point("baseline", 1.0, 0, [10.0] * 4, [60] * 4)
+    runs = []
+    for seed in range(3):
+        for preset, cb, correct in (
+            ("no-adv", 0.05, 62), ("full", 0.02, 61), ("no-adv-px1", 0.09, 60),
+            ("full-px1", 0.03 + 0.001 * seed, 60),
+        ):  # fmt: skip
+            before = replace(base, seed=seed, checkerboard=0.10)
+            after = replace(
+                seg_point("patchgan", 1.0, seed, [10.0] * 4, [correct] * 4), checkerboard=cb
+            )
+            runs.append(GanRecord(task="seg", lmbda=1.0, seed=seed, preset=preset, run_dir=None,
+                                  seconds=1.0, log=[], before=before, after=after))  # fmt: skip
+    gan = GanFile(profile="t", seeds=[0, 1, 2], compute_hours_in_runs=0,
+                  wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+    rows = {c.name: c for c in gan_claims(gan, PLAN)}
+    assert set(rows) == {
+        "le_patchgan/full-pxpaper/checkerboard", "le_patchgan/full-pxpaper/task",
+        "le_patchgan/full-px1/checkerboard", "le_patchgan/full-px1/task",
+    }  # fmt: skip
+    # (0.02 - 0.10) - (0.05 - 0.10) = -0.03 at the paper's weight; at px 1: -0.06 + 0.001 seed
+    assert rows["le_patchgan/full-pxpaper/checkerboard"].interval["estimate"] == pytest.approx(
+        -0.03
+    )
+    assert rows["le_patchgan/full-px1/checkerboard"].per_seed == pytest.approx(
+        {0: -0.06, 1: -0.059, 2: -0.058}
+    )
+    assert rows["le_patchgan/full-px1/checkerboard"].verdict["verdict"] == "effect"
+    # mIoU of 61 right pixels of 100 per image after, of 60 before: (30/70 + 31/69) / 2
+    assert rows["le_patchgan/full-pxpaper/task"].interval["estimate"] == pytest.approx(
+        100 * ((30 / 70 + 31 / 69) / 2 / (30 / 70) - 1)
+    )
