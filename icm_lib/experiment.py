@@ -30,6 +30,7 @@ from .data.sampler import CropSampler
 from .evaluate import load_or_evaluate, rd_point
 from .losses import ICMObjective, mse_objective
 from .profiles import Profile, TrainConfig
+from .pseudo_labels import cached
 from .recognition import load_or_train
 from .results import RDPoint, RunRecord
 from .runtime import Distributed, config_hash, data_key, seed_everything, state_fingerprint
@@ -253,7 +254,13 @@ class Experiment:
         objective = (
             mse_objective(lmbda)
             if variant == "mse"
-            else ICMObjective(self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), icm.amp)
+            else ICMObjective(
+                cached(self.machine(task), self.cache_dir),
+                lmbda,
+                icm.alpha,
+                icm.mse_weight(task),
+                icm.amp,
+            )
         )
         sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
         codec, log = train_codec(
