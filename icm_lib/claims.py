@@ -379,6 +379,18 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     return out
 
 
+def paper_values(rows: list[Claim]) -> dict[str, float]:
+    """The papers' numbers on a claim's own scale (Iino et al.'s BD-rates), for the plots."""
+    from .results import PAPERS
+
+    out = {}
+    for c in rows:
+        for task, value in PAPERS.iino_bd_rate.items():
+            if c.name == f"iino_{task}_rd/bd_rate":
+                out[c.name] = value
+    return out
+
+
 def fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
 
@@ -411,9 +423,15 @@ def main(argv: list[str] | None = None) -> list[Claim]:
     p.add_argument("--profile", default="cpu-patterns")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--figure", default=None, help="also save the forest plot here (.png)")
     args = p.parse_args(argv)
     rows = claims(args.results_dir, args.profile, args.n_boot)
     print(table(rows) if rows else f"no results for profile {args.profile!r} yet")
+    if rows and args.figure:
+        from . import plots
+
+        fig = plots.forest(rows, paper_values(rows), f"claims, profile {args.profile}")
+        fig.savefig(args.figure, dpi=110, bbox_inches="tight")
     return rows
 
 

@@ -426,6 +426,67 @@ def branch_positions_diagram():
     return fig
 
 
+VERDICT_COLORS = {"effect": "#1b7837", "equivalent": "#2166ac", "unresolved": "#b2182b"}
+
+
+def forest(claims: Sequence, paper: dict[str, float] | None = None, title: str = ""):
+    """A forest plot, one panel per estimator: per claim its paired per-seed effects (dots), the
+    verdict's interval (bar) around the estimate (square), coloured by verdict, the margin of
+    equivalence shaded, 0 as a line, and the paper's number (``paper``: claim name -> value) as
+    a red diamond where it is on the same scale."""
+    paper = paper or {}
+    estimators = list(dict.fromkeys(c.estimator for c in claims))
+    counts = [sum(c.estimator == e for c in claims) for e in estimators]
+    fig, axes = plt.subplots(
+        len(estimators),
+        1,
+        figsize=(7.5, 0.4 * len(claims) + 1.1 * len(estimators)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [n + 1.5 for n in counts]},
+    )
+    for ax, est in zip(axes[:, 0], estimators):
+        rows = [c for c in claims if c.estimator == est]
+        margin = rows[0].verdict.get("margin")
+        if margin:
+            ax.axvspan(-margin, margin, color="0.9", zorder=0, label="margin (declared)")
+        ax.axvline(0, color="0.4", lw=0.8)
+        for i, c in enumerate(rows):
+            y = len(rows) - 1 - i
+            color = VERDICT_COLORS[c.verdict["verdict"]]
+            seeds = [v for v in c.per_seed.values() if v is not None]
+            ax.plot(seeds, [y + 0.18] * len(seeds), "o", ms=3, color=color, alpha=0.6)
+            iv = c.interval
+            if iv["lo"] is not None:
+                ax.plot([iv["lo"], iv["hi"]], [y, y], "-", lw=2.2, color=color)
+            if iv["estimate"] is not None:
+                ax.plot(iv["estimate"], y, "s", ms=6, color=color)
+            if c.name in paper:
+                ax.plot(paper[c.name], y, "D", ms=6, color="#d6604d", mfc="none", mew=1.5)
+            ax.text(1.01, y, c.verdict["verdict"], transform=ax.get_yaxis_transform(),
+                    va="center", fontsize=8, color=color)  # fmt: skip
+        ax.set_yticks(range(len(rows)))
+        ax.set_ylim(-0.6, len(rows) - 0.3)
+        ax.set_yticklabels([c.title for c in reversed(rows)], fontsize=7.5)
+        ax.set_xlabel(
+            {
+                "bd_rate": "BD-rate (%), negative = fewer bits",
+                "delta_equal_rate": "metric difference at equal rate",
+                "val_main_loss": "late validation main loss difference (lower = better)",
+                "checkerboard_vs_control": "checkerboard-score change minus the no-adv control",
+                "task_change_percent": "task metric change over finetuning (%)",
+            }.get(est, est),
+            fontsize=8,
+        )
+    axes[0, 0].set_title(
+        title or "paired effects: seeds (dots), 95 % interval, verdict", fontsize=9
+    )
+    if paper:
+        axes[0, 0].plot([], [], "D", color="#d6604d", mfc="none", label="paper")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, output_dir: str | Path, name: str) -> Path:
     path = Path(output_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

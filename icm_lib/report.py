@@ -128,6 +128,20 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     gan = GanFile.find(results_dir, profile_name)
     if gan is not None:
         lines += _provenance(gan) + _gan_table(gan)
+    if (Path(results_dir) / "analysis-plan.json").is_file():
+        from .claims import claims, table
+
+        rows = claims(results_dir, profile_name)
+        if rows:
+            lines += [
+                "",
+                f"**Claims, profile `{profile_name}`** (`python -m icm_lib.claims --profile "
+                f"{profile_name}`): paired per-seed effects; the 95 % interval is the union of "
+                "the two-level bootstrap (seeds x val images) and the seed-level t-interval; "
+                "verdicts against the margins of `results/analysis-plan.json`.",
+                "",
+                table(rows),
+            ]
     return "\n".join(lines)
 
 

@@ -180,3 +180,17 @@ def test_le_claims_subtract_the_control_of_the_same_pixel_weight_and_seed():
     assert rows["le_patchgan/full-pxpaper/task"].interval["estimate"] == pytest.approx(
         100 * ((30 / 70 + 31 / 69) / 2 / (30 / 70) - 1)
     )
+
+
+def test_the_forest_plot_has_a_panel_per_estimator_and_a_verdict_per_claim():
+    from icm_lib import plots
+    from icm_lib.claims import paper_values
+
+    rows = study_claims(study(0.7), PLAN, n_boot=50)
+    fig = plots.forest(rows, paper_values(rows))
+    assert len(fig.axes) == 2  # bd_rate, delta_equal_rate
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == [c.verdict["verdict"] for c in rows if c.estimator == "bd_rate"] + [
+        c.verdict["verdict"] for c in rows if c.estimator == "delta_equal_rate"
+    ]
+    assert paper_values(rows) == {"iino_seg_rd/bd_rate": -20.3}
