@@ -10,7 +10,10 @@ of that image)::
     view = explorer.view("det", "aux-enc", 0.8, 3)   # the same without a frontend
 
 It only *reads* codecs that were trained before (the notebook loads them): a change of a control
-never trains anything, and every view is cached, so going back is instant.
+never trains anything, and every view is cached, so going back is instant. A codec the study
+recorded (``results/``) but this machine's cache lacks is offered too: choosing it shows the one
+command that trains it, and a button that trains it here, with a progress bar
+(:meth:`Explorer.train`, the same run and key as the study's).
 """
 
 from __future__ import annotations
@@ -48,20 +51,59 @@ class Explorer:
         finetuned: ``{(task, variant, λ): {preset: codec}}``: PatchGAN-finetuned decoders of some
             of those codecs (seed 002), offered as alternative decoders of the same bytes.
         images: how many validation images per task to offer.
+        recorded: ``(task, variant, λ)`` of the runs a results file holds (seed ``seed``), offered
+            whether or not they are cached here.
+        seed: the seed of the codecs (the study's runs of that seed).
     """
 
-    def __init__(self, exp, codecs: dict, finetuned: dict | None = None, images: int = 8):
-        self.exp, self.codecs, self.finetuned = exp, codecs, finetuned or {}
-        self.images = images
+    def __init__(
+        self,
+        exp,
+        codecs: dict,
+        finetuned: dict | None = None,
+        images: int = 8,
+        recorded=(),
+        seed: int = 0,
+    ):
+        self.exp, self.codecs, self.finetuned = exp, dict(codecs), finetuned or {}
+        self.images, self.seed = images, seed
+        self.recorded = {tuple(r) for r in recorded}
         self._cache: dict = {}
         self._originals: dict = {}  # the machine's output on each original image
 
     # ------------------------------------------------------------------ choices
+    def _choices(self) -> set:
+        return set(self.codecs) | self.recorded
+
     def variants(self, task: str) -> list[str]:
-        return sorted({v for t, v, _ in self.codecs if t == task})
+        return sorted({v for t, v, _ in self._choices() if t == task})
 
     def lambdas(self, task: str, variant: str) -> list[float]:
-        return sorted(lm for t, v, lm in self.codecs if (t, v) == (task, variant))
+        return sorted(lm for t, v, lm in self._choices() if (t, v) == (task, variant))
+
+    def is_cached(self, task: str, variant: str, lmbda: float) -> bool:
+        return (task, variant, lmbda) in self.codecs
+
+    def train_command(self, task: str, variant: str, lmbda: float) -> str:
+        """The one command that trains the codec (with the rest of its λ grid; every run is
+        load-or-compute, so what is cached is not trained again)."""
+        name = self.exp.profile.name
+        if variant == "mse":
+            return (
+                f"python -m icm_lib.study --profile {name} --seeds {self.seed} --tasks {task} "
+                "--variants baseline  # the MSE reference curve comes first"
+            )
+        return (
+            f"python -m icm_lib.study --profile {name} --seeds {self.seed} --tasks {task} "
+            f"--variants {variant}"
+        )
+
+    def train(self, task: str, variant: str, lmbda: float):
+        """Train (or load) the codec here: the study's run, same key (:meth:`Experiment.point`,
+        with the experiment's progress bar), then offer it."""
+        point = self.exp.point(task, variant, lmbda, self.seed)
+        self.codecs[(task, variant, lmbda)] = point.codec
+        return point.codec
 
     def decoders(self, task: str, variant: str, lmbda: float) -> list[str]:
         return [AS_TRAINED, *self.finetuned.get((task, variant, lmbda), {})]
@@ -70,7 +112,18 @@ class Explorer:
     def view(
         self, task: str, variant: str, lmbda: float, index: int, decoder: str = AS_TRAINED
     ) -> View:
-        """The numbers and picture of one choice (computed once, then cached)."""
+        """The numbers and picture of one choice (computed once, then cached).
+
+        Raises:
+            LookupError: the codec is recorded but not cached here (with the command that trains
+                it, or :meth:`train`).
+        """
+        if not self.is_cached(task, variant, lmbda):
+            raise LookupError(
+                f"the {task} {variant} λ={lmbda:g} codec (seed {self.seed}) is in the results but "
+                f"not in this machine's cache: train it with `{self.train_command(task, variant, lmbda)}` "
+                "or Explorer.train(...)"
+            )
         key = (task, variant, lmbda, index, decoder)
         if key not in self._cache:
             t0 = time.perf_counter()
@@ -144,7 +197,7 @@ class Explorer:
         and the numbers; every change re-renders from the cache or the cached codecs."""
         import ipywidgets as w
 
-        tasks = sorted({t for t, _, _ in self.codecs})
+        tasks = sorted({t for t, _, _ in self._choices()})
         task = w.Dropdown(options=tasks, description="task")
         variant = w.Dropdown(description="codec")
         lmbda = w.Dropdown(description="λ")
@@ -152,6 +205,8 @@ class Explorer:
         index = w.IntSlider(0, 0, self.images - 1, description="val image")
         step = w.Button(description="next image ▶")
         picture, numbers = w.Image(format="png"), w.HTML()
+        train = w.Button(description="train it here", layout=w.Layout(display="none"))
+        progress = w.Output()
 
         updating = False
 
@@ -178,6 +233,15 @@ class Explorer:
         def render(*_):
             if updating:
                 return
+            if not self.is_cached(task.value, variant.value, lmbda.value):
+                command = self.train_command(task.value, variant.value, lmbda.value)
+                numbers.value = (
+                    f"<b>not trained on this machine</b> (the study recorded it): "
+                    f"<code>{command}</code>, or train it here"
+                )
+                picture.value, train.layout.display = b"", None
+                return
+            train.layout.display = "none"
             v = self.view(task.value, variant.value, lmbda.value, index.value, decoder.value)
             picture.value = v.png
             numbers.value = (
@@ -193,9 +257,25 @@ class Explorer:
         for control in (decoder, index):
             control.observe(render, "value")
         step.on_click(lambda _: setattr(index, "value", (index.value + 1) % self.images))
+
+        def train_here(_):
+            train.disabled = True
+            with progress:  # the experiment's progress bar shows here
+                self.train(task.value, variant.value, lmbda.value)
+            train.disabled = False
+            render()
+
+        train.on_click(train_here)
         refresh_choices()
         return w.VBox(
-            [w.HBox([task, variant, lmbda]), w.HBox([decoder, index, step]), numbers, picture]
+            [
+                w.HBox([task, variant, lmbda]),
+                w.HBox([decoder, index, step]),
+                numbers,
+                train,
+                progress,
+                picture,
+            ]
         )
 
 

@@ -29,7 +29,8 @@ def test_widget_offers_what_exists_and_rerenders_on_every_change(explorer):
         box.children[0].children,
         box.children[1].children,
     )
-    numbers, picture = box.children[2], box.children[3]
+    numbers, train, picture = box.children[2], box.children[3], box.children[5]
+    assert train.layout.display == "none"  # every offered codec is cached
     assert (task.value, variant.value, lmbda.value, decoder.value) == (
         "det",
         "aux-enc",
@@ -53,3 +54,28 @@ def test_a_finetuned_decoder_reads_the_same_bytes(explorer):
     b = explorer.view("seg", "baseline", 0.5, 0, "full")
     assert a.numbers["bytes"] == b.numbers["bytes"] and a.numbers["psnr"] != b.numbers["psnr"]
     assert explorer.view("seg", "baseline", 0.5, 0) is a  # cached: a second look is instant
+
+
+def test_a_recorded_codec_missing_here_says_its_command_and_trains_on_request(smoke_env):
+    exp = smoke_env
+    explorer = Explorer(
+        exp, {("seg", "baseline", 0.5): exp.reference}, images=2, recorded=[("seg", "aux-enc", 0.5)]
+    )
+    assert explorer.variants("seg") == ["aux-enc", "baseline"]
+    command = explorer.train_command("seg", "aux-enc", 0.5)
+    assert command == (
+        "python -m icm_lib.study --profile smoke --seeds 0 --tasks seg --variants aux-enc"
+    )
+    with pytest.raises(LookupError, match="not in this machine's cache.*--variants aux-enc"):
+        explorer.view("seg", "aux-enc", 0.5, 0)
+    box = explorer.widget()
+    (task, variant, lmbda) = box.children[0].children
+    numbers, train, picture = box.children[2], box.children[3], box.children[5]
+    task.value, variant.value = "seg", "aux-enc"
+    assert "not trained on this machine" in numbers.value and command in numbers.value
+    assert train.layout.display is None and picture.value == b""
+    train.click()  # the study's run, same key
+    assert explorer.is_cached("seg", "aux-enc", 0.5) and picture.value[:4] == b"\x89PNG"
+    assert train.layout.display == "none"
+    run_dir = exp.run_dir("seg", "aux-enc", 0.5, 0)
+    assert (run_dir / "codec.pt").is_file()
