@@ -139,6 +139,22 @@ def report(results_dir: str | Path, profile_name: str) -> str:
                 f"{profile_name}`): paired per-seed effects; the 95 % interval is the union of "
                 "the two-level bootstrap (seeds x val images) and the seed-level t-interval; "
                 "verdicts against the margins of `results/analysis-plan.json`.",
+                *(
+                    [
+                        "",
+                        "> These claims read files whose numbers are not today's code's ("
+                        + ", ".join(f"`{f.KIND}-{profile_name}.json`" for f in stale)
+                        + "; see their notes above): they show the method, not a result.",
+                    ]
+                    if (
+                        stale := [
+                            f
+                            for f in (study, ablation, gan)
+                            if f is not None and f.reproduced_by_current_code is False
+                        ]
+                    )
+                    else []
+                ),
                 "",
                 table(rows),
             ]
