@@ -41,6 +41,9 @@ FORWARDED = {
     "tutorial": ("icm_lib.tutorial", "run the notebooks (python -m icm_lib.tutorial)"),
     "bench": ("icm_lib.bench", "benchmarks (python -m icm_lib.bench)"),
     "fuzz": ("icm_lib.fuzz", "fuzz the decoder (python -m icm_lib.fuzz)"),
+    "world-check": ("icm_lib.world_check", "a world's acceptance checks (icm_lib.world_check)"),
+    "pilot": ("icm_lib.pilot", "the λ pilot (python -m icm_lib.pilot)"),
+    "claims": ("icm_lib.claims", "the claims' verdicts (python -m icm_lib.claims)"),
 }
 
 #: exit status of the ``error: ...`` line
@@ -51,6 +54,13 @@ _CODEC_HELP = (
     "quality and N/M and holds the fingerprint of its weights and entropy tables, not the "
     "weights. Decode with the same --codec (or --zoo for CompressAI's pretrained weights); a "
     "stream from other weights is refused, never misdecoded."
+)
+
+
+_ZOO_WEIGHTS = (
+    "with --zoo: a local copy of the zoo's weights file for that model and quality (e.g. "
+    "bmshj2018-hyperprior-mse-3-*.pth.tar), read instead of torch.hub's cache or the download "
+    "(README: Weights on a machine without internet)"
 )
 
 
@@ -84,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--zoo", choices=CODEC_NAMES, metavar="NAME", help=f"CompressAI pretrained: {CODEC_NAMES}"
     )
     enc.add_argument("--quality", type=int, default=3, help="zoo quality (default 3)")
+    enc.add_argument("--zoo-weights", type=Path, default=None, metavar="FILE", help=_ZOO_WEIGHTS)
     enc.add_argument("--device", default="cpu", help="where g_a runs (default cpu)")
 
     dec = sub.add_parser(
@@ -106,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CompressAI's pretrained model named by the header (model and quality)",
     )
+    dec.add_argument("--zoo-weights", type=Path, default=None, metavar="FILE", help=_ZOO_WEIGHTS)
     dec.add_argument(
         "--max-pixels",
         type=int,
@@ -194,12 +206,16 @@ def load_saved_codec(path: Path, device: str = "cpu"):
     return load_codec(state).to(_device(device)).eval()
 
 
-def _zoo_codec(name: str, quality: int, device: str):
+def _zoo_codec(name: str, quality: int, device: str, weights: Path | None = None):
     from .codec import build_codec
 
     _device(device)  # a wrong device before any download
+    if weights is not None and not Path(weights).is_file():
+        raise ICMError(f"--zoo-weights: no file at {weights}")
     try:
-        codec = build_codec(name, quality, pretrained=True)
+        codec = build_codec(
+            name, quality, pretrained=True, checkpoint=None if weights is None else str(weights)
+        )
     except ValueError as exc:  # a quality the zoo does not have
         raise ICMError(str(exc)) from None
     return codec.to(_device(device)).eval()
@@ -212,10 +228,12 @@ def encode(args: argparse.Namespace) -> int:
     from .runtime import atomic_write_bytes
 
     x = to_rgb_tensor(args.image, batch=True)  # the image first: a bad one costs no model
+    if args.zoo_weights is not None and args.zoo is None:
+        raise ICMError("--zoo-weights goes with --zoo (a saved --codec holds its own weights)")
     if args.codec is not None:
         codec = load_saved_codec(args.codec, args.device)
     else:
-        codec = _zoo_codec(args.zoo, args.quality, args.device)
+        codec = _zoo_codec(args.zoo, args.quality, args.device, args.zoo_weights)
     h, w = x.shape[-2:]
     t0 = time.perf_counter()
     data = codec.compress(x)
@@ -262,6 +280,8 @@ def decode(args: argparse.Namespace) -> int:
     print(f"{args.stream}: {len(data)} bytes, payload {sum(len(s) for s in strings)} bytes")
     for line in describe_header(header):
         print(f"  {line}")
+    if args.zoo_weights is not None and not args.zoo:
+        raise ICMError("--zoo-weights goes with --zoo (a saved --codec holds its own weights)")
     if args.codec is not None:
         codec = load_saved_codec(args.codec, args.device)
     elif args.zoo:
@@ -270,7 +290,7 @@ def decode(args: argparse.Namespace) -> int:
                 "the stream was written by a codec with explicit N/M, not a zoo model: "
                 "decode it with --codec and the saved codec that wrote it"
             )
-        codec = _zoo_codec(header.codec, header.quality, args.device)
+        codec = _zoo_codec(header.codec, header.quality, args.device, args.zoo_weights)
     else:
         raise ICMError(
             "which codec wrote this stream? pass --codec with the saved codec (codec.pt or its "

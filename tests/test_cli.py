@@ -329,3 +329,33 @@ def test_help_says_how_the_decoder_finds_its_codec(capsys):
         cli.main(["decode", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "the same --codec" in text and "--max-pixels" in text
+
+
+def test_zoo_weights_from_a_local_file_encode_and_decode(files, capsys, tmp_path, monkeypatch):
+    """``--zoo-weights``: the zoo model read from a hand-placed file, offline; a stream of those
+    weights decodes with them, is refused with other weights, and the flag needs --zoo."""
+    from compressai.zoo import image as zoo_image
+
+    monkeypatch.setenv("ICM_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    local, other = tmp_path / "zoo-q1.pth.tar", tmp_path / "other-q1.pth.tar"
+    for seed, path in ((0, local), (1, other)):
+        torch.manual_seed(seed)
+        model = zoo_image.model_architectures["bmshj2018-hyperprior"](128, 192)
+        torch.save(model.state_dict(), path)
+    stream, png = tmp_path / "z.icm", tmp_path / "z.png"
+    args = ["--zoo", "bmshj2018-hyperprior", "--quality", 1, "--zoo-weights", local]
+    code, out, err = run_cli(capsys, "encode", files["image"], "-o", stream, *args)
+    assert code == 0, err
+    assert "bmshj2018-hyperprior q1" in out
+    code, out, err = run_cli(capsys, "decode", stream, "-o", png, "--zoo", "--zoo-weights", local)
+    assert code == 0 and png.is_file(), err
+    code, _, err = run_cli(capsys, "decode", stream, "-o", png, "--zoo", "--zoo-weights", other)
+    assert_one_error_line(code, err, "fingerprint")
+    code, _, err = run_cli(capsys, "decode", stream, "-o", png, "--zoo-weights", local)
+    assert_one_error_line(code, err, "--zoo-weights goes with --zoo")
+    code, _, err = run_cli(
+        capsys, "encode", files["image"], "-o", stream, "--zoo", "bmshj2018-hyperprior",
+        "--zoo-weights", tmp_path / "missing.pth.tar",
+    )  # fmt: skip
+    assert_one_error_line(code, err, "no file at")
