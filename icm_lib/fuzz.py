@@ -23,10 +23,22 @@ and one more kind tries the encoder's door:
   (:class:`~icm_lib.errors.ImageError` / :class:`~icm_lib.errors.CheckpointError`), promptly:
   before the entropy coder was guarded, a NaN looped forever in it.
 
+and one the file doors:
+
+* ``files``: a saved codec (``codec.pt``), a results file (``study-*.json``) or a training log
+  (``log.jsonl``) damaged by a cut at a random byte, a flipped byte, an overwritten block, an
+  emptied file, a NaN / Infinity number (JSON) or a garbled line (log), then read through the
+  project's reader (:func:`~icm_lib.cli.load_saved_codec`, ``StudyFile.read``,
+  :func:`~icm_lib.runtime.repair_log`). A codec must be refused
+  (:class:`~icm_lib.errors.CheckpointError`) or load its exact weights; a results file refused
+  (:class:`~icm_lib.errors.DamagedFileError`) or read (a changed digit of a number cannot be
+  told); a log repaired to complete records (a changed digit cannot be told there either).
+
 Each case runs in a worker process; a case that kills it (a crash) or outlasts ``--timeout`` (a
 hang) is counted and the worker restarted with the next case. Outcomes: ``decoded`` (an image of
-the header's size, finite), ``refused`` (:class:`~icm_lib.errors.BitstreamError` for streams, any
-:class:`~icm_lib.errors.ICMError` for ``nonfinite``), ``other`` (any other exception, or a
+the header's size, finite; ``files``: read as the reader promises), ``refused``
+(:class:`~icm_lib.errors.BitstreamError` for streams, any :class:`~icm_lib.errors.ICMError` for
+``nonfinite``, the reader's error for ``files``), ``other`` (any other exception, or a
 non-finite input accepted: a defect), ``crash``, ``hang``.
 """
 
@@ -41,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +64,7 @@ from . import bitstream
 from .runtime import mix_seed
 
 #: stream mutations (decoded) and the encoder's door (``nonfinite``)
-KINDS = ("payload", "header", "field", "reshape", "aspect", "nonfinite")
+KINDS = ("payload", "header", "field", "reshape", "aspect", "nonfinite", "files")
 #: the longest side of an ``aspect`` claim by default: 64 x 65,536 = the default decode limit
 ASPECT_SIDE = 65536
 OUTCOMES = ("decoded", "refused", "other", "crash", "hang")
@@ -84,7 +97,8 @@ def mutate(data: bytes, kind: str, rng: random.Random, aspect_side: int = ASPECT
     if kind == "aspect":
         return _aspect(data, rng, aspect_side)
     if kind not in _MUTATIONS:
-        raise ValueError(f"kind must be one of {tuple(k for k in KINDS if k != 'nonfinite')}")
+        streams = tuple(k for k in KINDS if k not in ("nonfinite", "files"))
+        raise ValueError(f"kind must be one of {streams}")
     return _MUTATIONS[kind](data, rng)
 
 
@@ -309,6 +323,87 @@ def nonfinite_input(codec, rng: random.Random, folder: Path):
     return form, lambda: codec.compress(path), ImageError
 
 
+FILE_FORMS = ("codec", "results", "log")
+
+
+def damaged_file(codec_path: str, rng: random.Random, folder: Path):
+    """One ``files`` case: ``(form, run)`` where ``run()`` damages a copy of a file and reads it
+    through the project's reader, returning ``"refused"``, ``"decoded"`` (read as promised) or
+    ``"other:<why>"`` (see the module docstring)."""
+    from .cli import load_saved_codec
+    from .errors import CheckpointError, DamagedFileError
+    from .results import RunRecord, StudyFile
+    from .runtime import content_hash, load_checkpoint, repair_log
+
+    form = rng.choice(FILE_FORMS)
+    path = folder / f"files-{rng.randrange(10**9)}"
+    if form == "codec":
+        original = Path(codec_path).read_bytes()
+        path = path.with_suffix(".pt")
+    elif form == "results":
+        study = StudyFile(
+            profile="fuzz", seeds=[0], compute_hours_in_runs=0.5,
+            wall_hours_this_invocation=0.25,
+            runs=[RunRecord(task="seg", variant="baseline", lmbda=1.0, seed=0, run_dir=None,
+                            steps=10, seconds=1.5, log=[{"step": 10, "loss": 0.25}])],
+        )  # fmt: skip
+        path = path.with_name("study-fuzz.json")
+        study.write(path)
+        original = path.read_bytes()
+    else:
+        records = [{"step": i, "loss": 1.0 / i, "seconds": 0.5 * i} for i in range(1, 9)]
+        original = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+        path = path.with_suffix(".jsonl")
+    data = bytearray(original)
+    how = rng.choice(["cut", "flip", "block", "empty", "nan", "garble"])
+    if how == "cut":
+        data = data[: rng.randrange(len(data))]
+    elif how == "flip":
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    elif how == "block":
+        i = rng.randrange(len(data))
+        data[i : i + rng.randint(1, 64)] = bytes(rng.randrange(256) for _ in range(64))
+    elif how == "empty":
+        data = bytearray()
+    elif how == "nan" and form != "codec":
+        text = data.decode()
+        for old in ("0.25", "1.5", "0.5"):
+            if old in text:
+                text = text.replace(old, rng.choice(["NaN", "Infinity", "-Infinity", "1e999"]), 1)
+                break
+        data = bytearray(text.encode())
+    else:  # a garbled line in the middle
+        lines = bytes(data).split(b"\n")
+        lines.insert(rng.randrange(len(lines)), bytes(rng.randrange(256) for _ in range(20)))
+        data = bytearray(b"\n".join(lines))
+    path.write_bytes(bytes(data))
+    form = f"{form}-{how}"
+
+    def run() -> str:
+        if form.startswith("codec"):
+            try:
+                codec = load_saved_codec(path)
+            except CheckpointError:
+                return "refused"
+            same = content_hash(codec.codec_state()["state_dict"]) == content_hash(
+                load_checkpoint(codec_path)["state_dict"]
+            )
+            return "decoded" if same else "other:changed-weights-loaded"
+        if form.startswith("results"):
+            try:
+                StudyFile.read(path)
+            except DamagedFileError:
+                return "refused"
+            return "decoded"
+        repair_log(path)  # the rewritten log: complete records only, no more than there were
+        got = [json.loads(line) for line in path.read_bytes().splitlines()]
+        complete = all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in got)
+        return "decoded" if complete and len(got) <= len(records) else "other:log-not-repaired"
+
+    return form, run
+
+
 # ---------------------------------------------------------------------- the isolated runner
 def _worker(manifest: str, start: int) -> None:
     """Run cases ``start...`` of the manifest, one line per case on stdout."""
@@ -327,6 +422,16 @@ def _worker(manifest: str, start: int) -> None:
         if path not in codecs:
             codecs[path] = load_codec(load_checkpoint(path)).eval()
         codec = codecs[path]
+        if kind == "files":
+            try:
+                _, run = damaged_file(path, random.Random(seed), folder)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a repaired log warns, as it should
+                    outcome = run()
+            except Exception as exc:  # noqa: BLE001 -- a defect to count, not to hide
+                outcome = f"other:{type(exc).__name__}"
+            print(i, outcome, flush=True)
+            continue
         if kind == "nonfinite":
             _, run, expected = nonfinite_input(codec, random.Random(seed), folder)
             try:

@@ -105,3 +105,24 @@ def test_mutations_keep_a_valid_checksum_and_change_the_stream():
             if kind != "header":  # header bytes may break the structure, never the CRC
                 bitstream.unpack(blob)
         assert changed >= 45, kind
+
+
+def test_damaged_files_are_refused_or_read_as_promised(tmp_path):
+    """Every form of the ``files`` kind (a codec, a results file, a log; cut, flipped, blocks,
+    emptied, NaN, garbled): the reader refuses it with the project's error or reads it as it
+    promises -- a codec only with its exact weights."""
+    from icm_lib.fuzz import FILE_FORMS, damaged_file
+    from icm_lib.runtime import atomic_torch_save
+
+    codec_path = tmp_path / "codec.pt"
+    atomic_torch_save(_small().codec_state(), codec_path)
+    outcomes, forms = Counter(), Counter()
+    for seed in range(150):
+        form, run = damaged_file(str(codec_path), random.Random(seed), tmp_path)
+        outcome = run()
+        forms[form.split("-")[0]] += 1
+        outcomes[outcome] += 1
+        if form in ("codec-cut", "codec-empty", "results-empty"):
+            assert outcome == "refused", form
+        assert outcome in ("refused", "decoded"), (form, outcome)
+    assert set(forms) == set(FILE_FORMS) and outcomes["refused"] > 30
