@@ -118,16 +118,13 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     lines = []
     study = StudyFile.find(results_dir, profile_name)
     if study is not None:
-        lines += _provenance(study)
-        lines += (
-            _bd_rate_table(study) + _front_table(study) + _rd_point_table(study) + _undefined(study)
-        )
+        lines += _provenance(study) + file_tables(study)
     ablation = AblationFile.find(results_dir, profile_name)
     if ablation is not None:
-        lines += _provenance(ablation) + _ablation_table(ablation)
+        lines += _provenance(ablation) + file_tables(ablation)
     gan = GanFile.find(results_dir, profile_name)
     if gan is not None:
-        lines += _provenance(gan) + _gan_table(gan)
+        lines += _provenance(gan) + file_tables(gan)
     if (Path(results_dir) / "analysis-plan.json").is_file():
         from .claims import claims, table
 
@@ -159,6 +156,15 @@ def report(results_dir: str | Path, profile_name: str) -> str:
                 table(rows),
             ]
     return "\n".join(lines)
+
+
+def file_tables(file: StudyFile | AblationFile | GanFile) -> list[str]:
+    """The README's markdown tables of one results file (the book's study pages use them)."""
+    if isinstance(file, StudyFile):
+        return _bd_rate_table(file) + _front_table(file) + _rd_point_table(file) + _undefined(file)
+    if isinstance(file, AblationFile):
+        return _ablation_table(file)
+    return _gan_table(file)
 
 
 def _provenance(file) -> list[str]:
@@ -291,7 +297,7 @@ def _ablation_table(d: AblationFile) -> list[str]:
 
 
 #: what a seed-002 summary holds besides the task metric
-_GAN_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
+GAN_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_percent")
 
 
 def _gan_table(d: GanFile) -> list[str]:
@@ -306,10 +312,10 @@ def _gan_table(d: GanFile) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for preset, t in d.summary.items():
-        metric = next(k for k in t if k not in _GAN_KEYS)
+        metric = next(k for k in t if k not in GAN_KEYS)
         cells = [
             f"{t[k]['before']['mean']:.4g} → {t[k]['after']['mean']:.4g}"
-            for k in (*_GAN_KEYS[:4], metric)
+            for k in (*GAN_KEYS[:4], metric)
         ]
         change = fmt_mean_ci(t["task_relative_change_percent"], 1, " %")
         lines.append(f"| {preset} | " + " | ".join(cells) + f" | {change} |")

@@ -194,3 +194,13 @@ def test_the_forest_plot_has_a_panel_per_estimator_and_a_verdict_per_claim():
         c.verdict["verdict"] for c in rows if c.estimator == "delta_equal_rate"
     ]
     assert paper_values(rows) == {"iino_seg_rd/bd_rate": -20.3}
+
+
+def test_the_readmes_results_section_is_generated_from_the_results_files():
+    """The README's tables between the study-report markers are exactly what
+    ``python -m icm_lib.report --profile cpu`` makes of ``results/`` today."""
+    from icm_lib.report import END, START, report
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(START, 1)[1].split(END, 1)[0]
+    assert block.strip() == report(ROOT / "results", "cpu").strip()
