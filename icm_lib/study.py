@@ -10,6 +10,11 @@ notebooks 01-02 reuse the seed-0 runs::
     python -m icm_lib.study --study ablation --seeds 0 1 2     # section 4.2: branch position
     python -m icm_lib.study --study gan --seeds 0 1 2          # seed 002: PatchGAN presets
 
+Each study can run its runs as jobs (:mod:`icm_lib.launch`): ``--launcher pool --workers 2`` on
+this machine, ``--launcher slurm --partition ... --gpus-per-run N --time ...`` on a cluster; the
+study then collects the finished runs into the same file (README "Studies on a cluster").
+``--plan --s-per-step det=0.26 seg=0.63`` prints a study's runs and projected GPU-hours.
+
 Curves per task:
 
 * ``mse``       the human-viewing reference (MSE codecs at ``icm.mse_lambdas``; seed 0 only);
@@ -35,7 +40,16 @@ import torch
 from .aux_branch import VARIANTS
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
-from .gan import PRESETS, gan_point
+from .gan import gan_point
+from .launch import (
+    LaunchOptions,
+    LaunchReport,
+    RunCall,
+    add_arguments,
+    launch_study,
+    point_call,
+    projected_hours,
+)
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import PAPERS, AblationFile, GanFile, GanRecord, RunRecord, StudyFile, figure_name
@@ -53,27 +67,47 @@ def run_study(
     device: torch.device,
     progress: bool = True,
     reference_curve: bool = True,
-) -> StudyFile:
+    launch: LaunchOptions | None = None,
+) -> StudyFile | LaunchReport:
     """Run (or resume) the whole grid and write ``results/study-<profile>.json`` after every run
-    and the R-D figure at the end. Returns the study file."""
+    and the R-D figure at the end. Returns the study file.
+
+    ``launch``: run each run as a job (:mod:`icm_lib.launch`); the file is written as runs
+    finish, in grid order, the same file as this process's. Without waiting for the jobs
+    (``launch.wait`` false) returns the jobs' :class:`~icm_lib.launch.LaunchReport` unless
+    every run is in."""
     from . import plots
 
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = StudyFile.path(results_dir, profile.name)
-    runs: list[RunRecord] = []
 
-    def write(done: bool) -> StudyFile:
+    def write(runs: list[RunRecord], done: bool) -> StudyFile:
         study = summarise(
             profile, runs, tasks, seeds, variants, done, time.perf_counter() - t_start
         )
         study.write(out_json)
         return study
 
-    for point in exp.grid(seeds, tasks, variants, reference_curve):
-        runs.append(point.run)  # the weights stay on disk
-        write(False)
-    study = write(True)
+    if _launched(launch):
+        calls = study_calls("aux", profile, seeds, tasks, variants, reference_curve)
+        files: list[StudyFile] = []
+        report = launch_study(
+            exp,
+            calls,
+            launch,
+            f"study-{profile.name}",
+            lambda got_calls, runs: files.append(write(runs, len(runs) == len(calls))),
+        )
+        if not files or not report.complete:  # still running, or --status
+            return report
+        study, runs = files[-1], files[-1].runs
+    else:
+        runs = []
+        for point in exp.grid(seeds, tasks, variants, reference_curve):
+            runs.append(point.run)  # the weights stay on disk
+            write(runs, False)
+        study = write(runs, True)
     for task in map(get_task, tasks):
         fig = plots.rd_curves(
             curves(runs, task.name),
@@ -82,6 +116,63 @@ def run_study(
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
+
+
+def _launched(launch: LaunchOptions | None) -> bool:
+    """Whether the study's runs are jobs (or only their states are asked for)."""
+    return launch is not None and (launch.launcher != "local" or launch.status_only)
+
+
+class _GridCalls:
+    """Stands in for an :class:`~icm_lib.experiment.Experiment` in
+    :meth:`~icm_lib.experiment.Experiment.grid`: each point becomes the
+    :class:`~icm_lib.launch.RunCall` that computes it, so a launcher runs the sequential
+    study's very runs, in its order."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+
+    def point(self, task, variant, lmbda, seed, **kwargs) -> RunCall:
+        return point_call(task, variant, lmbda, seed, **kwargs)
+
+
+def study_calls(
+    study: str,
+    profile: Profile,
+    seeds: list[int],
+    tasks: list[str] | None = None,
+    variants: list[str] | None = None,
+    reference_curve: bool = True,
+) -> list[RunCall]:
+    """The runs of a study as :class:`~icm_lib.launch.RunCall` s, in its results file's order.
+
+    Args:
+        study: ``aux`` (seed 001's grid: :meth:`~icm_lib.experiment.Experiment.grid`),
+            ``ablation`` (:func:`ablation_rows`' order) or ``gan`` (each seed's presets, each
+            needing the seed's baseline codec, which :func:`~icm_lib.gan.gan_point` trains).
+    """
+    tasks = tasks or ["det", "seg"]
+    if study == "aux":
+        grid = Experiment.grid(_GridCalls(profile), seeds, tasks, variants, reference_curve)
+        return list(grid)
+    if study == "ablation":
+        return [
+            RunCall("ablation", {"task": task, "variant": variant, "seed": seed, "steps": None})
+            for seed, task, variant in _ablation_coordinates(profile, seeds, tasks)
+        ]
+    if study == "gan":
+        task = get_task(profile.gan.task)
+        lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
+        return [
+            RunCall(
+                "gan",
+                {"seed": seed, "preset": preset},
+                needs=(point_call(task, "baseline", lmbda, seed),),
+            )
+            for seed in seeds
+            for preset in profile.gan.presets
+        ]
+    raise ValueError(f"study must be aux, ablation or gan, got {study!r}")
 
 
 def summarise(
@@ -130,21 +221,45 @@ def run_ablation_study(
     results_dir: str | Path,
     device: torch.device,
     progress: bool = True,
-) -> AblationFile:
+    launch: LaunchOptions | None = None,
+) -> AblationFile | LaunchReport:
     """The branch-position ablation: every setting of ``profile.ablation.variants`` per task
     and seed, trained with validation (load-or-compute); writes
-    ``results/ablation-<profile>.json`` after every run and the curves at the end."""
+    ``results/ablation-<profile>.json`` after every run and the curves at the end (``launch``:
+    as :func:`run_study`)."""
     from . import plots
 
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = AblationFile.path(results_dir, profile.name)
-    rows: list[RunRecord] = []
-    summary = None
-    for row in ablation_rows(exp, seeds, tasks, recorded_rows(out_json)):
-        rows.append(replace(row, log=[]))  # the log stays in the run folder
+    recorded = recorded_rows(out_json)
+
+    def write(rows: list[RunRecord]) -> AblationFile:
         summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
         summary.write(out_json)
+        return summary
+
+    summary = None
+    if _launched(launch):
+        calls = study_calls("ablation", profile, seeds, tasks)
+        files: list[AblationFile] = []
+        report = launch_study(
+            exp,
+            calls,
+            launch,
+            f"ablation-{profile.name}",
+            lambda got_calls, rows: files.append(write(rows)),
+            settled=lambda call: _from_results_file(exp, call.args, recorded),
+            record=lambda exp, call: replace(ablation_row(exp, recorded, **call.args), log=[]),
+        )
+        if not files or not report.complete:  # still running, or --status
+            return report
+        summary = files[-1]
+    else:
+        rows: list[RunRecord] = []
+        for row in ablation_rows(exp, seeds, tasks, recorded):
+            rows.append(replace(row, log=[]))  # the log stays in the run folder
+            summary = write(rows)
     for task, table in summary.tasks.items():
         fig = plots.validation_curves(
             table,
@@ -153,6 +268,14 @@ def run_ablation_study(
         )
         plots.save(fig, results_dir, figure_name("ablation", profile.name, task))
     return summary
+
+
+def _ablation_coordinates(profile: Profile, seeds: list[int], tasks: list[str]):
+    """``(seed, task, variant)`` of every ablation setting, in the results file's order."""
+    for seed in seeds:
+        for task in tasks:
+            for variant in profile.ablation.variants:
+                yield seed, task, variant
 
 
 def ablation_rows(
@@ -166,14 +289,30 @@ def ablation_rows(
     ``profile.ablation.variants``: from the cache or trained (load-or-compute, with its
     ``log``), or, when the cache lacks the run, the run an earlier results file ``recorded``
     (:func:`recorded_rows`; without the log). The study and notebook 03 walk the same rows."""
-    for seed in seeds:
-        for task in tasks:
-            for variant in exp.profile.ablation.variants:
-                run_dir = exp.ablation_run_dir(task, variant, seed, steps)
-                row = recorded.get(run_dir.name)
-                if row is None or (run_dir / "codec.pt").is_file():
-                    row = exp.ablation_point(task, variant, seed, steps=steps).run
-                yield row
+    for seed, task, variant in _ablation_coordinates(exp.profile, seeds, tasks):
+        yield ablation_row(exp, recorded, task, variant, seed, steps)
+
+
+def ablation_row(
+    exp: Experiment,
+    recorded: dict[str, RunRecord],
+    task: str,
+    variant: str,
+    seed: int,
+    steps: int | None = None,
+) -> RunRecord:
+    """One row of :func:`ablation_rows`."""
+    coordinates = {"task": task, "variant": variant, "seed": seed, "steps": steps}
+    if _from_results_file(exp, coordinates, recorded):
+        return recorded[exp.ablation_run_dir(task, variant, seed, steps).name]
+    return exp.ablation_point(task, variant, seed, steps=steps).run
+
+
+def _from_results_file(exp: Experiment, coordinates: dict, recorded: dict) -> bool:
+    """Whether an ablation setting is taken from an earlier results file (not in the cache)."""
+    c = coordinates
+    run_dir = exp.ablation_run_dir(c["task"], c["variant"], c["seed"], c.get("steps"))
+    return run_dir.name in recorded and not (run_dir / "codec.pt").is_file()
 
 
 def recorded_rows(path: Path) -> dict[str, RunRecord]:
@@ -241,27 +380,86 @@ def run_gan_study(
     results_dir: str | Path,
     device: torch.device,
     progress: bool = True,
-) -> GanFile:
-    """Every preset over ``seeds``; writes ``results/gan-<profile>.json`` after every run."""
+    launch: LaunchOptions | None = None,
+) -> GanFile | LaunchReport:
+    """Every preset over ``seeds``; writes ``results/gan-<profile>.json`` after every run
+    (``launch``: as :func:`run_study`; each seed's baseline codec is a job of its own that its
+    finetunings wait for)."""
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
-    rows: list[GanRecord] = []
     out_json = GanFile.path(results_dir, profile.name)
+
+    def write(rows: list[GanRecord]) -> GanFile:
+        summary = GanFile(
+            profile=profile.name,
+            seeds=seeds,
+            compute_hours_in_runs=round(sum(x.seconds or 0.0 for x in rows) / 3600, 3),
+            wall_hours_this_invocation=round((time.perf_counter() - t_start) / 3600, 3),
+            runs=rows,
+            summary=_as_json(summarise_gan(rows)),
+            gan_config=_as_json(asdict(profile.gan)),
+        )
+        summary.write(out_json)
+        return summary
+
+    if _launched(launch):
+        files: list[GanFile] = []
+        report = launch_study(
+            exp,
+            study_calls("gan", profile, seeds),
+            launch,
+            f"gan-{profile.name}",
+            lambda got_calls, rows: files.append(write(list(rows))),
+        )
+        return files[-1] if files and report.complete else report
+    rows: list[GanRecord] = []
     summary = None
     for seed in seeds:
-        for preset in PRESETS:
+        for preset in profile.gan.presets:
             rows.append(gan_point(exp, seed, preset).run)
-            summary = GanFile(
-                profile=profile.name,
-                seeds=seeds,
-                compute_hours_in_runs=round(sum(x.seconds or 0.0 for x in rows) / 3600, 3),
-                wall_hours_this_invocation=round((time.perf_counter() - t_start) / 3600, 3),
-                runs=rows,
-                summary=_as_json(summarise_gan(rows)),
-                gan_config=_as_json(asdict(profile.gan)),
-            )
-            summary.write(out_json)
+            summary = write(rows)
     return summary
+
+
+def print_plan(
+    study: str,
+    profile: Profile,
+    seeds: list[int],
+    tasks: list[str],
+    variants: list[str],
+    reference_curve: bool,
+    s_per_step: dict[str, float],
+) -> list[dict]:
+    """Print (and return) a study's runs, training steps and projected GPU-hours per task and
+    variant (:func:`~icm_lib.launch.projected_hours`); submits nothing."""
+    calls = study_calls(study, profile, seeds, tasks, variants, reference_curve)
+    rows = projected_hours(profile, calls, s_per_step)
+    print(f"{study} study, {profile.name} profile, seeds {seeds}: training only")
+    print(f"{'task':<5}{'variant':<10}{'runs':>6}{'steps':>14}{'s/step':>9}{'GPU-hours':>11}")
+    for r in rows:
+        s = "-" if r["s_per_step"] is None else f"{r['s_per_step']:.3f}"
+        h = "-" if r["hours"] is None else f"{r['hours']:,.1f}"
+        print(f"{r['task']:<5}{r['variant']:<10}{r['runs']:>6}{r['steps']:>14,}{s:>9}{h:>11}")
+    known = [r["hours"] for r in rows if r["hours"] is not None]
+    total = f"{sum(known):,.1f}" if len(known) == len(rows) else "- (a task lacks --s-per-step)"
+    print(f"{'total':<15}{sum(r['runs'] for r in rows):>6}{'':>23}{total:>11}")
+    return rows
+
+
+def _s_per_step(items: list[str] | None) -> dict[str, float]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise SystemExit(
+                f"--s-per-step {item!r} must look like det=0.26 or det/aux-enc=0.27 (seconds per "
+                "training step, e.g. from `python -m icm_lib.bench paper-step`)"
+            )
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -301,10 +499,24 @@ def _parser() -> argparse.ArgumentParser:
         help="with --report: also write the tables into this file between the "
         "<!-- study-report:start/end --> markers",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the study's runs and projected GPU-hours (with --s-per-step) and exit",
+    )
+    parser.add_argument(
+        "--s-per-step",
+        nargs="+",
+        metavar="TASK[/VARIANT]=S",
+        help="with --plan: seconds per training step, e.g. det=0.26 seg=0.63",
+    )
+    add_arguments(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | GanFile:
+def main(
+    argv: list[str] | None = None,
+) -> dict | StudyFile | AblationFile | GanFile | LaunchReport:
     """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
     args = _parser().parse_args(argv)
     if args.report:
@@ -313,7 +525,20 @@ def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | Gan
         if args.readme:
             write_between_markers(Path(args.readme), text)
         return {"report": text}
-    profile, device = get_profile(args.profile), get_device(args.device or None)
+    profile = get_profile(args.profile)
+    if args.plan:
+        rows = print_plan(
+            args.study,
+            profile,
+            args.seeds,
+            args.tasks,
+            args.variants,
+            not args.no_reference_curve,
+            _s_per_step(args.s_per_step),
+        )
+        return {"plan": rows}
+    launch = LaunchOptions.from_args(args)  # jobs: --device, else CUDA where the job runs
+    device = get_device(args.device or None)
     if args.study == "ablation":
         summary = run_ablation_study(
             profile,
@@ -323,7 +548,10 @@ def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | Gan
             args.results_dir,
             device,
             not args.no_progress,
+            launch,
         )
+        if isinstance(summary, LaunchReport):
+            return summary
         for task, t in summary.tasks.items():
             print(
                 f"{task}: "
@@ -333,8 +561,16 @@ def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | Gan
         return summary
     if args.study == "gan":
         summary = run_gan_study(
-            profile, args.seeds, args.data_dir, args.results_dir, device, not args.no_progress
+            profile,
+            args.seeds,
+            args.data_dir,
+            args.results_dir,
+            device,
+            not args.no_progress,
+            launch,
         )
+        if isinstance(summary, LaunchReport):
+            return summary
         for preset, t in summary.summary.items():
             print(
                 f"{preset}: "
@@ -355,7 +591,10 @@ def main(argv: list[str] | None = None) -> dict | StudyFile | AblationFile | Gan
         device,
         not args.no_progress,
         not args.no_reference_curve,
+        launch,
     )
+    if isinstance(summary, LaunchReport):
+        return summary
     for task, t in summary.tasks.items():
         for name, row in t["bd_rate"].items():
             print(

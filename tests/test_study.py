@@ -106,6 +106,37 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     # (one seed: the intervals are undefined: null with a reason)
     assert json.dumps(again.tasks, sort_keys=True) == json.dumps(first.tasks, sort_keys=True)
     assert not any(Path(r.run_dir).exists() for r in again.runs)  # nothing trained
+    # launched: the runs the results file holds are no jobs, and the file is the same
+    from icm_lib.launch import LaunchOptions
+
+    launch = LaunchOptions("pool", device="cpu", launch_dir=str(tmp_path / "launch"))
+    launched = run_ablation_study(
+        profile, [0], ["seg"], data_dir, tmp_path, torch.device("cpu"), False, launch
+    )
+    assert all(r.from_results_file for r in launched.runs) and launched.complete
+    assert json.dumps(launched.tasks, sort_keys=True) == json.dumps(first.tasks, sort_keys=True)
+    assert not (tmp_path / "launch" / "jobs.json").exists()  # nothing submitted
+    assert not any(Path(r.run_dir).exists() for r in launched.runs)
+
+
+def test_plan_projects_gpu_hours_from_step_times(capsys):
+    """``--plan``: the paper studies' runs and steps from the grids, hours from s/step."""
+    args = ["--profile", "paper", "--seeds", "0", "1", "2", "--plan", "--s-per-step"]
+    rows = main([*args, "det=0.25", "seg=0.5", "seg/aux-enc=0.6"])["plan"]
+    by = {(r["task"], r["variant"]): r for r in rows}
+    assert list(by) == [
+        ("det", "mse"), ("det", "baseline"), ("det", "aux-enc"), ("seg", "baseline"),
+        ("seg", "aux-enc"),
+    ]  # fmt: skip
+    det = by[("det", "baseline")]
+    assert (det["runs"], det["steps"]) == (12, 12 * 591_440)  # 4 λ x 3 seeds, 80 COCO epochs
+    assert det["hours"] == pytest.approx(12 * 591_440 * 0.25 / 3600)
+    assert by[("seg", "aux-enc")]["hours"] == pytest.approx(12 * 49_980 * 0.6 / 3600)
+    assert by[("det", "mse")]["runs"] == 4  # the reference curve: seed 0 only
+    gan = main(["--study", "gan", *args, "seg=0.5"])["plan"]
+    assert [(r["variant"], r["runs"]) for r in gan] == [("baseline", 3), ("gan", 9)]
+    assert "1,169.0" in capsys.readouterr().out.split("gan study")[0]  # the aux total
+    assert main(["--study", "ablation", *args, "det=0.25"])["plan"][-1]["hours"] is None
 
 
 def test_ablation_table_pairs_each_position_with_the_same_seeds_baseline():

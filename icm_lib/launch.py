@@ -1,0 +1,1198 @@
+"""A study's runs as jobs: a local process pool or SLURM (through submitit), the study collecting.
+
+A study (:mod:`icm_lib.study`) is a grid of independent runs. ``--launcher local`` (the default)
+walks it in the study's own process, one run after another. ``--launcher pool`` and ``--launcher
+slurm`` make each run a job::
+
+    python -m icm_lib.study --profile cpu --launcher pool --workers 2
+    python -m icm_lib.study --profile paper --launcher slurm --partition gpu \\
+        --gpus-per-run 4 --time 2-00:00:00 --cpus-per-run 32 --mem 256G
+
+      the study (this process)                     a job (one per run)
+      ─────────────────────────                    ─────────────────────────────────────────
+      Experiment.prepare: caches, run keys
+      each run: done? running? else submit ──────► Experiment.prepare (loads the caches)
+        (at most --workers at once: pool)          compute(exp, call): Experiment.point /
+      status line: done / running / failed           ablation_point / gan_point, load-or-
+        (a failed run with its log's path)           compute on the run key, like the
+      collect every finished run (load) ◄─────────   sequential study (torchrun over its
+        → the same results file, in grid order       GPUs when --gpus-per-run > 1)
+                                                   → <launch dir>/done/<job>.json
+
+A job computes one :class:`RunCall` (the grid coordinates of a run) through the very method the
+sequential study calls, so its run key, its files and the record the study collects are the
+sequential study's. A requeued, preempted or resubmitted job resumes its run from the run's last
+checkpoint (:class:`~icm_lib.runtime.RunFiles`).
+
+No double work: one process at a time trains a run key (the run's writer lock,
+:class:`~icm_lib.runtime.RunLock`); and a study submitted again submits only the runs that are
+neither done (a done marker, and the run's ``codec.pt``) nor running (a job of the study that the
+launcher reports queued or running, or a live holder of the run's writer lock).
+
+The launch folder (``<data_dir>/launch/<profile>``, ``--launch-dir``; on a cluster a file system
+every node shares, like the data folder)::
+
+    jobs.json       the latest job of every run: launcher, job id, log paths, attempts
+    done/<job>.json written by a job when its run is done (the run folder, seconds, host)
+    logs/           submitit's job files: the pickled call, the sbatch script (SLURM), logs
+    submit.lock     one study process at a time submits (RunLock)
+
+Why submitit, not Ray: submitit makes a Python call an ordinary ``sbatch`` job (one job per
+run, the cluster's own queue, priorities, accounts and preemption; requeued at the time limit or on
+preemption through :meth:`StudyJob.checkpoint`; a log per job), needs nothing running on the
+cluster besides SLURM, and its ``LocalExecutor`` runs the same job files as local processes (the
+pool, and the tests). Ray would need a Ray cluster started inside an allocation and schedule on
+top of SLURM; for a grid of independent multi-hour runs SLURM's own queue is the scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ICMError
+from .experiment import Experiment, run_config
+from .gan import gan_point
+from .profiles import Profile
+from .runtime import (
+    Distributed,
+    RunFiles,
+    RunLock,
+    _pid_alive,
+    _process_start,
+    atomic_write_bytes,
+    atomic_write_json,
+    config_hash,
+    read_json,
+)
+from .tasks import get_task
+
+LAUNCHERS = ("local", "pool", "slurm")
+#: ``squeue`` states of a job waiting to start (any other state it lists: running)
+SLURM_QUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING"})
+
+
+class LaunchError(ICMError):
+    """A launcher cannot run (submitit or SLURM missing, a bad option, a refused submission), or
+    runs of a study failed; the message names each failed run's log and what to do (``report``:
+    the :class:`LaunchReport` of the failed runs' study, where there is one)."""
+
+    report: LaunchReport | None = None
+
+
+# ---------------------------------------------------------------------- runs as calls
+@dataclass(frozen=True)
+class RunCall:
+    """One run of a study's grid: the :class:`~icm_lib.experiment.Experiment` call that trains
+    (load-or-compute) and evaluates it.
+
+    Attributes:
+        kind: ``point``: ``exp.point(**args)``; ``ablation``: ``exp.ablation_point(**args)``;
+            ``gan``: ``gan_point(exp, **args)``.
+        args: the call's keyword arguments, plain values (the run's grid coordinates).
+        needs: runs that must be done before this one starts (a PatchGAN finetuning needs its
+            baseline codec).
+    """
+
+    kind: str
+    args: dict
+    needs: tuple[RunCall, ...] = ()
+
+
+def point_call(
+    task,
+    variant: str,
+    lmbda: float,
+    seed: int,
+    eval_tasks: Sequence | None = None,
+    roi: bool = False,
+    steps: int | None = None,
+    **extra,
+) -> RunCall:
+    """The :class:`RunCall` of ``exp.point(...)`` with these arguments (defaults filled in, so
+    the same run asked for by two studies is one job)."""
+    return RunCall(
+        "point",
+        {
+            "task": get_task(task).name,
+            "variant": variant,
+            "lmbda": lmbda,
+            "seed": seed,
+            "eval_tasks": tuple(get_task(t).name for t in eval_tasks) if eval_tasks else None,
+            "roi": roi,
+            "steps": steps,
+            **extra,
+        },
+    )
+
+
+def compute(exp: Experiment, call: RunCall):
+    """The record of ``call`` (a :class:`~icm_lib.results.RunRecord` or
+    :class:`~icm_lib.results.GanRecord`), load-or-compute: what a job computes, and what the
+    study collects once the job is done (then it only loads)."""
+    if call.kind == "point":
+        return exp.point(**call.args).run
+    if call.kind == "ablation":
+        return exp.ablation_point(**call.args).run
+    if call.kind == "gan":
+        return gan_point(exp, **call.args).run
+    raise ValueError(f"unknown run kind {call.kind!r}; one of point, ablation, gan")
+
+
+def _point_training(profile: Profile, args: dict) -> dict:
+    """The :meth:`~icm_lib.experiment.Experiment.icm_run` arguments :meth:`Experiment.point`
+    trains with: the run's folder (its key), and what the other processes of a torchrun job
+    train (rank 0 then loads and evaluates). Checked against the runs' own folders by the
+    launcher's tests."""
+    every = getattr(profile.icm, "validate_every", 0) if args["variant"] != "mse" else 0
+    keys = ("task", "variant", "lmbda", "seed", "steps")
+    return {**{k: args.get(k) for k in keys}, "validate_every": every}
+
+
+@dataclass
+class LaunchJob:
+    """A run of a study as the launcher sees it.
+
+    Attributes:
+        name: unique and stable: the kind, the run key and a hash of the call.
+        call: what the job computes.
+        run_dir: the run's folder (its writer lock and ``codec.pt``); ``None`` where the key is
+            known only once the needs are done (a finetuning keyed by its baseline's weights).
+        needs: names of the jobs that must be done first.
+    """
+
+    name: str
+    call: RunCall
+    run_dir: Path | None
+    needs: tuple[str, ...] = ()
+
+
+def _identity(exp: Experiment, call: RunCall) -> tuple[str, Path | None]:
+    digest = config_hash({"kind": call.kind, "args": call.args}, 6)
+    if call.kind == "point":
+        run_dir = exp.run_dir(**_point_training(exp.profile, call.args))
+        return f"point-{run_dir.name}-{digest}", run_dir
+    if call.kind == "ablation":
+        a = call.args
+        run_dir = exp.ablation_run_dir(a["task"], a["variant"], a["seed"], a.get("steps"))
+        return f"ablation-{run_dir.name}-{digest}", run_dir
+    if call.kind == "gan":
+        needs = [_identity(exp, n)[0] for n in call.needs]
+        key = config_hash({"gan": asdict(exp.profile.gan), "args": call.args, "needs": needs})
+        return f"gan-{call.args['preset']}-seed{call.args['seed']}-{key}", None
+    raise ValueError(f"unknown run kind {call.kind!r}; one of point, ablation, gan")
+
+
+def plan_jobs(exp: Experiment, calls: Sequence[RunCall]) -> list[LaunchJob]:
+    """The jobs of ``calls``: their needs first, each run once."""
+    jobs: dict[str, LaunchJob] = {}
+
+    def add(call: RunCall) -> str:
+        needs = tuple(add(n) for n in call.needs)
+        name, run_dir = _identity(exp, call)
+        jobs.setdefault(name, LaunchJob(name, call, run_dir, needs))
+        return name
+
+    for call in calls:
+        add(call)
+    return list(jobs.values())
+
+
+# ---------------------------------------------------------------------- projected compute
+def call_steps(profile: Profile, call: RunCall) -> tuple[str, str, int]:
+    """``(task, variant, training steps)`` of a call under ``profile`` (the finetuning of a
+    ``gan`` call as variant ``gan``)."""
+    a = call.args
+    if call.kind == "gan":
+        return profile.gan.task, "gan", profile.gan.steps
+    if call.kind == "ablation":
+        ab = profile.ablation
+        cfg = run_config(profile, a["task"], a["variant"], ab.lmbda(a["task"]), a["seed"])
+        return a["task"], a["variant"], a.get("steps") or ab.steps or cfg.steps
+    cfg = run_config(profile, a["task"], a["variant"], a["lmbda"], a["seed"], a.get("steps"))
+    return a["task"], a["variant"], cfg.steps
+
+
+def projected_hours(
+    profile: Profile, calls: Sequence[RunCall], s_per_step: dict[str, float]
+) -> list[dict]:
+    """Runs, steps and projected device-hours of a study, per task and variant: the calls and
+    their needs (each run once), times the seconds per step of ``s_per_step`` (keys
+    ``task/variant`` or ``task``; a run without a figure gets ``hours: None``). Training only:
+    evaluation, data loading between runs and queueing are not in it. A run of N GPUs costs N
+    times its wall time: with linear scaling, the GPU-hours of one GPU."""
+    seen: list[RunCall] = []
+
+    def add(call: RunCall) -> None:
+        for n in call.needs:
+            add(n)
+        if call not in seen:
+            seen.append(call)
+
+    for call in calls:
+        add(call)
+    rows: dict[tuple[str, str], dict] = {}
+    for call in seen:
+        task, variant, steps = call_steps(profile, call)
+        s = s_per_step.get(f"{task}/{variant}", s_per_step.get(task))
+        row = rows.setdefault(
+            (task, variant),
+            {"task": task, "variant": variant, "runs": 0, "steps": 0, "s_per_step": s, "hours": 0},
+        )
+        row["runs"] += 1
+        row["steps"] += steps
+        row["hours"] = None if s is None else row["steps"] * s / 3600
+    return list(rows.values())
+
+
+# ---------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job needs, pickled with it: the call, the profile, the folders.
+
+    Attributes:
+        processes: torchrun processes (one per GPU) of the job; 1: the job's own process.
+        threads: torch's CPU threads per process (``None``: torch's default).
+        device: ``cuda`` / ``cpu`` / ``""`` (CUDA when present).
+    """
+
+    name: str
+    call: RunCall
+    profile: Profile
+    data_dir: str
+    launch_dir: str
+    device: str = ""
+    processes: int = 1
+    threads: int | None = None
+
+    @property
+    def marker(self) -> Path:
+        return done_marker(self.launch_dir, self.name)
+
+
+def done_marker(launch_dir: str | Path, name: str) -> Path:
+    """Where the job ``name`` writes that its run is done."""
+    return Path(launch_dir) / "done" / f"{name}.json"
+
+
+def run_job(spec: JobSpec) -> dict:
+    """Compute one run (load-or-compute on its run key: a restarted job resumes the run from its
+    last checkpoint) and write the done marker. With ``spec.processes > 1`` the job is
+    ``torchrun`` over that many processes: all train, rank 0 evaluates and writes the marker.
+
+    Returns:
+        The marker's content: ``name``, ``run_dir``, ``seconds``, ``host``, ``finished``.
+    """
+    if spec.processes > 1 and "LOCAL_RANK" not in os.environ:
+        return _torchrun(spec)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    t0 = time.perf_counter()
+    dist = Distributed(torch.device(spec.device) if spec.device else None)
+    try:
+        print(
+            f"[icm_lib] job {spec.name} on {socket.gethostname()} (pid {os.getpid()}, "
+            f"{dist.device}, process {dist.rank + 1} of {dist.world_size})",
+            flush=True,
+        )
+        exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist)
+        if not dist.is_main:  # the other processes train with rank 0, which then evaluates
+            if spec.call.kind == "point":
+                exp.icm_run(**_point_training(exp.profile, spec.call.args))
+            else:
+                compute(exp, spec.call)
+            return {}
+        record = compute(exp, spec.call)
+        done = {
+            "name": spec.name,
+            "run_dir": record.run_dir,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "host": socket.gethostname(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write_json(spec.marker, done)
+        print(f"[icm_lib] job {spec.name} done in {done['seconds']:.0f} s", flush=True)
+        return done
+    finally:
+        dist.close()
+
+
+def torchrun_command(spec_path: str | Path, processes: int) -> list[str]:
+    """The command of a job of ``processes`` processes: ``torchrun --standalone`` on this node
+    running ``python -m icm_lib.launch job <spec>``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "icm_lib.launch",
+        "job",
+        str(spec_path),
+    ]
+
+
+def _torchrun(spec: JobSpec) -> dict:
+    path = Path(spec.launch_dir) / "specs" / f"{spec.name}.pkl"
+    atomic_write_bytes(path, pickle.dumps(spec))
+    command = torchrun_command(path, spec.processes)
+    print(f"[icm_lib] {' '.join(command)}", flush=True)
+    code = subprocess.run(command).returncode
+    if code != 0 or not spec.marker.is_file():
+        raise LaunchError(
+            f"torchrun of job {spec.name} exited with status {code} without finishing its run; "
+            "the processes' errors are above in this log"
+        )
+    return json.loads(spec.marker.read_text())
+
+
+class StudyJob:
+    """The callable a launcher submits for a run (submitit pickles it with its
+    :class:`JobSpec`). At the time limit or on preemption submitit calls :meth:`checkpoint` and
+    requeues the job with the same spec: the run resumes from its last checkpoint."""
+
+    def __call__(self, spec: JobSpec) -> dict:
+        return run_job(spec)
+
+    def checkpoint(self, spec: JobSpec):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, spec)
+
+
+# ---------------------------------------------------------------------- options
+def parse_time(text: str) -> int:
+    """Minutes of a SLURM time limit: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``,
+    ``D-H:M:S`` (seconds round up).
+
+    Raises:
+        LaunchError: not one of these forms.
+    """
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", str(text))
+    if m is None:
+        raise LaunchError(
+            f"--time {text!r} is not a SLURM time limit: give minutes, H:MM:SS or D-HH:MM:SS "
+            "(e.g. --time 48:00:00)"
+        )
+    days, parts = m[1], [int(p) for p in m.groups()[1:] if p is not None]
+    if days is not None:
+        h, mi, s = (parts + [0, 0])[:3]
+        seconds = ((int(days) * 24 + h) * 60 + mi) * 60 + s
+    elif len(parts) == 1:
+        seconds = parts[0] * 60
+    elif len(parts) == 2:
+        seconds = parts[0] * 60 + parts[1]
+    else:
+        seconds = (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    minutes = math.ceil(seconds / 60)
+    if minutes <= 0:
+        raise LaunchError(f"--time {text!r} is no time at all: give the wall time of one run")
+    return minutes
+
+
+@dataclass
+class LaunchOptions:
+    """How a study's runs are run (the ``--launcher`` options of ``python -m icm_lib.study``).
+
+    Attributes:
+        launcher: ``local`` (in the study's process, one run after another), ``pool`` (jobs as
+            local processes, ``workers`` at once) or ``slurm`` (a SLURM job per run).
+        workers: jobs at once: pool (default: the GPUs // ``gpus_per_run``, else the cores);
+            slurm: at most this many queued or running (default: all).
+        gpus_per_run: GPUs of one run's job, ``torchrun`` over them when > 1 (on the CPU:
+            processes). A PatchGAN finetuning runs in one process.
+        cpus_per_run: slurm: ``--cpus-per-task``; both: torch threads per process.
+        partition, time, mem, account, qos: slurm: ``sbatch`` options (``time``: the wall time
+            of one run's job; a run that outlives it is requeued and resumes).
+        slurm_args: further ``sbatch`` options (``constraint=h100``).
+        setup: slurm: shell lines run before the job (``module load cuda``, ``source .venv/...``).
+        launch_dir: the launch folder (default ``<data_dir>/launch/<profile>``).
+        wait: wait for the jobs and collect them; else submit, collect what is done, return.
+        poll: seconds between looks at the jobs (default: 1 pool, 60 slurm).
+        device: the jobs' device (``""``: CUDA when present).
+        status_only: print each run's state and submit nothing.
+    """
+
+    launcher: str = "local"
+    workers: int | None = None
+    gpus_per_run: int = 1
+    cpus_per_run: int | None = None
+    partition: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    slurm_args: dict[str, str] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    launch_dir: str | None = None
+    wait: bool = True
+    poll: float | None = None
+    device: str = ""
+    status_only: bool = False
+
+    def check(self) -> LaunchOptions:
+        """Raise :class:`LaunchError` for options that do not fit together."""
+        if self.launcher not in LAUNCHERS:
+            raise LaunchError(f"--launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+        slurm_only = {
+            "--partition": self.partition,
+            "--time": self.time,
+            "--mem": self.mem,
+            "--account": self.account,
+            "--qos": self.qos,
+            "--slurm-arg": self.slurm_args or None,
+            "--setup": self.setup or None,
+        }
+        given = [k for k, v in slurm_only.items() if v is not None]
+        if given and self.launcher != "slurm":
+            raise LaunchError(
+                f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
+                f"--launcher slurm, not of --launcher {self.launcher}: add --launcher slurm"
+            )
+        if self.launcher == "local" and (self.workers is not None or not self.wait):
+            raise LaunchError(
+                "--workers and --no-wait are options of --launcher pool or slurm: --launcher "
+                "local runs the study in this process"
+            )
+        if self.gpus_per_run < 1:
+            raise LaunchError(f"--gpus-per-run must be at least 1, got {self.gpus_per_run}")
+        if self.workers is not None and self.workers < 1:
+            raise LaunchError(f"--workers must be at least 1, got {self.workers}")
+        if self.launcher == "slurm" and not self.status_only:
+            if self.time is None:
+                raise LaunchError(
+                    "--launcher slurm needs --time, the wall time of one run's job (e.g. "
+                    "--time 48:00:00); a run that outlives it is requeued and resumes from its "
+                    "checkpoint"
+                )
+            parse_time(self.time)
+        return self
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+        extra = {}
+        for item in args.slurm_arg or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise LaunchError(f"--slurm-arg {item!r} must look like KEY=VALUE")
+            extra[key.removeprefix("--")] = value
+        return cls(
+            launcher=args.launcher,
+            workers=args.workers,
+            gpus_per_run=args.gpus_per_run,
+            cpus_per_run=args.cpus_per_run,
+            partition=args.partition,
+            time=args.time,
+            mem=args.mem,
+            account=args.account,
+            qos=args.qos,
+            slurm_args=extra,
+            setup=list(args.setup or []),
+            launch_dir=args.launch_dir,
+            wait=not args.no_wait,
+            poll=args.poll,
+            device=args.device or "",
+            status_only=args.status,
+        ).check()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher's options on a study's command line (:class:`LaunchOptions`)."""
+    g = parser.add_argument_group(
+        "launcher",
+        "run each run of the study as a job (icm_lib.launch); README 'Studies on a cluster'",
+    )
+    g.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="local: one run after another in this process (default); pool: jobs as local "
+        "processes; slurm: a SLURM job per run (submitit)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="jobs at once (pool: default one per GPU, else per core; slurm: default all)",
+    )
+    g.add_argument(
+        "--gpus-per-run", type=int, default=1, help="GPUs per job, torchrun over them when > 1"
+    )
+    g.add_argument("--cpus-per-run", type=int, default=None, help="CPU cores per job")
+    g.add_argument("--partition", default=None, help="slurm: the partition")
+    g.add_argument("--time", default=None, help="slurm: wall time of one job, e.g. 48:00:00")
+    g.add_argument("--mem", default=None, help="slurm: memory per job, e.g. 128G")
+    g.add_argument("--account", default=None, help="slurm: the account to charge")
+    g.add_argument("--qos", default=None, help="slurm: the quality of service")
+    g.add_argument(
+        "--slurm-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="slurm: any other sbatch option (repeatable), e.g. constraint=h100",
+    )
+    g.add_argument(
+        "--setup",
+        action="append",
+        metavar="LINE",
+        help="slurm: a shell line run before each job (repeatable), e.g. 'module load cuda'",
+    )
+    g.add_argument(
+        "--launch-dir", default=None, help="job files (default: <data-dir>/launch/<profile>)"
+    )
+    g.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit, collect what is done, and return (run the command again to collect)",
+    )
+    g.add_argument("--status", action="store_true", help="print each run's state, submit nothing")
+    g.add_argument("--poll", type=float, default=None, help="seconds between looks at the jobs")
+
+
+# ---------------------------------------------------------------------- job records and states
+@dataclass
+class JobRecord:
+    """The latest job of a run (``jobs.json``): which launcher, its id and logs, attempts."""
+
+    name: str
+    launcher: str
+    job_id: str
+    submitted: float
+    stdout: str
+    stderr: str
+    host: str = ""
+    pid_start: str | None = None  # pool: the job's controller process start (a reused pid)
+    gpus: list[int] = field(default_factory=list)  # pool: the GPUs it was given
+    attempts: int = 1
+
+
+@dataclass
+class JobStatus:
+    """A run's state: ``done``, ``running``, ``queued``, ``failed``, ``todo`` (to submit),
+    ``waiting`` (for a run it needs) or ``blocked`` (a run it needs failed)."""
+
+    name: str
+    state: str
+    job_id: str | None = None
+    log: str | None = None
+    detail: str = ""
+
+
+STATES = ("done", "running", "queued", "failed", "todo", "waiting", "blocked")
+
+
+@dataclass
+class LaunchReport:
+    """Where a launched study stands: every run's :class:`JobStatus`, what this invocation
+    submitted, the most jobs seen running at once and the wall time."""
+
+    study: str
+    launcher: str
+    statuses: list[JobStatus]
+    submitted: list[str] = field(default_factory=list)
+    peak_running: int = 0
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(s.state for s in self.statuses)
+
+    @property
+    def complete(self) -> bool:
+        return all(s.state == "done" for s in self.statuses)
+
+    @property
+    def failed(self) -> list[JobStatus]:
+        return [s for s in self.statuses if s.state in ("failed", "blocked")]
+
+    def line(self) -> str:
+        """``aux-smoke (pool): 3/8 done, 2 running, 1 queued, 1 failed, 1 to submit``."""
+        c = self.counts
+        words = {"todo": "to submit", "waiting": "waiting for a run", "blocked": "blocked"}
+        parts = [f"{c['done']}/{len(self.statuses)} done"]
+        parts += [f"{c[s]} {words.get(s, s)}" for s in STATES[1:] if c[s] or s in STATES[1:4]]
+        return f"{self.study} ({self.launcher}): " + ", ".join(parts)
+
+    def table(self) -> str:
+        """One line per run: state, job id, detail, log."""
+        rows = []
+        for s in self.statuses:
+            row = f"  {s.state:8s} {s.name}"
+            if s.job_id:
+                row += f"  (job {s.job_id})"
+            if s.detail:
+                row += f"  {s.detail}"
+            if s.log and s.state in ("failed", "running", "queued"):
+                row += f"\n           log: {s.log}"
+            rows.append(row)
+        return "\n".join(rows)
+
+
+def _failure(record: JobRecord) -> str:
+    """What the end of a failed job's log says."""
+    try:
+        lines = Path(record.stderr).read_text(errors="replace").splitlines()
+    except OSError:
+        return "its job ended without a log"
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line.strip()):
+            return line.strip()[:400]
+    return (
+        "its job ended without finishing the run and without an error in its log: the process "
+        "was killed (a signal, out of memory, the wall time)"
+    )
+
+
+# ---------------------------------------------------------------------- launchers
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise LaunchError(
+            "--launcher pool and --launcher slurm run jobs through submitit, which is not "
+            "installed: `pip install submitit` (or `pip install -e .` in this repository), or "
+            "run the study with --launcher local"
+        ) from None
+    return submitit
+
+
+class _Backend:
+    """What a launcher does with jobs: submit one, and tell each job's state."""
+
+    name = ""
+    capacity: int | None = None  # jobs at once (None: the scheduler queues them)
+    threads: int | None = None
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        raise NotImplementedError
+
+    def states(self, records: list[JobRecord]) -> dict[str, str]:
+        """``{job name: queued | running | ended}`` of each record (of any launcher)."""
+        out = {}
+        slurm = [r for r in records if r.launcher == "slurm"]
+        if slurm:
+            out.update(_slurm_states(slurm))
+        for r in records:
+            if r.launcher == "pool":
+                out[r.name] = self._pool_state(r)
+        return out
+
+    def _pool_state(self, record: JobRecord) -> str:
+        if record.host != socket.gethostname():
+            return "ended"  # another machine's pool: its runs' writer locks tell
+        alive = _pid_alive(int(record.job_id), record.pid_start)
+        return "running" if alive else "ended"
+
+    def release(self, name: str) -> None:
+        """The job of ``name`` is over (frees its place in a pool)."""
+
+
+class _PoolBackend(_Backend):
+    """Jobs as processes of this machine (submitit's ``LocalExecutor``): at most ``workers`` at
+    once, each with its own GPUs (``CUDA_VISIBLE_DEVICES``) where there are GPUs."""
+
+    name = "pool"
+
+    def __init__(self, folder: Path, options: LaunchOptions):
+        submitit = _submitit()
+        n = options.gpus_per_run
+        gpus = 0 if options.device.startswith("cpu") else torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(" ", "")
+        if gpus and visible and not re.fullmatch(r"\d+(,\d+)*", visible):
+            raise LaunchError(
+                f"--launcher pool gives each job GPUs by index, but CUDA_VISIBLE_DEVICES is "
+                f"{visible!r}: set it to indices (e.g. 0,1,2,3) or unset it"
+            )
+        self.physical = [int(i) for i in visible.split(",")] if gpus and visible else None
+        if gpus and n > gpus:
+            raise LaunchError(
+                f"--gpus-per-run {n} but this machine has {gpus} GPU(s): ask for at most {gpus}"
+            )
+        slots = [tuple(range(i, i + n)) for i in range(0, gpus - n + 1, n)] if gpus else []
+        workers = options.workers or (len(slots) if slots else os.cpu_count() or 1)
+        if slots and workers > len(slots):
+            raise LaunchError(
+                f"--workers {workers} with --gpus-per-run {n} needs {workers * n} GPUs; this "
+                f"machine has {gpus}: use --workers {len(slots)} or fewer"
+            )
+        self.slots: list[tuple[int, ...]] = slots[:workers]
+        self.capacity = workers
+        cores = os.cpu_count() or 1
+        self.threads = options.cpus_per_run or max(1, cores // (workers * n))
+        self.in_use: dict[str, tuple[int, ...]] = {}
+        self.handles: dict[str, Any] = {}
+        minutes = parse_time(options.time) if options.time else 7 * 24 * 60
+        self.executor = submitit.LocalExecutor(folder=str(folder))
+        self.executor.update_parameters(timeout_min=minutes, gpus_per_node=0)
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        slot: tuple[int, ...] = ()
+        if self.slots:
+            slot = next(s for s in self.slots if s not in self.in_use.values())
+            devices = tuple(self.physical[i] for i in slot) if self.physical else slot
+            self.executor.update_parameters(visible_gpus=devices, gpus_per_node=len(slot))
+            self.in_use[spec.name] = slot
+        job = self.executor.submit(StudyJob(), spec)
+        self.handles[spec.name] = job
+        return JobRecord(
+            name=spec.name,
+            launcher=self.name,
+            job_id=str(job.job_id),
+            submitted=time.time(),
+            stdout=str(job.paths.stdout),
+            stderr=str(job.paths.stderr),
+            host=socket.gethostname(),
+            pid_start=_process_start(int(job.job_id)),
+            gpus=list(slot),
+        )
+
+    def _pool_state(self, record: JobRecord) -> str:
+        job = self.handles.get(record.name)
+        if job is not None and str(job.job_id) == record.job_id:
+            return "running" if job.state == "RUNNING" else "ended"
+        state = super()._pool_state(record)
+        if state == "running" and record.gpus:  # an earlier study's job: its GPUs are taken
+            self.in_use[record.name] = tuple(record.gpus)
+        return state
+
+    def release(self, name: str) -> None:
+        self.in_use.pop(name, None)
+        self.handles.pop(name, None)
+
+
+def _slurm_states(records: list[JobRecord]) -> dict[str, str]:
+    """States of SLURM jobs from one ``squeue`` of this user's jobs: a job it lists is queued
+    or running (a requeued job keeps its id), one it does not list has ended. Where ``squeue``
+    fails, every job counts as queued this time (never resubmitted on a hiccup)."""
+    if shutil.which("squeue") is None:
+        return {r.name: "ended" for r in records}  # no SLURM here: the writer locks tell
+    user = os.environ.get("USER") or getpass.getuser()
+    command = ["squeue", "--noheader", "--user", user, "--format", "%i|%T"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        _say(f"`{' '.join(command)}` failed ({exc}); the jobs count as queued this time")
+        return {r.name: "queued" for r in records}
+    listed = {}
+    for line in out.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        listed[job_id] = state.strip().upper()
+    states = {}
+    for r in records:
+        state = listed.get(r.job_id)
+        if state is None:
+            states[r.name] = "ended"
+        else:
+            states[r.name] = "queued" if state in SLURM_QUEUED else "running"
+    return states
+
+
+class _SlurmBackend(_Backend):
+    """A SLURM job per run (submitit's ``SlurmExecutor``): ``sbatch`` with the options given, one
+    task with ``gpus_per_run`` GPUs, ``--signal`` before the time limit (requeue)."""
+
+    name = "slurm"
+
+    def __init__(self, folder: Path, options: LaunchOptions):
+        missing = [t for t in ("sbatch", "squeue", "srun") if shutil.which(t) is None]
+        if missing:
+            raise LaunchError(
+                f"--launcher slurm needs SLURM's {', '.join(missing)} on PATH, and "
+                f"{'it is' if len(missing) == 1 else 'they are'} not there: run the study on the "
+                "cluster's login node (after its `module load slurm`, if it has one), or use "
+                "--launcher pool to run the jobs on this machine"
+            )
+        submitit = _submitit()
+        self.capacity = options.workers
+        self.cpus, self.gpus = options.cpus_per_run, options.gpus_per_run
+        self.threads = max(1, self.cpus // self.gpus) if self.cpus else None
+        params = {
+            "time": parse_time(options.time),
+            "partition": options.partition,
+            "gpus_per_node": options.gpus_per_run,
+            "ntasks_per_node": 1,
+            "cpus_per_task": options.cpus_per_run,
+            "mem": options.mem,
+            "account": options.account,
+            "qos": options.qos,
+            "setup": options.setup or None,
+            "additional_parameters": options.slurm_args or None,
+        }
+        # a run longer than --time is requeued up to 30 times (preemptions do not count)
+        self.executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=30)
+        try:
+            self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        except ValueError as exc:
+            raise LaunchError(f"bad SLURM options: {exc}") from None
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        per_job = {"job_name": f"icm-{spec.name}"[:64], "gpus_per_node": spec.processes}
+        if self.cpus:  # a one-process job (a finetuning) asks for its share of the cores
+            per_job["cpus_per_task"] = max(1, self.cpus * spec.processes // self.gpus)
+        self.executor.update_parameters(**per_job)
+        try:
+            job = self.executor.submit(StudyJob(), spec)
+        except Exception as exc:  # submitit raises several types for a refused sbatch
+            raise LaunchError(
+                f"sbatch refused the job of run {spec.name}: {str(exc).strip()[:800]}\nCheck "
+                "--partition, --time, --gpus-per-run, --mem, --account, --qos and --slurm-arg "
+                "against this cluster's limits (`sinfo`, `sacctmgr show qos`)"
+            ) from None
+        return JobRecord(
+            name=spec.name,
+            launcher=self.name,
+            job_id=str(job.job_id),
+            submitted=time.time(),
+            stdout=str(job.paths.stdout),
+            stderr=str(job.paths.stderr),
+            host=socket.gethostname(),
+        )
+
+
+class _StatusBackend(_Backend):
+    """Submits nothing: states only (``--status``)."""
+
+    name = "status"
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        raise AssertionError("the status launcher submits nothing")
+
+
+# ---------------------------------------------------------------------- the launcher
+class Launcher:
+    """Submits a study's runs as jobs, follows them and hands the finished ones to the study.
+
+    Args:
+        options: :class:`LaunchOptions` (``pool`` or ``slurm``).
+        profile: the study's profile (pickled into every job).
+        data_dir: the data folder (the jobs' caches; absolute in the jobs).
+        study: the study's name in messages (``aux-smoke``).
+    """
+
+    def __init__(self, options: LaunchOptions, profile: Profile, data_dir: str | Path, study: str):
+        options.check()
+        if options.launcher == "local" and not options.status_only:
+            raise LaunchError("--launcher local runs the study in its own process, not as jobs")
+        self.options, self.profile, self.study = options, profile, study
+        self.data_dir = Path(data_dir).resolve()
+        self.dir = Path(options.launch_dir or self.data_dir / "launch" / profile.name).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if options.status_only:
+            self.backend: _Backend = _StatusBackend()
+        elif options.launcher == "pool":
+            self.backend = _PoolBackend(self.dir / "logs", options)
+        else:
+            self.backend = _SlurmBackend(self.dir / "logs", options)
+        self.poll = options.poll or (1.0 if options.launcher == "pool" else 60.0)
+
+    # -- the registry of jobs
+    @property
+    def registry_path(self) -> Path:
+        return self.dir / "jobs.json"
+
+    def read_registry(self) -> dict[str, JobRecord]:
+        if not self.registry_path.is_file():
+            return {}
+        data = read_json(
+            self.registry_path,
+            what="the launcher's job registry",
+            fix="delete it (runs that are still training are then known by their writer locks)",
+        )
+        return {name: JobRecord(**d) for name, d in data.items()}
+
+    def _write_registry(self, registry: dict[str, JobRecord]) -> None:
+        atomic_write_json(self.registry_path, {n: asdict(r) for n, r in registry.items()})
+
+    @contextlib.contextmanager
+    def _submitting(self):
+        with RunLock(self.dir / "submit.lock", timeout=600, what=f"job submission in {self.dir}"):
+            yield
+
+    # -- states
+    def done(self, job: LaunchJob) -> bool:
+        """The job's marker is there and the run's ``codec.pt`` too (a cleared cache is not
+        done)."""
+        path = done_marker(self.dir, job.name)
+        if not path.is_file():
+            return False
+        marker = read_json(
+            path,
+            what="the done marker of a launched run",
+            fix="delete it (the launcher then runs a job that loads or computes the run)",
+        )
+        run_dir = marker.get("run_dir")
+        return run_dir is None or (Path(run_dir) / RunFiles.FINAL).is_file()
+
+    def statuses(
+        self,
+        jobs: Sequence[LaunchJob],
+        registry: dict[str, JobRecord],
+        failed_here: set[str] = frozenset(),
+    ) -> dict[str, JobStatus]:
+        """Each job's :class:`JobStatus` (the scheduler is asked before the markers are read:
+        a job writes its marker before it ends)."""
+        live = self.backend.states([registry[j.name] for j in jobs if j.name in registry])
+        out: dict[str, JobStatus] = {}
+        for job in jobs:
+            record = registry.get(job.name)
+            job_id, log = (record.job_id, record.stderr) if record else (None, None)
+            state = live.get(job.name)
+            if self.done(job):
+                out[job.name] = JobStatus(job.name, "done", job_id)
+                continue
+            if state in ("queued", "running"):
+                out[job.name] = JobStatus(job.name, state, job_id, log)
+                continue
+            holder = RunFiles(job.run_dir, 0, 1, 1).running if job.run_dir else None
+            if holder is not None:
+                out[job.name] = JobStatus(
+                    job.name,
+                    "running",
+                    detail=f"its run is being trained by {RunLock.describe(holder)}",
+                )
+                continue
+            if record is not None:
+                out[job.name] = JobStatus(job.name, "failed", job_id, log, _failure(record))
+                continue
+            out[job.name] = JobStatus(job.name, "todo")
+        for job in jobs:  # needs: after every job's own state is known
+            s = out[job.name]
+            if s.state not in ("todo", "failed") or not job.needs:
+                continue
+            needs = [out[n] for n in job.needs]
+            if any(n.state in ("failed", "blocked") and n.name in failed_here for n in needs):
+                out[job.name] = JobStatus(job.name, "blocked", detail="a run it needs failed")
+            elif any(n.state != "done" for n in needs):
+                out[job.name] = JobStatus(job.name, "waiting", detail="for the run it needs")
+        return out
+
+    def _spec(self, job: LaunchJob) -> JobSpec:
+        return JobSpec(
+            name=job.name,
+            call=job.call,
+            profile=self.profile,
+            data_dir=str(self.data_dir),
+            launch_dir=str(self.dir),
+            device=self.options.device,
+            processes=1 if job.call.kind == "gan" else self.options.gpus_per_run,
+            threads=self.backend.threads,
+        )
+
+    # -- the loop
+    def run(
+        self, jobs: Sequence[LaunchJob], collect: Callable[[set[str]], Any] | None = None
+    ) -> LaunchReport:
+        """Submit what is neither done nor running (needs first; at most ``workers`` at once in a
+        pool), print a status line whenever it changes and each failure with its log, call
+        ``collect(done names)`` whenever more runs are done, until every job is over (or once,
+        without ``wait``).
+
+        Raises:
+            LaunchError: runs failed in this invocation (after collecting the others): each
+                with its job id, the end of its log and the log's path.
+        """
+        t0 = time.monotonic()
+        report = LaunchReport(self.study, self._label(), [])
+        failed_here: set[str] = set()
+        told: set[str] = set()
+        collected: set[str] | None = None
+        last = ""
+        try:
+            while True:
+                with self._submitting():
+                    registry = self.read_registry()
+                    states = self.statuses(jobs, registry, failed_here)
+                    for name, s in states.items():
+                        if s.state != "running" and s.state != "queued":
+                            self.backend.release(name)
+                        if s.state == "failed" and name in report.submitted:
+                            failed_here.add(name)
+                    if not self.options.status_only:
+                        self._submit_ready(jobs, states, registry, failed_here, report)
+                report.statuses = [states[j.name] for j in jobs]
+                report.seconds = time.monotonic() - t0
+                c = report.counts
+                report.peak_running = max(report.peak_running, c["running"])
+                for s in report.statuses:
+                    if s.state == "failed" and s.name in failed_here and s.name not in told:
+                        told.add(s.name)
+                        _say(f"run {s.name} failed (job {s.job_id}): {s.detail}\n  log: {s.log}")
+                if report.line() != last:
+                    last = report.line()
+                    _say(f"{last}  [{_clock(report.seconds)}]")
+                done = {s.name for s in report.statuses if s.state == "done"}
+                if collect is not None and done != collected:
+                    collect(done)
+                    collected = done
+                if not self.options.wait or self.options.status_only:
+                    break
+                if not (c["running"] or c["queued"] or c["todo"] or c["waiting"]):
+                    break
+                time.sleep(self.poll)
+        except KeyboardInterrupt:
+            _say(
+                "stopped waiting; jobs already submitted go on (pool jobs stop with this "
+                "terminal's Ctrl-C). Run the same command again: it submits only the runs "
+                "neither done nor running and collects the finished ones"
+            )
+            raise
+        if not self.options.wait and not report.complete:
+            _say(
+                f"not waiting (--no-wait): {len(report.statuses) - report.counts['done']} runs "
+                "are not done yet; run the same command again to follow them and collect the "
+                "finished ones (it submits only what is neither done nor running)"
+            )
+        if failed_here or report.counts["blocked"]:
+            error = LaunchError(self._failures(report))
+            error.report = report
+            raise error
+        return report
+
+    def _submit_ready(self, jobs, states, registry, failed_here, report) -> None:
+        in_flight = sum(s.state in ("running", "queued") for s in states.values())
+        for job in jobs:
+            s = states[job.name]
+            if s.state not in ("todo", "failed") or job.name in failed_here:
+                continue
+            cap = self.backend.capacity
+            if cap is not None and in_flight >= cap:
+                break
+            if s.state == "failed":
+                _say(
+                    f"resubmitting {job.name}: its job {s.job_id} failed ({s.detail}); log {s.log}"
+                )
+            before = registry.get(job.name)
+            record = self.backend.submit(self._spec(job))
+            record.attempts = before.attempts + 1 if before else 1
+            registry[job.name] = record
+            self._write_registry(registry)  # at once: a crash must not forget a submitted job
+            report.submitted.append(job.name)
+            queued = "running" if self.backend.name == "pool" else "queued"
+            states[job.name] = JobStatus(job.name, queued, record.job_id, record.stderr)
+            in_flight += 1
+
+    def _label(self) -> str:
+        if self.options.status_only:
+            return "status"
+        if isinstance(self.backend, _PoolBackend):
+            return f"pool, {self.backend.capacity} at once"
+        return self.options.launcher
+
+    def _failures(self, report: LaunchReport) -> str:
+        lines = [f"{len(report.failed)} run(s) of {self.study} did not finish:"]
+        for s in report.failed:
+            lines.append(f"  {s.name}: {s.detail}" + (f" (job {s.job_id})" if s.job_id else ""))
+            if s.log:
+                lines.append(f"    log: {s.log}")
+        lines.append(
+            f"{report.counts['done']} of {len(report.statuses)} runs are done and collected. Fix "
+            "the cause (the log says it) and run the same command again: it keeps every "
+            "finished run and submits only the failed and never-run ones"
+        )
+        return "\n".join(lines)
+
+    def status(self, jobs: Sequence[LaunchJob]) -> LaunchReport:
+        """Every job's state, submitting nothing."""
+        registry = self.read_registry()
+        states = self.statuses(jobs, registry)
+        return LaunchReport(self.study, self._label(), [states[j.name] for j in jobs])
+
+
+def _say(text: str) -> None:
+    print(f"[icm_lib] {text}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------------- the study's side
+def launch_study(
+    exp: Experiment,
+    calls: Sequence[RunCall],
+    options: LaunchOptions,
+    study: str,
+    collect: Callable[[list[RunCall], list[Any]], Any],
+    settled: Callable[[RunCall], bool] = lambda call: False,
+    record: Callable[[Experiment, RunCall], Any] = compute,
+) -> LaunchReport:
+    """Run a study's ``calls`` as jobs and collect them in their order.
+
+    Args:
+        exp: the prepared experiment (caches built, run keys known).
+        calls: the study's runs in the order of its results file.
+        options: the launcher.
+        study: its name in messages.
+        collect: ``collect(calls, records)`` with the done runs' calls and records in grid order,
+            each time more are done (the study writes its results file).
+        settled: calls that are done without a job (a run an earlier results file holds).
+        record: a done call's record in this process (load-or-compute: it loads).
+
+    Returns:
+        The :class:`LaunchReport` (``complete`` when every run is in).
+    """
+    jobs = plan_jobs(exp, [c for c in calls if not settled(c)])
+    names = {id(c): _identity(exp, c)[0] for c in calls}
+    launcher = Launcher(options, exp.profile, exp.cache_dir.parent, study)
+    if options.status_only:
+        report = launcher.status(jobs)
+        print(report.table())
+        _say(report.line())
+        return report
+    records: dict[str, Any] = {}
+
+    def gather(done: set[str]) -> None:
+        got_calls, got = [], []
+        for call in calls:
+            name = names[id(call)]
+            if settled(call) or name in done:
+                if name not in records:
+                    records[name] = record(exp, call)
+                got_calls.append(call)
+                got.append(records[name])
+        if got:
+            collect(got_calls, got)
+
+    return launcher.run(jobs, gather)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m icm_lib.launch job <spec.pkl>``: one process of a job's torchrun (the
+    launcher writes the spec; see :func:`run_job`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_lib.launch", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    job = sub.add_parser("job", help="run one job from its pickled JobSpec (under torchrun)")
+    job.add_argument("spec")
+    args = parser.parse_args(argv)
+    path = Path(args.spec)
+    if not path.is_file():
+        raise LaunchError(f"no job spec at {path}: the launcher writes it before torchrun starts")
+    spec = pickle.loads(path.read_bytes())  # the launcher's own file, in its launch folder
+    run_job(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
