@@ -6,7 +6,7 @@ PROFILE ?= cpu
 OUTPUTS ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: install tutorial test test-all lint format lab bench study clean-outputs strip sync
+.PHONY: install tutorial book test test-all lint format lab bench study clean-outputs strip sync
 
 ## detectron2 and mmcv wheels for this machine (../shared/wheels here and in CI): when the folder
 ## has wheels, the detectron2 and MMSegmentation backends are installed from it too.
@@ -28,8 +28,15 @@ install: $(VENV)/.installed
 tutorial: install
 	$(PY) -m icm_lib.tutorial --profile $(PROFILE) --output-dir $(OUTPUTS)
 
+## The tutorial as a static book (Sphinx + MyST-NB; works offline): the notebooks as `make tutorial`
+## executed them into $(OUTPUTS)/$(PROFILE)/, the README, a page per study, the explorer as a
+## gallery, the exercises' solutions -> $(OUTPUTS)/book/html/index.html. Without those outputs it
+## builds from $(OUTPUTS)/smoke/ with a banner, or says how to make them (book/build.py --help).
+book: install
+	$(PY) book/build.py --profile $(PROFILE) --outputs $(OUTPUTS)
+
 ## Lint and format check (ruff), then unit tests + smoke notebook tests (skips `slow` and `gpu`).
-LINTED := icm_lib tests tools notebooks
+LINTED := icm_lib tests tools notebooks book
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -395,3 +395,24 @@ print(S.record(record))
 #
 # Everything this notebook computed is cached under `DATA_DIR` (datasets, recognizers, the
 # reference codec), so later notebooks start in seconds.
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/00_data_preparation.py`](solutions/00_data_preparation.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **The pseudo-label threshold.** Detections above `det.score_threshold` (0.2 on `cpu`)
+#    become the pseudo-labels $y$. Set it to 0.05, 0.2, 0.5 and 0.8 before `det.pseudo_labels(x)`
+#    in section 2. Predict how the number of pseudo-boxes per image moves, and what a codec
+#    trained against very few boxes will stop spending bits on.
+# 2. **One flipped bit.** Flip one bit in the middle of `coded.data` (section 3) and decode it
+#    with `codec.decompress`. A slightly wrong image, a garbage image, or a refusal? Which part
+#    of the container decides?
+# 3. **The header's share.** Code the same val image at twice its side
+#    (`torch.nn.functional.interpolate(image[None], scale_factor=2)`). Predict how many more
+#    header bytes it needs, and how the gap between actual and payload bpp
+#    (`coded.bpp - coded.bpp_payload`) changes.

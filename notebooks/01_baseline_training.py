@@ -280,3 +280,20 @@ print(S.record(record))
 #
 # **02 · Auxiliary-branch training** adds a small recognizer on ŷ whose loss reaches the encoder
 # directly (Eq. 5–6), and compares its R-D curve with these.
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/01_baseline_training.py`](solutions/01_baseline_training.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **Double λ.** Train the segmentation baseline once more at twice the largest λ of the grid
+#    (`exp.point("seg", "baseline", 2 * max(icm.lambdas("seg")), SEED)`) and find the new
+#    operating point on the R-D curve. More bits? A better mIoU? Which term of Eq. 4 gains weight,
+#    and what should the logged `loss` equal in terms of `bpp_loss`, `task_loss` and `mse_loss`?
+# 2. **The ROI quantization factor.** Evaluate a detection baseline through the ROI method at
+#    QF 1.0, 1.4 (the paper's) and 2.0 (`exp.evaluate(codec, "det", path, roi_qf=qf)`). Predict
+#    the order of the three rates, and what QF = 1.0 gives next to the codec alone.

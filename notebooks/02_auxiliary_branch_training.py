@@ -305,3 +305,23 @@ print(S.record(record))
 #   with confidence intervals to `results/` (see the README for the numbers and how long it took).
 # * **04 · PatchGAN finetuning** — makes these machine-oriented codecs watchable for humans without
 #   changing a single bit of their streams.
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/02_auxiliary_branch_training.py`](solutions/02_auxiliary_branch_training.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **α = 0.** Set `icm.alpha` to 0 (`ICM_OVERRIDES="icm__alpha=0.0"`, or
+#    `get_profile(PROFILE, icm__alpha=0.0)`) and train the aux-enc codec of one λ again. Predict its
+#    R-D point next to the baseline of the same seed and λ, and explain why the baseline returns:
+#    what reaches $g_a$ from the branch when α = 0?
+# 2. **A wider branch.** Double `icm.branch_width`. By what factor do the branch's parameters
+#    grow, and by what factor the saved codec?
+# 3. **Who pushes the encoder harder?** `icm_lib.gradients.encoder_gradients` measures, on one
+#    batch, the gradient the task loss sends to $g_a$ (through $g_s$ and the recognizer) and the
+#    one the branch sends (directly from ŷ). Predict their ratio ‖g_branch‖ / ‖g_task‖ for this
+#    ResNet-18 recognizer, and what it becomes at α = 0.

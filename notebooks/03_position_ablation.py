@@ -211,3 +211,21 @@ print(S.record(record))
 # **04 · PatchGAN finetuning** makes the decoded images of a codec for machines watchable again,
 # without touching its bitstream; **05 · Visualization** puts every result of 01–04 side by side
 # and lets you explore them.
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/03_position_ablation.py`](solutions/03_position_ablation.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **Move the branch to aux-dec.** Before reading the table, predict whether aux-dec ends with a
+#    lower or higher validation main loss than aux-enc. Then check *why* the two differ:
+#    backpropagate only the branch loss $\alpha E(y, \hat y_{aux})$ of each position and see which
+#    of $g_a$, $g_s$ and $g_s$'s last layer receive a gradient.
+# 2. **One more seed.** Train one more seed of every setting for one task
+#    (`exp.ablation_point(task, variant, seed)` with the next seed). Do the 95 % intervals shrink
+#    by more than the $\sqrt{(n+1)/n}$ that one more sample gives a standard error? (Look at
+#    Student's $t$ quantile for $n-1$ and $n$ degrees of freedom; `smoke` trains $n = 2$ seeds.)

@@ -206,3 +206,20 @@ print(S.record(record))
 #
 # `python -m icm_lib.study --study gan --seeds 0 1 2` repeats this over seeds (each seed finetunes
 # its own baseline codec) and writes `results/gan-cpu.json`; the README compares it with the paper.
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/04_patchgan_finetuning.py`](solutions/04_patchgan_finetuning.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **Turn the PatchGAN weight to 0.** Finetune with $w_{adv} = 0$ (the `no-adv` preset) and
+#    compare it with `full`. Predict which of PSNR, the checkerboard score and the task metric
+#    still move, and explain which gain remains without a discriminator.
+# 2. **Only the first layer of $g_s$.** Set `gan.decoder_layers = 1`
+#    (`ICM_OVERRIDES="gan__decoder_layers=1"`) and finetune `full` again. Predict which parameters
+#    change, whether any byte of the stream changes, and whether PSNR moves as far as with the whole
+#    decoder.

@@ -285,3 +285,21 @@ record = {
     },
 }
 print(S.record(record))
+
+# %% [markdown]
+# ## Exercises
+#
+# Change one thing, **write down what you expect before you run it**, then run it and compare.
+# Worked solutions, one file per notebook, kept apart:
+# [`solutions/05_visualization.py`](solutions/05_visualization.py)
+# (jupytext's format: open it in `make lab`; the tests run it on the `smoke` profile and
+# check what it records).
+#
+# 1. **Sweep λ on one image.** In the explorer, keep one val image and the w/ aux codec and step
+#    through every λ. Predict how bytes, PSNR and the task metric move, and whether one image
+#    follows the order of the val set's R-D curve.
+# 2. **What the difference map adds up to.** Before computing it: what does the mean of the
+#    w/o aux − w/ aux map of section 1 (over the padded image) equal, in numbers this notebook
+#    already printed?
+# 3. **Same bytes, another decoder.** Switch the decoder of notebook 04's codec to a PatchGAN
+#    one. Predict which of bytes, bpp, PSNR and the task metric change.

@@ -72,3 +72,68 @@ def trained_family_codecs():
         torch.manual_seed(0)
         codecs[family] = train_briefly(build_codec(name, N=32, M=48), images, steps=150)
     return codecs, scene_images(2, 128, seed=1)
+
+
+# ------------------------------------------------------------- the notebooks, executed once
+# shared by the notebook tests (tests/test_notebooks.py) and the book's (tests/test_book.py): the
+# six notebooks on smoke in one data folder, as ``make tutorial`` runs them
+
+
+@pytest.fixture(scope="session", params=DEVICES)
+def root(request, tmp_path_factory):
+    """One data folder for all notebooks, as in ``make tutorial``: later ones reuse the caches.
+    The notebooks run on the CPU and (tests marked `gpu`) on CUDA."""
+    return tmp_path_factory.mktemp(f"nb-{request.param}"), request.param
+
+
+def _run(root, number):
+    from icm_lib.tutorial import notebook_paths, run_notebook
+
+    folder, device = root
+    path = notebook_paths([number])[0]
+    metrics = run_notebook(
+        path, "smoke", folder / "outputs", folder / "data", extra={"DEVICE": device}
+    )
+    assert metrics["device"].startswith(device)
+    return metrics, folder / "outputs" / "smoke" / path.stem
+
+
+@pytest.fixture(scope="session")
+def nb00(root):
+    return _run(root, "00")
+
+
+@pytest.fixture(scope="session")
+def nb01(root, nb00):
+    return _run(root, "01")
+
+
+@pytest.fixture(scope="session")
+def nb02(root, nb01):
+    return _run(root, "02")
+
+
+@pytest.fixture(scope="session")
+def nb03(root, nb00):
+    return _run(root, "03")
+
+
+@pytest.fixture(scope="session")
+def nb04(root, nb01):
+    return _run(root, "04")
+
+
+@pytest.fixture(scope="session")
+def nb05(root, nb02, nb04):
+    from icm_lib.tutorial import notebook_paths, run_notebook
+
+    folder, device = root
+    path = notebook_paths(["05"])[0]
+    metrics = run_notebook(
+        path,
+        "smoke",
+        folder / "outputs",
+        folder / "data",
+        extra={"DEVICE": device, "RESULTS_DIR": str(folder / "no-results")},
+    )
+    return metrics, folder / "outputs" / "smoke" / path.stem

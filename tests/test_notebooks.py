@@ -12,43 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DEVICES
 
 from icm_lib.tutorial import notebook_paths, run_notebook
 
 pytestmark = pytest.mark.notebooks
-
-
-@pytest.fixture(scope="module", params=DEVICES)
-def root(request, tmp_path_factory):
-    """One data folder for all notebooks, as in ``make tutorial``: later ones reuse the caches.
-    The notebooks run on the CPU and (tests marked `gpu`) on CUDA."""
-    return tmp_path_factory.mktemp(f"nb-{request.param}"), request.param
-
-
-def _run(root, number):
-    folder, device = root
-    path = notebook_paths([number])[0]
-    metrics = run_notebook(
-        path, "smoke", folder / "outputs", folder / "data", extra={"DEVICE": device}
-    )
-    assert metrics["device"].startswith(device)
-    return metrics, folder / "outputs" / "smoke" / path.stem
-
-
-@pytest.fixture(scope="module")
-def nb00(root):
-    return _run(root, "00")
-
-
-@pytest.fixture(scope="module")
-def nb01(root, nb00):
-    return _run(root, "01")
-
-
-@pytest.fixture(scope="module")
-def nb02(root, nb01):
-    return _run(root, "02")
 
 
 def test_notebook_00_data(nb00):
@@ -137,11 +104,6 @@ def test_notebook_02_aux_branch(nb02):
     assert (out / "bit_allocation.png").stat().st_size > 5_000
 
 
-@pytest.fixture(scope="module")
-def nb03(root, nb00):
-    return _run(root, "03")
-
-
 def test_notebook_03_position_ablation(nb03):
     m, out = nb03
     assert m["seeds"] == [0, 1]  # the smoke profile's ablation seeds
@@ -162,25 +124,6 @@ def test_notebook_03_position_ablation(nb03):
         (out / f"validation_{task}.png").stat()
     assert _finite(list(m["first_train_loss"].values()) + list(m["last_train_loss"].values()))
     assert (out / "branch_positions.png").stat().st_size > 5_000
-
-
-@pytest.fixture(scope="module")
-def nb04(root, nb01):
-    return _run(root, "04")
-
-
-@pytest.fixture(scope="module")
-def nb05(root, nb02, nb04):
-    folder, device = root
-    path = notebook_paths(["05"])[0]
-    metrics = run_notebook(
-        path,
-        "smoke",
-        folder / "outputs",
-        folder / "data",
-        extra={"DEVICE": device, "RESULTS_DIR": str(folder / "no-results")},
-    )
-    return metrics, folder / "outputs" / "smoke" / path.stem
 
 
 def test_notebook_05_visualization_and_explorer(nb05):

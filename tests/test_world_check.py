@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from icm_lib.statistics import equal_rate_delta
 from icm_lib.results import WorldFile
+from icm_lib.statistics import equal_rate_delta
 from icm_lib.world_check import main, share_at
 
 
