@@ -178,6 +178,7 @@ def test_a_damaged_recognizer_cache_is_trained_again(tmp_path):
 
     from icm_lib.profiles import RecognitionConfig
     from icm_lib.recognition.training import _load_or_train
+    from icm_lib.tasks import DETECTION
 
     trained = []
 
@@ -185,13 +186,13 @@ def test_a_damaged_recognizer_cache_is_trained_again(tmp_path):
         trained.append(1)
         with torch.no_grad():
             model.weight.fill_(0.5)
-        return []
+        return [], []  # the loss log and the val curve
 
     def run():
         model = torch.nn.Linear(40, 40)
         data = SimpleNamespace(root=tmp_path / "data", num_classes=3)
         _, report = _load_or_train(
-            "toy", model, lambda: model, train_fn, lambda *a: {"x": 1.0},
+            "toy", DETECTION, model, lambda m: m, train_fn, lambda *a: {"x": 1.0},
             RecognitionConfig(), data, data, 32, tmp_path, torch.device("cpu"), 0, False,
         )  # fmt: skip
         return model, report

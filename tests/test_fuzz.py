@@ -31,7 +31,7 @@ def _check(rows, cases):
 
 def test_fuzz_decoder_isolated_cases():
     # aspect claims up to 64 x 2048 px here (seconds per case); the module's default is 65536
-    _check(fuzz(cases=25, train_steps=60, aspect_side=2048), 25)
+    _check(fuzz(cases=12, train_steps=60, aspect_side=2048), 12)
 
 
 def _small(name="bmshj2018-hyperprior"):
@@ -97,7 +97,7 @@ def test_mutations_keep_a_valid_checksum_and_change_the_stream():
         [bytes(range(64))],
     )
     rng = random.Random(0)
-    for kind in [k for k in KINDS if k != "nonfinite"]:
+    for kind in [k for k in KINDS if k not in ("nonfinite", "files")]:
         changed = 0
         for _ in range(50):
             blob = mutate(data, kind, rng)

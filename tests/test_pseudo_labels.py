@@ -11,7 +11,7 @@ import torch
 from icm_lib.pseudo_labels import CachedMachine, batch_key
 
 
-@pytest.mark.parametrize("task", ["det", "seg"])
+@pytest.mark.parametrize("task", ["det", pytest.param("seg", marks=pytest.mark.slow)])
 def test_a_run_with_cached_labels_trains_bit_for_bit_as_without(
     smoke_env, tmp_path, monkeypatch, task
 ):
