@@ -225,6 +225,28 @@ def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
     return out
 
 
+def _seed_claim(name, title, paper, estimator, per_seed, margin, notes=()) -> Claim:
+    """A claim whose interval is the seed-level t-interval alone."""
+    iv = t_interval(list(per_seed.values()))
+    return Claim(
+        name=name,
+        title=title,
+        paper=paper,
+        estimator=estimator,
+        per_seed=per_seed,
+        seed_interval=iv,
+        interval={
+            "estimate": iv["mean"],
+            "lo": iv["lo"],
+            "hi": iv["hi"],
+            "n_boot": 0,
+            "undefined": sum(x is None for x in per_seed.values()),
+        },
+        verdict=verdict(iv["lo"], iv["hi"], margin, iv["sd"], iv["mean"]),
+        notes=list(notes),
+    )
+
+
 def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
     """Section 4.2 per task: every position against the same seed's baseline (Holm over the
     positions), and aux-enc against each other position; the score is the mean validation main
@@ -259,56 +281,28 @@ def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
             )
         p_holm = holm({k: p for k, p in p_raw.items() if k.endswith("|baseline")})
         for test, anchor, per_seed in found:
-            iv = t_interval(list(per_seed.values()))
-            v = verdict(iv["lo"], iv["hi"], margin, iv["sd"], iv["mean"])
             key = f"{test}|{anchor}"
             notes = [f"p = {p_raw[key]:.3g} (paired t)"] if p_raw[key] is not None else []
             if key in p_holm and p_holm[key] is not None:
                 notes.append(f"Holm-adjusted over the positions: p = {p_holm[key]:.3g}")
-                if v["verdict"] == "effect" and p_holm[key] >= 0.05:
-                    v = {**v, "verdict": "unresolved", "why": "not significant after Holm"}
-            out.append(
-                Claim(
-                    name=f"iino_ablation_{task}/{test}-vs-{anchor}",
-                    title=f"{task}: {test} against {anchor} (late validation main loss)",
-                    paper=spec["paper"],
-                    estimator="val_main_loss",
-                    per_seed=per_seed,
-                    seed_interval=iv,
-                    interval={
-                        "estimate": iv["mean"],
-                        "lo": iv["lo"],
-                        "hi": iv["hi"],
-                        "n_boot": 0,
-                        "undefined": sum(x is None for x in per_seed.values()),
-                    },
-                    verdict=v,
-                    notes=notes,
-                )
+            claim = _seed_claim(
+                f"iino_ablation_{task}/{test}-vs-{anchor}",
+                f"{task}: {test} against {anchor} (late validation main loss)",
+                spec["paper"],
+                "val_main_loss",
+                per_seed,
+                margin,
+                notes,
             )
+            held = p_holm.get(key)
+            if claim.verdict["verdict"] == "effect" and held is not None and held >= 0.05:
+                claim.verdict = {
+                    **claim.verdict,
+                    "verdict": "unresolved",
+                    "why": "not significant after Holm",
+                }
+            out.append(claim)
     return out
-
-
-def _seed_claim(name, title, paper, estimator, per_seed, margin, notes=()) -> Claim:
-    """A claim whose interval is the seed-level t-interval alone."""
-    iv = t_interval(list(per_seed.values()))
-    return Claim(
-        name=name,
-        title=title,
-        paper=paper,
-        estimator=estimator,
-        per_seed=per_seed,
-        seed_interval=iv,
-        interval={
-            "estimate": iv["mean"],
-            "lo": iv["lo"],
-            "hi": iv["hi"],
-            "n_boot": 0,
-            "undefined": sum(x is None for x in per_seed.values()),
-        },
-        verdict=verdict(iv["lo"], iv["hi"], margin, iv["sd"], iv["mean"]),
-        notes=list(notes),
-    )
 
 
 def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
