@@ -287,8 +287,7 @@ class ICMConfig:
         branch_lr: Adam learning rate of the branch (``None``: the codec's).
         det, seg: the codec's training schedule per task (``lmbda`` is set per run).
         mse_lambdas: λ of the human-viewing reference curve (MSE codecs), finetuned from the
-            reference codec for ``mse_steps`` steps (the ``paper`` profile uses CompressAI's
-            pretrained qualities ``mse_qualities`` instead).
+            reference codec for ``mse_steps`` steps.
         roi_qf: the ROI baseline's quantization factor for latents outside the ROI (1.4).
         amp: bfloat16 autocast of the recognizers and the branch on CUDA (the codec and its
             entropy model stay in float32).
@@ -309,7 +308,6 @@ class ICMConfig:
     seg: TrainConfig = field(default_factory=TrainConfig)
     mse_lambdas: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02)
     mse_steps: int = 200
-    mse_qualities: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     roi_qf: float = 1.4
     amp: bool = True
     validate_every: int = 0

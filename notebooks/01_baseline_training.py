@@ -109,9 +109,9 @@ print("study:", study["source"] if study else "none: the curves below are this n
 # ## 2 · The human-viewing reference curve
 #
 # The MSE codec of notebook 00, finetuned at a few other λ of $R + \lambda \cdot 255^2 \cdot
-# \mathrm{MSE}$, gives the curve a codec *not* trained for machines achieves (CompressAI's pretrained
-# qualities play this role in the paper). Where `profile.tutorial.mse_curve` is off, the curve is
-# the study's and notebook 00's codec stands for it below.
+# \mathrm{MSE}$, gives the curve a codec *not* trained for machines achieves (the paper shows its
+# pretrained cheng2020-attn only in the bit-allocation figures). Where `profile.tutorial.mse_curve`
+# is off, the curve is the study's and notebook 00's codec stands for it below.
 
 # %%
 from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
