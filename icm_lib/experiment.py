@@ -29,6 +29,7 @@ from .data import Datasets, get_datasets
 from .data.sampler import CropSampler
 from .evaluate import load_or_evaluate, rd_point
 from .losses import ICMObjective, mse_objective
+from .metrics import bpp_from_likelihoods, psnr
 from .profiles import Profile, TrainConfig
 from .pseudo_labels import cached
 from .recognition import load_or_train
@@ -53,27 +54,64 @@ def load_or_train_reference_codec(
     if profile.codec.pretrained or profile.mse.steps == 0:
         codec.update()
         return codec.to(device).eval(), []
+    cfg, every = profile.mse, profile.mse.validate_every
     key = config_hash(
         {
             "codec": profile.codec.key(),
-            "train": asdict(profile.mse),
+            "train": asdict(cfg.train_config()),
             "data": data_key(datasets.det_train.root),
+            **({"validation": _validation_key(profile, every)} if every else {}),
         }
     )
-    sampler = CropSampler(
-        datasets.det_train, profile.mse.crop, profile.mse.batch_size, profile.mse.seed
-    )
+    sampler = CropSampler(datasets.det_train, cfg.crop, cfg.batch_size, cfg.seed)
+    batch = val_crops(datasets.val("det"), profile.ablation.val_images, cfg.crop).to(device)
     return train_codec(
         codec,
         sampler,
-        profile.mse,
-        mse_objective(profile.mse.lmbda),
+        cfg,
+        mse_objective(cfg.lmbda),
         Path(cache_dir) / f"mse-codec-{profile.codec.name}-{key}",
         device,
         progress,
         dist=dist,
-        desc=f"MSE reference codec λ={profile.mse.lmbda:g}",
+        desc=f"MSE reference codec λ={cfg.lmbda:g}",
+        validate=reference_validator(batch) if every else None,
+        validate_every=every,
     )
+
+
+def val_crops(val, n: int, crop: int) -> torch.Tensor:
+    """One batch of fixed centre crops of the first ``n`` images of ``val`` (side: ``crop``, or
+    the largest multiple of 64 every image holds)."""
+    crops = []
+    for i in range(min(n, len(val))):
+        image = val[i][0]
+        h, w = image.shape[-2:]
+        side = min(crop, h // 64 * 64, w // 64 * 64)
+        top, left = (h - side) // 2, (w - side) // 2
+        crops.append(image[:, top : top + side, left : left + side])
+    side = min(c.shape[-1] for c in crops)
+    return torch.stack([c[:, :side, :side] for c in crops])
+
+
+def reference_validator(batch: torch.Tensor):
+    """``validate(codec) -> {"val_bpp", "val_psnr"}`` of a codec in eval mode on ``batch``: the
+    estimated rate (likelihoods of the rounded latents) and the PSNR of its reconstruction."""
+
+    def validate(codec: ICMCodec) -> dict[str, float]:
+        was_training = codec.training
+        codec.eval()
+        with torch.no_grad():
+            out = codec(batch)
+        codec.train(was_training)
+        bpp = bpp_from_likelihoods(out["likelihoods"], batch.shape[-2] * batch.shape[-1])
+        return {"val_bpp": float(bpp), "val_psnr": psnr(out["x_hat"].clamp(0, 1), batch)}
+
+    return validate
+
+
+def _validation_key(profile: Profile, every: int) -> dict:
+    return {"every": every, "images": profile.ablation.val_images}
 
 
 def run_config(
@@ -335,7 +373,7 @@ class Experiment:
         return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every, data_dir_as)
 
     def _validation_key(self, every: int) -> dict:
-        return {"every": every, "images": self.profile.ablation.val_images}
+        return _validation_key(self.profile, every)
 
     def validator(self, task: Task | str, lmbda: float, crop: int):
         """``validate(codec) -> {"val_main_loss", "val_bpp_loss", "val_task_loss",
@@ -343,16 +381,8 @@ class Experiment:
         term) on fixed centre crops of the first ``ablation.val_images`` val images, the codec
         in eval mode, the recognizer's RoI sampling seeded the same every time."""
         task, icm = get_task(task), self.profile.icm
-        val = self.datasets.val(task)
-        crops = []
-        for i in range(min(self.profile.ablation.val_images, len(val))):
-            image = val[i][0]
-            h, w = image.shape[-2:]
-            side = min(crop, h // 64 * 64, w // 64 * 64)
-            top, left = (h - side) // 2, (w - side) // 2
-            crops.append(image[:, top : top + side, left : left + side])
-        side = min(c.shape[-1] for c in crops)
-        batch = torch.stack([c[:, :side, :side] for c in crops]).to(self.device)
+        batch = val_crops(self.datasets.val(task), self.profile.ablation.val_images, crop)
+        batch = batch.to(self.device)
         objective = ICMObjective(
             self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), icm.amp
         )

@@ -275,6 +275,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig(TrainConfig):
+    """The human-viewing reference codec's schedule (:class:`TrainConfig`) and its convergence
+    record.
+
+    Attributes:
+        validate_every: log the validation bpp and PSNR (the codec in eval mode, on fixed centre
+            crops of the first ``ablation.val_images`` detection val images) every this many
+            steps and at the last; 0: none. The world checks read the curve: converged = both
+            move less than 1 % over the last fifth of training. Keys the codec only where it is
+            not 0 (the ``validation`` part of its key).
+    """
+
+    validate_every: int = 0
+
+    def train_config(self) -> TrainConfig:
+        """The schedule alone (what keys the codec besides its validation)."""
+        return TrainConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        )
+
+
+@dataclass(frozen=True)
 class ICMConfig:
     """Training codecs for machines (seed 001): the λ sets, α, the branch and the schedules.
 
@@ -475,7 +497,7 @@ class Profile:
     codec: CodecConfig = field(default_factory=CodecConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     #: the human-viewing reference codec (MSE), trained in notebook 00 unless pretrained
-    mse: TrainConfig = field(default_factory=TrainConfig)
+    mse: ReferenceConfig = field(default_factory=ReferenceConfig)
     #: codecs for machines (seed 001), notebooks 01-02 and the study
     icm: ICMConfig = field(default_factory=ICMConfig)
     #: decoder-only PatchGAN finetuning (seed 002), notebook 04
@@ -496,7 +518,7 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(image_size=128, n_train=16, n_val=8, train_crop=64),
         codec=CodecConfig(N=32, M=48),
         recognition=RecognitionConfig(train_steps=4, batch_size=4),
-        mse=TrainConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
+        mse=ReferenceConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
         icm=ICMConfig(
             det_lambdas=(0.05, 0.5, 5.0, 50.0),
             seg_lambdas=(0.05, 0.5, 5.0, 50.0),
@@ -522,7 +544,7 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(image_size=256, n_train=384, n_val=48, train_crop=128),
         codec=CodecConfig(N=64, M=96),
         recognition=RecognitionConfig(train_steps=300, batch_size=8),
-        mse=TrainConfig(steps=1000, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
+        mse=ReferenceConfig(steps=1000, batch_size=8, crop=128, lr=1e-3, lmbda=0.01),
         icm=ICMConfig(
             det_lambdas=(0.4, 0.8, 1.6, 3.2),
             seg_lambdas=(1.0, 2.0, 4.0, 8.0),
@@ -586,7 +608,7 @@ PROFILES: dict[str, Profile] = {
             box_head_dim=None,
             anchor_sizes=None,
         ),
-        mse=TrainConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
+        mse=ReferenceConfig(steps=0, batch_size=16, crop=256, lr=1e-4),  # pretrained: no training
         # section 4.1: 80 epochs of COCO (118287 images) at batch 16, lr 1e-4, polynomial decay
         # over the last 40 epochs; 80 epochs of Pascal-Context (4998 images) at batch 8, lr 5e-5,
         # polynomial decay throughout; images resized to 520 (crops of 512 here).
@@ -627,6 +649,9 @@ def _cpu_patterns(cpu: Profile) -> Profile:
         cpu,
         name="cpu-patterns",
         data=replace(cpu.data, world="patterns"),
+        # to convergence: 3x the cpu schedule, the learning rate decaying over its second half,
+        # the validation curve every 100 steps (the world checks' convergence check reads it)
+        mse=replace(cpu.mse, steps=3000, decay_start=0.5, validate_every=100),
         # to a plateau: the val curve every 200 steps is in each recognizer's report
         recognition=replace(
             cpu.recognition, det_train_steps=2400, seg_train_steps=1500, eval_every=200

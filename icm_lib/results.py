@@ -536,6 +536,7 @@ class WorldFile(_ResultsFile):
     Attributes:
         world: the world (``DataConfig.world``).
         recognizers: per task the cache file, val metric, val curve, steps and seconds.
+        reference: the reference codec's steps, val curve (bpp, PSNR) and seconds.
         runs: the MSE reference curve (scored on both tasks) and the detection baselines (with
             their ROI points) the checks read.
         checks: per check its value, bar and ``pass``.
@@ -545,6 +546,7 @@ class WorldFile(_ResultsFile):
     KIND: ClassVar[str] = "world"
     world: str = ""
     recognizers: dict = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
     checks: dict = field(default_factory=dict)
     passed: bool = False

@@ -13,6 +13,10 @@ that can show what the tutorial teaches), each from runs the studies share (load
    property of real images that the ROI method rests on. Where a task-loss codec can already drop
    everything a machine does not need, ROI has nothing left to win.
 
+With them, the **foundations** every run starts from are checked for convergence: each
+recognizer's val metric has plateaued, and the reference codec's val bpp and PSNR have settled
+(amendment 2 of ``results/analysis-plan.json``).
+
 ``python -m icm_lib.world_check --profile cpu-patterns`` prints the checks and writes
 ``results/world-<profile>.json`` (:class:`~icm_lib.results.WorldFile`); ``--profile cpu`` checks
 the control world.
@@ -36,6 +40,11 @@ MIN_DET_MAP = 0.3  # uncompressed mAP@[.5:.95]
 MIN_SEG_MIOU = 0.5
 MAX_MSE_SHARE = 0.7  # the MSE codec keeps at most this share of the metric near LOW_BPP
 LOW_BPP = 0.1
+#: the foundations (amendment 2 of the analysis plan): over the last fifth of training the
+#: reference codec's val bpp and PSNR each move less than this share of their final value ...
+MAX_REFERENCE_MOVE = 0.01
+#: ... and each recognizer's val metric gains less than this share of its final value
+MAX_RECOGNIZER_GAIN = 0.02
 
 
 def share_at(points: list[dict], metric: str, bpp: float, reference: float) -> float | None:
@@ -47,6 +56,43 @@ def share_at(points: list[dict], metric: str, bpp: float, reference: float) -> f
             t = (math.log(bpp) - math.log(a["bpp"])) / (math.log(b["bpp"]) - math.log(a["bpp"]))
             return (a[metric] + t * (b[metric] - a[metric])) / reference
     return None
+
+
+def last_fifth_move(steps: list[int], values: list[float]) -> float | None:
+    """``(v_end - v_start) / |v_end|`` over the last fifth of a curve: ``v_start`` is the value
+    at the last logged step at or before 80 % of the final step (``None``: fewer than 2 points or
+    no point there)."""
+    if len(steps) < 2 or not values[-1]:
+        return None
+    start = [v for s, v in zip(steps, values) if s <= 0.8 * steps[-1]]
+    return (values[-1] - start[-1]) / abs(values[-1]) if start else None
+
+
+def foundation_checks(recognizers: dict, reference_log: list[dict]) -> dict:
+    """Converged foundations: each recognizer's val metric has plateaued and the reference
+    codec's val bpp and PSNR have settled (see the bars above)."""
+    checks = {}
+    for task, metric in (("det", "map"), ("seg", "miou")):
+        curve = recognizers[task].get("val_curve") or []
+        gain = last_fifth_move([p["step"] for p in curve], [p[metric] for p in curve])
+        checks[f"plateau_{task}"] = {
+            "gain_over_last_fifth": gain,
+            "bar": MAX_RECOGNIZER_GAIN,
+            "pass": gain is not None and gain < MAX_RECOGNIZER_GAIN,
+            "note": None if gain is not None else "no val curve (recognition.eval_every)",
+        }
+    rows = [r for r in reference_log if "val_bpp" in r]
+    moves = {
+        k: last_fifth_move([r["step"] for r in rows], [r[f"val_{k}"] for r in rows])
+        for k in ("bpp", "psnr")
+    }
+    checks["reference_converged"] = {
+        "move_over_last_fifth": moves,
+        "bar": MAX_REFERENCE_MOVE,
+        "pass": all(m is not None and abs(m) < MAX_REFERENCE_MOVE for m in moves.values()),
+        "note": None if rows else "no val curve (mse.validate_every)",
+    }
+    return checks
 
 
 def _point_rows(runs, task: str, curve: str) -> list[dict]:
@@ -131,7 +177,16 @@ def run_checks(
             f"roi {roi.bpp:.4f} bpp mAP {roi.metric:.4f}",
             flush=True,
         )
-    checks = checks_of(recognizers, runs)
+    reference = {
+        "steps": profile.mse.steps,
+        "val_curve": [
+            {"step": r["step"], "bpp": r["val_bpp"], "psnr": r["val_psnr"]}
+            for r in exp.reference_log
+            if "val_bpp" in r
+        ],
+        "train_seconds": exp.reference_log[-1]["seconds"] if exp.reference_log else 0.0,
+    }
+    checks = {**checks_of(recognizers, runs), **foundation_checks(recognizers, exp.reference_log)}
     hours = (time.perf_counter() - t0) / 3600
     return WorldFile(
         profile=profile.name,
@@ -140,6 +195,7 @@ def run_checks(
         wall_hours_this_invocation=round(hours, 3),
         world=profile.data.world,
         recognizers=recognizers,
+        reference=reference,
         runs=runs,
         checks=checks,
         passed=all(c["pass"] for c in checks.values()),

@@ -79,6 +79,37 @@ def det_batch(scenes, n=2, size=64):
     return images
 
 
+@pytest.mark.parametrize("backend", SEG_BACKENDS)
+def test_cross_entropy_normalisation_per_backend(backend, scenes):
+    """smp divides the cross-entropy by the valid pixels, MMSegmentation by all of them (ignored
+    ones included). Split one label map into a left part (a quarter of the columns) and the rest,
+    each with the other part ignored; with the same dropout draw (same seed) the two losses
+    recombine into the whole one as the valid-pixel mean (q·l1 + (1-q)·l2) or the all-pixel sum
+    (l1 + l2). Pseudo-labels, the targets of Eq. 4-6, have no ignored pixel: there both are the
+    mean over all pixels, so a λ means the same for both backends."""
+    machine = seg_machine(backend)
+    data = PascalContextSegmentation(scenes.context_root, "train")
+    images = torch.stack([data[i][0][:, :64, :64] for i in range(2)])
+    labels = machine.pseudo_labels(images)
+    assert not (labels == IGNORE_INDEX).any()
+
+    def loss(target):
+        torch.manual_seed(0)
+        return float(machine.task_loss(images, target)["loss"])
+
+    left, rest = labels.clone(), labels.clone()
+    left[..., 16:] = IGNORE_INDEX
+    rest[..., :16] = IGNORE_INDEX
+    whole, l1, l2 = loss(labels), loss(left), loss(rest)
+    valid_mean, all_pixel_sum = 0.25 * l1 + 0.75 * l2, l1 + l2
+    if backend == "smp":
+        assert valid_mean == pytest.approx(whole, rel=1e-4)
+        assert all_pixel_sum != pytest.approx(whole, rel=1e-2)
+    else:
+        assert all_pixel_sum == pytest.approx(whole, rel=1e-4)
+        assert valid_mean != pytest.approx(whole, rel=1e-2)
+
+
 @pytest.mark.parametrize("backend", DET_BACKENDS)
 def test_detector_contract(backend, scenes):
     machine = det_machine(backend)
