@@ -16,11 +16,19 @@ It also answers a question nobody chose: the frozen recognizer's loss runs in tr
 sampling for detection), which keeps its dropout active (smp's ASPP p = 0.5, MMSegmentation's head
 0.1), so E(y, ŷ) is stochastic. :func:`dropout_noise` measures the cosine between two draws of
 g_task on the same batch and the same codec noise, and against the dropout-free gradient.
+
+``python -m icm_lib.gradients --profile cpu-patterns`` measures both per task at the ablation's λ,
+at the start of training and on the trained aux-enc run, and writes
+``results/gradients-<profile>.json`` (:class:`~icm_lib.results.GradientsFile`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -126,3 +134,126 @@ def dropout_noise(machine, codec, x: torch.Tensor, draws: int = 4, seed: int = 0
         "cos_to_dropout_free": sum(_cosine(g, free[0]) for g in with_dropout) / draws,
         "cos_dropout_free_draws": mean_pairwise(free),
     }
+
+
+# ------------------------------------------------------------------------------ the measurement
+STATS = ("task_norm", "branch_norm", "ratio", "cosine", "rate_norm")
+
+
+def _per_batch(rows: list[dict]) -> dict[str, list]:
+    """``{stat: [one value per batch]}`` (a non-finite value as ``None``)."""
+    return {k: [r[k] if math.isfinite(r[k]) else None for r in rows] for k in rows[0]}
+
+
+def measure(profile, data_dir, batches: int = 3, progress: bool = True):
+    """Per task, at the ablation's λ (:class:`~icm_lib.results.GradientsFile`): the task and
+    branch gradients on g_a (:func:`encoder_gradients`) at the start of training (the reference
+    codec, a fresh aux-enc branch of seed 0) and at its end (the ablation's aux-enc run of seed
+    0, the grid's own run where the grid validates, read from the cache; never trained here),
+    and the task gradient's spread between dropout draws (:func:`dropout_noise`), each on the
+    same ``batches`` training batches (seed 0, steps 0..batches-1)."""
+    from .codec import load_codec
+    from .data.sampler import CropSampler
+    from .experiment import Experiment
+    from .results import GradientsFile, RunRecord
+    from .runtime import RunFiles, get_device, load_checkpoint, read_log, seed_everything
+
+    device, t0 = get_device(), time.perf_counter()
+    exp = Experiment.prepare(profile, data_dir, device, progress)
+    icm, tasks, runs = profile.icm, {}, []
+    for task in ("det", "seg"):
+        lmbda, cfg = profile.ablation.lmbda(task), icm.train(task)
+        sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
+        xs = [sampler.batch(step).to(device) for step in range(batches)]
+        machine = exp.machine(task)
+        objective = ICMObjective(machine, lmbda, icm.alpha, icm.mse_weight(task), icm.amp)
+
+        def grads(codec, branch):
+            codec.train(), branch.train()
+            return _per_batch(
+                [encoder_gradients(objective, codec, branch, x, i) for i, x in enumerate(xs)]
+            )
+
+        codec = load_codec(exp.reference.codec_state()).to(device)
+        seed_everything(0)
+        entry = {
+            "lmbda": lmbda,
+            "batches": {"count": batches, "batch_size": cfg.batch_size, "crop": cfg.crop},
+            "at_start": grads(codec, exp.branch("aux-enc", task, codec).to(device)),
+            "dropout": _per_batch(
+                [dropout_noise(machine, codec.train(), x, seed=i) for i, x in enumerate(xs)]
+            ),
+            "trained": None,
+            "trained_note": None,
+        }
+        run_dir = exp.ablation_run_dir(task, "aux-enc", 0)
+        if (run_dir / RunFiles.FINAL).is_file() and (run_dir / "branch.pt").is_file():
+            trained = load_codec(load_checkpoint(run_dir / RunFiles.FINAL)).to(device)
+            branch = exp.branch("aux-enc", task, trained).to(device)
+            branch.load_state_dict(load_checkpoint(run_dir / "branch.pt")["state_dict"])
+            entry["trained"] = grads(trained, branch)
+            log = read_log(run_dir / RunFiles.LOG)
+            runs.append(
+                RunRecord(
+                    task=task,
+                    variant="aux-enc",
+                    lmbda=lmbda,
+                    seed=0,
+                    run_dir=str(run_dir),
+                    steps=log[-1]["step"] if log else None,
+                    seconds=log[-1]["seconds"] if log else None,
+                )
+            )
+        else:
+            entry["trained_note"] = (
+                f"the aux-enc run at λ={lmbda:g} seed 0 is not in the cache yet: "
+                f"python -m icm_lib.study --study ablation --profile {profile.name}"
+            )
+        tasks[task] = entry
+        start = entry["at_start"]
+        print(
+            f"[gradients {task} λ={lmbda:g}] at start: ratio {start['ratio']}, "
+            f"cosine {start['cosine']}; trained: "
+            + (
+                f"ratio {entry['trained']['ratio']}, cosine {entry['trained']['cosine']}"
+                if entry["trained"]
+                else "not yet"
+            ),
+            flush=True,
+        )
+    return GradientsFile(
+        profile=profile.name,
+        seeds=[0],
+        compute_hours_in_runs=round(sum(r.seconds or 0.0 for r in runs) / 3600, 3),
+        wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 3),
+        runs=runs,
+        tasks=tasks,
+        notes=[
+            f"recognizers: {profile.recognition.model_name('det')} / "
+            f"{profile.recognition.model_name('seg')}; the gradients are those of one batch "
+            "each, the codec in train mode (noisy ŷ), as in training"
+        ],
+    )
+
+
+def main(argv: list[str] | None = None):
+    from .profiles import get_profile, parse_overrides
+    from .results import GradientsFile
+    from .runtime import env_path
+
+    p = argparse.ArgumentParser(prog="python -m icm_lib.gradients", description=__doc__)
+    p.add_argument("--profile", default="cpu-patterns")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--batches", type=int, default=3)
+    p.add_argument("--overrides", default="", help='e.g. "ablation__det_lmbda=0.4"')
+    args = p.parse_args(argv)
+    profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    data_dir = args.data_dir or env_path("ICM_DATA_DIR", "data")
+    out = measure(profile, data_dir, args.batches)
+    out.write(GradientsFile.path(args.results_dir, profile.name))
+    return out
+
+
+if __name__ == "__main__":
+    main()

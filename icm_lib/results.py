@@ -52,6 +52,7 @@ REGENERATE = {
     "gan": "python -m icm_lib.study --study gan --profile {profile}",
     "world": "python -m icm_lib.world_check --profile {profile}",
     "pilot": "python -m icm_lib.pilot --profile {profile}",
+    "gradients": "python -m icm_lib.gradients --profile {profile}",
 }
 
 
@@ -573,7 +574,28 @@ class PilotFile(_ResultsFile):
     rule: dict = field(default_factory=dict)
 
 
-FILE_TYPES = {cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile)}
+@dataclass
+class GradientsFile(_ResultsFile):
+    """``results/gradients-<profile>.json``: what gradient reaches the encoder g_a
+    (:mod:`icm_lib.gradients`), the measurement behind Iino et al.'s premise.
+
+    Attributes:
+        runs: the trained aux-enc runs measured (the grid's own, read from the cache).
+        tasks: per task the λ, the batches, and per measured state (``at_start``: the reference
+            codec with a fresh branch; ``trained``: the grid's aux-enc run at that λ, or ``None``
+            with ``trained_note``) the per-batch task and branch gradient norms, their ratio and
+            cosine; ``dropout``: the task gradient's spread between dropout draws.
+    """
+
+    KIND: ClassVar[str] = "gradients"
+    runs: list[RunRecord] = field(default_factory=list)
+    tasks: dict = field(default_factory=dict)
+
+
+FILE_TYPES = {
+    cls.KIND: cls
+    for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile)
+}
 
 
 # ---------------------------------------------------------------------------------- evaluations

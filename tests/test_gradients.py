@@ -49,3 +49,34 @@ def test_dropout_makes_the_segmentation_gradient_stochastic(smoke_env):
         for m in exp.machine("seg").model.modules()
         if isinstance(m, torch.nn.Dropout)
     )
+
+
+@pytest.mark.slow
+def test_the_gradients_file_measures_start_and_the_trained_run(smoke_env, tmp_path):
+    """``python -m icm_lib.gradients``: at the start (reference codec, fresh branch) for both
+    tasks; the trained state only for a run in the cache, which it never trains itself."""
+    from icm_lib.gradients import main
+    from icm_lib.results import GradientsFile
+
+    exp = smoke_env
+    args = ["--profile", "smoke", "--data-dir", str(exp.cache_dir.parent)]
+    args += ["--results-dir", str(tmp_path), "--batches", "2"]
+    before = main(args)
+    assert GradientsFile.read(tmp_path / "gradients-smoke.json") == before
+    for task in ("det", "seg"):
+        entry = before.tasks[task]
+        assert entry["lmbda"] == exp.profile.ablation.lmbda(task)
+        assert entry["trained"] is None and "--study ablation" in entry["trained_note"]
+        start = entry["at_start"]
+        assert len(start["ratio"]) == 2 and all(r > 0 for r in start["ratio"])
+        assert start["ratio"][0] == pytest.approx(start["branch_norm"][0] / start["task_norm"][0])
+        assert len(entry["dropout"]["cos_between_draws"]) == 2
+    assert not exp.ablation_run_dir("seg", "aux-enc", 0).exists()
+    exp.ablation_point("seg", "aux-enc", 0)  # the run the file reads once it is there
+    after = main(args)
+    assert [r.run_key for r in after.runs] == [exp.ablation_run_dir("seg", "aux-enc", 0).name]
+    trained = after.tasks["seg"]["trained"]
+    assert (
+        trained is not None and trained["task_norm"] != after.tasks["seg"]["at_start"]["task_norm"]
+    )
+    assert after.tasks["seg"]["at_start"] == before.tasks["seg"]["at_start"]  # deterministic
