@@ -593,8 +593,7 @@ class GradientsFile(_ResultsFile):
 
 
 FILE_TYPES = {
-    cls.KIND: cls
-    for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile)
+    cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile)
 }
 
 
