@@ -305,14 +305,11 @@ def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
     return out
 
 
-def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
-    """Le et al. per pixel weight: what the discriminator adds to the change in checkerboard
-    score (each adversarial preset minus ``no-adv`` at the same pixel weight and seed), and the
-    task metric's change over finetuning (percent of before) of each adversarial preset."""
-    spec = plan["claims"]["le_patchgan"]
-    margins = plan["margins"]
-    change = {}
-    task_change = {}
+def gan_changes(gan: GanFile) -> tuple[dict, dict]:
+    """Per ``((preset name, pixel weight), seed)`` of the factorial (``-px1`` presets: pixel
+    weight ``"1"``; the others ``"paper"``, the configured weight): the change in checkerboard
+    score over finetuning (after - before) and the task metric's change (percent of before)."""
+    change, task_change = {}, {}
     for r in gan.runs:
         name, _, px = r.preset.partition("-px")
         cell = (name, px or "paper")
@@ -320,6 +317,42 @@ def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
             change[cell, r.seed] = r.after.checkerboard - r.before.checkerboard
         if r.after.metric is not None and r.before.metric:
             task_change[cell, r.seed] = 100 * (r.after.metric / r.before.metric - 1)
+    return change, task_change
+
+
+def factorial_table(gan: GanFile) -> str:
+    """Le et al. as a factorial, in markdown: one row per adversarial preset, one column per
+    pixel weight; each cell the mean change in checkerboard score over finetuning [95 % t-interval]
+    and the task metric's change (%), over the seeds. The claim is the difference of a row from
+    ``no-adv`` in the same column (the claims table); this table shows the cells themselves."""
+    change, task_change = gan_changes(gan)
+    cells = {c for c, _ in change} | {c for c, _ in task_change}
+    names = [n for n in ("no-adv", "limited", "full") if any(c[0] == n for c in cells)]
+    pxs = sorted({c[1] for c in cells}, key=lambda px: px != "paper")
+
+    def cell(name: str, px: str) -> str:
+        cb = t_interval([v for (c, _), v in change.items() if c == (name, px)])
+        task = t_interval([v for (c, _), v in task_change.items() if c == (name, px)])
+        if cb["n"] == 0:
+            return "—"
+        return (
+            f"{fmt(cb['mean'], 4)} [{fmt(cb['lo'], 4)}, {fmt(cb['hi'], 4)}]; "
+            f"task {fmt(task['mean'], 1)} % (n={cb['n']})"
+        )
+
+    head = ["configured pixel weight" if px == "paper" else f"pixel weight {px}" for px in pxs]
+    lines = ["| adversarial preset | " + " | ".join(head) + " |", "|---" * (len(pxs) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(cell(n, px) for px in pxs) + " |" for n in names]
+    return "\n".join(lines)
+
+
+def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
+    """Le et al. per pixel weight: what the discriminator adds to the change in checkerboard
+    score (each adversarial preset minus ``no-adv`` at the same pixel weight and seed), and the
+    task metric's change over finetuning (percent of before) of each adversarial preset."""
+    spec = plan["claims"]["le_patchgan"]
+    margins = plan["margins"]
+    change, task_change = gan_changes(gan)
     out = []
     cells = sorted({c for c, _ in change} | {c for c, _ in task_change})
     for name, px in cells:
@@ -371,6 +404,17 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     if gan is not None:
         out += gan_claims(gan, plan)
     return out
+
+
+def stale_files(results_dir: str | Path, profile: str) -> list[str]:
+    """The profile's results files the claims read whose numbers are known not to be today's
+    code's (``reproduced_by_current_code`` false), by file name."""
+    files = (cls.find(results_dir, profile) for cls in (StudyFile, AblationFile, GanFile))
+    return [
+        cls.path(".", profile).name
+        for cls, f in zip((StudyFile, AblationFile, GanFile), files)
+        if f is not None and f.reproduced_by_current_code is False
+    ]
 
 
 def paper_values(rows: list[Claim]) -> dict[str, float]:

@@ -48,3 +48,64 @@ def setup(
     data.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     return Setup(prof, get_device(device or None), data, out, data / "cache", seed)
+
+
+def show_claims(
+    results_dir: str | Path,
+    profiles: list[str] | tuple[str, ...],
+    prefixes: tuple[str, ...],
+    output_dir: str | Path | None = None,
+    n_boot: int = 2000,
+) -> dict[str, list[dict]]:
+    """The recorded claims of this notebook, per world: for each profile in ``profiles`` (e.g.
+    the control world ``cpu`` and the world where bits compete ``cpu-patterns``) the claims of
+    ``results/analysis-plan.json`` whose names start with one of ``prefixes``, as a verdict table
+    and a forest plot (saved as ``claims-<profile>-<prefix>.png`` in ``output_dir``). A profile
+    without its files says the command that makes them.
+
+    Returns:
+        ``{profile: [{"name", "estimate", "lo", "hi", "verdict", "per_seed"}, ...]}`` for
+        :meth:`Setup.record`.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    from . import plots
+    from .claims import claims, paper_values, stale_files, table
+    from .results import REGENERATE
+
+    out: dict[str, list[dict]] = {}
+    for name in profiles:
+        world = get_profile(name).data.world
+        rows = [c for c in claims(results_dir, name, n_boot) if c.name.startswith(prefixes)]
+        out[name] = [
+            {
+                "name": c.name,
+                "estimate": c.interval["estimate"],
+                "lo": c.interval["lo"],
+                "hi": c.interval["hi"],
+                "verdict": c.verdict["verdict"],
+                "per_seed": {str(s): v for s, v in c.per_seed.items()},
+            }
+            for c in rows
+        ]
+        if not rows:
+            print(
+                f"profile {name} ({world} world): no recorded runs for {', '.join(prefixes)} yet; "
+                f"`{REGENERATE['study'].format(profile=name)}` (and `--study ablation` / "
+                "`--study gan`) records them"
+            )
+            continue
+        stale = stale_files(results_dir, name)
+        note = (
+            f"\n\n> {', '.join(stale)}: numbers of older code; the method, not a result."
+            if stale
+            else ""
+        )
+        display(Markdown(f"**Profile `{name}`, {world} world**{note}\n\n{table(rows)}"))
+        fig = plots.forest(rows, paper_values(rows), f"{name} ({world} world)")
+        if output_dir is not None:
+            stem = f"claims-{name}-{prefixes[0].rstrip('_')}"
+            fig.savefig(Path(output_dir) / f"{stem}.png", dpi=110, bbox_inches="tight")
+        plt.show()
+    return out

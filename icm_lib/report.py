@@ -126,7 +126,7 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     if gan is not None:
         lines += _provenance(gan) + file_tables(gan)
     if (Path(results_dir) / "analysis-plan.json").is_file():
-        from .claims import claims, table
+        from .claims import claims, stale_files, table
 
         rows = claims(results_dir, profile_name)
         if rows:
@@ -140,16 +140,10 @@ def report(results_dir: str | Path, profile_name: str) -> str:
                     [
                         "",
                         "> These claims read files whose numbers are not today's code's ("
-                        + ", ".join(f"`{f.KIND}-{profile_name}.json`" for f in stale)
+                        + ", ".join(f"`{name}`" for name in stale)
                         + "; see their notes above): they show the method, not a result.",
                     ]
-                    if (
-                        stale := [
-                            f
-                            for f in (study, ablation, gan)
-                            if f is not None and f.reproduced_by_current_code is False
-                        ]
-                    )
+                    if (stale := stale_files(results_dir, profile_name))
                     else []
                 ),
                 "",

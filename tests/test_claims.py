@@ -145,7 +145,7 @@ def test_claims_read_the_profiles_files(tmp_path):
 def test_le_claims_subtract_the_control_of_the_same_pixel_weight_and_seed():
     from dataclasses import replace
 
-    from icm_lib.claims import gan_claims
+    from icm_lib.claims import factorial_table, gan_claims
     from icm_lib.results import GanFile, GanRecord
 
     base = seg_point("baseline", 1.0, 0, [10.0] * 4, [60] * 4)
@@ -180,6 +180,13 @@ def test_le_claims_subtract_the_control_of_the_same_pixel_weight_and_seed():
     assert rows["le_patchgan/full-pxpaper/task"].interval["estimate"] == pytest.approx(
         100 * ((30 / 70 + 31 / 69) / 2 / (30 / 70) - 1)
     )
+    # the factorial's cells themselves: rows no-adv / full, columns configured / pixel weight 1
+    lines = factorial_table(gan).splitlines()
+    assert lines[0] == "| adversarial preset | configured pixel weight | pixel weight 1 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| no-adv", "| full"]
+    assert lines[2].split(" | ")[1].startswith("-0.0500 [")  # 0.05 - 0.10 in every seed
+    assert lines[3].split(" | ")[2].startswith("-0.0690 [")  # 0.03 + 0.001 s - 0.10, s = 0..2
+    assert lines[3].endswith("(n=3) |")
 
 
 def test_the_forest_plot_has_a_panel_per_estimator_and_a_verdict_per_claim():

@@ -1,5 +1,7 @@
 """Execute the notebooks with papermill on the smoke profile and assert on what they recorded."""
 
+import functools
+import json
 import math
 import os
 import shutil
@@ -16,6 +18,7 @@ import pytest
 from icm_lib.tutorial import notebook_paths, run_notebook
 
 pytestmark = pytest.mark.notebooks
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_notebook_00_data(nb00):
@@ -124,6 +127,48 @@ def test_notebook_03_position_ablation(nb03):
         (out / f"validation_{task}.png").stat()
     assert _finite(list(m["first_train_loss"].values()) + list(m["last_train_loss"].values()))
     assert (out / "branch_positions.png").stat().st_size > 5_000
+
+
+@functools.cache
+def _recorded_claims(profile: str) -> list:
+    from icm_lib.claims import claims
+
+    return claims(ROOT / "results", profile)
+
+
+@pytest.mark.parametrize(
+    "notebook, prefix",
+    [
+        ("nb01", "positive_control"),
+        ("nb02", "iino_"),
+        ("nb03", "iino_ablation"),
+        ("nb04", "le_patchgan"),
+    ],
+)
+def test_notebooks_show_the_recorded_claims_of_both_worlds(request, notebook, prefix):
+    """Each notebook shows its claims as the analysis computes them from the committed files, for
+    the control world (``cpu``) and the patterns world (``cpu-patterns``; none where its
+    files are not committed yet), with a forest plot per world that has them."""
+    from icm_lib.claims import factorial_table
+    from icm_lib.results import GanFile
+
+    _, out = request.getfixturevalue(notebook)
+    recorded = json.loads((out / "claims.json").read_text())
+    shown = recorded["claims"]
+    assert set(shown) == {"cpu", "cpu-patterns"}
+    for name, rows in shown.items():
+        expected = [c for c in _recorded_claims(name) if c.name.startswith(prefix)]
+        assert [r["name"] for r in rows] == [c.name for c in expected]
+        assert [r["verdict"] for r in rows] == [c.verdict["verdict"] for c in expected]
+        assert [r["estimate"] for r in rows] == [c.interval["estimate"] for c in expected]
+        assert [r["lo"] for r in rows] == [c.interval["lo"] for c in expected]
+        figure = out / f"claims-{name}-{prefix.rstrip('_')}.png"
+        assert figure.is_file() == bool(expected)
+    assert shown["cpu"], "the committed cpu files hold every claim"
+    if notebook == "nb04":
+        for name, table in recorded["factorial"].items():
+            assert table == factorial_table(GanFile.find(ROOT / "results", name))
+        assert "cpu" in recorded["factorial"]
 
 
 def test_notebook_05_visualization_and_explorer(nb05):
