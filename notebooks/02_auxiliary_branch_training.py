@@ -243,6 +243,26 @@ fig.tight_layout()
 plots.save(fig, S.output_dir, "bit_allocation")
 
 # %% [markdown]
+# **Do the extra bits land on the objects?** A map shows one image; over the val images, the share
+# of ŷ's bits in the latent cells that cover a ground-truth object, next to the share of such
+# cells (`concentration` 1: bits spread like the area; above 1: on the objects). If the branch
+# helps the encoder find what the detector needs, aux-enc's share should be the higher one.
+
+# %%
+from icm_lib.roi import bits_on_objects
+
+objects = {}
+if "det" in TRAINED:
+    val_det = ds.val("det")
+    for variant in ("baseline", "aux-enc"):
+        codec = codec_of[("det", variant, mid["det"])]
+        o = objects[variant] = bits_on_objects(codec, val_det, len(val_det), device)
+        print(
+            f"det {variant} λ={mid['det']:g}: {o['bits_share']:.1%} of the bits on "
+            f"{o['area_share']:.1%} of the latent (x{o['concentration']:.2f}, {o['images']} images)"
+        )
+
+# %% [markdown]
 # ## 5 · The branch is not part of the codec
 #
 # The saved aux-enc codec has exactly the parameters of the reference architecture, and it decodes
@@ -297,6 +317,7 @@ for task in TRAINED:
     }
 for task in set(TASKS) - set(TRAINED):  # shown from the study only
     record["tasks"][task] = {"metric": metric[task], "lambdas": [], "study_bd_rate": bd[task]}
+record["bits_on_objects"] = objects
 print(S.record(record))
 
 # %% [markdown]

@@ -105,6 +105,13 @@ def test_notebook_02_aux_branch(nb02):
         if t["bd_rate"]["aux-enc"]["bd_rate"] is not None:
             assert t["bd_rate_front"]["aux-enc"]["bd_rate"] is not None
     assert (out / "bit_allocation.png").stat().st_size > 5_000
+    # where the bits go, over the val images: both codecs on the same objects
+    objects = m["bits_on_objects"]
+    assert set(objects) == {"baseline", "aux-enc"}  # smoke trains detection here
+    assert objects["baseline"]["area_share"] == objects["aux-enc"]["area_share"]
+    for o in objects.values():
+        assert 0 < o["area_share"] < 1 and 0 < o["bits_share"] < 1 and o["images"] == 8
+        assert o["concentration"] == pytest.approx(o["bits_share"] / o["area_share"])
 
 
 def test_notebook_03_position_ablation(nb03):

@@ -42,3 +42,33 @@ def test_roi_scaling_refuses_bad_input(trained_codec):
     with pytest.raises(ValueError, match="does not match"):
         with roi_scaling(codec, torch.ones(1, 1, 3, 3, dtype=torch.bool), qf=1.4):
             codec.compress(images[:1, :, :64, :64])
+
+
+def test_bits_on_objects_by_hand():
+    """A stand-in codec that spends 2 bits per latent cell on the left half of a 64 px image and
+    1 bit on the right, an object covering the left 20 columns: the cells it touches are the
+    left two of four (any covered pixel counts), holding 2·2 of 2·2 + 2·1 bits per row."""
+    from icm_lib.roi import bits_on_objects
+
+    class Stand:
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+        def coder_likelihoods(self, x):
+            lik = torch.full((1, 1, 4, 4), 0.5)
+            lik[..., :2] = 0.25
+            return {"y": lik}
+
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[:, :20] = True
+    data = [(torch.rand(3, 64, 64), {})]
+    dataset = type("D", (), {"__len__": lambda s: 1, "__getitem__": lambda s, i: data[i],
+                             "roi_mask": lambda s, i: mask})()  # fmt: skip
+    out = bits_on_objects(Stand(), dataset, 5, torch.device("cpu"))
+    assert out["images"] == 1
+    assert out["area_share"] == pytest.approx(0.5)
+    assert out["bits_share"] == pytest.approx(2 / 3)
+    assert out["concentration"] == pytest.approx(4 / 3)
