@@ -105,7 +105,7 @@ def show_claims(
         display(Markdown(f"**Profile `{name}`, {world} world**{note}\n\n{table(rows)}"))
         fig = plots.forest(rows, paper_values(rows), f"{name} ({world} world)")
         if output_dir is not None:
-            stem = f"claims-{name}-{prefixes[0].rstrip('_')}"
+            stem = f"claims-{name}-{prefixes[0]}"
             fig.savefig(Path(output_dir) / f"{stem}.png", dpi=110, bbox_inches="tight")
         plt.show()
     return out

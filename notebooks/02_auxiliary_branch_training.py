@@ -337,7 +337,8 @@ print(S.record(record))
 # %%
 from icm_lib.notebook import show_claims
 
-claims_shown = show_claims(RESULTS_DIR, CLAIMS_PROFILES, ("iino_",), S.output_dir)
+rd_claims = ("iino_seg_rd", "iino_det_rd", "iino_det_vs_roi")
+claims_shown = show_claims(RESULTS_DIR, CLAIMS_PROFILES, rd_claims, S.output_dir)
 print(S.record({"claims": claims_shown}, name="claims.json"))
 
 # %% [markdown]

@@ -143,39 +143,48 @@ def _recorded_claims(profile: str) -> list:
     return claims(ROOT / "results", profile)
 
 
-@pytest.mark.parametrize(
-    "notebook, prefix",
-    [
-        ("nb01", "positive_control"),
-        ("nb02", "iino_"),
-        ("nb03", "iino_ablation"),
-        ("nb04", "le_patchgan"),
-    ],
-)
-def test_notebooks_show_the_recorded_claims_of_both_worlds(request, notebook, prefix):
-    """Each notebook shows its claims as the analysis computes them from the committed files, for
+def _assert_shows_the_recorded_claims(out, *prefixes):
+    """A notebook shows its claims as the analysis computes them from the committed files, for
     the control world (``cpu``) and the patterns world (``cpu-patterns``; none where its
     files are not committed yet), with a forest plot per world that has them."""
-    from icm_lib.claims import factorial_table
-    from icm_lib.results import GanFile
-
-    _, out = request.getfixturevalue(notebook)
     recorded = json.loads((out / "claims.json").read_text())
     shown = recorded["claims"]
     assert set(shown) == {"cpu", "cpu-patterns"}
     for name, rows in shown.items():
-        expected = [c for c in _recorded_claims(name) if c.name.startswith(prefix)]
+        expected = [c for c in _recorded_claims(name) if c.name.startswith(prefixes)]
         assert [r["name"] for r in rows] == [c.name for c in expected]
         assert [r["verdict"] for r in rows] == [c.verdict["verdict"] for c in expected]
         assert [r["estimate"] for r in rows] == [c.interval["estimate"] for c in expected]
         assert [r["lo"] for r in rows] == [c.interval["lo"] for c in expected]
-        figure = out / f"claims-{name}-{prefix.rstrip('_')}.png"
+        figure = out / f"claims-{name}-{prefixes[0]}.png"
         assert figure.is_file() == bool(expected)
     assert shown["cpu"], "the committed cpu files hold every claim"
-    if notebook == "nb04":
-        for name, table in recorded["factorial"].items():
-            assert table == factorial_table(GanFile.find(ROOT / "results", name))
-        assert "cpu" in recorded["factorial"]
+    return recorded
+
+
+def test_notebook_01_shows_the_positive_control(nb01):
+    _assert_shows_the_recorded_claims(nb01[1], "positive_control")
+
+
+def test_notebook_02_shows_iino_et_als_rd_claims(nb02):
+    rows = _assert_shows_the_recorded_claims(
+        nb02[1], "iino_seg_rd", "iino_det_rd", "iino_det_vs_roi"
+    )["claims"]["cpu"]
+    assert not any("ablation" in r["name"] for r in rows)
+
+
+def test_notebook_03_shows_the_ablation_claims(nb03):
+    _assert_shows_the_recorded_claims(nb03[1], "iino_ablation")
+
+
+def test_notebook_04_shows_le_et_als_claims_and_the_factorial(nb04):
+    from icm_lib.claims import factorial_table
+    from icm_lib.results import GanFile
+
+    recorded = _assert_shows_the_recorded_claims(nb04[1], "le_patchgan")
+    assert "cpu" in recorded["factorial"]
+    for name, table in recorded["factorial"].items():
+        assert table == factorial_table(GanFile.find(ROOT / "results", name))
 
 
 def test_notebook_05_visualization_and_explorer(nb05):
