@@ -583,6 +583,20 @@ class JobRecord:
     gpus: list[int] = field(default_factory=list)  # pool: the GPUs it was given
     attempts: int = 1
 
+    @classmethod
+    def of(cls, spec: JobSpec, launcher: str, job, **extra) -> JobRecord:
+        """The record of ``job``, a submitit job just submitted for ``spec``."""
+        return cls(
+            name=spec.name,
+            launcher=launcher,
+            job_id=str(job.job_id),
+            submitted=time.time(),
+            stdout=str(job.paths.stdout),
+            stderr=str(job.paths.stderr),
+            host=socket.gethostname(),
+            **extra,
+        )
+
 
 @dataclass
 class JobStatus:
@@ -752,16 +766,8 @@ class _PoolBackend(_Backend):
             self.in_use[spec.name] = slot
         job = self.executor.submit(StudyJob(), spec)
         self.handles[spec.name] = job
-        return JobRecord(
-            name=spec.name,
-            launcher=self.name,
-            job_id=str(job.job_id),
-            submitted=time.time(),
-            stdout=str(job.paths.stdout),
-            stderr=str(job.paths.stderr),
-            host=socket.gethostname(),
-            pid_start=_process_start(int(job.job_id)),
-            gpus=list(slot),
+        return JobRecord.of(
+            spec, self.name, job, pid_start=_process_start(int(job.job_id)), gpus=list(slot)
         )
 
     def _pool_state(self, record: JobRecord) -> str:
@@ -856,15 +862,7 @@ class _SlurmBackend(_Backend):
                 "--partition, --time, --gpus-per-run, --mem, --account, --qos and --slurm-arg "
                 "against this cluster's limits (`sinfo`, `sacctmgr show qos`)"
             ) from None
-        return JobRecord(
-            name=spec.name,
-            launcher=self.name,
-            job_id=str(job.job_id),
-            submitted=time.time(),
-            stdout=str(job.paths.stdout),
-            stderr=str(job.paths.stderr),
-            host=socket.gethostname(),
-        )
+        return JobRecord.of(spec, self.name, job)
 
 
 class _StatusBackend(_Backend):

@@ -539,70 +539,53 @@ def main(
         return {"plan": rows}
     launch = LaunchOptions.from_args(args)  # jobs: --device, else CUDA where the job runs
     device = get_device(args.device or None)
+    common = (args.data_dir, args.results_dir, device, not args.no_progress)
     if args.study == "ablation":
-        summary = run_ablation_study(
+        summary = run_ablation_study(profile, args.seeds, args.tasks, *common, launch)
+    elif args.study == "gan":
+        summary = run_gan_study(profile, args.seeds, *common, launch)
+    else:
+        summary = run_study(
             profile,
             args.seeds,
             args.tasks,
-            args.data_dir,
-            args.results_dir,
-            device,
-            not args.no_progress,
+            args.variants,
+            *common,
+            not args.no_reference_curve,
             launch,
         )
-        if isinstance(summary, LaunchReport):
-            return summary
-        for task, t in summary.tasks.items():
-            print(
-                f"{task}: "
-                + ", ".join(f"{v} {t['variants'][v]['mean']:.4f}" for v in t["order"])
-                + f" (lowest first; paper: {PAPERS.iino_ablation_lowest} lowest)"
-            )
-        return summary
-    if args.study == "gan":
-        summary = run_gan_study(
-            profile,
-            args.seeds,
-            args.data_dir,
-            args.results_dir,
-            device,
-            not args.no_progress,
-            launch,
-        )
-        if isinstance(summary, LaunchReport):
-            return summary
-        for preset, t in summary.summary.items():
-            print(
-                f"{preset}: "
-                + ", ".join(
-                    f"{k} {v['before']['mean']:.4g} → {v['after']['mean']:.4g}"
-                    for k, v in t.items()
-                    if "before" in v
-                )
-            )
-        return summary
-    summary = run_study(
-        profile,
-        args.seeds,
-        args.tasks,
-        args.variants,
-        args.data_dir,
-        args.results_dir,
-        device,
-        not args.no_progress,
-        not args.no_reference_curve,
-        launch,
-    )
-    if isinstance(summary, LaunchReport):
-        return summary
-    for task, t in summary.tasks.items():
-        for name, row in t["bd_rate"].items():
-            print(
-                f"{task} {name:9s} BD-rate {fmt_mean_ci(row, 1, ' %')}; on the operational fronts "
-                f"{fmt_mean_ci(row.get('front'), 1, ' %')} "
-                f"(paper aux-enc {PAPERS.iino_bd_rate[task]:+.1f} %)"
-            )
+    if not isinstance(summary, LaunchReport):
+        for line in _summary_lines(args.study, summary):
+            print(line)
     return summary
+
+
+def _summary_lines(study: str, summary) -> list[str]:
+    """What a finished study prints: its headline numbers beside the paper's."""
+    if study == "ablation":
+        return [
+            f"{task}: "
+            + ", ".join(f"{v} {t['variants'][v]['mean']:.4f}" for v in t["order"])
+            + f" (lowest first; paper: {PAPERS.iino_ablation_lowest} lowest)"
+            for task, t in summary.tasks.items()
+        ]
+    if study == "gan":
+        return [
+            f"{preset}: "
+            + ", ".join(
+                f"{k} {v['before']['mean']:.4g} → {v['after']['mean']:.4g}"
+                for k, v in t.items()
+                if "before" in v
+            )
+            for preset, t in summary.summary.items()
+        ]
+    return [
+        f"{task} {name:9s} BD-rate {fmt_mean_ci(row, 1, ' %')}; on the operational fronts "
+        f"{fmt_mean_ci(row.get('front'), 1, ' %')} "
+        f"(paper aux-enc {PAPERS.iino_bd_rate[task]:+.1f} %)"
+        for task, t in summary.tasks.items()
+        for name, row in t["bd_rate"].items()
+    ]
 
 
 if __name__ == "__main__":

@@ -163,3 +163,21 @@ def test_ablation_table_pairs_each_position_with_the_same_seeds_baseline():
     assert dec["vs_baseline"]["mean"] == pytest.approx(0.01) and dec["vs_baseline"]["n"] == 3
     assert "vs_baseline" not in t["variants"]["baseline"]
     assert t["order"] == ["aux-enc", "baseline", "aux-dec"]
+
+
+def test_each_study_prints_its_headline_beside_the_paper():
+    """What ``python -m icm_lib.study`` prints once a study is in, from the committed files."""
+    from pathlib import Path
+
+    from icm_lib.results import AblationFile, GanFile, StudyFile
+    from icm_lib.study import _summary_lines
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    study = _summary_lines("rd", StudyFile.find(results, "cpu"))
+    assert study and all("BD-rate" in line and "paper aux-enc" in line for line in study)
+    assert any(line.startswith("seg aux-enc") and "-20.3 %" in line for line in study)
+    ablation = _summary_lines("ablation", AblationFile.find(results, "cpu"))
+    assert [line.split(":")[0] for line in ablation] == ["det", "seg"]
+    assert all("paper: aux-enc lowest" in line for line in ablation)
+    gan = _summary_lines("gan", GanFile.find(results, "cpu"))
+    assert gan and all("→" in line for line in gan)
