@@ -108,3 +108,25 @@ def test_the_pilot_runs_are_the_study_grid_runs(tmp_path):
         str(exp.run_dir("seg", "baseline", lm, 0, validate_every=2))
         for lm in (0.05, 0.5, 5.0, 50.0)
     ]
+
+
+def test_the_cpu_patterns_settings_are_what_its_pilot_chose():
+    """The λ grids and ablation λ of ``cpu-patterns`` are the pilot's choice, copied into the
+    profile before the study runs (the run keys hold them): once the pilot's file is committed,
+    a profile that drifts from it fails here."""
+    from pathlib import Path
+
+    from icm_lib.profiles import get_profile
+    from icm_lib.results import PilotFile
+
+    path = Path(__file__).resolve().parents[1] / "results" / "pilot-cpu-patterns.json"
+    if not path.is_file():
+        pytest.skip("the cpu-patterns pilot has not been committed yet")
+    pilot, profile = PilotFile.read(path), get_profile("cpu-patterns")
+    assert pilot.complete
+    for task in ("det", "seg"):
+        chosen = pilot.selection[task]
+        assert chosen["lambdas"] is not None, chosen["reason"]
+        assert profile.icm.lambdas(task) == tuple(chosen["lambdas"])
+        assert profile.ablation.lmbda(task) == chosen["ablation_lambda"]
+        assert set(profile.icm.lambdas(task)) <= set(profile.pilot.lambdas(task))
