@@ -114,6 +114,12 @@ def _validation_key(profile: Profile, every: int) -> dict:
     return {"every": every, "images": profile.ablation.val_images}
 
 
+#: the ICMConfig fields that do not decide a run, left out of its key: the schedules enter as
+#: ``train``, validation as its own part; the λ grids only list which runs a study holds (a run's
+#: own λ is in ``train``), so a grid chosen by the pilot keeps the pilot's runs
+UNKEYED_ICM = ("det", "seg", "validate_every", "det_lambdas", "seg_lambdas", "mse_lambdas")
+
+
 def run_config(
     profile: Profile,
     task: Task | str,
@@ -346,12 +352,7 @@ class Experiment:
                 "task": task.name,
                 "codec": profile.codec.key(),
                 "recognition": profile.recognition.key(),
-                # validation keys the run in its own part below (validate_every: the grid's)
-                "icm": {
-                    k: v
-                    for k, v in asdict(icm).items()
-                    if k not in ("det", "seg", "validate_every")
-                },
+                "icm": {k: v for k, v in asdict(icm).items() if k not in UNKEYED_ICM},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
                 "data": data_key(self.datasets.train(task).root, data_dir_as),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),

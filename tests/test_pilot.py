@@ -112,8 +112,8 @@ def test_the_pilot_runs_are_the_study_grid_runs(tmp_path):
 
 def test_the_cpu_patterns_settings_are_what_its_pilot_chose():
     """The λ grids and ablation λ of ``cpu-patterns`` are the pilot's choice, copied into the
-    profile before the study runs (the run keys hold them): once the pilot's file is committed,
-    a profile that drifts from it fails here."""
+    profile before the study runs: once the pilot's file is committed, a profile that drifts
+    from it fails here."""
     from pathlib import Path
 
     from icm_lib.profiles import get_profile

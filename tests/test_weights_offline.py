@@ -240,30 +240,31 @@ def test_a_checkpoint_field_needs_pretrained():
 
 # ---------------------------------------------------------------------- run keys
 #: recorded before the checkpoint fields existed (commit f3b5ec8), with the stub data and
-#: reference codec of `stub_experiment`. The ICM runs' keys were re-recorded once, on purpose, when
-#: the dead field `ICMConfig.mse_qualities` left the key (stop 27, before any cpu-patterns run);
-#: the recognizer and codec keys are f3b5ec8's.
+#: reference codec of `stub_experiment`. The ICM runs' keys were re-recorded on purpose at stop 27,
+#: before any cpu-patterns run: the dead field `ICMConfig.mse_qualities` left the key, and so did
+#: the λ grids (a run's own λ keys it; a grid only lists runs, so the pilot's runs stay the
+#: study's once the grid is chosen). The recognizer and codec keys are f3b5ec8's.
 KEYS_BEFORE = {
     "smoke": {
         "recognition": "1768fa5797",
         "codec": "24c20b16bc",
-        "det": "det-aux-enc-lmbda0.05-seed0-d93cc24457",
-        "seg": "seg-baseline-lmbda0.05-seed1-01221b8ce5",
-        "ablation": "seg-aux-task-lmbda0.5-seed0-95308ab42f",
+        "det": "det-aux-enc-lmbda0.05-seed0-cb166372cb",
+        "seg": "seg-baseline-lmbda0.05-seed1-6f00fbd5a7",
+        "ablation": "seg-aux-task-lmbda0.5-seed0-10ce6dc8d5",
     },
     "cpu": {
         "recognition": "00a1484ca5",
         "codec": "570ee75332",
-        "det": "det-aux-enc-lmbda0.4-seed0-f221a97910",
-        "seg": "seg-baseline-lmbda1-seed1-6b03b9e673",
-        "ablation": "seg-aux-task-lmbda2-seed0-03f73c1144",
+        "det": "det-aux-enc-lmbda0.4-seed0-787506c0f9",
+        "seg": "seg-baseline-lmbda1-seed1-eade872c23",
+        "ablation": "seg-aux-task-lmbda2-seed0-11740f0c2a",
     },
     "paper": {
         "recognition": "ee5c2ab2e3",
         "codec": "e1d634df06",
-        "det": "det-aux-enc-lmbda0.4-seed0-7270740e0b",
-        "seg": "seg-baseline-lmbda1-seed1-d93a43a013",
-        "ablation": "seg-aux-task-lmbda2-seed0-e81aabadd7",
+        "det": "det-aux-enc-lmbda0.4-seed0-a806a259cd",
+        "seg": "seg-baseline-lmbda1-seed1-dad7ae468a",
+        "ablation": "seg-aux-task-lmbda2-seed0-ab30e30eec",
     },
 }
 
@@ -287,6 +288,19 @@ def test_the_new_fields_leave_every_run_key_unchanged(name):
     assert exp.run_dir("det", "aux-enc", profile.icm.det_lambdas[0], 0).name == before["det"]
     assert exp.run_dir("seg", "baseline", profile.icm.seg_lambdas[0], 1).name == before["seg"]
     assert exp.ablation_run_dir("seg", "aux-task", 0).name == before["ablation"]
+
+
+def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():
+    """The pilot chooses the grid after its runs: they must keep their keys."""
+    base = get_profile("cpu")
+    regrid = get_profile(
+        "cpu", icm__det_lambdas=(0.1, 0.4), icm__seg_lambdas=(0.5,), icm__mse_lambdas=(0.01,)
+    )
+    other = get_profile("cpu", icm__alpha=0.25)
+    names = [
+        stub_experiment(p).run_dir("det", "aux-enc", 0.4, 0).name for p in (base, regrid, other)
+    ]
+    assert names[0] == names[1] != names[2]
 
 
 def test_a_local_file_enters_keys_by_content_not_path(tmp_path):
