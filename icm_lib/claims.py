@@ -4,7 +4,7 @@ A claim is a comparison of a *test* against an *anchor* on the same seeds (paire
 R-D claims (aux-enc against the baseline, per task; aux-enc against ROI on detection), the
 positive control (the MSE codec against the task-loss baseline: a large effect the pipeline must
 detect), and the branch-position ablation. For each, this module computes from the results files
-(:mod:`icm_lib.results`; nothing is stored that could go stale):
+(:mod:`icm_lib.results`):
 
 * the **paired per-seed effects** and their Student-t interval (the seed level alone);
 * the **two-level bootstrap** interval (seeds × val images, every point recomputed from its
@@ -14,20 +14,25 @@ detect), and the branch-position ablation. For each, this module computes from t
 
 R-D claims carry two estimators: the strict BD-rate (percent of bits at equal metric; undefined
 when a curve does not rise strictly, which is counted) and the metric difference at equal rate
-(defined when a curve flattens). ``python -m icm_lib.claims --profile cpu-patterns`` prints them.
+(defined when a curve flattens). ``python -m icm_lib.claims --profile cpu-patterns`` prints them
+and writes ``results/claims-<profile>.json`` with the SHA-256 of every file it read; the README
+and the notebooks read that file while those files are unchanged (:func:`recorded_claims`) and
+compute the claims afresh otherwise, so a stored claim never outlives its inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as _st
 
-from .results import AblationFile, GanFile, RDPoint, RunRecord, StudyFile
+from .results import AblationFile, ClaimsFile, GanFile, RDPoint, RunRecord, StudyFile
 from .runtime import read_json
 from .statistics import (
     bd_rate_effect,
@@ -72,6 +77,11 @@ class Claim:
 
     def plain(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Claim:
+        """The claim :meth:`plain` wrote (JSON turns the per-seed keys into strings)."""
+        return cls(**{**d, "per_seed": {int(s): v for s, v in d["per_seed"].items()}})
 
 
 def read_plan(path: str | Path = PLAN) -> dict:
@@ -406,6 +416,45 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     return out
 
 
+def inputs_of(results_dir: str | Path, profile: str) -> dict[str, str]:
+    """The files the profile's claims are computed from (the plan and the study, ablation and
+    PatchGAN files that exist), name -> SHA-256 of their bytes."""
+    names = ["analysis-plan.json"] + [
+        cls.path(".", profile).name for cls in (StudyFile, AblationFile, GanFile)
+    ]
+    return {
+        n: hashlib.sha256((Path(results_dir) / n).read_bytes()).hexdigest()
+        for n in names
+        if (Path(results_dir) / n).is_file()
+    }
+
+
+def recorded_claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Claim]:
+    """The profile's claims from ``results/claims-<profile>.json`` while every file they were
+    computed from is unchanged (and at the same ``n_boot``), else computed afresh
+    (:func:`claims`)."""
+    f = ClaimsFile.find(results_dir, profile)
+    if f is not None and f.n_boot == n_boot and f.inputs == inputs_of(results_dir, profile):
+        return [Claim.from_json(c) for c in f.claims]
+    return claims(results_dir, profile, n_boot)
+
+
+def claims_file(results_dir: str | Path, profile: str, n_boot: int = 2000) -> ClaimsFile:
+    """Compute the profile's claims with what :func:`recorded_claims` needs to trust them later."""
+    t0 = time.perf_counter()
+    inputs = inputs_of(results_dir, profile)
+    rows = claims(results_dir, profile, n_boot)
+    return ClaimsFile(
+        profile=profile,
+        seeds=sorted({s for c in rows for s in c.per_seed}),
+        compute_hours_in_runs=0.0,
+        wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 4),
+        inputs=inputs,
+        n_boot=n_boot,
+        claims=[c.plain() for c in rows],
+    )
+
+
 def stale_files(results_dir: str | Path, profile: str) -> list[str]:
     """The profile's results files the claims read whose numbers are known not to be today's
     code's (``reproduced_by_current_code`` false), by file name."""
@@ -463,8 +512,11 @@ def main(argv: list[str] | None = None) -> list[Claim]:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--figure", default=None, help="also save the forest plot here (.png)")
     args = p.parse_args(argv)
-    rows = claims(args.results_dir, args.profile, args.n_boot)
+    out = claims_file(args.results_dir, args.profile, args.n_boot)
+    rows = [Claim.from_json(c) for c in out.claims]
     print(table(rows) if rows else f"no results for profile {args.profile!r} yet")
+    if rows:
+        print("wrote", out.write(ClaimsFile.path(args.results_dir, args.profile)))
     if rows and args.figure:
         from . import plots
 

@@ -71,13 +71,15 @@ def show_claims(
     from IPython.display import Markdown, display
 
     from . import plots
-    from .claims import claims, paper_values, stale_files, table
+    from .claims import paper_values, recorded_claims, stale_files, table
     from .results import REGENERATE
 
     out: dict[str, list[dict]] = {}
     for name in profiles:
         world = get_profile(name).data.world
-        rows = [c for c in claims(results_dir, name, n_boot) if c.name.startswith(prefixes)]
+        rows = [
+            c for c in recorded_claims(results_dir, name, n_boot) if c.name.startswith(prefixes)
+        ]
         out[name] = [
             {
                 "name": c.name,

@@ -126,9 +126,9 @@ def report(results_dir: str | Path, profile_name: str) -> str:
     if gan is not None:
         lines += _provenance(gan) + file_tables(gan)
     if (Path(results_dir) / "analysis-plan.json").is_file():
-        from .claims import claims, stale_files, table
+        from .claims import recorded_claims, stale_files, table
 
-        rows = claims(results_dir, profile_name)
+        rows = recorded_claims(results_dir, profile_name)
         if rows:
             lines += [
                 "",

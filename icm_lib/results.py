@@ -53,6 +53,7 @@ REGENERATE = {
     "world": "python -m icm_lib.world_check --profile {profile}",
     "pilot": "python -m icm_lib.pilot --profile {profile}",
     "gradients": "python -m icm_lib.gradients --profile {profile}",
+    "claims": "python -m icm_lib.claims --profile {profile}",
 }
 
 
@@ -592,8 +593,29 @@ class GradientsFile(_ResultsFile):
     tasks: dict = field(default_factory=dict)
 
 
+@dataclass
+class ClaimsFile(_ResultsFile):
+    """``results/claims-<profile>.json``: the claims as ``python -m icm_lib.claims`` computed
+    them (:func:`icm_lib.claims.claims`; the bootstrap takes seconds to minutes), with the
+    SHA-256 of every file they were computed from. Readers use it only while each of those files
+    is unchanged (:func:`icm_lib.claims.recorded_claims`), so it cannot go stale silently.
+
+    Attributes:
+        inputs: file name (in the same folder) -> SHA-256 of its bytes.
+        n_boot: the bootstrap's replicates.
+        claims: :meth:`icm_lib.claims.Claim.plain` of each claim.
+    """
+
+    KIND: ClassVar[str] = "claims"
+    runs: list[RunRecord] = field(default_factory=list)  # none: the claims read files
+    inputs: dict = field(default_factory=dict)
+    n_boot: int = 2000
+    claims: list[dict] = field(default_factory=list)
+
+
 FILE_TYPES = {
-    cls.KIND: cls for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile)
+    cls.KIND: cls
+    for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile, ClaimsFile)
 }
 
 

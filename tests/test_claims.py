@@ -142,6 +142,44 @@ def test_claims_read_the_profiles_files(tmp_path):
     assert claims(tmp_path, "other") == []
 
 
+def test_a_claims_file_is_read_only_while_its_inputs_are_unchanged(tmp_path, monkeypatch):
+    import icm_lib.claims as cl
+    from icm_lib.results import ClaimsFile
+
+    (tmp_path / "analysis-plan.json").write_text(
+        (ROOT / "results" / "analysis-plan.json").read_text()
+    )
+    study(0.7).write(StudyFile.path(tmp_path, "t"))
+    written = cl.claims_file(tmp_path, "t", n_boot=50)
+    written.write(ClaimsFile.path(tmp_path, "t"))
+    assert set(written.inputs) == {"analysis-plan.json", "study-t.json"}
+    fresh = claims(tmp_path, "t", n_boot=50)
+    assert cl.recorded_claims(tmp_path, "t", n_boot=50) == fresh  # the stored ones, equal
+    computed = []
+    monkeypatch.setattr(cl, "claims", lambda *a: computed.append(a) or ["fresh"])
+    assert cl.recorded_claims(tmp_path, "t", n_boot=50) == fresh and not computed
+    assert cl.recorded_claims(tmp_path, "t", n_boot=60) == ["fresh"]  # another n_boot
+    study(0.8).write(StudyFile.path(tmp_path, "t"))  # an input changed
+    assert cl.recorded_claims(tmp_path, "t", n_boot=50) == ["fresh"]
+    StudyFile.path(tmp_path, "t").unlink()  # ... or went away
+    assert cl.recorded_claims(tmp_path, "t", n_boot=50) == ["fresh"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results").glob("claims-*.json")), ids=str)
+def test_the_committed_claims_files_are_current(path):
+    """Each committed claims file was computed from the committed files as they are, and
+    computing them again gives the same claims."""
+    import icm_lib.claims as cl
+    from icm_lib.results import ClaimsFile
+
+    f = ClaimsFile.read(path)
+    results = ROOT / "results"
+    assert f.inputs == cl.inputs_of(results, f.profile), (
+        "regenerate: " + f"python -m icm_lib.claims --profile {f.profile}"
+    )
+    assert [cl.Claim.from_json(c) for c in f.claims] == claims(results, f.profile, f.n_boot)
+
+
 def test_le_claims_subtract_the_control_of_the_same_pixel_weight_and_seed():
     from dataclasses import replace
 

@@ -138,9 +138,9 @@ def test_notebook_03_position_ablation(nb03):
 
 @functools.cache
 def _recorded_claims(profile: str) -> list:
-    from icm_lib.claims import claims
+    from icm_lib.claims import recorded_claims
 
-    return claims(ROOT / "results", profile)
+    return recorded_claims(ROOT / "results", profile)
 
 
 def _assert_shows_the_recorded_claims(out, *prefixes):
