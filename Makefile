@@ -62,12 +62,14 @@ bench: install
 	$(PY) -m icm_lib.bench icm --profile $(PROFILE)
 
 ## The studies, resumable, into results/: seed 001 (both tasks, 4 lambda, baseline / aux-enc + ROI),
-## its branch-position ablation (section 4.2) and seed 002 (PatchGAN presets), seeds 0-2.
+## its branch-position ablation (section 4.2) and seed 002 (PatchGAN presets), seeds 0-2; then
+## the claims (results/claims-<profile>.json) and the README's tables.
 SEEDS ?= 0 1 2
 study: install
 	$(PY) -m icm_lib.study --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m icm_lib.study --study ablation --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m icm_lib.study --study gan --profile $(PROFILE) --seeds $(SEEDS)
+	$(PY) -m icm_lib.claims --profile $(PROFILE)
 	$(PY) -m icm_lib.report --profile $(PROFILE) --readme README.md
 
 ## Sync each notebooks/NN_*.py with its .ipynb (jupytext.toml pairs them): the newer one wins.
