@@ -198,43 +198,21 @@ def bench_codec_scaling(name: str, quality: int, pretrained: bool, repeats: int)
     )
 
 
-def bench_icm(profile_name: str, data_dir: Path, steps: int, repeats: int) -> None:
+def bench_icm(
+    profile_name: str, data_dir: Path, steps: int, repeats: int, fast: tuple[bool, ...]
+) -> list[dict]:
+    """The training step as the yardstick (:func:`~icm_lib.stepbench.bench_icm_step`), then
+    the encode time of a cached aux-enc codec against a baseline."""
     from .experiment import Experiment
     from .profiles import get_profile
+    from .stepbench import bench_icm_step
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exp = Experiment.prepare(profile, data_dir, device, progress=False)
-    print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
-    print(
-        f"{'task':<6}{'batch':>6}{'crop':>6}{'baseline s/step':>17}{'aux-enc s/step':>16}{'ratio':>7}"
-    )
-    for task in ("det", "seg"):
-        cfg = profile.icm.train(task)
-        base, aux = (_step_seconds(exp, task, v, steps) for v in ("baseline", "aux-enc"))
-        print(
-            f"{task:<6}{cfg.batch_size:>6}{cfg.crop:>6}{base:>17.3f}{aux:>16.3f}{aux / base:>7.2f}",
-            flush=True,
-        )
+    rows = bench_icm_step(exp, steps, fast=fast)
     _encode_time_ratio(exp, repeats)
-
-
-def _step_seconds(exp, task: str, variant: str, steps: int) -> float:
-    """Median seconds of one training step of ``variant`` (the profile's batch, after one
-    warm-up step), with the profile's objective and branch."""
-    from .data.sampler import CropSampler
-    from .losses import ICMObjective
-
-    icm, device = exp.profile.icm, exp.device
-    cfg, train_set = icm.train(task), exp.datasets.train(task)
-    sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
-    torch.manual_seed(0)
-    codec = load_codec(exp.reference.codec_state()).to(device).train()
-    branch = exp.branch(variant, task, codec)
-    objective = ICMObjective(
-        exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
-    )
-    return _median_step(codec, branch, objective, sampler, device, steps)
+    return rows
 
 
 def _median_step(codec, branch, objective, sampler, device, steps: int) -> float:
@@ -472,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
+    ap.add_argument(
+        "--fast",
+        choices=["off", "on", "both"],
+        default="both",
+        help="icm: the trainer's step flags (channels-last recognizer, fused Adam) off, on, or both",
+    )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -492,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "devices":
         bench_devices(150 if args.train_steps is None else args.train_steps)
     elif args.what == "icm":
-        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats)
+        fast = {"off": (False,), "on": (True,), "both": (False, True)}[args.fast]
+        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats, fast)
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.scaling:

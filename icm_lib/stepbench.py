@@ -86,9 +86,13 @@ class StepSetup:
     crop: int
     device: torch.device
     schedule_steps: int
+    sampler: object | None = None  # a CropSampler of real crops (else random pixels)
 
     def batch(self, step: int) -> torch.Tensor:
-        """Random crops (B, 3, crop, crop) in [0, 1], a pure function of ``step``."""
+        """Crops (B, 3, crop, crop) in [0, 1], a pure function of ``step``: the sampler's, else
+        random pixels."""
+        if self.sampler is not None:
+            return self.sampler.batch(step).to(self.device)
         g = torch.Generator().manual_seed(step)
         return torch.rand(self.batch_size, 3, self.crop, self.crop, generator=g)
 
@@ -301,6 +305,154 @@ def count_ops(setup: StepSetup, step: int = 1) -> dict:
         "by_phase": dict(by_phase),
         "by_op": dict(by_op),
     }
+
+
+def phase_seconds(setup: StepSetup, steps: int = 2) -> dict[str, float]:
+    """Seconds per step in each labelled phase (:data:`PHASES`: their forward passes, the
+    optimizer's step) over ``steps`` profiled steps after a warm-up, and ``other``: the rest of
+    the step's wall time (the backward pass of every part, the losses, the bookkeeping)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup.run(0)
+    with _labelled_phases(setup), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for i in range(1, steps + 1):
+            setup.run(i)
+        _sync(setup.device)
+        wall = (time.perf_counter() - t0) / steps
+    out = dict.fromkeys(PHASES, 0.0)
+    for ev in prof.events():
+        if not ev.name.startswith("phase::"):
+            continue
+        parent, nested = ev.cpu_parent, False
+        while parent is not None:  # count a phase once where labelled calls nest
+            nested |= parent.name.startswith("phase::")
+            parent = parent.cpu_parent
+        if not nested:
+            out[ev.name.removeprefix("phase::")] += ev.cpu_time_total / 1e6 / steps
+    out["other"] = max(0.0, wall - sum(out.values()))
+    return out
+
+
+def step_flops(setup: StepSetup, step: int = 1) -> float:
+    """Floating-point operations of one step (forward, backward, optimizer) as PyTorch's
+    ``FlopCounterMode`` counts them (matrix multiplications and convolutions: the arithmetic
+    that sets a floor on the step's time)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        setup.run(step)
+    return float(counter.get_total_flops())
+
+
+def matmul_flops_per_second(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """What this device sustains on a large float32 matrix product (best of ``repeats``): the
+    yardstick the step's FLOPs are divided by."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def bench_icm_step(
+    exp,
+    steps: int = 5,
+    tasks: tuple[str, ...] = ("det", "seg"),
+    variants: tuple[str, ...] = VARIANTS,
+    fast: tuple[bool, ...] = (False, True),
+) -> list[dict]:
+    """``python -m icm_lib.bench icm``: the profile's own training step (the trainer's stepper,
+    the trained recognizers of ``exp``, its reference codec, real crops) per task, variant and
+    ``fast`` setting (:func:`~icm_lib.trainer.step_flags`), in one run: s/step (median of
+    ``steps`` after a warm-up), images/s, the share of the step in each phase, the step's FLOPs
+    and how far it is from the floor (FLOPs / this device's large-matmul rate).
+
+    The recognizer's pseudo-labels are computed every step here, as in the first run of a seed;
+    a later run of the seed reads them from the cache (:mod:`icm_lib.pseudo_labels`): its step
+    is the ``pseudo_labels`` share shorter."""
+    from .codec import load_codec
+    from .data.sampler import CropSampler
+    from .losses import ICMObjective
+    from .runtime import Distributed
+    from .trainer import _Stepper
+
+    profile, device, icm = exp.profile, exp.device, exp.profile.icm
+    rate = matmul_flops_per_second(device)
+    benchmark = torch.backends.cudnn.benchmark
+    print(
+        f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
+        f"float32 matmul {rate / 1e9:.1f} GFLOP/s (the floor's yardstick); median of {steps} "
+        "steps after a warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
+    )
+    print(
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'B':>3}{'crop':>5}{'s/step':>8}{'img/s':>7}"
+        f"{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
+        + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
+    )
+    rows = []
+    for task in tasks:
+        cfg = icm.train(task)
+        for variant in variants:
+            for on in fast:
+                torch.manual_seed(0)
+                codec = load_codec(exp.reference.codec_state()).to(device).train()
+                branch = exp.branch(variant, task, codec)
+                if branch is not None:
+                    branch.to(device).train()
+                objective = ICMObjective(
+                    exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task),
+                    icm.amp,
+                )  # fmt: skip
+                stepper = _Stepper(
+                    codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1,
+                    device, on,
+                )  # fmt: skip
+                sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
+                setup = StepSetup(
+                    task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler
+                )
+                timed = time_steps(setup, steps)
+                shares = phase_seconds(setup)
+                flops = step_flops(setup)
+                total = sum(shares.values())
+                row = {
+                    "task": task,
+                    "variant": variant,
+                    "fast": on,
+                    **timed,
+                    "flops": flops,
+                    "floor_s": flops / rate,
+                    "x_floor": timed["s_per_step"] / (flops / rate),
+                    "shares": {k: v / total for k, v in shares.items()},
+                }
+                # undo what the fast flags did to the shared recognizer and the process
+                exp.machine(task).model.to(memory_format=torch.contiguous_format)
+                torch.backends.cudnn.benchmark = benchmark
+                print(
+                    f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{cfg.batch_size:>3}"
+                    f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
+                    f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
+                    + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
+                    flush=True,
+                )
+                rows.append(row)
+    for task in tasks:
+        for variant in variants:
+            pair = [r for r in rows if (r["task"], r["variant"]) == (task, variant)]
+            if len(pair) == 2:
+                print(
+                    f"{task} {variant}: fast on / off = "
+                    f"{pair[0]['s_per_step'] / pair[1]['s_per_step']:.2f}x faster"
+                )
+    return rows
 
 
 def amp_runs(device: torch.device) -> bool:

@@ -111,3 +111,30 @@ def test_paper_step_rows_with_autocast():
     )  # fmt: skip
     assert rows and all(r["s_per_step"] > 0 and r["hours"] > 0 for r in rows)
     assert rows[0]["syncs"] > 0 and rows[0]["by_phase"]["pseudo_labels"] > 0
+
+
+def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
+    """``bench icm``: per task/variant/fast one row with s/step, phase shares that add up to
+    the step, the step's FLOPs and its distance to the matmul floor; the fast flags' effect on
+    the shared recognizer is undone after each row."""
+    from icm_lib.stepbench import PHASES, bench_icm_step
+
+    exp = smoke_env
+    rows = bench_icm_step(exp, steps=1, tasks=("seg",), variants=("aux-enc",), fast=(False, True))
+    assert [(r["task"], r["variant"], r["fast"]) for r in rows] == [
+        ("seg", "aux-enc", False),
+        ("seg", "aux-enc", True),
+    ]
+    for r in rows:
+        assert r["s_per_step"] > 0 and r["flops"] > 0
+        assert r["x_floor"] == pytest.approx(r["s_per_step"] / r["floor_s"])
+        assert set(r["shares"]) == {*PHASES, "other"}
+        assert sum(r["shares"].values()) == pytest.approx(1.0)
+        assert r["shares"]["codec"] > 0 and r["shares"]["task_loss"] > 0
+        assert r["shares"]["branch"] > 0 and r["shares"]["optimizer"] > 0
+    # the same arithmetic with and without the layout change
+    assert rows[0]["flops"] == rows[1]["flops"]
+    model = exp.machine("seg").model
+    assert all(p.is_contiguous() for p in model.parameters())
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "seg aux-enc: fast on / off" in out
