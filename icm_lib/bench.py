@@ -1,7 +1,7 @@
 """Benchmarks that print figures (never timed tests).
 
     python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 5] [--train-steps 0]
-    python -m icm_lib.bench icm [--profile cpu] [--steps 5]
+    python -m icm_lib.bench icm [--profile cpu] [--steps 5] [--fast off|on|both]
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
@@ -19,10 +19,13 @@ peak resident memory above what the process held before (``ru_maxrss``), per cla
 Square and 1:64 / 64:1 claims of equal area show the autoregressive codecs' aspect-ratio effect
 (3 H + W wavefronts). ``--tile T`` adds the peak with :func:`icm_lib.tiling.synthesize_tiled`.
 
-``icm``: on the profile's data, machines and reference codec (prepared by notebook 00), the time of
-one training step of each task without and with the auxiliary branch (baseline vs aux-enc, same
-batch, median over ``--steps``; ratio), and the encode time of a baseline-trained and an
-aux-trained codec of the study's cache (ratio; the branch is not part of the codec, so ~1.0).
+``icm``: the training step as the yardstick (:func:`icm_lib.stepbench.bench_icm_step`): on the
+profile's data, machines and reference codec (prepared by notebook 00), the trainer's own step of
+each task and variant (baseline, aux-enc) with the step flags off and on (``--fast``), in one run:
+s/step (median over ``--steps``), images/s, the share of each phase, the step's FLOPs against
+this CPU's large-matmul rate (how far the step is from its arithmetic floor) and the on/off
+ratio; then the encode time of a baseline-trained and an aux-trained codec of the study's cache
+(ratio; the branch is not part of the codec, so ~1.0).
 
 ``backends``: the time of one ICM training step (baseline and aux-enc) with each recognition
 backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
