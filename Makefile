@@ -6,7 +6,7 @@ PROFILE ?= cpu
 OUTPUTS ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: install tutorial book test test-all lint format lab bench study clean-outputs strip sync
+.PHONY: install tutorial book test test-all lint format lab bench study experiments clean-outputs strip sync
 
 ## detectron2 and mmcv wheels for this machine (../shared/wheels here and in CI): when the folder
 ## has wheels, the detectron2 and MMSegmentation backends are installed from it too.
@@ -71,6 +71,22 @@ study: install
 	$(PY) -m icm_lib.study --study gan --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m icm_lib.claims --profile $(PROFILE)
 	$(PY) -m icm_lib.report --profile $(PROFILE) --readme README.md
+
+## The experiments of a profile whose λ a pilot chooses (make experiments PROFILE=cpu-patterns),
+## in their order, each step load-or-compute (a stopped one resumes): the world's acceptance
+## checks, the λ pilot, a stop unless the profile holds the λ the pilot chose (it says what to
+## set), the three studies over EXPERIMENT_SEEDS, the gradients, the claims, their tables.
+EXPERIMENT_SEEDS ?= 0 1 2 3 4 5
+experiments: install
+	$(PY) -m icm_lib.world_check --profile $(PROFILE)
+	$(PY) -m icm_lib.pilot --profile $(PROFILE)
+	$(PY) -m icm_lib.pilot --profile $(PROFILE) --check
+	$(PY) -m icm_lib.study --profile $(PROFILE) --seeds $(EXPERIMENT_SEEDS)
+	$(PY) -m icm_lib.study --study ablation --profile $(PROFILE) --seeds $(EXPERIMENT_SEEDS)
+	$(PY) -m icm_lib.study --study gan --profile $(PROFILE) --seeds $(EXPERIMENT_SEEDS)
+	$(PY) -m icm_lib.gradients --profile $(PROFILE)
+	$(PY) -m icm_lib.claims --profile $(PROFILE)
+	$(PY) -m icm_lib.report --profile $(PROFILE)
 
 ## Sync each notebooks/NN_*.py with its .ipynb (jupytext.toml pairs them): the newer one wins.
 sync: install

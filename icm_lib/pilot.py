@@ -173,7 +173,31 @@ def run_pilot(
     return write(True)
 
 
-def main(argv: list[str] | None = None) -> PilotFile:
+def check(profile: Profile, results_dir: str | Path) -> list[str]:
+    """What stands between the profile and its study: nothing (``[]``) when its λ grids and
+    ablation λ are those its committed pilot chose; else one line per difference, saying what
+    to set (the profile holds the choice as constants, which every reader of it sees)."""
+    path = PilotFile.path(results_dir, profile.name)
+    if not path.is_file():
+        return [f"no pilot yet: python -m icm_lib.pilot --profile {profile.name}"]
+    pilot = PilotFile.read(path)
+    if not pilot.complete:
+        return [f"the pilot is not complete: python -m icm_lib.pilot --profile {profile.name}"]
+    out = []
+    for task in pilot.selection:
+        chosen = pilot.selection[task]
+        if chosen.get("lambdas") is None:
+            out.append(f"{task}: the pilot chose no λ ({chosen.get('reason')})")
+            continue
+        field = f"{task}_lambdas"
+        if tuple(profile.icm.lambdas(task)) != tuple(chosen["lambdas"]):
+            out.append(f"{task}: set icm.{field} = {tuple(chosen['lambdas'])}")
+        if profile.ablation.lmbda(task) != chosen["ablation_lambda"]:
+            out.append(f"{task}: set ablation.{task}_lmbda = {chosen['ablation_lambda']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> PilotFile | list[str]:
     p = argparse.ArgumentParser(prog="python -m icm_lib.pilot", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="cpu-patterns")
     p.add_argument("--tasks", nargs="+", default=sorted(TASKS), choices=sorted(TASKS))
@@ -181,8 +205,20 @@ def main(argv: list[str] | None = None) -> PilotFile:
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--overrides", default="")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="train nothing: exit 1 unless the profile holds the λ its committed pilot chose",
+    )
     args = p.parse_args(argv)
     profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    if args.check:
+        problems = check(profile, args.results_dir)
+        for line in problems or [f"profile {profile.name} holds the λ its pilot chose"]:
+            print(line)
+        if problems:
+            raise SystemExit(1)
+        return problems
     out = run_pilot(
         profile,
         args.tasks,

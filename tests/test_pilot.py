@@ -116,17 +116,32 @@ def test_the_cpu_patterns_settings_are_what_its_pilot_chose():
     from it fails here."""
     from pathlib import Path
 
+    from icm_lib.pilot import check
+    from icm_lib.profiles import get_profile
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    if not (results / "pilot-cpu-patterns.json").is_file():
+        pytest.skip("the cpu-patterns pilot has not been committed yet")
+    assert check(get_profile("cpu-patterns"), results) == []
+
+
+def test_the_pilot_check_says_what_to_set(tmp_path):
+    from icm_lib.pilot import check, main
     from icm_lib.profiles import get_profile
     from icm_lib.results import PilotFile
 
-    path = Path(__file__).resolve().parents[1] / "results" / "pilot-cpu-patterns.json"
-    if not path.is_file():
-        pytest.skip("the cpu-patterns pilot has not been committed yet")
-    pilot, profile = PilotFile.read(path), get_profile("cpu-patterns")
-    assert pilot.complete
-    for task in ("det", "seg"):
-        chosen = pilot.selection[task]
-        assert chosen["lambdas"] is not None, chosen["reason"]
-        assert profile.icm.lambdas(task) == tuple(chosen["lambdas"])
-        assert profile.ablation.lmbda(task) == chosen["ablation_lambda"]
-        assert set(profile.icm.lambdas(task)) <= set(profile.pilot.lambdas(task))
+    profile = get_profile("smoke")
+    assert check(profile, tmp_path) == ["no pilot yet: python -m icm_lib.pilot --profile smoke"]
+    chosen = {"lambdas": [0.5, 5.0], "ablation_lambda": 0.5}
+    pilot = PilotFile(profile="smoke", seeds=[0], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, complete=True,
+                      selection={"seg": chosen})  # fmt: skip
+    pilot.write(PilotFile.path(tmp_path, "smoke"))
+    assert check(profile, tmp_path) == ["seg: set icm.seg_lambdas = (0.5, 5.0)"]
+    agreeing = get_profile("smoke", icm__seg_lambdas=(0.5, 5.0))
+    assert check(agreeing, tmp_path) == []
+    args = ["--profile", "smoke", "--results-dir", str(tmp_path), "--check"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 1
+    assert main([*args, "--overrides", "icm__seg_lambdas=(0.5,5.0)"]) == []
