@@ -53,6 +53,11 @@ class DiskFullError(FileWriteError):
     """The disk or the user's quota is full (``ENOSPC`` / ``EDQUOT``)."""
 
 
+class NotCachedError(ICMError):
+    """Something would have to be trained where only the cache may be read
+    (:func:`icm_lib.runtime.cached_only`); the message names it and the command that trains it."""
+
+
 class RunLockedError(ICMError):
     """Another process holds the writer lock of a run key (or a cache file) past the wait
     allowed; the message names the holder (pid, host, since when) and the lock file."""

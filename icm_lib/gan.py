@@ -47,6 +47,7 @@ from .runtime import (
     get_device,
     load_checkpoint,
     mix_seed,
+    refuse_training,
     seed_everything,
     state_fingerprint,
 )
@@ -242,6 +243,7 @@ def finetune_decoder(
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every)
     if run.finished:
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
+    refuse_training(f"the PatchGAN finetuning {run.dir.name}")
     with run.claim():  # one writer per run key: another process finetuning it is waited for
         if run.finished:  # ... and it finished the run meanwhile
             return load_codec(run.final_state()).to(device).eval(), run.read_log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import errno
 import hashlib
@@ -32,6 +33,7 @@ from .errors import (
     DiskFullError,
     FileWriteError,
     ICMError,
+    NotCachedError,
     RunLockedError,
 )
 
@@ -46,6 +48,36 @@ def tqdm(iterable=None, **kwargs):
 
     seconds = float(os.environ.get("ICM_PROGRESS_SECONDS", "20"))
     return plain(iterable, file=sys.stdout, mininterval=seconds, ascii=True, ncols=110, **kwargs)
+
+
+_CACHED_ONLY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "icm_cached_only", default=None
+)
+
+
+@contextlib.contextmanager
+def cached_only(command: str):
+    """``with cached_only("make tutorial PROFILE=cpu-patterns"):`` -- inside the block, anything
+    load-or-compute that is not in the cache (a recognizer, a codec run, a stopped run to
+    resume) raises :class:`~icm_lib.errors.NotCachedError` naming ``command`` instead of
+    training: how a notebook offers another world's cached models without starting hours of
+    training by surprise."""
+    token = _CACHED_ONLY.set(command)
+    try:
+        yield
+    finally:
+        _CACHED_ONLY.reset(token)
+
+
+def refuse_training(what: str) -> None:
+    """Raise :class:`~icm_lib.errors.NotCachedError` inside :func:`cached_only` (called where
+    ``what`` would start training)."""
+    command = _CACHED_ONLY.get()
+    if command is not None:
+        raise NotCachedError(
+            f"{what} is not in the cache, and this call only reads the cache; `{command}` "
+            "trains it (load-or-compute: what is cached is not trained again)"
+        )
 
 
 def get_device(prefer: str | None = None) -> torch.device:

@@ -41,7 +41,14 @@ from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .losses import Objective
 from .profiles import TrainConfig
-from .runtime import CheckpointParts, Distributed, RunFiles, mix_seed, seed_everything
+from .runtime import (
+    CheckpointParts,
+    Distributed,
+    RunFiles,
+    mix_seed,
+    refuse_training,
+    seed_everything,
+)
 
 
 class _TrainStep(nn.Module):
@@ -254,6 +261,7 @@ def train_codec(
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every, dist)
     if run.finished:
         return load_codec(run.final_state()).to(device).eval(), run.read_log()
+    refuse_training(f"the codec run {run.dir.name}")
     with run.claim():  # one writer per run key: another process training it is waited for
         if run.finished:  # ... and it finished the run meanwhile
             return load_codec(run.final_state()).to(device).eval(), run.read_log()

@@ -156,3 +156,25 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
         Distributed()
     with pytest.raises(ICMError, match="--device cpu"):
         Distributed(torch.device("cuda"))
+
+
+def test_cached_only_loads_what_is_cached_and_trains_nothing(smoke_env, tmp_path):
+    """Inside ``cached_only`` a cached experiment loads as usual, while a recognizer or a codec
+    run that is not cached raises NotCachedError naming the command, and nothing is written."""
+    from icm_lib.errors import NotCachedError
+    from icm_lib.experiment import Experiment
+    from icm_lib.profiles import get_profile
+    from icm_lib.runtime import cached_only
+
+    command, cpu = "make tutorial PROFILE=smoke", torch.device("cpu")
+    with cached_only(command):
+        exp = Experiment.prepare(smoke_env.profile, smoke_env.cache_dir.parent, cpu, False)
+        assert set(exp.machines) == {"det", "seg"}
+        run_dir = exp.run_dir("seg", "baseline", 123.0, 0)
+        with pytest.raises(NotCachedError, match=command) as exc:
+            exp.icm_run("seg", "baseline", 123.0, 0)
+        assert run_dir.name in str(exc.value) and not run_dir.exists()
+        with pytest.raises(NotCachedError, match="recognizer"):
+            Experiment.prepare(get_profile("smoke"), tmp_path / "data", cpu, False)
+    assert not list((tmp_path / "data" / "cache").glob("*.pt*"))
+    assert not list((tmp_path / "data" / "cache").glob("*.lock"))

@@ -29,6 +29,7 @@ from ..runtime import (
     data_key,
     load_checkpoint,
     mix_seed,
+    refuse_training,
     seed_everything,
     tqdm,
 )
@@ -362,6 +363,7 @@ def _load_or_train(
     path = Path(cache_dir) / f"{name}-{key}.pt"
     ckpt = _cached(path)
     if ckpt is None:
+        refuse_training(f"the {task.name} recognizer {path.name}")
         # one writer per cache file: a second process waits, then loads what the first wrote
         with RunLock(path.with_name(path.name + ".lock"), what=f"the recognizer cache {path}"):
             ckpt = _cached(path)
