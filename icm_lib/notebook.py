@@ -75,6 +75,12 @@ def show_claims(
     from .results import REGENERATE
 
     out: dict[str, list[dict]] = {}
+    if not (Path(results_dir) / "analysis-plan.json").is_file():
+        print(
+            f"no analysis plan in {results_dir}: the claims are tested as "
+            "results/analysis-plan.json declares them (restore it from git to see them)"
+        )
+        return {name: [] for name in profiles}
     for name in profiles:
         world = get_profile(name).data.world
         rows = [

@@ -58,10 +58,10 @@ _CACHED_ONLY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def cached_only(command: str):
     """``with cached_only("make tutorial PROFILE=cpu-patterns"):`` -- inside the block, anything
-    load-or-compute that is not in the cache (a recognizer, a codec run, a stopped run to
-    resume) raises :class:`~icm_lib.errors.NotCachedError` naming ``command`` instead of
-    training: how a notebook offers another world's cached models without starting hours of
-    training by surprise."""
+    load-or-compute that is not in the cache (the embedded scenes, a recognizer, a codec run, a
+    stopped run to resume) raises :class:`~icm_lib.errors.NotCachedError` naming ``command``
+    instead of computing it: how a notebook offers another world's cached models without
+    starting hours of training by surprise. (Evaluations of a cached codec are still computed.)"""
     token = _CACHED_ONLY.set(command)
     try:
         yield

@@ -33,6 +33,34 @@ from .tasks import DETECTION, get_task
 AS_TRAINED = "as trained"
 
 
+def other_world(profile, data_dir, device, seed: int, results_dir, images: int = 8):
+    """An :class:`Explorer` of another world's codecs, from the cache only (never trains): that
+    profile's experiment and the codecs of its recorded study's seed-``seed`` runs that are
+    cached (the others offered with the command that trains them). Raises
+    :class:`~icm_lib.errors.NotCachedError` (naming the command) where the world's recognizers
+    or reference codec are not cached."""
+    from .errors import NotCachedError
+    from .experiment import Experiment
+    from .results import StudyFile
+    from .runtime import cached_only
+
+    command = f"python -m icm_lib.world_check --profile {profile.name}"
+    with cached_only(command):
+        exp = Experiment.prepare(profile, data_dir, device, progress=False)
+    study = StudyFile.find(results_dir, profile.name)
+    recorded = sorted(
+        {(r.task, r.variant, r.lmbda) for r in (study.runs if study else []) if r.seed == seed}
+    )
+    codecs = {}
+    for task, variant, lmbda in recorded:
+        try:
+            with cached_only(command):
+                codecs[(task, variant, lmbda)] = exp.point(task, variant, lmbda, seed).codec
+        except NotCachedError:
+            pass  # offered with its train command
+    return Explorer(exp, codecs, images=images, recorded=recorded, seed=seed)
+
+
 @dataclass
 class View:
     """One rendered choice: its numbers and the picture (PNG bytes)."""

@@ -42,6 +42,7 @@ DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
 PRESETS = None  # PatchGAN presets (None: those notebook 04 finetuned, profile.tutorial)
 IMAGES = 8  # val images offered by the explorer
+OTHER_WORLDS = ["cpu-patterns"]  # profiles whose cached codecs the explorer offers too
 
 # %%
 from pathlib import Path
@@ -241,6 +242,40 @@ explorer = Explorer(exp, codecs, finetuned, images=IMAGES)
 display(explorer.widget())
 
 # %% [markdown]
+# **The other world.** The same explorer over another world's codecs (`OTHER_WORLDS`), read from
+# the cache only: nothing trains here. A world whose recognizers are not cached says the command
+# that trains them; a codec its study recorded but this cache lacks is offered with its command
+# (and a button that trains it here). Compare what a task-loss codec keeps where bits compete
+# (`cpu-patterns`: stripes whose period and orientation are the class) with the shapes world.
+
+# %%
+import ipywidgets as widgets
+
+from icm_lib.errors import NotCachedError
+from icm_lib.profiles import get_profile
+from icm_lib.widgets import other_world
+
+worlds = {f"{profile.name} ({profile.data.world})": explorer}
+not_cached = {}
+for name in OTHER_WORLDS:
+    other = get_profile(name)
+    try:
+        seen = other_world(other, S.data_dir, device, SEED, results_dir, IMAGES)
+    except NotCachedError as exc:
+        not_cached[name] = str(exc)
+        print(f"{name}: {exc}")
+        continue
+    if seen.recorded or seen.codecs:
+        worlds[f"{name} ({other.data.world})"] = seen
+    else:
+        print(f"{name}: no study recorded in {results_dir} for this world yet")
+if len(worlds) > 1:
+    tabs = widgets.Tab(children=[e.widget() for e in worlds.values()])
+    for i, title in enumerate(worlds):
+        tabs.set_title(i, title)
+    display(tabs)
+
+# %% [markdown]
 # Without a browser (papermill, a script), the same views render as figures. Here: one image of
 # each task for both machine codecs at the middle λ, and the codec of notebook 04 with its own
 # decoder and each finetuned one (the same bytes).
@@ -282,6 +317,11 @@ record = {
         "views": [v.numbers for v in samples],
         "render_seconds": seconds,
         "tasks": sorted({t for t, _, _ in codecs}),
+        "worlds": {
+            title: {"cached": len(e.codecs), "recorded": len(e.recorded)}
+            for title, e in worlds.items()
+        },
+        "not_cached": not_cached,
     },
 }
 print(S.record(record))

@@ -174,7 +174,11 @@ def test_cached_only_loads_what_is_cached_and_trains_nothing(smoke_env, tmp_path
         with pytest.raises(NotCachedError, match=command) as exc:
             exp.icm_run("seg", "baseline", 123.0, 0)
         assert run_dir.name in str(exc.value) and not run_dir.exists()
-        with pytest.raises(NotCachedError, match="recognizer"):
+        with pytest.raises(NotCachedError, match="embedded shapes scenes"):
+            Experiment.prepare(get_profile("smoke"), tmp_path / "data", cpu, False)
+        assert not (tmp_path / "data" / "embedded").exists()
+        with pytest.raises(NotCachedError, match="recognizer"):  # the scenes, not the machines
+            shutil.copytree(smoke_env.cache_dir.parent / "embedded", tmp_path / "data" / "embedded")
             Experiment.prepare(get_profile("smoke"), tmp_path / "data", cpu, False)
     assert not list((tmp_path / "data" / "cache").glob("*.pt*"))
     assert not list((tmp_path / "data" / "cache").glob("*.lock"))

@@ -213,6 +213,12 @@ def test_notebook_05_visualization_and_explorer(nb05):
     assert len({v["bytes"] for v in same_bytes}) == 1 and len({v["bpp"] for v in same_bytes}) == 1
     assert len({round(v["psnr"], 6) for v in same_bytes}) > 1  # ... and decode them differently
     assert len(list(out.glob("explorer_*.png"))) == len(views)
+    # the other world, read from the cache only: not generated or trained in this data folder
+    assert set(e["worlds"]) == {"smoke (shapes)"}
+    assert set(e["not_cached"]) == {"cpu-patterns"}
+    message = e["not_cached"]["cpu-patterns"]
+    assert "embedded patterns scenes" in message
+    assert "python -m icm_lib.world_check --profile cpu-patterns" in message
 
 
 def test_notebook_04_patchgan(nb04):

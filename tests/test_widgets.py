@@ -79,3 +79,28 @@ def test_a_recorded_codec_missing_here_says_its_command_and_trains_on_request(sm
     assert train.layout.display == "none"
     run_dir = exp.run_dir("seg", "aux-enc", 0.5, 0)
     assert (run_dir / "codec.pt").is_file()
+
+
+def test_another_worlds_explorer_reads_the_cache_only(smoke_env, tmp_path):
+    """``other_world``: the codecs a world's recorded study holds for the seed, loaded where
+    cached, offered with their command where not; nothing is trained."""
+    import torch
+
+    from icm_lib.results import RunRecord, StudyFile
+    from icm_lib.widgets import other_world
+
+    exp = smoke_env
+    exp.point("seg", "baseline", 0.05, 0)  # a run of the recorded study this cache holds
+    runs = [
+        RunRecord(task="seg", variant="baseline", lmbda=lm, seed=s, run_dir=None, steps=None,
+                  seconds=None)
+        for lm, s in ((0.05, 0), (77.0, 0), (0.05, 1))
+    ]  # fmt: skip
+    study = StudyFile(profile="smoke", seeds=[0, 1], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+    study.write(StudyFile.path(tmp_path, "smoke"))
+    seen = other_world(exp.profile, exp.cache_dir.parent, torch.device("cpu"), 0, tmp_path)
+    assert seen.recorded == {("seg", "baseline", 0.05), ("seg", "baseline", 77.0)}
+    assert set(seen.codecs) == {("seg", "baseline", 0.05)}
+    assert not exp.run_dir("seg", "baseline", 77.0, 0).exists()
+    assert "--profile smoke" in seen.train_command("seg", "baseline", 77.0)

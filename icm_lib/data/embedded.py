@@ -31,7 +31,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import DatasetError
-from ..runtime import atomic_write_json, config_hash, read_json, tqdm
+from ..runtime import atomic_write_json, config_hash, read_json, refuse_training, tqdm
 from . import patterns, scenes
 
 GENERATOR_VERSION = 1
@@ -175,6 +175,7 @@ def prepare_embedded(
     root = base / _tag(image_size, n_train, n_val, seed, world)
     meta_path = root / "meta.json"
     if not meta_path.is_file():
+        refuse_training(f"the embedded {world} scenes {root.name}")
         base.mkdir(parents=True, exist_ok=True)
         tmp = base / f".{root.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
