@@ -117,3 +117,47 @@ def show_claims(
             fig.savefig(Path(output_dir) / f"{stem}.png", dpi=110, bbox_inches="tight")
         plt.show()
     return out
+
+
+def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -> dict:
+    """The mechanism behind Iino et al.'s premise, per world: from
+    ``results/gradients-<profile>.json`` (``python -m icm_lib.gradients``), per task the mean over
+    batches of the branch's and the task loss's gradient norms on g_a, their ratio and cosine, at
+    the start of training and on the trained aux-enc run. A world without the file says the
+    command that measures it.
+
+    Returns:
+        ``{profile: {task: {state: {stat: mean}}} or None}`` for :meth:`Setup.record`.
+    """
+    from .results import REGENERATE, GradientsFile
+
+    def mean(values):
+        finite = [v for v in values if v is not None]
+        return sum(finite) / len(finite) if finite else None
+
+    out: dict = {}
+    for name in profiles:
+        f = GradientsFile.find(results_dir, name)
+        if f is None:
+            print(
+                f"profile {name}: not measured yet: `{REGENERATE['gradients'].format(profile=name)}`"
+            )
+            out[name] = None
+            continue
+        out[name] = {}
+        for task, entry in f.tasks.items():
+            states = {s: entry[s] for s in ("at_start", "trained") if entry.get(s)}
+            out[name][task] = {
+                s: {k: mean(v) for k, v in stats.items()} for s, stats in states.items()
+            }
+            for s, m in out[name][task].items():
+                ratio = "—" if m["ratio"] is None else f"{m['ratio']:.3g}"
+                cosine = "—" if m["cosine"] is None else f"{m['cosine']:+.3f}"
+                print(
+                    f"profile {name}, {task} λ={entry['lmbda']:g}, {s.replace('_', ' ')}: "
+                    f"‖g_branch‖/‖g_task‖ = {ratio}, cosine {cosine} "
+                    f"(mean of {entry['batches']['count']} batches)"
+                )
+            if entry.get("trained_note"):
+                print(f"profile {name}, {task}: {entry['trained_note']}")
+    return out

@@ -342,6 +342,19 @@ claims_shown = show_claims(RESULTS_DIR, CLAIMS_PROFILES, rd_claims, S.output_dir
 print(S.record({"claims": claims_shown}, name="claims.json"))
 
 # %% [markdown]
+# **Who pushes the encoder?** The paper's premise is that the task loss, reaching g_a through g_s
+# and a deep recognizer, pushes the encoder weakly, and the branch on ŷ more directly. Measured on
+# each world's recognizers (`python -m icm_lib.gradients`): the branch's gradient norm on g_a over
+# the task loss's (above 1: the branch pushes harder) and their cosine (above 0: the same way), at
+# the start of training and on the trained aux-enc codec.
+
+# %%
+from icm_lib.notebook import show_gradients
+
+gradients_shown = show_gradients(RESULTS_DIR, CLAIMS_PROFILES)
+print(S.record({"gradients": gradients_shown}, name="mechanism.json"))
+
+# %% [markdown]
 # ## Next
 #
 # * **The study** — `make study` repeats notebooks 01–02 over three seeds and writes the BD-rates

@@ -80,3 +80,22 @@ def test_the_gradients_file_measures_start_and_the_trained_run(smoke_env, tmp_pa
         trained is not None and trained["task_norm"] != after.tasks["seg"]["at_start"]["task_norm"]
     )
     assert after.tasks["seg"]["at_start"] == before.tasks["seg"]["at_start"]  # deterministic
+
+
+def test_show_gradients_reads_the_file_or_says_the_command(tmp_path, capsys):
+    from icm_lib.notebook import show_gradients
+    from icm_lib.results import GradientsFile
+
+    start = {"task_norm": [1.0, 3.0], "branch_norm": [4.0, 2.0], "ratio": [4.0, None],
+             "cosine": [0.5, 0.1], "rate_norm": [1.0, 1.0]}  # fmt: skip
+    entry = {"lmbda": 0.5, "batches": {"count": 2}, "at_start": start, "trained": None,
+             "trained_note": "not in the cache yet", "dropout": {}}  # fmt: skip
+    GradientsFile(profile="t", seeds=[0], compute_hours_in_runs=0, wall_hours_this_invocation=0,
+                  tasks={"seg": entry}).write(GradientsFile.path(tmp_path, "t"))  # fmt: skip
+    shown = show_gradients(tmp_path, ["t", "u"])
+    assert shown["u"] is None
+    means = shown["t"]["seg"]["at_start"]
+    assert means["task_norm"] == 2.0 and means["ratio"] == 4.0  # a non-finite batch left out
+    assert means["cosine"] == pytest.approx(0.3) and set(shown["t"]["seg"]) == {"at_start"}
+    out = capsys.readouterr().out
+    assert "python -m icm_lib.gradients --profile u" in out and "not in the cache yet" in out

@@ -171,6 +171,13 @@ def test_notebook_02_shows_iino_et_als_rd_claims(nb02):
         nb02[1], "iino_seg_rd", "iino_det_rd", "iino_det_vs_roi"
     )["claims"]["cpu"]
     assert not any("ablation" in r["name"] for r in rows)
+    # the mechanism: the gradients files of both worlds, where measured
+    from icm_lib.results import GradientsFile
+
+    shown = json.loads((nb02[1] / "mechanism.json").read_text())["gradients"]
+    assert set(shown) == {"cpu", "cpu-patterns"}
+    for name, entry in shown.items():
+        assert (entry is None) == (GradientsFile.find(ROOT / "results", name) is None)
 
 
 def test_notebook_03_shows_the_ablation_claims(nb03):
