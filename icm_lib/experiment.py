@@ -64,7 +64,10 @@ def load_or_train_reference_codec(
         }
     )
     sampler = CropSampler(datasets.det_train, cfg.crop, cfg.batch_size, cfg.seed)
-    batch = val_crops(datasets.val("det"), profile.ablation.val_images, cfg.crop).to(device)
+    validate = None
+    if every:
+        batch = val_crops(datasets.val("det"), profile.ablation.val_images, cfg.crop)
+        validate = reference_validator(batch.to(device))
     return train_codec(
         codec,
         sampler,
@@ -75,7 +78,7 @@ def load_or_train_reference_codec(
         progress,
         dist=dist,
         desc=f"MSE reference codec λ={cfg.lmbda:g}",
-        validate=reference_validator(batch) if every else None,
+        validate=validate,
         validate_every=every,
     )
 
