@@ -119,8 +119,17 @@ def _validation_key(profile: Profile, every: int) -> dict:
 
 #: the ICMConfig fields that do not decide a run, left out of its key: the schedules enter as
 #: ``train``, validation as its own part; the λ grids only list which runs a study holds (a run's
-#: own λ is in ``train``), so a grid chosen by the pilot keeps the pilot's runs
-UNKEYED_ICM = ("det", "seg", "validate_every", "det_lambdas", "seg_lambdas", "mse_lambdas")
+#: own λ is in ``train``), so a grid chosen by the pilot keeps the pilot's runs; the ROI method's
+#: QF acts at evaluation only (its evaluation file carries the QF in its name)
+UNKEYED_ICM = (
+    "det",
+    "seg",
+    "validate_every",
+    "det_lambdas",
+    "seg_lambdas",
+    "mse_lambdas",
+    "roi_qf",
+)
 
 
 def run_config(

@@ -243,28 +243,29 @@ def test_a_checkpoint_field_needs_pretrained():
 #: reference codec of `stub_experiment`. The ICM runs' keys were re-recorded on purpose at stop 27,
 #: before any cpu-patterns run: the dead field `ICMConfig.mse_qualities` left the key, and so did
 #: the λ grids (a run's own λ keys it; a grid only lists runs, so the pilot's runs stay the
-#: study's once the grid is chosen). The recognizer and codec keys are f3b5ec8's.
+#: study's once the grid is chosen), and the ROI method's QF (evaluation only). The recognizer and
+#: codec keys are f3b5ec8's.
 KEYS_BEFORE = {
     "smoke": {
         "recognition": "1768fa5797",
         "codec": "24c20b16bc",
-        "det": "det-aux-enc-lmbda0.05-seed0-cb166372cb",
-        "seg": "seg-baseline-lmbda0.05-seed1-6f00fbd5a7",
-        "ablation": "seg-aux-task-lmbda0.5-seed0-10ce6dc8d5",
+        "det": "det-aux-enc-lmbda0.05-seed0-b1039971b0",
+        "seg": "seg-baseline-lmbda0.05-seed1-d0f33f7e3b",
+        "ablation": "seg-aux-task-lmbda0.5-seed0-2b05c4ff79",
     },
     "cpu": {
         "recognition": "00a1484ca5",
         "codec": "570ee75332",
-        "det": "det-aux-enc-lmbda0.4-seed0-787506c0f9",
-        "seg": "seg-baseline-lmbda1-seed1-eade872c23",
-        "ablation": "seg-aux-task-lmbda2-seed0-11740f0c2a",
+        "det": "det-aux-enc-lmbda0.4-seed0-6f044ae4f8",
+        "seg": "seg-baseline-lmbda1-seed1-d11b69ea7f",
+        "ablation": "seg-aux-task-lmbda2-seed0-10225a3a98",
     },
     "paper": {
         "recognition": "ee5c2ab2e3",
         "codec": "e1d634df06",
-        "det": "det-aux-enc-lmbda0.4-seed0-a806a259cd",
-        "seg": "seg-baseline-lmbda1-seed1-dad7ae468a",
-        "ablation": "seg-aux-task-lmbda2-seed0-ab30e30eec",
+        "det": "det-aux-enc-lmbda0.4-seed0-0274268a16",
+        "seg": "seg-baseline-lmbda1-seed1-f67c912215",
+        "ablation": "seg-aux-task-lmbda2-seed0-936cb26493",
     },
 }
 
@@ -291,10 +292,15 @@ def test_the_new_fields_leave_every_run_key_unchanged(name):
 
 
 def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():
-    """The pilot chooses the grid after its runs: they must keep their keys."""
+    """The pilot chooses the grid after its runs: they must keep their keys (so must another
+    QF of the ROI method, which acts at evaluation only)."""
     base = get_profile("cpu")
     regrid = get_profile(
-        "cpu", icm__det_lambdas=(0.1, 0.4), icm__seg_lambdas=(0.5,), icm__mse_lambdas=(0.01,)
+        "cpu",
+        icm__det_lambdas=(0.1, 0.4),
+        icm__seg_lambdas=(0.5,),
+        icm__mse_lambdas=(0.01,),
+        icm__roi_qf=2.0,
     )
     other = get_profile("cpu", icm__alpha=0.25)
     names = [
