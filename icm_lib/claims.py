@@ -44,6 +44,8 @@ from .statistics import (
 )
 
 PLAN = Path("results") / "analysis-plan.json"
+#: the results files a profile's claims are computed from (besides the plan)
+CLAIM_SOURCES = (StudyFile, AblationFile, GanFile)
 
 
 @dataclass
@@ -419,9 +421,7 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
 def inputs_of(results_dir: str | Path, profile: str) -> dict[str, str]:
     """The files the profile's claims are computed from (the plan and the study, ablation and
     PatchGAN files that exist), name -> SHA-256 of their bytes."""
-    names = ["analysis-plan.json"] + [
-        cls.path(".", profile).name for cls in (StudyFile, AblationFile, GanFile)
-    ]
+    names = ["analysis-plan.json"] + [cls.path(".", profile).name for cls in CLAIM_SOURCES]
     return {
         n: hashlib.sha256((Path(results_dir) / n).read_bytes()).hexdigest()
         for n in names
@@ -458,10 +458,10 @@ def claims_file(results_dir: str | Path, profile: str, n_boot: int = 2000) -> Cl
 def stale_files(results_dir: str | Path, profile: str) -> list[str]:
     """The profile's results files the claims read whose numbers are known not to be today's
     code's (``reproduced_by_current_code`` false), by file name."""
-    files = (cls.find(results_dir, profile) for cls in (StudyFile, AblationFile, GanFile))
+    files = ((cls, cls.find(results_dir, profile)) for cls in CLAIM_SOURCES)
     return [
         cls.path(".", profile).name
-        for cls, f in zip((StudyFile, AblationFile, GanFile), files)
+        for cls, f in files
         if f is not None and f.reproduced_by_current_code is False
     ]
 
