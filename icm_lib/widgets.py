@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
-import torch
 
-from . import plots
-from .metrics import ConfusionMatrix, bpp_from_bytes, detection_map, psnr
+from . import plots, views
+from .metrics import ConfusionMatrix, detection_map, psnr
 from .tasks import DETECTION, get_task
 
 #: the decoder choice for "the codec as trained"
@@ -173,18 +172,12 @@ class Explorer:
         dataset = self.exp.datasets.val(task)
         image, target = dataset[index]
         machine = self.exp.machine(task)
-        device = self.exp.device
-        data = encoder.compress(image)  # the bytes; a finetuned decoder reads the same ones
-        x_hat = codec.decompress(data)[0].cpu()
-        bpp = bpp_from_bytes(len(data), *image.shape[-2:])
-        with torch.no_grad():
-            bits = plots.bit_allocation(
-                encoder.coder_likelihoods(_padded(image).to(device)), _padded(image).shape[-2:]
-            )[: image.shape[1], : image.shape[2]].cpu()
-            on_decoded = _predict(machine, x_hat, device)
-            if (task.name, index) not in self._originals:  # the same for every codec
-                self._originals[(task.name, index)] = _predict(machine, image, device)
-            on_original = self._originals[(task.name, index)]
+        # the bytes are the encoder's; a finetuned decoder reads the same ones
+        view = views.decoded(encoder, image, machine, decoder=codec)
+        x_hat, bits, bpp, on_decoded = view.x_hat, view.bits, view.bpp, view.output
+        if (task.name, index) not in self._originals:  # the same for every codec
+            self._originals[(task.name, index)] = views.machine_output(machine, image)
+        on_original = self._originals[(task.name, index)]
         score = _image_score(task, machine, on_decoded, target)
         numbers = {
             "task": task.name,
@@ -192,13 +185,13 @@ class Explorer:
             "lmbda": lmbda,
             "index": index,
             "decoder": decoder,
-            "bytes": len(data),
+            "bytes": len(view.data),
             "bpp": bpp,
             "psnr": psnr(x_hat[None], image[None]),
             task.metric: score,
         }
         fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
-        names = _class_names(dataset)
+        names = views.class_names(dataset)
         plots.draw_machine_output(axes[0], image, on_original, task, names, "original + machine")
         plots.draw_machine_output(
             axes[1],
@@ -307,22 +300,6 @@ class Explorer:
         )
 
 
-def _padded(image: torch.Tensor) -> torch.Tensor:
-    from .data.transforms import pad_to_multiple
-
-    return pad_to_multiple(image[None])[0]
-
-
-def _predict(machine, image: torch.Tensor, device):
-    """The machine's output as it is used: detections above its pseudo-label threshold (with
-    their scores), or the label map."""
-    out = machine.predict(_padded(image).to(device))[0]
-    if machine.task is DETECTION:
-        keep = out["scores"] >= machine.score_threshold
-        return {k: v[keep].cpu() for k, v in out.items()}
-    return out[: image.shape[1], : image.shape[2]].cpu()
-
-
 def _image_score(task, machine, prediction, target) -> float:
     """The task metric of one image against its ground truth."""
     if task is DETECTION:
@@ -330,10 +307,6 @@ def _image_score(task, machine, prediction, target) -> float:
     cm = ConfusionMatrix(machine.num_classes)
     cm.update(prediction, target)
     return cm.miou()
-
-
-def _class_names(dataset) -> list[str]:
-    return list(getattr(dataset, "category_names", None) or dataset.classes)
 
 
 __all__ = ["AS_TRAINED", "Explorer", "View"]

@@ -270,7 +270,7 @@ if codec_log:
     )
 
 # %%
-from icm_lib import bitstream
+from icm_lib import bitstream, views
 
 image = ds.det_val[0][0]
 coded = codec.roundtrip(image)
@@ -278,8 +278,6 @@ header, strings = bitstream.unpack(coded.data)
 # the decoder must receive exactly the encoder's quantized latent
 data, encoder_latent = codec.compress_with_latent(image)
 latent_identical = bool(torch.equal(codec.decoded_latent(data), encoder_latent))
-with torch.no_grad():
-    enc = codec.encode(pad_to_multiple(image[None].to(device))[0])
 
 print(
     f"{len(coded.data)} bytes for a {header.height}x{header.width} image; streams {[len(s) for s in strings]} bytes"
@@ -293,12 +291,11 @@ print(f"decoded latent identical to the encoder's: {latent_identical}")
 
 from icm_lib.metrics import psnr
 
-bit_map = plots.bit_allocation(enc["likelihoods"], tuple(pad_to_multiple(image)[0].shape[-2:]))
 rt_psnr = psnr(coded.x_hat.cpu(), image[None])
 fig = plots.roundtrip_figure(
     image,
     coded.x_hat[0],
-    bit_map[: image.shape[1], : image.shape[2]],
+    views.bits_of(codec, image),  # bits per pixel of ŷ, as the coder prices them
     f"{coded.bpp:.3f} bpp (actual), PSNR {rt_psnr:.2f} dB",
 )
 plots.save(fig, S.output_dir, "roundtrip")

@@ -225,11 +225,10 @@ for task in TASKS:
 # %%
 import matplotlib.pyplot as plt
 
-from icm_lib.data.transforms import pad_to_multiple
+from icm_lib import views
 
 task = next(t for t in TASKS if baseline[t])  # the first task with a codec trained here
 image = ds.val(task)[0][0]
-x = pad_to_multiple(image[None].to(device))[0]
 mse_codec = (
     min(mse_points, key=lambda p: p.record["eval"][task]["bpp"]).codec
     if mse_points
@@ -243,10 +242,7 @@ axes[0].imshow(image.permute(1, 2, 0).numpy())
 axes[0].set_title("input", fontsize=9)
 maps = {}
 for ax, (name, c) in zip(axes[1:], [("MSE codec", mse_codec), (f"{task} task loss", task_codec)]):
-    c = c.to(device).eval()
-    maps[name] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[
-        : image.shape[1], : image.shape[2]
-    ]
+    maps[name] = views.bits_of(c.to(device), image)
     im = ax.imshow(maps[name].cpu().numpy(), cmap="viridis")
     ax.set_title(f"{name}: {float(maps[name].mean()):.3f} bpp (estimate)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)

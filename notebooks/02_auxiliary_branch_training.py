@@ -210,22 +210,17 @@ for task in TASKS:
 
 # %%
 import matplotlib.pyplot as plt
-import torch
 
-from icm_lib.data.transforms import pad_to_multiple
+from icm_lib import views
 
 maps_record = {}
 fig, axes = plt.subplots(len(TRAINED), 4, figsize=(13, 3.3 * len(TRAINED)), squeeze=False)
 for row, task in zip(axes, TRAINED):
     image = ds.val(task)[0][0]
-    x = pad_to_multiple(image[None].to(device))[0]
     lm = mid[task]
     maps = {}
     for variant in ("baseline", "aux-enc"):
-        c = codec_of[(task, variant, lm)].to(device).eval()
-        maps[variant] = plots.bit_allocation(c.coder_likelihoods(x), tuple(x.shape[-2:]))[
-            : image.shape[1], : image.shape[2]
-        ].cpu()
+        maps[variant] = views.bits_of(codec_of[(task, variant, lm)].to(device), image)
     row[0].imshow(image.permute(1, 2, 0).numpy())
     row[0].set_title(f"{task} input", fontsize=9)
     vmax = max(float(m.max()) for m in maps.values())
@@ -270,6 +265,8 @@ if "det" in TRAINED:
 
 # %%
 from pathlib import Path
+
+import torch
 
 from icm_lib.codec import load_codec
 from icm_lib.runtime import load_checkpoint

@@ -91,30 +91,12 @@ print(f"{len(codecs)} codecs and {len(gan)} finetuned decoders in {time.perf_cou
 # codec at the λ whose rate is closest.
 
 # %%
-import torch
-
-from icm_lib import plots
-from icm_lib.data.transforms import pad_to_multiple
+from icm_lib import plots, views
 
 
 def panel(codec, image, machine):
-    x = pad_to_multiple(image[None].to(device))[0]
-    with torch.no_grad():
-        coded = codec.roundtrip(image)
-        bits = plots.bit_allocation(codec.coder_likelihoods(x), tuple(x.shape[-2:]))
-    x_hat = coded.x_hat[0].cpu()
-    h, w = image.shape[1:]
-    output = machine.predict(pad_to_multiple(x_hat[None].to(device))[0])[0]
-    if not isinstance(output, dict):
-        output = output[:h, :w]
-    return {
-        "x_hat": x_hat,
-        "bits": bits[:h, :w].cpu(),
-        "bpp": coded.bpp,
-        "output": {k: v.cpu() for k, v in output.items()}
-        if isinstance(output, dict)
-        else output.cpu(),
-    }
+    """One column of the figure: x̂ from real bytes, its bpp, the bits map, the machine on x̂."""
+    return views.decoded(codec, image, machine).as_panel()
 
 
 fig56 = {}
@@ -136,15 +118,9 @@ for task in TRAINED:
         ),
     )
     panels = {"MSE codec": panel(codecs[(task, "mse", mse_lm)], image, machine), **panels}
-    on_input = machine.predict(pad_to_multiple(image[None].to(device))[0])[0]
-    panels["w/o aux"]["on_input"] = (
-        {k: v.cpu() for k, v in on_input.items()}
-        if isinstance(on_input, dict)
-        else on_input[: image.shape[1], : image.shape[2]].cpu()
-    )
-    names = list(getattr(val, "category_names", None) or val.classes)
+    panels["w/o aux"]["on_input"] = views.machine_output(machine, image)
     fig = plots.bit_allocation_comparison(
-        image, panels, task, names, "w/o aux", ("w/o aux", "w/ aux")
+        image, panels, task, views.class_names(val), "w/o aux", ("w/o aux", "w/ aux")
     )
     plots.save(fig, S.output_dir, f"bit_allocation_{task}")
     diff = panels["w/o aux"]["bits"] - panels["w/ aux"]["bits"]
