@@ -50,7 +50,9 @@ def test_machine_output_is_what_the_machine_uses_at_the_images_size(smoke_env, i
     det = smoke_env.machine(DETECTION)
     scene = smoke_env.datasets.val(DETECTION)[0][0]
     kept, every = views.machine_output(det, scene), views.machine_output(det, scene, False)
-    assert set(kept) == {"boxes", "labels", "scores"} and len(kept["scores"]) <= len(every["scores"])
+    assert set(kept) == {"boxes", "labels", "scores"} and len(kept["scores"]) <= len(
+        every["scores"]
+    )
     assert (kept["scores"] >= det.score_threshold).all()
     assert int((every["scores"] >= det.score_threshold).sum()) == len(kept["scores"])
 
