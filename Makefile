@@ -61,8 +61,8 @@ bench: install
 	$(PY) -m icm_lib.bench codec
 	$(PY) -m icm_lib.bench icm --profile $(PROFILE)
 
-## The studies, resumable, into results/: seed 001 (both tasks, 4 lambda, baseline / aux-enc + ROI),
-## its branch-position ablation (section 4.2) and seed 002 (PatchGAN presets), seeds 0-2; then
+## The studies, resumable, into results/: Iino et al. (both tasks, 4 lambda, baseline / aux-enc + ROI),
+## its branch-position ablation (section 4.2) and Le et al. (PatchGAN presets), seeds 0-2; then
 ## the claims (results/claims-<profile>.json) and the README's tables.
 SEEDS ?= 0 1 2
 study: install
@@ -70,7 +70,7 @@ study: install
 	$(PY) -m icm_lib.study --study ablation --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m icm_lib.study --study gan --profile $(PROFILE) --seeds $(SEEDS)
 	$(PY) -m icm_lib.claims --profile $(PROFILE)
-	$(PY) -m icm_lib.report --profile $(PROFILE) --readme README.md
+	$(PY) -m icm_lib.report --readme README.md
 
 ## The experiments of a profile whose λ a pilot chooses (make experiments PROFILE=cpu-patterns),
 ## in their order, each step load-or-compute (a stopped one resumes): the world's acceptance
@@ -86,7 +86,7 @@ experiments: install
 	$(PY) -m icm_lib.study --study gan --profile $(PROFILE) --seeds $(EXPERIMENT_SEEDS)
 	$(PY) -m icm_lib.gradients --profile $(PROFILE)
 	$(PY) -m icm_lib.claims --profile $(PROFILE)
-	$(PY) -m icm_lib.report --profile $(PROFILE)
+	$(PY) -m icm_lib.report --readme README.md
 
 ## Sync each notebooks/NN_*.py with its .ipynb (jupytext.toml pairs them): the newer one wins.
 sync: install

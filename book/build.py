@@ -256,9 +256,9 @@ def _toctree(caption: str, entries: list[str], hidden: bool = False) -> list[str
 
 # ---------------------------------------------------------------------- studies
 STUDY_TITLES = {
-    "study": "Study: R-D curves and BD-rates (Iino et al., seed 001)",
+    "study": "Study: R-D curves and BD-rates (Iino et al.)",
     "ablation": "Study: where the auxiliary loss enters (Iino et al., section 4.2)",
-    "gan": "Study: PatchGAN decoder finetuning over seeds (Le et al., seed 002)",
+    "gan": "Study: PatchGAN decoder finetuning over seeds (Le et al.)",
 }
 
 
@@ -321,7 +321,7 @@ def _provenance_lines(d, path: Path, command: str) -> list[str]:
 
 
 def _gan_figure(d, path: Path) -> Path:
-    """Seed 002's changes (after − before, mean ± 95 % CI over seeds) per preset."""
+    """Le et al.'s changes (after − before, mean ± 95 % CI over seeds) per preset."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""The auxiliary recognition branch of Iino et al. (seed 001, Tables 1-2): backbones.
+"""The auxiliary recognition branch of Iino et al. (Tables 1-2): backbones.
 
 The aux-enc branch reads the quantized latent ŷ (stride 16, M channels) just before the decoder::
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as _st
 
+from .files import read_json
 from .results import AblationFile, ClaimsFile, GanFile, RDPoint, RunRecord, StudyFile
-from .runtime import read_json
 from .statistics import (
     bd_rate_effect,
     equal_rate_delta,

@@ -39,8 +39,8 @@ FORWARDED = {
     "gan": ("icm_lib.gan", "PatchGAN decoder finetuning (python -m icm_lib.gan)"),
     "report": ("icm_lib.report", "the README's results tables (python -m icm_lib.report)"),
     "tutorial": ("icm_lib.tutorial", "run the notebooks (python -m icm_lib.tutorial)"),
-    "bench": ("icm_lib.bench", "benchmarks (python -m icm_lib.bench)"),
-    "fuzz": ("icm_lib.fuzz", "fuzz the decoder (python -m icm_lib.fuzz)"),
+    "bench": ("icm_lib.dev.bench", "benchmarks (python -m icm_lib.bench)"),
+    "fuzz": ("icm_lib.dev.fuzz", "fuzz the decoder (python -m icm_lib.fuzz)"),
     "world-check": ("icm_lib.world_check", "a world's acceptance checks (icm_lib.world_check)"),
     "pilot": ("icm_lib.pilot", "the λ pilot (python -m icm_lib.pilot)"),
     "claims": ("icm_lib.claims", "the claims' verdicts (python -m icm_lib.claims)"),
@@ -188,7 +188,8 @@ def load_saved_codec(path: Path, device: str = "cpu"):
     """
     from .codec import load_codec
     from .errors import CheckpointError
-    from .runtime import RunFiles, load_checkpoint
+    from .files import load_checkpoint
+    from .runtime import RunFiles
 
     path = Path(path)
     if path.is_dir():
@@ -224,8 +225,8 @@ def _zoo_codec(name: str, quality: int, device: str, weights: Path | None = None
 def encode(args: argparse.Namespace) -> int:
     """``encode``: read the image, compress, write the stream atomically, report."""
     from .data.images import to_rgb_tensor
+    from .files import atomic_write_bytes
     from .metrics import bpp_from_bytes
-    from .runtime import atomic_write_bytes
 
     x = to_rgb_tensor(args.image, batch=True)  # the image first: a bad one costs no model
     if args.zoo_weights is not None and args.zoo is None:
@@ -267,7 +268,7 @@ def decode(args: argparse.Namespace) -> int:
 
     from . import bitstream
     from .errors import BitstreamError
-    from .runtime import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     if args.output.suffix.lower() != ".png":
         raise ICMError(f"decode writes PNG; name the output *.png, not {args.output.name}")

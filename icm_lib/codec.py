@@ -30,7 +30,7 @@ from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavaila
 from .metrics import bpp_from_bytes, bpp_from_likelihoods
 from .weights import compressai_zoo_model
 
-#: the four codecs the tutorial names; cheng2020-attn is seed 001's default.
+#: the four codecs the tutorial names; cheng2020-attn is Iino et al.'s default.
 CODEC_NAMES = ("cheng2020-attn", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2018-factorized")
 _DECODER_ATTR = "g_s"
 #: the container's 16-bit size fields: the largest side a stream can hold
@@ -141,7 +141,7 @@ class ICMCodec(nn.Module):
 
     @property
     def decoder_last_layer(self) -> nn.Module:
-        """The last layer of g_s (its input is the aux-dec position of seed 001 section 4.2)."""
+        """The last layer of g_s (its input is the aux-dec position of Iino et al. section 4.2)."""
         return list(self.decoder.children())[-1]
 
     @property
@@ -257,7 +257,7 @@ class ICMCodec(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def quantile_loss(self) -> torch.Tensor:
-        """CompressAI's ``aux_loss()``: trains the entropy bottleneck's quantiles (not seed 001's
+        """CompressAI's ``aux_loss()``: trains the entropy bottleneck's quantiles (not Iino et al.'s
         auxiliary branch)."""
         return self.model.aux_loss()
 

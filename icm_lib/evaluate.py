@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .codec import ICMCodec
+from .data.context import IGNORE_INDEX
 from .data.transforms import pad_to_multiple
 from .errors import BDRateError
 from .metrics import (
@@ -36,6 +37,7 @@ from .metrics import (
     ms_ssim,
     psnr,
 )
+from .recognition.evaluation import eval_batches
 from .results import (
     ImageRecords,
     RDPoint,
@@ -59,7 +61,7 @@ class BitstreamRoundTrip:
         codec: the codec.
         roi_dataset: with ``roi_qf``, apply the ROI baseline (:mod:`icm_lib.roi`) using
             ``roi_dataset.roi_mask(i)`` for the i-th image coded; images must then arrive in the
-            dataset's order (as :func:`~icm_lib.recognition.training.eval_batches` yields them).
+            dataset's order (as :func:`~icm_lib.recognition.evaluation.eval_batches` yields them).
         roi_qf: the quantization factor outside the ROI.
     """
 
@@ -168,7 +170,7 @@ class BitstreamRoundTrip:
 def score_images(machine, dataset, device: torch.device, transform=None, batch_size: int = 4):
     """The task metric of ``machine`` on ``dataset`` (each batch through ``transform`` first)
     and each image's contribution to it: the loop of
-    :func:`~icm_lib.recognition.training.evaluate_detection` / ``evaluate_segmentation`` (the
+    :func:`~icm_lib.recognition.evaluation.evaluate_detection` / ``evaluate_segmentation`` (the
     same batches, so the same numbers) keeping per-image data.
 
     Returns:
@@ -176,9 +178,6 @@ def score_images(machine, dataset, device: torch.device, transform=None, batch_s
         per-image fields of :class:`~icm_lib.results.ImageRecords` for the task (``gt`` and
         ``dt``, or ``intersection``, ``union`` and ``labelled``).
     """
-    from .data.context import IGNORE_INDEX
-    from .recognition.training import eval_batches
-
     detection = machine.task is DETECTION
     preds, gts = [], []
     total = None if detection else ConfusionMatrix(machine.num_classes, IGNORE_INDEX)

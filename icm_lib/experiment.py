@@ -7,11 +7,11 @@ human-viewing reference codec, each load-or-compute under ``<data_dir>/cache``::
     exp.datasets.train("det"), exp.machine("seg"), exp.reference
     codec, log, run_dir = exp.icm_run("det", "aux-enc", 0.8, seed=0)     # one trained codec
     point = exp.point("det", "aux-enc", 0.8, seed=0)                     # ... and its R-D point
-    for point in exp.grid([0], ["det", "seg"], ["baseline", "aux-enc"]):  # seed 001's grid
+    for point in exp.grid([0], ["det", "seg"], ["baseline", "aux-enc"]):  # Iino et al.'s grid
         ...
 
 Runs are keyed by everything that determines them (schedule, variant, task, codec, recognizers,
-seed 001's settings, the reference codec's exact weights, the data), so the study, the notebooks
+Iino et al.'s settings, the reference codec's exact weights, the data), so the study, the notebooks
 and the command line share every run they have in common.
 """
 
@@ -285,7 +285,7 @@ class Experiment:
         stop_after: int | None = None,
         validate_every: int = 0,
     ) -> tuple[ICMCodec, list[dict], Path]:
-        """One codec of seed 001 (load-or-compute), initialised from the reference codec.
+        """One codec of Iino et al. (load-or-compute), initialised from the reference codec.
 
         Args:
             variant: one of :data:`~icm_lib.aux_branch.VARIANTS` (``mse`` ignores the machine;
@@ -346,12 +346,10 @@ class Experiment:
         seed: int,
         steps: int | None = None,
         validate_every: int = 0,
-        data_dir_as: str | Path | None = None,
     ) -> Path:
         """The cache folder of :meth:`icm_run` with these arguments: its name carries the key of
         everything that decides the run (config, codec, machines, reference codec, data), the
-        same in every clone (:func:`~icm_lib.runtime.data_key`; ``data_dir_as``: the name the
-        run had, before keys were path-free, under that data folder)."""
+        same in every clone (:func:`~icm_lib.runtime.data_key`)."""
         task = get_task(task)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -366,7 +364,7 @@ class Experiment:
                 "recognition": profile.recognition.key(),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in UNKEYED_ICM},
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
-                "data": data_key(self.datasets.train(task).root, data_dir_as),
+                "data": data_key(self.datasets.train(task).root),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
             }
         )
@@ -378,12 +376,11 @@ class Experiment:
         variant: str,
         seed: int,
         steps: int | None = None,
-        data_dir_as: str | Path | None = None,
     ) -> Path:
         """The cache folder of :meth:`ablation_point` (without training)."""
         ab = self.profile.ablation
         lmbda, steps = ab.lmbda(task), steps or ab.steps
-        return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every, data_dir_as)
+        return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every)
 
     def _validation_key(self, every: int) -> dict:
         return _validation_key(self.profile, every)
@@ -493,7 +490,7 @@ class Experiment:
         steps: int | None = None,
         lambdas: dict[str, tuple[float, ...]] | None = None,
     ) -> Iterator[RunPoint]:
-        """Train-or-load and evaluate seed 001's grid, yielding each :class:`RunPoint` in turn:
+        """Train-or-load and evaluate Iino et al.'s grid, yielding each :class:`RunPoint` in turn:
         the MSE reference curve (``mse_seed``, scored on every task) first, then per seed,
         task, variant and λ (with the ROI evaluation of the detection baselines). The study and
         notebooks 01-02 walk the same grid, so they share their runs; ``lambdas`` (task name ->

@@ -1,4 +1,4 @@
-"""Decoder-only PatchGAN finetuning of a codec for machines (Le et al., seed 002); CLI.
+"""Decoder-only PatchGAN finetuning of a codec for machines (Le et al.); CLI.
 
 Codecs trained for machines at low rates decode images with checkerboard artifacts. Le et al.
 finetune only the **decoder** against a PatchGAN discriminator while the encoder side (analysis
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .experiment import Experiment
+from .files import load_checkpoint
 from .profiles import GANConfig, get_profile
 from .results import GanRecord
 from .runtime import (
@@ -45,7 +46,6 @@ from .runtime import (
     config_hash,
     data_key,
     get_device,
-    load_checkpoint,
     mix_seed,
     refuse_training,
     seed_everything,
@@ -357,7 +357,7 @@ class GanPoint:
 
 
 def gan_point(exp: Experiment, seed: int, preset: str) -> GanPoint:
-    """Before/after of one decoder-only PatchGAN finetuning (seed 002): the seed's baseline
+    """Before/after of one decoder-only PatchGAN finetuning (Le et al.): the seed's baseline
     codec of ``profile.gan.task`` at ``profile.gan.lmbda`` (trained if missing), finetuned with
     ``preset``; both evaluated through real bitstreams (with the checkerboard score)."""
     profile = exp.profile

@@ -155,8 +155,9 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
     from .codec import load_codec
     from .data.sampler import CropSampler
     from .experiment import Experiment
+    from .files import load_checkpoint, read_log
     from .results import GradientsFile, RunRecord
-    from .runtime import RunFiles, get_device, load_checkpoint, read_log, seed_everything
+    from .runtime import RunFiles, get_device, seed_everything
 
     device, t0 = get_device(), time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)

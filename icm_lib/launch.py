@@ -25,7 +25,7 @@ sequential study's. A requeued, preempted or resubmitted job resumes its run fro
 checkpoint (:class:`~icm_lib.runtime.RunFiles`).
 
 No double work: one process at a time trains a run key (the run's writer lock,
-:class:`~icm_lib.runtime.RunLock`); and a study submitted again submits only the runs that are
+:class:`~icm_lib.locks.RunLock`); and a study submitted again submits only the runs that are
 neither done (a done marker, and the run's ``codec.pt``) nor running (a job of the study that the
 launcher reports queued or running, or a live holder of the run's writer lock).
 
@@ -70,19 +70,11 @@ import torch
 
 from .errors import ICMError
 from .experiment import Experiment, run_config
+from .files import atomic_write_bytes, atomic_write_json, read_json
 from .gan import gan_point
+from .locks import RunLock, pid_alive, process_start
 from .profiles import Profile
-from .runtime import (
-    Distributed,
-    RunFiles,
-    RunLock,
-    _pid_alive,
-    _process_start,
-    atomic_write_bytes,
-    atomic_write_json,
-    config_hash,
-    read_json,
-)
+from .runtime import Distributed, RunFiles, config_hash
 from .tasks import get_task
 
 LAUNCHERS = ("local", "pool", "slurm")
@@ -712,7 +704,7 @@ class _Backend:
     def _pool_state(self, record: JobRecord) -> str:
         if record.host != socket.gethostname():
             return "ended"  # another machine's pool: its runs' writer locks tell
-        alive = _pid_alive(int(record.job_id), record.pid_start)
+        alive = pid_alive(int(record.job_id), record.pid_start)
         return "running" if alive else "ended"
 
     def release(self, name: str) -> None:
@@ -767,7 +759,7 @@ class _PoolBackend(_Backend):
         job = self.executor.submit(StudyJob(), spec)
         self.handles[spec.name] = job
         return JobRecord.of(
-            spec, self.name, job, pid_start=_process_start(int(job.job_id)), gpus=list(slot)
+            spec, self.name, job, pid_start=process_start(int(job.job_id)), gpus=list(slot)
         )
 
     def _pool_state(self, record: JobRecord) -> str:

@@ -1,4 +1,4 @@
-"""Seed 001's objectives, Eq. 4-6, as one function that returns every part, and the training
+"""Iino et al.'s objectives, Eq. 4-6, as one function that returns every part, and the training
 objectives built from it (and from CompressAI's rate-distortion loss for the MSE reference).
 
     Eq. 4   L = R + λ·E(y, ŷ)                                 (baseline: no branch, α = 0)
@@ -85,7 +85,7 @@ def mse_objective(lmbda: float) -> Objective:
 
 
 class ICMObjective:
-    """Seed 001's Eq. 4-6 for one frozen recognizer.
+    """Iino et al.'s Eq. 4-6 for one frozen recognizer.
 
     ``y`` = the recognizer on the original crop (pseudo-labels, no gradient); ``E(y, ŷ)`` = its
     training loss on the decoded crop; ``E(y, ŷ_aux)`` = the branch's loss on the codec's ŷ

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write_json
 from .profiles import Profile, get_profile, parse_overrides
-from .runtime import atomic_write_json, env_path, get_device, seed_everything
+from .runtime import env_path, get_device, seed_everything
 
 
 @dataclass

@@ -274,7 +274,7 @@ def rd_curves(
 
 
 def before_after_spectra(x: torch.Tensor, decoded: dict[str, torch.Tensor], zoom: int = 48):
-    """Seed 002's before/after: zoomed crops of the original and of each decoding (top) and the
+    """Le et al.'s before/after: zoomed crops of the original and of each decoding (top) and the
     log power spectrum of each residual x̂ − x (bottom), whose periodic peaks are the
     checkerboard. Returns ``(figure, {name: checkerboard score})``.
 
@@ -310,7 +310,7 @@ def before_after_spectra(x: torch.Tensor, decoded: dict[str, torch.Tensor], zoom
 def bit_allocation_comparison(
     image: torch.Tensor, panels: dict, task, class_names, reference: str, compared: tuple[str, str]
 ):
-    """Seed 001's Fig. 5-6 for one image: the input and each codec's decoding with the
+    """Iino et al.'s Fig. 5-6 for one image: the input and each codec's decoding with the
     machine's output on it (top), each codec's bits per pixel and the difference of two of them
     (bottom; red: the first spends more there).
 
@@ -371,7 +371,7 @@ def validation_curves(table: dict, title: str = ""):
 
 
 def branch_positions_diagram():
-    """Seed 001's Fig. 7 redrawn: where aux-enc, aux-dec and aux-task read their input, and
+    """Iino et al.'s Fig. 7 redrawn: where aux-enc, aux-dec and aux-task read their input, and
     which parts of the codec each branch loss reaches."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -422,7 +422,7 @@ def branch_positions_diagram():
             x, 0.75, f"{name}\nbranch → E(y, ŷ_aux)", ha="center", va="top", fontsize=8, color=color
         )
         ax.text(x, 0.18, note, ha="center", va="top", fontsize=6.5, color=color)
-    ax.set_title("Where the auxiliary loss enters (seed 001, Fig. 7)", fontsize=10)
+    ax.set_title("Where the auxiliary loss enters (Iino et al., Fig. 7)", fontsize=10)
     return fig
 
 

@@ -11,6 +11,8 @@ Use :func:`get_profile` (``get_profile("cpu", data__n_train=64)`` overrides one 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,14 +104,14 @@ class RecognitionConfig:
 
     Attributes:
         det_backend: the detection library: ``torchvision`` (Faster R-CNN FPN over
-            ``det_backbone``) or ``detectron2`` (model-zoo ``det_config``; seed 001's own).
+            ``det_backbone``) or ``detectron2`` (model-zoo ``det_config``; Iino et al.'s own).
         seg_backend: the segmentation library: ``smp`` (DeepLabV3+ over ``seg_encoder``) or
-            ``mmseg`` (MMSegmentation config ``seg_config``; seed 001's own).
+            ``mmseg`` (MMSegmentation config ``seg_config``; Iino et al.'s own).
         det_backbone: torchvision Faster R-CNN FPN backbone (``resnet18``, ``resnet50``,
             ``resnext101_32x8d``).
         seg_encoder: smp DeepLabV3+ encoder (``resnet18`` ... ``resnet101``).
-        det_config: detectron2 model-zoo config (seed 001: Faster R-CNN X101-32x8d-FPN 3x).
-        seg_config: MMSegmentation model name or config path (seed 001: DeepLabV3+ R101-D8,
+        det_config: detectron2 model-zoo config (Iino et al.: Faster R-CNN X101-32x8d-FPN 3x).
+        seg_config: MMSegmentation model name or config path (Iino et al.: DeepLabV3+ R101-D8,
             Pascal-Context-59, 40k).
         pretrained: load the libraries' pretrained weights (torchvision: COCO R50 detector or
             ImageNet backbones; smp: ImageNet encoder; detectron2 / MMSegmentation: the zoo
@@ -254,7 +256,7 @@ class TrainConfig:
         checkpoint_every, log_every: in steps.
         seed: sampling and initialisation seed.
         decay_start: fraction of ``steps`` after which the learning rate decays polynomially to 0
-            (1.0: constant; seed 001 decays over the last 40 of 80 epochs for detection, 0.5,
+            (1.0: constant; Iino et al. decays over the last 40 of 80 epochs for detection, 0.5,
             and over all epochs for segmentation, 0.0).
         decay_power: exponent of that decay (the paper does not give it; 0.9 is the usual
             "poly" schedule of MMSegmentation).
@@ -298,7 +300,7 @@ class ReferenceConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class ICMConfig:
-    """Training codecs for machines (seed 001): the λ sets, α, the branch and the schedules.
+    """Training codecs for machines (Iino et al.): the λ sets, α, the branch and the schedules.
 
     Attributes:
         det_lambdas, seg_lambdas: λ of Eq. 5 / Eq. 6, one R-D point each.
@@ -346,7 +348,7 @@ class ICMConfig:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Seed 001 section 4.2: where should the auxiliary loss enter? (notebook 03, the study's
+    """Iino et al. section 4.2: where should the auxiliary loss enter? (notebook 03, the study's
     ``--study ablation``)
 
     Every setting trains the task's codec for machines at one λ with validation every
@@ -377,7 +379,7 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
-    """Decoder-only PatchGAN finetuning (seed 002, Le et al.).
+    """Decoder-only PatchGAN finetuning (Le et al.).
 
     Attributes:
         steps, batch_size, crop, seed, log_every, checkpoint_every: the schedule; codec crops of
@@ -498,11 +500,11 @@ class Profile:
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
     #: the human-viewing reference codec (MSE), trained in notebook 00 unless pretrained
     mse: ReferenceConfig = field(default_factory=ReferenceConfig)
-    #: codecs for machines (seed 001), notebooks 01-02 and the study
+    #: codecs for machines (Iino et al.), notebooks 01-02 and the study
     icm: ICMConfig = field(default_factory=ICMConfig)
-    #: decoder-only PatchGAN finetuning (seed 002), notebook 04
+    #: decoder-only PatchGAN finetuning (Le et al.), notebook 04
     gan: GANConfig = field(default_factory=GANConfig)
-    #: the branch-position ablation (seed 001 section 4.2), notebook 03
+    #: the branch-position ablation (Iino et al. section 4.2), notebook 03
     ablation: AblationConfig = field(default_factory=AblationConfig)
     #: what notebooks 01-04 train themselves (``make tutorial``); the rest comes from ``results/``
     tutorial: TutorialConfig = field(default_factory=TutorialConfig)
@@ -588,7 +590,7 @@ PROFILES: dict[str, Profile] = {
             context_root="data/VOCdevkit/VOC2010",
         ),
         codec=CodecConfig(name="cheng2020-attn", quality=3, N=None, M=None, pretrained=True),
-        # seed 001's own models: detectron2's Faster R-CNN X101-32x8d-FPN (COCO) and
+        # Iino et al.'s own models: detectron2's Faster R-CNN X101-32x8d-FPN (COCO) and
         # MMSegmentation's DeepLabV3+ R101-D8 (Pascal-Context-59), with their zoo weights
         recognition=RecognitionConfig(
             det_backend="detectron2",
@@ -688,7 +690,9 @@ def get_profile(name: str, **overrides: Any) -> Profile:
         **overrides: e.g. ``data__n_train=64`` or ``codec__name="mbt2018-mean"``.
 
     Raises:
-        ValueError: unknown profile or field.
+        ValueError: unknown profile or field, or a value of another type than the field's
+            (``data__n_train="64"``, ``icm__det_lambdas=0.5``); a list is taken for a tuple
+            field and an int for a float one.
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
@@ -700,8 +704,53 @@ def get_profile(name: str, **overrides: Any) -> Profile:
         sub = getattr(profile, section)
         if fld not in {f.name for f in dataclasses.fields(sub)}:
             raise ValueError(f"{type(sub).__name__} has no field {fld!r}")
+        hint = typing.get_type_hints(type(sub))[fld]
+        if (
+            isinstance(value, list)
+            and typing.get_origin(hint) is not list
+            and _fits(tuple(value), hint)
+        ):
+            value = tuple(value)  # "[0.5, 1]" from the shell, for a tuple field
+        if not _fits(value, hint):
+            raise ValueError(
+                f"override {key}={value!r}: {type(sub).__name__}.{fld} takes "
+                f"{_type_name(hint)}, not {type(value).__name__}"
+            )
         profile = replace(profile, **{section: replace(sub, **{fld: value})})
     return profile
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type a profile field declares (the types profiles use:
+    numbers, strings, None, tuples, lists, dicts, unions of them; any other type passes)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, origin):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_fits, value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, DiskFullError, FileWriteError
-from .runtime import atomic_torch_save, load_checkpoint, state_fingerprint
+from .files import atomic_torch_save, load_checkpoint
+from .runtime import state_fingerprint
 
 #: a default bound of the cache folder, in MB
 DEFAULT_MB = 2048

@@ -1,9 +1,11 @@
 """The README's results tables, generated from the study files in ``results/`` (never typed).
 
-    python -m icm_lib.report --profile cpu --readme README.md    # = python -m icm_lib.study --report
+    python -m icm_lib.report --readme README.md                # every profile with results files
+    python -m icm_lib.report --profile cpu-patterns            # one world's tables, printed
 
 The text goes between the ``<!-- study-report:start -->`` and ``<!-- study-report:end -->``
-markers of the README.
+markers of the README; with files of more than one profile (the shapes world ``cpu`` and the
+patterns world ``cpu-patterns``), one section per profile, side by side in one README.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import json
 from pathlib import Path
 
 from .evaluate import curves, mean_curve
-from .results import PAPERS, AblationFile, GanFile, StudyFile
-from .runtime import atomic_write_bytes
+from .files import atomic_write_bytes
+from .profiles import PROFILES
+from .results import PAPERS, AblationFile, GanFile, StudyFile, profiles_with_studies
 
 
 def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True) -> str:
@@ -52,7 +55,7 @@ def fmt_agreement(row: dict, metric: str) -> str:
 
 
 def recorded_study(results_dir: str | Path, profile) -> dict | None:
-    """Seed 001's study file of ``profile`` (``results/study-<name>.json``) as the notebooks
+    """Iino et al.'s study file of ``profile`` (``results/study-<name>.json``) as the notebooks
     read it, or ``None`` when it is absent or was written for other codec-training settings
     (its ``icm_config`` differs from the profile's: the notebooks then say so and use their
     own runs).
@@ -113,8 +116,28 @@ def write_between_markers(path: Path, text: str) -> None:
     atomic_write_bytes(path, (head + START + "\n" + text + "\n" + END + tail).encode())
 
 
-def report(results_dir: str | Path, profile_name: str) -> str:
-    """Markdown tables for the README, generated from the study JSON files (never typed in)."""
+def report(results_dir: str | Path, profiles: str | list[str] | None = None) -> str:
+    """Markdown tables for the README, generated from the study JSON files (never typed in):
+    of ``profiles`` (one name, several, or ``None``: every profile with files in
+    ``results_dir``), a section per profile when there are several."""
+    if isinstance(profiles, str):
+        return _profile_report(results_dir, profiles)
+    names = profiles if profiles is not None else profiles_with_studies(results_dir)
+    if len(names) == 1:
+        return _profile_report(results_dir, names[0])
+    sections = []
+    for name in names:
+        world = PROFILES[name].data.world if name in PROFILES else "?"
+        sections += [
+            "",
+            f"#### Profile `{name}` (the {world} world)",
+            _profile_report(results_dir, name),
+        ]
+    return "\n".join(sections)
+
+
+def _profile_report(results_dir: str | Path, profile_name: str) -> str:
+    """One profile's tables and claims."""
     lines = []
     study = StudyFile.find(results_dir, profile_name)
     if study is not None:
@@ -207,7 +230,7 @@ def _curve_table(d: StudyFile, cell, paper_column: bool) -> list[str]:
 
 def _bd_rate_table(d: StudyFile) -> list[str]:
     return [
-        f"Seed 001 on `{d.profile}` ({'complete' if d.complete else 'in progress'}: "
+        f"Iino et al. on `{d.profile}` ({'complete' if d.complete else 'in progress'}: "
         f"{len(d.runs)} runs, {d.compute_hours_in_runs:.2f} h of compute in runs). "
         "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
         "",
@@ -262,7 +285,7 @@ def _ablation_table(d: AblationFile) -> list[str]:
     cfg = d.ablation_config
     lines = [
         "",
-        f"Seed 001 section 4.2 on `{d.profile}` ({'complete' if d.complete else 'in progress'}"
+        f"Iino et al. section 4.2 on `{d.profile}` ({'complete' if d.complete else 'in progress'}"
         f": {len(d.runs)} runs, {d.compute_hours_in_runs:.2f} h): final validation main "
         f"loss (Eq. 4 / Eq. 6 without the branch term) by branch position, mean ± 95 % CI over "
         f"seeds; λ {cfg['det_lmbda']:g} (det) / {cfg['seg_lmbda']:g} (seg):",
@@ -298,7 +321,7 @@ def _gan_table(d: GanFile) -> list[str]:
     paper = f"{PAPERS.le_task_relative_change_percent:+.1f}".replace("-", "−")
     lines = [
         "",
-        f"Seed 002 on `{d.profile}` (seeds {d.seeds}, {d.compute_hours_in_runs:.2f} h "
+        f"Le et al. on `{d.profile}` (seeds {d.seeds}, {d.compute_hours_in_runs:.2f} h "
         "in finetuning runs); before → after, mean over seeds:",
         "",
         "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric "
@@ -321,7 +344,12 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m icm_lib.report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--profile", default="cpu")
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=None,
+        help="profiles to report (default: every profile with results files)",
+    )
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--readme", default=None)
     args = parser.parse_args(argv)

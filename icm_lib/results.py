@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import DamagedFileError
-from .runtime import atomic_write_json, read_json
+from .files import atomic_write_json, read_json
+from .profiles import PROFILES
 
 #: the schema every results and evaluation file of this code carries; files without one (or with
 #: another) are refused (results) or recomputed (evaluations)
@@ -62,6 +63,18 @@ def results_path(results_dir: str | Path, kind: str, profile: str) -> Path:
     if kind not in REGENERATE:
         raise ValueError(f"kind must be one of {sorted(REGENERATE)}, got {kind!r}")
     return Path(results_dir) / f"{kind}-{profile}.json"
+
+
+def profiles_with_studies(results_dir: str | Path) -> list[str]:
+    """The profiles that have a study, ablation or PatchGAN file in ``results_dir``, in the
+    order of :data:`~icm_lib.profiles.PROFILES` (the control world ``cpu`` before
+    ``cpu-patterns``), then any other name."""
+    found = {
+        p.name[len(kind) + 1 : -len(".json")]
+        for kind in ("study", "ablation", "gan")
+        for p in Path(results_dir).glob(f"{kind}-*.json")
+    }
+    return [n for n in PROFILES if n in found] + sorted(found - set(PROFILES))
 
 
 def figure_name(kind: str, profile: str, *parts: str) -> str:

@@ -1,4 +1,4 @@
-"""The ROI-based bit-allocation baseline of Ahonen et al., as seed 001 evaluates it (section 4.1).
+"""The ROI-based bit-allocation baseline of Ahonen et al., as Iino et al. evaluates it (section 4.1).
 
 At encoding time a binary ROI mask (here the union of the ground-truth instance masks, as in the
 paper) is resized to the latent's resolution, and every latent value *outside* the ROI is divided

@@ -1,6 +1,6 @@
 """The resumable studies, written to ``results/`` as typed files (:mod:`icm_lib.results`): seed
 001's runs with their R-D points (per-image data included) of every (task, variant, λ, seed),
-with BD-rates and confidence intervals, and seed 002's PatchGAN presets.
+with BD-rates and confidence intervals, and Le et al.'s PatchGAN presets.
 
 Every run is load-or-compute (a trained codec in its run folder, its evaluation in a JSON beside
 it; :meth:`icm_lib.experiment.Experiment.grid`), so a stopped study resumes where it stopped, and
@@ -8,7 +8,7 @@ notebooks 01-02 reuse the seed-0 runs::
 
     python -m icm_lib.study --profile cpu --seeds 0 1 2        # or: make study
     python -m icm_lib.study --study ablation --seeds 0 1 2     # section 4.2: branch position
-    python -m icm_lib.study --study gan --seeds 0 1 2          # seed 002: PatchGAN presets
+    python -m icm_lib.study --study gan --seeds 0 1 2          # Le et al.: PatchGAN presets
 
 Each study can run its runs as jobs (:mod:`icm_lib.launch`): ``--launcher pool --workers 2`` on
 this machine, ``--launcher slurm --partition ... --gpus-per-run N --time ...`` on a cluster; the
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -90,7 +91,7 @@ def run_study(
         return study
 
     if _launched(launch):
-        calls = study_calls("aux", profile, seeds, tasks, variants, reference_curve)
+        calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
         files: list[StudyFile] = []
         report = launch_study(
             exp,
@@ -147,12 +148,12 @@ def study_calls(
     """The runs of a study as :class:`~icm_lib.launch.RunCall` s, in its results file's order.
 
     Args:
-        study: ``aux`` (seed 001's grid: :meth:`~icm_lib.experiment.Experiment.grid`),
+        study: ``rd`` (Iino et al.'s grid: :meth:`~icm_lib.experiment.Experiment.grid`),
             ``ablation`` (:func:`ablation_rows`' order) or ``gan`` (each seed's presets, each
             needing the seed's baseline codec, which :func:`~icm_lib.gan.gan_point` trains).
     """
     tasks = tasks or ["det", "seg"]
-    if study == "aux":
+    if study == "rd":
         grid = Experiment.grid(_GridCalls(profile), seeds, tasks, variants, reference_curve)
         return list(grid)
     if study == "ablation":
@@ -212,7 +213,7 @@ def _as_json(table: dict) -> dict:
     return json.loads(json.dumps(table))
 
 
-# ---------------------------------------------------------------------- seed 001 section 4.2
+# ---------------------------------------------------------------------- Iino et al. section 4.2
 def run_ablation_study(
     profile: Profile,
     seeds: list[int],
@@ -347,7 +348,7 @@ def summarise_ablation(
     )
 
 
-# ---------------------------------------------------------------------- seed 002
+# ---------------------------------------------------------------------- Le et al.
 def summarise_gan(runs: list[GanRecord]) -> dict:
     """Mean and 95 % interval over seeds of before, after and the change, per preset."""
     rows = [r.plain() for r in runs]
@@ -469,10 +470,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument(
         "--study",
-        choices=["aux", "ablation", "gan"],
-        default="aux",
-        help="aux: seed 001 (R-D, BD-rate); ablation: seed 001 section 4.2 (branch position); "
-        "gan: seed 002 (PatchGAN finetuning)",
+        choices=["rd", "ablation", "gan", "aux"],
+        default="rd",
+        help="rd: Iino et al.'s R-D study (BD-rate); ablation: Iino et al. section 4.2 (branch "
+        "position); gan: Le et al. (PatchGAN finetuning); aux: the old name of rd",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=sorted(TASKS))
@@ -519,8 +520,12 @@ def main(
 ) -> dict | StudyFile | AblationFile | GanFile | LaunchReport:
     """``python -m icm_lib.study --profile cpu --seeds 0 1 2`` (see ``--help``)."""
     args = _parser().parse_args(argv)
+    if args.study == "aux":  # its name until 2026-11: the R-D study, not the aux-* variants
+        print("note: --study aux is now --study rd (Iino et al.'s R-D study)", file=sys.stderr)
+        args.study = "rd"
     if args.report:
-        text = report(args.results_dir, args.profile)
+        # the README holds every profile's tables; printed, the one profile's
+        text = report(args.results_dir, None if args.readme else args.profile)
         print(text)
         if args.readme:
             write_between_markers(Path(args.readme), text)

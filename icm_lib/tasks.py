@@ -1,4 +1,4 @@
-"""The two machine tasks of seed 001 as a type: object detection and semantic segmentation.
+"""The two machine tasks of Iino et al. as a type: object detection and semantic segmentation.
 
 A :class:`Task` names what differs between the two wherever the code must choose: the key of
 profiles, run folders and results (``det`` / ``seg``), the task metric of its R-D curves, and

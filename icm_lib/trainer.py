@@ -1,4 +1,4 @@
-"""The codec training loop of every objective: the MSE reference and seed 001's Eq. 4-6.
+"""The codec training loop of every objective: the MSE reference and Iino et al.'s Eq. 4-6.
 
 One loop trains the human-viewing reference codec (:func:`~icm_lib.losses.mse_objective`) and
 the codecs for machines (:class:`~icm_lib.losses.ICMObjective`: the frozen recognizer's task loss
@@ -149,7 +149,7 @@ class _StepValues(Mapping):
         return len(self._tensors) + 1
 
 
-class _Stepper:
+class Stepper:
     """One optimisation step of the codec (and branch) on this process's shards of a batch, and
     the optimizer state a checkpoint keeps: the codec's (and branch's) Adam with its schedule,
     and the quantile optimizer. ``fast``: :func:`step_flags` (``None``: on for CUDA)."""
@@ -246,7 +246,7 @@ def train_codec(
         objective: ``objective(codec, branch, x) -> {"loss": ..., parts...}``.
         run_dir: folder of this run's files (see module docstring).
         stop_after: stop (after checkpointing) once this step is reached; for tests of resume.
-        branch: a module trained jointly with the codec (seed 001's auxiliary branch); it has its
+        branch: a module trained jointly with the codec (Iino et al.'s auxiliary branch); it has its
             own parameter group (``branch_lr``, default ``cfg.lr``) and is saved apart.
         accumulate: split each process's share of the batch into this many micro-batches.
         dist: the torchrun job (``None``: one process).
@@ -313,7 +313,7 @@ def _train(
     codec.to(device).train()
     if branch is not None:
         branch.to(device).train()
-    stepper = _Stepper(codec, branch, objective, cfg, branch_lr, dist, accumulate, device)
+    stepper = Stepper(codec, branch, objective, cfg, branch_lr, dist, accumulate, device)
     state = run.restore(device)
     if state is not None:
         codec.model.load_state_dict(state["codec"]["state_dict"])

@@ -104,7 +104,7 @@ def run_notebook(
     metrics = out / "metrics.json"
     if not metrics.is_file():
         raise RuntimeError(f"{path.name} ran but recorded no metrics.json in {out}")
-    from .runtime import read_json  # here: the module stays light until a notebook has run
+    from .files import read_json  # here: the module stays light until a notebook has run
 
     return read_json(
         metrics,

@@ -76,7 +76,7 @@ class Explorer:
         exp: the experiment (validation images, frozen machines).
         codecs: ``{(task, variant, λ): codec}`` of the runs to explore.
         finetuned: ``{(task, variant, λ): {preset: codec}}``: PatchGAN-finetuned decoders of some
-            of those codecs (seed 002), offered as alternative decoders of the same bytes.
+            of those codecs (Le et al.), offered as alternative decoders of the same bytes.
         images: how many validation images per task to offer.
         recorded: ``(task, variant, λ)`` of the runs a results file holds (seed ``seed``), offered
             whether or not they are cached here.

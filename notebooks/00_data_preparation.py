@@ -309,7 +309,7 @@ plots.save(fig, S.output_dir, "roundtrip")
 
 # %%
 from icm_lib.evaluate import BitstreamRoundTrip
-from icm_lib.recognition.training import evaluate_detection, evaluate_segmentation
+from icm_lib.recognition import evaluate_detection, evaluate_segmentation
 
 det_orig = rec_reports["det"]["val"]
 seg_orig = rec_reports["seg"]["val"]

@@ -269,7 +269,7 @@ from pathlib import Path
 import torch
 
 from icm_lib.codec import load_codec
-from icm_lib.runtime import load_checkpoint
+from icm_lib.files import load_checkpoint
 
 checks = {}
 for task in TRAINED:

@@ -161,7 +161,7 @@ for task in TASKS:
         print(f"{task} BD-rate of {name:8s} vs baseline: strict {fmt_bd_rate(row)}")
 
 # %% [markdown]
-# ## 3 · Checkerboards before and after PatchGAN finetuning (seed 002)
+# ## 3 · Checkerboards before and after PatchGAN finetuning (Le et al.)
 #
 # The same bytes decoded by the machine codec's decoder and by each finetuned decoder; bottom:
 # the log power spectrum of each residual, where a checkerboard shows as a grid of peaks.

@@ -40,7 +40,7 @@ def trained_codec(scenes):
     """
     from icm_lib.codec import build_codec
     from icm_lib.data.coco import CocoDetection
-    from icm_lib.fuzz import train_briefly
+    from icm_lib.dev.common import train_briefly
 
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
@@ -64,7 +64,7 @@ def trained_family_codecs():
     """A scale, a mean-scale and an autoregressive codec (N=32, M=48), briefly trained on
     procedural scenes (~20 s together), and two 128 px test scenes."""
     from icm_lib.codec import build_codec
-    from icm_lib.fuzz import FAMILY_CODECS, scene_images, train_briefly
+    from icm_lib.dev.common import FAMILY_CODECS, scene_images, train_briefly
 
     images = scene_images(8, 128, seed=0)
     codecs = {}

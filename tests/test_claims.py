@@ -243,9 +243,33 @@ def test_the_forest_plot_has_a_panel_per_estimator_and_a_verdict_per_claim():
 
 def test_the_readmes_results_section_is_generated_from_the_results_files():
     """The README's tables between the study-report markers are exactly what
-    ``python -m icm_lib.report --profile cpu`` makes of ``results/`` today."""
+    ``python -m icm_lib.report --readme README.md`` makes of ``results/`` today (every
+    profile with files)."""
     from icm_lib.report import END, START, report
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split(START, 1)[1].split(END, 1)[0]
-    assert block.strip() == report(ROOT / "results", "cpu").strip()
+    assert block.strip() == report(ROOT / "results").strip()
+
+
+def test_the_report_holds_both_worlds_side_by_side(tmp_path):
+    """With files of two profiles the README gets a section per profile, the control world
+    first; one profile's report is that section without its heading."""
+    import shutil
+
+    from icm_lib.report import report
+    from icm_lib.results import profiles_with_studies
+
+    for kind in ("study", "ablation"):
+        shutil.copy(ROOT / "results" / f"{kind}-cpu.json", tmp_path / f"{kind}-cpu.json")
+    shutil.copy(ROOT / "results" / "study-cpu.json", tmp_path / "study-cpu-patterns.json")
+    (tmp_path / "study-cpu-det-rd.png").write_bytes(b"")  # a figure is not a profile
+    assert profiles_with_studies(tmp_path) == ["cpu", "cpu-patterns"]
+    both = report(tmp_path)
+    shapes, patterns = report(tmp_path, "cpu"), report(tmp_path, "cpu-patterns")
+    heads = [
+        "#### Profile `cpu` (the shapes world)",
+        "#### Profile `cpu-patterns` (the patterns world)",
+    ]
+    assert both == "\n".join(["", heads[0], shapes, "", heads[1], patterns])
+    assert "####" not in shapes and "Iino et al. on `cpu`" in shapes and shapes != patterns

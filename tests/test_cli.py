@@ -18,7 +18,7 @@ from PIL import Image
 from icm_lib import cli
 from icm_lib.codec import build_codec
 from icm_lib.errors import ImageError
-from icm_lib.runtime import atomic_torch_save
+from icm_lib.files import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def files(tmp_path_factory):
     """A small random-weight codec saved as a finished run's codec.pt, another codec, and a
     70 x 90 scene written as a PNG."""
-    from icm_lib.fuzz import scene_images
+    from icm_lib.dev.common import scene_images
 
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def _random_bytes(files, tmp_path) -> Path:
 def _foreign(files, tmp_path) -> Path:
     """A valid stream, written by another codec (other weights, same architecture)."""
     from icm_lib.codec import load_codec
-    from icm_lib.runtime import load_checkpoint
+    from icm_lib.files import load_checkpoint
 
     other = load_codec(load_checkpoint(files["root"] / "other.pt"))
     path = tmp_path / "foreign.icm"

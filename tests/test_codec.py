@@ -102,7 +102,7 @@ def test_bitstream_from_another_codec_is_refused(trained_codec):
 
 
 def test_saved_codec_round_trips(trained_codec, tmp_path):
-    from icm_lib.runtime import atomic_torch_save, load_checkpoint
+    from icm_lib.files import atomic_torch_save, load_checkpoint
 
     codec, images = trained_codec
     atomic_torch_save(codec.codec_state(), tmp_path / "codec.pt")

@@ -164,7 +164,7 @@ def test_streams_of_other_weights_or_tables_are_refused(trained_family_codecs):
     tampered._coding = None
     with pytest.raises(BitstreamError, match="fingerprint"):
         tampered.decompress(data)
-    # seed 002: a codec whose synthesis transform alone changed decodes the same stream
+    # Le et al.: a codec whose synthesis transform alone changed decodes the same stream
     finetuned = load_codec(codec.codec_state())
     with torch.no_grad():
         for p in finetuned.decoder_parameters():
@@ -176,7 +176,7 @@ def test_streams_of_other_weights_or_tables_are_refused(trained_family_codecs):
 def test_saved_codec_brings_its_tables_and_never_recomputes_them(
     trained_family_codecs, monkeypatch, tmp_path
 ):
-    from icm_lib.runtime import atomic_torch_save, load_checkpoint
+    from icm_lib.files import atomic_torch_save, load_checkpoint
 
     codec = trained_family_codecs[0]["autoregressive"]
     image = trained_family_codecs[1][0]
@@ -278,7 +278,7 @@ def _ar_codec(name: str, weights: str, trained_family_codecs):
     torch.manual_seed(0)
     codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
     if weights == "trained":
-        from icm_lib.fuzz import scene_images, train_briefly
+        from icm_lib.dev.common import scene_images, train_briefly
 
         train_briefly(codec, scene_images(8, 128), steps=40)
     return codec.eval()

@@ -14,8 +14,8 @@ import torch
 
 from icm_lib import bitstream
 from icm_lib.codec import ICMCodec, build_codec
+from icm_lib.dev.fuzz import KINDS, NONFINITE_FORMS, fuzz, mutate, nonfinite_input
 from icm_lib.errors import BitstreamError
-from icm_lib.fuzz import KINDS, NONFINITE_FORMS, fuzz, mutate, nonfinite_input
 
 
 def _check(rows, cases):
@@ -111,8 +111,8 @@ def test_damaged_files_are_refused_or_read_as_promised(tmp_path):
     """Every form of the ``files`` kind (a codec, a results file, a log; cut, flipped, blocks,
     emptied, NaN, garbled): the reader refuses it with the project's error or reads it as it
     promises -- a codec only with its exact weights."""
-    from icm_lib.fuzz import FILE_FORMS, damaged_file
-    from icm_lib.runtime import atomic_torch_save
+    from icm_lib.dev.fuzz import FILE_FORMS, damaged_file
+    from icm_lib.files import atomic_torch_save
 
     codec_path = tmp_path / "codec.pt"
     atomic_torch_save(_small().codec_state(), codec_path)

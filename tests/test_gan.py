@@ -1,4 +1,4 @@
-"""Seed 002: the PatchGAN, decoder-only finetuning (bitstreams unchanged), the checkerboard score."""
+"""Le et al.: the PatchGAN, decoder-only finetuning (bitstreams unchanged), the checkerboard score."""
 
 import pytest
 import torch

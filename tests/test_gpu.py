@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def images(trained_family_codecs):
-    from icm_lib.fuzz import scene_images
+    from icm_lib.dev.common import scene_images
 
     return list(scene_images(4, 192, seed=7)) + [
         torch.rand(3, 96, 160),

@@ -12,8 +12,8 @@ import torch
 
 from icm_lib.aux_branch import VARIANTS
 from icm_lib.codec import load_codec
+from icm_lib.files import load_checkpoint
 from icm_lib.profiles import TrainConfig
-from icm_lib.runtime import load_checkpoint
 from icm_lib.train import main
 from icm_lib.trainer import poly_decay
 

@@ -29,9 +29,9 @@ from icm_lib.launch import (
     point_call,
     torchrun_command,
 )
+from icm_lib.locks import RunLock
 from icm_lib.profiles import get_profile
 from icm_lib.results import StudyFile
-from icm_lib.runtime import RunLock
 
 # ---------------------------------------------------------------------- a fake SLURM
 FAKE_SBATCH = """#!/bin/bash
@@ -316,7 +316,7 @@ def test_run_calls_of_a_study_are_its_grid():
     from icm_lib.study import study_calls
 
     smoke = get_profile("smoke")
-    calls = study_calls("aux", smoke, [0], ["det", "seg"], ["baseline", "aux-enc"])
+    calls = study_calls("rd", smoke, [0], ["det", "seg"], ["baseline", "aux-enc"])
     assert len(calls) == 2 + 2 * 2 * 4  # the MSE curve, then seed x task x variant x λ
     assert calls[0].args["variant"] == "mse" and calls[0].args["eval_tasks"] == ("det", "seg")
     roi = [c.args["roi"] for c in calls if c.args["variant"] == "baseline"]

@@ -1,7 +1,11 @@
+import dataclasses
+import typing
+
 import pytest
 import torch
 
 from icm_lib.errors import BDRateError, CheckpointError
+from icm_lib.files import atomic_torch_save, atomic_write_json, load_checkpoint
 from icm_lib.metrics import (
     ConfusionMatrix,
     bd_rate,
@@ -12,7 +16,6 @@ from icm_lib.metrics import (
     rd_front,
 )
 from icm_lib.profiles import get_profile
-from icm_lib.runtime import atomic_torch_save, atomic_write_json, load_checkpoint
 
 
 def test_psnr_and_ms_ssim():
@@ -110,6 +113,39 @@ def test_profiles_and_overrides():
         get_profile("gpu")
     with pytest.raises(ValueError):
         get_profile("cpu", data__nope=1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"data__n_train": "64"}, "DataConfig.n_train takes int, not str"),
+        ({"data__n_train": 6.5}, "takes int, not float"),
+        ({"icm__det_lambdas": 0.5}, "ICMConfig.det_lambdas takes tuple[float, ...], not float"),
+        ({"icm__det_lambdas": ("a",)}, "not tuple"),
+        ({"codec__name": 3}, "CodecConfig.name takes str"),
+        ({"recognition__pretrained": 1}, "takes bool, not int"),
+    ],
+)
+def test_an_override_of_another_type_is_refused_with_the_fields_type(override, message):
+    """A typo from the shell (``ICM_OVERRIDES``, ``--override``) fails at once with the field's
+    declared type, not later in a run; what the shell cannot tell apart is accepted."""
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        get_profile("cpu", **override)
+
+
+def test_overrides_convert_what_the_shell_cannot_tell_apart():
+    from icm_lib.profiles import PROFILES, _fits, parse_overrides
+
+    p = get_profile("cpu", **parse_overrides("icm__det_lambdas=[0.5,1] icm__alpha=1"))
+    assert p.icm.det_lambdas == (0.5, 1) and p.icm.alpha == 1
+    for profile in PROFILES.values():  # every field of every profile fits its own declaration
+        for section in dataclasses.fields(profile):
+            sub = getattr(profile, section.name)
+            if not dataclasses.is_dataclass(sub):
+                continue
+            hints = typing.get_type_hints(type(sub))
+            for f in dataclasses.fields(sub):
+                assert _fits(getattr(sub, f.name), hints[f.name]), (profile.name, f.name)
 
 
 def test_detection_map_equals_pycocotools():

@@ -1,6 +1,6 @@
 """The GPU recipe's wiring: one training step of every variant with the `paper` profile's
 models (cheng2020-attn; detectron2's Faster R-CNN X101-32x8d-FPN and MMSegmentation's DeepLabV3+
-R101-D8, the libraries seed 001 uses) at random weights on small crops, on the CPU and (marked
+R101-D8, the libraries Iino et al. uses) at random weights on small crops, on the CPU and (marked
 `gpu`) on CUDA under bfloat16 autocast. Skips, saying why, where a library is not installed."""
 
 import math

@@ -5,7 +5,8 @@ import torch
 
 from icm_lib.errors import WeightsUnavailableError
 from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_detector, build_segmenter
-from icm_lib.recognition.training import RandomCrops, evaluate_segmentation
+from icm_lib.recognition.evaluation import evaluate_segmentation
+from icm_lib.recognition.training import RandomCrops
 
 SMALL = dict(
     rpn_pre_nms_top_n_train=100,

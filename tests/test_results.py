@@ -192,7 +192,7 @@ def test_an_rd_point_recomputes_its_dataset_metric_from_its_images(smoke_env, ta
     records give the metric, bpp and fidelity the point reports, and the metric is the one the
     recognizer's own evaluation reports on the same decoded images."""
     from icm_lib.evaluate import BitstreamRoundTrip, rd_point
-    from icm_lib.recognition.training import evaluate_detection, evaluate_segmentation
+    from icm_lib.recognition import evaluate_detection, evaluate_segmentation
 
     exp, device = smoke_env, torch.device("cpu")
     machine, val = exp.machine(task), exp.datasets.val(task)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from icm_lib import bench
+from icm_lib.dev import bench
+from icm_lib.dev.stepbench import bench_paper_step, build_machine, build_step, recognition_config
 from icm_lib.profiles import get_profile
 from icm_lib.recognition import FrozenDetector
-from icm_lib.stepbench import bench_paper_step, build_machine, build_step, recognition_config
 from icm_lib.trainer import _StepValues, step_flags
 
 SMOKE = get_profile("smoke")
@@ -117,7 +117,7 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     """``bench icm``: per task/variant/fast one row with s/step, phase shares that add up to
     the step, the step's FLOPs and its distance to the matmul floor; the fast flags' effect on
     the shared recognizer is undone after each row."""
-    from icm_lib.stepbench import PHASES, bench_icm_step
+    from icm_lib.dev.stepbench import PHASES, bench_icm_step
 
     exp = smoke_env
     rows = bench_icm_step(exp, steps=1, tasks=("seg",), variants=("aux-enc",), fast=(False, True))

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from icm_lib.bench import budget_codec, crafted_stream
-from icm_lib.fuzz import scene_images
+from icm_lib.dev.bench import budget_codec, crafted_stream
+from icm_lib.dev.common import scene_images
 from icm_lib.tiling import exact_overlap, seam_error, synthesize_tiled
 
 
@@ -47,7 +47,7 @@ def test_tiles_cover_any_shape():
 PEAKS = """
 import json, torch
 from pathlib import Path
-from icm_lib.bench import budget_codec
+from icm_lib.dev.bench import budget_codec
 from icm_lib.tiling import synthesize_tiled
 torch.set_num_threads(1)
 g_s = budget_codec("bmshj2018-hyperprior", "smoke").decoder
@@ -99,7 +99,7 @@ def test_crafted_streams_are_tiny_valid_claims(name):
 
 
 def test_decode_budget_cli_prints_a_row_per_case(tmp_path, capsys):
-    from icm_lib.bench import main
+    from icm_lib.dev.bench import main
 
     out = tmp_path / "rows.json"
     argv = ["decode-budget", "--claims", "64x128", "--codecs", "mbt2018-mean", "--tile", "2"]

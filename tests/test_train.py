@@ -80,7 +80,8 @@ def test_crop_sampler_memory_is_bounded(scenes):
 def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_path):
     import pytest
 
-    from icm_lib.runtime import RunFiles, append_log, atomic_torch_save, read_log
+    from icm_lib.files import append_log, atomic_torch_save, read_log
+    from icm_lib.runtime import RunFiles
 
     run = RunFiles(tmp_path, steps=10, log_every=1, checkpoint_every=5)
     append_log(tmp_path / "log.jsonl", {"step": 1, "loss": 1.0})  # died before a checkpoint

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DatasetError
-from ..runtime import read_json
+from ..files import read_json
 from .images import to_rgb_tensor
 from .scenes import SEG_CLASSES
 from .transforms import resize_short_edge

@@ -31,7 +31,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import DatasetError
-from ..runtime import atomic_write_json, config_hash, read_json, refuse_training, tqdm
+from ..files import atomic_write_json, read_json
+from ..runtime import config_hash, refuse_training, tqdm
 from . import patterns, scenes
 
 GENERATOR_VERSION = 1

@@ -6,8 +6,6 @@ the image through every transform.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -109,7 +107,3 @@ def random_crop(
         if labels is not None:
             labels = labels[keep]
     return image, boxes, labels, label_map
-
-
-def padded_size(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int]:
-    return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple

@@ -1,6 +1,6 @@
 """Object detection: torchvision Faster R-CNN + FPN, its task loss and pseudo-labels.
 
-Seed 001 uses detectron2's Faster R-CNN X101-FPN. detectron2 has no PyPI release, so this wraps
+Iino et al. uses detectron2's Faster R-CNN X101-FPN. detectron2 has no PyPI release, so this wraps
 torchvision's Faster R-CNN with a ResNet/ResNeXt FPN backbone chosen by name (``resnet18``,
 ``resnet50``, ``resnext101_32x8d``, ...). Pretrained weights come through torchvision's weight API:
 COCO weights for the whole detector exist only for ``resnet50``; other backbones get ImageNet
@@ -203,7 +203,7 @@ class FrozenDetector:
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Where seed 001's aux-task branch reads the detector (section 4.2): the output of the
+        """Where Iino et al.'s aux-task branch reads the detector (section 4.2): the output of the
         backbone's conv2 stage (ResNet ``layer1``, stride 4), "between conv2 and conv3".
         Adapters of other libraries name theirs (``model.aux_task_layer``)."""
         layer = getattr(self.model, "aux_task_layer", None)
@@ -222,7 +222,7 @@ class FrozenDetector:
     @torch.no_grad()
     def pseudo_labels(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """The model's output on the original images, kept above the score threshold: the
-        targets y of seed 001's Eq. 4-5 (after Yamazaki et al.)."""
+        targets y of Iino et al.'s Eq. 4-5 (after Yamazaki et al.)."""
         dets = self.predict(images)
         if not dets:
             return []

@@ -1,6 +1,6 @@
-"""Object detection with detectron2: seed 001's own detector behind the project's interface.
+"""Object detection with detectron2: Iino et al.'s own detector behind the project's interface.
 
-Seed 001 uses detectron2's Faster R-CNN X101-32x8d-FPN (model zoo
+Iino et al. uses detectron2's Faster R-CNN X101-32x8d-FPN (model zoo
 ``COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x``, COCO box AP 43.0). :class:`Detectron2Detector`
 wraps any detectron2 model-zoo config behind torchvision's detection interface, which
 :class:`~icm_lib.recognition.FrozenDetector`, the recognizer training loop and the metrics use:
@@ -30,7 +30,7 @@ import torch.nn as nn
 from ..errors import BackendUnavailableError
 from ..weights import local_file, require_download
 
-#: seed 001's detector (detectron2 model zoo)
+#: Iino et al.'s detector (detectron2 model zoo)
 PAPER_CONFIG = "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml"
 INSTALL_HINT = (
     "detectron2 is not installed: install it the upstream way "
@@ -134,7 +134,7 @@ class Detectron2Detector(nn.Module):
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Seed 001's aux-task feature: the ResNet's conv2 stage (``res2``, stride 4)."""
+        """Iino et al.'s aux-task feature: the ResNet's conv2 stage (``res2``, stride 4)."""
         return self.net.backbone.bottom_up.res2
 
     def to_library_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ def build_detectron2_detector(
     Args:
         num_classes: object classes, background excluded (80 for COCO, labels 1..80 in the order
             of sorted COCO category ids, which is detectron2's contiguous order).
-        config: a detectron2 model-zoo config (seed 001: :data:`PAPER_CONFIG`).
+        config: a detectron2 model-zoo config (Iino et al.: :data:`PAPER_CONFIG`).
         pretrained: load the zoo's COCO weights through detectron2's ``DetectionCheckpointer``
             (downloaded once into iopath's cache: :func:`d2_cache_file`).
         checkpoint: with ``pretrained``, a local copy of the zoo's file (``model_final_*.pkl``;

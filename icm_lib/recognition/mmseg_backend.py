@@ -1,7 +1,7 @@
-"""Semantic segmentation with MMSegmentation: seed 001's own segmenter behind the project's
+"""Semantic segmentation with MMSegmentation: Iino et al.'s own segmenter behind the project's
 interface.
 
-Seed 001 uses MMSegmentation's DeepLabV3+ R101-D8 on Pascal-Context-59 (config
+Iino et al. uses MMSegmentation's DeepLabV3+ R101-D8 on Pascal-Context-59 (config
 ``deeplabv3plus_r101-d8_4xb4-40k_pascal-context-59-480x480``, mIoU 52.86). :class:`MMSegSegmenter`
 wraps any MMSegmentation ``EncoderDecoder`` config behind the interface of the project's
 segmenters (:class:`~icm_lib.recognition.segmentation.NormalizedSegmenter`), which
@@ -34,7 +34,7 @@ import torch.nn as nn
 from ..errors import BackendUnavailableError
 from ..weights import local_file, require_download
 
-#: seed 001's segmenter (MMSegmentation model index)
+#: Iino et al.'s segmenter (MMSegmentation model index)
 PAPER_CONFIG = "deeplabv3plus_r101-d8_4xb4-40k_pascal-context-59-480x480"
 INSTALL_HINT = (
     'MMSegmentation is not installed: pip install -e ".[mmseg]" with mmcv 2.0/2.1 from '
@@ -108,7 +108,7 @@ class MMSegSegmenter(nn.Module):
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Seed 001's aux-task feature for segmentation: the ResNet's ``layer3`` (conv4, stride
+        """Iino et al.'s aux-task feature for segmentation: the ResNet's ``layer3`` (conv4, stride
         8 in the D8 models), which the config's auxiliary FCN head reads."""
         return self.net.backbone.layer3
 

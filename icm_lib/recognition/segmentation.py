@@ -1,6 +1,6 @@
 """Semantic segmentation: segmentation_models_pytorch DeepLabV3+, its task loss, pseudo-labels.
 
-Seed 001 uses MMSegmentation's DeepLabV3+ with a ResNet-101; mmsegmentation needs mmcv built from
+Iino et al. uses MMSegmentation's DeepLabV3+ with a ResNet-101; mmsegmentation needs mmcv built from
 source, so this wraps smp's DeepLabV3+ (encoder chosen by name, ``resnet18`` ... ``resnet101``).
 ``pretrained=True`` loads smp's ImageNet encoder weights (from the Hugging Face hub, or from a
 local copy of its ``model.safetensors``: the profile's ``recognition.seg_checkpoint``); the
@@ -58,7 +58,7 @@ class NormalizedSegmenter(nn.Module):
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Seed 001's aux-task feature: the encoder's ``layer3`` (conv4 stage, stride 16), the
+        """Iino et al.'s aux-task feature: the encoder's ``layer3`` (conv4 stage, stride 16), the
         input of MMSegmentation's auxiliary FCN head."""
         return self.net.encoder.layer3
 
@@ -159,7 +159,7 @@ class FrozenSegmenter:
 
     @property
     def aux_task_layer(self) -> nn.Module:
-        """Where seed 001's aux-task branch reads the segmenter (section 4.2): the backbone's
+        """Where Iino et al.'s aux-task branch reads the segmenter (section 4.2): the backbone's
         conv4 stage (ResNet ``layer3``), as MMSegmentation's auxiliary FCN head."""
         return self.model.aux_task_layer
 

@@ -17,25 +17,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDetection
-from ..data.context import IGNORE_INDEX, PascalContextSegmentation
-from ..data.transforms import pad_to_multiple, random_crop
+from ..data.context import PascalContextSegmentation
+from ..data.transforms import random_crop
 from ..errors import CheckpointError
-from ..metrics import ConfusionMatrix, detection_map
+from ..files import atomic_torch_save, load_checkpoint
+from ..locks import RunLock
 from ..profiles import RecognitionConfig
-from ..runtime import (
-    RunLock,
-    atomic_torch_save,
-    config_hash,
-    data_key,
-    load_checkpoint,
-    mix_seed,
-    refuse_training,
-    seed_everything,
-    tqdm,
-)
+from ..runtime import config_hash, data_key, mix_seed, refuse_training, seed_everything, tqdm
 from ..tasks import DETECTION, SEGMENTATION
-from . import build_recognizer
+from .build import build_recognizer
 from .detection import FrozenDetector
+from .evaluation import evaluate_detection, evaluate_segmentation
 from .segmentation import FrozenSegmenter
 
 
@@ -267,62 +259,6 @@ def train_segmenter(
     )
 
 
-def eval_batches(dataset: Dataset, batch_size: int = 4):
-    """Evaluation batches of equal-size images at their original size (a codec pads and crops
-    back internally, so bits are counted per original pixel)."""
-    group: list = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if group and (len(group) == batch_size or item[0].shape != group[0][0].shape):
-            yield torch.stack([it[0] for it in group]), [it[1] for it in group]
-            group = []
-        group.append(item)
-    if group:
-        yield torch.stack([it[0] for it in group]), [it[1] for it in group]
-
-
-@torch.no_grad()
-def evaluate_detection(
-    machine: FrozenDetector,
-    dataset: CocoDetection,
-    device: torch.device,
-    transform=None,
-    batch_size: int = 4,
-) -> dict[str, float]:
-    """mAP of ``machine`` on ``dataset`` against ground truth; ``transform(images)`` (e.g. a codec
-    round trip through real bitstreams) is applied to each batch first."""
-    preds, gts = [], []
-    for images, targets in eval_batches(dataset, batch_size):
-        images = images.to(device)
-        if transform is not None:
-            images = transform(images)
-        preds += [{k: v.cpu() for k, v in p.items()} for p in machine.predict(images)]
-        gts += [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-    return detection_map(preds, gts)
-
-
-@torch.no_grad()
-def evaluate_segmentation(
-    machine: FrozenSegmenter,
-    dataset: PascalContextSegmentation,
-    device: torch.device,
-    transform=None,
-    batch_size: int = 4,
-) -> dict[str, float]:
-    """mIoU and pixel accuracy against ground truth (the model sees a 64-padded image; the
-    padding is cropped from its prediction)."""
-    cm = ConfusionMatrix(machine.num_classes, IGNORE_INDEX)
-    for images, labels in eval_batches(dataset, batch_size):
-        images = images.to(device)
-        if transform is not None:
-            images = transform(images)
-        h, w = images.shape[-2:]
-        pred = machine.predict(pad_to_multiple(images)[0])[..., :h, :w].cpu()
-        for p, lab in zip(pred, labels):
-            cm.update(p, lab)
-    return {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
-
-
 #: settings that change inference but not the trained weights; they do not key the cache
 INFERENCE_ONLY = ("score_threshold", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
 
@@ -477,3 +413,34 @@ def load_or_train_segmenter(
         seed,
         progress,
     )
+
+
+def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
+    """Both frozen tasks for a profile, trained once on ``datasets`` and cached in ``cache_dir``.
+
+    Returns:
+        ``(FrozenDetector, FrozenSegmenter, {"det": report, "seg": report})``; each report has the
+        val metric, training seconds and loss log.
+    """
+    crop = profile.data.train_crop
+    det, det_report = load_or_train_detector(
+        profile.recognition,
+        datasets.det_train,
+        datasets.det_val,
+        crop,
+        cache_dir,
+        device,
+        seed=profile.data.seed,
+        progress=progress,
+    )
+    seg, seg_report = load_or_train_segmenter(
+        profile.recognition,
+        datasets.seg_train,
+        datasets.seg_val,
+        crop,
+        cache_dir,
+        device,
+        seed=profile.data.seed,
+        progress=progress,
+    )
+    return det, seg, {"det": det_report, "seg": seg_report}

@@ -1,7 +1,7 @@
 """``python -m icm_lib.bench paper-step``: the time of one `paper`-profile training step.
 
 For each task (det, seg) and variant (``baseline``: Eq. 4, no branch; ``aux-enc``) this builds
-the trainer's own step (:class:`~icm_lib.trainer._Stepper`: Adam on the codec and branch, the
+the trainer's own step (:class:`~icm_lib.trainer.Stepper`: Adam on the codec and branch, the
 quantile optimizer, the schedule) around the `paper` profile's codec (cheng2020-attn) and
 recognizers (detectron2 Faster R-CNN X101-32x8d-FPN, MMSegmentation DeepLabV3+ R101-D8) at
 random weights (the zoo weights need the internet) on random crops, at the profile's batch and
@@ -116,7 +116,7 @@ def recognition_config(profile, backend: str | None = None):
 def build_machine(task: str, rec, device: torch.device, num_classes: int | None = None):
     """The frozen recognizer of ``task`` at random weights (seed 0; every detection a
     pseudo-label), for ``num_classes`` (default: the paper's datasets')."""
-    from .recognition import FrozenDetector, FrozenSegmenter, build_recognizer
+    from ..recognition import FrozenDetector, FrozenSegmenter, build_recognizer
 
     num_classes = num_classes or NUM_CLASSES[task]
     torch.manual_seed(0)
@@ -145,11 +145,11 @@ def build_step(
     """The trainer's step of ``task``/``variant`` with the profile's codec, objective (λ = the
     first of its grid) and branch; ``amp``: bfloat16 autocast of the recognizer and branch (on
     any device); ``fast``: the trainer's step flags (``None``: its choice for the device)."""
-    from .aux_branch import build_branch
-    from .codec import codec_from_config
-    from .losses import ICMObjective
-    from .runtime import Distributed
-    from .trainer import _Stepper
+    from ..aux_branch import build_branch
+    from ..codec import codec_from_config
+    from ..losses import ICMObjective
+    from ..runtime import Distributed
+    from ..trainer import Stepper
 
     icm = profile.icm
     cfg = icm.train(task)
@@ -172,7 +172,7 @@ def build_step(
         amp=amp,
         amp_device_types=("cuda", "cpu") if amp else ("cuda",),
     )
-    stepper = _Stepper(codec, branch, objective, cfg, None, Distributed(device), 1, device, fast)
+    stepper = Stepper(codec, branch, objective, cfg, None, Distributed(device), 1, device, fast)
     return StepSetup(
         task, variant, stepper, cfg.batch_size, cfg.crop, device, icm.train(task).steps
     )
@@ -378,11 +378,11 @@ def bench_icm_step(
     The recognizer's pseudo-labels are computed every step here, as in the first run of a seed;
     a later run of the seed reads them from the cache (:mod:`icm_lib.pseudo_labels`): its step
     is the ``pseudo_labels`` share shorter."""
-    from .codec import load_codec
-    from .data.sampler import CropSampler
-    from .losses import ICMObjective
-    from .runtime import Distributed
-    from .trainer import _Stepper
+    from ..codec import load_codec
+    from ..data.sampler import CropSampler
+    from ..losses import ICMObjective
+    from ..runtime import Distributed
+    from ..trainer import Stepper
 
     profile, device, icm = exp.profile, exp.device, exp.profile.icm
     rate = matmul_flops_per_second(device)
@@ -411,7 +411,7 @@ def bench_icm_step(
                     exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task),
                     icm.amp,
                 )  # fmt: skip
-                stepper = _Stepper(
+                stepper = Stepper(
                     codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1,
                     device, on,
                 )  # fmt: skip
@@ -480,8 +480,8 @@ def bench_paper_step(
     fast: bool | None = None,
 ) -> list[dict]:
     """The table of the module docstring; returns its rows (one dict per printed row)."""
-    from .errors import BackendUnavailableError
-    from .profiles import get_profile
+    from ..errors import BackendUnavailableError
+    from ..profiles import get_profile
 
     profile = get_profile(profile_name)
     rec = recognition_config(profile, backend)

@@ -1,0 +1,765 @@
+"""Benchmarks that print figures (never timed tests).
+
+    python -m icm_lib.bench codec [--pretrained] [--quality 3] [--repeats 5] [--train-steps 0]
+    python -m icm_lib.bench icm [--profile cpu] [--steps 5] [--fast off|on|both]
+    python -m icm_lib.bench devices [--train-steps 150]
+    python -m icm_lib.bench backends [--profile cpu] [--steps 5]
+    python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
+        (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
+    python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
+        [--tile 32 --overlap 8]   (its own --help)
+
+``decode-budget``: what a stream costs a decoder for the size its header claims, in the units a
+server operator needs. For each codec family (scale hyperprior ``bmshj2018-hyperprior``,
+mean-scale ``mbt2018-mean``, autoregressive ``cheng2020-attn``; random weights, the channel counts
+of ``--size``) and each claimed size, a minimal valid stream is crafted (:func:`crafted_stream`:
+the claimed header over a payload whose every symbol is the zero residual, the most probable
+one; tens of bytes) and decoded by ``ICMCodec.decompress`` in a fresh process: seconds, and the
+peak resident memory above what the process held before (``ru_maxrss``), per claimed megapixel.
+Square and 1:64 / 64:1 claims of equal area show the autoregressive codecs' aspect-ratio effect
+(3 H + W wavefronts). ``--tile T`` adds the peak with :func:`icm_lib.tiling.synthesize_tiled`.
+
+``icm``: the training step as the yardstick (:func:`icm_lib.dev.stepbench.bench_icm_step`): on the
+profile's data, machines and reference codec (prepared by notebook 00), the trainer's own step of
+each task and variant (baseline, aux-enc) with the step flags off and on (``--fast``), in one run:
+s/step (median over ``--steps``), images/s, the share of each phase, the step's FLOPs against
+this CPU's large-matmul rate (how far the step is from its arithmetic floor) and the on/off
+ratio; then the encode time of a baseline-trained and an aux-trained codec of the study's cache
+(ratio; the branch is not part of the codec, so ~1.0).
+
+``backends``: the time of one ICM training step (baseline and aux-enc) with each recognition
+backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
+libraries on one architecture, the paper rows are Iino et al.'s models) on the profile's batch and
+crop; a backend whose library is not installed is listed as skipped.
+
+``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
+estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
+``decompress`` (icm_lib's device-independent coder; container, checks, padding included) next to
+CompressAI's own ``compress`` / ``decompress`` on the same model (what icm_lib used before), as
+a ratio. Without ``--pretrained`` (offline) the architectures have random weights, so their bpp
+says nothing about coding efficiency; ``--train-steps N`` adds small codecs of the three coded
+families trained for N steps on procedural scenes, and the cached MSE reference codec of the cpu
+profile (trained by notebook 00) is added as a trained row when it exists.
+
+``devices``: the cross-device table. Small codecs of each family (trained briefly) write streams
+of six images on every available "device" (the CPU with its default threads, one thread, the
+weights in float64; CUDA with and without TF32 when present) and every other one decodes them:
+``identical`` (the writer's ŷ exactly), ``refused`` (BitstreamError) or ``differ``. The same is
+done with CompressAI's own coder, whose tables each reader rebuilds with ``update()`` on its own
+device (what ``load_codec`` did before), for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..codec import CODEC_NAMES, ICMCodec, build_codec, load_codec
+from ..data.images import to_rgb_tensor
+from ..data.transforms import pad_to_multiple
+from ..files import load_checkpoint
+from ..metrics import bpp_from_bytes
+from .common import FAMILY_CODECS, scene_images, train_briefly
+
+
+def bench_images(size: tuple[int, int] = (512, 768)) -> list[torch.Tensor]:
+    from skimage import data
+
+    out = []
+    for name in ("coffee", "rocket"):
+        x = to_rgb_tensor(getattr(data, name)())[None]
+        out.append(
+            F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(
+                0, 1
+            )
+        )
+    return out
+
+
+def _time(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats: int) -> dict:
+    codec.eval()
+    codec.update(force=True)
+    rows = []
+    for x in images:
+        xp, _ = pad_to_multiple(x)
+        coded = codec.roundtrip(x)
+        data = codec.compress(x)
+        t = _codec_times(codec, x, data, repeats)
+        t_ours_enc, t_cai_enc, t_ours_dec, t_cai_dec = (
+            t[k] for k in ("ours_enc", "cai_enc", "ours_dec", "cai_dec")
+        )
+        raw = t["raw"]
+        cai_bytes = sum(len(s[0]) for s in raw["strings"])
+        rows.append(
+            dict(
+                est=coded.bpp_estimate,
+                coder=coded.bpp_coder_estimate,
+                act=coded.bpp,
+                pay=coded.bpp_payload,
+                pay_cai=coded.bpp_payload / bpp_from_bytes(cai_bytes, *x.shape[-2:]),
+                enc=t_ours_enc / t_cai_enc,
+                dec=t_ours_dec / t_cai_dec,
+                t_enc=t_ours_enc,
+                t_dec=t_ours_dec,
+                c_enc=t_cai_enc,
+                c_dec=t_cai_dec,
+                g_a=t["g_a"],
+                g_s=t["g_s"],
+                cod_enc=(t_ours_enc - t["g_a"]) / (t_cai_enc - t["g_a"]),
+                cod_dec=(t_ours_dec - t["g_s"]) / (t_cai_dec - t["g_s"]),
+            )
+        )
+    mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
+    print(
+        f"{label:<44}{mean['est']:>8.4f}{mean['coder']:>8.4f}{mean['act']:>8.4f}"
+        f"{mean['act'] / mean['est']:>8.3f}{mean['pay'] / mean['coder']:>8.3f}"
+        f"{mean['pay_cai']:>8.4f}"
+        f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
+        f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}"
+        f"{mean['g_a']:>8.3f}{mean['cod_enc']:>7.3f}{mean['g_s']:>8.3f}{mean['cod_dec']:>7.3f}",
+        flush=True,
+    )
+    return mean
+
+
+def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) -> dict:
+    """Median seconds of ours / CompressAI's encode and decode of ``x`` (interleaved, so that
+    load on the machine hits both), and of the parts both include: ``g_a`` (the analysis
+    transforms, ``h_a`` included) and ``g_s``. CompressAI's ``compress`` = g_a + h_a + its
+    entropy coding; its ``decompress`` = its entropy decoding + g_s; ours likewise, plus the
+    container and padding. Also CompressAI's strings (``raw``)."""
+    from ..entropy import analysis
+
+    xp, _ = pad_to_multiple(x)
+    latent = codec.compress_with_latent(x)[1]
+    with torch.no_grad():
+        raw = codec.model.compress(xp)
+        fns = {
+            "ours_enc": lambda: codec.compress(x),
+            "cai_enc": lambda: codec.model.compress(xp),
+            "g_a": lambda: analysis(codec.model, xp),
+            "ours_dec": lambda: codec.decompress(data),
+            "cai_dec": lambda: codec.model.decompress(raw["strings"], raw["shape"]),
+            "g_s": lambda: codec.decoder(latent),
+        }
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                times[k].append(_time(fn, 1)[0])
+    return {**{k: statistics.median(v) for k, v in times.items()}, "raw": raw}
+
+
+def bench_codec_scaling(name: str, quality: int, pretrained: bool, repeats: int) -> None:
+    """``codec --scaling``: encode / decode seconds of one codec from 256x256 to 1080p, ours vs
+    CompressAI's (coffee resized; one repeat above 512x768)."""
+    from .. import bitstream
+
+    torch.manual_seed(0)
+    codec = build_codec(name, quality=quality, pretrained=pretrained).eval()
+    codec.update(force=True)
+    tag = "pretrained" if pretrained else "random weights"
+    print(f"{name} q{quality} ({tag}), torch threads {torch.get_num_threads()}")
+    print(
+        f"{'image':>10}{'latent':>9}{'waves':>7}{'enc s':>8}{'CAI s':>8}{'CAI/us':>7}{'g_a s':>8}"
+        f"{'dec s':>8}{'CAI s':>8}{'CAI/us':>7}{'g_s s':>8}{'pay/CAI':>8}"
+    )
+    for size in ((256, 256), (512, 768), (1080, 1920)):
+        x = bench_images(size)[0]
+        data, latent = codec.compress_with_latent(x)
+        n = repeats if size[0] * size[1] <= 512 * 768 else 1
+        t = _codec_times(codec, x, data, n)
+        payload = sum(len(s) for s in bitstream.unpack(data)[1])
+        cai_bytes = sum(len(s[0]) for s in t["raw"]["strings"])
+        h, w = latent.shape[-2:]
+        print(
+            f"{size[0]:>5}x{size[1]:<4}{h:>4}x{w:<4}{3 * (h - 1) + w:>7}"
+            f"{t['ours_enc']:>8.3f}{t['cai_enc']:>8.3f}{t['cai_enc'] / t['ours_enc']:>7.2f}"
+            f"{t['g_a']:>8.3f}{t['ours_dec']:>8.3f}{t['cai_dec']:>8.3f}"
+            f"{t['cai_dec'] / t['ours_dec']:>7.2f}{t['g_s']:>8.3f}{payload / cai_bytes:>8.4f}",
+            flush=True,
+        )
+    print(
+        "enc/dec s: icm_lib's compress/decompress (g_a resp. g_s included); CAI s: CompressAI's "
+        "own compress/decompress (the same); CAI/us: speed-up; g_a s (h_a included), g_s s: the "
+        "transforms both include; pay/CAI: payload bytes / CompressAI's strings"
+    )
+
+
+def bench_icm(
+    profile_name: str, data_dir: Path, steps: int, repeats: int, fast: tuple[bool, ...]
+) -> list[dict]:
+    """The training step as the yardstick (:func:`~icm_lib.dev.stepbench.bench_icm_step`), then
+    the encode time of a cached aux-enc codec against a baseline."""
+    from ..experiment import Experiment
+    from ..profiles import get_profile
+    from .stepbench import bench_icm_step
+
+    profile = get_profile(profile_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    exp = Experiment.prepare(profile, data_dir, device, progress=False)
+    rows = bench_icm_step(exp, steps, fast=fast)
+    _encode_time_ratio(exp, repeats)
+    return rows
+
+
+def _median_step(codec, branch, objective, sampler, device, steps: int) -> float:
+    """Median seconds of an Adam step of ``codec`` (and ``branch``) under ``objective`` on
+    ``sampler``'s batches, after one warm-up step."""
+    params = list(codec.main_parameters())
+    if branch is not None:
+        branch.to(device).train()
+        params += list(branch.parameters())
+    opt = torch.optim.Adam(params, lr=1e-5)
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        objective(codec, branch, sampler.batch(i).to(device))["loss"].backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step(0)  # warm-up
+    return statistics.median(_time(lambda i=i: step(i), 1)[0] for i in range(1, steps + 1))
+
+
+#: ``bench backends``: (task, backend, RecognitionConfig overrides, label) at random weights
+BACKEND_ROWS = (
+    ("det", "torchvision", {"det_backbone": "resnet18"}, "Faster R-CNN R18-FPN (cpu profile)"),
+    ("det", "torchvision", {"det_backbone": "resnet50"}, "Faster R-CNN R50-FPN"),
+    ("det", "detectron2", {"det_config": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"},
+     "Faster R-CNN R50-FPN"),
+    ("det", "detectron2", {}, "Faster R-CNN X101-32x8d-FPN (paper)"),
+    ("seg", "smp", {"seg_encoder": "resnet18"}, "DeepLabV3+ R18 (cpu profile)"),
+    ("seg", "smp", {"seg_encoder": "resnet101"}, "DeepLabV3+ R101 (stride 16)"),
+    ("seg", "mmseg", {"seg_config": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024"},
+     "DeepLabV3+ R18-D8"),
+    ("seg", "mmseg", {}, "DeepLabV3+ R101-D8 (paper)"),
+)  # fmt: skip
+
+
+def bench_backends(profile_name: str, data_dir: Path, steps: int) -> None:
+    """Seconds per ICM training step (baseline and aux-enc) with each recognition backend at
+    random weights, on the profile's batch, crop and reference codec architecture."""
+    from ..aux_branch import build_branch
+    from ..codec import codec_from_config
+    from ..data import get_datasets
+    from ..data.sampler import CropSampler
+    from ..errors import BackendUnavailableError
+    from ..losses import ICMObjective
+    from ..profiles import get_profile
+    from .stepbench import build_machine
+
+    profile = get_profile(profile_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datasets = get_datasets(profile.data, data_dir, progress=False)
+    icm = profile.icm
+    print(f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'task':<5}{'backend':<13}{'model':<38}{'batch':>6}{'crop':>6}", end="")
+    print(f"{'baseline s/step':>17}{'aux-enc s/step':>16}")
+    for task, backend, overrides, label in BACKEND_ROWS:
+        field = "det_backend" if task == "det" else "seg_backend"
+        rec = dataclasses.replace(profile.recognition, pretrained=False, **{field: backend})
+        rec = dataclasses.replace(rec, **overrides)
+        train_set = datasets.train(task)
+        cfg = icm.train(task)
+        try:
+            machine = build_machine(task, rec, device, train_set.num_classes)
+        except BackendUnavailableError as exc:
+            print(f"{task:<5}{backend:<13}{label:<38} skipped: {str(exc)[:60]}...")
+            continue
+        sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, 0)
+        objective = ICMObjective(
+            machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+        )
+        times = []
+        for variant in ("baseline", "aux-enc"):
+            torch.manual_seed(0)
+            codec = codec_from_config(profile.codec).to(device).train()
+            branch = build_branch(
+                variant, task, codec, train_set.num_classes, icm.branch_width, rec.sampling()
+            )
+            times.append(_median_step(codec, branch, objective, sampler, device, steps))
+        print(f"{task:<5}{backend:<13}{label:<38}{cfg.batch_size:>6}{cfg.crop:>6}", end="")
+        print(f"{times[0]:>17.3f}{times[1]:>16.3f}", flush=True)
+
+
+def _encode_time_ratio(exp, repeats: int) -> None:
+    """Encode time of a cached aux-enc codec against a cached baseline codec (no branch at test
+    time: ~1.0 expected)."""
+    images = [pad_to_multiple(exp.datasets.det_val[i][0][None])[0] for i in range(4)]
+    found = False
+    for task in ("det", "seg"):
+        runs = {
+            v: sorted((exp.cache_dir / "icm").glob(f"{task}-{v}-*/codec.pt"))
+            for v in ("baseline", "aux-enc")
+        }
+        if not (runs["baseline"] and runs["aux-enc"]):
+            continue
+        found = True
+        enc = {}
+        for v, paths in runs.items():
+            codec = load_codec(load_checkpoint(paths[0])).to(exp.device).eval()
+            enc[v] = statistics.fmean(_time(lambda: codec.compress(x), repeats)[0] for x in images)
+        print(
+            f"encode time {task}: baseline {enc['baseline']:.4f} s, aux-enc {enc['aux-enc']:.4f} s,"
+            f" ratio {enc['aux-enc'] / enc['baseline']:.3f} ({runs['baseline'][0].parent.name} vs "
+            f"{runs['aux-enc'][0].parent.name})"
+        )
+    if not found:
+        print(
+            "encode time: no trained baseline/aux-enc pair in the cache yet (run notebook 02 "
+            "or the study)"
+        )
+
+
+# ---------------------------------------------------------------------- cross-device decoding
+def _device_variants() -> dict[str, dict]:
+    out = {
+        "cpu": {"device": "cpu"},
+        "cpu-1thread": {"device": "cpu", "threads": 1},
+        "cpu-float64": {"device": "cpu", "dtype": torch.float64},
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = {"device": "cuda"}
+        out["cuda-tf32"] = {"device": "cuda", "tf32": True}
+    return out
+
+
+@contextlib.contextmanager
+def _on(variant: dict):
+    threads = torch.get_num_threads()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.set_num_threads(variant.get("threads", threads))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = variant.get(
+        "tf32", False
+    )
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -> torch.Tensor:
+    """ŷ that CompressAI's own decoder gives on ``reader`` for ``writer``'s own stream."""
+    xp, _ = pad_to_multiple(x.to(next(writer.parameters())))
+    with torch.no_grad():
+        raw = writer.model.compress(xp)
+        reader.model.decompress(raw["strings"], raw["shape"])
+    return reader._captured.pop("latent_hat")
+
+
+def bench_devices(train_steps: int) -> dict:
+    """The cross-device table (module docstring); returns its cells."""
+
+    variants = _device_variants()
+    images = bench_images() + list(scene_images(4, 256, seed=3)[:, None])
+    print(
+        f"{len(images)} images (2 photos 512x768, 4 scenes 256x256); codecs N=32 M=48 trained "
+        f"{train_steps} steps; entries: identical / refused / differ over the images"
+    )
+    table = {}
+    for family, name in FAMILY_CODECS:
+        torch.manual_seed(0)
+        state = train_briefly(
+            build_codec(name, N=32, M=48), scene_images(8, 128), train_steps
+        ).codec_state()
+        codecs = {
+            v: load_codec(state).to(spec["device"], spec.get("dtype", torch.float32)).eval()
+            for v, spec in variants.items()
+        }
+        for coder in ("icm_lib", "CompressAI"):
+            if coder == "CompressAI":  # as before: every reader rebuilds its own tables
+                for v, spec in variants.items():
+                    with _on(spec):
+                        codecs[v].model.update(force=True)
+            print(f"\n{family} ({name}), {coder}: writer \\ reader")
+            print(f"{'':<14}" + "".join(f"{r:>14}" for r in variants))
+            for w in variants:
+                cells = []
+                for r in variants:
+                    counts = _cross_decode(codecs, variants, w, r, coder, images)
+                    table[(family, coder, w, r)] = counts
+                    cells.append(
+                        "n/a"
+                        if counts is None
+                        else "{identical}/{refused}/{differ}".format(**counts)
+                    )
+                print(f"{w:<14}" + "".join(f"{c:>14}" for c in cells), flush=True)
+    return table
+
+
+def _cross_decode(
+    codecs: dict, variants: dict, w: str, r: str, coder: str, images: list
+) -> dict | None:
+    """Streams written by ``codecs[w]`` decoded by ``codecs[r]``: how many gave the writer's ŷ
+    (``None`` where CompressAI's writer itself cannot run, e.g. its AR coder in float64)."""
+    from ..errors import BitstreamError
+
+    counts = {"identical": 0, "refused": 0, "differ": 0}
+    for x in images:
+        with _on(variants[w]):
+            if coder == "icm_lib":
+                data, latent = codecs[w].compress_with_latent(x)
+            else:
+                try:
+                    latent = _compressai_roundtrip(codecs[w], codecs[w], x)
+                except RuntimeError:  # CompressAI's AR decoder is float32-only
+                    return None
+        with _on(variants[r]):
+            try:
+                got = (
+                    codecs[r].decoded_latent(data)
+                    if coder == "icm_lib"
+                    else _compressai_roundtrip(codecs[w], codecs[r], x)
+                )
+            except (BitstreamError, RuntimeError, ValueError):
+                counts["refused"] += 1
+                continue
+        counts[
+            "identical" if torch.equal(got.float().cpu(), latent.float().cpu()) else "differ"
+        ] += 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["paper-step"]:  # its own options: icm_lib.dev.stepbench
+        from .stepbench import main as paper_step
+
+        return paper_step(argv[1:])
+    if argv[:1] == ["decode-budget"]:  # its own options
+        return decode_budget_main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "what", choices=["codec", "icm", "devices", "backends", "paper-step", "decode-budget"]
+    )
+    ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
+    ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
+    ap.add_argument(
+        "--fast",
+        choices=["off", "on", "both"],
+        default="both",
+        help="icm: the trainer's step flags (channels-last recognizer, fused Adam) off, on, or both",
+    )
+    ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
+    ap.add_argument("--quality", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--codecs", nargs="*", default=list(CODEC_NAMES))
+    ap.add_argument(
+        "--cache-dir", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "cache"
+    )
+    ap.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="codec: add briefly trained small codecs (default 0); devices: their "
+        "training steps (default 150)",
+    )
+    ap.add_argument("--scaling", action="store_true", help="codec: time 256² to 1080p instead")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    if args.what == "devices":
+        bench_devices(150 if args.train_steps is None else args.train_steps)
+    elif args.what == "icm":
+        fast = {"off": (False,), "on": (True,), "both": (False, True)}[args.fast]
+        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats, fast)
+    elif args.what == "backends":
+        bench_backends(args.profile, args.cache_dir.parent, args.steps)
+    elif args.scaling:
+        for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
+            bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)
+    else:
+        bench_codecs(
+            args.codecs,
+            args.quality,
+            args.pretrained,
+            args.repeats,
+            args.train_steps or 0,
+            args.cache_dir,
+        )
+    return 0
+
+
+def bench_codecs(
+    names: list[str],
+    quality: int,
+    pretrained: bool,
+    repeats: int,
+    train_steps: int,
+    cache_dir: Path,
+) -> None:
+    """The ``codec`` table: zoo architectures, briefly trained small codecs, cached MSE codecs."""
+    images = bench_images()
+    print(
+        f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
+        f"median of {repeats}"
+    )
+    print(
+        f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
+        f"{'pay/CAI':>8}{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
+        f"{'g_a s':>8}{'c.rat':>7}{'g_s s':>8}{'c.rat':>7}"
+    )
+    for name in names:
+        codec = build_codec(name, quality=quality, pretrained=pretrained)
+        tag = "pretrained" if pretrained else "random weights"
+        bench_codec(codec, f"{name} q{quality} ({tag})", images, repeats)
+    if train_steps:
+        for _, name in FAMILY_CODECS:
+            torch.manual_seed(0)
+            codec = train_briefly(build_codec(name, N=32, M=48), scene_images(8, 128), train_steps)
+            bench_codec(codec, f"{name} N32 M48 ({train_steps} steps)", images, repeats)
+    for path in sorted(cache_dir.glob("mse-codec-*/codec.pt")):
+        codec = load_codec(load_checkpoint(path))
+        bench_codec(codec, f"{codec.name} N{codec.N} M{codec.M} (trained, MSE)", images, repeats)
+    print(
+        "est: likelihood estimate; coder: with CompressAI's scale table; actual: container bytes;"
+        " pay/cod: payload / coder estimate; pay/CAI: payload / CompressAI's own strings for "
+        "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own compress/decompress "
+        "(icm_lib before its own coder); ratio: icm_lib / CompressAI; g_a s: the analysis "
+        "transforms (h_a included) and g_s s: the synthesis, which both include; c.rat: the "
+        "ratio without them (entropy coding, plus container and padding for icm_lib)"
+    )
+
+
+# ---------------------------------------------------------------------- decode budget
+#: the codec of each coded family (the fuzzer's)
+BUDGET_CODECS = FAMILY_CODECS
+#: channel counts (N, M) of ``--size``: the smoke and cpu profiles' codecs, and the zoo's at
+#: quality 3 (cheng2020-attn N=128; the paper's codec); cheng2020 takes N only
+BUDGET_SIZES = {"smoke": (32, 48), "cpu": (64, 96), "zoo": (None, None)}
+#: claimed (height, width): 0.25 and 1 MPix squares, and 1 MPix at 1:64 and 64:1
+BUDGET_CLAIMS = ((512, 512), (1024, 1024), (128, 8192), (8192, 128))
+
+
+class _MostProbable:
+    """An entropy-coder stand-in for :meth:`icm_lib.entropy.CodingState._code`: every symbol it
+    is asked for is the zero residual (the median of z, the mean of a Gaussian: each table's
+    most probable value), and each is also written to ``writer``, so the writer's payload
+    decodes to exactly these symbols."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def grouped(self, tables, index):
+        import numpy as np
+
+        values = np.zeros(len(index), dtype=np.int64)
+        self.writer.grouped(tables, index, values)
+        return values
+
+
+def crafted_stream(codec: ICMCodec, height: int, width: int) -> bytes:
+    """A valid container claiming a ``height`` x ``width`` image whose latents are all the most
+    probable symbol: what an attacker sends to make a decoder work for the largest size it
+    accepts (a few tens of bytes; issue 22 item 9). Costs what decoding it costs."""
+    from .. import bitstream, entropy
+
+    state = codec.coding_state()
+    ph, pw = -(-height // 64) * 64, -(-width // 64) * 64
+    shape = state.latent_shape(ph, pw)
+    writer = entropy._Writer()
+    state._code(_MostProbable(writer), None, None, shape)
+    header = bitstream.Header(
+        codec.name,
+        codec.quality or 0,
+        codec.N,
+        codec.M,
+        height,
+        width,
+        ph - height,
+        pw - width,
+        shape,
+        state.fingerprint,
+    )
+    return bitstream.pack(header, [writer.finish()])
+
+
+def budget_codec(name: str, size: str, seed: int = 0) -> ICMCodec:
+    """A random-weight codec of ``name`` with the channel counts of ``size`` (BUDGET_SIZES),
+    entropy tables built."""
+    torch.manual_seed(seed)
+    n, m = BUDGET_SIZES[size]
+    if name.startswith("cheng2020"):
+        m = None
+    codec = build_codec(name, quality=3, N=n, M=m).eval()
+    codec.update()
+    return codec
+
+
+def _budget_worker(argv: list[str]) -> int:
+    """In a fresh process: decode one stream, print seconds and ru_maxrss before / after."""
+    import json
+    import resource
+
+    from .. import bitstream
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("codec")
+    ap.add_argument("stream")
+    ap.add_argument("--tile", type=int, default=0)
+    ap.add_argument("--overlap", type=int, default=8)
+    args = ap.parse_args(argv)
+    codec = load_codec(torch.load(args.codec, weights_only=True)).eval()
+    data = Path(args.stream).read_bytes()
+    state = codec.coding_state()  # once per codec in a server, not per stream
+
+    def decode(data: bytes) -> torch.Tensor:
+        if not args.tile:
+            return codec.decompress(data, max_pixels=1 << 32)
+        from ..tiling import synthesize_tiled
+
+        header, strings = bitstream.unpack(data)
+        latent = state.decode(strings[0], tuple(header.latent_shape))
+        return synthesize_tiled(codec.decoder, latent, args.tile, args.overlap).clamp(0, 1)
+
+    # a warm decoder: the one-time allocations of torch's first calls are not the stream's
+    decode(crafted_stream(codec, 64, 64))
+    # Linux: reset the peak (VmHWM) to the current RSS, so a decode that needs less than the
+    # imports' transient peak is still seen; elsewhere ru_maxrss (a lower bound then)
+    before = peak = None
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status_kb("VmRSS")
+    if before is None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    x = decode(data)
+    seconds = time.perf_counter() - t0
+    peak = _proc_status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {"seconds": seconds, "before_kb": before, "peak_kb": peak, "shape": list(x.shape)}
+        )
+    )
+    return 0
+
+
+def _proc_status_kb(field: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _run_budget_case(codec_file: Path, stream_file: Path, tile: int, overlap: int) -> dict:
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "icm_lib.dev.bench", "decode-budget", "--worker", str(codec_file)]
+    cmd += [str(stream_file), "--tile", str(tile), "--overlap", str(overlap)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"decode-budget worker failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_decode_budget(
+    size: str, claims, tile: int = 0, overlap: int = 8, codecs=BUDGET_CODECS
+) -> list[dict]:
+    """The ``decode-budget`` table (module docstring); returns its rows."""
+    import tempfile
+
+    rows = []
+    print(
+        f"decode budget: random-weight codecs, size {size!r} (N, M = {BUDGET_SIZES[size]}; None: "
+        f"the zoo's q3), torch threads {torch.get_num_threads()}; one fresh process per case"
+    )
+    head = f"{'family':<15}{'codec':<22}{'claim':>12}{'MPix':>7}{'bytes':>7}{'s':>8}{'s/MPix':>8}"
+    head += f"{'MB':>8}{'MB/MPix':>9}"
+    if tile:
+        head += f"{'tiled MB':>9}{'MB/MPix':>9}{'tiled s':>8}"
+    print(head)
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, name in codecs:
+            codec = budget_codec(name, size)
+            codec_file = Path(tmp) / f"{name}.pt"
+            torch.save(codec.codec_state(), codec_file)
+            for h, w in claims:
+                data = crafted_stream(codec, h, w)
+                stream_file = Path(tmp) / f"{name}-{h}x{w}.icm"
+                stream_file.write_bytes(data)
+                mpix = (-(-h // 64) * 64) * (-(-w // 64) * 64) / 1e6
+                got = _run_budget_case(codec_file, stream_file, 0, overlap)
+                mb = (got["peak_kb"] - got["before_kb"]) / 1024
+                row = {
+                    "family": family,
+                    "codec": name,
+                    "N": codec.N,
+                    "M": codec.M,
+                    "height": h,
+                    "width": w,
+                    "mpix": mpix,
+                    "bytes": len(data),
+                    "seconds": got["seconds"],
+                    "peak_mb": mb,
+                    "baseline_mb": got["before_kb"] / 1024,
+                }
+                line = f"{family:<15}{name:<22}{f'{h}x{w}':>12}{mpix:>7.2f}{len(data):>7}"
+                line += f"{got['seconds']:>8.2f}{got['seconds'] / mpix:>8.2f}{mb:>8.0f}{mb / mpix:>9.0f}"
+                if tile:
+                    tiled = _run_budget_case(codec_file, stream_file, tile, overlap)
+                    tmb = (tiled["peak_kb"] - tiled["before_kb"]) / 1024
+                    row.update(tiled_mb=tmb, tiled_seconds=tiled["seconds"])
+                    line += f"{tmb:>9.0f}{tmb / mpix:>9.0f}{tiled['seconds']:>8.2f}"
+                print(line, flush=True)
+                rows.append(row)
+    print(
+        "claim: the header's height x width; MPix: padded pixels; bytes: the whole crafted file; "
+        "s: wall seconds of decompress (entropy decoding + g_s; the machine's load changes them); "
+        "MB: peak resident memory above the process's before decoding (VmHWM reset; "
+        "after a 64x64 warm-up decode, so torch's one-time allocations are excluded)"
+        + (f"; tiled: g_s in {tile}-latent tiles with {overlap} of overlap" if tile else "")
+    )
+    return rows
+
+
+def decode_budget_main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        return _budget_worker(argv[1:])
+    ap = argparse.ArgumentParser(
+        prog="python -m icm_lib.bench decode-budget",
+        description="Seconds and memory per claimed megapixel of crafted streams (bench.py).",
+    )
+    ap.add_argument("--size", choices=sorted(BUDGET_SIZES), default="smoke")
+    ap.add_argument(
+        "--claims",
+        nargs="*",
+        default=[f"{h}x{w}" for h, w in BUDGET_CLAIMS],
+        help="claimed sizes HxW (default: %(default)s)",
+    )
+    ap.add_argument("--codecs", nargs="*", default=[n for _, n in BUDGET_CODECS])
+    ap.add_argument("--tile", type=int, default=0, help="also decode with g_s in tiles of T")
+    ap.add_argument("--overlap", type=int, default=8, help="latents of overlap of the tiles")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args(argv)
+    claims = [tuple(int(v) for v in c.lower().split("x")) for c in args.claims]
+    codecs = [(f, n) for f, n in BUDGET_CODECS if n in args.codecs]
+    rows = bench_decode_budget(args.size, claims, args.tile, args.overlap, codecs)
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
