@@ -138,3 +138,14 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     assert all(p.is_contiguous() for p in model.parameters())
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "seg aux-enc: fast on / off" in out
+
+
+def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):
+    """Moved into icm_lib/dev/, the default cache folder must still be the checkout's data/cache
+    (one level more of parents): a wrong default retrains the recognizers into the package."""
+    from pathlib import Path
+
+    seen = {}
+    monkeypatch.setattr(bench, "bench_icm", lambda profile, data_dir, *a: seen.update(d=data_dir))
+    bench.main(["icm"])
+    assert seen["d"] == Path(__file__).resolve().parents[1] / "data"

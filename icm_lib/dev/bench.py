@@ -464,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--codecs", nargs="*", default=list(CODEC_NAMES))
     ap.add_argument(
-        "--cache-dir", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "cache"
+        "--cache-dir",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "data" / "cache",  # the checkout's data/
     )
     ap.add_argument(
         "--train-steps",
