@@ -28,6 +28,7 @@ from .codec import ICMCodec
 from .data.context import IGNORE_INDEX
 from .data.transforms import pad_to_multiple
 from .errors import BDRateError
+from .files import load_or_compute
 from .metrics import (
     ConfusionMatrix,
     bd_rate,
@@ -262,12 +263,13 @@ def load_or_evaluate(path: str | Path, compute) -> RDPoint:
     """The R-D point stored at ``path``, or ``compute()`` stored there (atomically) and
     returned; a stored point of another schema (e.g. before per-image data) or a damaged one is
     recomputed (:func:`~icm_lib.results.read_evaluation`)."""
-    stored = read_evaluation(path)
-    if stored is not None:
-        return stored
-    point = compute()
-    write_evaluation(path, point)
-    return point
+
+    def compute_and_store() -> RDPoint:
+        point = compute()
+        write_evaluation(path, point)
+        return point
+
+    return load_or_compute(lambda: read_evaluation(path), compute_and_store)
 
 
 def bd_rate_or_reason(

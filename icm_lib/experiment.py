@@ -34,7 +34,7 @@ from .profiles import Profile, TrainConfig
 from .pseudo_labels import cached
 from .recognition import load_or_train
 from .results import RDPoint, RunRecord
-from .runtime import Distributed, config_hash, data_key, seed_everything, state_fingerprint
+from .runtime import Distributed, data_key, keyed_path, seed_everything, state_fingerprint
 from .tasks import DETECTION, TASKS, Task, get_task
 from .trainer import train_codec
 
@@ -55,13 +55,15 @@ def load_or_train_reference_codec(
         codec.update()
         return codec.to(device).eval(), []
     cfg, every = profile.mse, profile.mse.validate_every
-    key = config_hash(
+    run_dir = keyed_path(
+        Path(cache_dir),
+        f"mse-codec-{profile.codec.name}",
         {
             "codec": profile.codec.key(),
             "train": asdict(cfg.train_config()),
             "data": data_key(datasets.det_train.root),
             **({"validation": _validation_key(profile, every)} if every else {}),
-        }
+        },
     )
     sampler = CropSampler(datasets.det_train, cfg.crop, cfg.batch_size, cfg.seed)
     validate = None
@@ -73,7 +75,7 @@ def load_or_train_reference_codec(
         sampler,
         cfg,
         mse_objective(cfg.lmbda),
-        Path(cache_dir) / f"mse-codec-{profile.codec.name}-{key}",
+        run_dir,
         device,
         progress,
         dist=dist,
@@ -355,7 +357,9 @@ class Experiment:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         profile, icm = self.profile, self.profile.icm
         cfg = run_config(profile, task, variant, lmbda, seed, steps)
-        key = config_hash(
+        return keyed_path(
+            self.cache_dir / "icm",
+            f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}",
             {
                 "train": asdict(cfg),
                 "variant": variant,
@@ -366,9 +370,8 @@ class Experiment:
                 "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
                 "data": data_key(self.datasets.train(task).root),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
-            }
+            },
         )
-        return self.cache_dir / "icm" / f"{task.name}-{variant}-lmbda{lmbda:g}-seed{seed}-{key}"
 
     def ablation_run_dir(
         self,

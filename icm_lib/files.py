@@ -7,7 +7,9 @@ a full disk leaves the previous file whole; a failed write is a
 and the space. Every JSON file is read through :func:`read_json` (damage →
 :class:`~icm_lib.errors.DamagedFileError` saying what to do), every ``.pt`` file through
 :func:`load_checkpoint` (``weights_only``, its content hash checked). The JSON-lines training logs
-are the one file appended in place; their readers and repair are at the end.
+are the one file appended in place; their readers and repair follow. Last,
+:func:`load_or_compute`: the one place that decides "finished → load" for every cached result
+(a codec run, a finetuning, a recognizer, an evaluation, a batch's pseudo-labels).
 """
 
 from __future__ import annotations
@@ -416,3 +418,40 @@ def truncate_log(path: str | Path, step: int) -> None:
 def logged_seconds(path: str | Path, step: int) -> float:
     """Training seconds the log had counted up to ``step``, so a resumed run keeps counting."""
     return next((r["seconds"] for r in reversed(read_log(path)) if r["step"] <= step), 0.0)
+
+
+# -- load or compute ------------------------------------------------------------------------------
+
+
+def load_or_compute(
+    load: Callable[[], Any],
+    compute: Callable[[], Any],
+    *,
+    guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+    before: Callable[[], None] | None = None,
+) -> Any:
+    """The stored result, or the result computed (and stored) now: the one decision "finished →
+    load" of every cached result in the project.
+
+    Args:
+        load: the stored result, or ``None`` when there is none -- or it is damaged, cut or of
+            another schema: a cache is recomputed, never misread (the loaders of
+            :func:`read_json` / :func:`load_checkpoint` say so with a warning).
+        compute: computes the result, stores it atomically (a training run stores its own
+            checkpoints and its finished file) and returns it.
+        guard: the result's one writer (a :class:`~icm_lib.locks.RunLock` or
+            :meth:`~icm_lib.runtime.RunFiles.claim`): held while computing, after which ``load``
+            is asked again, since the process that held it may have finished the result.
+            ``None``: no lock (a result any process may compute again, to the same bytes).
+        before: called once before computing (a ``cached_only`` session refuses training here).
+    """
+    value = load()
+    if value is not None:
+        return value
+    if before is not None:
+        before()
+    if guard is None:
+        return compute()
+    with guard():
+        value = load()
+        return value if value is not None else compute()

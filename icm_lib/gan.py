@@ -43,15 +43,15 @@ from .results import GanRecord
 from .runtime import (
     CheckpointParts,
     RunFiles,
-    config_hash,
     data_key,
     get_device,
+    keyed_path,
     mix_seed,
-    refuse_training,
     seed_everything,
     state_fingerprint,
 )
 from .tasks import TASKS, get_task
+from .trainer import load_or_run
 
 PRESETS = ("full", "limited", "no-adv")
 
@@ -241,13 +241,12 @@ def finetune_decoder(
         so it decodes the original's streams) and the log.
     """
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every)
-    if run.finished:
-        return load_codec(run.final_state()).to(device).eval(), run.read_log()
-    refuse_training(f"the PatchGAN finetuning {run.dir.name}")
-    with run.claim():  # one writer per run key: another process finetuning it is waited for
-        if run.finished:  # ... and it finished the run meanwhile
-            return load_codec(run.final_state()).to(device).eval(), run.read_log()
-        return _finetune(codec, machine, sampler, cfg, run, device, progress, stop_after, desc)
+    return load_or_run(
+        run,
+        device,
+        f"the PatchGAN finetuning {run.dir.name}",
+        lambda: _finetune(codec, machine, sampler, cfg, run, device, progress, stop_after, desc),
+    )
 
 
 def _finetune(
@@ -292,15 +291,16 @@ def _finetune(
 def gan_run_dir(codec: ICMCodec, train_set, cfg: GANConfig, preset: str, cache_dir) -> Path:
     """The cache folder of a finetuning with ``cfg`` (the preset's, seed set): its name carries
     the key of the exact weights of ``codec``, the configuration and the data."""
-    key = config_hash(
+    return keyed_path(
+        Path(cache_dir) / "gan",
+        f"{preset}-seed{cfg.seed}",
         {
             # the study's list of presets decides no run: the keys of before the field
             "cfg": {k: v for k, v in asdict(cfg).items() if k != "presets"},
             "codec": state_fingerprint(codec.codec_state()["state_dict"]),
             "data": data_key(train_set.root),
-        }
+        },
     )
-    return Path(cache_dir) / "gan" / f"{preset}-seed{cfg.seed}-{key}"
 
 
 def load_or_finetune(

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, DiskFullError, FileWriteError
-from .files import atomic_torch_save, load_checkpoint
+from .files import atomic_torch_save, load_checkpoint, load_or_compute
 from .runtime import state_fingerprint
 
 #: a default bound of the cache folder, in MB
@@ -76,14 +76,25 @@ class CachedMachine:
 
     def pseudo_labels(self, x: torch.Tensor):
         path = self.folder / f"{x.device.type}-{batch_key(x)}.pt"
-        if path.is_file():
-            try:
-                labels = load_checkpoint(path)["labels"]
-                self.hits += 1
-                os.utime(path)  # recently used
-                return _to(labels, x.device)
-            except (CheckpointError, KeyError):
-                path.unlink(missing_ok=True)
+        return _to(
+            load_or_compute(lambda: self._stored(path), lambda: self._label(x, path)), x.device
+        )
+
+    def _stored(self, path: Path):
+        """The labels stored at ``path`` (on the CPU), or ``None``: none, or damaged (removed)."""
+        if not path.is_file():
+            return None
+        try:
+            labels = load_checkpoint(path)["labels"]
+        except (CheckpointError, KeyError):
+            path.unlink(missing_ok=True)
+            return None
+        self.hits += 1
+        os.utime(path)  # recently used
+        return labels
+
+    def _label(self, x: torch.Tensor, path: Path):
+        """The machine's labels of ``x``, stored at ``path`` while the disk takes them."""
         labels = self.machine.pseudo_labels(x)
         self.misses += 1
         if self._disk_ok:
@@ -96,7 +107,7 @@ class CachedMachine:
                 self._disk_ok = False
                 warnings.warn(
                     f"pseudo-label cache off for this run ({exc}); labels are computed each step",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         return labels
 

@@ -116,6 +116,17 @@ def config_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def keyed_path(folder: str | Path, name: str, parts: dict, suffix: str = "") -> Path:
+    """Where a cached result lives: ``<folder>/<name>-<config_hash(parts)><suffix>``.
+
+    ``parts`` is everything that decides the result (configurations, the fingerprints of the
+    weights it starts from, :func:`data_key`); ``name`` only makes the folder readable. The one
+    spelling of a cache key: a codec run, the reference codec, a recognizer and a PatchGAN
+    finetuning are found the same way, and :func:`~icm_lib.files.load_or_compute` decides
+    whether what is there is finished."""
+    return Path(folder) / f"{name}-{config_hash(parts)}{suffix}"
+
+
 def data_key(root: str | Path) -> str:
     """A dataset's identity in cache keys. The embedded scenes: their path from the
     ``embedded/<tag>`` folder on (the tag carries the generator's settings and version, so every

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
+from .files import load_or_compute
 from .losses import Objective
 from .profiles import TrainConfig
 from .runtime import (
@@ -259,13 +260,11 @@ def train_codec(
     """
     dist = dist or Distributed(device)
     run = RunFiles(run_dir, cfg.steps, cfg.log_every, cfg.checkpoint_every, dist)
-    if run.finished:
-        return load_codec(run.final_state()).to(device).eval(), run.read_log()
-    refuse_training(f"the codec run {run.dir.name}")
-    with run.claim():  # one writer per run key: another process training it is waited for
-        if run.finished:  # ... and it finished the run meanwhile
-            return load_codec(run.final_state()).to(device).eval(), run.read_log()
-        return _train(
+    return load_or_run(
+        run,
+        device,
+        f"the codec run {run.dir.name}",
+        lambda: _train(
             codec,
             sampler,
             cfg,
@@ -281,7 +280,23 @@ def train_codec(
             desc=desc,
             validate=validate,
             validate_every=validate_every,
-        )
+        ),
+    )
+
+
+def load_or_run(
+    run: RunFiles, device: torch.device, what: str, train: Callable[[], tuple[ICMCodec, list]]
+) -> tuple[ICMCodec, list[dict]]:
+    """A finished run's codec (eval mode, on ``device``) and log, or ``train()``'s, under the
+    run's writer lock (:func:`~icm_lib.files.load_or_compute`); ``what`` names the run when a
+    cached-only session refuses to train it. Codec runs and PatchGAN finetunings share it."""
+
+    def finished():
+        if not run.finished:
+            return None
+        return load_codec(run.final_state()).to(device).eval(), run.read_log()
+
+    return load_or_compute(finished, train, guard=run.claim, before=lambda: refuse_training(what))
 
 
 def _train(

@@ -226,7 +226,7 @@ def test_a_damaged_recognizer_cache_is_trained_again(tmp_path):
 # ---------------------------------------------------------------------- one writer per run key
 _WRITER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from pathlib import Path
 
     import torch
@@ -246,6 +246,7 @@ _WRITER = textwrap.dedent(
     sampler = CropSampler(CocoDetection(coco, "train"), cfg.crop, cfg.batch_size, cfg.seed)
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=16, M=24)
+    Path(f"{go}.ready.{os.getpid()}").touch()  # imported and built: ready to start
     while not Path(go).exists():  # both processes start training at the same moment
         time.sleep(0.01)
     codec, log = train_codec(codec, sampler, cfg, mse_objective(cfg.lmbda), run_dir,
@@ -265,8 +266,10 @@ def test_two_processes_on_one_run_key_write_each_record_once(tmp_path, scenes):
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
     ]
-    time.sleep(0.5)
-    go.touch()
+    deadline = time.monotonic() + 120  # both imported (a loaded machine takes seconds) ...
+    while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # ... then both start at once: one trains, the other waits for its lock
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
@@ -467,3 +470,83 @@ def test_the_readme_lists_every_file_door():
         "left by a killed process",
         "a full disk or quota (`ENOSPC`, `EDQUOT`), another failed write",
     }
+
+
+# ---------------------------------------------------------------------- load or compute
+def test_load_or_compute_loads_what_is_finished_and_computes_once_under_the_guard():
+    from contextlib import contextmanager
+
+    events, store = [], {}
+
+    @contextmanager
+    def guard():
+        events.append("lock")
+        yield
+        events.append("unlock")
+
+    def load():
+        events.append("load")
+        return store.get("v")
+
+    def compute():
+        events.append("compute")
+        store["v"] = 42
+        return 42
+
+    kw = dict(guard=guard, before=lambda: events.append("before"))
+    assert files.load_or_compute(load, compute, **kw) == 42
+    # asked again inside the lock: the holder it waited for may have finished the result
+    assert events == ["load", "before", "lock", "load", "compute", "unlock"]
+    events.clear()
+    assert files.load_or_compute(load, compute, **kw) == 42
+    assert events == ["load"]  # finished: loaded, nothing refused, nothing locked
+
+
+def test_load_or_compute_takes_what_the_lock_holder_finished():
+    from contextlib import contextmanager
+
+    store = {}
+
+    @contextmanager
+    def guard():  # another process held the lock and finished the result meanwhile
+        store["v"] = "theirs"
+        yield
+
+    def compute():
+        raise AssertionError("computed although the holder finished it")
+
+    assert files.load_or_compute(lambda: store.get("v"), compute, guard=guard) == "theirs"
+
+
+def test_a_refusing_session_stops_before_computing_and_a_cut_result_is_recomputed(tmp_path):
+    from icm_lib.errors import NotCachedError
+
+    def refuse():
+        raise NotCachedError("cached only")
+
+    with pytest.raises(NotCachedError):
+        files.load_or_compute(lambda: None, lambda: 1 / 0, before=refuse)
+    path = tmp_path / "r.json"
+    path.write_text('{"value": 1')  # cut
+
+    def load():
+        try:
+            return files.read_json(path, what="a result", fix="recompute")
+        except DamagedFileError:
+            return None
+
+    def compute():
+        files.atomic_write_json(path, {"value": 2})
+        return {"value": 2}
+
+    assert files.load_or_compute(load, compute) == {"value": 2}
+    assert json.loads(path.read_text()) == {"value": 2}
+
+
+def test_every_cache_key_is_spelled_by_keyed_path():
+    from icm_lib.runtime import config_hash, keyed_path
+
+    parts = {"cfg": {"a": 1}, "data": "embedded/tag/det_train"}
+    assert keyed_path("/c", "detector-resnet18", parts, ".pt").name == (
+        f"detector-resnet18-{config_hash(parts)}.pt"
+    )

@@ -20,10 +20,10 @@ from ..data.coco import CocoDetection
 from ..data.context import PascalContextSegmentation
 from ..data.transforms import random_crop
 from ..errors import CheckpointError
-from ..files import atomic_torch_save, load_checkpoint
+from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
 from ..profiles import RecognitionConfig
-from ..runtime import config_hash, data_key, mix_seed, refuse_training, seed_everything, tqdm
+from ..runtime import data_key, keyed_path, mix_seed, refuse_training, seed_everything, tqdm
 from ..tasks import DETECTION, SEGMENTATION
 from .build import build_recognizer
 from .detection import FrozenDetector
@@ -287,52 +287,58 @@ def _load_or_train(
     other = SEGMENTATION if task is DETECTION else DETECTION
     not_ours = set(INFERENCE_ONLY) | {f"{other.name}_train_steps"}
     trained_by = {k: v for k, v in cfg.key().items() if k not in not_ours}
-    key = config_hash(
+    path = keyed_path(
+        cache_dir,
+        name,
         {
             "cfg": trained_by,
             "data": data_key(train_set.root),
             "classes": train_set.num_classes,
             "crop": crop,
             "seed": seed,
-        }
+        },
+        ".pt",
     )
-    path = Path(cache_dir) / f"{name}-{key}.pt"
-    ckpt = _cached(path)
-    if ckpt is None:
-        refuse_training(f"the {task.name} recognizer {path.name}")
+
+    def train() -> dict:
+        t0 = time.perf_counter()
+        steps = cfg.steps_for(task)
+        state_path = path.with_name(path.name + ".partial")
+
+        def evaluate(trained):
+            return eval_fn(make_machine(copy.deepcopy(trained)), val_set, device)
+
+        log, curve = (
+            train_fn(model, train_set, cfg, crop, device, seed, progress, state_path, evaluate)
+            if steps
+            else ([], [])
+        )
+        seconds = time.perf_counter() - t0
+        val = eval_fn(make_machine(model), val_set, device)
+        report = {
+            "val": val,
+            "val_curve": curve + ([{"step": steps, **val}] if steps else []),
+            "train_seconds": seconds,
+            "train_steps": steps,
+            "loss_log": log,
+            "cached": False,
+        }
+        atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
+        state_path.unlink(missing_ok=True)
+        return {"report": report}  # the weights are the model's own already
+
+    ckpt = load_or_compute(
+        lambda: _cached(path),
+        train,
         # one writer per cache file: a second process waits, then loads what the first wrote
-        with RunLock(path.with_name(path.name + ".lock"), what=f"the recognizer cache {path}"):
-            ckpt = _cached(path)
-            if ckpt is None:
-                t0 = time.perf_counter()
-                steps = cfg.steps_for(task)
-                state_path = path.with_name(path.name + ".partial")
-
-                def evaluate(trained):
-                    return eval_fn(make_machine(copy.deepcopy(trained)), val_set, device)
-
-                log, curve = (
-                    train_fn(
-                        model, train_set, cfg, crop, device, seed, progress, state_path, evaluate
-                    )
-                    if steps
-                    else ([], [])
-                )
-                seconds = time.perf_counter() - t0
-                val = eval_fn(make_machine(model), val_set, device)
-                report = {
-                    "val": val,
-                    "val_curve": curve + ([{"step": steps, **val}] if steps else []),
-                    "train_seconds": seconds,
-                    "train_steps": steps,
-                    "loss_log": log,
-                    "cached": False,
-                }
-                atomic_torch_save({"state_dict": model.state_dict(), "report": report}, path)
-                state_path.unlink(missing_ok=True)
-    if ckpt is not None:
+        guard=lambda: RunLock(
+            path.with_name(path.name + ".lock"), what=f"the recognizer cache {path}"
+        ),
+        before=lambda: refuse_training(f"the {task.name} recognizer {path.name}"),
+    )
+    report = ckpt["report"]
+    if "state_dict" in ckpt:  # loaded from the cache
         model.load_state_dict(ckpt["state_dict"])
-        report = ckpt["report"]
         report["cached"] = True
     report["path"] = str(path)
     return make_machine(model), report
