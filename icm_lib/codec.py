@@ -95,6 +95,17 @@ class CodedImage:
     bpp_estimate: float
     bpp_coder_estimate: float
 
+    def summary(self) -> dict:
+        """The numbers without the image: bytes, the four bpp and the decoded shape."""
+        return {
+            "bytes": len(self.data),
+            "bpp": self.bpp,
+            "bpp_payload": self.bpp_payload,
+            "bpp_estimate": self.bpp_estimate,
+            "bpp_coder_estimate": self.bpp_coder_estimate,
+            "decoded_shape": list(self.x_hat.shape),
+        }
+
 
 class ICMCodec(nn.Module):
     """A CompressAI model plus the views image coding for machines needs.

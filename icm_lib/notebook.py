@@ -1,4 +1,5 @@
-"""The one setup every notebook runs after its ``parameters`` cell."""
+"""The one setup every notebook runs after its ``parameters`` cell, and the records the
+notebooks write for their tests (one call each, not a dict built by hand in a notebook)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .evaluate import bd_rates, curves, study_agreement, summary_point
 from .files import atomic_write_json
 from .profiles import Profile, get_profile, parse_overrides
 from .runtime import env_path, get_device, seed_everything
@@ -31,6 +33,106 @@ class Setup:
             **metrics,
         }
         return atomic_write_json(self.output_dir / name, payload)
+
+
+@dataclass
+class CurveComparison:
+    """One task's R-D comparison as notebooks 01 and 02 show it (:func:`compare_curves`).
+
+    Attributes:
+        source: where the drawn curves come from (the study's file, or this notebook's seed).
+        curves: the curves to draw (name → seed → points).
+        trained: the points trained in this session (name → points), drawn on top.
+        bd: BD-rate rows against the baseline (name → row).
+        agreement: this session's runs against the study's points of the same run key.
+    """
+
+    source: str
+    curves: dict
+    trained: dict
+    bd: dict
+    agreement: list
+    seed: int | None = None
+
+    def show(self, task: str, title: str, output_dir: str | Path) -> None:
+        """Draw the curves (``rd_<task>.png`` in ``output_dir``) and print the BD-rates and the
+        agreement rows."""
+        from . import plots
+        from .report import fmt_agreement, fmt_bd_rate
+        from .tasks import get_task
+
+        metric = get_task(task).metric
+        fig = plots.rd_curves(
+            self.curves, metric, title=f"{title} — {self.source}", trained=self.trained
+        )
+        plots.save(fig, output_dir, f"rd_{task}")
+        for name, row in self.bd.items():
+            print(f"{task}: BD-rate of {name} vs baseline ({self.source}): "
+                  f"{fmt_bd_rate(row, self.seed)}")  # fmt: skip
+        for row in self.agreement:
+            print(f"{task} {fmt_agreement(row, metric)}")
+
+
+def compare_curves(
+    runs: list[dict],
+    task: str,
+    study: dict | None,
+    seed: int,
+    hide_bd: tuple[str, ...] = (),
+    hide_trained: tuple[str, ...] = (),
+) -> CurveComparison:
+    """The R-D curves of ``task`` from the study's file when there is one (``study``:
+    :func:`~icm_lib.report.recorded_study`), else from this session's ``runs`` of ``seed``, with
+    their BD-rates and the agreement of the runs trained here with the study's; ``hide_bd`` /
+    ``hide_trained``: curves a notebook leaves to another one."""
+    own = curves(runs, task)
+    trained = {
+        name: [p for pts in by_seed.values() for p in pts]
+        for name, by_seed in own.items()
+        if name not in hide_trained
+    }
+    if study:
+        source, drawn, bd = study["source"], study["curves"][task], study["bd_rate"][task]
+        agreement, shown = study_agreement(runs, study["curves"], task), None
+    else:
+        source, drawn, bd, agreement = f"this notebook (seed {seed})", own, bd_rates(own, task), []
+        shown = seed
+    bd = {k: v for k, v in bd.items() if k not in hide_bd}
+    return CurveComparison(source, drawn, trained, bd, agreement, shown)
+
+
+def curve_record(
+    task: str,
+    points: dict[str, list[dict]],
+    runs: list[dict],
+    bd: dict,
+    seed: int,
+    agreement: list[dict] | tuple = (),
+) -> dict:
+    """What notebooks 01 and 02 record of one task's R-D curves.
+
+    Args:
+        task: ``det`` / ``seg``.
+        points: curve name → its R-D points (plain, ordered by λ), e.g. ``baseline``, ``roi``.
+        runs: the run records (plain) whose λ, losses, steps and time are recorded.
+        bd: BD-rate rows of this task (:func:`~icm_lib.evaluate.bd_rates` or the study's).
+        seed: the seed whose BD-rates are recorded (``per_seed``).
+        agreement: rows of :func:`~icm_lib.evaluate.study_agreement`.
+    """
+    from .tasks import get_task
+
+    return {
+        "metric": get_task(task).metric,
+        "lambdas": [r["lmbda"] for r in runs],
+        **{name: [summary_point(p, task) for p in pts] for name, pts in points.items()},
+        "first_loss": [r["log"][0]["loss"] for r in runs],
+        "last_loss": [r["log"][-1]["loss"] for r in runs],
+        "steps": [r["log"][-1]["step"] for r in runs],
+        "train_seconds": [r["train_seconds"] for r in runs],
+        "bd_rate": {k: v["per_seed"].get(seed) for k, v in bd.items()},
+        "bd_rate_front": {k: v["front"]["per_seed"].get(seed) for k, v in bd.items()},
+        "study_agreement": list(agreement),
+    }
 
 
 def setup(

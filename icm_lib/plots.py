@@ -128,6 +128,29 @@ def dataset_examples(det_set, seg_set, n: int = 4):
     return fig
 
 
+def pseudo_label_grid(x, det_targets, seg_targets, saliency, category_names, classes):
+    """Notebook 00's figure: per image (columns) its pseudo-boxes, its pseudo-label map and the
+    magnitude of the task-loss gradient at the pixels (square root, for contrast)."""
+    n = len(x)
+    fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.2), squeeze=False)
+    for i in range(n):
+        d = det_targets[i]
+        title = f"{len(d['boxes'])} pseudo-boxes"
+        draw_boxes(axes[0, i], x[i], d["boxes"], d["labels"], category_names, title=title)
+        draw_label_map(axes[1, i], seg_targets[i], classes, title="pseudo-label map")
+        axes[2, i].imshow(saliency[i].detach().cpu().numpy() ** 0.5, cmap="inferno")
+        axes[2, i].set_title("|∂E/∂x| (task-loss gradient)", fontsize=8)
+        axes[2, i].set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def recognizer_training(reports: dict):
+    """The loss curves of the recognizers trained here (``None`` when both came pretrained)."""
+    logs = {f"{k} loss": r["loss_log"] for k, r in reports.items() if r["loss_log"]}
+    return loss_curves(logs) if logs else None
+
+
 def loss_curves(logs: dict[str, Sequence[float]], smooth: int = 10, ylog: bool = True):
     """One panel per named loss log, raw and moving average."""
     fig, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3), squeeze=False)
@@ -156,6 +179,33 @@ def bit_allocation(
     h, w = bits.shape
     per_pixel = bits / ((size[0] / h) * (size[1] / w))
     return torch.nn.functional.interpolate(per_pixel[None, None], size=size, mode="nearest")[0, 0]
+
+
+def bit_maps(rows: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]], difference=None):
+    """Bit-allocation maps side by side: per row (title → (image, name → bits map in bpp)) the
+    input and each map on one colour scale, captioned with its mean (the estimated bpp);
+    ``difference=(a, b)`` adds the map a − b on a diverging scale."""
+    columns = 1 + max(len(maps) for _, maps in rows.values()) + (difference is not None)
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(3.3 * columns, 3.3 * len(rows)), squeeze=False
+    )
+    for row, (title, (image, maps)) in zip(axes, rows.items()):
+        row[0].imshow(_hwc(image))
+        row[0].set_title(title, fontsize=9)
+        vmax = max(float(m.max()) for m in maps.values())
+        for ax, (name, m) in zip(row[1:], maps.items()):
+            im = ax.imshow(m.cpu().numpy(), cmap="viridis", vmin=0, vmax=vmax)
+            ax.set_title(f"{name}: {float(m.mean()):.3f} bpp (estimate)", fontsize=9)
+        fig.colorbar(im, ax=row[len(maps)], fraction=0.046)
+        if difference is not None:
+            diff = (maps[difference[0]] - maps[difference[1]]).cpu()
+            lim = float(diff.abs().max()) or 1.0
+            row[-1].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim)
+            row[-1].set_title(f"{difference[0]} − {difference[1]}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
 
 
 def roundtrip_figure(

@@ -108,3 +108,40 @@ def class_names(dataset) -> list[str]:
 
 
 __all__ = ["Decoded", "bits_of", "class_names", "decoded", "machine_output"]
+
+
+def with_and_without_branch(codecs: dict, task: str, image: ImageLike, machine) -> dict:
+    """Iino et al.'s Figs. 5-6 on one image: the baseline ("w/o aux") and aux-enc ("w/ aux")
+    codecs at the middle λ of ``codecs`` (``(task, variant, λ) → codec``), and the MSE codec whose
+    rate on this image is closest to the baseline's. Returns ``{"panels": name → panel
+    (:meth:`Decoded.as_panel`; the baseline's with the machine on the input), "lmbda",
+    "mse_lmbda", "bpp": name → bpp, "difference_mean" / "difference_abs_max": the bits map of
+    w/o aux minus w/ aux}``."""
+    lambdas = sorted(k[2] for k in codecs if k[:2] == (task, "aux-enc"))
+    lm = lambdas[len(lambdas) // 2]
+    panels = {
+        name: decoded(codecs[(task, variant, lm)], image, machine).as_panel()
+        for name, variant in (("w/o aux", "baseline"), ("w/ aux", "aux-enc"))
+    }
+    mse = {
+        k[2]: decoded(codecs[k], image, machine).as_panel()
+        for k in codecs
+        if k[:2] == (task, "mse")
+    }
+    mse_lm = min(mse, key=lambda m: abs(mse[m]["bpp"] - panels["w/o aux"]["bpp"]))
+    panels = {"MSE codec": mse[mse_lm], **panels}
+    panels["w/o aux"]["on_input"] = machine_output(machine, image)
+    diff = panels["w/o aux"]["bits"] - panels["w/ aux"]["bits"]
+    return {
+        "panels": panels,
+        "lmbda": lm,
+        "mse_lmbda": mse_lm,
+        "bpp": {k: v["bpp"] for k, v in panels.items()},
+        "difference_mean": float(diff.mean()),
+        "difference_abs_max": float(diff.abs().max()),
+    }
+
+
+def million_parameters(module: torch.nn.Module) -> float:
+    """A model's size as the notebooks print it: parameters in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6

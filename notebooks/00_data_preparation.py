@@ -172,17 +172,8 @@ for name, r in rec_reports.items():
         f"{name}: val {r['val']}  trained {r['train_steps']} steps in {r['train_seconds']:.0f} s"
         f"{'  (loaded from cache)' if r['cached'] else ''}"
     )
-if rec_reports["det"]["loss_log"]:
-    plots.save(
-        plots.loss_curves(
-            {
-                "detector loss": rec_reports["det"]["loss_log"],
-                "segmenter loss": rec_reports["seg"]["loss_log"],
-            }
-        ),
-        S.output_dir,
-        "recognition_training",
-    )
+if fig := plots.recognizer_training(rec_reports):
+    plots.save(fig, S.output_dir, "recognition_training")
 
 # %% [markdown]
 # ### Pseudo-labels and the task loss
@@ -193,7 +184,6 @@ if rec_reports["det"]["loss_log"]:
 # pixels to change. That gradient is exactly what trains the codec in notebook 01.
 
 # %%
-import matplotlib.pyplot as plt
 import torch
 
 from icm_lib.data.transforms import pad_to_multiple
@@ -209,28 +199,24 @@ det_loss = det.task_loss(noisy, det_targets)["loss"]
 seg_loss = seg.task_loss(noisy, seg_targets)["loss"]
 (det_loss + seg_loss).backward()
 saliency = noisy.grad.abs().sum(1)
-with torch.no_grad():
-    clean_det_loss = float(det.task_loss(x, det_targets)["loss"])
-    clean_seg_loss = float(seg.task_loss(x, seg_targets)["loss"])
-print(f"task loss on originals: det {clean_det_loss:.3f}  seg {clean_seg_loss:.3f}")
-print(f"task loss with noise σ=0.1: det {float(det_loss):.3f}  seg {float(seg_loss):.3f}")
 
-fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.2), squeeze=False)
-for i in range(n):
-    d = det_targets[i]
-    plots.draw_boxes(
-        axes[0, i],
-        x[i],
-        d["boxes"],
-        d["labels"],
-        ds.det_val.category_names,
-        title=f"{len(d['boxes'])} pseudo-boxes",
-    )
-    plots.draw_label_map(axes[1, i], seg_targets[i], ds.seg_val.classes, title="pseudo-label map")
-    axes[2, i].imshow(saliency[i].cpu().numpy() ** 0.5, cmap="inferno")
-    axes[2, i].set_title("|∂E/∂x| (task-loss gradient)", fontsize=8)
-    axes[2, i].set_axis_off()
-fig.tight_layout()
+# %%
+with torch.no_grad():
+    pseudo = {
+        "boxes_per_image": sum(len(d["boxes"]) for d in det_targets) / n,
+        "clean_det_loss": float(det.task_loss(x, det_targets)["loss"]),
+        "noisy_det_loss": float(det_loss),
+        "clean_seg_loss": float(seg.task_loss(x, seg_targets)["loss"]),
+        "noisy_seg_loss": float(seg_loss),
+        "saliency_sum": float(saliency.sum()),
+    }
+print(
+    f"task loss on originals: det {pseudo['clean_det_loss']:.3f}  seg {pseudo['clean_seg_loss']:.3f}"
+)
+print(f"task loss with noise σ=0.1: det {float(det_loss):.3f}  seg {float(seg_loss):.3f}")
+fig = plots.pseudo_label_grid(
+    x, det_targets, seg_targets, saliency, ds.det_val.category_names, ds.seg_val.classes
+)
 plots.save(fig, S.output_dir, "pseudo_labels")
 
 # %% [markdown]
@@ -254,12 +240,11 @@ plots.save(fig, S.output_dir, "pseudo_labels")
 # reference** that the machine-trained codecs of notebooks 01–02 are compared with.
 
 # %%
+from icm_lib import views
 from icm_lib.experiment import load_or_train_reference_codec
 
 codec, codec_log = load_or_train_reference_codec(profile, ds, S.cache_dir, device)
-print(
-    f"{codec.name} N={codec.N} M={codec.M}, {sum(p.numel() for p in codec.parameters()) / 1e6:.2f} M parameters"
-)
+print(f"{codec.name} N={codec.N} M={codec.M}, {views.million_parameters(codec):.2f} M parameters")
 if codec_log:
     plots.save(
         plots.loss_curves(
@@ -270,7 +255,7 @@ if codec_log:
     )
 
 # %%
-from icm_lib import bitstream, views
+from icm_lib import bitstream
 
 image = ds.det_val[0][0]
 coded = codec.roundtrip(image)
@@ -289,6 +274,7 @@ print(
 print(f"header: {header}")
 print(f"decoded latent identical to the encoder's: {latent_identical}")
 
+# %%
 from icm_lib.metrics import psnr
 
 rt_psnr = psnr(coded.x_hat.cpu(), image[None])
@@ -331,52 +317,21 @@ print(
 
 # %%
 record = {
-    "data": {
-        "source": ds.source,
-        "n_train": len(ds.det_train),
-        "n_val": len(ds.det_val),
-        "det_classes": ds.det_train.num_classes,
-        "seg_classes": ds.seg_train.num_classes,
-        "instances": ds.meta.get("counts"),
-        "seconds": data_seconds,
-    },
+    "data": {**ds.summary(), "seconds": data_seconds},
     "recognition": {
-        k: {
-            "val": r["val"],
-            "train_seconds": r["train_seconds"],
-            "train_steps": r["train_steps"],
-            "cached": r["cached"],
-        }
+        k: {f: r[f] for f in ("val", "train_seconds", "train_steps", "cached")}
         for k, r in rec_reports.items()
     },
-    "pseudo_labels": {
-        "boxes_per_image": sum(len(d["boxes"]) for d in det_targets) / n,
-        "clean_det_loss": clean_det_loss,
-        "noisy_det_loss": float(det_loss),
-        "clean_seg_loss": clean_seg_loss,
-        "noisy_seg_loss": float(seg_loss),
-        "saliency_sum": float(saliency.sum()),
-    },
+    "pseudo_labels": pseudo,
     "codec": {
-        "name": codec.name,
-        "N": codec.N,
-        "M": codec.M,
-        "bytes": len(coded.data),
-        "bpp": coded.bpp,
-        "bpp_payload": coded.bpp_payload,
-        "bpp_estimate": coded.bpp_estimate,
-        "bpp_coder_estimate": coded.bpp_coder_estimate,
-        "psnr": rt_psnr,
+        **coded.summary(),
+        **{"name": codec.name, "N": codec.N, "M": codec.M, "psnr": rt_psnr},
         "latent_identical": latent_identical,
-        "decoded_shape": list(coded.x_hat.shape),
         "image_shape": list(image.shape),
         "train_losses": [r["loss"] for r in codec_log],
     },
     "machines_on_decoded": {
-        "bpp": rd["bpp"],
-        "bpp_estimate": rd["bpp_estimate"],
-        "psnr": rd["psnr"],
-        "ms_ssim": rd["ms_ssim"],
+        **{k: rd[k] for k in ("bpp", "bpp_estimate", "psnr", "ms_ssim")},
         "det": det_dec,
         "seg": seg_dec,
     },

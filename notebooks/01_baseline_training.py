@@ -115,7 +115,6 @@ print("study:", study["source"] if study else "none: the curves below are this n
 # is off, the curve is the study's and notebook 00's codec stands for it below.
 
 # %%
-from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
 from icm_lib.tasks import get_task
 
 metric = {t: get_task(t).metric for t in TASKS}
@@ -187,32 +186,13 @@ for task in TASKS:
         )
 
 # %%
-from icm_lib.report import fmt_agreement, fmt_bd_rate
+from icm_lib.notebook import compare_curves
 
 bd, agreement = {}, {}
 for task in TASKS:
-    own = curves(runs, task)
-    rd = study["curves"][task] if study else own
-    source = study["source"] if study else f"this notebook (seed {SEED})"
-    trained = {name: [p for pts in by_seed.values() for p in pts] for name, by_seed in own.items()}
-    fig = plots.rd_curves(
-        rd,
-        metric[task],
-        title=f"{task}: task loss (Eq. 4) vs MSE and ROI — {source}",
-        trained=trained,
-    )
-    plots.save(fig, S.output_dir, f"rd_{task}")
-    if study:
-        bd[task] = {k: v for k, v in study["bd_rate"][task].items() if k != "aux-enc"}
-        agreement[task] = study_agreement(runs, study["curves"], task)
-    else:
-        bd[task] = bd_rates(own, task)
-    for name, row in bd[task].items():
-        print(
-            f"{task}: BD-rate of {name} vs baseline ({source}): {fmt_bd_rate(row, None if study else SEED)}"
-        )
-    for row in agreement.get(task, []):
-        print(f"{task} {fmt_agreement(row, metric[task])}")
+    c = compare_curves(runs, task, study, SEED, hide_bd=("aux-enc",))  # aux-enc: notebook 02
+    c.show(task, f"{task}: task loss (Eq. 4) vs MSE and ROI", S.output_dir)
+    bd[task], agreement[task] = c.bd, c.agreement
 
 # %% [markdown]
 # ## 4 · Where do the bits go?
@@ -223,8 +203,6 @@ for task in TASKS:
 # rest.
 
 # %%
-import matplotlib.pyplot as plt
-
 from icm_lib import views
 
 task = next(t for t in TASKS if baseline[t])  # the first task with a codec trained here
@@ -237,39 +215,25 @@ mse_codec = (
 task_codec = max(
     (p for p in baseline_points if p.record["task"] == task), key=lambda p: p.record["lmbda"]
 ).codec
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-axes[0].imshow(image.permute(1, 2, 0).numpy())
-axes[0].set_title("input", fontsize=9)
-maps = {}
-for ax, (name, c) in zip(axes[1:], [("MSE codec", mse_codec), (f"{task} task loss", task_codec)]):
-    maps[name] = views.bits_of(c.to(device), image)
-    im = ax.imshow(maps[name].cpu().numpy(), cmap="viridis")
-    ax.set_title(f"{name}: {float(maps[name].mean()):.3f} bpp (estimate)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-for ax in axes:
-    ax.set_axis_off()
-fig.tight_layout()
+maps = {
+    name: views.bits_of(c.to(device), image)
+    for name, c in [("MSE codec", mse_codec), (f"{task} task loss", task_codec)]
+}
+fig = plots.bit_maps({"input": (image, maps)})
 plots.save(fig, S.output_dir, "bit_allocation")
 
 # %%
-record = {"tasks": {}}
+from icm_lib.notebook import curve_record
+
+record = {"tasks": {}, "study": study["source"] if study else None}
 for task in TASKS:
     rs = baseline[task]
-    record["tasks"][task] = {
-        "metric": metric[task],
-        "lambdas": [r["lmbda"] for r in rs],
-        "baseline": [summary_point(r["eval"][task], task) for r in rs],
-        "roi": [summary_point(r["roi"][task], task) for r in rs if task in r["roi"]],
-        "mse": [summary_point(p.record["eval"][task], task) for p in mse_points],
-        "first_loss": [r["log"][0]["loss"] for r in rs],
-        "last_loss": [r["log"][-1]["loss"] for r in rs],
-        "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},
-        "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
-        "steps": [r["log"][-1]["step"] for r in rs],
-        "train_seconds": [r["train_seconds"] for r in rs],
-        "study_agreement": agreement.get(task, []),
+    points = {
+        "baseline": [r["eval"][task] for r in rs],
+        "roi": [r["roi"][task] for r in rs if task in r["roi"]],  # ROI codes the same codecs
+        "mse": [p.record["eval"][task] for p in mse_points],
     }
-record["study"] = study["source"] if study else None
+    record["tasks"][task] = curve_record(task, points, rs, bd[task], SEED, agreement.get(task, []))
 print(S.record(record))
 
 # %% [markdown]

@@ -64,29 +64,18 @@ profile, device = S.profile, S.device
 print(f"profile={profile.name}  device={device}  data={S.data_dir}  outputs={S.output_dir}")
 
 # %%
-from icm_lib.aux_branch import build_branch
 from icm_lib.experiment import Experiment
+from icm_lib.views import million_parameters as millions
 
 exp = Experiment.prepare(profile, S.data_dir, device)
 ds, icm, reference = exp.datasets, profile.icm, exp.reference
 branch_sizes = {}
 for task in TASKS:
-    branch = build_branch(
-        "aux-enc",
-        task,
-        reference,
-        ds.train(task).num_classes,
-        icm.branch_width,
-        profile.recognition.sampling(),
-    )
-
-    def n(m):
-        return sum(p.numel() for p in m.parameters()) / 1e6
-
-    branch_sizes[task] = n(branch)
+    branch = exp.branch("aux-enc", task, reference)
+    branch_sizes[task] = millions(branch)
     print(
-        f"{task}: branch {n(branch):.2f} M parameters (width x{icm.branch_width}); "
-        f"recognizer {n(exp.machine(task).model):.2f} M; codec {n(reference):.2f} M"
+        f"{task}: branch {branch_sizes[task]:.2f} M parameters (width x{icm.branch_width}); "
+        f"recognizer {millions(exp.machine(task).model):.2f} M; codec {millions(reference):.2f} M"
     )
     print("   stages:", branch.net.body.out_channels)
 
@@ -103,8 +92,7 @@ for task in TASKS:
 import time
 from pathlib import Path
 
-from icm_lib.evaluate import bd_rates, curves, study_agreement, summary_point
-from icm_lib.report import fmt_agreement, fmt_bd_rate, recorded_study
+from icm_lib.report import recorded_study
 from icm_lib.tasks import get_task
 
 study = recorded_study(Path(RESULTS_DIR).resolve(), profile)
@@ -164,43 +152,23 @@ plots.save(fig, S.output_dir, "training_curves")
 # and is labelled as such wherever it appears.
 
 # %%
+from icm_lib.notebook import compare_curves
+
 bd, agreement = {}, {}
 for task in TASKS:
-    own = curves(runs, task)
-    rd = study["curves"][task] if study else own
-    source = study["source"] if study else f"this notebook (seed {SEED})"
-    trained = {
-        name: [p for pts in by_seed.values() for p in pts]
-        for name, by_seed in own.items()
-        if name != "mse"
-    }
-    plots.save(
-        plots.rd_curves(
-            rd,
-            metric[task],
-            title=f"{task}: with and without the branch — {source}",
-            trained=trained,
-        ),
-        S.output_dir,
-        f"rd_{task}",
-    )
+    c = compare_curves(runs, task, study, SEED, hide_trained=("mse",))
+    c.show(task, f"{task}: with and without the branch", S.output_dir)
+    bd[task], agreement[task] = c.bd, c.agreement
+
+# %%
+for task in TRAINED:  # the runs trained here, λ by λ
     m = metric[task]
-    print(
-        f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}   (trained here)"
-    )
+    print(f"{task}: {'λ':>5} | {'baseline bpp':>12} {m:>6} | {'aux-enc bpp':>11} {m:>6}")
     for a, b in zip(by.get((task, "baseline"), []), by.get((task, "aux-enc"), [])):
         pa, pb = a["eval"][task], b["eval"][task]
         print(
             f"     {a['lmbda']:>5g} | {pa['bpp']:>12.4f} {pa[m]:>6.3f} | {pb['bpp']:>11.4f} {pb[m]:>6.3f}"
         )
-    bd[task] = study["bd_rate"][task] if study else bd_rates(own, task)
-    for name, row in bd[task].items():
-        print(
-            f"  BD-rate {name:8s} vs baseline ({source}): {fmt_bd_rate(row, None if study else SEED)}"
-        )
-    agreement[task] = study_agreement(runs, study["curves"], task) if study else []
-    for row in agreement[task]:
-        print(f"  {fmt_agreement(row, m)}")
 
 # %% [markdown]
 # ## 4 · Bit allocation with and without the branch (paper Fig. 5–6)
@@ -209,32 +177,17 @@ for task in TASKS:
 # difference (red: aux-enc spends more there; blue: fewer).
 
 # %%
-import matplotlib.pyplot as plt
-
 from icm_lib import views
 
-maps_record = {}
-fig, axes = plt.subplots(len(TRAINED), 4, figsize=(13, 3.3 * len(TRAINED)), squeeze=False)
-for row, task in zip(axes, TRAINED):
-    image = ds.val(task)[0][0]
-    lm = mid[task]
-    maps = {}
-    for variant in ("baseline", "aux-enc"):
-        maps[variant] = views.bits_of(codec_of[(task, variant, lm)].to(device), image)
-    row[0].imshow(image.permute(1, 2, 0).numpy())
-    row[0].set_title(f"{task} input", fontsize=9)
-    vmax = max(float(m.max()) for m in maps.values())
-    for ax, (variant, m) in zip(row[1:3], maps.items()):
-        ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_title(f"{variant} λ={lm:g}: {float(m.mean()):.3f} bpp", fontsize=9)
-    diff = maps["aux-enc"] - maps["baseline"]
-    lim = float(diff.abs().max()) or 1.0
-    row[3].imshow(diff.numpy(), cmap="bwr", vmin=-lim, vmax=lim)
-    row[3].set_title("aux-enc − baseline", fontsize=9)
+rows, maps_record = {}, {}
+for task in TRAINED:
+    image, lm = ds.val(task)[0][0], mid[task]
+    maps = {
+        v: views.bits_of(codec_of[(task, v, lm)].to(device), image) for v in ("baseline", "aux-enc")
+    }
+    rows[f"{task} input, λ={lm:g}"] = (image, maps)
     maps_record[task] = {v: float(m.mean()) for v, m in maps.items()}
-for ax in axes.flat:
-    ax.set_axis_off()
-fig.tight_layout()
+fig = plots.bit_maps(rows, difference=("aux-enc", "baseline"))
 plots.save(fig, S.output_dir, "bit_allocation")
 
 # %% [markdown]
@@ -291,30 +244,23 @@ for task in TRAINED:
     print(task, checks[task])
 
 # %%
-record = {"tasks": {}, "study": study["source"] if study else None}
+from icm_lib.notebook import curve_record
+
+record = {"tasks": {}, "study": study["source"] if study else None, "bits_on_objects": objects}
 for task in TRAINED:
+    rs = by[(task, "aux-enc")]
+    points = {v: [r["eval"][task] for r in by[(task, v)]] for v in ("baseline", "aux-enc")}
     record["tasks"][task] = {
-        "metric": metric[task],
-        "lambdas": [r["lmbda"] for r in by[(task, "aux-enc")]],
-        **{
-            v: [summary_point(r["eval"][task], task) for r in by[(task, v)]]
-            for v in ("baseline", "aux-enc")
-        },
-        "first_loss": [r["log"][0]["loss"] for r in by[(task, "aux-enc")]],
-        "last_loss": [r["log"][-1]["loss"] for r in by[(task, "aux-enc")]],
+        **curve_record(task, points, rs, bd[task], SEED, agreement.get(task, [])),
         "branch_loss_first_last": [
-            [r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in by[(task, "aux-enc")]
+            [r["log"][0]["branch_loss"], r["log"][-1]["branch_loss"]] for r in rs
         ],
-        "bd_rate": {k: v["per_seed"].get(SEED) for k, v in bd[task].items()},
-        "bd_rate_front": {k: v["front"]["per_seed"].get(SEED) for k, v in bd[task].items()},
         "bit_allocation_mean_bpp": maps_record[task],
         "branch_million_parameters": branch_sizes[task],
-        "study_agreement": agreement.get(task, []),
         **checks[task],
     }
 for task in set(TASKS) - set(TRAINED):  # shown from the study only
     record["tasks"][task] = {"metric": metric[task], "lambdas": [], "study_bd_rate": bd[task]}
-record["bits_on_objects"] = objects
 print(S.record(record))
 
 # %% [markdown]

@@ -81,14 +81,9 @@ plots.save(plots.branch_positions_diagram(), S.output_dir, "branch_positions")
 
 # %%
 from icm_lib.experiment import Experiment
+from icm_lib.views import million_parameters as millions
 
 exp = Experiment.prepare(profile, S.data_dir, device)
-
-
-def millions(module):
-    return sum(p.numel() for p in module.parameters()) / 1e6
-
-
 branch_sizes = {}
 for task in TASKS:
     machine = exp.machine(task)
@@ -177,32 +172,21 @@ for task in TASKS:
 
 # %%
 record = {
-    "tasks": {
+    "tasks": {  # the table of section 4 (final loss per seed, mean, interval, paired, curves)
         task: {
+            **table[task],
             "lmbda": ab.lmbda(task),
-            "variants": {
-                v: {
-                    "final": [t["final"][s] for s in sorted(t["final"])],
-                    "mean": t["mean"],
-                    "ci95": t["ci95"],
-                    "n": t["n"],
-                    "vs_baseline": t.get("vs_baseline"),
-                    "val_steps": t["curve"]["step"],
-                    "val_mean": t["curve"]["mean"],
-                }
-                for v, t in table[task]["variants"].items()
-            },
-            "order": table[task]["order"],
             "branch_million_parameters": branch_sizes[task],
         }
         for task in TASKS
     },
     "seeds": seeds,
     "runs_from_results_file": from_file,
-    "first_train_loss": {  # runs trained or cached here (a results file keeps no training log)
-        f"{r.task} {r.variant} {r.seed}": r.log[0]["loss"] for r in rows if r.log
+    "train_loss": {  # first and last, of runs trained or cached here (a results file keeps no log)
+        f"{r.task} {r.variant} {r.seed}": [r.log[0]["loss"], r.log[-1]["loss"]]
+        for r in rows
+        if r.log
     },
-    "last_train_loss": {f"{r.task} {r.variant} {r.seed}": r.log[-1]["loss"] for r in rows if r.log},
 }
 print(S.record(record))
 

@@ -93,44 +93,18 @@ print(f"{len(codecs)} codecs and {len(gan)} finetuned decoders in {time.perf_cou
 # %%
 from icm_lib import plots, views
 
-
-def panel(codec, image, machine):
-    """One column of the figure: x̂ from real bytes, its bpp, the bits map, the machine on x̂."""
-    return views.decoded(codec, image, machine).as_panel()
-
-
 fig56 = {}
 TRAINED = [t for t in TASKS if any(k[:2] == (t, "aux-enc") for k in codecs)]
 print("tasks with codecs of notebooks 01-02:", TRAINED)
 for task in TRAINED:
     machine, val = exp.machine(task), exp.datasets.val(task)
     image = val[0][0]
-    lambdas = sorted(k[2] for k in codecs if k[:2] == (task, "aux-enc"))
-    lm = lambdas[len(lambdas) // 2]
-    panels = {
-        "w/o aux": panel(codecs[(task, "baseline", lm)], image, machine),
-        "w/ aux": panel(codecs[(task, "aux-enc", lm)], image, machine),
-    }
-    mse_lm = min(
-        (k[2] for k in codecs if k[:2] == (task, "mse")),
-        key=lambda m: abs(
-            panel(codecs[(task, "mse", m)], image, machine)["bpp"] - panels["w/o aux"]["bpp"]
-        ),
-    )
-    panels = {"MSE codec": panel(codecs[(task, "mse", mse_lm)], image, machine), **panels}
-    panels["w/o aux"]["on_input"] = views.machine_output(machine, image)
+    fig56[task] = views.with_and_without_branch(codecs, task, image, machine)
+    panels = fig56[task].pop("panels")
     fig = plots.bit_allocation_comparison(
         image, panels, task, views.class_names(val), "w/o aux", ("w/o aux", "w/ aux")
     )
     plots.save(fig, S.output_dir, f"bit_allocation_{task}")
-    diff = panels["w/o aux"]["bits"] - panels["w/ aux"]["bits"]
-    fig56[task] = {
-        "lmbda": lm,
-        "mse_lmbda": mse_lm,
-        "bpp": {k: v["bpp"] for k, v in panels.items()},
-        "difference_mean": float(diff.mean()),
-        "difference_abs_max": float(diff.abs().max()),
-    }
     print(task, fig56[task])
 
 # %% [markdown]

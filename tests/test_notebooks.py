@@ -120,19 +120,20 @@ def test_notebook_03_position_ablation(nb03):
     for task, t in m["tasks"].items():
         assert set(t["variants"]) == {"baseline", "aux-enc", "aux-dec", "aux-task"}
         assert sorted(t["order"]) == sorted(t["variants"])
-        for v in t["variants"].values():
-            assert v["n"] == 2 and len(v["final"]) == 2 and _finite(v["final"])
-            assert v["val_steps"] == [1, 2] and _finite(v["val_mean"])  # validated while training
-            assert v["mean"] == pytest.approx(sum(v["final"]) / 2)
+        final = {k: [v["final"][s] for s in ("0", "1")] for k, v in t["variants"].items()}
+        for k, v in t["variants"].items():
+            assert v["n"] == 2 and len(v["final"]) == 2 and _finite(final[k])
+            assert v["curve"]["step"] == [1, 2] and _finite(v["curve"]["mean"])  # validated
+            assert v["mean"] == pytest.approx(sum(final[k]) / 2)
         paired = {k: v["vs_baseline"] for k, v in t["variants"].items() if k != "baseline"}
-        base = t["variants"]["baseline"]["final"]
+        base = final["baseline"]
         for k, p in paired.items():  # each position minus the baseline of the same seed
-            diffs = [a - b for a, b in zip(t["variants"][k]["final"], base)]
+            diffs = [a - b for a, b in zip(final[k], base)]
             assert p["n"] == 2 and p["mean"] == pytest.approx(sum(diffs) / 2)
         sizes = t["branch_million_parameters"]
         assert sizes["aux-task"] < sizes["aux-enc"]  # no stem (det) or a head only (seg)
         (out / f"validation_{task}.png").stat()
-    assert _finite(list(m["first_train_loss"].values()) + list(m["last_train_loss"].values()))
+    assert _finite([v for pair in m["train_loss"].values() for v in pair])
     assert (out / "branch_positions.png").stat().st_size > 5_000
 
 
@@ -281,7 +282,7 @@ def test_notebooks_train_the_tutorial_part_and_read_the_rest_from_the_study(
         for run in hidden.iterdir():
             run.rename(cache / run.name)
     assert m03["runs_from_results_file"] == len(ablation.runs) == 16
-    assert m03["first_train_loss"] == {}  # nothing trained
+    assert m03["train_loss"] == {}  # nothing trained
     assert m03["tasks"]["seg"]["order"] == nb03[0]["tasks"]["seg"]["order"]
     for task in ("det", "seg"):
         for v, t in m03["tasks"][task]["variants"].items():

@@ -121,9 +121,10 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
 
     exp = smoke_env
     rows = bench_icm_step(exp, steps=1, tasks=("seg",), variants=("aux-enc",), fast=(False, True))
-    assert [(r["task"], r["variant"], r["fast"]) for r in rows] == [
-        ("seg", "aux-enc", False),
-        ("seg", "aux-enc", True),
+    assert [(r["task"], r["variant"], r["fast"], r["labels"]) for r in rows] == [
+        ("seg", "aux-enc", False, "run"),
+        ("seg", "aux-enc", True, "run"),
+        ("seg", "aux-enc", False, "cached"),  # a later run of the seed: labels from the cache
     ]
     for r in rows:
         assert r["s_per_step"] > 0 and r["flops"] > 0
@@ -132,12 +133,14 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
         assert sum(r["shares"].values()) == pytest.approx(1.0)
         assert r["shares"]["codec"] > 0 and r["shares"]["task_loss"] > 0
         assert r["shares"]["branch"] > 0 and r["shares"]["optimizer"] > 0
-    # the same arithmetic with and without the layout change
-    assert rows[0]["flops"] == rows[1]["flops"]
+    # the same arithmetic with and without the layout change; less without the labels' pass
+    assert rows[0]["flops"] == rows[1]["flops"] > rows[2]["flops"]
+    assert rows[2]["label_hits"] > 0 and rows[0]["label_hits"] is None
     model = exp.machine("seg").model
     assert all(p.is_contiguous() for p in model.parameters())
     out = capsys.readouterr().out
-    assert "GFLOP/s" in out and "seg aux-enc: fast on / off" in out
+    assert "GFLOP/s" in out and "seg aux-enc: against the float32 step" in out
+    assert "fast on" in out and "labels cached" in out
 
 
 def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):

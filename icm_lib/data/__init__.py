@@ -30,6 +30,17 @@ class Datasets:
         """The validation split of ``task``."""
         return self.det_val if get_task(task) is DETECTION else self.seg_val
 
+    def summary(self) -> dict:
+        """Source, split sizes, class counts and the instance counts of the generator (if any)."""
+        return {
+            "source": self.source,
+            "n_train": len(self.det_train),
+            "n_val": len(self.det_val),
+            "det_classes": self.det_train.num_classes,
+            "seg_classes": self.seg_train.num_classes,
+            "instances": self.meta.get("counts"),
+        }
+
 
 def get_datasets(data_cfg, data_dir: str | Path, progress: bool = True) -> Datasets:
     """Build (load-or-generate) the datasets a profile's :class:`~icm_lib.profiles.DataConfig`

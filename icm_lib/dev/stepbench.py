@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import dataclasses
 import resource
+import shutil
 import statistics
 import time
 from collections import Counter
@@ -375,14 +376,20 @@ def bench_icm_step(
     ``steps`` after a warm-up), images/s, the share of the step in each phase, the step's FLOPs
     and how far it is from the floor (FLOPs / this device's large-matmul rate).
 
-    The recognizer's pseudo-labels are computed every step here, as in the first run of a seed;
-    a later run of the seed reads them from the cache (:mod:`icm_lib.pseudo_labels`): its step
-    is the ``pseudo_labels`` share shorter."""
+    The recognizer's pseudo-labels are computed every step in the ``labels run`` rows, as in the
+    first run of a seed; the ``labels cached`` row (float32 path) times the step of a later run
+    of the seed, which reads them from the cache (:mod:`icm_lib.pseudo_labels`, filled by a
+    first pass over the same batches)."""
+    import tempfile
+
     from ..codec import load_codec
     from ..data.sampler import CropSampler
     from ..losses import ICMObjective
+    from ..pseudo_labels import CachedMachine
     from ..runtime import Distributed
     from ..trainer import Stepper
+
+    labels_dir = Path(tempfile.mkdtemp(prefix="icm-bench-labels-"))
 
     profile, device, icm = exp.profile, exp.device, exp.profile.icm
     rate = matmul_flops_per_second(device)
@@ -393,7 +400,7 @@ def bench_icm_step(
         "steps after a warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
-        f"{'task':<5}{'variant':<9}{'fast':>5}{'B':>3}{'crop':>5}{'s/step':>8}{'img/s':>7}"
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}{'img/s':>7}"
         f"{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
         + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
     )
@@ -401,15 +408,17 @@ def bench_icm_step(
     for task in tasks:
         cfg = icm.train(task)
         for variant in variants:
-            for on in fast:
+            for on, cached in [(on, False) for on in fast] + [(False, True)]:
                 torch.manual_seed(0)
                 codec = load_codec(exp.reference.codec_state()).to(device).train()
                 branch = exp.branch(variant, task, codec)
                 if branch is not None:
                     branch.to(device).train()
+                machine = exp.machine(task)
+                if cached:
+                    machine = CachedMachine(machine, labels_dir / f"{task}-{variant}")
                 objective = ICMObjective(
-                    exp.machine(task), icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task),
-                    icm.amp,
+                    machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp,
                 )  # fmt: skip
                 stepper = Stepper(
                     codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1,
@@ -419,6 +428,8 @@ def bench_icm_step(
                 setup = StepSetup(
                     task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler
                 )
+                if cached:
+                    time_steps(setup, steps)  # the first run of the seed: labels computed, stored
                 timed = time_steps(setup, steps)
                 shares = phase_seconds(setup)
                 flops = step_flops(setup)
@@ -427,6 +438,8 @@ def bench_icm_step(
                     "task": task,
                     "variant": variant,
                     "fast": on,
+                    "labels": "cached" if cached else "run",
+                    "label_hits": machine.hits if cached else None,
                     **timed,
                     "flops": flops,
                     "floor_s": flops / rate,
@@ -437,21 +450,32 @@ def bench_icm_step(
                 exp.machine(task).model.to(memory_format=torch.contiguous_format)
                 torch.backends.cudnn.benchmark = benchmark
                 print(
-                    f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{cfg.batch_size:>3}"
+                    f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{row['labels']:>7}"
+                    f"{cfg.batch_size:>3}"
                     f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
                     f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
                     + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
                     flush=True,
                 )
                 rows.append(row)
+    shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
-            pair = [r for r in rows if (r["task"], r["variant"]) == (task, variant)]
-            if len(pair) == 2:
-                print(
-                    f"{task} {variant}: fast on / off = "
-                    f"{pair[0]['s_per_step'] / pair[1]['s_per_step']:.2f}x faster"
-                )
+            got = {
+                (r["fast"], r["labels"]): r["s_per_step"]
+                for r in rows
+                if (r["task"], r["variant"]) == (task, variant)
+            }
+            base = got.get((False, "run"))
+            if base is None:
+                continue
+            ratios = [f"labels cached {base / got[(False, 'cached')]:.2f}x"]
+            if (True, "run") in got:
+                ratios.insert(0, f"fast on {base / got[(True, 'run')]:.2f}x")
+            print(
+                f"{task} {variant}: against the float32 step that runs its labels: "
+                + ", ".join(ratios)
+            )
     return rows
 
 
