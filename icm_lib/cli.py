@@ -57,6 +57,10 @@ _CODEC_HELP = (
 )
 
 
+_CHANNELS_LAST = (
+    "run the transforms in channels-last layout (faster on CPUs; same stream format, any "
+    "decoder reads it)"
+)
 _ZOO_WEIGHTS = (
     "with --zoo: a local copy of the zoo's weights file for that model and quality (e.g. "
     "bmshj2018-hyperprior-mse-3-*.pth.tar), read instead of torch.hub's cache or the download "
@@ -96,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--quality", type=int, default=3, help="zoo quality (default 3)")
     enc.add_argument("--zoo-weights", type=Path, default=None, metavar="FILE", help=_ZOO_WEIGHTS)
     enc.add_argument("--device", default="cpu", help="where g_a runs (default cpu)")
+    enc.add_argument("--channels-last", action="store_true", help=_CHANNELS_LAST)
 
     dec = sub.add_parser(
         "decode",
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "large images, the same pixels to float rounding (default: the whole image at once)",
     )
     dec.add_argument("--device", default="cpu", help="where g_s runs (default cpu)")
+    dec.add_argument("--channels-last", action="store_true", help=_CHANNELS_LAST)
 
     for name, (_, text) in FORWARDED.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -237,6 +243,7 @@ def encode(args: argparse.Namespace) -> int:
         codec = _zoo_codec(args.zoo, args.quality, args.device, args.zoo_weights)
     h, w = x.shape[-2:]
     t0 = time.perf_counter()
+    codec.channels_last = args.channels_last
     data = codec.compress(x)
     seconds = time.perf_counter() - t0
     atomic_write_bytes(args.output, data)
@@ -300,6 +307,7 @@ def decode(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.tile is not None and args.tile <= 0:
         raise ICMError(f"--tile must be positive, got {args.tile}")
+    codec.channels_last = args.channels_last
     x_hat = codec.decompress(data, max_pixels=args.max_pixels, tile=args.tile)
     seconds = time.perf_counter() - t0
     pixels = (x_hat[0] * 255.0).round().clamp(0, 255).to("cpu").byte().permute(1, 2, 0)

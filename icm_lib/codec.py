@@ -123,6 +123,13 @@ class ICMCodec(nn.Module):
     #: 2048) holds COCO at short edge 800 and Pascal-Context at 520; raise it for larger images.
     max_decode_pixels: int = 1 << 22
 
+    #: run the transforms of real coding (g_a and h_a in :meth:`compress`, g_s in
+    #: :meth:`decompress`) in channels-last layout: on this project's 2-core CPU 1.2-1.4x faster
+    #: (README "Real coding"). The stream format is unchanged and the decoder's ŷ is what the
+    #: stream holds, on every device; g_a's float rounding differs from the NCHW path by ~1e-6,
+    #: which can move a rounding of y: another, equally valid stream of the same image.
+    channels_last: bool = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -384,10 +391,10 @@ class ICMCodec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            y, z = entropy.analysis(self.model, x)
+            y, z = entropy.analysis(self.model, self._layout(x))
         finally:
             self.train(was_training)
-        payload, latent = state.encode(y, z)
+        payload, latent = state.encode(y.contiguous(), None if z is None else z.contiguous())
         header = bitstream.Header(
             self.name,
             self.quality or 0,
@@ -456,6 +463,11 @@ class ICMCodec(nn.Module):
                 f"{ph}x{pw} image ({expected}); the header is corrupt"
             )
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout the transforms of real coding run in
+        (:attr:`channels_last`)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     @torch.no_grad()
     def decompress(
         self, data: bytes, max_pixels: int | None = None, tile: int | None = None
@@ -490,9 +502,10 @@ class ICMCodec(nn.Module):
                 x_hat = synthesize_tiled(self.decoder, latent, tile, exact_overlap(self.name))
                 self._captured["latent_hat"] = latent  # the tiles' hook kept only the last one
             else:
-                x_hat = self.decoder(latent)
+                x_hat = self.decoder(self._layout(latent))
         finally:
             self.train(was_training)
+        x_hat = x_hat.contiguous()
         if not torch.isfinite(x_hat).all():
             raise BitstreamError("decoding produced non-finite pixels: the payload is corrupt")
         return crop_padding(x_hat.clamp(0, 1), header.height, header.width)

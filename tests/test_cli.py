@@ -108,6 +108,23 @@ def test_image_file_to_stream_file_and_back(files, capsys, tmp_path):
     )
     assert code == 2 and "--tile must be positive" in err
 
+    # --channels-last: the transforms in the other layout; the decoder reads the plain stream,
+    # and a stream it writes is read by a plain decoder (one format)
+    fast_png, fast_stream = tmp_path / "fast.png", tmp_path / "fast.icm"
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", fast_png, "--codec", files["run"], "--channels-last"
+    )
+    assert code == 0, err
+    diff = np.abs(np.asarray(Image.open(fast_png)).astype(int) - back.astype(int))
+    assert diff.max() <= 1
+    code, _, err = run_cli(
+        capsys, "encode", files["image"], "-o", fast_stream, "--codec", files["run"],
+        "--channels-last",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "decode", fast_stream, "-o", fast_png, "--codec", files["run"])
+    assert code == 0, err
+
 
 def test_python_dash_m_icm_lib_encode(files, tmp_path):
     stream = tmp_path / "out.icm"

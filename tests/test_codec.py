@@ -119,3 +119,27 @@ def test_pretrained_offline_fails_fast_with_advice(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="internet"):
         build_codec("cheng2020-attn", quality=3, pretrained=True)
     assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-attn"])
+def test_channels_last_transforms_write_the_same_format_and_any_decoder_reads_them(name):
+    """``ICMCodec.channels_last``: the transforms in another memory layout. Streams of either
+    layout decode with either; the decoder's ŷ is the encoder's; x̂ differs by float rounding."""
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
+    codec.eval().update(force=True)
+    image = torch.rand(3, 96, 160)
+    plain, y_plain = codec.compress_with_latent(image)
+    codec.channels_last = True
+    fast, y_fast = codec.compress_with_latent(image)
+    fast_decoded = [codec.decompress(plain), codec.decompress(fast)]
+    codec.channels_last = False
+    decoded = [codec.decompress(plain), codec.decompress(fast)]
+    assert plain[:32] == fast[:32]  # the same header: one format
+    # what the decoder reconstructs is what the encoder coded, whichever layout wrote it
+    assert torch.equal(codec.decoded_latent(fast), y_fast)
+    assert torch.equal(codec.decoded_latent(plain), y_plain)
+    assert (y_fast != y_plain).float().mean() < 0.01  # rounding moves at most a few of y
+    for a, b in zip(fast_decoded, decoded):
+        assert a.shape == b.shape == (1, 3, 96, 160)
+        assert (a - b).abs().max() < 1e-4

@@ -124,6 +124,8 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
                 g_s=t["g_s"],
                 cod_enc=(t_ours_enc - t["g_a"]) / (t_cai_enc - t["g_a"]),
                 cod_dec=(t_ours_dec - t["g_s"]) / (t_cai_dec - t["g_s"]),
+                cl_enc=t["cl_enc"] / t_cai_enc,
+                cl_dec=t["cl_dec"] / t_cai_dec,
             )
         )
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
@@ -133,10 +135,20 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
         f"{mean['pay_cai']:>8.4f}"
         f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
         f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}"
-        f"{mean['g_a']:>8.3f}{mean['cod_enc']:>7.3f}{mean['g_s']:>8.3f}{mean['cod_dec']:>7.3f}",
+        f"{mean['g_a']:>8.3f}{mean['cod_enc']:>7.3f}{mean['g_s']:>8.3f}{mean['cod_dec']:>7.3f}"
+        f"{mean['cl_enc']:>7.2f}{mean['cl_dec']:>7.2f}",
         flush=True,
     )
     return mean
+
+
+def _channels_last(codec: ICMCodec, fn):
+    """``fn()`` with the codec's transforms in channels-last layout (:attr:`ICMCodec.channels_last`)."""
+    before, codec.channels_last = codec.channels_last, True
+    try:
+        return fn()
+    finally:
+        codec.channels_last = before
 
 
 def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) -> dict:
@@ -144,7 +156,8 @@ def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) ->
     load on the machine hits both), and of the parts both include: ``g_a`` (the analysis
     transforms, ``h_a`` included) and ``g_s``. CompressAI's ``compress`` = g_a + h_a + its
     entropy coding; its ``decompress`` = its entropy decoding + g_s; ours likewise, plus the
-    container and padding. Also CompressAI's strings (``raw``)."""
+    container and padding; ``cl_enc`` / ``cl_dec``: ours with the transforms in channels-last
+    layout. Also CompressAI's strings (``raw``)."""
     from ..entropy import analysis
 
     xp, _ = pad_to_multiple(x)
@@ -155,9 +168,11 @@ def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) ->
             "ours_enc": lambda: codec.compress(x),
             "cai_enc": lambda: codec.model.compress(xp),
             "g_a": lambda: analysis(codec.model, xp),
+            "cl_enc": lambda: _channels_last(codec, lambda: codec.compress(x)),
             "ours_dec": lambda: codec.decompress(data),
             "cai_dec": lambda: codec.model.decompress(raw["strings"], raw["shape"]),
             "g_s": lambda: codec.decoder(latent),
+            "cl_dec": lambda: _channels_last(codec, lambda: codec.decompress(data)),
         }
         times = {k: [] for k in fns}
         for _ in range(repeats):
@@ -517,7 +532,7 @@ def bench_codecs(
     print(
         f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
         f"{'pay/CAI':>8}{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
-        f"{'g_a s':>8}{'c.rat':>7}{'g_s s':>8}{'c.rat':>7}"
+        f"{'g_a s':>8}{'c.rat':>7}{'g_s s':>8}{'c.rat':>7}{'cl.enc':>7}{'cl.dec':>7}"
     )
     for name in names:
         codec = build_codec(name, quality=quality, pretrained=pretrained)
@@ -537,7 +552,9 @@ def bench_codecs(
         "the same image; enc/dec s: icm_lib; CAI s: CompressAI's own compress/decompress "
         "(icm_lib before its own coder); ratio: icm_lib / CompressAI; g_a s: the analysis "
         "transforms (h_a included) and g_s s: the synthesis, which both include; c.rat: the "
-        "ratio without them (entropy coding, plus container and padding for icm_lib)"
+        "ratio without them (entropy coding, plus container and padding for icm_lib); "
+        "cl.enc / cl.dec: the ratios with the transforms in channels-last layout "
+        "(ICMCodec.channels_last)"
     )
 
 
