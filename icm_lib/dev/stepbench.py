@@ -382,82 +382,25 @@ def bench_icm_step(
     first pass over the same batches)."""
     import tempfile
 
-    from ..codec import load_codec
-    from ..data.sampler import CropSampler
-    from ..losses import ICMObjective
-    from ..pseudo_labels import CachedMachine
-    from ..runtime import Distributed
-    from ..trainer import Stepper
-
     labels_dir = Path(tempfile.mkdtemp(prefix="icm-bench-labels-"))
-
-    profile, device, icm = exp.profile, exp.device, exp.profile.icm
+    profile, device = exp.profile, exp.device
     rate = matmul_flops_per_second(device)
-    benchmark = torch.backends.cudnn.benchmark
     print(
         f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
         f"float32 matmul {rate / 1e9:.1f} GFLOP/s (the floor's yardstick); median of {steps} "
         "steps after a warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
-        f"{'task':<5}{'variant':<9}{'fast':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}{'img/s':>7}"
-        f"{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
+        f"{'img/s':>7}{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
         + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
     )
     rows = []
     for task in tasks:
-        cfg = icm.train(task)
         for variant in variants:
             for on, cached in [(on, False) for on in fast] + [(False, True)]:
-                torch.manual_seed(0)
-                codec = load_codec(exp.reference.codec_state()).to(device).train()
-                branch = exp.branch(variant, task, codec)
-                if branch is not None:
-                    branch.to(device).train()
-                machine = exp.machine(task)
-                if cached:
-                    machine = CachedMachine(machine, labels_dir / f"{task}-{variant}")
-                objective = ICMObjective(
-                    machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp,
-                )  # fmt: skip
-                stepper = Stepper(
-                    codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1,
-                    device, on,
-                )  # fmt: skip
-                sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
-                setup = StepSetup(
-                    task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler
-                )
-                if cached:
-                    time_steps(setup, steps)  # the first run of the seed: labels computed, stored
-                timed = time_steps(setup, steps)
-                shares = phase_seconds(setup)
-                flops = step_flops(setup)
-                total = sum(shares.values())
-                row = {
-                    "task": task,
-                    "variant": variant,
-                    "fast": on,
-                    "labels": "cached" if cached else "run",
-                    "label_hits": machine.hits if cached else None,
-                    **timed,
-                    "flops": flops,
-                    "floor_s": flops / rate,
-                    "x_floor": timed["s_per_step"] / (flops / rate),
-                    "shares": {k: v / total for k, v in shares.items()},
-                }
-                # undo what the fast flags did to the shared recognizer and the process
-                exp.machine(task).model.to(memory_format=torch.contiguous_format)
-                torch.backends.cudnn.benchmark = benchmark
-                print(
-                    f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{row['labels']:>7}"
-                    f"{cfg.batch_size:>3}"
-                    f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
-                    f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
-                    + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
-                    flush=True,
-                )
-                rows.append(row)
+                folder = labels_dir / f"{task}-{variant}" if cached else None
+                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate))
     shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
@@ -477,6 +420,65 @@ def bench_icm_step(
                 + ", ".join(ratios)
             )
     return rows
+
+
+def _icm_row(exp, task: str, variant: str, on: bool, labels, steps: int, rate: float) -> dict:
+    """One row of :func:`bench_icm_step`: the step of ``task`` / ``variant`` with the ``fast``
+    flags ``on``, its pseudo-labels run (``labels=None``) or read from a cache in the folder
+    ``labels`` (filled by a first pass over the same batches); printed and returned."""
+    from ..codec import load_codec
+    from ..data.sampler import CropSampler
+    from ..losses import ICMObjective
+    from ..pseudo_labels import CachedMachine
+    from ..runtime import Distributed
+    from ..trainer import Stepper
+
+    icm, device = exp.profile.icm, exp.device
+    cfg = icm.train(task)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.manual_seed(0)
+    codec = load_codec(exp.reference.codec_state()).to(device).train()
+    branch = exp.branch(variant, task, codec)
+    if branch is not None:
+        branch.to(device).train()
+    machine = exp.machine(task) if labels is None else CachedMachine(exp.machine(task), labels)
+    objective = ICMObjective(
+        machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
+    )
+    stepper = Stepper(
+        codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
+    )
+    sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
+    setup = StepSetup(task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler)
+    if labels is not None:
+        time_steps(setup, steps)  # the first run of the seed: labels computed and stored
+    timed = time_steps(setup, steps)
+    shares = phase_seconds(setup)
+    flops = step_flops(setup)
+    total = sum(shares.values())
+    row = {
+        "task": task,
+        "variant": variant,
+        "fast": on,
+        "labels": "run" if labels is None else "cached",
+        "label_hits": None if labels is None else machine.hits,
+        **timed,
+        "flops": flops,
+        "floor_s": flops / rate,
+        "x_floor": timed["s_per_step"] / (flops / rate),
+        "shares": {k: v / total for k, v in shares.items()},
+    }
+    # undo what the fast flags did to the shared recognizer and the process
+    exp.machine(task).model.to(memory_format=torch.contiguous_format)
+    torch.backends.cudnn.benchmark = benchmark
+    print(
+        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{row['labels']:>7}{cfg.batch_size:>3}"
+        f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
+        f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
+        + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
+        flush=True,
+    )
+    return row
 
 
 def amp_runs(device: torch.device) -> bool:
