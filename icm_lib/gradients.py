@@ -44,6 +44,9 @@ def _flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """In float64: over millions of float32 elements the cosine of a vector with itself
+    rounds to 1 +- a few 1e-6, which would hide (or fake) a difference between draws."""
+    a, b = a.double(), b.double()
     return float(torch.nn.functional.cosine_similarity(a[None], b[None]).item())
 
 
