@@ -130,6 +130,15 @@ class ICMCodec(nn.Module):
     #: which can move a rounding of y: another, equally valid stream of the same image.
     channels_last: bool = False
 
+    #: run the same transforms under bfloat16 autocast (the codec's weights stay float32; ŷ's
+    #: rounding and the entropy parameters stay exact). Fast only where the hardware multiplies
+    #: bfloat16 (a CPU with AVX512-BF16 or AMX, a GPU with tensor cores): 2-3x on such a CPU,
+    #: 10-20x slower on one without (README "Real coding"). g_a in bfloat16 writes another,
+    #: equally valid stream of the same image (y moves by ~1e-2, a few roundings of ŷ change);
+    #: g_s in bfloat16 costs x̂ a small PSNR (``bench codec`` prints it); any decoder reads either
+    #: layout's or precision's streams and reconstructs the encoder's ŷ exactly.
+    bf16: bool = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -391,10 +400,12 @@ class ICMCodec(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            y, z = entropy.analysis(self.model, self._layout(x))
+            with self._precision(x):
+                y, z = entropy.analysis(self.model, self._layout(x))
         finally:
             self.train(was_training)
-        payload, latent = state.encode(y.contiguous(), None if z is None else z.contiguous())
+        y, z = y.float().contiguous(), None if z is None else z.float().contiguous()
+        payload, latent = state.encode(y, z)
         header = bitstream.Header(
             self.name,
             self.quality or 0,
@@ -463,6 +474,10 @@ class ICMCodec(nn.Module):
                 f"{ph}x{pw} image ({expected}); the header is corrupt"
             )
 
+    def _precision(self, x: torch.Tensor):
+        """The autocast context the transforms of real coding run in (:attr:`bf16`)."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory layout the transforms of real coding run in
         (:attr:`channels_last`)."""
@@ -496,16 +511,18 @@ class ICMCodec(nn.Module):
         self.eval()
         latent = latent.to(param.device, param.dtype)
         try:
-            if tile is not None and max(latent.shape[-2:]) > tile:
-                from .tiling import exact_overlap, synthesize_tiled
+            with self._precision(latent):
+                if tile is not None and max(latent.shape[-2:]) > tile:
+                    from .tiling import exact_overlap, synthesize_tiled
 
-                x_hat = synthesize_tiled(self.decoder, latent, tile, exact_overlap(self.name))
-                self._captured["latent_hat"] = latent  # the tiles' hook kept only the last one
-            else:
-                x_hat = self.decoder(self._layout(latent))
+                    overlap = exact_overlap(self.name)
+                    x_hat = synthesize_tiled(self.decoder, latent, tile, overlap)
+                    self._captured["latent_hat"] = latent  # the tiles' hook kept the last one
+                else:
+                    x_hat = self.decoder(self._layout(latent))
         finally:
             self.train(was_training)
-        x_hat = x_hat.contiguous()
+        x_hat = x_hat.float().contiguous()
         if not torch.isfinite(x_hat).all():
             raise BitstreamError("decoding produced non-finite pixels: the payload is corrupt")
         return crop_padding(x_hat.clamp(0, 1), header.height, header.width)

@@ -125,6 +125,21 @@ def test_image_file_to_stream_file_and_back(files, capsys, tmp_path):
     code, _, err = run_cli(capsys, "decode", fast_stream, "-o", fast_png, "--codec", files["run"])
     assert code == 0, err
 
+    # --bf16: the transforms under bfloat16 autocast; the same format both ways, the picture
+    # within the synthesis's bfloat16 rounding
+    code, _, err = run_cli(
+        capsys, "decode", stream, "-o", fast_png, "--codec", files["run"], "--bf16"
+    )
+    assert code == 0, err
+    diff = np.abs(np.asarray(Image.open(fast_png)).astype(int) - back.astype(int))
+    assert diff.mean() < 1 and diff.max() <= 8
+    code, _, err = run_cli(
+        capsys, "encode", files["image"], "-o", fast_stream, "--codec", files["run"], "--bf16"
+    )
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "decode", fast_stream, "-o", fast_png, "--codec", files["run"])
+    assert code == 0, err
+
 
 def test_python_dash_m_icm_lib_encode(files, tmp_path):
     stream = tmp_path / "out.icm"

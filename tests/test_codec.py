@@ -6,6 +6,7 @@ import torch
 
 from icm_lib.codec import CODEC_NAMES, build_codec, load_codec
 from icm_lib.errors import BitstreamError, ImageError, WeightsUnavailableError
+from icm_lib.metrics import psnr
 
 
 @pytest.mark.parametrize("name", CODEC_NAMES)
@@ -110,6 +111,37 @@ def test_saved_codec_round_trips(trained_codec, tmp_path):
     data = codec.compress(images[0])
     assert loaded.compress(images[0]) == data
     assert torch.equal(loaded.decompress(data), codec.decompress(data))
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-attn"])
+def test_bf16_transforms_write_the_same_format_and_cost_the_image_little(name):
+    """``ICMCodec.bf16``: g_a / h_a and g_s under bfloat16 autocast. One format: a float32
+    decoder reads a bfloat16 encoder's stream and reconstructs its ŷ exactly (and the other
+    way round); ŷ moves by bfloat16 rounding; x̂ stays close to the float32 synthesis's, and
+    float32."""
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
+    codec.eval().update(force=True)
+    image = torch.rand(3, 96, 160)
+    plain, y_plain = codec.compress_with_latent(image)
+    codec.bf16 = True
+    half, y_half = codec.compress_with_latent(image)
+    half_decoded = codec.decompress(half)
+    codec.bf16 = False
+    assert plain[:32] == half[:32]  # the same header: one format
+    assert torch.equal(codec.decoded_latent(half), y_half)  # float32 decoder, bf16 stream
+    codec.bf16 = True
+    assert torch.equal(codec.decoded_latent(plain), y_plain)  # bf16 decoder, float32 stream
+    x_half = codec.decompress(plain)
+    codec.bf16 = False
+    x_plain = codec.decompress(plain)
+    assert y_half.dtype == y_plain.dtype == torch.float32
+    assert x_half.dtype == torch.float32 and x_half.shape == x_plain.shape == (1, 3, 96, 160)
+    # y moves by bfloat16 rounding; in autoregressive codecs every later mean moves with it
+    assert (y_half - y_plain).abs().mean() <= 0.05 * y_plain.abs().mean() + 1e-6
+    assert psnr(x_half, x_plain) > 40  # the synthesis's bfloat16 rounding only
+    assert abs(len(half) - len(plain)) <= 0.02 * len(plain) + 8
+    assert half_decoded.shape == (1, 3, 96, 160)
 
 
 def test_pretrained_offline_fails_fast_with_advice(monkeypatch, tmp_path):

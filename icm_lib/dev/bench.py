@@ -24,8 +24,10 @@ profile's data, machines and reference codec (prepared by notebook 00), the trai
 each task and variant (baseline, aux-enc) with the step flags off and on (``--fast``), in one run:
 s/step (median over ``--steps``), images/s, the share of each phase, the step's FLOPs against
 this CPU's large-matmul rate (how far the step is from its arithmetic floor) and the on/off
-ratio; then the encode time of a baseline-trained and an aux-trained codec of the study's cache
-(ratio; the branch is not part of the codec, so ~1.0).
+ratio, a later run's step with its pseudo-labels cached, and (where bfloat16 autocast runs) the
+recognizer and branch under bfloat16 with the labels run and cached; then the encode time of
+a baseline-trained and an aux-trained codec of the study's cache (ratio; the branch is not
+part of the codec, so ~1.0).
 
 ``backends``: the time of one ICM training step (baseline and aux-enc) with each recognition
 backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
@@ -36,9 +38,11 @@ crop; a backend whose library is not installed is listed as skipped.
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
 ``decompress`` (icm_lib's device-independent coder; container, checks, padding included) next to
 CompressAI's own ``compress`` / ``decompress`` on the same model (what icm_lib used before), as
-a ratio. Without ``--pretrained`` (offline) the architectures have random weights, so their bpp
-says nothing about coding efficiency; ``--train-steps N`` adds small codecs of the three coded
-families trained for N steps on procedural scenes, and the cached MSE reference codec of the cpu
+a ratio, and with the transforms in channels-last layout and in bfloat16 (``cl.*``, ``bf.*``:
+the speed-ups, the PSNR change of the round trip and the stream size). Without
+``--pretrained`` (offline) the architectures have random weights, so their bpp says nothing
+about coding efficiency; ``--train-steps N`` adds small codecs of the three coded families
+trained for N steps on procedural scenes, and the cached MSE reference codec of the cpu
 profile (trained by notebook 00) is added as a trained row when it exists.
 
 ``devices``: the cross-device table. Small codecs of each family (trained briefly) write streams
@@ -67,7 +71,7 @@ from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
-from .common import FAMILY_CODECS, scene_images, train_briefly
+from .common import FAMILY_CODECS, bf16_hardware, scene_images, train_briefly
 
 
 def bench_images(size: tuple[int, int] = (512, 768)) -> list[torch.Tensor]:
@@ -126,6 +130,10 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
                 cod_dec=(t_ours_dec - t["g_s"]) / (t_cai_dec - t["g_s"]),
                 cl_enc=t["cl_enc"] / t_cai_enc,
                 cl_dec=t["cl_dec"] / t_cai_dec,
+                bf_enc=t["bf_enc"] / t_cai_enc,
+                bf_dec=t["bf_dec"] / t_cai_dec,
+                bf_db=_bf16_psnr_change(codec, x, coded.x_hat),
+                bf_bpp=len(_with(codec, lambda: codec.compress(x), True, True)) / len(data),
             )
         )
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
@@ -136,19 +144,31 @@ def bench_codec(codec: ICMCodec, label: str, images: list[torch.Tensor], repeats
         f"{mean['t_enc']:>8.3f}{mean['c_enc']:>8.3f}{mean['enc']:>7.2f}"
         f"{mean['t_dec']:>8.3f}{mean['c_dec']:>8.3f}{mean['dec']:>7.2f}"
         f"{mean['g_a']:>8.3f}{mean['cod_enc']:>7.3f}{mean['g_s']:>8.3f}{mean['cod_dec']:>7.3f}"
-        f"{mean['cl_enc']:>7.2f}{mean['cl_dec']:>7.2f}",
+        f"{mean['cl_enc']:>7.2f}{mean['cl_dec']:>7.2f}{mean['bf_enc']:>7.2f}{mean['bf_dec']:>7.2f}"
+        f"{mean['bf_db']:>7.3f}{mean['bf_bpp']:>7.4f}",
         flush=True,
     )
     return mean
 
 
-def _channels_last(codec: ICMCodec, fn):
-    """``fn()`` with the codec's transforms in channels-last layout (:attr:`ICMCodec.channels_last`)."""
-    before, codec.channels_last = codec.channels_last, True
+def _with(codec: ICMCodec, fn, channels_last: bool, bf16: bool = False):
+    """``fn()`` with the codec's transforms in channels-last layout and / or bfloat16
+    (:attr:`ICMCodec.channels_last`, :attr:`ICMCodec.bf16`)."""
+    before = codec.channels_last, codec.bf16
+    codec.channels_last, codec.bf16 = channels_last, bf16
     try:
         return fn()
     finally:
-        codec.channels_last = before
+        codec.channels_last, codec.bf16 = before
+
+
+def _bf16_psnr_change(codec: ICMCodec, x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """PSNR (dB) of ``x``'s round trip with the transforms in bfloat16 minus that of the
+    float32 round trip ``x_hat``: what :attr:`ICMCodec.bf16` costs the decoded image."""
+    from ..metrics import psnr
+
+    fast = _with(codec, lambda: codec.decompress(codec.compress(x)), True, True)
+    return psnr(fast, x) - psnr(x_hat, x)
 
 
 def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) -> dict:
@@ -157,7 +177,8 @@ def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) ->
     transforms, ``h_a`` included) and ``g_s``. CompressAI's ``compress`` = g_a + h_a + its
     entropy coding; its ``decompress`` = its entropy decoding + g_s; ours likewise, plus the
     container and padding; ``cl_enc`` / ``cl_dec``: ours with the transforms in channels-last
-    layout. Also CompressAI's strings (``raw``)."""
+    layout; ``bf_enc`` / ``bf_dec``: channels-last and bfloat16. Also CompressAI's strings
+    (``raw``)."""
     from ..entropy import analysis
 
     xp, _ = pad_to_multiple(x)
@@ -168,11 +189,13 @@ def _codec_times(codec: ICMCodec, x: torch.Tensor, data: bytes, repeats: int) ->
             "ours_enc": lambda: codec.compress(x),
             "cai_enc": lambda: codec.model.compress(xp),
             "g_a": lambda: analysis(codec.model, xp),
-            "cl_enc": lambda: _channels_last(codec, lambda: codec.compress(x)),
+            "cl_enc": lambda: _with(codec, lambda: codec.compress(x), True),
+            "bf_enc": lambda: _with(codec, lambda: codec.compress(x), True, True),
             "ours_dec": lambda: codec.decompress(data),
             "cai_dec": lambda: codec.model.decompress(raw["strings"], raw["shape"]),
             "g_s": lambda: codec.decoder(latent),
-            "cl_dec": lambda: _channels_last(codec, lambda: codec.decompress(data)),
+            "cl_dec": lambda: _with(codec, lambda: codec.decompress(data), True),
+            "bf_dec": lambda: _with(codec, lambda: codec.decompress(data), True, True),
         }
         times = {k: [] for k in fns}
         for _ in range(repeats):
@@ -527,12 +550,13 @@ def bench_codecs(
     images = bench_images()
     print(
         f"images: {len(images)} x 512x768, torch threads {torch.get_num_threads()}, "
-        f"median of {repeats}"
+        f"median of {repeats}; bfloat16 hardware: {bf16_hardware()}"
     )
     print(
         f"{'codec':<44}{'est':>8}{'coder':>8}{'actual':>8}{'act/est':>8}{'pay/cod':>8}"
         f"{'pay/CAI':>8}{'enc s':>8}{'CAI s':>8}{'ratio':>7}{'dec s':>8}{'CAI s':>8}{'ratio':>7}"
         f"{'g_a s':>8}{'c.rat':>7}{'g_s s':>8}{'c.rat':>7}{'cl.enc':>7}{'cl.dec':>7}"
+        f"{'bf.enc':>7}{'bf.dec':>7}{'bf.dB':>7}{'bf.bpp':>7}"
     )
     for name in names:
         codec = build_codec(name, quality=quality, pretrained=pretrained)
@@ -554,7 +578,9 @@ def bench_codecs(
         "transforms (h_a included) and g_s s: the synthesis, which both include; c.rat: the "
         "ratio without them (entropy coding, plus container and padding for icm_lib); "
         "cl.enc / cl.dec: the ratios with the transforms in channels-last layout "
-        "(ICMCodec.channels_last)"
+        "(ICMCodec.channels_last); bf.enc / bf.dec: channels-last and bfloat16 "
+        "(ICMCodec.bf16: fast where the CPU has AVX512-BF16 or AMX); bf.dB: the PSNR of the "
+        "bfloat16 round trip minus the float32 one; bf.bpp: its stream size / the float32 one's"
     )
 
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from .common import bf16_hardware
+
 #: operators whose CUDA implementation waits for the device and reads a result on the host
 #: (data-dependent output sizes, Python scalars, host-side NMS masks); ``icm_lib::to_host`` marks
 #: the library's own explicit device-to-host reads (invisible to a CPU profile otherwise)
@@ -347,11 +349,13 @@ def step_flops(setup: StepSetup, step: int = 1) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_flops_per_second(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """What this device sustains on a large float32 matrix product (best of ``repeats``): the
-    yardstick the step's FLOPs are divided by."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_flops_per_second(
+    device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """What this device sustains on a large matrix product (best of ``repeats``; float32: the
+    yardstick the step's FLOPs are divided by)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -369,6 +373,7 @@ def bench_icm_step(
     tasks: tuple[str, ...] = ("det", "seg"),
     variants: tuple[str, ...] = VARIANTS,
     fast: tuple[bool, ...] = (False, True),
+    bf16: bool = True,
 ) -> list[dict]:
     """``python -m icm_lib.bench icm``: the profile's own training step (the trainer's stepper,
     the trained recognizers of ``exp``, its reference codec, real crops) per task, variant and
@@ -379,42 +384,55 @@ def bench_icm_step(
     The recognizer's pseudo-labels are computed every step in the ``labels run`` rows, as in the
     first run of a seed; the ``labels cached`` row (float32 path) times the step of a later run
     of the seed, which reads them from the cache (:mod:`icm_lib.pseudo_labels`, filled by a
-    first pass over the same batches)."""
+    first pass over the same batches). With ``bf16`` (where bfloat16 autocast runs at all), two
+    more rows run the recognizer and the branch under bfloat16 autocast (``ICMObjective(amp=)``,
+    on the CPU too), with their labels run and cached: fast where the hardware multiplies
+    bfloat16 (AVX512-BF16, AMX, tensor cores); the studies keep float32, whose numbers every
+    machine reproduces."""
     import tempfile
 
     labels_dir = Path(tempfile.mkdtemp(prefix="icm-bench-labels-"))
     profile, device = exp.profile, exp.device
     rate = matmul_flops_per_second(device)
+    bf16 = bf16 and amp_runs(device)
+    half = f"; bfloat16 {matmul_flops_per_second(device, dtype=torch.bfloat16) / 1e9:.1f}"
     print(
         f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
-        f"float32 matmul {rate / 1e9:.1f} GFLOP/s (the floor's yardstick); median of {steps} "
-        "steps after a warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
+        f"bfloat16 hardware: {bf16_hardware(device)}; matmul GFLOP/s: float32 {rate / 1e9:.1f} "
+        f"(the floor's yardstick){half if bf16 else ''}; median of {steps} steps after a "
+        "warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
-        f"{'task':<5}{'variant':<9}{'fast':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
         f"{'img/s':>7}{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
         + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
     )
     rows = []
     for task in tasks:
         for variant in variants:
-            for on, cached in [(on, False) for on in fast] + [(False, True)]:
+            settings = [(on, False, False) for on in fast] + [(False, True, False)]
+            settings += [(False, False, True), (False, True, True)] if bf16 else []
+            for on, cached, half in settings:
                 folder = labels_dir / f"{task}-{variant}" if cached else None
-                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate))
+                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate, half))
     shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
             got = {
-                (r["fast"], r["labels"]): r["s_per_step"]
+                (r["fast"], r["labels"], r["bf16"]): r["s_per_step"]
                 for r in rows
                 if (r["task"], r["variant"]) == (task, variant)
             }
-            base = got.get((False, "run"))
+            base = got.get((False, "run", False))
             if base is None:
                 continue
-            ratios = [f"labels cached {base / got[(False, 'cached')]:.2f}x"]
-            if (True, "run") in got:
-                ratios.insert(0, f"fast on {base / got[(True, 'run')]:.2f}x")
+            named = {
+                (True, "run", False): "fast on",
+                (False, "cached", False): "labels cached",
+                (False, "run", True): "bf16",
+                (False, "cached", True): "bf16 + labels cached",
+            }
+            ratios = [f"{name} {base / got[k]:.2f}x" for k, name in named.items() if k in got]
             print(
                 f"{task} {variant}: against the float32 step that runs its labels: "
                 + ", ".join(ratios)
@@ -422,10 +440,13 @@ def bench_icm_step(
     return rows
 
 
-def _icm_row(exp, task: str, variant: str, on: bool, labels, steps: int, rate: float) -> dict:
+def _icm_row(
+    exp, task: str, variant: str, on: bool, labels, steps: int, rate: float, bf16: bool = False
+) -> dict:
     """One row of :func:`bench_icm_step`: the step of ``task`` / ``variant`` with the ``fast``
     flags ``on``, its pseudo-labels run (``labels=None``) or read from a cache in the folder
-    ``labels`` (filled by a first pass over the same batches); printed and returned."""
+    ``labels`` (filled by a first pass over the same batches), the recognizer and branch under
+    bfloat16 autocast with ``bf16`` (on the CPU too); printed and returned."""
     from ..codec import load_codec
     from ..data.sampler import CropSampler
     from ..losses import ICMObjective
@@ -442,9 +463,8 @@ def _icm_row(exp, task: str, variant: str, on: bool, labels, steps: int, rate: f
     if branch is not None:
         branch.to(device).train()
     machine = exp.machine(task) if labels is None else CachedMachine(exp.machine(task), labels)
-    objective = ICMObjective(
-        machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), icm.amp
-    )
+    amp = {"amp": True, "amp_device_types": ("cuda", "cpu")} if bf16 else {"amp": icm.amp}
+    objective = ICMObjective(machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **amp)
     stepper = Stepper(
         codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
     )
@@ -461,6 +481,7 @@ def _icm_row(exp, task: str, variant: str, on: bool, labels, steps: int, rate: f
         "variant": variant,
         "fast": on,
         "labels": "run" if labels is None else "cached",
+        "bf16": bf16,
         "label_hits": None if labels is None else machine.hits,
         **timed,
         "flops": flops,
@@ -472,7 +493,8 @@ def _icm_row(exp, task: str, variant: str, on: bool, labels, steps: int, rate: f
     exp.machine(task).model.to(memory_format=torch.contiguous_format)
     torch.backends.cudnn.benchmark = benchmark
     print(
-        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{row['labels']:>7}{cfg.batch_size:>3}"
+        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{'bf16' if bf16 else 'fp32':>5}"
+        f"{row['labels']:>7}{cfg.batch_size:>3}"
         f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
         f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
         + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
