@@ -113,16 +113,21 @@ def test_saved_codec_round_trips(trained_codec, tmp_path):
     assert torch.equal(loaded.decompress(data), codec.decompress(data))
 
 
+def _small_codec_and_image(name: str):
+    """A small random-weight codec of the family (tables updated) and a random 96x160 image."""
+    torch.manual_seed(0)
+    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
+    codec.eval().update(force=True)
+    return codec, torch.rand(3, 96, 160)
+
+
 @pytest.mark.parametrize("name", ["bmshj2018-hyperprior", "cheng2020-attn"])
 def test_bf16_transforms_write_the_same_format_and_cost_the_image_little(name):
     """``ICMCodec.bf16``: g_a / h_a and g_s under bfloat16 autocast. One format: a float32
     decoder reads a bfloat16 encoder's stream and reconstructs its ŷ exactly (and the other
     way round); ŷ moves by bfloat16 rounding; x̂ stays close to the float32 synthesis's, and
     float32."""
-    torch.manual_seed(0)
-    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
-    codec.eval().update(force=True)
-    image = torch.rand(3, 96, 160)
+    codec, image = _small_codec_and_image(name)
     plain, y_plain = codec.compress_with_latent(image)
     codec.bf16 = True
     half, y_half = codec.compress_with_latent(image)
@@ -157,10 +162,7 @@ def test_pretrained_offline_fails_fast_with_advice(monkeypatch, tmp_path):
 def test_channels_last_transforms_write_the_same_format_and_any_decoder_reads_them(name):
     """``ICMCodec.channels_last``: the transforms in another memory layout. Streams of either
     layout decode with either; the decoder's ŷ is the encoder's; x̂ differs by float rounding."""
-    torch.manual_seed(0)
-    codec = build_codec(name, N=32, M=48) if name != "cheng2020-attn" else build_codec(name, N=32)
-    codec.eval().update(force=True)
-    image = torch.rand(3, 96, 160)
+    codec, image = _small_codec_and_image(name)
     plain, y_plain = codec.compress_with_latent(image)
     codec.channels_last = True
     fast, y_fast = codec.compress_with_latent(image)
