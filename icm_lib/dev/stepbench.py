@@ -395,11 +395,15 @@ def bench_icm_step(
     profile, device = exp.profile, exp.device
     rate = matmul_flops_per_second(device)
     bf16 = bf16 and amp_runs(device)
-    half = f"; bfloat16 {matmul_flops_per_second(device, dtype=torch.bfloat16) / 1e9:.1f}"
+    bf16_rate = (
+        f"; bfloat16 {matmul_flops_per_second(device, dtype=torch.bfloat16) / 1e9:.1f}"
+        if bf16
+        else ""
+    )
     print(
         f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
         f"bfloat16 hardware: {bf16_hardware(device)}; matmul GFLOP/s: float32 {rate / 1e9:.1f} "
-        f"(the floor's yardstick){half if bf16 else ''}; median of {steps} steps after a "
+        f"(the floor's yardstick){bf16_rate}; median of {steps} steps after a "
         "warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
@@ -412,9 +416,9 @@ def bench_icm_step(
         for variant in variants:
             settings = [(on, False, False) for on in fast] + [(False, True, False)]
             settings += [(False, False, True), (False, True, True)] if bf16 else []
-            for on, cached, half in settings:
+            for on, cached, in_bf16 in settings:
                 folder = labels_dir / f"{task}-{variant}" if cached else None
-                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate, half))
+                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate, in_bf16))
     shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
