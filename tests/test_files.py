@@ -246,11 +246,26 @@ _WRITER = textwrap.dedent(
     sampler = CropSampler(CocoDetection(coco, "train"), cfg.crop, cfg.batch_size, cfg.seed)
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", N=16, M=24)
+    mse = mse_objective(cfg.lmbda)
+    held = []
+
+    def objective(codec, branch, x):
+        # The lock holder's first step waits until the other process has said it waits (its
+        # stderr file), so the two overlap however the machine schedules them.
+        if not held:
+            held.append(True)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                "is being written by" in e.read_text() for e in Path(go).parent.glob("err.*")
+            ):
+                time.sleep(0.05)
+        return mse(codec, branch, x)
+
     Path(f"{go}.ready.{os.getpid()}").touch()  # imported and built: ready to start
     while not Path(go).exists():  # both processes start training at the same moment
         time.sleep(0.01)
-    codec, log = train_codec(codec, sampler, cfg, mse_objective(cfg.lmbda), run_dir,
-                             torch.device("cpu"), progress=False)
+    codec, log = train_codec(codec, sampler, cfg, objective, run_dir, torch.device("cpu"),
+                             progress=False)
     print("FINGERPRINT", state_fingerprint(codec.model.state_dict()), len(log))
     """
 )
@@ -262,15 +277,18 @@ def test_two_processes_on_one_run_key_write_each_record_once(tmp_path, scenes):
     script.write_text(_WRITER)
     env = {**os.environ, "ICM_LOCK_TIMEOUT": "120"}
     args = [sys.executable, str(script), str(scenes.coco_root), str(run_dir), str(go)]
-    procs = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
-    ]
+    errs = [tmp_path / f"err.{i}" for i in range(2)]
+    procs = []
+    for err in errs:
+        with err.open("w") as f:  # the child keeps its own descriptor
+            procs.append(
+                subprocess.Popen(args, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+            )
     deadline = time.monotonic() + 120  # both imported (a loaded machine takes seconds) ...
     while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     go.touch()  # ... then both start at once: one trains, the other waits for its lock
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [(p.communicate(timeout=300)[0], err.read_text()) for p, err in zip(procs, errs)]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
     prints = [next(x for x in out.splitlines() if x.startswith("FINGERPRINT")) for out, _ in outs]
