@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats as _st
 
 from .files import read_json
-from .results import AblationFile, ClaimsFile, GanFile, RDPoint, RunRecord, StudyFile
+from .results import AblationFile, ClaimsFile, GanFile, RDPoint, RunRecord, StudyFile, WorldFile
 from .statistics import (
     bd_rate_effect,
     equal_rate_delta,
@@ -46,6 +46,13 @@ from .statistics import (
 PLAN = Path("results") / "analysis-plan.json"
 #: the results files a profile's claims are computed from (besides the plan)
 CLAIM_SOURCES = (StudyFile, AblationFile, GanFile)
+#: the acceptance checks of the world (``results/world-<profile>.json``) a task's claims rest on;
+#: a failed one is named beside every claim of that task (amendment 3 of the analysis plan)
+WORLD_CHECKS = {
+    "det": ("informative_det", "plateau_det", "reference_converged", "mse_loses_det",
+            "roi_beats_baseline_det"),
+    "seg": ("informative_seg", "plateau_seg", "reference_converged", "mse_loses_seg"),
+}  # fmt: skip
 
 
 @dataclass
@@ -403,25 +410,64 @@ def gan_claims(gan: GanFile, plan: dict) -> list[Claim]:
 
 
 def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Claim]:
-    """Every claim the profile's results files hold runs for."""
+    """Every claim the profile's results files hold runs for, each with the world checks it
+    rests on that failed (:func:`world_caveats`) among its notes."""
     plan = read_plan(Path(results_dir) / "analysis-plan.json")
-    out: list[Claim] = []
+    out: list[tuple[str, Claim]] = []
     study = StudyFile.find(results_dir, profile)
     if study is not None:
-        out += study_claims(study, plan, n_boot)
+        out += [(c.title.split(":")[0], c) for c in study_claims(study, plan, n_boot)]
     ablation = AblationFile.find(results_dir, profile)
     if ablation is not None:
-        out += ablation_claims(ablation, plan)
+        out += [(c.title.split(":")[0], c) for c in ablation_claims(ablation, plan)]
     gan = GanFile.find(results_dir, profile)
     if gan is not None:
-        out += gan_claims(gan, plan)
+        task = gan.runs[0].task if gan.runs else ""
+        out += [(task, c) for c in gan_claims(gan, plan)]
+    caveats = world_caveats(WorldFile.find(results_dir, profile))
+    for task, claim in out:
+        claim.notes += caveats.get(task, [])
+    return [c for _, c in out]
+
+
+def world_caveats(world: WorldFile | None) -> dict[str, list[str]]:
+    """Per task, a note for each check of :data:`WORLD_CHECKS` that the world file records as
+    failed (none without a world file: the control world and the legacy profiles have none)."""
+    if world is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for task, names in WORLD_CHECKS.items():
+        for name in names:
+            check = world.checks.get(name)
+            if check is not None and not check.get("pass"):
+                shown = {  # the check's numbers: its values, then its bar
+                    k: v
+                    for k, v in sorted(check.items(), key=lambda kv: kv[0] == "bar")
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+                out.setdefault(task, []).append(
+                    f"world check failed: {name} "
+                    + ", ".join(f"{k} {_short(v)}" for k, v in shown.items())
+                    + f" (results/{world.path('.', world.profile).name})"
+                )
     return out
 
 
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def world_failed(claim: Claim) -> list[str]:
+    """The names of the failed world checks among ``claim``'s notes."""
+    return [n.split()[3] for n in claim.notes if n.startswith("world check failed: ")]
+
+
 def inputs_of(results_dir: str | Path, profile: str) -> dict[str, str]:
-    """The files the profile's claims are computed from (the plan and the study, ablation and
-    PatchGAN files that exist), name -> SHA-256 of their bytes."""
-    names = ["analysis-plan.json"] + [cls.path(".", profile).name for cls in CLAIM_SOURCES]
+    """The files the profile's claims are computed from (the plan, the study, ablation and
+    PatchGAN files and the world checks that exist), name -> SHA-256 of their bytes."""
+    names = ["analysis-plan.json"] + [
+        cls.path(".", profile).name for cls in (*CLAIM_SOURCES, WorldFile)
+    ]
     return {
         n: hashlib.sha256((Path(results_dir) / n).read_bytes()).hexdigest()
         for n in names
@@ -497,6 +543,9 @@ def table(rows: list[Claim]) -> str:
             if v["verdict"] == "unresolved" and v.get("seeds_needed")
             else ""
         )
+        failed = world_failed(c)
+        if failed:
+            extra += f"; world check failed: {', '.join(failed)}"
         lines.append(
             f"| {c.title} | {c.estimator} | {c.paper} | {fmt(iv['estimate'], digits)} "
             f"[{fmt(iv['lo'], digits)}, {fmt(iv['hi'], digits)}] | **{v['verdict']}**{extra} | "

@@ -304,3 +304,38 @@ def test_the_report_holds_both_worlds_side_by_side(tmp_path):
     ]
     assert both == "\n".join(["", heads[0], shapes, "", heads[1], patterns])
     assert "####" not in shapes and "Iino et al. on `cpu`" in shapes and shapes != patterns
+
+
+def test_a_failed_world_check_is_named_beside_the_claims_of_its_task(tmp_path):
+    import icm_lib.claims as cl
+    from icm_lib.results import WorldFile
+
+    (tmp_path / "analysis-plan.json").write_text(
+        (ROOT / "results" / "analysis-plan.json").read_text()
+    )
+    study(0.7).write(StudyFile.path(tmp_path, "t"))
+    assert all(not c.notes for c in claims(tmp_path, "t", n_boot=50))  # no world file: no note
+    checks = {
+        "informative_det": {"value": 0.197, "bar": 0.3, "pass": False},
+        "informative_seg": {"value": 0.52, "bar": 0.5, "pass": True},
+        "plateau_seg": {"gain_over_last_fifth": None, "bar": 0.02, "pass": True, "note": "x"},
+    }
+    world = WorldFile(profile="t", seeds=[0], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, world="patterns", checks=checks)  # fmt: skip
+    world.write(WorldFile.path(tmp_path, "t"))
+    assert all(not c.notes for c in claims(tmp_path, "t", n_boot=50))  # seg claims: seg passed
+    checks["plateau_seg"] = {"gain_over_last_fifth": 0.039, "bar": 0.02, "pass": False}
+    world.write(WorldFile.path(tmp_path, "t"))
+    rows = claims(tmp_path, "t", n_boot=50)
+    assert rows and all(
+        c.notes == ["world check failed: plateau_seg gain_over_last_fifth 0.039, bar 0.02 "
+                    "(results/world-t.json)"]
+        for c in rows
+    )  # fmt: skip
+    assert all(cl.world_failed(c) == ["plateau_seg"] for c in rows)
+    assert "world check failed: plateau_seg" in cl.table(rows)
+    assert "world-t.json" in cl.claims_file(tmp_path, "t", n_boot=50).inputs
+    assert set(cl.world_caveats(world)) == {"det", "seg"}  # the failed det check: det claims
+    assert cl.world_caveats(world)["det"] == [
+        "world check failed: informative_det value 0.197, bar 0.3 (results/world-t.json)"
+    ]
