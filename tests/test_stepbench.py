@@ -178,3 +178,30 @@ def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):
     monkeypatch.setattr(bench, "bench_icm", lambda profile, data_dir, *a: seen.update(d=data_dir))
     bench.main(["icm"])
     assert seen["d"] == Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.mark.parametrize(
+    "hardware, native",
+    [("avx512_bf16", True), ("avx512_bf16 + amx_bf16", True), ("CUDA bf16", True),
+     ("none (emulated: slower than float32)", False), ("none (this GPU)", False),
+     ("unknown (no /proc/cpuinfo)", False)],
+)  # fmt: skip
+def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardware, native):
+    """``bench icm --bf16 auto`` (the default) adds the bfloat16 rows only where the device
+    multiplies bfloat16 natively; ``on`` / ``off`` force them."""
+    from pathlib import Path
+
+    import icm_lib.dev.bench as b
+    import icm_lib.dev.common as common
+    import icm_lib.dev.stepbench as sb
+    import icm_lib.experiment as ex
+
+    monkeypatch.setattr(common, "bf16_hardware", lambda device=None: hardware)
+    assert common.bf16_native() is native
+    asked = []
+    monkeypatch.setattr(sb, "bench_icm_step", lambda exp, steps, fast, bf16: asked.append(bf16))
+    monkeypatch.setattr(ex.Experiment, "prepare", classmethod(lambda cls, *a, **k: None))
+    monkeypatch.setattr(b, "_encode_time_ratio", lambda exp, repeats: None)
+    for choice in ("auto", "on", "off"):
+        b.bench_icm("smoke", Path("data"), 1, 1, (False,), choice)
+    assert asked == [native, True, False]

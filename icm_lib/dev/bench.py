@@ -71,7 +71,7 @@ from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
-from .common import FAMILY_CODECS, bf16_hardware, scene_images, train_briefly
+from .common import FAMILY_CODECS, bf16_hardware, bf16_native, scene_images, train_briefly
 
 
 def bench_images(size: tuple[int, int] = (512, 768)) -> list[torch.Tensor]:
@@ -242,10 +242,17 @@ def bench_codec_scaling(name: str, quality: int, pretrained: bool, repeats: int)
 
 
 def bench_icm(
-    profile_name: str, data_dir: Path, steps: int, repeats: int, fast: tuple[bool, ...]
+    profile_name: str,
+    data_dir: Path,
+    steps: int,
+    repeats: int,
+    fast: tuple[bool, ...],
+    bf16: str = "auto",
 ) -> list[dict]:
     """The training step as the yardstick (:func:`~icm_lib.dev.stepbench.bench_icm_step`), then
-    the encode time of a cached aux-enc codec against a baseline."""
+    the encode time of a cached aux-enc codec against a baseline. ``bf16``: the bfloat16 rows
+    ``on``, ``off``, or ``auto`` (where the device multiplies bfloat16 natively: emulated, they
+    take minutes and show only that it is slower)."""
     from ..experiment import Experiment
     from ..profiles import get_profile
     from .stepbench import bench_icm_step
@@ -253,7 +260,8 @@ def bench_icm(
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exp = Experiment.prepare(profile, data_dir, device, progress=False)
-    rows = bench_icm_step(exp, steps, fast=fast)
+    with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
+    rows = bench_icm_step(exp, steps, fast=fast, bf16=with_bf16)
     _encode_time_ratio(exp, repeats)
     return rows
 
@@ -498,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="icm: the trainer's step flags (channels-last recognizer, fused Adam) off, on, or both",
     )
+    ap.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="icm: the bfloat16 rows; auto: where the device multiplies bfloat16 natively",
+    )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -521,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_devices(150 if args.train_steps is None else args.train_steps)
     elif args.what == "icm":
         fast = {"off": (False,), "on": (True,), "both": (False, True)}[args.fast]
-        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats, fast)
+        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats, fast, args.bf16)
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.scaling:

@@ -29,6 +29,11 @@ def bf16_hardware(device: torch.device | None = None) -> str:
     return " + ".join(native) if native else "none (emulated: slower than float32)"
 
 
+def bf16_native(device: torch.device | None = None) -> bool:
+    """Whether :func:`bf16_hardware` finds bfloat16 multiplied natively on ``device``."""
+    return not bf16_hardware(device).startswith(("none", "unknown"))
+
+
 def scene_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     """``n`` procedural scenes (the embedded default's generator) as (n, 3, size, size) in [0, 1]."""
     import numpy as np
