@@ -17,7 +17,7 @@ from pathlib import Path
 from .evaluate import curves, mean_curve
 from .files import atomic_write_bytes
 from .profiles import PROFILES
-from .results import PAPERS, AblationFile, GanFile, StudyFile, profiles_with_studies
+from .results import PAPERS, AblationFile, GanFile, StudyFile, WorldFile, profiles_with_studies
 
 
 def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True) -> str:
@@ -139,6 +139,9 @@ def report(results_dir: str | Path, profiles: str | list[str] | None = None) -> 
 def _profile_report(results_dir: str | Path, profile_name: str) -> str:
     """One profile's tables and claims."""
     lines = []
+    world = WorldFile.find(results_dir, profile_name)
+    if world is not None:
+        lines += world_table(world)
     study = StudyFile.find(results_dir, profile_name)
     if study is not None:
         lines += _provenance(study) + file_tables(study)
@@ -173,6 +176,64 @@ def _profile_report(results_dir: str | Path, profile_name: str) -> str:
                 table(rows),
             ]
     return "\n".join(lines)
+
+
+#: what each world check measures, in words (:mod:`icm_lib.world_check`)
+WORLD_CHECK_WORDS = {
+    "informative_det": ("the detector's uncompressed val mAP@[.5:.95]", "value", ">="),
+    "informative_seg": ("the segmenter's uncompressed val mIoU", "value", ">="),
+    "mse_loses_det": ("share of that mAP the MSE codec keeps at 0.1 bpp", "share_at_low_bpp", "<="),
+    "mse_loses_seg": (
+        "share of that mIoU the MSE codec keeps at 0.1 bpp",
+        "share_at_low_bpp",
+        "<=",
+    ),
+    "roi_beats_baseline_det": (
+        "ROI's mAP gain over the task-loss baseline at equal rate",
+        "map_gain_at_equal_rate",
+        ">",
+    ),
+    "plateau_det": ("the detector's val mAP gain over its last fifth", "gain_over_last_fifth", "<"),
+    "plateau_seg": (
+        "the segmenter's val mIoU gain over its last fifth",
+        "gain_over_last_fifth",
+        "<",
+    ),
+    "reference_converged": (
+        "the reference codec's val bpp / PSNR move over its last fifth",
+        "move_over_last_fifth",
+        "each within ±",
+    ),
+}
+
+
+def world_table(world: WorldFile) -> list[str]:
+    """The world's acceptance checks (``results/world-<profile>.json``) as a markdown table:
+    what each measures, the value, the bar and whether it passed."""
+
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return " / ".join(f"{k} {value(x)}" for k, x in v.items())
+        return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "",
+        f"**World checks, profile `{world.profile}`** (`python -m icm_lib.world_check --profile "
+        f"{world.profile}`; the bars of `results/analysis-plan.json`; "
+        f"{'all passed' if world.passed else 'not all passed'}):",
+        "",
+        "| check | measures | value | bar | |",
+        "|---|---|---|---|---|",
+    ]
+    for name, check in world.checks.items():
+        words, key, op = WORLD_CHECK_WORDS.get(name, (name, "value", ""))
+        bar = check.get("bar")
+        lines.append(
+            f"| `{name}` | {words} | {value(check.get(key))} | "
+            f"{op} {value(bar)} | "
+            f"{'pass' if check.get('pass') else '**FAIL**'} |"
+        )
+    return lines
 
 
 def file_tables(file: StudyFile | AblationFile | GanFile) -> list[str]:

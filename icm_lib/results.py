@@ -66,11 +66,11 @@ def results_path(results_dir: str | Path, kind: str, profile: str) -> Path:
 
 
 def profiles_with_studies(results_dir: str | Path) -> list[str]:
-    """The profiles that have a study, ablation or PatchGAN file in ``results_dir``, in the
-    order of :data:`~icm_lib.profiles.PROFILES` (the control world ``cpu`` before
-    ``cpu-patterns``), then any other name."""
+    """The profiles that have a world-check, study, ablation or PatchGAN file in
+    ``results_dir``, in the order of :data:`~icm_lib.profiles.PROFILES` (the control world
+    ``cpu`` before ``cpu-patterns``), then any other name."""
     found = set()
-    for kind in ("study", "ablation", "gan"):
+    for kind in ("world", "study", "ablation", "gan"):
         pattern = results_path(results_dir, kind, "*")  # the file names' one spelling
         found |= {p.stem.removeprefix(f"{kind}-") for p in pattern.parent.glob(pattern.name)}
     return [n for n in PROFILES if n in found] + sorted(found - set(PROFILES))

@@ -339,3 +339,33 @@ def test_a_failed_world_check_is_named_beside_the_claims_of_its_task(tmp_path):
     assert cl.world_caveats(world)["det"] == [
         "world check failed: informative_det value 0.197, bar 0.3 (results/world-t.json)"
     ]
+
+
+def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
+    """A world-check file alone makes a profile appear in the report, with one row per check:
+    what it measures, its value, its bar, pass or FAIL."""
+    from icm_lib.report import report
+    from icm_lib.results import WorldFile, profiles_with_studies
+
+    checks = {
+        "informative_det": {"value": 0.1966, "bar": 0.3, "pass": False},
+        "mse_loses_seg": {"share_at_low_bpp": 0.41, "low_bpp": 0.1, "bar": 0.7, "pass": True},
+        "reference_converged": {
+            "move_over_last_fifth": {"bpp": -0.004, "psnr": 0.002}, "bar": 0.01, "pass": True,
+        },
+    }  # fmt: skip
+    WorldFile(profile="cpu-patterns", seeds=[0], compute_hours_in_runs=0,
+              wall_hours_this_invocation=0, world="patterns",
+              checks=checks).write(WorldFile.path(tmp_path, "cpu-patterns"))  # fmt: skip
+    assert profiles_with_studies(tmp_path) == ["cpu-patterns"]
+    text = report(tmp_path)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert rows == [
+        "| `informative_det` | the detector's uncompressed val mAP@[.5:.95] | 0.1966 | >= 0.3 "
+        "| **FAIL** |",
+        "| `mse_loses_seg` | share of that mIoU the MSE codec keeps at 0.1 bpp | 0.41 | <= 0.7 "
+        "| pass |",
+        "| `reference_converged` | the reference codec's val bpp / PSNR move over its last fifth "
+        "| bpp -0.004 / psnr 0.002 | each within ± 0.01 | pass |",
+    ]
+    assert "not all passed" in text
