@@ -55,16 +55,7 @@ def load_or_train_reference_codec(
         codec.update()
         return codec.to(device).eval(), []
     cfg, every = profile.mse, profile.mse.validate_every
-    run_dir = keyed_path(
-        Path(cache_dir),
-        f"mse-codec-{profile.codec.name}",
-        {
-            "codec": profile.codec.key(),
-            "train": asdict(cfg.train_config()),
-            "data": data_key(datasets.det_train.root),
-            **({"validation": _validation_key(profile, every)} if every else {}),
-        },
-    )
+    run_dir = reference_dir(profile, datasets, cache_dir)
     sampler = CropSampler(datasets.det_train, cfg.crop, cfg.batch_size, cfg.seed)
     validate = None
     if every:
@@ -82,6 +73,22 @@ def load_or_train_reference_codec(
         desc=f"MSE reference codec λ={cfg.lmbda:g}",
         validate=validate,
         validate_every=every,
+    )
+
+
+def reference_dir(profile: Profile, datasets: Datasets, cache_dir: str | Path) -> Path:
+    """The reference codec's cache folder (trained for MSE): its name is the key of its
+    settings (codec, schedule, data, validation)."""
+    every = profile.mse.validate_every
+    return keyed_path(
+        Path(cache_dir),
+        f"mse-codec-{profile.codec.name}",
+        {
+            "codec": profile.codec.key(),
+            "train": asdict(profile.mse.train_config()),
+            "data": data_key(datasets.det_train.root),
+            **({"validation": _validation_key(profile, every)} if every else {}),
+        },
     )
 
 
@@ -350,8 +357,37 @@ class Experiment:
         validate_every: int = 0,
     ) -> Path:
         """The cache folder of :meth:`icm_run` with these arguments: its name carries the key of
-        everything that decides the run (config, codec, machines, reference codec, data), the
-        same in every clone (:func:`~icm_lib.runtime.data_key`)."""
+        everything that decides the run (config, codec, machines, the reference codec's weights,
+        data), the same in every clone (:func:`~icm_lib.runtime.data_key`) whose reference
+        codec trained to the same weights (:meth:`settings_key` is the same on every machine)."""
+        reference = state_fingerprint(self.reference.codec_state()["state_dict"])
+        return self._keyed_run(task, variant, lmbda, seed, steps, validate_every, reference)
+
+    def settings_key(
+        self,
+        task: Task | str,
+        variant: str,
+        lmbda: float,
+        seed: int,
+        steps: int | None = None,
+        validate_every: int = 0,
+    ) -> str:
+        """The run key of :meth:`run_dir` with the reference codec named by its *settings*
+        instead of its weights' fingerprint: the same on every machine. The run key changes
+        where the reference codec trained to other weights -- on a GPU, or on a CPU whose float32
+        kernels sum in another order -- so a results file made there matches runs here by this
+        key (:attr:`~icm_lib.results.RunRecord.settings_key`): the same settings, that machine's
+        numbers."""
+        profile = self.profile
+        reference = (
+            {"pretrained": profile.codec.key()}
+            if profile.codec.pretrained or profile.mse.steps == 0
+            else reference_dir(profile, self.datasets, ".").name
+        )
+        run = self._keyed_run(task, variant, lmbda, seed, steps, validate_every, reference)
+        return run.name
+
+    def _keyed_run(self, task, variant, lmbda, seed, steps, validate_every, reference) -> Path:
         task = get_task(task)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -367,7 +403,7 @@ class Experiment:
                 "codec": profile.codec.key(),
                 "recognition": profile.recognition.key(),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in UNKEYED_ICM},
-                "reference": state_fingerprint(self.reference.codec_state()["state_dict"]),
+                "reference": reference,
                 "data": data_key(self.datasets.train(task).root),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
             },
@@ -384,6 +420,15 @@ class Experiment:
         ab = self.profile.ablation
         lmbda, steps = ab.lmbda(task), steps or ab.steps
         return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every)
+
+    def ablation_settings_key(
+        self, task: Task | str, variant: str, seed: int, steps: int | None = None
+    ) -> str:
+        """The :meth:`settings_key` of :meth:`ablation_point`'s run."""
+        ab = self.profile.ablation
+        return self.settings_key(
+            task, variant, ab.lmbda(task), seed, steps or ab.steps, ab.val_every
+        )
 
     def _validation_key(self, every: int) -> dict:
         return _validation_key(self.profile, every)
@@ -424,8 +469,9 @@ class Experiment:
         codec, log, run_dir = self.icm_run(
             task, variant, lmbda, seed, steps=steps or ab.steps, validate_every=ab.val_every
         )
-        val = _val_curve(log)
-        return RunPoint(_run_record(task, variant, lmbda, seed, run_dir, log, val=val), codec)
+        record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
+        record.settings_key = self.ablation_settings_key(task, variant, seed, steps)
+        return RunPoint(record, codec)
 
     def evaluate(
         self, codec: ICMCodec, task: Task | str, path: Path, roi_qf: float | None = None
@@ -472,6 +518,7 @@ class Experiment:
             task, variant, lmbda, seed, steps=steps, validate_every=every
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
+        record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
         for t in map(get_task, eval_tasks or (task.name,)):
             point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             record.points.append(point.placed(variant, lmbda, seed))

@@ -262,6 +262,10 @@ class RunRecord:
         points: its R-D points (the ROI baseline's as curve ``roi``).
         from_results_file: taken from an earlier results file instead of the cache.
         undefined: field name -> why that field is ``null``.
+        settings_key: the run key with the reference codec named by its settings instead of
+            its weights (:meth:`~icm_lib.experiment.Experiment.settings_key`): equal on every
+            machine for the same settings, where the run key differs between kinds of CPU.
+            ``None`` in files written before it existed.
     """
 
     task: str
@@ -276,6 +280,7 @@ class RunRecord:
     points: list[RDPoint] = field(default_factory=list)
     from_results_file: bool = False
     undefined: dict[str, str] = field(default_factory=dict)
+    settings_key: str | None = None
 
     @property
     def run_key(self) -> str | None:

@@ -285,13 +285,17 @@ def ablation_rows(
     tasks: list[str],
     recorded: dict[str, RunRecord],
     steps: int | None = None,
+    same_settings: bool = False,
 ):
     """Each setting's :class:`~icm_lib.results.RunRecord`, per seed, task and
     ``profile.ablation.variants``: from the cache or trained (load-or-compute, with its
     ``log``), or, when the cache lacks the run, the run an earlier results file ``recorded``
-    (:func:`recorded_rows`; without the log). The study and notebook 03 walk the same rows."""
+    (:func:`recorded_rows`; without the log) under the same run key -- or, with
+    ``same_settings`` (notebook 03: a reader of the recorded study), under the same
+    :attr:`~icm_lib.results.RunRecord.settings_key`: the run another machine made with the
+    same settings. The study and notebook 03 walk the same rows."""
     for seed, task, variant in _ablation_coordinates(exp.profile, seeds, tasks):
-        yield ablation_row(exp, recorded, task, variant, seed, steps)
+        yield ablation_row(exp, recorded, task, variant, seed, steps, same_settings)
 
 
 def ablation_row(
@@ -301,19 +305,44 @@ def ablation_row(
     variant: str,
     seed: int,
     steps: int | None = None,
+    same_settings: bool = False,
 ) -> RunRecord:
     """One row of :func:`ablation_rows`."""
     coordinates = {"task": task, "variant": variant, "seed": seed, "steps": steps}
-    if _from_results_file(exp, coordinates, recorded):
-        return recorded[exp.ablation_run_dir(task, variant, seed, steps).name]
-    return exp.ablation_point(task, variant, seed, steps=steps).run
+    found = _recorded_run(exp, coordinates, recorded, same_settings)
+    return found if found is not None else exp.ablation_point(task, variant, seed, steps).run
+
+
+def _recorded_run(
+    exp: Experiment, coordinates: dict, recorded: dict, same_settings: bool = False
+) -> RunRecord | None:
+    """The run an earlier results file recorded for an ablation setting that the cache lacks
+    (see :func:`ablation_rows`), else ``None``."""
+    c = coordinates
+    run_dir = exp.ablation_run_dir(c["task"], c["variant"], c["seed"], c.get("steps"))
+    if (run_dir / "codec.pt").is_file():
+        return None  # in the cache: loaded from there
+    if run_dir.name in recorded:
+        return recorded[run_dir.name]
+    if not same_settings:
+        return None
+    key = exp.ablation_settings_key(c["task"], c["variant"], c["seed"], c.get("steps"))
+    return next((r for r in recorded.values() if r.settings_key == key), None)
 
 
 def _from_results_file(exp: Experiment, coordinates: dict, recorded: dict) -> bool:
     """Whether an ablation setting is taken from an earlier results file (not in the cache)."""
-    c = coordinates
-    run_dir = exp.ablation_run_dir(c["task"], c["variant"], c["seed"], c.get("steps"))
-    return run_dir.name in recorded and not (run_dir / "codec.pt").is_file()
+    return _recorded_run(exp, coordinates, recorded) is not None
+
+
+def recorded_elsewhere(exp: Experiment, rows: list[RunRecord], steps: int | None = None) -> int:
+    """How many of ``rows`` were read from a results file whose run key is not this machine's
+    (the same settings, another reference codec's weights: see :meth:`Experiment.settings_key`)."""
+    return sum(
+        r.from_results_file
+        and r.run_key != exp.ablation_run_dir(r.task, r.variant, r.seed, steps).name
+        for r in rows
+    )
 
 
 def recorded_rows(path: Path) -> dict[str, RunRecord]:

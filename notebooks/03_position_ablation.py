@@ -101,25 +101,30 @@ for task in TASKS:
 # Each setting and seed is one run (load-or-compute, resumable): the same data order, λ,
 # schedule and initial codec; only the branch differs. `python -m icm_lib.study --study ablation`
 # trains the same runs and records each in `results/ablation-<profile>.json` with its validation
-# curve; a run recorded there under the same key (the run folder's name: every setting, the data,
-# the recognizers and the reference codec) is read from the file instead of being trained again —
-# on `cpu` all 24 of them, the ~2.6 hours `make tutorial` does not spend. Delete the file (or
-# point `RESULTS_DIR` elsewhere) to train them here.
+# curve; a run recorded there with the same settings is read from the file instead of being
+# trained again — on `cpu` all 24 of them, the ~2.6 hours `make tutorial` does not spend. Where
+# your reference codec trained to other weights than the one the file's runs started from (on a
+# GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
+# computed here; they are then matched by their settings key (every setting, the data, the
+# recognizers' and the reference codec's settings) and counted below. Delete the file (or point
+# `RESULTS_DIR` elsewhere) to train them here.
 
 # %%
 import time
 from pathlib import Path
 
 from icm_lib.results import AblationFile
-from icm_lib.study import ablation_rows, recorded_rows
+from icm_lib.study import ablation_rows, recorded_elsewhere, recorded_rows
 
 t0 = time.perf_counter()
 results_file = AblationFile.path(Path(RESULTS_DIR).resolve(), profile.name)
-rows = list(ablation_rows(exp, seeds, TASKS, recorded_rows(results_file), STEPS))
-from_file = sum(r.from_results_file for r in rows)
+recorded = recorded_rows(results_file)
+rows = list(ablation_rows(exp, seeds, TASKS, recorded, STEPS, same_settings=True))
+from_file, elsewhere = sum(r.from_results_file for r in rows), recorded_elsewhere(exp, rows, STEPS)
 print(
     f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s: {from_file} read from "
-    f"{results_file.name}, {len(rows) - from_file} trained or loaded from the cache"
+    f"{results_file.name} ({elsewhere} of them from another reference codec's weights), "
+    f"{len(rows) - from_file} trained or loaded from the cache"
 )
 
 # %% [markdown]
@@ -182,6 +187,7 @@ record = {
     },
     "seeds": seeds,
     "runs_from_results_file": from_file,
+    "runs_made_on_another_cpu": elsewhere,
     "train_loss": {  # first and last, of runs trained or cached here (a results file keeps no log)
         f"{r.task} {r.variant} {r.seed}": [r.log[0]["loss"], r.log[-1]["loss"]]
         for r in rows

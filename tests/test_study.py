@@ -8,8 +8,15 @@ import pytest
 
 from icm_lib.evaluate import bd_rates, curves
 from icm_lib.profiles import get_profile
-from icm_lib.results import RDPoint, RunRecord, StudyFile
-from icm_lib.study import main, summarise
+from icm_lib.results import AblationFile, RDPoint, RunRecord, StudyFile
+from icm_lib.study import (
+    _recorded_run,
+    ablation_rows,
+    main,
+    recorded_elsewhere,
+    recorded_rows,
+    summarise,
+)
 
 
 def _run(task, variant, lmbda, seed, bpp, metric, roi_bpp=None):
@@ -117,6 +124,36 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     assert json.dumps(launched.tasks, sort_keys=True) == json.dumps(first.tasks, sort_keys=True)
     assert not (tmp_path / "launch" / "jobs.json").exists()  # nothing submitted
     assert not any(Path(r.run_dir).exists() for r in launched.runs)
+    # another machine: the same settings trained the reference codec to other last bits
+    elsewhere = _with_other_reference_bits(smoke_env)
+    row = first.runs[0]
+    assert row.settings_key == smoke_env.ablation_settings_key(row.task, row.variant, row.seed)
+    assert elsewhere.ablation_settings_key(row.task, row.variant, row.seed) == row.settings_key
+    assert elsewhere.ablation_run_dir(row.task, row.variant, row.seed).name != row.run_key
+    assert smoke_env.ablation_settings_key(row.task, row.variant, row.seed + 1) != row.settings_key
+    recorded = recorded_rows(AblationFile.path(tmp_path, profile.name))
+    coords = {"task": row.task, "variant": row.variant, "seed": row.seed, "steps": None}
+    assert _recorded_run(elsewhere, coords, recorded) is None  # the study trains its own
+    found = _recorded_run(elsewhere, coords, recorded, same_settings=True)  # notebook 03 reads
+    assert found is not None and found.run_key == row.run_key and found.from_results_file
+    rows = list(ablation_rows(elsewhere, [0], ["seg"], recorded, same_settings=True))
+    assert all(r.from_results_file for r in rows) and [r.val for r in rows] == [
+        r.val for r in first.runs
+    ]
+    assert recorded_elsewhere(elsewhere, rows) == 4 and recorded_elsewhere(smoke_env, rows) == 0
+
+
+def _with_other_reference_bits(exp):
+    """``exp`` as another machine prepares it: the reference codec's weights a rounding
+    apart (nothing else differs)."""
+    import copy
+
+    import torch
+
+    reference = copy.deepcopy(exp.reference)
+    with torch.no_grad():
+        next(reference.model.g_a.parameters()).view(-1)[0] += 1e-6
+    return replace(exp, reference=reference)
 
 
 def test_plan_projects_gpu_hours_from_step_times(capsys):
