@@ -47,7 +47,8 @@ PLAN = Path("results") / "analysis-plan.json"
 #: the results files a profile's claims are computed from (besides the plan)
 CLAIM_SOURCES = (StudyFile, AblationFile, GanFile)
 #: the acceptance checks of the world (``results/world-<profile>.json``) a task's claims rest on;
-#: a failed one is named beside every claim of that task (amendment 3 of the analysis plan)
+#: a failed one is named beside every claim of that task (amendment 3 of the analysis plan says
+#: so of the detector's informative bar; every other check the claims rest on is named the same)
 WORLD_CHECKS = {
     "det": ("informative_det", "plateau_det", "reference_converged", "mse_loses_det",
             "roi_beats_baseline_det"),
@@ -433,6 +434,8 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
 def world_caveats(world: WorldFile | None) -> dict[str, list[str]]:
     """Per task, a note for each check of :data:`WORLD_CHECKS` that the world file records as
     failed (none without a world file: the control world and the legacy profiles have none)."""
+    from .world_check import describe_check
+
     if world is None:
         return {}
     out: dict[str, list[str]] = {}
@@ -440,21 +443,13 @@ def world_caveats(world: WorldFile | None) -> dict[str, list[str]]:
         for name in names:
             check = world.checks.get(name)
             if check is not None and not check.get("pass"):
-                shown = {  # the check's numbers: its values, then its bar
-                    k: v
-                    for k, v in sorted(check.items(), key=lambda kv: kv[0] == "bar")
-                    if isinstance(v, int | float) and not isinstance(v, bool)
-                }
+                d = describe_check(name, check)
                 out.setdefault(task, []).append(
-                    f"world check failed: {name} "
-                    + ", ".join(f"{k} {_short(v)}" for k, v in shown.items())
-                    + f" (results/{world.path('.', world.profile).name})"
+                    f"world check failed: {name} ({d['words']}: {d['value']}, bar {d['bar']}"
+                    + (f"; {d['note']}" if d["note"] else "")
+                    + f"; results/{world.path('.', world.profile).name})"
                 )
     return out
-
-
-def _short(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def world_failed(claim: Claim) -> list[str]:

@@ -373,17 +373,19 @@ class Experiment:
         validate_every: int = 0,
     ) -> str:
         """The run key of :meth:`run_dir` with the reference codec named by its *settings*
-        instead of its weights' fingerprint: the same on every machine. The run key changes
+        instead of its weights' fingerprint: the same on every machine (for the embedded data; a
+        dataset elsewhere is keyed by its path). The run key changes
         where the reference codec trained to other weights -- on a GPU, or on a CPU whose float32
         kernels sum in another order -- so a results file made there matches runs here by this
         key (:attr:`~icm_lib.results.RunRecord.settings_key`): the same settings, that machine's
         numbers."""
         profile = self.profile
-        reference = (
-            {"pretrained": profile.codec.key()}
-            if profile.codec.pretrained or profile.mse.steps == 0
-            else reference_dir(profile, self.datasets, ".").name
-        )
+        if profile.codec.pretrained:
+            reference = {"pretrained": profile.codec.key()}
+        elif profile.mse.steps == 0:  # untrained: its initial weights are the seed's
+            reference = {"untrained": profile.codec.key(), "seed": profile.mse.seed}
+        else:
+            reference = reference_dir(profile, self.datasets, ".").name
         run = self._keyed_run(task, variant, lmbda, seed, steps, validate_every, reference)
         return run.name
 

@@ -178,43 +178,10 @@ def _profile_report(results_dir: str | Path, profile_name: str) -> str:
     return "\n".join(lines)
 
 
-#: what each world check measures, in words (:mod:`icm_lib.world_check`)
-WORLD_CHECK_WORDS = {
-    "informative_det": ("the detector's uncompressed val mAP@[.5:.95]", "value", ">="),
-    "informative_seg": ("the segmenter's uncompressed val mIoU", "value", ">="),
-    "mse_loses_det": ("share of that mAP the MSE codec keeps at 0.1 bpp", "share_at_low_bpp", "<="),
-    "mse_loses_seg": (
-        "share of that mIoU the MSE codec keeps at 0.1 bpp",
-        "share_at_low_bpp",
-        "<=",
-    ),
-    "roi_beats_baseline_det": (
-        "ROI's mAP gain over the task-loss baseline at equal rate",
-        "map_gain_at_equal_rate",
-        ">",
-    ),
-    "plateau_det": ("the detector's val mAP gain over its last fifth", "gain_over_last_fifth", "<"),
-    "plateau_seg": (
-        "the segmenter's val mIoU gain over its last fifth",
-        "gain_over_last_fifth",
-        "<",
-    ),
-    "reference_converged": (
-        "the reference codec's val bpp / PSNR move over its last fifth",
-        "move_over_last_fifth",
-        "each within ±",
-    ),
-}
-
-
 def world_table(world: WorldFile) -> list[str]:
     """The world's acceptance checks (``results/world-<profile>.json``) as a markdown table:
     what each measures, the value, the bar and whether it passed."""
-
-    def value(v) -> str:
-        if isinstance(v, dict):
-            return " / ".join(f"{k} {value(x)}" for k, x in v.items())
-        return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    from .world_check import describe_check
 
     lines = [
         "",
@@ -226,11 +193,9 @@ def world_table(world: WorldFile) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name, check in world.checks.items():
-        words, key, op = WORLD_CHECK_WORDS.get(name, (name, "value", ""))
-        bar = check.get("bar")
+        d = describe_check(name, check)
         lines.append(
-            f"| `{name}` | {words} | {value(check.get(key))} | "
-            f"{op} {value(bar)} | "
+            f"| `{name}` | {d['words']} | {d['value']} | {d['bar']} | "
             f"{'pass' if check.get('pass') else '**FAIL**'} |"
         )
     return lines

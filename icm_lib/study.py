@@ -322,11 +322,12 @@ def _recorded_run(
     run_dir = exp.ablation_run_dir(c["task"], c["variant"], c["seed"], c.get("steps"))
     if (run_dir / "codec.pt").is_file():
         return None  # in the cache: loaded from there
-    if run_dir.name in recorded:
-        return recorded[run_dir.name]
+    key = exp.ablation_settings_key(c["task"], c["variant"], c["seed"], c.get("steps"))
+    if run_dir.name in recorded:  # the same run key: the same settings too
+        found = recorded[run_dir.name]
+        return found if found.settings_key else replace(found, settings_key=key)
     if not same_settings:
         return None
-    key = exp.ablation_settings_key(c["task"], c["variant"], c["seed"], c.get("steps"))
     return next((r for r in recorded.values() if r.settings_key == key), None)
 
 

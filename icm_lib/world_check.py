@@ -47,6 +47,54 @@ MAX_REFERENCE_MOVE = 0.01
 MAX_RECOGNIZER_GAIN = 0.02
 
 
+#: per check: what it measures (in words), the key of its value, how the value meets the bar,
+#: and the bar where a check records none (files written before it did)
+CHECKS = {
+    "informative_det": ("the detector's uncompressed val mAP@[.5:.95]", "value", ">=", MIN_DET_MAP),
+    "informative_seg": ("the segmenter's uncompressed val mIoU", "value", ">=", MIN_SEG_MIOU),
+    "mse_loses_det": (
+        "share of that mAP the MSE codec keeps at 0.1 bpp", "share_at_low_bpp", "<=", MAX_MSE_SHARE
+    ),
+    "mse_loses_seg": (
+        "share of that mIoU the MSE codec keeps at 0.1 bpp", "share_at_low_bpp", "<=", MAX_MSE_SHARE
+    ),
+    "roi_beats_baseline_det": (
+        "ROI's mAP gain over the task-loss baseline at equal rate", "map_gain_at_equal_rate", ">",
+        0.0,
+    ),
+    "plateau_det": (
+        "the detector's val mAP gain over its last fifth", "gain_over_last_fifth", "<",
+        MAX_RECOGNIZER_GAIN,
+    ),
+    "plateau_seg": (
+        "the segmenter's val mIoU gain over its last fifth", "gain_over_last_fifth", "<",
+        MAX_RECOGNIZER_GAIN,
+    ),
+    "reference_converged": (
+        "the reference codec's val bpp / PSNR move over its last fifth", "move_over_last_fifth",
+        "each within ±", MAX_REFERENCE_MOVE,
+    ),
+}  # fmt: skip
+
+
+def _shown(v) -> str:
+    if isinstance(v, dict):
+        return " / ".join(f"{k} {_shown(x)}" for k, x in v.items())
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def describe_check(name: str, check: dict) -> dict[str, str]:
+    """A recorded check in words: ``{"words", "value", "bar", "note"}`` (the report's table and
+    the claims' notes)."""
+    words, key, op, default = CHECKS.get(name, (name, "value", "", None))
+    return {
+        "words": words,
+        "value": _shown(check.get(key)),
+        "bar": f"{op} {_shown(check.get('bar', default))}",
+        "note": check.get("note") or "",
+    }
+
+
 def share_at(points: list[dict], metric: str, bpp: float, reference: float) -> float | None:
     """The metric at ``bpp`` (linear in log-bpp between the two nearest points; ``None``
     outside the points' range) as a share of ``reference``."""
@@ -129,6 +177,7 @@ def checks_of(recognizers: dict, runs: list) -> dict:
         "map_gain_at_equal_rate": gain,
         "bd_rate": bd_rate_or_reason(baseline, roi, "map"),
         "bd_rate_front": bd_rate_or_reason(baseline, roi, "map", front=True),
+        "bar": 0.0,
         "pass": gain is not None and gain > 0,
     }
     return checks

@@ -102,7 +102,8 @@ for task in TASKS:
 # schedule and initial codec; only the branch differs. `python -m icm_lib.study --study ablation`
 # trains the same runs and records each in `results/ablation-<profile>.json` with its validation
 # curve; a run recorded there with the same settings is read from the file instead of being
-# trained again — on `cpu` all 24 of them, the ~2.6 hours `make tutorial` does not spend. Where
+# trained again — on `cpu` all 24 of them once `results/ablation-cpu.json` is re-run with
+# today's code (at present its run keys are older code's: README), ~1.5 hours of training. Where
 # your reference codec trained to other weights than the one the file's runs started from (on a
 # GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
 # computed here; they are then matched by their settings key (every setting, the data, the
@@ -187,7 +188,7 @@ record = {
     },
     "seeds": seeds,
     "runs_from_results_file": from_file,
-    "runs_made_on_another_cpu": elsewhere,
+    "runs_from_other_reference_weights": elsewhere,
     "train_loss": {  # first and last, of runs trained or cached here (a results file keeps no log)
         f"{r.task} {r.variant} {r.seed}": [r.log[0]["loss"], r.log[-1]["loss"]]
         for r in rows

@@ -328,8 +328,8 @@ def test_a_failed_world_check_is_named_beside_the_claims_of_its_task(tmp_path):
     world.write(WorldFile.path(tmp_path, "t"))
     rows = claims(tmp_path, "t", n_boot=50)
     assert rows and all(
-        c.notes == ["world check failed: plateau_seg gain_over_last_fifth 0.039, bar 0.02 "
-                    "(results/world-t.json)"]
+        c.notes == ["world check failed: plateau_seg (the segmenter's val mIoU gain over its "
+                    "last fifth: 0.039, bar < 0.02; results/world-t.json)"]
         for c in rows
     )  # fmt: skip
     assert all(cl.world_failed(c) == ["plateau_seg"] for c in rows)
@@ -337,8 +337,18 @@ def test_a_failed_world_check_is_named_beside_the_claims_of_its_task(tmp_path):
     assert "world-t.json" in cl.claims_file(tmp_path, "t", n_boot=50).inputs
     assert set(cl.world_caveats(world)) == {"det", "seg"}  # the failed det check: det claims
     assert cl.world_caveats(world)["det"] == [
-        "world check failed: informative_det value 0.197, bar 0.3 (results/world-t.json)"
+        "world check failed: informative_det (the detector's uncompressed val mAP@[.5:.95]: "
+        "0.197, bar >= 0.3; results/world-t.json)"
     ]
+    checks["reference_converged"] = {  # a nested value and a note are shown too
+        "move_over_last_fifth": {"bpp": None, "psnr": None}, "bar": 0.01, "pass": False,
+        "note": "no val curve (mse.validate_every)",
+    }  # fmt: skip
+    assert cl.world_caveats(world)["det"][-1] == (
+        "world check failed: reference_converged (the reference codec's val bpp / PSNR move "
+        "over its last fifth: bpp – / psnr –, bar each within ± 0.01; no val curve "
+        "(mse.validate_every); results/world-t.json)"
+    )
 
 
 def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
@@ -353,6 +363,7 @@ def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
         "reference_converged": {
             "move_over_last_fifth": {"bpp": -0.004, "psnr": 0.002}, "bar": 0.01, "pass": True,
         },
+        "roi_beats_baseline_det": {"map_gain_at_equal_rate": -0.0031, "pass": False},  # no bar
     }  # fmt: skip
     WorldFile(profile="cpu-patterns", seeds=[0], compute_hours_in_runs=0,
               wall_hours_this_invocation=0, world="patterns",
@@ -367,5 +378,7 @@ def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
         "| pass |",
         "| `reference_converged` | the reference codec's val bpp / PSNR move over its last fifth "
         "| bpp -0.004 / psnr 0.002 | each within ± 0.01 | pass |",
+        "| `roi_beats_baseline_det` | ROI's mAP gain over the task-loss baseline at equal rate "
+        "| -0.0031 | > 0 | **FAIL** |",
     ]
     assert "not all passed" in text

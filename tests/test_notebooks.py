@@ -282,7 +282,7 @@ def test_notebooks_train_the_tutorial_part_and_read_the_rest_from_the_study(
         for run in hidden.iterdir():
             run.rename(cache / run.name)
     assert m03["runs_from_results_file"] == len(ablation.runs) == 16
-    assert m03["runs_made_on_another_cpu"] == 0  # this machine made them
+    assert m03["runs_from_other_reference_weights"] == 0  # this machine made them
     assert m03["train_loss"] == {}  # nothing trained
     assert m03["tasks"]["seg"]["order"] == nb03[0]["tasks"]["seg"]["order"]
     for task in ("det", "seg"):
