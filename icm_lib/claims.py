@@ -33,7 +33,16 @@ import numpy as np
 from scipy import stats as _st
 
 from .files import read_json
-from .results import AblationFile, ClaimsFile, GanFile, RDPoint, RunRecord, StudyFile, WorldFile
+from .results import (
+    AblationFile,
+    ClaimsFile,
+    GanFile,
+    PilotFile,
+    RDPoint,
+    RunRecord,
+    StudyFile,
+    WorldFile,
+)
 from .statistics import (
     bd_rate_effect,
     equal_rate_delta,
@@ -426,9 +435,25 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
         task = gan.runs[0].task if gan.runs else ""
         out += [(task, c) for c in gan_claims(gan, plan)]
     caveats = world_caveats(WorldFile.find(results_dir, profile))
+    band = pilot_caveats(PilotFile.find(results_dir, profile))
     for task, claim in out:
-        claim.notes += caveats.get(task, [])
+        claim.notes += caveats.get(task, []) + band.get(task, [])
     return [c for _, c in out]
+
+
+def pilot_caveats(pilot: PilotFile | None) -> dict[str, list[str]]:
+    """Per task, a note where the pilot's λ are the fallback of amendment 4 (no 4 consecutive
+    λ rose strictly inside the band of the uncompressed metric; none without a pilot file)."""
+    if pilot is None:
+        return {}
+    return {
+        task: [
+            f"pilot band not reached: {sel.get('reason')} "
+            f"(results/{pilot.path('.', pilot.profile).name})"
+        ]
+        for task, sel in pilot.selection.items()
+        if sel.get("lambdas") is not None and sel.get("band_reached") is False
+    }
 
 
 def world_caveats(world: WorldFile | None) -> dict[str, list[str]]:
@@ -459,9 +484,10 @@ def world_failed(claim: Claim) -> list[str]:
 
 def inputs_of(results_dir: str | Path, profile: str) -> dict[str, str]:
     """The files the profile's claims are computed from (the plan, the study, ablation and
-    PatchGAN files and the world checks that exist), name -> SHA-256 of their bytes."""
+    PatchGAN files, the world checks and the pilot that exist), name -> SHA-256 of their
+    bytes."""
     names = ["analysis-plan.json"] + [
-        cls.path(".", profile).name for cls in (*CLAIM_SOURCES, WorldFile)
+        cls.path(".", profile).name for cls in (*CLAIM_SOURCES, WorldFile, PilotFile)
     ]
     return {
         n: hashlib.sha256((Path(results_dir) / n).read_bytes()).hexdigest()
@@ -541,6 +567,8 @@ def table(rows: list[Claim]) -> str:
         failed = world_failed(c)
         if failed:
             extra += f"; world check failed: {', '.join(failed)}"
+        if any(n.startswith("pilot band not reached") for n in c.notes):
+            extra += "; pilot band not reached"
         lines.append(
             f"| {c.title} | {c.estimator} | {c.paper} | {fmt(iv['estimate'], digits)} "
             f"[{fmt(iv['lo'], digits)}, {fmt(iv['hi'], digits)}] | **{v['verdict']}**{extra} | "

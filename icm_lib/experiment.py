@@ -419,18 +419,23 @@ class Experiment:
         steps: int | None = None,
     ) -> Path:
         """The cache folder of :meth:`ablation_point` (without training)."""
-        ab = self.profile.ablation
-        lmbda, steps = ab.lmbda(task), steps or ab.steps
-        return self.run_dir(task, variant, lmbda, seed, steps, ab.val_every)
+        lmbda, steps, every = self._ablation_schedule(task, steps)
+        return self.run_dir(task, variant, lmbda, seed, steps, every)
 
     def ablation_settings_key(
         self, task: Task | str, variant: str, seed: int, steps: int | None = None
     ) -> str:
         """The :meth:`settings_key` of :meth:`ablation_point`'s run."""
+        lmbda, steps, every = self._ablation_schedule(task, steps)
+        return self.settings_key(task, variant, lmbda, seed, steps, every)
+
+    def _ablation_schedule(
+        self, task: Task | str, steps: int | None
+    ) -> tuple[float, int | None, int]:
+        """``(λ, steps, validate_every)`` of an ablation run (one derivation for its folder,
+        its settings key and its training)."""
         ab = self.profile.ablation
-        return self.settings_key(
-            task, variant, ab.lmbda(task), seed, steps or ab.steps, ab.val_every
-        )
+        return ab.lmbda(task), steps or ab.steps, ab.val_every
 
     def _validation_key(self, every: int) -> dict:
         return _validation_key(self.profile, every)
@@ -466,10 +471,10 @@ class Experiment:
         """One setting of the branch-position ablation (section 4.2): ``variant`` trained at
         the ablation's λ with validation (load-or-compute). ``run.val`` holds the
         validation curve: ``{"step": [...], "main_loss": [...], ...}``."""
-        task, ab = get_task(task), self.profile.ablation
-        lmbda = ab.lmbda(task)
+        task = get_task(task)
+        lmbda, steps_, every = self._ablation_schedule(task, steps)
         codec, log, run_dir = self.icm_run(
-            task, variant, lmbda, seed, steps=steps or ab.steps, validate_every=ab.val_every
+            task, variant, lmbda, seed, steps=steps_, validate_every=every
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.ablation_settings_key(task, variant, seed, steps)

@@ -9,6 +9,9 @@ rule declared in ``results/analysis-plan.json`` *before* the runs it governs:
 
 * **the study's grid**: the 4 consecutive λ whose metrics rise strictly with rate and lie inside
   80-98 % of the uncompressed metric, spanning the widest range of it; ties to the lower rates;
+* **where no window lies inside the band** (amendment 4): the 4 consecutive λ that rise strictly
+  and reach the highest share at their top, with ``band_reached`` false, which every claim of
+  the task then carries beside its verdict;
 * **the ablation's λ**: the second-lowest chosen λ, unless its run collapses (its validation task
   loss over the last fifth of training exceeds the mid-training value by more than
   ``COLLAPSE_RISE``); then the next higher.
@@ -42,6 +45,9 @@ RULE = {
     "grid": f"the {WINDOW} consecutive pilot λ whose metrics rise strictly with rate (bpp and "
     f"metric both strictly increasing) and lie inside {BAND[0]:.0%}-{BAND[1]:.0%} of the "
     "uncompressed metric, spanning the widest part of it; ties to the lower rates",
+    "fallback": f"where no such window lies inside the band (amendment 4): the {WINDOW} "
+    "consecutive λ that rise strictly and reach the highest share at their top (ties to the "
+    "lower rates); band_reached false, named beside every claim of the task",
     "ablation": "the second-lowest chosen λ unless its pilot run collapsed, else the next higher",
     "collapse": "mean validation task loss over the last 20 % of training steps > "
     f"(1 + {COLLAPSE_RISE:g}) x its mean over 40-60 % of the steps",
@@ -67,27 +73,35 @@ def select(rows: list[dict], reference: float) -> dict:
     "collapsed"}``, any order) against the uncompressed ``reference`` metric.
 
     Returns:
-        ``{"lambdas", "ablation_lambda", "reason", "shares"}`` (``shares``: each λ's metric over
-        ``reference``): ``lambdas`` ``None`` with the
-        reason (and which way to extend the grid) when no window qualifies.
+        ``{"lambdas", "ablation_lambda", "band_reached", "reason", "shares"}`` (``shares``:
+        each λ's metric over ``reference``). Where no window lies inside the band, the rule's
+        fallback window with ``band_reached`` false and the reason (which way the grid would
+        have to extend); ``lambdas`` ``None`` when no 4 consecutive λ even rise strictly.
     """
     rows = sorted(rows, key=lambda r: r["lmbda"])
     share_of = {r["lmbda"]: r["metric"] / reference for r in rows}
     shares = [{"lmbda": lm, "share": s} for lm, s in share_of.items()]
     best, best_span = None, -1.0
+    fallback, fallback_top = None, -1.0
     for i in range(len(rows) - WINDOW + 1):
         win = rows[i : i + WINDOW]
         rising = all(
             b["bpp"] > a["bpp"] and b["metric"] > a["metric"] for a, b in zip(win, win[1:])
         )
+        if not rising:
+            continue
         inside = all(BAND[0] <= share_of[r["lmbda"]] <= BAND[1] for r in win)
         span = win[-1]["metric"] - win[0]["metric"]
-        if rising and inside and span > best_span + 1e-12:  # ties keep the lower rates
+        if inside and span > best_span + 1e-12:  # ties keep the lower rates
             best, best_span = win, span
-    if best is None:
+        top = share_of[win[-1]["lmbda"]]
+        if top > fallback_top + 1e-12:
+            fallback, fallback_top = win, top
+    reason, reached = None, best is not None
+    if not reached:
         low = [lm for lm, s in share_of.items() if s < BAND[0]]
         high = [lm for lm, s in share_of.items() if s > BAND[1]]
-        hint = (
+        reason = (
             "no λ reaches the band's top: extend the grid upwards"
             if not high and len(low) == len(rows)
             else "every λ is above the band: extend the grid downwards"
@@ -95,16 +109,32 @@ def select(rows: list[dict], reference: float) -> dict:
             else f"fewer than {WINDOW} consecutive λ rise strictly inside the band: refine the "
             "grid (a factor √2) where the shares cross it"
         )
-        return {"lambdas": None, "ablation_lambda": None, "reason": hint, "shares": shares}
+        if fallback is None:
+            reason += f"; no {WINDOW} consecutive λ rise strictly, so no fallback either"
+            return {
+                "lambdas": None,
+                "ablation_lambda": None,
+                "band_reached": False,
+                "reason": reason,
+                "shares": shares,
+            }
+        best = fallback
+        reason = (
+            f"band not reached ({reason}); the fallback of amendment 4: the strictly rising "
+            f"window whose top keeps {fallback_top:.0%} of the uncompressed metric"
+        )
     chosen = [r["lmbda"] for r in best]
     ablation = next(
         (r["lmbda"] for r in best[1:] if r.get("collapsed") is not True),
         None,
     )
+    if ablation is None:
+        reason = "; ".join(filter(None, [reason, "every chosen λ above the lowest collapsed"]))
     return {
         "lambdas": chosen,
         "ablation_lambda": ablation,
-        "reason": None if ablation is not None else "every chosen λ above the lowest collapsed",
+        "band_reached": reached,
+        "reason": reason,
         "shares": shares,
     }
 

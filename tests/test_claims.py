@@ -351,6 +351,35 @@ def test_a_failed_world_check_is_named_beside_the_claims_of_its_task(tmp_path):
     )
 
 
+def test_a_pilot_band_not_reached_is_named_beside_the_claims_of_its_task(tmp_path):
+    """Amendment 4: where the pilot's λ are its fallback window (the band not reached), every
+    claim of that task says so, and the pilot file is an input of the claims file."""
+    import icm_lib.claims as cl
+    from icm_lib.results import PilotFile
+
+    (tmp_path / "analysis-plan.json").write_text(
+        (ROOT / "results" / "analysis-plan.json").read_text()
+    )
+    study(0.7).write(StudyFile.path(tmp_path, "t"))
+    reason = "band not reached (no λ reaches the band's top: extend the grid upwards); ..."
+    pilot = PilotFile(profile="t", seeds=[0], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, complete=True,
+                      selection={"seg": {"lambdas": [1, 2, 4, 8], "band_reached": True},
+                                 "det": {"lambdas": [1, 2, 4, 8], "band_reached": False,
+                                         "reason": reason}})  # fmt: skip
+    pilot.write(PilotFile.path(tmp_path, "t"))
+    assert all(not c.notes for c in claims(tmp_path, "t", n_boot=50))  # seg claims: band reached
+    assert cl.pilot_caveats(pilot) == {
+        "det": [f"pilot band not reached: {reason} (results/pilot-t.json)"]
+    }
+    pilot.selection["seg"]["band_reached"] = False
+    pilot.write(PilotFile.path(tmp_path, "t"))
+    rows = claims(tmp_path, "t", n_boot=50)
+    assert rows and all(c.notes[0].startswith("pilot band not reached") for c in rows)
+    assert "; pilot band not reached" in cl.table(rows)
+    assert "pilot-t.json" in cl.claims_file(tmp_path, "t", n_boot=50).inputs
+
+
 def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
     """A world-check file alone makes a profile appear in the report, with one row per check:
     what it measures, its value, its bar, pass or FAIL."""

@@ -54,17 +54,33 @@ def test_the_ablation_lambda_skips_a_collapsed_run():
 
 
 @pytest.mark.parametrize(
-    "metrics, hint",
+    "metrics, hint, fallback",
     [
-        ((0.1, 0.2, 0.3, 0.35), "upwards"),
-        ((0.495, 0.496, 0.497, 0.498), "downwards"),
-        ((0.30, 0.45, 0.30, 0.45), "refine"),
+        ((0.1, 0.2, 0.3, 0.35), "upwards", [0.1, 0.2, 0.4, 0.8]),
+        ((0.495, 0.496, 0.497, 0.498), "downwards", [0.1, 0.2, 0.4, 0.8]),
+        ((0.30, 0.45, 0.30, 0.45), "refine", None),
     ],
 )
-def test_no_window_says_which_way_to_extend_the_grid(metrics, hint):
+def test_no_window_says_which_way_to_extend_the_grid(metrics, hint, fallback):
     rs = rows(*[(0.1 * 2**i, 0.01 * (i + 1), m) for i, m in enumerate(metrics)])
     out = select(rs, 0.5)
-    assert out["lambdas"] is None and hint in out["reason"]
+    assert hint in out["reason"] and out["band_reached"] is False
+    # amendment 4: a strictly rising window is still chosen, flagged; none where none rises
+    assert out["lambdas"] == fallback
+    assert ("band not reached" in out["reason"]) == (fallback is not None)
+
+
+def test_the_fallback_takes_the_rising_window_with_the_highest_top_share():
+    # detection as the cpu-patterns world check saw it: every share below 80 %
+    det = rows(
+        (0.2, 0.03, 0.100), (0.4, 0.045, 0.114), (0.8, 0.067, 0.137), (1.6, 0.102, 0.147),
+        (3.2, 0.177, 0.141), (6.4, 0.25, 0.150), (12.8, 0.33, 0.152),
+    )  # fmt: skip
+    out = select(det, 0.197)
+    # 3.2 breaks the windows through it; of the rising ones, 0.2-1.6 tops highest (75 %)
+    assert out["lambdas"] == [0.2, 0.4, 0.8, 1.6] and out["band_reached"] is False
+    assert out["ablation_lambda"] == 0.4 and "75%" in out["reason"]
+    assert select(PILOT, 0.5)["band_reached"] is True and select(PILOT, 0.5)["reason"] is None
 
 
 def test_collapse_is_a_rise_of_the_validation_task_loss_late_in_training():
