@@ -16,7 +16,8 @@ with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -217,6 +218,29 @@ class ICMCodec(nn.Module):
         out["latent_hat"] = self._captured.pop("latent_hat")
         out["decoder_feature"] = self._captured.pop("decoder_feature")
         return out
+
+    #: the transforms :meth:`transforms_in_bf16` runs in bfloat16 (the entropy models, and
+    #: where a family has them its context model and entropy parameters, stay float32)
+    TRANSFORMS = ("g_a", "h_a", "h_s", "g_s")
+
+    @contextmanager
+    def transforms_in_bf16(self, device_type: str, enabled: bool = True) -> Iterator[None]:
+        """Inside, the training forward runs g_a, h_a, h_s and g_s under bfloat16 autocast, each
+        returning float32, so that the likelihoods, the quantization noise and everything after
+        the codec see float32 tensors (an option of the training step, ``ICMObjective``'s
+        ``codec_amp``: fast only where the hardware multiplies bfloat16; the losses it changes
+        stay within the tolerance ``tests/test_losses.py`` states). The weights stay float32."""
+        if not enabled:
+            yield
+            return
+        wrapped = [getattr(self.model, n) for n in self.TRANSFORMS if hasattr(self.model, n)]
+        for module in wrapped:
+            module.forward = _in_bf16(module.forward, device_type)
+        try:
+            yield
+        finally:
+            for module in wrapped:
+                del module.forward  # the class's own forward again
 
     def encode(self, x: torch.Tensor) -> dict[str, object]:
         """Encoder side only: ``{"latent_hat": ŷ, "likelihoods": {...}}`` without running g_s."""
@@ -622,3 +646,13 @@ __all__ = [
     "load_codec",
     "WeightsUnavailableError",
 ]
+
+
+def _in_bf16(forward: Callable, device_type: str) -> Callable:
+    """``forward`` under bfloat16 autocast, its output back in float32."""
+
+    def run(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs).float()
+
+    return run

@@ -99,6 +99,9 @@ class ICMObjective:
         lmbda, alpha, mse_weight: λ, α and the MSE weight of :func:`icm_loss`.
         amp_device_types: where ``amp`` applies (CUDA only by default; ``("cuda", "cpu")`` for
             the CPU's bfloat16 autocast, e.g. in ``python -m icm_lib.bench paper-step``).
+        codec_amp: where ``amp`` applies, the codec's transforms run in bfloat16 too
+            (:meth:`~icm_lib.codec.ICMCodec.transforms_in_bf16`; the entropy models stay
+            float32). Off by default: the studies' numbers are float32's.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class ICMObjective:
         mse_weight: float = 0.0,
         amp: bool = False,
         amp_device_types: tuple[str, ...] = ("cuda",),
+        codec_amp: bool = False,
     ):
         self.machine, self.lmbda, self.alpha, self.mse_weight, self.amp = (
             machine,
@@ -118,13 +122,15 @@ class ICMObjective:
             amp,
         )
         self.amp_device_types = tuple(amp_device_types)
+        self.codec_amp = codec_amp
 
     def __call__(
         self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         pseudo_labels = self.machine.pseudo_labels(x)
-        out = codec(x)
         amp = self.amp and x.device.type in self.amp_device_types
+        with codec.transforms_in_bf16(x.device.type, enabled=amp and self.codec_amp):
+            out = codec(x)
         reads_machine = branch is not None and branch.position == "task"
         capture = captured_output(self.machine.aux_task_layer) if reads_machine else nullcontext({})
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -144,10 +144,12 @@ def build_step(
     amp: bool = False,
     fast: bool | None = None,
     seed: int = 0,
+    codec_amp: bool = False,
 ) -> StepSetup:
     """The trainer's step of ``task``/``variant`` with the profile's codec, objective (λ = the
     first of its grid) and branch; ``amp``: bfloat16 autocast of the recognizer and branch (on
-    any device); ``fast``: the trainer's step flags (``None``: its choice for the device)."""
+    any device), with ``codec_amp`` of the codec's transforms too; ``fast``: the trainer's step
+    flags (``None``: its choice for the device)."""
     from ..aux_branch import build_branch
     from ..codec import codec_from_config
     from ..losses import ICMObjective
@@ -174,6 +176,7 @@ def build_step(
         icm.mse_weight(task),
         amp=amp,
         amp_device_types=("cuda", "cpu") if amp else ("cuda",),
+        codec_amp=codec_amp,
     )
     stepper = Stepper(codec, branch, objective, cfg, None, Distributed(device), 1, device, fast)
     return StepSetup(
@@ -384,11 +387,11 @@ def bench_icm_step(
     The recognizer's pseudo-labels are computed every step in the ``labels run`` rows, as in the
     first run of a seed; the ``labels cached`` row (float32 path) times the step of a later run
     of the seed, which reads them from the cache (:mod:`icm_lib.pseudo_labels`, filled by a
-    first pass over the same batches). With ``bf16`` (where bfloat16 autocast runs at all), two
+    first pass over the same batches). With ``bf16`` (where bfloat16 autocast runs at all), three
     more rows run the recognizer and the branch under bfloat16 autocast (``ICMObjective(amp=)``,
-    on the CPU too), with their labels run and cached: fast where the hardware multiplies
-    bfloat16 (AVX512-BF16, AMX, tensor cores); the studies keep float32, whose numbers every
-    machine reproduces."""
+    on the CPU too), with their labels run and cached, and then the codec's transforms too
+    (``codec_amp``, labels cached): fast where the hardware multiplies bfloat16 (AVX512-BF16,
+    AMX, tensor cores); the studies keep float32, whose numbers every machine reproduces."""
     import tempfile
 
     labels_dir = Path(tempfile.mkdtemp(prefix="icm-bench-labels-"))
@@ -407,15 +410,17 @@ def bench_icm_step(
         "warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
-        f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>5}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>6}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
         f"{'img/s':>7}{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
         + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
     )
     rows = []
     for task in tasks:
         for variant in variants:
-            settings = [(on, False, False) for on in fast] + [(False, True, False)]
-            settings += [(False, False, True), (False, True, True)] if bf16 else []
+            # (fast flags, labels cached, bf16: "" / "machine" / "codec" (machine and codec))
+            settings = [(on, False, "") for on in fast] + [(False, True, "")]
+            settings += [(False, False, "machine"), (False, True, "machine")] if bf16 else []
+            settings += [(False, True, "codec")] if bf16 else []
             for on, cached, in_bf16 in settings:
                 folder = labels_dir / f"{task}-{variant}" if cached else None
                 rows.append(_icm_row(exp, task, variant, on, folder, steps, rate, in_bf16))
@@ -423,18 +428,19 @@ def bench_icm_step(
     for task in tasks:
         for variant in variants:
             got = {
-                (r["fast"], r["labels"], r["bf16"]): r["s_per_step"]
+                (r["fast"], r["labels"], int(r["bf16"]) + int(r["codec_bf16"])): r["s_per_step"]
                 for r in rows
                 if (r["task"], r["variant"]) == (task, variant)
             }
-            base = got.get((False, "run", False))
+            base = got.get((False, "run", 0))
             if base is None:
                 continue
-            named = {
-                (True, "run", False): "fast on",
-                (False, "cached", False): "labels cached",
-                (False, "run", True): "bf16",
-                (False, "cached", True): "bf16 + labels cached",
+            named = {  # (fast flags, labels, bfloat16 level: 0 none, 1 machine, 2 codec too)
+                (True, "run", 0): "fast on",
+                (False, "cached", 0): "labels cached",
+                (False, "run", 1): "bf16",
+                (False, "cached", 1): "bf16 + labels cached",
+                (False, "cached", 2): "bf16 codec too + labels cached",
             }
             ratios = [f"{name} {base / got[k]:.2f}x" for k, name in named.items() if k in got]
             print(
@@ -445,12 +451,13 @@ def bench_icm_step(
 
 
 def _icm_row(
-    exp, task: str, variant: str, on: bool, labels, steps: int, rate: float, bf16: bool = False
+    exp, task: str, variant: str, on: bool, labels, steps: int, rate: float, bf16: str = ""
 ) -> dict:
     """One row of :func:`bench_icm_step`: the step of ``task`` / ``variant`` with the ``fast``
     flags ``on``, its pseudo-labels run (``labels=None``) or read from a cache in the folder
     ``labels`` (filled by a first pass over the same batches), the recognizer and branch under
-    bfloat16 autocast with ``bf16`` (on the CPU too); printed and returned."""
+    bfloat16 autocast with ``bf16`` ``"machine"`` (on the CPU too), the codec's transforms too
+    with ``"codec"``; printed and returned."""
     from ..codec import load_codec
     from ..data.sampler import CropSampler
     from ..losses import ICMObjective
@@ -467,7 +474,11 @@ def _icm_row(
     if branch is not None:
         branch.to(device).train()
     machine = exp.machine(task) if labels is None else CachedMachine(exp.machine(task), labels)
-    amp = {"amp": True, "amp_device_types": ("cuda", "cpu")} if bf16 else {"amp": icm.amp}
+    amp = (
+        {"amp": True, "amp_device_types": ("cuda", "cpu"), "codec_amp": bf16 == "codec"}
+        if bf16
+        else {"amp": icm.amp}
+    )
     objective = ICMObjective(machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **amp)
     stepper = Stepper(
         codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
@@ -485,7 +496,8 @@ def _icm_row(
         "variant": variant,
         "fast": on,
         "labels": "run" if labels is None else "cached",
-        "bf16": bf16,
+        "bf16": bool(bf16),
+        "codec_bf16": bf16 == "codec",
         "label_hits": None if labels is None else machine.hits,
         **timed,
         "flops": flops,
@@ -497,7 +509,8 @@ def _icm_row(
     exp.machine(task).model.to(memory_format=torch.contiguous_format)
     torch.backends.cudnn.benchmark = benchmark
     print(
-        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}{'bf16' if bf16 else 'fp32':>5}"
+        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}"
+        f"{ {'': 'fp32', 'machine': 'bf16', 'codec': 'bf16c'}[bf16]:>6}"
         f"{row['labels']:>7}{cfg.batch_size:>3}"
         f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
         f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
