@@ -185,9 +185,14 @@ def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):
     from pathlib import Path
 
     seen = {}
-    monkeypatch.setattr(bench, "bench_icm", lambda profile, data_dir, *a: seen.update(d=data_dir))
+    monkeypatch.setattr(
+        bench, "bench_icm", lambda profile, data_dir, *a: seen.update(d=data_dir, tasks=a[-1])
+    )
     bench.main(["icm"])
     assert seen["d"] == Path(__file__).resolve().parents[1] / "data"
+    assert seen["tasks"] == ("det", "seg")
+    bench.main(["icm", "--tasks", "seg"])  # one task's rows alone
+    assert seen["tasks"] == ("seg",)
 
 
 @pytest.mark.parametrize(
@@ -209,7 +214,9 @@ def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardwa
     monkeypatch.setattr(common, "bf16_hardware", lambda device=None: hardware)
     assert common.bf16_native() is native
     asked = []
-    monkeypatch.setattr(sb, "bench_icm_step", lambda exp, steps, fast, bf16: asked.append(bf16))
+    monkeypatch.setattr(
+        sb, "bench_icm_step", lambda exp, steps, tasks, fast, bf16: asked.append(bf16)
+    )
     monkeypatch.setattr(ex.Experiment, "prepare", classmethod(lambda cls, *a, **k: None))
     monkeypatch.setattr(b, "_encode_time_ratio", lambda exp, repeats: None)
     for choice in ("auto", "on", "off"):

@@ -248,6 +248,7 @@ def bench_icm(
     repeats: int,
     fast: tuple[bool, ...],
     bf16: str = "auto",
+    tasks: tuple[str, ...] = ("det", "seg"),
 ) -> list[dict]:
     """The training step as the yardstick (:func:`~icm_lib.dev.stepbench.bench_icm_step`), then
     the encode time of a cached aux-enc codec against a baseline. ``bf16``: the bfloat16 rows
@@ -261,7 +262,7 @@ def bench_icm(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exp = Experiment.prepare(profile, data_dir, device, progress=False)
     with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
-    rows = bench_icm_step(exp, steps, fast=fast, bf16=with_bf16)
+    rows = bench_icm_step(exp, steps, tasks=tuple(tasks), fast=fast, bf16=with_bf16)
     _encode_time_ratio(exp, repeats)
     return rows
 
@@ -512,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="icm: the bfloat16 rows; auto: where the device multiplies bfloat16 natively",
     )
+    ap.add_argument(
+        "--tasks", nargs="+", choices=["det", "seg"], default=["det", "seg"], help="icm: the tasks"
+    )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -535,7 +539,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_devices(150 if args.train_steps is None else args.train_steps)
     elif args.what == "icm":
         fast = {"off": (False,), "on": (True,), "both": (False, True)}[args.fast]
-        bench_icm(args.profile, args.cache_dir.parent, args.steps, args.repeats, fast, args.bf16)
+        bench_icm(
+            args.profile, args.cache_dir.parent, args.steps, args.repeats, fast, args.bf16,
+            tuple(args.tasks),
+        )  # fmt: skip
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.scaling:
