@@ -229,7 +229,7 @@ class ICMCodec(nn.Module):
         returning float32, so that the likelihoods, the quantization noise and everything after
         the codec see float32 tensors (an option of the training step, ``ICMObjective``'s
         ``codec_amp``: fast only where the hardware multiplies bfloat16; the losses it changes
-        stay within the tolerance ``tests/test_losses.py`` states). The weights stay float32."""
+        stay within the tolerance ``tests/test_stepbench.py`` states). The weights stay float32."""
         if not enabled:
             yield
             return
@@ -636,6 +636,16 @@ def load_codec(state: dict) -> ICMCodec:
     return codec
 
 
+def _in_bf16(forward: Callable, device_type: str) -> Callable:
+    """``forward`` under bfloat16 autocast, its output back in float32."""
+
+    def run(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs).float()
+
+    return run
+
+
 __all__ = [
     "CODEC_NAMES",
     "ICMCodec",
@@ -646,13 +656,3 @@ __all__ = [
     "load_codec",
     "WeightsUnavailableError",
 ]
-
-
-def _in_bf16(forward: Callable, device_type: str) -> Callable:
-    """``forward`` under bfloat16 autocast, its output back in float32."""
-
-    def run(*args, **kwargs):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return forward(*args, **kwargs).float()
-
-    return run

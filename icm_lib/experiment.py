@@ -472,12 +472,12 @@ class Experiment:
         the ablation's λ with validation (load-or-compute). ``run.val`` holds the
         validation curve: ``{"step": [...], "main_loss": [...], ...}``."""
         task = get_task(task)
-        lmbda, steps_, every = self._ablation_schedule(task, steps)
+        lmbda, steps, every = self._ablation_schedule(task, steps)
         codec, log, run_dir = self.icm_run(
-            task, variant, lmbda, seed, steps=steps_, validate_every=every
+            task, variant, lmbda, seed, steps=steps, validate_every=every
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
-        record.settings_key = self.ablation_settings_key(task, variant, seed, steps)
+        record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
         return RunPoint(record, codec)
 
     def evaluate(

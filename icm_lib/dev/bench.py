@@ -262,7 +262,7 @@ def bench_icm(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     exp = Experiment.prepare(profile, data_dir, device, progress=False)
     with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
-    rows = bench_icm_step(exp, steps, tasks=tuple(tasks), fast=fast, bf16=with_bf16)
+    rows = bench_icm_step(exp, steps, tasks=tasks, fast=fast, bf16=with_bf16)
     _encode_time_ratio(exp, repeats)
     return rows
 

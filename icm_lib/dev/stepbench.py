@@ -428,19 +428,19 @@ def bench_icm_step(
     for task in tasks:
         for variant in variants:
             got = {
-                (r["fast"], r["labels"], int(r["bf16"]) + int(r["codec_bf16"])): r["s_per_step"]
+                (r["fast"], r["labels"], r["precision"]): r["s_per_step"]
                 for r in rows
                 if (r["task"], r["variant"]) == (task, variant)
             }
-            base = got.get((False, "run", 0))
+            base = got.get((False, "run", "fp32"))
             if base is None:
                 continue
-            named = {  # (fast flags, labels, bfloat16 level: 0 none, 1 machine, 2 codec too)
-                (True, "run", 0): "fast on",
-                (False, "cached", 0): "labels cached",
-                (False, "run", 1): "bf16",
-                (False, "cached", 1): "bf16 + labels cached",
-                (False, "cached", 2): "bf16 codec too + labels cached",
+            named = {
+                (True, "run", "fp32"): "fast on",
+                (False, "cached", "fp32"): "labels cached",
+                (False, "run", "bf16"): "bf16",
+                (False, "cached", "bf16"): "bf16 + labels cached",
+                (False, "cached", "bf16c"): "bf16 codec too + labels cached",
             }
             ratios = [f"{name} {base / got[k]:.2f}x" for k, name in named.items() if k in got]
             print(
@@ -498,6 +498,8 @@ def _icm_row(
         "labels": "run" if labels is None else "cached",
         "bf16": bool(bf16),
         "codec_bf16": bf16 == "codec",
+        # the row's label: float32, bfloat16 recognizer and branch, and the codec too
+        "precision": {"": "fp32", "machine": "bf16", "codec": "bf16c"}[bf16],
         "label_hits": None if labels is None else machine.hits,
         **timed,
         "flops": flops,
@@ -510,7 +512,7 @@ def _icm_row(
     torch.backends.cudnn.benchmark = benchmark
     print(
         f"{task:<5}{variant:<9}{'on' if on else 'off':>5}"
-        f"{ {'': 'fp32', 'machine': 'bf16', 'codec': 'bf16c'}[bf16]:>6}"
+        f"{row['precision']:>6}"
         f"{row['labels']:>7}{cfg.batch_size:>3}"
         f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
         f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
