@@ -17,7 +17,7 @@ and the command line share every run they have in common.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -520,7 +520,7 @@ class Experiment:
             roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) on detection.
         """
         task = get_task(task)
-        every = self.profile.icm.validate_every if variant != "mse" else 0
+        every = self._point_validation(variant)
         codec, log, run_dir = self.icm_run(
             task, variant, lmbda, seed, steps=steps, validate_every=every
         )
@@ -536,6 +536,30 @@ class Experiment:
                 )
                 record.points.append(point.placed("roi", lmbda, seed))
         return RunPoint(record, codec)
+
+    def _point_validation(self, variant: str) -> int:
+        """The validation cadence :meth:`point` trains with (the MSE reference: none)."""
+        return self.profile.icm.validate_every if variant != "mse" else 0
+
+    def recorded_point(
+        self,
+        recorded: Mapping[str, RunRecord],
+        task: Task | str,
+        variant: str,
+        lmbda: float,
+        seed: int,
+        steps: int | None = None,
+        **_point_args,
+    ) -> RunRecord | None:
+        """The run a results file recorded (``recorded``: run key -> record, e.g.
+        :meth:`~icm_lib.results.StudyFile.recorded`) for :meth:`point` with these arguments, where
+        this machine's cache lacks the run: what a study or the pilot takes instead of training
+        it again after the cache is gone. ``None``: in the cache, or not recorded."""
+        every = self._point_validation(variant)
+        run_dir = self.run_dir(task, variant, lmbda, seed, steps, every)
+        if (run_dir / "codec.pt").is_file():
+            return None
+        return recorded.get(run_dir.name)
 
     def grid(
         self,

@@ -157,7 +157,8 @@ def run_pilot(
     progress: bool = True,
 ) -> PilotFile:
     """Train-or-load the pilot runs, apply the rule, write ``results/pilot-<profile>.json``
-    after every run (a stopped pilot resumes; ``complete`` says when it is whole)."""
+    after every run (a stopped pilot resumes, from the cache or, where the cache is gone, from
+    the runs its file holds; ``complete`` says when it is whole)."""
     from .experiment import Experiment
 
     t0 = time.perf_counter()
@@ -195,10 +196,13 @@ def run_pilot(
         out.write(path)
         return out
 
+    recorded = PilotFile.recorded(path)  # a machine that lost its cache: the file's runs
     for task in map(get_task, tasks):
         for lmbda in pilot.lambdas(task):
-            point = exp.point(task, "baseline", lmbda, pilot.seed, roi=task is DETECTION)
-            runs.append(point.run)
+            run = exp.recorded_point(recorded, task, "baseline", lmbda, pilot.seed)
+            if run is None:
+                run = exp.point(task, "baseline", lmbda, pilot.seed, roi=task is DETECTION).run
+            runs.append(run)
             write(False)
     return write(True)
 

@@ -483,6 +483,21 @@ class _ResultsFile:
             ) from None
 
     @classmethod
+    def recorded(cls, path: str | Path) -> dict[str, Any]:
+        """The finished runs of the file at ``path`` by run key (folder name), each marked
+        ``from_results_file``; ``{}`` without a file. The results file is the record that
+        outlives a session (the cache is not committed): a run whose folder name, which carries
+        the key of everything that decides it, is in the file but not in the cache is taken from
+        the file instead of being trained again."""
+        if not Path(path).is_file():
+            return {}
+        return {
+            r.run_key: dataclasses.replace(r, from_results_file=True)
+            for r in cls.read(path).runs
+            if getattr(r, "run_key", None)
+        }
+
+    @classmethod
     def find(cls, results_dir: str | Path, profile: str) -> Any:
         """The profile's file in ``results_dir``, or ``None`` when there is none."""
         path = cls.path(results_dir, profile)

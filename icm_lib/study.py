@@ -4,7 +4,9 @@ with BD-rates and confidence intervals, and Le et al.'s PatchGAN presets.
 
 Every run is load-or-compute (a trained codec in its run folder, its evaluation in a JSON beside
 it; :meth:`icm_lib.experiment.Experiment.grid`), so a stopped study resumes where it stopped, and
-notebooks 01-02 reuse the seed-0 runs::
+notebooks 01-02 reuse the seed-0 runs. A run the cache lacks but the study's own results file
+(or the pilot's) already holds under the same run key -- a machine that lost its cache -- is
+taken from the file, not trained again::
 
     python -m icm_lib.study --profile cpu --seeds 0 1 2        # or: make study
     python -m icm_lib.study --study ablation --seeds 0 1 2     # section 4.2: branch position
@@ -47,13 +49,23 @@ from .launch import (
     LaunchReport,
     RunCall,
     add_arguments,
+    compute,
     launch_study,
     point_call,
     projected_hours,
 )
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
-from .results import PAPERS, AblationFile, GanFile, GanRecord, RunRecord, StudyFile, figure_name
+from .results import (
+    PAPERS,
+    AblationFile,
+    GanFile,
+    GanRecord,
+    PilotFile,
+    RunRecord,
+    StudyFile,
+    figure_name,
+)
 from .runtime import get_device
 from .tasks import TASKS, get_task
 
@@ -82,6 +94,17 @@ def run_study(
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = StudyFile.path(results_dir, profile.name)
+    # what an earlier invocation recorded: this file's runs, and the pilot's (its runs are
+    # the study's seed-0 baselines)
+    recorded = {
+        **PilotFile.recorded(PilotFile.path(results_dir, profile.name)),
+        **StudyFile.recorded(out_json),
+    }
+    calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
+
+    def record(exp: Experiment, call: RunCall) -> RunRecord:
+        found = _recorded_point(exp, call, recorded)
+        return found if found is not None else compute(exp, call)
 
     def write(runs: list[RunRecord], done: bool) -> StudyFile:
         study = summarise(
@@ -91,7 +114,6 @@ def run_study(
         return study
 
     if _launched(launch):
-        calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
         files: list[StudyFile] = []
         report = launch_study(
             exp,
@@ -99,14 +121,16 @@ def run_study(
             launch,
             f"study-{profile.name}",
             lambda got_calls, runs: files.append(write(runs, len(runs) == len(calls))),
+            settled=lambda call: _recorded_point(exp, call, recorded) is not None,
+            record=record,
         )
         if not files or not report.complete:  # still running, or --status
             return report
         study, runs = files[-1], files[-1].runs
     else:
         runs = []
-        for point in exp.grid(seeds, tasks, variants, reference_curve):
-            runs.append(point.run)  # the weights stay on disk
+        for call in calls:  # Experiment.grid's runs, in its order
+            runs.append(record(exp, call))  # the weights stay on disk
             write(runs, False)
         study = write(runs, True)
     for task in map(get_task, tasks):
@@ -117,6 +141,12 @@ def run_study(
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
+
+
+def _recorded_point(exp: Experiment, call: RunCall, recorded: dict) -> RunRecord | None:
+    """The run a results file recorded for an R-D ``call`` where the cache lacks it
+    (:meth:`~icm_lib.experiment.Experiment.recorded_point`)."""
+    return exp.recorded_point(recorded, **call.args)
 
 
 def _launched(launch: LaunchOptions | None) -> bool:
@@ -347,17 +377,11 @@ def recorded_elsewhere(exp: Experiment, rows: list[RunRecord], steps: int | None
 
 
 def recorded_rows(path: Path) -> dict[str, RunRecord]:
-    """The finished runs of an earlier invocation's results file, by run key (folder name).
-
-    The results file is the record that outlives a session (the cache is not committed): a run
-    whose folder name, which carries the key of everything that decides it, is in the file and
-    not in the cache is taken from the file instead of being trained again, marked
-    ``from_results_file``. A run in the cache is loaded from there as usual.
-    """
-    if not Path(path).is_file():
-        return {}
-    runs = AblationFile.read(path).runs
-    return {r.run_key: replace(r, from_results_file=True) for r in runs}
+    """The finished runs of an earlier invocation's ablation file, by run key (folder name),
+    marked ``from_results_file`` (:meth:`~icm_lib.results.AblationFile.recorded`): a run in
+    the file but not in the cache is taken from the file; a run in the cache is loaded from
+    there as usual."""
+    return AblationFile.recorded(path)
 
 
 def summarise_ablation(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from icm_lib.pilot import collapsed, select
@@ -124,6 +126,31 @@ def test_the_pilot_runs_are_the_study_grid_runs(tmp_path):
         str(exp.run_dir("seg", "baseline", lm, 0, validate_every=2))
         for lm in (0.05, 0.5, 5.0, 50.0)
     ]
+    # a machine that lost its cache: the pilot takes its runs from its file, trains nothing,
+    # and the R-D study takes the same runs (its seed-0 baselines) from the pilot's file
+    import shutil
+
+    from icm_lib.study import run_study
+
+    for r in out.runs:
+        shutil.rmtree(r.run_dir)
+    again = main(
+        [
+            "--profile", "smoke", "--tasks", "seg", "--no-progress",
+            "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path),
+            "--overrides", f"pilot__seg_lambdas={grid} icm__validate_every=2",
+        ]
+    )  # fmt: skip
+    assert all(r.from_results_file for r in again.runs) and again.selection == out.selection
+    assert not any(Path(r.run_dir).exists() for r in again.runs)
+    profile = get_profile("smoke", icm__validate_every=2, icm__seg_lambdas=(0.05, 0.5, 5.0, 50.0))
+    data = tmp_path / "data"
+    study = run_study(
+        profile, [0], ["seg"], ["baseline"], data, tmp_path, torch.device("cpu"), False, False
+    )
+    assert [r.run_key for r in study.runs] == [r.run_key for r in out.runs]
+    assert all(r.from_results_file for r in study.runs)
+    assert not any(Path(r.run_dir).exists() for r in study.runs)
 
 
 def test_the_cpu_patterns_settings_are_what_its_pilot_chose():

@@ -1,7 +1,7 @@
 """The study's bookkeeping on synthetic R-D points: curves, per-seed BD-rates, CI, the report."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -141,6 +141,46 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
         r.val for r in first.runs
     ]
     assert recorded_elsewhere(elsewhere, rows) == 4 and recorded_elsewhere(smoke_env, rows) == 0
+
+
+def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeypatch):
+    """The R-D study as the ablation: a run its results file holds under the same run key while
+    the cache lacks it is taken from the file (marked), with its R-D points and per-image
+    records, and nothing is trained; a run the file does not hold is trained; launched, the
+    recorded runs are no jobs."""
+    import shutil
+
+    import torch
+
+    from icm_lib.launch import LaunchOptions
+    from icm_lib.study import run_study
+
+    profile, data_dir = smoke_env.profile, smoke_env.cache_dir.parent
+    args = (profile, [0], ["seg"], ["baseline"], data_dir, tmp_path, torch.device("cpu"), False)
+    first = run_study(*args, reference_curve=False)
+    n = len(profile.icm.lambdas("seg"))
+    assert first.complete and len(first.runs) == n
+    assert not any(r.from_results_file for r in first.runs)
+    for r in first.runs:
+        shutil.rmtree(r.run_dir)  # a new session: no cache
+    keep = first.runs[-1]  # ... and a results file cut before its last run
+    cut = replace(first, runs=first.runs[:-1], complete=False)
+    cut.write(StudyFile.path(tmp_path, profile.name))
+    again = run_study(*args, reference_curve=False)
+    assert [r.from_results_file for r in again.runs] == [True] * (n - 1) + [False]
+    assert [r.run_key for r in again.runs] == [r.run_key for r in first.runs]
+    numbers = lambda r: [{**asdict(p), "seconds": None} for p in r.points]  # noqa: E731
+    # the same points, per-image records included (the last one trained again: all but its time)
+    assert [numbers(r) for r in again.runs] == [numbers(r) for r in first.runs]
+    assert not any(Path(r.run_dir).exists() for r in again.runs[:-1])  # nothing trained ...
+    assert (Path(keep.run_dir) / "codec.pt").is_file()  # ... but the run the file lacked
+    assert json.dumps(again.tasks, sort_keys=True) == json.dumps(first.tasks, sort_keys=True)
+    shutil.rmtree(keep.run_dir)  # the file holds every run now
+    launch = LaunchOptions("pool", device="cpu", launch_dir=str(tmp_path / "launch"))
+    launched = run_study(*args, reference_curve=False, launch=launch)
+    assert launched.complete and all(r.from_results_file for r in launched.runs)
+    assert not (tmp_path / "launch" / "jobs.json").exists()  # nothing submitted
+    assert not any(Path(r.run_dir).exists() for r in launched.runs)
 
 
 def _with_other_reference_bits(exp):

@@ -95,7 +95,9 @@ def _fit(
     evaluate=None,
 ) -> tuple[list[float], list[dict]]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
-    schedule, optional clipping, progress bar; returns the loss log and the val curve.
+    schedule, optional clipping, progress bar; returns the loss log and the val curve. With
+    ``cfg.train_precision`` ``"bfloat16"`` the forward and the loss run under bfloat16 autocast
+    (the weights, gradients and optimizer state stay float32).
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
@@ -131,8 +133,10 @@ def _fit(
             next(batches)
         torch.set_rng_state(state["rng"])
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    bf16 = cfg.train_precision == "bfloat16"
     for step in bar:
-        loss = loss_of(next(batches))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of(next(batches)).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:
