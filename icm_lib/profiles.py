@@ -96,7 +96,7 @@ class CodecConfig:
 #: the recognition libraries of each task (README "Recognition backends")
 DET_BACKENDS = ("torchvision", "detectron2")
 SEG_BACKENDS = ("smp", "mmseg")
-#: the recognizers' training precisions (``RecognitionConfig.train_precision``)
+#: the recognizers' training precisions (``RecognitionConfig.det_train_precision`` / ``seg_``)
 TRAIN_PRECISIONS = ("float32", "bfloat16")
 
 
@@ -129,12 +129,14 @@ class RecognitionConfig:
             same weights as an uninterrupted one. Neither of the two keys the cache.
         batch_size: for that training.
         det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
-        train_precision: ``"float32"`` or ``"bfloat16"``: that training's forward and loss under
-            bfloat16 autocast (weights, gradients and optimizer state stay float32; evaluation
-            and the frozen machine run in float32). 1.5-1.6x faster steps on a CPU with
-            AVX512-BF16 (README, "Recognizers trained in bfloat16"), slower where the hardware
-            emulates bfloat16; a bfloat16-trained recognizer is another model (its own cache
-            key), so the profiles whose results are committed keep float32.
+        det_train_precision, seg_train_precision: ``"float32"`` or ``"bfloat16"``: that task's
+            training forward and loss under bfloat16 autocast (weights, gradients and optimizer
+            state stay float32; evaluation and the frozen machine run in float32). Each keys
+            its own task's recognizer, and only when not float32. Measured on `cpu` (README
+            "Recognizers trained in bfloat16"): 1.5-1.6x faster steps on a CPU with AVX512-BF16
+            (slower where the hardware emulates bfloat16); the segmenter reaches float32's val
+            mIoU within seed spread, the detector lost mAP in 2 of 3 seeds, so no profile
+            uses it for detection.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
             under-confident (highest val score 0.48), and 0.2 keeps about 6 boxes per val image
@@ -169,7 +171,8 @@ class RecognitionConfig:
     batch_size: int = 8
     det_lr: float = 0.02
     seg_lr: float = 1e-3
-    train_precision: str = "float32"
+    det_train_precision: str = "float32"
+    seg_train_precision: str = "float32"
     score_threshold: float = 0.2
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
@@ -186,10 +189,11 @@ class RecognitionConfig:
         for name, allowed in (("det_backend", DET_BACKENDS), ("seg_backend", SEG_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.train_precision not in TRAIN_PRECISIONS:
-            raise ValueError(
-                f"train_precision must be one of {TRAIN_PRECISIONS}, got {self.train_precision!r}"
-            )
+        for name in ("det_train_precision", "seg_train_precision"):
+            if getattr(self, name) not in TRAIN_PRECISIONS:
+                raise ValueError(
+                    f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
+                )
         for name in ("det_checkpoint", "seg_checkpoint"):
             if getattr(self, name) is not None and not self.pretrained:
                 raise ValueError(
@@ -211,10 +215,14 @@ class RecognitionConfig:
         """The fields that decide the models, for cache keys: a backend's fields only where that
         backend is used (so the torchvision / smp keys are those of before the backends); a
         local checkpoint as its content hash (``det_weights`` / ``seg_weights``), never its path,
-        and nothing without one (so the keys are those of before the fields); ``train_precision``
-        only when it is not float32 (the keys of before the field)."""
+        and nothing without one (so the keys are those of before the fields); a task's
+        ``*_train_precision`` only when it is not float32 (the keys of before the fields)."""
         unused = {"det_checkpoint", "seg_checkpoint", "eval_every", "checkpoint_every"}
-        unused |= {"train_precision"} if self.train_precision == "float32" else set()
+        unused |= {
+            f"{t}_train_precision"
+            for t in ("det", "seg")
+            if getattr(self, f"{t}_train_precision") == "float32"
+        }
         unused |= {
             f"{t}_train_steps" for t in ("det", "seg") if getattr(self, f"{t}_train_steps") is None
         }
@@ -234,6 +242,10 @@ class RecognitionConfig:
         """The training steps of ``task``'s recognizer."""
         own = getattr(self, f"{get_task(task).name}_train_steps")
         return self.train_steps if own is None else own
+
+    def precision_for(self, task: Task | str) -> str:
+        """The training precision of ``task``'s recognizer."""
+        return getattr(self, f"{get_task(task).name}_train_precision")
 
     def sampling(self) -> dict[str, int]:
         """Faster R-CNN's train-mode sampling, shared by the detector and the aux branch."""

@@ -219,11 +219,12 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
 
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_bfloat16_recognizer_training_stays_close_to_float32(scenes, tmp_path, monkeypatch, task):
-    """``train_precision="bfloat16"`` trains under bfloat16 autocast with float32 weights: from
+    """``<task>_train_precision="bfloat16"`` trains under bfloat16 autocast with float32 weights: from
     the same weights and batch its step is not float32's (the losses differ) but close to it:
     loss within 5 % (segmentation) / 15 % (detection: the RoIs it samples depend on the boxes
     it predicts), gradient cosine > 0.9 (detection, 0.95 measured) / 0.7 (segmentation, 0.81).
-    It is its own cache entry; the float32 key is the one of before the field. The weights are
+    It is its own cache entry (the other task's precision does not key it); the float32 key is
+    the one of before the fields. The weights are
     those of 8 float32 steps: this early, on a batch of two 64-pixel crops, the segmenter's
     gradient is ill-conditioned (cosine 0.70 at random weights, 0.89 on 8 x 128-pixel crops);
     on the trained `cpu` segmenter and 8 real crops it is 1.000, and what the precision costs a
@@ -252,13 +253,17 @@ def test_bfloat16_recognizer_training_stays_close_to_float32(scenes, tmp_path, m
             torch.optim.Adam,
         )
     fp32 = RecognitionConfig(train_steps=8, batch_size=2, **SMALL)
-    bf16 = dataclasses.replace(fp32, train_precision="bfloat16")
-    assert "train_precision" not in fp32.key() and bf16.key()["train_precision"] == "bfloat16"
+    other = "seg" if task == "det" else "det"
+    bf16 = dataclasses.replace(fp32, **{f"{task}_train_precision": "bfloat16"})
+    assert not any("precision" in k for k in fp32.key())
+    assert bf16.key()[f"{task}_train_precision"] == "bfloat16"
     with pytest.raises(ValueError, match="train_precision"):
-        RecognitionConfig(train_precision="float16")
+        RecognitionConfig(**{f"{task}_train_precision": "float16"})
     warm, ra = load(fp32, *sets, 64, tmp_path, "cpu", seed=2, progress=False)
     machine, rb = load(bf16, *sets, 64, tmp_path, "cpu", seed=2, progress=False)
     assert Path(ra["path"]) != Path(rb["path"]) and not rb["cached"]
+    other_bf16 = dataclasses.replace(fp32, **{f"{other}_train_precision": "bfloat16"})
+    assert load(other_bf16, *sets, 64, tmp_path, "cpu", seed=2, progress=False)[1]["cached"]
     assert all(v.dtype == torch.float32 for v in machine.model.parameters())
 
     grads = []

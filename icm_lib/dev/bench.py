@@ -4,6 +4,7 @@
     python -m icm_lib.bench icm [--profile cpu] [--steps 5] [--fast off|on|both]
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
+    python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
     python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
@@ -33,6 +34,13 @@ part of the codec, so ~1.0).
 backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
 libraries on one architecture, the paper rows are Iino et al.'s models) on the profile's batch and
 crop; a backend whose library is not installed is listed as skipped.
+
+``recognizers``: what training a recognizer in bfloat16 costs and gains
+(``RecognitionConfig.det_train_precision`` / ``seg_train_precision``): each task's recognizer of
+the profile trained per seed in float32 and in bfloat16 (the same initial weights and batches;
+load-or-compute in the cache), its val metric and training seconds side by side, the paired
+difference per seed and its mean, and the seed-to-seed spread of the float32 ones. Training
+seconds are only comparable on a quiet machine.
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
@@ -414,6 +422,65 @@ def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -
     return reader._captured.pop("latent_hat")
 
 
+def bench_recognizers(
+    profile_name: str, data_dir: Path, seeds: tuple[int, ...], tasks: tuple[str, ...]
+) -> list[dict]:
+    """``python -m icm_lib.bench recognizers``: float32 against bfloat16 recognizer training
+    (see the module docstring); prints one row per task and seed and returns them."""
+    from ..data import get_datasets
+    from ..profiles import get_profile
+    from ..recognition.training import load_or_train_detector, load_or_train_segmenter
+    from ..tasks import get_task
+
+    profile = get_profile(profile_name)
+    datasets = get_datasets(profile.data, data_dir, progress=False)
+    device, cache = torch.device("cpu"), data_dir / "cache"
+    print(
+        f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained "
+        f"float32 vs bfloat16 (autocast), seeds {list(seeds)}; bfloat16 hardware: "
+        f"{bf16_hardware()}"
+    )
+    rows = []
+    for name in tasks:
+        task = get_task(name)
+        load = load_or_train_detector if name == "det" else load_or_train_segmenter
+        train, val = datasets.train(task), datasets.val(task)
+        print(f"{'task':<5}{'seed':>5}{task.metric + ' fp32':>12}{'bf16':>9}{'diff':>9}"
+              f"{'s fp32':>9}{'s bf16':>9}")  # fmt: skip
+        for seed in seeds:
+            got = {}
+            for precision in ("float32", "bfloat16"):
+                cfg = dataclasses.replace(
+                    profile.recognition, **{f"{name}_train_precision": precision}
+                )
+                _, report = load(cfg, train, val, profile.data.train_crop, cache, device, seed,
+                                 progress=False)  # fmt: skip
+                got[precision] = report
+            a, b = (got[p]["val"][task.metric] for p in ("float32", "bfloat16"))
+            row = {
+                "task": name,
+                "seed": seed,
+                "fp32": a,
+                "bf16": b,
+                "seconds": {p: got[p]["train_seconds"] for p in got},
+            }
+            rows.append(row)
+            print(
+                f"{name:<5}{seed:>5}{a:>12.4f}{b:>9.4f}{b - a:>+9.4f}"
+                f"{row['seconds']['float32']:>9.0f}{row['seconds']['bfloat16']:>9.0f}",
+                flush=True,
+            )
+        mine = [r for r in rows if r["task"] == name]
+        diffs = [r["bf16"] - r["fp32"] for r in mine]
+        spread = statistics.stdev([r["fp32"] for r in mine]) if len(mine) > 1 else float("nan")
+        print(
+            f"{name}: bfloat16 - float32, mean over {len(mine)} seeds {statistics.mean(diffs):+.4f} "
+            f"(per seed {', '.join(f'{d:+.4f}' for d in diffs)}); float32 seed-to-seed SD "
+            f"{spread:.4f}"
+        )
+    return rows
+
+
 def bench_devices(train_steps: int) -> dict:
     """The cross-device table (module docstring); returns its cells."""
 
@@ -497,7 +564,16 @@ def main(argv: list[str] | None = None) -> int:
         return decode_budget_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "what", choices=["codec", "icm", "devices", "backends", "paper-step", "decode-budget"]
+        "what",
+        choices=[
+            "codec",
+            "icm",
+            "devices",
+            "backends",
+            "recognizers",
+            "paper-step",
+            "decode-budget",
+        ],
     )
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
     ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
@@ -514,7 +590,14 @@ def main(argv: list[str] | None = None) -> int:
         help="icm: the bfloat16 rows; auto: where the device multiplies bfloat16 natively",
     )
     ap.add_argument(
-        "--tasks", nargs="+", choices=["det", "seg"], default=["det", "seg"], help="icm: the tasks"
+        "--tasks",
+        nargs="+",
+        choices=["det", "seg"],
+        default=["det", "seg"],
+        help="icm, recognizers: the tasks",
+    )
+    ap.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers: the seeds"
     )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
@@ -545,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
+    elif args.what == "recognizers":
+        bench_recognizers(args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks))
     elif args.scaling:
         for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
             bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)

@@ -93,11 +93,12 @@ def _fit(
     collate_fn=None,
     state_path: Path | None = None,
     evaluate=None,
+    precision: str = "float32",
 ) -> tuple[list[float], list[dict]]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
     schedule, optional clipping, progress bar; returns the loss log and the val curve. With
-    ``cfg.train_precision`` ``"bfloat16"`` the forward and the loss run under bfloat16 autocast
-    (the weights, gradients and optimizer state stay float32).
+    ``precision`` ``"bfloat16"`` the forward and the loss run under bfloat16 autocast (the
+    weights, gradients and optimizer state stay float32).
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
@@ -133,7 +134,7 @@ def _fit(
             next(batches)
         torch.set_rng_state(state["rng"])
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
-    bf16 = cfg.train_precision == "bfloat16"
+    bf16 = precision == "bfloat16"
     for step in bar:
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_of(next(batches)).float()
@@ -223,6 +224,7 @@ def train_detector(
         collate_fn=collate_detection,
         state_path=state_path,
         evaluate=evaluate,
+        precision=cfg.precision_for(DETECTION),
     )
 
 
@@ -260,6 +262,7 @@ def train_segmenter(
         progress,
         state_path=state_path,
         evaluate=evaluate,
+        precision=cfg.precision_for(SEGMENTATION),
     )
 
 
@@ -289,7 +292,7 @@ def _load_or_train(
     the weights and a report (val metric, training seconds, loss log).
     """
     other = SEGMENTATION if task is DETECTION else DETECTION
-    not_ours = set(INFERENCE_ONLY) | {f"{other.name}_train_steps"}
+    not_ours = set(INFERENCE_ONLY) | {f"{other.name}_train_steps", f"{other.name}_train_precision"}
     trained_by = {k: v for k, v in cfg.key().items() if k not in not_ours}
     path = keyed_path(
         cache_dir,
