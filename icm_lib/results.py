@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import subprocess
@@ -382,7 +383,14 @@ class GanRecord:
 # ---------------------------------------------------------------------------------- files
 def code_commit() -> dict:
     """``{"sha": git HEAD, "dirty": tracked files changed}`` of the code beside this module
-    (``None`` values with ``why`` when it is not a git checkout)."""
+    (``None`` values with ``why`` when it is not a git checkout), read once per process, when
+    this module is imported: a study that runs for hours and writes its file after every run
+    records the code it runs, not a commit made meanwhile."""
+    return dict(_process_commit())
+
+
+@functools.cache
+def _process_commit() -> dict:
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
@@ -398,6 +406,9 @@ def code_commit() -> dict:
     except (OSError, subprocess.CalledProcessError) as exc:
         return {"sha": None, "dirty": None, "why": f"no git checkout ({exc})"}
     return {"sha": sha, "dirty": bool(status.strip())}
+
+
+_process_commit()  # the code this process runs (see code_commit)
 
 
 def _now() -> str:

@@ -79,6 +79,23 @@ def test_every_file_type_round_trips(file, tmp_path):
     assert set(data["commit"]) >= {"sha", "dirty"}
 
 
+def test_a_file_records_the_commit_its_process_started_with(monkeypatch):
+    """Read once, at import: a study that writes its file for hours records the code it runs,
+    not a commit made (or a file edited) meanwhile; each file gets its own copy."""
+    import subprocess
+
+    first = results.code_commit()
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git asked again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    again = results.code_commit()
+    assert again == first and again is not first
+    again["sha"] = "changed"
+    assert results.code_commit() == first
+
+
 def test_records_round_trip_and_plain_views():
     for point in (_point("seg"), _point("det", scores={"map_50": 0.7})):
         assert RDPoint.from_json(json.loads(json.dumps(asdict(point)))) == point
