@@ -555,11 +555,16 @@ class Experiment:
         :meth:`~icm_lib.results.StudyFile.recorded`) for :meth:`point` with these arguments, where
         this machine's cache lacks the run: what a study or the pilot takes instead of training
         it again after the cache is gone. ``None``: in the cache, or not recorded."""
-        every = self._point_validation(variant)
-        run_dir = self.run_dir(task, variant, lmbda, seed, steps, every)
+        run_dir = self.point_run_dir(task, variant, lmbda, seed, steps)
         if (run_dir / "codec.pt").is_file():
             return None
         return recorded.get(run_dir.name)
+
+    def point_run_dir(
+        self, task: Task | str, variant: str, lmbda: float, seed: int, steps: int | None = None
+    ) -> Path:
+        """The cache folder :meth:`point` trains this run in (validated as the profile says)."""
+        return self.run_dir(task, variant, lmbda, seed, steps, self._point_validation(variant))
 
     def grid(
         self,

@@ -50,7 +50,7 @@ from .runtime import (
     seed_everything,
     state_fingerprint,
 )
-from .tasks import TASKS, get_task
+from .tasks import TASKS, Task, get_task
 from .trainer import load_or_run
 
 PRESETS = ("full", "limited", "no-adv")
@@ -356,13 +356,19 @@ class GanPoint:
         return self.run.plain()
 
 
+def gan_base(profile) -> tuple[Task, float]:
+    """The task and λ of the baseline codecs Le et al.'s finetunings start from:
+    ``profile.gan.task`` at ``profile.gan.lmbda`` (default: the task's lowest λ)."""
+    task = get_task(profile.gan.task)
+    return task, profile.gan.lmbda or min(profile.icm.lambdas(task))
+
+
 def gan_point(exp: Experiment, seed: int, preset: str) -> GanPoint:
     """Before/after of one decoder-only PatchGAN finetuning (Le et al.): the seed's baseline
-    codec of ``profile.gan.task`` at ``profile.gan.lmbda`` (trained if missing), finetuned with
-    ``preset``; both evaluated through real bitstreams (with the checkerboard score)."""
+    codec of :func:`gan_base` (trained if missing), finetuned with ``preset``; both evaluated
+    through real bitstreams (with the checkerboard score)."""
     profile = exp.profile
-    task = get_task(profile.gan.task)
-    lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
+    task, lmbda = gan_base(profile)
     base = exp.point(task, "baseline", lmbda, seed)
     tuned, log, run_dir = load_or_finetune(
         base.codec,
@@ -386,6 +392,7 @@ def gan_point(exp: Experiment, seed: int, preset: str) -> GanPoint:
         log=log,
         before=base.run.point(task.name),
         after=after.placed(f"patchgan-{preset}", lmbda, seed),
+        base_run_key=base.run.run_key,
     )
     return GanPoint(record, tuned, base.codec)
 

@@ -336,6 +336,10 @@ class GanRecord:
         run_dir: its cache folder (the name is its key); seconds: finetuning wall time;
         log: the finetuning log.
         before, after: the R-D points of the codec before and after.
+        base_run_key: the run key (folder name) of the baseline codec it finetuned: with the
+            preset, seed and finetuning settings it identifies the finetuning without the
+            codec's weights (a study takes it from its file where the cache lost the codec).
+        from_results_file: taken from an earlier results file instead of the cache.
     """
 
     task: str
@@ -348,6 +352,8 @@ class GanRecord:
     before: RDPoint
     after: RDPoint
     undefined: dict[str, str] = field(default_factory=dict)
+    base_run_key: str | None = None
+    from_results_file: bool = False
 
     @property
     def run_key(self) -> str | None:

@@ -43,7 +43,7 @@ import torch
 from .aux_branch import VARIANTS
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
-from .gan import gan_point
+from .gan import gan_base
 from .launch import (
     LaunchOptions,
     LaunchReport,
@@ -192,8 +192,7 @@ def study_calls(
             for seed, task, variant in _ablation_coordinates(profile, seeds, tasks)
         ]
     if study == "gan":
-        task = get_task(profile.gan.task)
-        lmbda = profile.gan.lmbda or min(profile.icm.lambdas(task))
+        task, lmbda = gan_base(profile)
         return [
             RunCall(
                 "gan",
@@ -443,6 +442,12 @@ def run_gan_study(
     t_start = time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
     out_json = GanFile.path(results_dir, profile.name)
+    calls = study_calls("gan", profile, seeds)
+    recorded = recorded_finetunings(out_json, profile)
+
+    def record(exp: Experiment, call: RunCall) -> GanRecord:
+        found = _recorded_gan(exp, call, recorded)
+        return found if found is not None else compute(exp, call)
 
     def write(rows: list[GanRecord]) -> GanFile:
         summary = GanFile(
@@ -461,19 +466,53 @@ def run_gan_study(
         files: list[GanFile] = []
         report = launch_study(
             exp,
-            study_calls("gan", profile, seeds),
+            calls,
             launch,
             f"gan-{profile.name}",
             lambda got_calls, rows: files.append(write(list(rows))),
+            settled=lambda call: _recorded_gan(exp, call, recorded) is not None,
+            record=record,
         )
         return files[-1] if files and report.complete else report
     rows: list[GanRecord] = []
     summary = None
-    for seed in seeds:
-        for preset in profile.gan.presets:
-            rows.append(gan_point(exp, seed, preset).run)
-            summary = write(rows)
+    for call in calls:  # each seed's presets
+        rows.append(record(exp, call))
+        summary = write(rows)
     return summary
+
+
+def _finetuning_settings(gan_config: dict) -> dict:
+    """What decides a finetuning besides its preset, seed and baseline codec: the profile's
+    GAN settings as JSON, without the study's list of presets (as its run key)."""
+    return {k: v for k, v in _as_json(gan_config).items() if k != "presets"}
+
+
+def recorded_finetunings(path: Path, profile: Profile) -> dict[tuple, GanRecord]:
+    """The finetunings of an earlier invocation's GAN file by (baseline run key, preset, seed),
+    marked ``from_results_file``; none where the file was made with other finetuning settings,
+    or its records predate :attr:`~icm_lib.results.GanRecord.base_run_key`."""
+    earlier = GanFile.read(path) if Path(path).is_file() else None
+    if earlier is None or _finetuning_settings(earlier.gan_config) != _finetuning_settings(
+        asdict(profile.gan)
+    ):
+        return {}
+    return {
+        (r.base_run_key, r.preset, r.seed): replace(r, from_results_file=True)
+        for r in earlier.runs
+        if r.base_run_key
+    }
+
+
+def _recorded_gan(exp: Experiment, call: RunCall, recorded: dict) -> GanRecord | None:
+    """The finetuning ``recorded`` holds for a GAN ``call`` where the cache lacks its baseline
+    codec -- a machine that lost its cache, which would otherwise train the baseline again only
+    to compute the finetuning's key (that key hashes the codec's weights) -- else ``None``."""
+    task, lmbda = gan_base(exp.profile)
+    base = exp.point_run_dir(task, "baseline", lmbda, call.args["seed"])
+    if (base / "codec.pt").is_file():
+        return None
+    return recorded.get((base.name, call.args["preset"], call.args["seed"]))
 
 
 def print_plan(

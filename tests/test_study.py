@@ -8,7 +8,7 @@ import pytest
 
 from icm_lib.evaluate import bd_rates, curves
 from icm_lib.profiles import get_profile
-from icm_lib.results import AblationFile, RDPoint, RunRecord, StudyFile
+from icm_lib.results import AblationFile, GanFile, RDPoint, RunRecord, StudyFile
 from icm_lib.study import (
     _recorded_run,
     ablation_rows,
@@ -181,6 +181,41 @@ def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeyp
     assert launched.complete and all(r.from_results_file for r in launched.runs)
     assert not (tmp_path / "launch" / "jobs.json").exists()  # nothing submitted
     assert not any(Path(r.run_dir).exists() for r in launched.runs)
+
+
+def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path):
+    """Le et al.'s study as the others: where the cache lost a seed's baseline codec, each
+    finetuning its file holds (same baseline run key, preset, seed and settings) is taken from
+    the file, and neither the baseline nor the finetuning is trained again; a file made with
+    other finetuning settings is not used."""
+    import shutil
+
+    import torch
+
+    from icm_lib.launch import LaunchOptions
+    from icm_lib.study import recorded_finetunings, run_gan_study
+
+    profile = replace(smoke_env.profile, gan=replace(smoke_env.profile.gan, presets=("full",)))
+    exp = replace(smoke_env, profile=profile)
+    data_dir = smoke_env.cache_dir.parent
+    args = (profile, [0], data_dir, tmp_path, torch.device("cpu"), False)
+    first = run_gan_study(*args)
+    (run,) = first.runs
+    assert not run.from_results_file and run.base_run_key
+    base = Path(exp.cache_dir) / "icm" / run.base_run_key
+    assert base.is_dir()
+    shutil.rmtree(base)  # a new session: no cache
+    shutil.rmtree(run.run_dir)
+    again = run_gan_study(*args)
+    assert [r.from_results_file for r in again.runs] == [True]
+    assert replace(again.runs[0], from_results_file=False) == run
+    assert again.summary == first.summary
+    assert not base.exists() and not Path(run.run_dir).exists()  # nothing trained
+    launch = LaunchOptions("pool", device="cpu", launch_dir=str(tmp_path / "launch"))
+    launched = run_gan_study(*args, launch)
+    assert launched.runs[0].from_results_file and not (tmp_path / "launch" / "jobs.json").exists()
+    other = replace(profile, gan=replace(profile.gan, steps=profile.gan.steps + 1))
+    assert recorded_finetunings(GanFile.path(tmp_path, profile.name), other) == {}
 
 
 def _with_other_reference_bits(exp):
