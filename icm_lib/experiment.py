@@ -520,7 +520,7 @@ class Experiment:
             roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) on detection.
         """
         task = get_task(task)
-        every = self._point_validation(variant)
+        every = self.point_validation(variant)
         codec, log, run_dir = self.icm_run(
             task, variant, lmbda, seed, steps=steps, validate_every=every
         )
@@ -537,8 +537,9 @@ class Experiment:
                 record.points.append(point.placed("roi", lmbda, seed))
         return RunPoint(record, codec)
 
-    def _point_validation(self, variant: str) -> int:
-        """The validation cadence :meth:`point` trains with (the MSE reference: none)."""
+    def point_validation(self, variant: str) -> int:
+        """The validation cadence :meth:`point` trains ``variant`` with (the MSE reference:
+        none)."""
         return self.profile.icm.validate_every if variant != "mse" else 0
 
     def recorded_point(
@@ -564,7 +565,7 @@ class Experiment:
         self, task: Task | str, variant: str, lmbda: float, seed: int, steps: int | None = None
     ) -> Path:
         """The cache folder :meth:`point` trains this run in (validated as the profile says)."""
-        return self.run_dir(task, variant, lmbda, seed, steps, self._point_validation(variant))
+        return self.run_dir(task, variant, lmbda, seed, steps, self.point_validation(variant))
 
     def grid(
         self,

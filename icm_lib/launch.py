@@ -149,13 +149,13 @@ def compute(exp: Experiment, call: RunCall):
     raise ValueError(f"unknown run kind {call.kind!r}; one of point, ablation, gan")
 
 
-def _point_training(profile: Profile, args: dict) -> dict:
+def _point_training(exp: Experiment, args: dict) -> dict:
     """The :meth:`~icm_lib.experiment.Experiment.icm_run` arguments :meth:`Experiment.point`
     trains with: the run's folder (its key), and what the other processes of a torchrun job
     train (rank 0 then loads and evaluates). Checked against the runs' own folders by the
     launcher's tests."""
-    every = getattr(profile.icm, "validate_every", 0) if args["variant"] != "mse" else 0
     keys = ("task", "variant", "lmbda", "seed", "steps")
+    every = exp.point_validation(args["variant"])
     return {**{k: args.get(k) for k in keys}, "validate_every": every}
 
 
@@ -180,7 +180,7 @@ class LaunchJob:
 def _identity(exp: Experiment, call: RunCall) -> tuple[str, Path | None]:
     digest = config_hash({"kind": call.kind, "args": call.args}, 6)
     if call.kind == "point":
-        run_dir = exp.run_dir(**_point_training(exp.profile, call.args))
+        run_dir = exp.run_dir(**_point_training(exp, call.args))
         return f"point-{run_dir.name}-{digest}", run_dir
     if call.kind == "ablation":
         a = call.args
@@ -308,7 +308,7 @@ def run_job(spec: JobSpec) -> dict:
         exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist)
         if not dist.is_main:  # the other processes train with rank 0, which then evaluates
             if spec.call.kind == "point":
-                exp.icm_run(**_point_training(exp.profile, spec.call.args))
+                exp.icm_run(**_point_training(exp, spec.call.args))
             else:
                 compute(exp, spec.call)
             return {}
