@@ -564,6 +564,9 @@ def table(rows: list[Claim]) -> str:
             if v["verdict"] == "unresolved" and v.get("seeds_needed")
             else ""
         )
+        if v.get("why"):  # an unresolved verdict the interval alone does not explain
+            holm_p = [n.rsplit(": ", 1)[1] for n in c.notes if n.startswith("Holm-adjusted")]
+            extra += f" ({v['why']}{': ' + holm_p[0] if holm_p else ''})"
         failed = world_failed(c)
         if failed:
             extra += f"; world check failed: {', '.join(failed)}"

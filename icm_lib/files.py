@@ -150,10 +150,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     ±inf: an undefined statistic such as the interval of one seed) is written as ``null``,
     never as the ``NaN`` token that only Python reads. Whether a measurement may be ``null``
     is the results schema's business (:func:`read_json` refuses a ``NaN`` token outright).
-    NumPy scalars, one-element tensors and paths are written as their values."""
-    text = json.dumps(_plain(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
-    data = text.encode()
+    NumPy scalars, one-element tensors and paths are written as their values. The layout is
+    :func:`json_text`'s."""
+    data = json_text(obj).encode()
     return _atomic_write(Path(path), lambda f: f.write(data), len(data))
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as the JSON text every project file holds: keys sorted, an object with a
+    container inside broken over indented lines, and everything else on one line: an object of
+    plain values (a log entry), a list with no object in it (a curve, per-image bits,
+    detections). A study file with per-image records is then a few lines per run, not one line
+    per number (a third of the bytes), and reads and diffs as a run per block."""
+    return _layout(_plain(obj), "") + "\n"
+
+
+def _layout(obj: Any, indent: str) -> str:
+    def compact(x: Any) -> str:
+        return json.dumps(
+            x, sort_keys=True, separators=(", ", ": "), default=_json_default, allow_nan=False
+        )
+
+    def holds_object(x: Any) -> bool:
+        return isinstance(x, dict) or (isinstance(x, list) and any(map(holds_object, x)))
+
+    inner = indent + "  "
+    if isinstance(obj, dict) and any(isinstance(v, (dict, list)) for v in obj.values()):
+        items = [f"{inner}{compact(str(k))}: {_layout(obj[k], inner)}" for k in sorted(obj)]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(obj, list) and obj and any(map(holds_object, obj)):
+        items = [inner + _layout(v, inner) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    return compact(obj)
 
 
 def _plain(obj: Any) -> Any:

@@ -180,7 +180,8 @@ class LaunchJob:
 def _identity(exp: Experiment, call: RunCall) -> tuple[str, Path | None]:
     digest = config_hash({"kind": call.kind, "args": call.args}, 6)
     if call.kind == "point":
-        run_dir = exp.run_dir(**_point_training(exp, call.args))
+        a = call.args
+        run_dir = exp.point_run_dir(a["task"], a["variant"], a["lmbda"], a["seed"], a.get("steps"))
         return f"point-{run_dir.name}-{digest}", run_dir
     if call.kind == "ablation":
         a = call.args

@@ -156,7 +156,7 @@ def detection_matches(
                 ignored = sum(
                     1 << t for t in range(len(COCO_IOU_THRESHOLDS)) if e["dtIgnore"][t, d]
                 )
-                dt_out[image].append([label, float(score), matched, ignored])
+                dt_out[image].append([label, _shortest(score), matched, ignored])
     # a detection scored below every true positive of its class sorts after all of them in any
     # subset of the images: it cannot change any precision the mAP reads, so it is not kept
     lowest_tp: dict[int, float] = {}
@@ -164,6 +164,13 @@ def detection_matches(
         lowest_tp[d[0]] = min(d[1], lowest_tp.get(d[0], math.inf))
     dt_out = [[d for d in image if d[1] >= lowest_tp.get(d[0], math.inf)] for image in dt_out]
     return gt_out, dt_out
+
+
+def _shortest(score: float) -> float:
+    """A detector's float32 score as the shortest decimal that reads back as the same float32
+    (``0.25882533``, not ``0.2588253319263458``): distinct float32 scores keep their order and
+    ties, which is all :func:`map_from_matches` reads, in 40 % fewer bytes of a results file."""
+    return float(str(np.float32(score)))
 
 
 def map_from_matches(gt: Sequence[list], dt: Sequence[list]) -> dict[str, float]:

@@ -133,6 +133,36 @@ def test_the_ablation_score_and_claims():
     )
 
 
+def test_an_interval_that_excludes_zero_but_fails_holm_says_so_in_the_table():
+    import icm_lib.claims as cl
+
+    steps = list(range(10, 110, 10))
+
+    def val(base):
+        return {"step": steps, "main_loss": [base + 1.0 / s for s in steps]}
+
+    dec = [0.02, 0.01, 0.03, 0.005, 0.015]  # paired t: p ~ 0.02 alone, ~ 0.06 after Holm (x 3)
+    noise = [0.03, -0.02, 0.01, -0.03, 0.02]  # aux-enc and aux-task: no effect
+    runs = []
+    for seed in range(5):
+        base = 1.0 + 0.01 * seed
+        runs.append(run("baseline", 2.0, seed, [1] * 4, [60] * 4, val(base)))
+        runs.append(run("aux-enc", 2.0, seed, [1] * 4, [60] * 4, val(base + noise[seed])))
+        runs.append(run("aux-dec", 2.0, seed, [1] * 4, [60] * 4, val(base - dec[seed])))
+        runs.append(run("aux-task", 2.0, seed, [1] * 4, [60] * 4, val(base - noise[seed])))
+    ab = AblationFile(profile="t", seeds=list(range(5)), compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+    row = by_name(ablation_claims(ab, PLAN), "iino_ablation_seg/aux-dec-vs-baseline")
+    assert row.interval["hi"] < 0 and row.verdict["verdict"] == "unresolved"
+    holm_p = float(row.notes[1].rsplit("p = ", 1)[1])
+    assert 0.05 <= holm_p < 0.1
+    line = next(x for x in cl.table([row]).splitlines() if "aux-dec" in x)
+    assert (
+        f"**unresolved** (not significant after Holm: p = {row.notes[1].rsplit('= ', 1)[1]})"
+        in line
+    )
+
+
 def test_claims_read_the_profiles_files(tmp_path):
     (tmp_path / "analysis-plan.json").write_text(
         (ROOT / "results" / "analysis-plan.json").read_text()

@@ -390,13 +390,33 @@ def _disk_full(monkeypatch):
     monkeypatch.setattr(files._Sink, "write", write)
 
 
+def test_a_json_file_is_a_line_per_record_not_a_line_per_number(tmp_path):
+    record = {
+        "runs": [
+            {"seed": 0, "log": [{"step": 1, "loss": 2.5}], "images": {"bits": [8.0, 16.0]}},
+            {"seed": 1, "log": [], "images": {"dt": [[[1, 0.5, 3, 0]], []]}},
+        ],
+        "notes": [],
+        "n": 2,
+    }
+    path = atomic_write_json(tmp_path / "study.json", record)
+    text = path.read_text()
+    assert json.loads(text) == record and text.endswith("}\n")
+    lines = text.splitlines()
+    assert (
+        '        "bits": [8.0, 16.0]' in lines and '        "dt": [[[1, 0.5, 3, 0]], []]' in lines
+    )
+    assert '        {"loss": 2.5, "step": 1}' in lines and '  "n": 2,' in lines
+    assert len(lines) == 22
+
+
 def test_a_full_disk_is_reported_with_sizes_and_keeps_the_previous_json(tmp_path, monkeypatch):
     path = tmp_path / "study.json"
     atomic_write_json(path, {"v": 1})
     before = path.read_bytes()
     _disk_full(monkeypatch)
     payload = {"v": 2, "pad": "x" * 5000}
-    needed = len(json.dumps(payload, indent=2, sort_keys=True).encode())
+    needed = len(files.json_text(payload).encode())
     with pytest.raises(DiskFullError) as info:
         atomic_write_json(path, payload)
     message = str(info.value)

@@ -7,6 +7,7 @@ import subprocess
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,6 +180,16 @@ def test_per_image_detection_matches_give_the_map_of_any_resample():
         expected = detection_map([preds[i] for i in subset], [targets[i] for i in subset])
         assert map_from_matches([gt[i] for i in subset], [dt[i] for i in subset]) == expected
     assert 0 < expected["map"] < 1
+
+
+def test_a_recorded_score_is_short_and_keeps_the_order_of_neighbouring_float32_scores():
+    from icm_lib.metrics import _shortest
+
+    a = np.float32(0.2588253319263458)
+    neighbours = [np.nextafter(a, np.float32(0)), a, a, np.nextafter(a, np.float32(1))]
+    short = [_shortest(float(x)) for x in neighbours]
+    assert short[0] < short[1] == short[2] < short[3]  # order and the tie kept
+    assert [np.float32(x) for x in short] == neighbours and len(repr(short[1])) <= 10
 
 
 def test_per_image_confusion_counts_give_the_miou_of_any_resample():
