@@ -565,8 +565,11 @@ def table(rows: list[Claim]) -> str:
             else ""
         )
         if v.get("why"):  # an unresolved verdict the interval alone does not explain
-            holm_p = [n.rsplit(": ", 1)[1] for n in c.notes if n.startswith("Holm-adjusted")]
-            extra += f" ({v['why']}{': ' + holm_p[0] if holm_p else ''})"
+            why = [n.rsplit(": ", 1)[1] for n in c.notes if n.startswith("Holm-adjusted")]
+            undefined = sum(x is None for x in c.per_seed.values())
+            if undefined:
+                why.append(f"the estimate is undefined in {undefined} of {len(c.per_seed)} seeds")
+            extra += f" ({': '.join([v['why'], *why])})"
         failed = world_failed(c)
         if failed:
             extra += f"; world check failed: {', '.join(failed)}"
