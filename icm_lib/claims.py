@@ -194,8 +194,14 @@ def rd_claim(
 def _union(boot: dict, seed_iv: dict) -> dict:
     """The verdict's interval: the union of the bootstrap's and the seed-level t-interval (the
     plan's amendment: a percentile bootstrap over a handful of seeds sees few distinct seed sets
-    and is too narrow; the t-interval alone ignores the val images' sampling)."""
+    and is too narrow; the t-interval alone ignores the val images' sampling). A bootstrap that
+    ran and gave no interval (too many undefined replicates: amendment 5) leaves none: the
+    t-interval of the seeds where the estimate happens to be defined would be narrower than
+    what the data say."""
     out = {**boot, "bootstrap": [boot["lo"], boot["hi"]], "t": [seed_iv["lo"], seed_iv["hi"]]}
+    if boot["n_boot"] and boot["lo"] is None:
+        out["lo"] = out["hi"] = None
+        return out
     los = [x for x in (boot["lo"], seed_iv["lo"]) if x is not None]
     his = [x for x in (boot["hi"], seed_iv["hi"]) if x is not None]
     out["lo"], out["hi"] = (min(los), max(his)) if los and his else (None, None)
@@ -569,7 +575,9 @@ def table(rows: list[Claim]) -> str:
             undefined = sum(x is None for x in c.per_seed.values())
             if undefined:
                 why.append(f"the estimate is undefined in {undefined} of {len(c.per_seed)} seeds")
-            extra += f" ({': '.join([v['why'], *why])})"
+            if iv.get("n_boot") and iv.get("undefined"):
+                why.append(f"in {iv['undefined']} of {iv['n_boot']} bootstrap replicates")
+            extra += f" ({v['why']}{': ' + ', '.join(why) if why else ''})"
         failed = world_failed(c)
         if failed:
             extra += f"; world check failed: {', '.join(failed)}"

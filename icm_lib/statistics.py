@@ -154,7 +154,11 @@ def two_level_bootstrap(
     Each replicate draws the seeds with replacement and one image resample (with replacement)
     that every run of the replicate shares, recomputes every point from its per-image records,
     and averages the paired effect over the drawn seeds. A replicate in which the estimator is
-    undefined for every drawn seed is dropped and counted.
+    undefined for every drawn seed is dropped and counted; where more than one tail's share
+    ((1 − confidence) / 2, 2.5 %) of the replicates is dropped, there is no interval
+    (``lo`` = ``hi`` = ``None``): a percentile of the few defined replicates would be an
+    interval conditioned on the rare resamples whose curves happen to rise (analysis plan,
+    amendment 5).
 
     Args:
         anchor_by_seed, test_by_seed: per seed, the curve's points (resamplable, one per λ).
@@ -197,7 +201,7 @@ def two_level_bootstrap(
     alpha = (1 - confidence) / 2
     lo, hi = (
         (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))
-        if values
+        if values and undefined <= alpha * n_boot
         else (None, None)
     )
     return {

@@ -102,8 +102,8 @@ for task in TASKS:
 # schedule and initial codec; only the branch differs. `python -m icm_lib.study --study ablation`
 # trains the same runs and records each in `results/ablation-<profile>.json` with its validation
 # curve; a run recorded there with the same settings is read from the file instead of being
-# trained again — on `cpu` all 24 of them once `results/ablation-cpu.json` is re-run with
-# today's code (at present its run keys are older code's: README), ~1.5 hours of training. Where
+# trained again — on `cpu` all 24 of them (the file was re-run with today's code on 2026-12-01;
+# trained here, they take ~1.5 hours). Where
 # your reference codec trained to other weights than the one the file's runs started from (on a
 # GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
 # computed here; they are then matched by their settings key (every setting, the data, the

@@ -163,6 +163,25 @@ def test_an_interval_that_excludes_zero_but_fails_holm_says_so_in_the_table():
     )
 
 
+def test_a_bootstrap_without_interval_leaves_the_verdict_without_one():
+    import icm_lib.claims as cl
+    from icm_lib.statistics import verdict
+
+    seeds = {"lo": 0.5, "hi": 1.5, "mean": 1.0, "sd": 0.1}  # two defined seeds of three
+    boot = {"estimate": 1.0, "lo": None, "hi": None, "n_boot": 2000, "undefined": 300}
+    iv = cl._union(boot, seeds)
+    assert iv["lo"] is None and iv["hi"] is None and iv["t"] == [0.5, 1.5]
+    v = verdict(iv["lo"], iv["hi"], margin=5.0)
+    row = cl.Claim("x/bd_rate", "seg: a against b", "paper", "bd_rate", {0: 1.0, 1: 1.0, 2: None},
+                   seeds, iv, v, [])  # fmt: skip
+    assert v["verdict"] == "unresolved" and (
+        "(the interval is undefined: the estimate is undefined in 1 of 3 seeds, "
+        "in 300 of 2000 bootstrap replicates)" in cl.table([row])
+    )
+    ran = cl._union({**boot, "lo": 0.8, "hi": 1.2}, seeds)  # a bootstrap interval: the union
+    assert (ran["lo"], ran["hi"]) == (0.5, 1.5)
+
+
 def test_claims_read_the_profiles_files(tmp_path):
     (tmp_path / "analysis-plan.json").write_text(
         (ROOT / "results" / "analysis-plan.json").read_text()

@@ -97,6 +97,34 @@ def test_two_level_bootstrap_seed_level_by_hand():
     assert out["per_seed"] == pytest.approx({0: 1.0, 1: 3.0})
 
 
+def test_two_level_bootstrap_gives_no_interval_where_many_replicates_are_undefined():
+    """Seed 1's effect is undefined: a replicate that draws only seed 1 (two seeds: 1 in 4) is
+    dropped. A quarter of the replicates dropped leaves no interval (more than the 2.5 % of a
+    tail); one undefined seed of eight is drawn alone almost never, and the interval stands."""
+    n = 20
+    bits = np.full(n, 50.0)
+
+    def curves(effects):
+        anchor = {s: [Point(bits, np.zeros(n)), Point(bits * 4, np.ones(n))] for s in effects}
+        test = {
+            s: [Point(bits, np.zeros(n) + d), Point(bits * 4, np.ones(n) + d)]
+            for s, d in effects.items()
+        }
+        return anchor, test
+
+    def estimator(a, t):  # undefined where the effect is 3
+        d = equal_rate_delta(a, t)
+        return None if d > 2 else d
+
+    out = two_level_bootstrap(*curves({0: 1.0, 1: 3.0}), estimator, n_boot=2000, seed=1)
+    assert out["estimate"] == pytest.approx(1.0) and out["per_seed"][1] is None
+    assert out["undefined"] == pytest.approx(500, abs=60)
+    assert out["lo"] is None and out["hi"] is None
+    eight = {s: 1.0 + 0.1 * s for s in range(7)} | {7: 3.0}
+    out = two_level_bootstrap(*curves(eight), estimator, n_boot=500, seed=1)
+    assert out["undefined"] == 0 and out["lo"] < out["estimate"] < out["hi"]
+
+
 def test_two_level_bootstrap_image_level():
     """One seed, test = anchor + e_i per image with mean(e) = 0: the estimate is 0 and only the
     image level makes the interval wide; with the same images for anchor and test, a constant
