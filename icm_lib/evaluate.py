@@ -326,6 +326,35 @@ def study_agreement(runs: list[dict], study_curves: dict, task: str) -> list[dic
     return rows
 
 
+def gan_agreement(runs: list, recorded: dict) -> list[dict]:
+    """This session's PatchGAN finetunings (:class:`~icm_lib.results.GanRecord`) against the
+    PatchGAN study's of the same baseline run, preset and seed (``recorded``:
+    :func:`~icm_lib.study.recorded_finetunings`, empty where the file was made with other
+    finetuning settings): equal on the machine that ran the study, float noise elsewhere. One
+    row per run the study holds, the codec after finetuning compared."""
+    rows = []
+    for r in runs:
+        theirs = recorded.get((r.base_run_key, r.preset, r.seed))
+        if theirs is None:
+            continue
+        mine, study = r.after, theirs.after
+        keys = ("bpp", "psnr", "checkerboard", "metric")
+        rows.append(
+            {
+                "preset": r.preset,
+                "seed": r.seed,
+                **{k: getattr(mine, k) for k in keys},
+                **{f"{k}_study": getattr(study, k) for k in keys},
+                "max_abs_difference": max(
+                    abs(getattr(mine, k) - getattr(study, k))
+                    for k in keys
+                    if getattr(mine, k) is not None and getattr(study, k) is not None
+                ),
+            }
+        )
+    return rows
+
+
 def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
     """Mean and the half-width of its Student-t confidence interval over the finite values;
     an undefined one (no value; one value's interval) is ``None`` with the reason in

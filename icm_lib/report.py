@@ -54,6 +54,16 @@ def fmt_agreement(row: dict, metric: str) -> str:
     )
 
 
+def fmt_gan_agreement(row: dict, metric: str) -> str:
+    """A row of :func:`~icm_lib.evaluate.gan_agreement` as one line."""
+    return (
+        f"{row['preset']} seed {row['seed']}: here PSNR {row['psnr']:.2f} dB, checkerboard "
+        f"{row['checkerboard']:.4f}, {metric} {row['metric']:.4f} | study {row['psnr_study']:.2f} "
+        f"dB, {row['checkerboard_study']:.4f}, {row['metric_study']:.4f} "
+        f"(max |difference| {row['max_abs_difference']:.2g})"
+    )
+
+
 def recorded_study(results_dir: str | Path, profile) -> dict | None:
     """Iino et al.'s study file of ``profile`` (``results/study-<name>.json``) as the notebooks
     read it, or ``None`` when it is absent or was written for other codec-training settings

@@ -177,6 +177,24 @@ for name, e in rows.items():
     )
 print(f"paper: checkerboards removed at {-1.6:+.1f} % relative task score (full)")
 
+# %% [markdown]
+# The same finetunings of the same baseline are in the PatchGAN study's file
+# (`results/gan-<profile>.json`) where it was made with these settings: each should land on its
+# recorded run exactly on the machine that ran the study, and within float noise elsewhere.
+
+# %%
+from icm_lib.evaluate import gan_agreement
+from icm_lib.report import fmt_gan_agreement
+from icm_lib.results import GanFile
+from icm_lib.study import recorded_finetunings
+
+recorded = recorded_finetunings(GanFile.path(RESULTS_DIR, profile.name), profile)
+agreement = gan_agreement([point.run for point in points.values()], recorded)
+for row in agreement:
+    print(fmt_gan_agreement(row, m))
+if not agreement:
+    print(f"results/gan-{profile.name}.json holds none of these finetunings (other settings?)")
+
 # %%
 from icm_lib.evaluate import summary_point
 
@@ -200,6 +218,7 @@ record = {
         for p, r in runs.items()
     },
     "example_checkerboard": scores,
+    "agreement_with_study": agreement,
 }
 print(S.record(record))
 

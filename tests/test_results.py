@@ -144,6 +144,36 @@ def test_an_evaluation_of_an_older_format_is_recomputed_not_misread(tmp_path):
     assert load_or_evaluate(path, lambda: pytest.fail("recomputed")) == fresh
 
 
+def test_gan_agreement_compares_the_same_baselines_finetuning_and_says_how_far():
+    from icm_lib.evaluate import gan_agreement
+    from icm_lib.report import fmt_gan_agreement
+
+    def gan(preset, seed, base, **after):
+        return GanRecord(
+            "seg", 0.5, seed, preset, None, 3.0, [], before=_point(),
+            after=_point(curve=f"patchgan-{preset}", **after), base_run_key=base,
+        )  # fmt: skip
+
+    recorded = {
+        ("seg-baseline-seed0-k", "full", 0): gan("full", 0, "seg-baseline-seed0-k", psnr=23.0),
+        ("seg-baseline-seed0-k", "no-adv", 0): gan("no-adv", 0, "seg-baseline-seed0-k"),
+    }
+    here = [
+        gan("full", 0, "seg-baseline-seed0-k", psnr=23.25, checkerboard=0.14),  # differs
+        gan("no-adv", 0, "seg-baseline-seed0-k"),  # the same numbers
+        gan("limited", 0, "seg-baseline-seed0-k"),  # not in the file
+        gan("full", 0, "seg-baseline-seed0-other"),  # another baseline
+    ]
+    rows = gan_agreement(here, recorded)
+    assert [(r["preset"], r["seed"]) for r in rows] == [("full", 0), ("no-adv", 0)]
+    assert rows[0]["max_abs_difference"] == pytest.approx(0.25)
+    assert (rows[0]["psnr"], rows[0]["psnr_study"]) == (23.25, 23.0)
+    assert rows[1]["max_abs_difference"] == 0
+    line = fmt_gan_agreement(rows[0], "miou")
+    assert line.startswith("full seed 0: here PSNR 23.25 dB") and "(max |difference| 0.25)" in line
+    assert gan_agreement(here, {}) == []
+
+
 # ------------------------------------------------------------------ per-image data
 def _random_detections(n_images, seed):
     g = torch.Generator().manual_seed(seed)
