@@ -266,12 +266,14 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
     """A page per results file of ``profile`` (its figures beside it, its tables from
     ``icm_lib.report``), and the declared analysis plan. Returns the page names."""
     from icm_lib import report
-    from icm_lib.results import REGENERATE, AblationFile, GanFile, StudyFile
+    from icm_lib.claims import Claim
+    from icm_lib.claims import table as claims_table
+    from icm_lib.results import REGENERATE, AblationFile, ClaimsFile, GanFile, StudyFile
 
     out = src / "studies"
     out.mkdir()
     pages = []
-    readers = {"study": StudyFile, "ablation": AblationFile, "gan": GanFile}
+    readers = {"study": StudyFile, "ablation": AblationFile, "gan": GanFile, "claims": ClaimsFile}
     for kind in REGENERATE:
         path = results / f"{kind}-{profile}.json"
         if not path.is_file():
@@ -281,13 +283,26 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
         if kind in readers:
             d = readers[kind].read(path)
             lines += _provenance_lines(d, path, REGENERATE[kind].format(profile=profile))
-            tables = report.file_tables(d)
+            if kind == "claims":  # the verdicts as the README shows them
+                tables = [claims_table([Claim.from_json(c) for c in d.claims])]
+            else:
+                tables = report.file_tables(d)
             if kind == "gan":
                 figures.append(_gan_figure(d, out / f"{path.stem}-changes.png"))
         else:  # a kind without a table here: its fields besides the runs
             data = json.loads(path.read_text())
             shown = {k: v for k, v in data.items() if k not in ("runs", "run_keys")}
-            tables = ["```json", json.dumps(shown, indent=1)[:20_000], "```"]
+            text = json.dumps(shown, indent=1)
+            tables = (
+                ["```json", text, "```"]
+                if len(text) <= 20_000  # a cut JSON text would not lex as JSON: shown as text
+                else [
+                    f"(the first 20,000 of {len(text):,} characters)",
+                    "```text",
+                    text[:20_000],
+                    "```",
+                ]
+            )
         for fig in figures:
             if fig.parent != out:
                 shutil.copy2(fig, out / fig.name)
