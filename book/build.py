@@ -266,8 +266,6 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
     """A page per results file of ``profile`` (its figures beside it, its tables from
     ``icm_lib.report``), and the declared analysis plan. Returns the page names."""
     from icm_lib import report
-    from icm_lib.claims import Claim
-    from icm_lib.claims import table as claims_table
     from icm_lib.results import REGENERATE, AblationFile, ClaimsFile, GanFile, StudyFile
 
     out = src / "studies"
@@ -283,10 +281,7 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
         if kind in readers:
             d = readers[kind].read(path)
             lines += _provenance_lines(d, path, REGENERATE[kind].format(profile=profile))
-            if kind == "claims":  # the verdicts as the README shows them
-                tables = [claims_table([Claim.from_json(c) for c in d.claims])]
-            else:
-                tables = report.file_tables(d)
+            tables = report.file_tables(d)
             if kind == "gan":
                 figures.append(_gan_figure(d, out / f"{path.stem}-changes.png"))
         else:  # a kind without a table here: its fields besides the runs

@@ -17,7 +17,15 @@ from pathlib import Path
 from .evaluate import curves, mean_curve
 from .files import atomic_write_bytes
 from .profiles import PROFILES
-from .results import PAPERS, AblationFile, GanFile, StudyFile, WorldFile, profiles_with_studies
+from .results import (
+    PAPERS,
+    AblationFile,
+    ClaimsFile,
+    GanFile,
+    StudyFile,
+    WorldFile,
+    profiles_with_studies,
+)
 
 
 def fmt_mean_ci(row: dict, digits: int = 1, unit: str = "", signed: bool = True) -> str:
@@ -211,8 +219,12 @@ def world_table(world: WorldFile) -> list[str]:
     return lines
 
 
-def file_tables(file: StudyFile | AblationFile | GanFile) -> list[str]:
+def file_tables(file: StudyFile | AblationFile | GanFile | ClaimsFile) -> list[str]:
     """The README's markdown tables of one results file (the book's study pages use them)."""
+    if isinstance(file, ClaimsFile):  # the verdicts as the README shows them
+        from .claims import Claim, table
+
+        return [table([Claim.from_json(c) for c in file.claims])]
     if isinstance(file, StudyFile):
         return _bd_rate_table(file) + _front_table(file) + _rd_point_table(file) + _undefined(file)
     if isinstance(file, AblationFile):

@@ -188,12 +188,12 @@ from icm_lib.report import fmt_gan_agreement
 from icm_lib.results import GanFile
 from icm_lib.study import recorded_finetunings
 
-recorded = recorded_finetunings(GanFile.path(RESULTS_DIR, profile.name), profile)
-agreement = gan_agreement([point.run for point in points.values()], recorded)
+gan_file = GanFile.path(RESULTS_DIR, profile.name)
+agreement = gan_agreement([p.run for p in points.values()], recorded_finetunings(gan_file, profile))
 for row in agreement:
     print(fmt_gan_agreement(row, m))
 if not agreement:
-    print(f"results/gan-{profile.name}.json holds none of these finetunings (other settings?)")
+    print(f"{gan_file} holds none of these finetunings (absent, or other settings)")
 
 # %%
 from icm_lib.evaluate import summary_point
