@@ -317,10 +317,13 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
 
 
 def _provenance_lines(d, path: Path, command: str) -> list[str]:
+    from icm_lib.results import code_changed
+
     sha = (d.commit or {}).get("sha") or "unknown"
+    tree = {True: ", with changes to the code", False: "", None: ""}[code_changed(d.commit)]
     lines = [
         f"From `results/{path.name}` (profile `{d.profile}`, seeds {d.seeds}, created "
-        f"{d.created}, code {sha[:10]}); regenerate with `{command}`.",
+        f"{d.created}, code {sha[:10]}{tree}); regenerate with `{command}`.",
         "",
     ]
     if d.reproduced_by_current_code is False:

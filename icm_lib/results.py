@@ -388,10 +388,12 @@ class GanRecord:
 
 # ---------------------------------------------------------------------------------- files
 def code_commit() -> dict:
-    """``{"sha": git HEAD, "dirty": tracked files changed}`` of the code beside this module
-    (``None`` values with ``why`` when it is not a git checkout), read once per process, when
-    this module is imported: a study that runs for hours and writes its file after every run
-    records the code it runs, not a commit made meanwhile."""
+    """``{"sha": git HEAD, "dirty": tracked files changed, "changed": their paths}`` of the
+    code beside this module (``None`` values with ``why`` when it is not a git checkout), read
+    once per process, when this module is imported: a study that runs for hours and writes its
+    file after every run records the code it runs, not a commit made meanwhile. ``changed``
+    (at most :data:`CHANGED_SHOWN` paths, then ``"..."``) tells a tree dirty only in
+    ``results/`` -- a study's own partial file -- from changed code."""
     return dict(_process_commit())
 
 
@@ -411,8 +413,27 @@ def _process_commit() -> dict:
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         return {"sha": None, "dirty": None, "why": f"no git checkout ({exc})"}
-    return {"sha": sha, "dirty": bool(status.strip())}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    if len(changed) > CHANGED_SHOWN:
+        changed = [*changed[:CHANGED_SHOWN], "..."]
+    return {"sha": sha, "dirty": bool(changed), "changed": changed}
 
+
+def code_changed(commit: dict | None) -> bool | None:
+    """Whether a file's ``commit`` ran on changed code: a dirty tree with a changed path outside
+    ``results/`` (``None`` where unknown: no git, or a file from before ``changed`` was
+    recorded and dirty)."""
+    if not commit or commit.get("dirty") is None:
+        return None
+    if not commit["dirty"]:
+        return False
+    if "changed" not in commit:
+        return None
+    return any(not path.startswith("results/") for path in commit["changed"])
+
+
+#: the changed paths a file's ``commit`` lists at most
+CHANGED_SHOWN = 20
 
 _process_commit()  # the code this process runs (see code_commit)
 

@@ -97,6 +97,17 @@ def test_a_file_records_the_commit_its_process_started_with(monkeypatch):
     assert results.code_commit() == first
 
 
+def test_a_commit_tells_changed_code_from_a_studys_own_partial_files():
+    assert set(results.code_commit()) >= {"sha", "dirty", "changed"}
+    clean = {"sha": "a", "dirty": False, "changed": []}
+    own = {"sha": "a", "dirty": True, "changed": ["results/study-cpu.json"]}
+    code = {"sha": "a", "dirty": True, "changed": ["results/study-cpu.json", "icm_lib/codec.py"]}
+    older = {"sha": "a", "dirty": True}  # written before the paths were recorded
+    assert [results.code_changed(c) for c in (clean, own, code, older, None)] == [
+        False, False, True, None, None,
+    ]  # fmt: skip
+
+
 def test_records_round_trip_and_plain_views():
     for point in (_point("seg"), _point("det", scores={"map_50": 0.7})):
         assert RDPoint.from_json(json.loads(json.dumps(asdict(point)))) == point
