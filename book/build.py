@@ -320,7 +320,7 @@ def _provenance_lines(d, path: Path, command: str) -> list[str]:
     from icm_lib.results import code_changed
 
     sha = (d.commit or {}).get("sha") or "unknown"
-    tree = {True: ", with changes to the code", False: "", None: ""}[code_changed(d.commit)]
+    tree = ", with changes to the code" if code_changed(d.commit) else ""
     lines = [
         f"From `results/{path.name}` (profile `{d.profile}`, seeds {d.seeds}, created "
         f"{d.created}, code {sha[:10]}{tree}); regenerate with `{command}`.",

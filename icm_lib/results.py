@@ -387,6 +387,10 @@ class GanRecord:
 
 
 # ---------------------------------------------------------------------------------- files
+#: the changed paths a file's ``commit`` lists at most (then ``"..."``)
+CHANGED_SHOWN = 20
+
+
 def code_commit() -> dict:
     """``{"sha": git HEAD, "dirty": tracked files changed, "changed": their paths}`` of the
     code beside this module (``None`` values with ``why`` when it is not a git checkout), read
@@ -429,11 +433,11 @@ def code_changed(commit: dict | None) -> bool | None:
         return False
     if "changed" not in commit:
         return None
-    return any(not path.startswith("results/") for path in commit["changed"])
+    listed = [path for path in commit["changed"] if path != "..."]
+    if any(not path.startswith("results/") for path in listed):
+        return True
+    return None if len(listed) < len(commit["changed"]) else False  # "...": not all listed
 
-
-#: the changed paths a file's ``commit`` lists at most
-CHANGED_SHOWN = 20
 
 _process_commit()  # the code this process runs (see code_commit)
 

@@ -103,8 +103,10 @@ def test_a_commit_tells_changed_code_from_a_studys_own_partial_files():
     own = {"sha": "a", "dirty": True, "changed": ["results/study-cpu.json"]}
     code = {"sha": "a", "dirty": True, "changed": ["results/study-cpu.json", "icm_lib/codec.py"]}
     older = {"sha": "a", "dirty": True}  # written before the paths were recorded
-    assert [results.code_changed(c) for c in (clean, own, code, older, None)] == [
-        False, False, True, None, None,
+    cut = {"sha": "a", "dirty": True, "changed": ["results/a.json", "..."]}  # more not listed
+    cut_code = {"sha": "a", "dirty": True, "changed": ["icm_lib/codec.py", "..."]}
+    assert [results.code_changed(c) for c in (clean, own, code, older, None, cut, cut_code)] == [
+        False, False, True, None, None, None, True,
     ]  # fmt: skip
 
 
