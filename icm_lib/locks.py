@@ -231,7 +231,8 @@ class RunLock:
         Raises:
             RunLockedError: still held by a live process after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
         told = False
         while not self._try_create():
             holder, raw, mtime = self.read(self.path)
@@ -248,7 +249,9 @@ class RunLock:
                     "again (the run then loads its result), or, if that process is gone without "
                     "this machine being able to tell (another node), delete the lock file"
                 )
-            if not told:
+            # A lock file caught between its creation and its first write names nobody yet:
+            # the message waits for the holder's name (unless it stays unreadable for seconds).
+            if not told and (holder is not None or time.monotonic() - start > 5 * self.poll):
                 print(
                     f"[icm_lib] {self.what} is being written by {self.describe(holder)}; "
                     f"waiting up to {self.timeout / 60:.0f} min for it (lock file {self.path})",

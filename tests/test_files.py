@@ -326,6 +326,39 @@ def test_a_held_lock_names_its_holder(tmp_path):
     assert not path.exists()
 
 
+def test_a_waiter_names_the_holder_even_when_it_sees_the_lock_before_its_first_write(
+    tmp_path, monkeypatch, capsys
+):
+    """A lock file is created, then written: a waiter that reads it in between (the race the
+    two-writer test hit on CI) says who holds it once it can, not 'a process creating it'."""
+    path = tmp_path / "writer.lock"
+    path.touch()  # created, not written yet
+    holder = {"pid": 1, "host": "node-17", "machine": "node-17/x", "started": time.time()}
+    reads = []
+    original = RunLock.read
+
+    def read(p):  # the holder writes its JSON after the first look, leaves after the second
+        seen = original(p)
+        reads.append(seen[0])
+        if len(reads) == 1:
+            path.write_text(json.dumps(holder))
+        elif len(reads) == 2:
+            path.unlink()
+        return seen
+
+    monkeypatch.setattr(RunLock, "read", staticmethod(read))
+    RunLock(path, timeout=60, poll=0.2).acquire().release()
+    assert reads[:2] == [None, holder]
+    err = capsys.readouterr().err
+    assert "is being written by pid 1 on host node-17" in err and "creating the lock" not in err
+
+    path.touch()  # and one that stays unreadable is reported after a few polls, not silently
+    monkeypatch.setattr(RunLock, "read", staticmethod(original))
+    with pytest.raises(RunLockedError, match="creating the lock"):
+        RunLock(path, timeout=0.5, poll=0.05).acquire()
+    assert "is being written by a process that is creating the lock" in capsys.readouterr().err
+
+
 def _in_child(work) -> int:
     """Run ``work()`` in a forked child process (no new interpreter: no import time); return
     the child's exit status as ``subprocess`` gives it (negative: killed by that signal).
