@@ -17,7 +17,7 @@ and the command line share every run they have in common.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from .losses import ICMObjective, mse_objective
 from .metrics import bpp_from_likelihoods, psnr
 from .profiles import Profile, TrainConfig
 from .pseudo_labels import cached
-from .recognition import load_or_train
+from .recognition import load_or_train_task
 from .results import RDPoint, RunRecord
 from .runtime import Distributed, data_key, keyed_path, seed_everything, state_fingerprint
 from .tasks import DETECTION, TASKS, Task, get_task
@@ -206,21 +206,45 @@ def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> RunR
     )
 
 
+class Recognizers(Mapping):
+    """Task name -> what one part of ``load(task name)`` gives (``part`` 0: the frozen
+    recognizer, 1: its report), each task loaded -- or trained -- the first time it is asked
+    for: a study of one task never waits for the other task's recognizer. The views of one
+    ``loaded`` dict share what they load."""
+
+    def __init__(self, load, part: int, loaded: dict):
+        self._load, self._part, self._loaded = load, part, loaded
+
+    def __getitem__(self, name: str):
+        if name not in TASKS:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name][self._part]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TASKS)
+
+    def __len__(self) -> int:
+        return len(TASKS)
+
+
 @dataclass
 class Experiment:
     """A profile's data, frozen machines and reference codec (see the module docstring).
 
     Attributes:
-        machines: the frozen recognizers by task name (``det``, ``seg``).
-        reports: their training / validation reports by task name.
+        machines: the frozen recognizers by task name (``det``, ``seg``); a task that
+            :meth:`prepare` did not load is loaded (or trained) when first asked for.
+        reports: their training / validation reports by task name (loaded the same way).
         reference: the codec every run starts from (CompressAI's pretrained cheng2020-attn in
             ``paper``; notebook 00's MSE codec in ``cpu``).
     """
 
     profile: Profile
     datasets: Datasets
-    machines: dict
-    reports: dict
+    machines: Mapping
+    reports: Mapping
     reference: ICMCodec
     reference_log: list[dict]
     cache_dir: Path
@@ -236,16 +260,30 @@ class Experiment:
         device: torch.device,
         progress: bool = True,
         dist: Distributed | None = None,
+        tasks: Iterable[str] | None = None,
     ) -> Experiment:
-        """Datasets, both frozen recognizers and the reference codec (load-or-compute). Under
-        torchrun, rank 0 builds what is missing while the others wait, then all load it."""
+        """Datasets, the frozen recognizers and the reference codec (load-or-compute). Under
+        torchrun, rank 0 builds what is missing while the others wait, then all load it.
+
+        Args:
+            tasks: the recognizers to load (or train) now (default: both); another task's is
+                loaded when first used (single process only: under torchrun every task is
+                loaded here, so that no rank waits alone).
+        """
         dist = dist or Distributed(device)
         cache_dir = Path(data_dir) / "cache"
         shown = progress and dist.is_main
         if not dist.is_main:
             dist.barrier()
         datasets = get_datasets(profile.data, data_dir, progress=shown)
-        det, seg, reports = load_or_train(profile, datasets, cache_dir, device, shown)
+
+        def load(task: str):
+            return load_or_train_task(task, profile, datasets, cache_dir, device, shown)
+
+        loaded = {
+            get_task(t).name: load(get_task(t).name)
+            for t in (TASKS if tasks is None or dist.enabled else tasks)
+        }
         reference, log = load_or_train_reference_codec(
             profile, datasets, cache_dir, device, shown, Distributed.local(device)
         )
@@ -254,8 +292,8 @@ class Experiment:
         return cls(
             profile,
             datasets,
-            {"det": det, "seg": seg},
-            reports,
+            Recognizers(load, 0, loaded),
+            Recognizers(load, 1, loaded),
             reference,
             log,
             cache_dir,
@@ -279,7 +317,7 @@ class Experiment:
             self.datasets.train(task).num_classes,
             profile.icm.branch_width,
             profile.recognition.sampling(),
-            machine=self.machine(task),
+            machine=self.machine(task) if variant == "aux-task" else None,
         )
 
     # ------------------------------------------------------------------ codecs for machines

@@ -306,7 +306,8 @@ def run_job(spec: JobSpec) -> dict:
             f"{dist.device}, process {dist.rank + 1} of {dist.world_size})",
             flush=True,
         )
-        exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist)
+        # the recognizers this run uses load when it first asks (all of them under torchrun)
+        exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist, tasks=())
         if not dist.is_main:  # the other processes train with rank 0, which then evaluates
             if spec.call.kind == "point":
                 exp.icm_run(**_point_training(exp, spec.call.args))

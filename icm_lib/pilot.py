@@ -168,7 +168,7 @@ def run_pilot(
             f"profile {profile.name!r} declares no pilot grid (profile.pilot): the pilot is for "
             "profiles whose λ are chosen by it, e.g. cpu-patterns"
         )
-    exp = Experiment.prepare(profile, data_dir, get_device(), progress)
+    exp = Experiment.prepare(profile, data_dir, get_device(), progress, tasks=tasks)
     path = PilotFile.path(results_dir, profile.name)
     runs: list[RunRecord] = []
 

@@ -92,7 +92,7 @@ def run_study(
     from . import plots
 
     t_start = time.perf_counter()
-    exp = Experiment.prepare(profile, data_dir, device, progress)
+    exp = Experiment.prepare(profile, data_dir, device, progress, tasks=tasks)
     out_json = StudyFile.path(results_dir, profile.name)
     # what an earlier invocation recorded: this file's runs, and the pilot's (its runs are
     # the study's seed-0 baselines)
@@ -260,7 +260,7 @@ def run_ablation_study(
     from . import plots
 
     t_start = time.perf_counter()
-    exp = Experiment.prepare(profile, data_dir, device, progress)
+    exp = Experiment.prepare(profile, data_dir, device, progress, tasks=tasks)
     out_json = AblationFile.path(results_dir, profile.name)
     recorded = recorded_rows(out_json)
 
@@ -440,7 +440,7 @@ def run_gan_study(
     (``launch``: as :func:`run_study`; each seed's baseline codec is a job of its own that its
     finetunings wait for)."""
     t_start = time.perf_counter()
-    exp = Experiment.prepare(profile, data_dir, device, progress)
+    exp = Experiment.prepare(profile, data_dir, device, progress, tasks=[gan_base(profile)[0]])
     out_json = GanFile.path(results_dir, profile.name)
     calls = study_calls("gan", profile, seeds)
     recorded = recorded_finetunings(out_json, profile)

@@ -158,6 +158,33 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
         Distributed(torch.device("cuda"))
 
 
+def test_a_study_of_one_task_loads_only_that_tasks_recognizer(smoke_env, tmp_path):
+    """``prepare(tasks=["seg"])`` (what a segmentation-only study asks for) does not load or
+    train the detector: with only the segmenter in the cache it prepares inside
+    ``cached_only``, runs the MSE reference curve scored on segmentation (an MSE run keyed under
+    detection), and the detector is asked for -- and missed -- only when something uses it."""
+    from icm_lib.errors import NotCachedError
+    from icm_lib.experiment import Experiment
+    from icm_lib.runtime import cached_only
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_env.cache_dir.parent / "embedded", data / "embedded")
+    shutil.copytree(smoke_env.cache_dir, data / "cache", ignore=shutil.ignore_patterns("icm"))
+    for path in (data / "cache").glob("detector-*"):
+        path.unlink()
+    cpu = torch.device("cpu")
+    with cached_only("make tutorial PROFILE=smoke"):
+        exp = Experiment.prepare(smoke_env.profile, data, cpu, False, tasks=["seg"])
+        assert set(exp.machines) == {"det", "seg"}  # both named, one loaded
+        assert exp.machines["seg"] is not None and "seg" in exp.reports
+    lmbda = smoke_env.profile.icm.mse_lambdas[0]
+    point = exp.point("det", "mse", lmbda, 0, eval_tasks=("seg",), steps=2)  # trains, briefly
+    assert [p.task for p in point.run.points] == ["seg"]
+    assert not list((data / "cache").glob("detector-*"))  # neither loaded nor trained
+    with cached_only("make tutorial PROFILE=smoke"), pytest.raises(NotCachedError, match="recogn"):
+        exp.machines["det"]  # noqa: B018 (first use: it would be trained here)
+
+
 def test_cached_only_loads_what_is_cached_and_trains_nothing(smoke_env, tmp_path):
     """Inside ``cached_only`` a cached experiment loads as usual, while a recognizer or a codec
     run that is not cached raises NotCachedError naming the command, and nothing is written."""

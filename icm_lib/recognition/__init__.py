@@ -15,7 +15,7 @@ from .build import build_recognizer
 from .detection import FrozenDetector, build_detector
 from .evaluation import evaluate_detection, evaluate_segmentation
 from .segmentation import FrozenSegmenter, build_segmenter
-from .training import load_or_train
+from .training import load_or_train, load_or_train_task
 
 __all__ = [
     "FrozenDetector",
@@ -26,4 +26,5 @@ __all__ = [
     "evaluate_detection",
     "evaluate_segmentation",
     "load_or_train",
+    "load_or_train_task",
 ]

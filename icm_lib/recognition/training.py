@@ -24,7 +24,7 @@ from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
 from ..profiles import RecognitionConfig
 from ..runtime import data_key, keyed_path, mix_seed, refuse_training, seed_everything, tqdm
-from ..tasks import DETECTION, SEGMENTATION
+from ..tasks import DETECTION, SEGMENTATION, get_task
 from .build import build_recognizer
 from .detection import FrozenDetector
 from .evaluation import evaluate_detection, evaluate_segmentation
@@ -428,6 +428,23 @@ def load_or_train_segmenter(
     )
 
 
+def load_or_train_task(task, profile, datasets, cache_dir, device, progress: bool = True):
+    """The frozen recognizer of one task (``det``: the detector, ``seg``: the segmenter) and its
+    report, trained once on ``datasets`` and cached in ``cache_dir``."""
+    task = get_task(task)
+    train = load_or_train_detector if task is DETECTION else load_or_train_segmenter
+    return train(
+        profile.recognition,
+        datasets.train(task),
+        datasets.val(task),
+        profile.data.train_crop,
+        cache_dir,
+        device,
+        seed=profile.data.seed,
+        progress=progress,
+    )
+
+
 def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
     """Both frozen tasks for a profile, trained once on ``datasets`` and cached in ``cache_dir``.
 
@@ -435,25 +452,8 @@ def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
         ``(FrozenDetector, FrozenSegmenter, {"det": report, "seg": report})``; each report has the
         val metric, training seconds and loss log.
     """
-    crop = profile.data.train_crop
-    det, det_report = load_or_train_detector(
-        profile.recognition,
-        datasets.det_train,
-        datasets.det_val,
-        crop,
-        cache_dir,
-        device,
-        seed=profile.data.seed,
-        progress=progress,
-    )
-    seg, seg_report = load_or_train_segmenter(
-        profile.recognition,
-        datasets.seg_train,
-        datasets.seg_val,
-        crop,
-        cache_dir,
-        device,
-        seed=profile.data.seed,
-        progress=progress,
+    det, det_report = load_or_train_task(DETECTION, profile, datasets, cache_dir, device, progress)
+    seg, seg_report = load_or_train_task(
+        SEGMENTATION, profile, datasets, cache_dir, device, progress
     )
     return det, seg, {"det": det_report, "seg": seg_report}
