@@ -1,7 +1,8 @@
 """The experiment layer: what every notebook, study, command line and benchmark starts from.
 
-An :class:`Experiment` is a profile made concrete: its datasets, both frozen recognizers and the
-human-viewing reference codec, each load-or-compute under ``<data_dir>/cache``::
+An :class:`Experiment` is a profile made concrete: its datasets, the frozen recognizers (each
+loaded when first used, or up front) and the human-viewing reference codec, each load-or-compute
+under ``<data_dir>/cache``::
 
     exp = Experiment.prepare(get_profile("cpu"), "data", device)
     exp.datasets.train("det"), exp.machine("seg"), exp.reference
@@ -34,7 +35,14 @@ from .profiles import Profile, TrainConfig
 from .pseudo_labels import cached
 from .recognition import load_or_train_task
 from .results import RDPoint, RunRecord
-from .runtime import Distributed, data_key, keyed_path, seed_everything, state_fingerprint
+from .runtime import (
+    Distributed,
+    data_key,
+    keyed_path,
+    rng_kept,
+    seed_everything,
+    state_fingerprint,
+)
 from .tasks import DETECTION, TASKS, Task, get_task
 from .trainer import train_codec
 
@@ -210,7 +218,10 @@ class Recognizers(Mapping):
     """Task name -> what one part of ``load(task name)`` gives (``part`` 0: the frozen
     recognizer, 1: its report), each task loaded -- or trained -- the first time it is asked
     for: a study of one task never waits for the other task's recognizer. The views of one
-    ``loaded`` dict share what they load."""
+    ``loaded`` dict share what they load. A load leaves the random generators where they were
+    (:func:`~icm_lib.runtime.rng_kept`): it may happen inside a run (an ``aux-task`` branch asks
+    for its recognizer after the run's seed is set), and must not change what the run draws.
+    ``in`` and ``len`` load nothing."""
 
     def __init__(self, load, part: int, loaded: dict):
         self._load, self._part, self._loaded = load, part, loaded
@@ -219,8 +230,12 @@ class Recognizers(Mapping):
         if name not in TASKS:
             raise KeyError(name)
         if name not in self._loaded:
-            self._loaded[name] = self._load(name)
+            with rng_kept():
+                self._loaded[name] = self._load(name)
         return self._loaded[name][self._part]
+
+    def __contains__(self, name: object) -> bool:
+        return name in TASKS
 
     def __iter__(self) -> Iterator[str]:
         return iter(TASKS)
@@ -267,8 +282,8 @@ class Experiment:
 
         Args:
             tasks: the recognizers to load (or train) now (default: both); another task's is
-                loaded when first used (single process only: under torchrun every task is
-                loaded here, so that no rank waits alone).
+                loaded when first used. Under torchrun name every task the run uses: only what
+                is loaded here is built by rank 0 while the other ranks wait.
         """
         dist = dist or Distributed(device)
         cache_dir = Path(data_dir) / "cache"
@@ -281,8 +296,7 @@ class Experiment:
             return load_or_train_task(task, profile, datasets, cache_dir, device, shown)
 
         loaded = {
-            get_task(t).name: load(get_task(t).name)
-            for t in (TASKS if tasks is None or dist.enabled else tasks)
+            get_task(t).name: load(get_task(t).name) for t in (TASKS if tasks is None else tasks)
         }
         reference, log = load_or_train_reference_codec(
             profile, datasets, cache_dir, device, shown, Distributed.local(device)
@@ -554,7 +568,7 @@ class Experiment:
 
         Args:
             eval_tasks: tasks whose val sets score the codec (default: ``task`` only; the MSE
-                reference is scored on both).
+                reference curve of :meth:`grid` is scored on the grid's tasks).
             roi: also evaluate the ROI baseline (QF ``profile.icm.roi_qf``) on detection.
         """
         task = get_task(task)
@@ -616,7 +630,7 @@ class Experiment:
         lambdas: dict[str, tuple[float, ...]] | None = None,
     ) -> Iterator[RunPoint]:
         """Train-or-load and evaluate Iino et al.'s grid, yielding each :class:`RunPoint` in turn:
-        the MSE reference curve (``mse_seed``, scored on every task) first, then per seed,
+        the MSE reference curve (``mse_seed``, scored on each of ``tasks``) first, then per seed,
         task, variant and λ (with the ROI evaluation of the detection baselines). The study and
         notebooks 01-02 walk the same grid, so they share their runs; ``lambdas`` (task name ->
         λ) walks part of it (:meth:`tutorial_grid`)."""

@@ -10,8 +10,8 @@ slurm`` make each run a job::
 
       the study (this process)                     a job (one per run)
       ─────────────────────────                    ─────────────────────────────────────────
-      Experiment.prepare: caches, run keys
-      each run: done? running? else submit ──────► Experiment.prepare (loads the caches)
+      Experiment.prepare: its tasks' caches, keys
+      each run: done? running? else submit ──────► Experiment.prepare (loads what it uses)
         (at most --workers at once: pool)          compute(exp, call): Experiment.point /
       status line: done / running / failed           ablation_point / gan_point, load-or-
         (a failed run with its log's path)           compute on the run key, like the
@@ -209,6 +209,20 @@ def plan_jobs(exp: Experiment, calls: Sequence[RunCall]) -> list[LaunchJob]:
     return list(jobs.values())
 
 
+def call_tasks(profile: Profile, call: RunCall) -> tuple[str, ...]:
+    """The tasks whose frozen recognizers ``call`` uses: a point's task (not for the MSE
+    reference, which only its scoring tasks see) and its scoring tasks; an ablation run's task;
+    a finetuning's :func:`~icm_lib.gan.gan_base` task."""
+    a = call.args
+    if call.kind == "gan":
+        return (get_task(profile.gan.task).name,)
+    if call.kind == "ablation":
+        return (get_task(a["task"]).name,)
+    used = [] if a["variant"] == "mse" else [a["task"]]
+    used += list(a.get("eval_tasks") or (a["task"],))
+    return tuple(dict.fromkeys(get_task(t).name for t in used))
+
+
 # ---------------------------------------------------------------------- projected compute
 def call_steps(profile: Profile, call: RunCall) -> tuple[str, str, int]:
     """``(task, variant, training steps)`` of a call under ``profile`` (the finetuning of a
@@ -306,8 +320,8 @@ def run_job(spec: JobSpec) -> dict:
             f"{dist.device}, process {dist.rank + 1} of {dist.world_size})",
             flush=True,
         )
-        # the recognizers this run uses load when it first asks (all of them under torchrun)
-        exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist, tasks=())
+        tasks = call_tasks(spec.profile, spec.call)  # only the recognizers this run uses
+        exp = Experiment.prepare(spec.profile, spec.data_dir, dist.device, False, dist, tasks=tasks)
         if not dist.is_main:  # the other processes train with rank 0, which then evaluates
             if spec.call.kind == "point":
                 exp.icm_run(**_point_training(exp, spec.call.args))
@@ -1131,7 +1145,8 @@ def launch_study(
     """Run a study's ``calls`` as jobs and collect them in their order.
 
     Args:
-        exp: the prepared experiment (caches built, run keys known).
+        exp: the prepared experiment (its tasks' recognizers and the reference codec built, run
+            keys known).
         calls: the study's runs in the order of its results file.
         options: the launcher.
         study: its name in messages.

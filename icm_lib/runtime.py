@@ -109,6 +109,22 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@contextlib.contextmanager
+def rng_kept():
+    """Inside, anything may draw from or reseed the random generators (torch's on the CPU and
+    on every GPU, Python's, NumPy's); afterwards each is where it was. For work whose place in
+    a run is not fixed (a recognizer loaded when first used), so that it cannot shift what the
+    run draws after it."""
+    py, np_state = random.getstate(), np.random.get_state()
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=gpus):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
+
+
 def config_hash(obj: Any, length: int = 10) -> str:
     """A short stable hash of a JSON-able config, used to key caches."""
 

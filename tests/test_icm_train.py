@@ -181,8 +181,17 @@ def test_a_study_of_one_task_loads_only_that_tasks_recognizer(smoke_env, tmp_pat
     point = exp.point("det", "mse", lmbda, 0, eval_tasks=("seg",), steps=2)  # trains, briefly
     assert [p.task for p in point.run.points] == ["seg"]
     assert not list((data / "cache").glob("detector-*"))  # neither loaded nor trained
+    assert "det" in exp.machines and "det" in exp.reports  # asks nothing of the cache
     with cached_only("make tutorial PROFILE=smoke"), pytest.raises(NotCachedError, match="recogn"):
         exp.machines["det"]  # noqa: B018 (first use: it would be trained here)
+    # loaded when first used -- possibly inside a run, after its seed: the generators stay put
+    for path in smoke_env.cache_dir.glob("detector-*"):
+        shutil.copy(path, data / "cache" / path.name)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    assert exp.reports["det"]["val"] == smoke_env.reports["det"]["val"]  # loaded, not trained
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_cached_only_loads_what_is_cached_and_trains_nothing(smoke_env, tmp_path):

@@ -24,6 +24,7 @@ from icm_lib.launch import (
     LaunchOptions,
     RunCall,
     StudyJob,
+    call_tasks,
     done_marker,
     parse_time,
     point_call,
@@ -329,6 +330,15 @@ def test_run_calls_of_a_study_are_its_grid():
     ablation = study_calls("ablation", smoke, [0], ["det"])
     assert [c.args["variant"] for c in ablation] == list(smoke.ablation.variants)
     assert all(isinstance(c, RunCall) for c in calls + gan + ablation)
+    # what each job loads: the recognizers its run uses, no more (a seg-only study's jobs
+    # never train the detector; under torchrun nothing is loaded outside the ranks' barrier)
+    used = [call_tasks(smoke, c) for c in calls]
+    assert used[0] == ("det", "seg")  # the MSE curve: only its scoring tasks
+    assert set(used[2:]) == {("det",), ("seg",)}
+    seg_only = study_calls("rd", smoke, [0], ["seg"], ["baseline"])
+    assert {call_tasks(smoke, c) for c in seg_only} == {("seg",)}
+    assert {call_tasks(smoke, c) for c in gan} == {("seg",)}
+    assert {call_tasks(smoke, c) for c in ablation} == {("det",)}
 
 
 RUNNING_SBATCH = """#!/bin/bash
