@@ -130,8 +130,10 @@ def run_study(
     else:
         runs = []
         for call in calls:  # Experiment.grid's runs, in its order
+            t0 = time.perf_counter()
             runs.append(record(exp, call))  # the weights stay on disk
             write(runs, False)
+            _tell(f"study-{profile.name}", len(runs), len(calls), runs[-1], t0)
         study = write(runs, True)
     for task in map(get_task, tasks):
         fig = plots.rd_curves(
@@ -141,6 +143,31 @@ def run_study(
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
+
+
+def _tell(study: str, done: int, total: int, rec: RunRecord | GanRecord, t0: float) -> None:
+    """One line on stderr per run of a sequential study (a batch job's log says where it is,
+    what each run gave, and whether it was trained or taken from the cache or the file)."""
+    if isinstance(rec, GanRecord):
+        name = f"{rec.task} {rec.preset} seed {rec.seed}"
+        sides = (rec.before.checkerboard, rec.after.checkerboard)
+        result = (
+            f"checkerboard {sides[0]:.4f} -> {sides[1]:.4f}"
+            if None not in sides
+            else "checkerboard undefined"
+        )
+    else:
+        name = f"{rec.task} {rec.variant} λ {rec.lmbda:g} seed {rec.seed}"
+        result = "; ".join(
+            f"{p.curve} on {p.task}: {p.bpp:.4f} bpp, {p.metric_name} "
+            + ("undefined" if p.metric is None else f"{p.metric:.4f}")
+            for p in rec.points
+        )
+        if not rec.points and rec.val:
+            result = f"last val main loss {rec.val['main_loss'][-1]:.4f}"
+    took = time.perf_counter() - t0
+    source = "from the results file" if rec.from_results_file else f"{took:.0f} s here"
+    print(f"[icm_lib] {study} {done}/{total}: {name}: {result} ({source})", file=sys.stderr)
 
 
 def _recorded_point(exp: Experiment, call: RunCall, recorded: dict) -> RunRecord | None:
@@ -287,9 +314,12 @@ def run_ablation_study(
         summary = files[-1]
     else:
         rows: list[RunRecord] = []
+        total, t0 = len(list(_ablation_coordinates(profile, seeds, tasks))), time.perf_counter()
         for row in ablation_rows(exp, seeds, tasks, recorded):
             rows.append(replace(row, log=[]))  # the log stays in the run folder
             summary = write(rows)
+            _tell(f"ablation-{profile.name}", len(rows), total, row, t0)
+            t0 = time.perf_counter()
     for task, table in summary.tasks.items():
         fig = plots.validation_curves(
             table,
@@ -477,8 +507,10 @@ def run_gan_study(
     rows: list[GanRecord] = []
     summary = None
     for call in calls:  # each seed's presets
+        t0 = time.perf_counter()
         rows.append(record(exp, call))
         summary = write(rows)
+        _tell(f"gan-{profile.name}", len(rows), len(calls), rows[-1], t0)
     return summary
 
 

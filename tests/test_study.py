@@ -143,7 +143,7 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     assert recorded_elsewhere(elsewhere, rows) == 4 and recorded_elsewhere(smoke_env, rows) == 0
 
 
-def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeypatch):
+def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeypatch, capsys):
     """The R-D study as the ablation: a run its results file holds under the same run key while
     the cache lacks it is taken from the file (marked), with its R-D points and per-image
     records, and nothing is trained; a run the file does not hold is trained; launched, the
@@ -166,8 +166,15 @@ def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeyp
     keep = first.runs[-1]  # ... and a results file cut before its last run
     cut = replace(first, runs=first.runs[:-1], complete=False)
     cut.write(StudyFile.path(tmp_path, profile.name))
+    capsys.readouterr()
     again = run_study(*args, reference_curve=False)
     assert [r.from_results_file for r in again.runs] == [True] * (n - 1) + [False]
+    told = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[icm_lib] study-")]
+    assert len(told) == n and told[0].startswith(f"[icm_lib] study-smoke 1/{n}: seg baseline λ")
+    assert all(x.endswith("(from the results file)") for x in told[:-1])  # a line per run ...
+    assert told[-1].endswith(" s here)") and f"{n}/{n}" in told[-1]  # ... trained or not
+    last = again.runs[-1].points[0]
+    assert f"baseline on seg: {last.bpp:.4f} bpp, miou {last.metric:.4f}" in told[-1]
     assert [r.run_key for r in again.runs] == [r.run_key for r in first.runs]
     numbers = lambda r: [{**asdict(p), "seconds": None} for p in r.points]  # noqa: E731
     # the same points, per-image records included (the last one trained again: all but its time)
@@ -183,7 +190,7 @@ def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeyp
     assert not any(Path(r.run_dir).exists() for r in launched.runs)
 
 
-def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path):
+def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys):
     """Le et al.'s study as the others: where the cache lost a seed's baseline codec, each
     finetuning its file holds (same baseline run key, preset, seed and settings) is taken from
     the file, and neither the baseline nor the finetuning is trained again; a file made with
@@ -201,6 +208,9 @@ def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path):
     args = (profile, [0], data_dir, tmp_path, torch.device("cpu"), False)
     first = run_gan_study(*args)
     (run,) = first.runs
+    (told,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[icm_lib] gan-")]
+    scores = f"{run.before.checkerboard:.4f} -> {run.after.checkerboard:.4f}"
+    assert told.startswith("[icm_lib] gan-smoke 1/1: seg full seed 0: checkerboard " + scores)
     assert not run.from_results_file and run.base_run_key
     base = Path(exp.cache_dir) / "icm" / run.base_run_key
     assert base.is_dir()
