@@ -16,9 +16,10 @@ HAVE_WHEELS := $(wildcard $(BACKEND_WHEELS)/*.whl)
 EXTRAS := notebooks,dev$(if $(HAVE_WHEELS),$(comma)detectron2$(comma)mmseg)
 FIND_LINKS := $(if $(HAVE_WHEELS),--find-links $(BACKEND_WHEELS))
 
-$(VENV)/.installed: pyproject.toml
+## constraints.txt: the exact versions the results were computed with (README "Tests").
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(FIND_LINKS) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install $(FIND_LINKS) -c constraints.txt -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name icm --display-name "Python (icm)"
 	touch $@
 

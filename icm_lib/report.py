@@ -169,6 +169,9 @@ def _profile_report(results_dir: str | Path, profile_name: str) -> str:
     gan = GanFile.find(results_dir, profile_name)
     if gan is not None:
         lines += _provenance(gan) + file_tables(gan)
+    files = [f for f in (world, study, ablation, gan) if f is not None]
+    if files:
+        lines += ["", environments_line(files)]
     if (Path(results_dir) / "analysis-plan.json").is_file():
         from .claims import recorded_claims, stale_files, table
 
@@ -194,6 +197,29 @@ def _profile_report(results_dir: str | Path, profile_name: str) -> str:
                 table(rows),
             ]
     return "\n".join(lines)
+
+
+#: the packages an environment line names (the ones that decide the numbers of a CPU run)
+SHOWN_PACKAGES = ("torch", "compressai", "numpy", "scipy", "pillow", "segmentation-models-pytorch")
+
+
+def environment_words(env: dict | None) -> str:
+    """A file's ``environment`` in a few words (``not recorded`` for files before 2026-12-02)."""
+    if env is None:
+        return "not recorded (made before environments were)"
+    packages = ", ".join(f"{n} {env['packages'].get(n)}" for n in SHOWN_PACKAGES)
+    flags = ", ".join(env.get("cpu_flags") or []) or "none of the listed flags"
+    return f"{packages}; {env.get('cpu')} ({flags}){'; ' + env['gpu'] if env.get('gpu') else ''}"
+
+
+def environments_line(files: list) -> str:
+    """Which environment made each of a profile's files (one group per environment): a re-run
+    lands on a file's numbers only in the environment it records (``constraints.txt``)."""
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        groups.setdefault(environment_words(f.environment), []).append(f"`{f.KIND}`")
+    parts = [f"{', '.join(kinds)}: {words}" for words, kinds in groups.items()]
+    return f"*Environment* (`constraints.txt` installs today's): {'; '.join(parts)}."
 
 
 def world_table(world: WorldFile) -> list[str]:

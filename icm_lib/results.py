@@ -441,6 +441,94 @@ def code_changed(commit: dict | None) -> bool | None:
 
 _process_commit()  # the code this process runs (see code_commit)
 
+#: the distributions whose versions decide a result's numbers (the generators of the embedded
+#: scenes, the codec, the recognizers, their kernels), as ``importlib.metadata`` names them
+NUMERIC_PACKAGES = (
+    "torch",
+    "torchvision",
+    "compressai",
+    "numpy",
+    "scipy",
+    "pillow",
+    "segmentation-models-pytorch",
+    "timm",
+    "detectron2",
+    "mmsegmentation",
+    "mmcv",
+)
+#: the CPU features that choose float kernels (the vector ISA and bfloat16 / AMX units)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def code_environment() -> dict:
+    """What besides the code decides a file's numbers: Python, the versions of
+    :data:`NUMERIC_PACKAGES` (``None``: not installed), the CPU (model and the
+    :data:`CPU_FLAGS` it has) and the GPU, read once per process. The same code in another
+    environment trains to other last bits (another kernel sums in another order; another
+    ``scipy`` renders other scenes): a re-run lands on a file's numbers where its environment
+    is this one (``constraints.txt`` installs the versions the committed files were made with)."""
+    return json.loads(json.dumps(_process_environment()))
+
+
+@functools.cache
+def _process_environment() -> dict:
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    model, flags = platform.processor() or None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    except ImportError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "packages": {name: version(name) for name in NUMERIC_PACKAGES},
+        "machine": platform.machine(),
+        "cpu": model,
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "gpu": gpu,
+    }
+
+
+def environment_differences(recorded: dict | None, here: dict | None = None) -> list[str]:
+    """What differs between a file's ``environment`` and this process's (``here``), as
+    ``"torch 2.14.1 -> 2.15.0"`` lines (the GPU is not compared: a file's CPU runs are not
+    another machine's GPU runs by its name); ``["unknown (...)"]`` for a file from before
+    environments were recorded."""
+    if recorded is None:
+        return ["unknown (the file predates recorded environments)"]
+    here = here or code_environment()
+    out = []
+    for name in sorted(set(recorded.get("packages", {})) | set(here["packages"])):
+        a, b = recorded.get("packages", {}).get(name), here["packages"].get(name)
+        if a != b:
+            out.append(f"{name} {a} -> {b}")
+    for key in ("python", "machine", "cpu", "cpu_flags"):
+        if recorded.get(key) != here.get(key):
+            out.append(f"{key} {recorded.get(key)} -> {here.get(key)}")
+    return out
+
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -453,6 +541,8 @@ class _ResultsFile:
     Attributes:
         profile: the profile it was made with.
         commit: the code that made it (``sha``, ``dirty``).
+        environment: the packages and machine that ran it (:func:`code_environment`; ``None``
+            in a file from before they were recorded).
         created: when (ISO 8601, UTC).
         reproduced_by_current_code: ``True`` when this code wrote it; ``False`` when its numbers
             are known to come from older code; ``None`` when that was not checked (see notes).
@@ -467,6 +557,7 @@ class _ResultsFile:
     compute_hours_in_runs: float
     wall_hours_this_invocation: float
     commit: dict = field(default_factory=code_commit)
+    environment: dict | None = field(default_factory=code_environment)
     created: str = field(default_factory=_now)
     reproduced_by_current_code: bool | None = True
     notes: list[str] = field(default_factory=list)
@@ -487,7 +578,8 @@ class _ResultsFile:
     @classmethod
     def from_json(cls, d: dict) -> Any:
         d = _fields_of(cls, d, derived=("kind", "run_keys"))
-        return cls(**{**d, "runs": [cls.RECORD.from_json(r) for r in d["runs"]]})
+        runs = [cls.RECORD.from_json(r) for r in d["runs"]]
+        return cls(**{"environment": None, **d, "runs": runs})  # None: not recorded
 
     def write(self, path: str | Path) -> Path:
         """Write atomically; refuse NaN or infinity anywhere (write ``None`` with a reason)."""

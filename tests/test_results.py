@@ -68,6 +68,39 @@ def _files():
     ]  # fmt: skip
 
 
+def test_a_file_records_the_environment_that_made_it(tmp_path):
+    """Every file carries the versions and the machine its numbers came from; a file written
+    before environments were recorded reads back with ``None`` (unknown), never with today's."""
+    import torch as torch_module
+
+    from icm_lib.report import environment_words, environments_line
+
+    (study, ablation, _) = _files()
+    env = study.environment
+    assert env["packages"]["torch"] == torch_module.__version__.split("+")[0]  # no local tag
+    assert env["packages"]["numpy"] == np.__version__ and env["python"]
+    assert set(env["cpu_flags"]) <= set(results.CPU_FLAGS)
+    path = study.write(study.path(tmp_path, "smoke"))
+    assert StudyFile.read(path).environment == env
+    old = json.loads(path.read_text())
+    del old["environment"]
+    path.write_text(json.dumps(old))
+    assert StudyFile.read(path).environment is None
+    assert results.environment_differences(None) == [
+        "unknown (the file predates recorded environments)"
+    ]
+    assert results.environment_differences(env) == []
+    other = {**env, "packages": {**env["packages"], "scipy": "0.1"}, "cpu_flags": []}
+    diff = results.environment_differences(other)
+    assert f"scipy 0.1 -> {env['packages']['scipy']}" in diff and len(diff) == 1 + bool(
+        env["cpu_flags"]
+    )
+    assert environment_words(None).startswith("not recorded")
+    assert f"numpy {np.__version__}" in environment_words(env)
+    line = environments_line([replace(study, environment=None), ablation])
+    assert line.count("`study`: not recorded") == 1 and "`ablation`: torch " in line
+
+
 @pytest.mark.parametrize("file", _files(), ids=lambda f: f.KIND)
 def test_every_file_type_round_trips(file, tmp_path):
     path = file.write(file.path(tmp_path, "smoke"))
