@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -440,11 +441,37 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     if gan is not None:
         task = gan.runs[0].task if gan.runs else ""
         out += [(task, c) for c in gan_claims(gan, plan)]
-    caveats = world_caveats(WorldFile.find(results_dir, profile))
-    band = pilot_caveats(PilotFile.find(results_dir, profile))
+    world, pilot = WorldFile.find(results_dir, profile), PilotFile.find(results_dir, profile)
+    caveats, band = world_caveats(world), pilot_caveats(pilot)
+    mixed = environment_caveats(
+        {"world": world, "pilot": pilot, "study": study, "ablation": ablation, "gan": gan}
+    )
     for task, claim in out:
-        claim.notes += caveats.get(task, []) + band.get(task, [])
+        claim.notes += caveats.get(task, []) + band.get(task, []) + mixed
     return [c for _, c in out]
+
+
+#: how a claim's note begins when the files it rests on come from different environments
+MIXED_ENVIRONMENTS = "files of different environments"
+
+
+def environment_caveats(files: dict) -> list[str]:
+    """One note for every claim of a profile whose files (kind -> file or ``None``) were made
+    in different environments (:attr:`~icm_lib.results._ResultsFile.environment`): their
+    recognizers and reference codecs are then not the same weights, so a world check or a
+    pilot describes other foundations than the studies' runs. None when all agree."""
+    from .report import environment_words
+
+    groups: dict[str, list[str]] = {}
+    for kind, f in files.items():
+        if f is not None:
+            groups.setdefault(json.dumps(f.environment, sort_keys=True), []).append(kind)
+    if len(groups) < 2:
+        return []
+    parts = "; ".join(
+        f"{', '.join(kinds)}: {environment_words(json.loads(key))}" for key, kinds in groups.items()
+    )
+    return [f"{MIXED_ENVIRONMENTS} ({parts}): not the same recognizers and reference codec"]
 
 
 def pilot_caveats(pilot: PilotFile | None) -> dict[str, list[str]]:
@@ -583,6 +610,8 @@ def table(rows: list[Claim]) -> str:
             extra += f"; world check failed: {', '.join(failed)}"
         if any(n.startswith("pilot band not reached") for n in c.notes):
             extra += "; pilot band not reached"
+        if any(n.startswith(MIXED_ENVIRONMENTS) for n in c.notes):
+            extra += "; its files come from different environments"
         lines.append(
             f"| {c.title} | {c.estimator} | {c.paper} | {fmt(iv['estimate'], digits)} "
             f"[{fmt(iv['lo'], digits)}, {fmt(iv['hi'], digits)}] | **{v['verdict']}**{extra} | "

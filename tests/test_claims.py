@@ -4,6 +4,7 @@ ablation score, on hand-made records."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -468,6 +469,31 @@ def test_a_pilot_band_not_reached_is_named_beside_the_claims_of_its_task(tmp_pat
     assert rows and all(c.notes[0].startswith("pilot band not reached") for c in rows)
     assert "; pilot band not reached" in cl.table(rows)
     assert "pilot-t.json" in cl.claims_file(tmp_path, "t", n_boot=50).inputs
+
+
+def test_files_of_different_environments_are_named_beside_every_claim(tmp_path):
+    """A world check (or pilot) made in another environment than the study describes other
+    recognizers and another reference codec: every claim says so, the table too."""
+    import icm_lib.claims as cl
+    from icm_lib.results import WorldFile
+
+    (tmp_path / "analysis-plan.json").write_text(
+        (ROOT / "results" / "analysis-plan.json").read_text()
+    )
+    study(0.7).write(StudyFile.path(tmp_path, "t"))
+    world = WorldFile(profile="t", seeds=[0], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, world="patterns", checks={})  # fmt: skip
+    world.write(WorldFile.path(tmp_path, "t"))
+    assert all(not c.notes for c in claims(tmp_path, "t", n_boot=50))  # one environment
+    replace(world, environment=None).write(WorldFile.path(tmp_path, "t"))  # an older file
+    rows = claims(tmp_path, "t", n_boot=50)
+    assert rows and all(len(c.notes) == 1 for c in rows)
+    note = rows[0].notes[0]
+    assert note.startswith("files of different environments (world: not recorded")
+    assert "; study: torch " in note and note.endswith(
+        "not the same recognizers and reference codec"
+    )
+    assert "; its files come from different environments" in cl.table(rows)
 
 
 def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):

@@ -268,7 +268,7 @@ def bench_icm(
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    exp = Experiment.prepare(profile, data_dir, device, progress=False)
+    exp = Experiment.prepare(profile, data_dir, device, progress=False, tasks=tasks)
     with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
     rows = bench_icm_step(exp, steps, tasks=tasks, fast=fast, bf16=with_bf16)
     _encode_time_ratio(exp, repeats)
