@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .profiles import Profile, get_profile, parse_overrides
 from .results import PilotFile, RunRecord
-from .runtime import env_path, get_device
+from .runtime import env_path, get_device, tell
 from .tasks import DETECTION, TASKS, get_task
 
 #: the band of the uncompressed metric a study's curve should cover (analysis plan)
@@ -197,13 +197,16 @@ def run_pilot(
         return out
 
     recorded = PilotFile.recorded(path)  # a machine that lost its cache: the file's runs
+    total = sum(len(pilot.lambdas(t)) for t in tasks)
     for task in map(get_task, tasks):
         for lmbda in pilot.lambdas(task):
+            started = time.perf_counter()
             run = exp.recorded_point(recorded, task, "baseline", lmbda, pilot.seed)
             if run is None:
                 run = exp.point(task, "baseline", lmbda, pilot.seed, roi=task is DETECTION).run
             runs.append(run)
             write(False)
+            tell(f"pilot-{profile.name}", len(runs), total, run, started)
     return write(True)
 
 

@@ -297,6 +297,18 @@ class RunRecord:
         curve = curve or self.variant
         return next((p for p in self.points if p.task == task and p.curve == curve), None)
 
+    def describe(self) -> str:
+        """The run and what it gave, in one line: bpp and metric per scoring task (or the last
+        validation main loss of a run without R-D points)."""
+        result = "; ".join(
+            f"{p.curve} on {p.task}: {p.bpp:.4f} bpp, {p.metric_name} "
+            + ("undefined" if p.metric is None else f"{p.metric:.4f}")
+            for p in self.points
+        )
+        if not self.points and self.val:
+            result = f"last val main loss {self.val['main_loss'][-1]:.4f}"
+        return f"{self.task} {self.variant} λ {self.lmbda:g} seed {self.seed}: {result}"
+
     def plain(self) -> dict:
         """The run as the analysis functions and notebooks read it: ``task``, ``variant``,
         ``lmbda``, ``seed``, ``run_dir``, ``train_seconds``, ``eval`` and ``roi`` ({task: plain
@@ -358,6 +370,16 @@ class GanRecord:
     @property
     def run_key(self) -> str | None:
         return Path(self.run_dir).name if self.run_dir else None
+
+    def describe(self) -> str:
+        """The finetuning and its checkerboard score before -> after, in one line."""
+        sides = (self.before.checkerboard, self.after.checkerboard)
+        result = (
+            f"checkerboard {sides[0]:.4f} -> {sides[1]:.4f}"
+            if None not in sides
+            else "checkerboard undefined"
+        )
+        return f"{self.task} {self.preset} seed {self.seed}: {result}"
 
     def plain(self) -> dict:
         """``task``, ``lmbda``, ``seed``, ``preset``, ``before`` / ``after`` (plain points),

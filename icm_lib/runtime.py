@@ -125,6 +125,19 @@ def rng_kept():
             np.random.set_state(np_state)
 
 
+def tell(what: str, done: int, total: int, record, t0: float) -> None:
+    """One line on stderr per finished run of a long command (a study, the pilot): where it is
+    (``done``/``total``), the record's :meth:`describe`, and whether it trained here (seconds
+    since ``t0``) or came from a results file; a batch log with ``--no-progress`` says no more
+    and no less."""
+    source = (
+        "from the results file"
+        if getattr(record, "from_results_file", False)
+        else f"{time.perf_counter() - t0:.0f} s here"
+    )
+    print(f"[icm_lib] {what} {done}/{total}: {record.describe()} ({source})", file=sys.stderr)
+
+
 def config_hash(obj: Any, length: int = 10) -> str:
     """A short stable hash of a JSON-able config, used to key caches."""
 

@@ -66,7 +66,7 @@ from .results import (
     StudyFile,
     figure_name,
 )
-from .runtime import get_device
+from .runtime import get_device, tell
 from .tasks import TASKS, get_task
 
 
@@ -133,7 +133,7 @@ def run_study(
             t0 = time.perf_counter()
             runs.append(record(exp, call))  # the weights stay on disk
             write(runs, False)
-            _tell(f"study-{profile.name}", len(runs), len(calls), runs[-1], t0)
+            tell(f"study-{profile.name}", len(runs), len(calls), runs[-1], t0)
         study = write(runs, True)
     for task in map(get_task, tasks):
         fig = plots.rd_curves(
@@ -143,31 +143,6 @@ def run_study(
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
-
-
-def _tell(study: str, done: int, total: int, rec: RunRecord | GanRecord, t0: float) -> None:
-    """One line on stderr per run of a sequential study (a batch job's log says where it is,
-    what each run gave, and whether it was trained or taken from the cache or the file)."""
-    if isinstance(rec, GanRecord):
-        name = f"{rec.task} {rec.preset} seed {rec.seed}"
-        sides = (rec.before.checkerboard, rec.after.checkerboard)
-        result = (
-            f"checkerboard {sides[0]:.4f} -> {sides[1]:.4f}"
-            if None not in sides
-            else "checkerboard undefined"
-        )
-    else:
-        name = f"{rec.task} {rec.variant} λ {rec.lmbda:g} seed {rec.seed}"
-        result = "; ".join(
-            f"{p.curve} on {p.task}: {p.bpp:.4f} bpp, {p.metric_name} "
-            + ("undefined" if p.metric is None else f"{p.metric:.4f}")
-            for p in rec.points
-        )
-        if not rec.points and rec.val:
-            result = f"last val main loss {rec.val['main_loss'][-1]:.4f}"
-    took = time.perf_counter() - t0
-    source = "from the results file" if rec.from_results_file else f"{took:.0f} s here"
-    print(f"[icm_lib] {study} {done}/{total}: {name}: {result} ({source})", file=sys.stderr)
 
 
 def _recorded_point(exp: Experiment, call: RunCall, recorded: dict) -> RunRecord | None:
@@ -318,7 +293,7 @@ def run_ablation_study(
         for row in ablation_rows(exp, seeds, tasks, recorded):
             rows.append(replace(row, log=[]))  # the log stays in the run folder
             summary = write(rows)
-            _tell(f"ablation-{profile.name}", len(rows), total, row, t0)
+            tell(f"ablation-{profile.name}", len(rows), total, row, t0)
             t0 = time.perf_counter()
     for task, table in summary.tasks.items():
         fig = plots.validation_curves(
@@ -510,7 +485,7 @@ def run_gan_study(
         t0 = time.perf_counter()
         rows.append(record(exp, call))
         summary = write(rows)
-        _tell(f"gan-{profile.name}", len(rows), len(calls), rows[-1], t0)
+        tell(f"gan-{profile.name}", len(rows), len(calls), rows[-1], t0)
     return summary
 
 

@@ -68,6 +68,25 @@ def _files():
     ]  # fmt: skip
 
 
+def test_a_record_describes_itself_in_one_line(capsys):
+    """What a study or the pilot prints per run (runtime.tell): the run, what it gave, where
+    it came from."""
+    import time
+
+    from icm_lib.runtime import tell
+
+    run = _run()
+    assert run.describe() == "seg baseline λ 0.5 seed 0: baseline on seg: 0.4000 bpp, miou 0.5500"
+    ablation = replace(run, points=[], val={"step": [1, 2], "main_loss": [0.3, 0.25]})
+    assert ablation.describe().endswith(": last val main loss 0.2500")
+    gan = _files()[2].runs[0]
+    assert gan.describe() == "seg full seed 0: checkerboard 0.1500 -> 0.1500"
+    tell("study-x", 3, 7, replace(run, from_results_file=True), time.perf_counter())
+    assert capsys.readouterr().err == (
+        "[icm_lib] study-x 3/7: " + run.describe() + " (from the results file)\n"
+    )
+
+
 def test_a_file_records_the_environment_that_made_it(tmp_path):
     """Every file carries the versions and the machine its numbers came from; a file written
     before environments were recorded reads back with ``None`` (unknown), never with today's."""
