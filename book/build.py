@@ -317,13 +317,15 @@ def _stage_studies(src: Path, results: Path, profile: str) -> list[str]:
 
 
 def _provenance_lines(d, path: Path, command: str) -> list[str]:
+    from icm_lib.report import environment_words
     from icm_lib.results import code_changed
 
     sha = (d.commit or {}).get("sha") or "unknown"
     tree = ", with changes to the code" if code_changed(d.commit) else ""
     lines = [
         f"From `results/{path.name}` (profile `{d.profile}`, seeds {d.seeds}, created "
-        f"{d.created}, code {sha[:10]}{tree}); regenerate with `{command}`.",
+        f"{d.created}, code {sha[:10]}{tree}; environment: "
+        f"{environment_words(d.environment)}); regenerate with `{command}`.",
         "",
     ]
     if d.reproduced_by_current_code is False:

@@ -61,6 +61,20 @@ def test_without_cpu_outputs_the_book_falls_back_to_smoke_with_a_banner(tmp_path
     assert book_build.choose_outputs(tmp_path, "cpu")[::2] == ("cpu", None)  # no banner
 
 
+def test_a_study_page_names_the_code_and_the_environment_of_its_file():
+    from dataclasses import replace
+
+    from icm_lib.results import StudyFile, code_environment
+
+    study = StudyFile.read(REPO / "results" / "study-cpu.json")
+    line = book_build._provenance_lines(study, Path("study-cpu.json"), "make study")[0]
+    assert f"code {study.commit['sha'][:10]}" in line
+    assert "environment: not recorded" in line  # the committed file predates environments
+    now = replace(study, environment=code_environment())
+    line = book_build._provenance_lines(now, Path("study-cpu.json"), "make study")[0]
+    assert f"torch {now.environment['packages']['torch']}" in line
+
+
 def test_site_checker_finds_broken_links_and_remote_assets(tmp_path):
     """The offline and link checks can fail: a page with a missing file, a missing anchor and a
     script from another host."""
