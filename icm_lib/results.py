@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import subprocess
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -533,6 +534,23 @@ def _process_environment() -> dict:
     }
 
 
+def warn_other_environment(file: _ResultsFile, path: str | Path) -> None:
+    """Warn when a study resumes from a file that another environment made: its runs are taken
+    only where their run keys match this machine's (a key holds the reference codec's weights,
+    which another environment trains to other bits), so expect them to be trained again. Files
+    from before environments were recorded say nothing."""
+    if file.environment is None:
+        return
+    differences = environment_differences(file.environment)
+    if differences:
+        warnings.warn(
+            f"{path} was made in another environment ({'; '.join(differences)}): its runs are "
+            "taken only where their run keys match this machine's, the others are trained here "
+            "(install constraints.txt on the machine kind that made it to resume it instead)",
+            stacklevel=3,
+        )
+
+
 def environment_differences(recorded: dict | None, here: dict | None = None) -> list[str]:
     """What differs between a file's ``environment`` and this process's (``here``), as
     ``"torch 2.14.1 -> 2.15.0"`` lines (the GPU is not compared: a file's CPU runs are not
@@ -647,9 +665,11 @@ class _ResultsFile:
         the file instead of being trained again."""
         if not Path(path).is_file():
             return {}
+        earlier = cls.read(path)
+        warn_other_environment(earlier, path)
         return {
             r.run_key: dataclasses.replace(r, from_results_file=True)
-            for r in cls.read(path).runs
+            for r in earlier.runs
             if getattr(r, "run_key", None)
         }
 

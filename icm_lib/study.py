@@ -65,6 +65,7 @@ from .results import (
     RunRecord,
     StudyFile,
     figure_name,
+    warn_other_environment,
 )
 from .runtime import get_device, tell
 from .tasks import TASKS, get_task
@@ -500,6 +501,8 @@ def recorded_finetunings(path: Path, profile: Profile) -> dict[tuple, GanRecord]
     marked ``from_results_file``; none where the file was made with other finetuning settings,
     or its records predate :attr:`~icm_lib.results.GanRecord.base_run_key`."""
     earlier = GanFile.read(path) if Path(path).is_file() else None
+    if earlier is not None:
+        warn_other_environment(earlier, path)
     if earlier is None or _finetuning_settings(earlier.gan_config) != _finetuning_settings(
         asdict(profile.gan)
     ):

@@ -118,6 +118,17 @@ def test_a_file_records_the_environment_that_made_it(tmp_path):
     assert f"numpy {np.__version__}" in environment_words(env)
     line = environments_line([replace(study, environment=None), ablation])
     assert line.count("`study`: not recorded") == 1 and "`ablation`: torch " in line
+    # resuming from a file of another environment says what differs and what happens
+    import warnings
+
+    for same in (env, None):
+        replace(study, environment=same).write(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert set(StudyFile.recorded(path)) == {study.runs[0].run_key}
+    replace(study, environment=other).write(path)
+    with pytest.warns(UserWarning, match="another environment .scipy 0.1 -> .*trained here"):
+        assert set(StudyFile.recorded(path)) == {study.runs[0].run_key}
 
 
 @pytest.mark.parametrize("file", _files(), ids=lambda f: f.KIND)
