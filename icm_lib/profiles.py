@@ -696,10 +696,13 @@ def _cpu_patterns(cpu: Profile) -> Profile:
             validate_every=10,
             # the MSE reference curve down to ~0.06 bpp, where mse_loses reads it (amendment 4)
             mse_lambdas=(0.00015625, 0.0003125, 0.000625, 0.00125, 0.0025, 0.005, 0.01),
-            # chosen by the pilot (results/pilot-cpu-patterns.json, the plan's rule; detection
-            # by amendment 4's fallback: no 4 λ rise inside the band, "pilot band not reached")
+            # chosen by the pilot with the plan's rule. Segmentation: the pilot re-run in the
+            # pinned environment (results/pilot-cpu-patterns.json, 2026-12-02; amendment 4's
+            # fallback: λ 5.6569 fell below λ 4, "pilot band not reached"). Detection: the pilot
+            # of the earlier environment (commit 2d946b6, the fallback too), until the detection
+            # pilot re-runs here with the world check.
             det_lambdas=(1.6, 3.2, 6.4, 12.8),
-            seg_lambdas=(2.0, 2.8284, 4.0, 5.6569),
+            seg_lambdas=(1.4142, 2.0, 2.8284, 4.0),
         ),
         ablation=replace(
             cpu.ablation, val_every=10, seeds=(0, 1, 2, 3, 4, 5), det_lmbda=3.2, seg_lmbda=2.8284
