@@ -336,6 +336,7 @@ def ablation_claims(ablation: AblationFile, plan: dict) -> list[Claim]:
                     **claim.verdict,
                     "verdict": "unresolved",
                     "why": "not significant after Holm",
+                    "p_holm": held,
                 }
             out.append(claim)
     return out
@@ -598,7 +599,7 @@ def table(rows: list[Claim]) -> str:
             else ""
         )
         if v.get("why"):  # an unresolved verdict the interval alone does not explain
-            why = [n.rsplit(": ", 1)[1] for n in c.notes if n.startswith("Holm-adjusted")]
+            why = [f"p = {v['p_holm']:.3g}"] if v.get("p_holm") is not None else []
             undefined = sum(x is None for x in c.per_seed.values())
             if undefined:
                 why.append(f"the estimate is undefined in {undefined} of {len(c.per_seed)} seeds")

@@ -61,3 +61,11 @@ class NotCachedError(ICMError):
 class RunLockedError(ICMError):
     """Another process holds the writer lock of a run key (or a cache file) past the wait
     allowed; the message names the holder (pid, host, since when) and the lock file."""
+
+
+class LaunchError(ICMError):
+    """A launcher cannot run (submitit or SLURM missing, a bad option, a refused submission), or
+    runs of a study failed; the message names each failed run's log and what to do (``report``:
+    the :class:`~icm_lib.launch.LaunchReport` of the failed runs' study, where there is one)."""
+
+    report = None

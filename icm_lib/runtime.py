@@ -128,13 +128,16 @@ def rng_kept():
 def tell(what: str, done: int, total: int, record, t0: float) -> None:
     """One line on stderr per finished run of a long command (a study, the pilot): where it is
     (``done``/``total``), the record's :meth:`describe`, and whether it trained here (seconds
-    since ``t0``) or came from a results file; a batch log with ``--no-progress`` says no more
+    since ``t0``), came from a results file, or was loaded from the cache (it took under half
+    the training seconds the record holds); a batch log with ``--no-progress`` says no more
     and no less."""
-    source = (
-        "from the results file"
-        if getattr(record, "from_results_file", False)
-        else f"{time.perf_counter() - t0:.0f} s here"
-    )
+    took, trained = time.perf_counter() - t0, getattr(record, "seconds", None)
+    if getattr(record, "from_results_file", False):
+        source = "from the results file"
+    elif trained and took < trained / 2:
+        source = f"from the cache, trained in {trained:.0f} s"
+    else:
+        source = f"{took:.0f} s here"
     print(f"[icm_lib] {what} {done}/{total}: {record.describe()} ({source})", file=sys.stderr)
 
 

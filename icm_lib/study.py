@@ -44,16 +44,8 @@ from .aux_branch import VARIANTS
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
 from .gan import gan_base
-from .launch import (
-    LaunchOptions,
-    LaunchReport,
-    RunCall,
-    add_arguments,
-    compute,
-    launch_study,
-    point_call,
-    projected_hours,
-)
+from .jobs import RunCall, compute, point_call, projected_hours
+from .launch import LaunchOptions, LaunchReport, add_arguments, launch_study
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import (
@@ -160,7 +152,7 @@ def _launched(launch: LaunchOptions | None) -> bool:
 class _GridCalls:
     """Stands in for an :class:`~icm_lib.experiment.Experiment` in
     :meth:`~icm_lib.experiment.Experiment.grid`: each point becomes the
-    :class:`~icm_lib.launch.RunCall` that computes it, so a launcher runs the sequential
+    :class:`~icm_lib.jobs.RunCall` that computes it, so a launcher runs the sequential
     study's very runs, in its order."""
 
     def __init__(self, profile: Profile):
@@ -178,7 +170,7 @@ def study_calls(
     variants: list[str] | None = None,
     reference_curve: bool = True,
 ) -> list[RunCall]:
-    """The runs of a study as :class:`~icm_lib.launch.RunCall` s, in its results file's order.
+    """The runs of a study as :class:`~icm_lib.jobs.RunCall` s, in its results file's order.
 
     Args:
         study: ``rd`` (Iino et al.'s grid: :meth:`~icm_lib.experiment.Experiment.grid`),
@@ -535,7 +527,7 @@ def print_plan(
     s_per_step: dict[str, float],
 ) -> list[dict]:
     """Print (and return) a study's runs, training steps and projected GPU-hours per task and
-    variant (:func:`~icm_lib.launch.projected_hours`); submits nothing."""
+    variant (:func:`~icm_lib.jobs.projected_hours`); submits nothing."""
     calls = study_calls(study, profile, seeds, tasks, variants, reference_curve)
     rows = projected_hours(profile, calls, s_per_step)
     print(f"{study} study, {profile.name} profile, seeds {seeds}: training only")

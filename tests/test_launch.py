@@ -1,4 +1,4 @@
-"""A study's runs as jobs (icm_lib.launch): the local pool end to end with a killed job, SLURM
+"""A study's runs as jobs (icm_lib.jobs, icm_lib.launch): the local pool end to end with a killed job, SLURM
 job scripts through fake sbatch / squeue, what a resubmitted study submits, the errors."""
 
 import json
@@ -16,20 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from icm_lib.launch import (
+from icm_lib.errors import LaunchError
+from icm_lib.jobs import (
     JobSpec,
-    Launcher,
-    LaunchError,
     LaunchJob,
-    LaunchOptions,
     RunCall,
     StudyJob,
     call_tasks,
     done_marker,
-    parse_time,
     point_call,
     torchrun_command,
 )
+from icm_lib.launch import Launcher, LaunchOptions, parse_time
 from icm_lib.locks import RunLock
 from icm_lib.profiles import get_profile
 from icm_lib.results import StudyFile
@@ -127,7 +125,7 @@ def test_slurm_jobs_are_sbatch_scripts_and_a_resubmitted_study_submits_only_the_
     assert (spec.processes, spec.threads, spec.data_dir) == (2, 8, str(data.resolve()))
     assert torchrun_command("s.pkl", 2)[1:] == [
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "icm_lib.launch", "job", "s.pkl",
+        "-m", "icm_lib.jobs", "job", "s.pkl",
     ]  # fmt: skip
 
     # later: a runs, b waits in the queue, c's job ended without finishing, d is done, e's run is
@@ -307,7 +305,7 @@ def test_study_status_lists_each_run_without_submitting(smoke_env, tmp_path, cap
 
 def test_the_torchrun_entry_refuses_a_missing_spec(tmp_path):
     """The torchrun entry refuses a missing spec with what to do."""
-    from icm_lib.launch import main
+    from icm_lib.jobs import main
 
     with pytest.raises(LaunchError, match="no job spec"):
         main(["job", str(tmp_path / "missing.pkl")])

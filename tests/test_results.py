@@ -85,6 +85,11 @@ def test_a_record_describes_itself_in_one_line(capsys):
     assert capsys.readouterr().err == (
         "[icm_lib] study-x 3/7: " + run.describe() + " (from the results file)\n"
     )
+    trained = replace(run, seconds=180.0)  # a run that took 3 min to train ...
+    tell("study-x", 4, 7, trained, time.perf_counter())  # ... loaded at once: the cache
+    assert capsys.readouterr().err.endswith(" (from the cache, trained in 180 s)\n")
+    tell("study-x", 5, 7, trained, time.perf_counter() - 170)  # ... trained here
+    assert capsys.readouterr().err.endswith(f"{run.describe()} (170 s here)\n")
 
 
 def test_a_file_records_the_environment_that_made_it(tmp_path):
