@@ -20,6 +20,9 @@ g_task on the same batch and the same codec noise, and against the dropout-free 
 ``python -m icm_lib.gradients --profile cpu-patterns`` measures both per task at the ablation's λ,
 at the start of training and on the trained aux-enc run, and writes
 ``results/gradients-<profile>.json`` (:class:`~icm_lib.results.GradientsFile`).
+``--depth`` compares the frozen recognizer's backbones instead (ResNet-18 ... 101: does a deeper
+recognizer send g_a a weaker task gradient, as the premise says?) and writes
+``results/depth-<profile>.json`` (:class:`~icm_lib.results.DepthFile`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import ICMError
 from .losses import ICMObjective
 
 
@@ -148,6 +152,41 @@ def _per_batch(rows: list[dict]) -> dict[str, list]:
     return {k: [r[k] if math.isfinite(r[k]) else None for r in rows] for k in rows[0]}
 
 
+def _start(exp, task: str, batches: int) -> tuple[ICMObjective, object, list[torch.Tensor]]:
+    """What :func:`measure` and :func:`measure_depth` measure on, per task: the ablation λ's
+    objective for the frozen recognizer, the reference codec, and ``batches`` training batches
+    (seed 0, steps 0..batches-1)."""
+    from .codec import load_codec
+    from .data.sampler import CropSampler
+
+    icm, device = exp.profile.icm, exp.device
+    cfg = icm.train(task)
+    sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
+    xs = [sampler.batch(step).to(device) for step in range(batches)]
+    objective = ICMObjective(
+        exp.machine(task),
+        exp.profile.ablation.lmbda(task),
+        icm.alpha,
+        icm.mse_weight(task),
+        icm.amp,
+    )
+    return objective, load_codec(exp.reference.codec_state()).to(device), xs
+
+
+def _grads(objective: ICMObjective, codec, branch: nn.Module, xs: list[torch.Tensor]) -> dict:
+    """:func:`encoder_gradients` per batch, codec and branch in train mode (as in training)."""
+    codec.train(), branch.train()
+    return _per_batch([encoder_gradients(objective, codec, branch, x, i) for i, x in enumerate(xs)])
+
+
+def _fresh_branch(exp, task: str, codec) -> nn.Module:
+    """The aux-enc branch a run of seed 0 starts from."""
+    from .runtime import seed_everything
+
+    seed_everything(0)
+    return exp.branch("aux-enc", task, codec).to(exp.device)
+
+
 def measure(profile, data_dir, batches: int = 3, progress: bool = True):
     """Per task, at the ablation's λ (:class:`~icm_lib.results.GradientsFile`): the task and
     branch gradients on g_a (:func:`encoder_gradients`) at the start of training (the reference
@@ -156,34 +195,22 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
     and the task gradient's spread between dropout draws (:func:`dropout_noise`), each on the
     same ``batches`` training batches (seed 0, steps 0..batches-1)."""
     from .codec import load_codec
-    from .data.sampler import CropSampler
     from .experiment import Experiment
     from .files import load_checkpoint, read_log
     from .results import GradientsFile, RunRecord
-    from .runtime import RunFiles, get_device, seed_everything
+    from .runtime import RunFiles, get_device
 
     device, t0 = get_device(), time.perf_counter()
     exp = Experiment.prepare(profile, data_dir, device, progress)
-    icm, tasks, runs = profile.icm, {}, []
+    tasks, runs = {}, []
     for task in ("det", "seg"):
-        lmbda, cfg = profile.ablation.lmbda(task), icm.train(task)
-        sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
-        xs = [sampler.batch(step).to(device) for step in range(batches)]
+        lmbda, cfg = profile.ablation.lmbda(task), profile.icm.train(task)
+        objective, codec, xs = _start(exp, task, batches)
         machine = exp.machine(task)
-        objective = ICMObjective(machine, lmbda, icm.alpha, icm.mse_weight(task), icm.amp)
-
-        def grads(codec, branch):
-            codec.train(), branch.train()
-            return _per_batch(
-                [encoder_gradients(objective, codec, branch, x, i) for i, x in enumerate(xs)]
-            )
-
-        codec = load_codec(exp.reference.codec_state()).to(device)
-        seed_everything(0)
         entry = {
             "lmbda": lmbda,
             "batches": {"count": batches, "batch_size": cfg.batch_size, "crop": cfg.crop},
-            "at_start": grads(codec, exp.branch("aux-enc", task, codec).to(device)),
+            "at_start": _grads(objective, codec, _fresh_branch(exp, task, codec), xs),
             "dropout": _per_batch(
                 [dropout_noise(machine, codec.train(), x, seed=i) for i, x in enumerate(xs)]
             ),
@@ -195,7 +222,7 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
             trained = load_codec(load_checkpoint(run_dir / RunFiles.FINAL)).to(device)
             branch = exp.branch("aux-enc", task, trained).to(device)
             branch.load_state_dict(load_checkpoint(run_dir / "branch.pt")["state_dict"])
-            entry["trained"] = grads(trained, branch)
+            entry["trained"] = _grads(objective, trained, branch, xs)
             log = read_log(run_dir / RunFiles.LOG)
             runs.append(
                 RunRecord(
@@ -240,9 +267,94 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
     )
 
 
+#: the backbones :func:`measure_depth` compares by default (torchvision / smp ResNets)
+DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: the recognition setting that names each task's backbone
+_BACKBONE_FIELD = {"det": "det_backbone", "seg": "seg_encoder"}
+
+
+def measure_depth(
+    profile,
+    data_dir,
+    backbones: tuple[str, ...] = DEPTHS,
+    tasks: tuple[str, ...] = ("seg",),
+    batches: int = 3,
+    progress: bool = True,
+):
+    """The premise against depth (:class:`~icm_lib.results.DepthFile`): per task and backbone,
+    the task and branch gradients on g_a at the start of training (:func:`measure`'s
+    ``at_start``: the reference codec, a fresh aux-enc branch of seed 0, the same batches, the
+    ablation's λ), with only the frozen recognizer's backbone changed. Each recognizer is the
+    profile's own recipe on that backbone (trained here if the cache lacks it: the profile's
+    steps, from scratch where the profile trains from scratch), its val metric recorded beside
+    the ratio: a deeper recognizer that learned less in the same steps is another confound."""
+    from dataclasses import replace
+
+    from .experiment import Experiment
+    from .results import DepthFile
+    from .runtime import get_device
+    from .tasks import get_task
+
+    backends = {"det": profile.recognition.det_backend, "seg": profile.recognition.seg_backend}
+    tasks = tuple(get_task(t).name for t in tasks)
+    for task in tasks:
+        if backends[task] not in ("torchvision", "smp"):
+            raise ICMError(
+                f"--depth varies torchvision's / smp's ResNet backbone; profile {profile.name} "
+                f"runs {task} on {backends[task]}: choose a profile with recognition__det_backend="
+                "torchvision / recognition__seg_backend=smp"
+            )
+    device, t0 = get_device(), time.perf_counter()
+    out, trained_here = {}, 0.0
+    for task in tasks:
+        cfg, rows = profile.icm.train(task), {}
+        for name in backbones:
+            recognition = replace(profile.recognition, **{_BACKBONE_FIELD[task]: name})
+            p = replace(profile, recognition=recognition)
+            exp = Experiment.prepare(p, data_dir, device, progress, tasks=(task,))
+            objective, codec, xs = _start(exp, task, batches)
+            report = exp.reports[task]
+            if not report.get("cached", True):
+                trained_here += report.get("train_seconds") or 0.0
+            machine = exp.machine(task)
+            start = _grads(objective, codec, _fresh_branch(exp, task, codec), xs)
+            rows[name] = {
+                "recognizer": {
+                    "name": recognition.model_name(task),
+                    "params": sum(t.numel() for t in machine.model.parameters()),
+                    "val": report["val"],
+                    "train_steps": report.get("train_steps"),
+                    "train_seconds": report.get("train_seconds"),
+                },
+                "at_start": start,
+            }
+            ratio = [r for r in start["ratio"] if r is not None]
+            print(
+                f"[depth {task} {name}] val {report['val']}; at start "
+                f"‖g_branch‖/‖g_task‖ {sum(ratio) / max(1, len(ratio)):.3g} (mean of {batches})",
+                flush=True,
+            )
+        out[task] = {
+            "lmbda": profile.ablation.lmbda(task),
+            "batches": {"count": batches, "batch_size": cfg.batch_size, "crop": cfg.crop},
+            "backbones": rows,
+        }
+    return DepthFile(
+        profile=profile.name,
+        seeds=[0],
+        compute_hours_in_runs=round(trained_here / 3600, 3),
+        wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 3),
+        tasks=out,
+        notes=[
+            "compute_hours_in_runs: the recognizers trained by this invocation; the gradients "
+            "are those of one batch each, the codec in train mode (noisy ŷ), as in training"
+        ],
+    )
+
+
 def main(argv: list[str] | None = None):
     from .profiles import get_profile, parse_overrides
-    from .results import GradientsFile
+    from .results import DepthFile, GradientsFile
     from .runtime import env_path
 
     p = argparse.ArgumentParser(prog="python -m icm_lib.gradients", description=__doc__)
@@ -251,9 +363,25 @@ def main(argv: list[str] | None = None):
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--overrides", default="", help='e.g. "ablation__det_lmbda=0.4"')
+    p.add_argument(
+        "--depth",
+        nargs="*",
+        default=None,
+        metavar="BACKBONE",
+        help=f"compare the recognizer's backbones instead (default {' '.join(DEPTHS)}) -> "
+        "results/depth-<profile>.json",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", default=["seg"], choices=["det", "seg"], help="with --depth"
+    )
     args = p.parse_args(argv)
     profile = get_profile(args.profile, **parse_overrides(args.overrides))
     data_dir = args.data_dir or env_path("ICM_DATA_DIR", "data")
+    if args.depth is not None:
+        backbones = tuple(args.depth) or DEPTHS
+        out = measure_depth(profile, data_dir, backbones, tuple(args.tasks), args.batches)
+        out.write(DepthFile.path(args.results_dir, profile.name))
+        return out
     out = measure(profile, data_dir, args.batches)
     out.write(GradientsFile.path(args.results_dir, profile.name))
     return out

@@ -56,6 +56,7 @@ REGENERATE = {
     "world": "python -m icm_lib.world_check --profile {profile}",
     "pilot": "python -m icm_lib.pilot --profile {profile}",
     "gradients": "python -m icm_lib.gradients --profile {profile}",
+    "depth": "python -m icm_lib.gradients --profile {profile} --depth",
     "claims": "python -m icm_lib.claims --profile {profile}",
 }
 
@@ -802,6 +803,23 @@ class GradientsFile(_ResultsFile):
 
 
 @dataclass
+class DepthFile(_ResultsFile):
+    """``results/depth-<profile>.json``: the premise against the recognizer's depth
+    (:func:`icm_lib.gradients.measure_depth`): the same codec, branch and batches, the frozen
+    recognizer's backbone varied.
+
+    Attributes:
+        tasks: per task the λ, the batches, and per backbone ``{"recognizer": {"name",
+            "params", "val", "train_steps", "train_seconds"}, "at_start": per-batch task and
+            branch gradient norms, ratio and cosine}`` (as :class:`GradientsFile`'s ``at_start``).
+    """
+
+    KIND: ClassVar[str] = "depth"
+    runs: list[RunRecord] = field(default_factory=list)  # none: recognizers, no codec runs
+    tasks: dict = field(default_factory=dict)
+
+
+@dataclass
 class ClaimsFile(_ResultsFile):
     """``results/claims-<profile>.json``: the claims as ``python -m icm_lib.claims`` computed
     them (:func:`icm_lib.claims.claims`; the bootstrap takes seconds to minutes), with the
@@ -823,7 +841,16 @@ class ClaimsFile(_ResultsFile):
 
 FILE_TYPES = {
     cls.KIND: cls
-    for cls in (StudyFile, AblationFile, GanFile, WorldFile, PilotFile, GradientsFile, ClaimsFile)
+    for cls in (
+        StudyFile,
+        AblationFile,
+        GanFile,
+        WorldFile,
+        PilotFile,
+        GradientsFile,
+        DepthFile,
+        ClaimsFile,
+    )
 }
 
 

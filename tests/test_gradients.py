@@ -99,3 +99,48 @@ def test_show_gradients_reads_the_file_or_says_the_command(tmp_path, capsys):
     assert means["cosine"] == pytest.approx(0.3) and set(shown["t"]["seg"]) == {"at_start"}
     out = capsys.readouterr().out
     assert "python -m icm_lib.gradients --profile u" in out and "not in the cache yet" in out
+
+
+def test_depth_varies_only_the_recognizers_backbone(smoke_env, tmp_path):
+    """``python -m icm_lib.gradients --depth``: per backbone the recognizer it trained (or
+    loaded) and the at-start gradients; the profile's own backbone gives exactly what
+    ``measure`` gives (the same codec, branch, batches and λ), another backbone other numbers."""
+    from icm_lib.data.sampler import CropSampler
+    from icm_lib.gradients import main
+    from icm_lib.results import DepthFile
+    from icm_lib.runtime import seed_everything
+
+    exp = smoke_env
+    args = ["--profile", "smoke", "--data-dir", str(exp.cache_dir.parent)]
+    args += ["--results-dir", str(tmp_path), "--batches", "1"]
+    depth = main(args + ["--depth", "resnet18", "resnet34"])
+    assert DepthFile.read(tmp_path / "depth-smoke.json") == depth
+    rows = depth.tasks["seg"]["backbones"]
+    assert list(depth.tasks) == ["seg"] and list(rows) == ["resnet18", "resnet34"]
+    r18, r34 = rows["resnet18"], rows["resnet34"]
+    assert r18["recognizer"]["name"] == "resnet18" and r34["recognizer"]["name"] == "resnet34"
+    assert r34["recognizer"]["params"] > r18["recognizer"]["params"]
+    assert "miou" in r34["recognizer"]["val"] and r34["recognizer"]["train_steps"] > 0
+    # the profile's own backbone: the smoke machine, the reference codec, a fresh branch of
+    # seed 0, the first training batch of seed 0, the ablation's λ -- computed here directly
+    icm, cfg = exp.profile.icm, exp.profile.icm.train("seg")
+    x = CropSampler(exp.datasets.train("seg"), cfg.crop, cfg.batch_size, 0).batch(0)
+    codec = load_codec(exp.reference.codec_state()).train()
+    seed_everything(0)
+    branch = exp.branch("aux-enc", "seg", codec).train()
+    lmbda = exp.profile.ablation.lmbda("seg")
+    objective = ICMObjective(exp.machine("seg"), lmbda, icm.alpha, icm.mse_weight("seg"), icm.amp)
+    own = encoder_gradients(objective, codec, branch, x, 0)
+    assert r18["at_start"] == {k: [v] for k, v in own.items()}
+    assert r34["at_start"]["task_norm"] != r18["at_start"]["task_norm"]
+    assert depth.tasks["seg"]["lmbda"] == exp.profile.ablation.lmbda("seg")
+
+
+def test_depth_refuses_a_backend_without_resnet_backbones(smoke_env):
+    from icm_lib.errors import ICMError
+    from icm_lib.gradients import measure_depth
+    from icm_lib.profiles import get_profile
+
+    profile = get_profile("smoke", recognition__seg_backend="mmseg")
+    with pytest.raises(ICMError, match="recognition__seg_backend=smp"):
+        measure_depth(profile, smoke_env.cache_dir.parent, ("resnet18",), ("seg",))
