@@ -278,7 +278,7 @@ def measure_depth(
     data_dir,
     backbones: tuple[str, ...] = DEPTHS,
     tasks: tuple[str, ...] = ("seg",),
-    batches: int = 3,
+    batches: int = 8,
     progress: bool = True,
 ):
     """The premise against depth (:class:`~icm_lib.results.DepthFile`): per task and backbone,
@@ -307,7 +307,7 @@ def measure_depth(
     device, t0 = get_device(), time.perf_counter()
     out, trained_here = {}, 0.0
     for task in tasks:
-        cfg, rows = profile.icm.train(task), {}
+        cfg, rows = profile.icm.train(task), []
         for name in backbones:
             recognition = replace(profile.recognition, **{_BACKBONE_FIELD[task]: name})
             p = replace(profile, recognition=recognition)
@@ -318,16 +318,19 @@ def measure_depth(
                 trained_here += report.get("train_seconds") or 0.0
             machine = exp.machine(task)
             start = _grads(objective, codec, _fresh_branch(exp, task, codec), xs)
-            rows[name] = {
-                "recognizer": {
-                    "name": recognition.model_name(task),
-                    "params": sum(t.numel() for t in machine.model.parameters()),
-                    "val": report["val"],
-                    "train_steps": report.get("train_steps"),
-                    "train_seconds": report.get("train_seconds"),
-                },
-                "at_start": start,
-            }
+            rows.append(
+                {
+                    "backbone": name,
+                    "recognizer": {
+                        "name": recognition.model_name(task),
+                        "params": sum(t.numel() for t in machine.model.parameters()),
+                        "val": report["val"],
+                        "train_steps": report.get("train_steps"),
+                        "train_seconds": report.get("train_seconds"),
+                    },
+                    "at_start": start,
+                }
+            )
             ratio = [r for r in start["ratio"] if r is not None]
             print(
                 f"[depth {task} {name}] val {report['val']}; at start "
@@ -361,7 +364,9 @@ def main(argv: list[str] | None = None):
     p.add_argument("--profile", default="cpu-patterns")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--batches", type=int, default=3)
+    p.add_argument(
+        "--batches", type=int, default=None, help="training batches measured (3; --depth: 8)"
+    )
     p.add_argument("--overrides", default="", help='e.g. "ablation__det_lmbda=0.4"')
     p.add_argument(
         "--depth",
@@ -379,10 +384,11 @@ def main(argv: list[str] | None = None):
     data_dir = args.data_dir or env_path("ICM_DATA_DIR", "data")
     if args.depth is not None:
         backbones = tuple(args.depth) or DEPTHS
-        out = measure_depth(profile, data_dir, backbones, tuple(args.tasks), args.batches)
+        batches = args.batches or 8
+        out = measure_depth(profile, data_dir, backbones, tuple(args.tasks), batches)
         out.write(DepthFile.path(args.results_dir, profile.name))
         return out
-    out = measure(profile, data_dir, args.batches)
+    out = measure(profile, data_dir, args.batches or 3)
     out.write(GradientsFile.path(args.results_dir, profile.name))
     return out
 

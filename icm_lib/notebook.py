@@ -264,3 +264,56 @@ def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...
             if entry.get("trained_note"):
                 print(f"profile {name}, {task}: {entry['trained_note']}")
     return out
+
+
+def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -> dict:
+    """The premise against the recognizer's depth, per world: from ``results/depth-<profile>.json``
+    (``python -m icm_lib.gradients --depth``), per task and backbone the recognizer's parameters
+    and val metric, and the mean over batches of ‖g_branch‖ / ‖g_task‖ on g_a and their cosine
+    at the start of training. A world without the file says the command that measures it.
+
+    Returns:
+        ``{profile: {task: {backbone: {"params", "metric", "ratio", "cosine"}}} or None}``.
+    """
+    from .results import REGENERATE, DepthFile
+    from .tasks import get_task
+
+    def mean(values):
+        finite = [v for v in values if v is not None]
+        return sum(finite) / len(finite) if finite else None
+
+    out: dict = {}
+    for name in profiles:
+        f = DepthFile.find(results_dir, name)
+        if f is None:
+            print(
+                f"profile {name}: depth not measured: `{REGENERATE['depth'].format(profile=name)}`"
+            )
+            out[name] = None
+            continue
+        out[name] = {}
+        for task, entry in f.tasks.items():
+            metric = get_task(task).metric
+            rows = out[name][task] = {}
+            print(f"profile {name}, {task} λ={entry['lmbda']:g}, at the start of training "
+                  f"(mean of {entry['batches']['count']} batches):")  # fmt: skip
+            print(f"  {'backbone':<10}{'params':>10}{metric:>8}{'‖g_branch‖/‖g_task‖':>22}"
+                  f"{'cosine':>9}")  # fmt: skip
+            for row in entry["backbones"]:
+                backbone, start = row["backbone"], row["at_start"]
+                rows[backbone] = {
+                    "params": row["recognizer"]["params"],
+                    "metric": row["recognizer"]["val"].get(metric),
+                    "ratio": mean(start["ratio"]),
+                    "cosine": mean(start["cosine"]),
+                }
+                r = rows[backbone]
+                print(
+                    f"  {backbone:<10}{r['params'] / 1e6:>9.1f}M{_num(r['metric'], '.3f'):>8}"
+                    f"{_num(r['ratio'], '.3g'):>22}{_num(r['cosine'], '+.3f'):>9}"
+                )
+    return out
+
+
+def _num(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)

@@ -809,9 +809,10 @@ class DepthFile(_ResultsFile):
     recognizer's backbone varied.
 
     Attributes:
-        tasks: per task the λ, the batches, and per backbone ``{"recognizer": {"name",
-            "params", "val", "train_steps", "train_seconds"}, "at_start": per-batch task and
-            branch gradient norms, ratio and cosine}`` (as :class:`GradientsFile`'s ``at_start``).
+        tasks: per task the λ, the batches, and ``backbones``: a row per backbone, in the
+            order measured, ``{"backbone", "recognizer": {"name", "params", "val",
+            "train_steps", "train_seconds"}, "at_start": per-batch task and branch gradient
+            norms, ratio and cosine}`` (as :class:`GradientsFile`'s ``at_start``).
     """
 
     KIND: ClassVar[str] = "depth"

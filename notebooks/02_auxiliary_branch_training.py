@@ -295,7 +295,19 @@ print(S.record({"claims": claims_shown}, name="claims.json"))
 from icm_lib.notebook import show_gradients
 
 gradients_shown = show_gradients(RESULTS_DIR, CLAIMS_PROFILES)
-print(S.record({"gradients": gradients_shown}, name="mechanism.json"))
+
+# %% [markdown]
+# **Does depth starve the encoder?** The premise names a *deep* recognizer. Keeping the codec, the
+# fresh branch, the batches and λ, and changing only the frozen recognizer's backbone (ResNet-18 …
+# 101, each trained by the same recipe; `python -m icm_lib.gradients --depth`) shows whether the
+# task loss's push on g_a weakens as the recognizer deepens — the ratio rising with depth — and
+# what each recognizer learned in the same steps (a weaker recognizer is a confound).
+
+# %%
+from icm_lib.notebook import show_depth
+
+depth_shown = show_depth(RESULTS_DIR, CLAIMS_PROFILES)
+print(S.record({"gradients": gradients_shown, "depth": depth_shown}, name="mechanism.json"))
 
 # %% [markdown]
 # ## Next

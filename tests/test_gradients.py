@@ -116,8 +116,11 @@ def test_depth_varies_only_the_recognizers_backbone(smoke_env, tmp_path):
     depth = main(args + ["--depth", "resnet18", "resnet34"])
     assert DepthFile.read(tmp_path / "depth-smoke.json") == depth
     rows = depth.tasks["seg"]["backbones"]
-    assert list(depth.tasks) == ["seg"] and list(rows) == ["resnet18", "resnet34"]
-    r18, r34 = rows["resnet18"], rows["resnet34"]
+    assert list(depth.tasks) == ["seg"] and [r["backbone"] for r in rows] == [
+        "resnet18",
+        "resnet34",
+    ]
+    r18, r34 = rows
     assert r18["recognizer"]["name"] == "resnet18" and r34["recognizer"]["name"] == "resnet34"
     assert r34["recognizer"]["params"] > r18["recognizer"]["params"]
     assert "miou" in r34["recognizer"]["val"] and r34["recognizer"]["train_steps"] > 0
@@ -144,3 +147,29 @@ def test_depth_refuses_a_backend_without_resnet_backbones(smoke_env):
     profile = get_profile("smoke", recognition__seg_backend="mmseg")
     with pytest.raises(ICMError, match="recognition__seg_backend=smp"):
         measure_depth(profile, smoke_env.cache_dir.parent, ("resnet18",), ("seg",))
+
+
+def test_show_depth_reads_the_file_or_says_the_command(tmp_path, capsys):
+    from icm_lib.notebook import show_depth
+    from icm_lib.results import DepthFile
+
+    def row(backbone, params, miou, ratios, cosines):
+        return {"backbone": backbone, "recognizer": {"name": "r", "params": params, "val": {"miou": miou},
+                               "train_steps": 300, "train_seconds": 60.0},
+                "at_start": {"task_norm": [1.0] * len(ratios), "branch_norm": ratios,
+                             "ratio": ratios, "cosine": cosines,
+                             "rate_norm": [1.0] * len(ratios)}}  # fmt: skip
+
+    entry = {"lmbda": 1.0, "batches": {"count": 2},
+             "backbones": [row("resnet50", 27_000_000, 0.41, [1.5, None], [-0.2, 0.0]),
+                           row("resnet18", 12_000_000, 0.46, [0.4, 0.6], [0.1, 0.3])]}  # fmt: skip
+    DepthFile(profile="t", seeds=[0], compute_hours_in_runs=0, wall_hours_this_invocation=0,
+              tasks={"seg": entry}).write(DepthFile.path(tmp_path, "t"))  # fmt: skip
+    shown = show_depth(tmp_path, ["t", "u"])
+    assert shown["u"] is None and list(shown["t"]["seg"]) == ["resnet50", "resnet18"]  # as measured
+    r18, r50 = shown["t"]["seg"]["resnet18"], shown["t"]["seg"]["resnet50"]
+    assert r18["ratio"] == pytest.approx(0.5) and r18["cosine"] == pytest.approx(0.2)
+    assert r50["ratio"] == 1.5 and r50["metric"] == 0.41  # a non-finite batch left out
+    out = capsys.readouterr().out
+    assert "python -m icm_lib.gradients --profile u --depth" in out
+    assert "resnet50       27.0M   0.410" in out

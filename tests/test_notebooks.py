@@ -172,13 +172,20 @@ def test_notebook_02_shows_iino_et_als_rd_claims(nb02):
         nb02[1], "iino_seg_rd", "iino_det_rd", "iino_det_vs_roi"
     )["claims"]["cpu"]
     assert not any("ablation" in r["name"] for r in rows)
-    # the mechanism: the gradients files of both worlds, where measured
-    from icm_lib.results import GradientsFile
+    # the mechanism: the gradients and depth files of both worlds, where measured
+    from icm_lib.results import DepthFile, GradientsFile
 
     shown = json.loads((nb02[1] / "mechanism.json").read_text())["gradients"]
     assert set(shown) == {"cpu", "cpu-patterns"}
     for name, entry in shown.items():
         assert (entry is None) == (GradientsFile.find(ROOT / "results", name) is None)
+    depth = json.loads((nb02[1] / "mechanism.json").read_text())["depth"]
+    assert set(depth) == {"cpu", "cpu-patterns"}
+    for name, entry in depth.items():
+        f = DepthFile.find(ROOT / "results", name)
+        assert (entry is None) == (f is None)
+        for task, rows in (entry or {}).items():  # the file's backbones, in its order
+            assert list(rows) == [r["backbone"] for r in f.tasks[task]["backbones"]]
 
 
 def test_notebook_03_shows_the_ablation_claims(nb03):
