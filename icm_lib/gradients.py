@@ -305,7 +305,7 @@ def measure_depth(
                 "torchvision / recognition__seg_backend=smp"
             )
     device, t0 = get_device(), time.perf_counter()
-    out, trained_here = {}, 0.0
+    out, trained = {}, 0.0
     for task in tasks:
         cfg, rows = profile.icm.train(task), []
         for name in backbones:
@@ -314,8 +314,7 @@ def measure_depth(
             exp = Experiment.prepare(p, data_dir, device, progress, tasks=(task,))
             objective, codec, xs = _start(exp, task, batches)
             report = exp.reports[task]
-            if not report.get("cached", True):
-                trained_here += report.get("train_seconds") or 0.0
+            trained += report.get("train_seconds") or 0.0
             machine = exp.machine(task)
             start = _grads(objective, codec, _fresh_branch(exp, task, codec), xs)
             rows.append(
@@ -345,12 +344,13 @@ def measure_depth(
     return DepthFile(
         profile=profile.name,
         seeds=[0],
-        compute_hours_in_runs=round(trained_here / 3600, 3),
+        compute_hours_in_runs=round(trained / 3600, 3),
         wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 3),
         tasks=out,
         notes=[
-            "compute_hours_in_runs: the recognizers trained by this invocation; the gradients "
-            "are those of one batch each, the codec in train mode (noisy ŷ), as in training"
+            "compute_hours_in_runs: the training of the recognizers measured (the profile's own "
+            "included; trained here or earlier); the gradients are those of one batch each, the "
+            "codec in train mode (noisy ŷ), as in training"
         ],
     )
 
