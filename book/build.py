@@ -259,6 +259,8 @@ STUDY_TITLES = {
     "study": "Study: R-D curves and BD-rates (Iino et al.)",
     "ablation": "Study: where the auxiliary loss enters (Iino et al., section 4.2)",
     "gan": "Study: PatchGAN decoder finetuning over seeds (Le et al.)",
+    "gradients": "Measurement: who pushes the encoder, task loss or branch (Iino et al.'s premise)",
+    "depth": "Measurement: does a deeper recognizer starve the encoder? (Iino et al.'s premise)",
 }
 
 
