@@ -273,7 +273,8 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
     at the start of training. A world without the file says the command that measures it.
 
     Returns:
-        ``{profile: {task: {backbone: {"params", "metric", "ratio", "cosine"}}} or None}``.
+        ``{profile: {task: [{"backbone", "params", "metric", "ratio", "cosine"}, ...]} or
+        None}``, the backbones in the order measured (a list: a record keeps it).
     """
     from .results import REGENERATE, DepthFile
     from .tasks import get_task
@@ -294,20 +295,21 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
         out[name] = {}
         for task, entry in f.tasks.items():
             metric = get_task(task).metric
-            rows = out[name][task] = {}
+            rows = out[name][task] = []
             print(f"profile {name}, {task} λ={entry['lmbda']:g}, at the start of training "
                   f"(mean of {entry['batches']['count']} batches):")  # fmt: skip
             print(f"  {'backbone':<10}{'params':>10}{metric:>8}{'‖g_branch‖/‖g_task‖':>22}"
                   f"{'cosine':>9}")  # fmt: skip
             for row in entry["backbones"]:
                 backbone, start = row["backbone"], row["at_start"]
-                rows[backbone] = {
+                r = {
+                    "backbone": backbone,
                     "params": row["recognizer"]["params"],
                     "metric": row["recognizer"]["val"].get(metric),
                     "ratio": mean(start["ratio"]),
                     "cosine": mean(start["cosine"]),
                 }
-                r = rows[backbone]
+                rows.append(r)
                 print(
                     f"  {backbone:<10}{r['params'] / 1e6:>9.1f}M{_num(r['metric'], '.3f'):>8}"
                     f"{_num(r['ratio'], '.3g'):>22}{_num(r['cosine'], '+.3f'):>9}"

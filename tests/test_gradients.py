@@ -166,8 +166,9 @@ def test_show_depth_reads_the_file_or_says_the_command(tmp_path, capsys):
     DepthFile(profile="t", seeds=[0], compute_hours_in_runs=0, wall_hours_this_invocation=0,
               tasks={"seg": entry}).write(DepthFile.path(tmp_path, "t"))  # fmt: skip
     shown = show_depth(tmp_path, ["t", "u"])
-    assert shown["u"] is None and list(shown["t"]["seg"]) == ["resnet50", "resnet18"]  # as measured
-    r18, r50 = shown["t"]["seg"]["resnet18"], shown["t"]["seg"]["resnet50"]
+    assert shown["u"] is None
+    r50, r18 = shown["t"]["seg"]  # as measured
+    assert (r50["backbone"], r18["backbone"]) == ("resnet50", "resnet18")
     assert r18["ratio"] == pytest.approx(0.5) and r18["cosine"] == pytest.approx(0.2)
     assert r50["ratio"] == 1.5 and r50["metric"] == 0.41  # a non-finite batch left out
     out = capsys.readouterr().out

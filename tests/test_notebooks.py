@@ -185,7 +185,9 @@ def test_notebook_02_shows_iino_et_als_rd_claims(nb02):
         f = DepthFile.find(ROOT / "results", name)
         assert (entry is None) == (f is None)
         for task, rows in (entry or {}).items():  # the file's backbones, in its order
-            assert list(rows) == [r["backbone"] for r in f.tasks[task]["backbones"]]
+            assert [r["backbone"] for r in rows] == [
+                r["backbone"] for r in f.tasks[task]["backbones"]
+            ]
 
 
 def test_notebook_03_shows_the_ablation_claims(nb03):
