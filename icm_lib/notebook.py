@@ -232,26 +232,18 @@ def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...
     Returns:
         ``{profile: {task: {state: {stat: mean}}} or None}`` for :meth:`Setup.record`.
     """
-    from .results import REGENERATE, GradientsFile
-
-    def mean(values):
-        finite = [v for v in values if v is not None]
-        return sum(finite) / len(finite) if finite else None
+    from .results import GradientsFile
 
     out: dict = {}
     for name in profiles:
-        f = GradientsFile.find(results_dir, name)
+        f = out[name] = _measured(GradientsFile, results_dir, name)
         if f is None:
-            print(
-                f"profile {name}: not measured yet: `{REGENERATE['gradients'].format(profile=name)}`"
-            )
-            out[name] = None
             continue
         out[name] = {}
         for task, entry in f.tasks.items():
             states = {s: entry[s] for s in ("at_start", "trained") if entry.get(s)}
             out[name][task] = {
-                s: {k: mean(v) for k, v in stats.items()} for s, stats in states.items()
+                s: {k: _mean(v) for k, v in stats.items()} for s, stats in states.items()
             }
             for s, m in out[name][task].items():
                 ratio = "—" if m["ratio"] is None else f"{m['ratio']:.3g}"
@@ -276,21 +268,13 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
         ``{profile: {task: [{"backbone", "params", "metric", "ratio", "cosine"}, ...]} or
         None}``, the backbones in the order measured (a list: a record keeps it).
     """
-    from .results import REGENERATE, DepthFile
+    from .results import DepthFile
     from .tasks import get_task
-
-    def mean(values):
-        finite = [v for v in values if v is not None]
-        return sum(finite) / len(finite) if finite else None
 
     out: dict = {}
     for name in profiles:
-        f = DepthFile.find(results_dir, name)
+        f = out[name] = _measured(DepthFile, results_dir, name)
         if f is None:
-            print(
-                f"profile {name}: depth not measured: `{REGENERATE['depth'].format(profile=name)}`"
-            )
-            out[name] = None
             continue
         out[name] = {}
         for task, entry in f.tasks.items():
@@ -306,8 +290,8 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
                     "backbone": backbone,
                     "params": row["recognizer"]["params"],
                     "metric": row["recognizer"]["val"].get(metric),
-                    "ratio": mean(start["ratio"]),
-                    "cosine": mean(start["cosine"]),
+                    "ratio": _mean(start["ratio"]),
+                    "cosine": _mean(start["cosine"]),
                 }
                 rows.append(r)
                 print(
@@ -315,6 +299,23 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
                     f"{_num(r['ratio'], '.3g'):>22}{_num(r['cosine'], '+.3f'):>9}"
                 )
     return out
+
+
+def _measured(cls, results_dir: str | Path, name: str):
+    """The profile's measurement file of kind ``cls`` (a results file class), or ``None`` after
+    printing the command that measures it."""
+    from .results import REGENERATE
+
+    f = cls.find(results_dir, name)
+    if f is None:
+        print(f"profile {name}: not measured yet: `{REGENERATE[cls.KIND].format(profile=name)}`")
+    return f
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that are not ``None`` (a non-finite batch), or ``None``."""
+    finite = [v for v in values if v is not None]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _num(value, spec: str) -> str:
