@@ -236,21 +236,20 @@ def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...
 
     out: dict = {}
     for name in profiles:
-        f = out[name] = _measured(GradientsFile, results_dir, name)
+        f = _measured(GradientsFile, results_dir, name)
+        out[name] = None if f is None else {}
         if f is None:
             continue
-        out[name] = {}
         for task, entry in f.tasks.items():
             states = {s: entry[s] for s in ("at_start", "trained") if entry.get(s)}
             out[name][task] = {
                 s: {k: _mean(v) for k, v in stats.items()} for s, stats in states.items()
             }
             for s, m in out[name][task].items():
-                ratio = "—" if m["ratio"] is None else f"{m['ratio']:.3g}"
-                cosine = "—" if m["cosine"] is None else f"{m['cosine']:+.3f}"
                 print(
                     f"profile {name}, {task} λ={entry['lmbda']:g}, {s.replace('_', ' ')}: "
-                    f"‖g_branch‖/‖g_task‖ = {ratio}, cosine {cosine} "
+                    f"‖g_branch‖/‖g_task‖ = {_num(m['ratio'], '.3g')}, "
+                    f"cosine {_num(m['cosine'], '+.3f')} "
                     f"(mean of {entry['batches']['count']} batches)"
                 )
             if entry.get("trained_note"):
@@ -273,10 +272,10 @@ def show_depth(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -
 
     out: dict = {}
     for name in profiles:
-        f = out[name] = _measured(DepthFile, results_dir, name)
+        f = _measured(DepthFile, results_dir, name)
+        out[name] = None if f is None else {}
         if f is None:
             continue
-        out[name] = {}
         for task, entry in f.tasks.items():
             metric = get_task(task).metric
             rows = out[name][task] = []
