@@ -304,7 +304,8 @@ def _curve_table(d: StudyFile, cell, paper_column: bool) -> list[str]:
 
 def _bd_rate_table(d: StudyFile) -> list[str]:
     return [
-        f"Iino et al. on `{d.profile}` ({'complete' if d.complete else 'in progress'}: "
+        f"Iino et al. on `{d.profile}` ({' and '.join(d.tasks)}: "
+        f"{'complete' if d.complete else 'in progress'}, "
         f"{len(d.runs)} runs, {d.compute_hours_in_runs:.2f} h of compute in runs). "
         "BD-rate against the baseline (Eq. 4) on the task metric, mean ± 95 % CI over seeds:",
         "",

@@ -99,6 +99,38 @@ def test_random_crops_keep_boxes_inside(scenes):
         assert len(target["labels"]) == len(b)
 
 
+def test_random_crops_read_each_image_once_and_crop_as_if_read_every_time(scenes):
+    from icm_lib.data.coco import CocoDetection
+    from icm_lib.data.context import PascalContextSegmentation
+
+    for base in (
+        CocoDetection(scenes.coco_root, "train"),
+        PascalContextSegmentation(scenes.context_root, "train"),
+    ):
+        reads = []
+
+        class Counted(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(base)
+
+            def __getitem__(self, idx):
+                reads.append(idx)
+                return base[idx]
+
+        cached, fresh = RandomCrops(Counted(), 64, seed=3), RandomCrops(base, 64, 3, cache_items=0)
+        for epoch in range(2):  # a new epoch crops the same items elsewhere
+            cached.epoch = fresh.epoch = epoch
+            for i in range(len(base)):
+                (a, ta), (b, tb) = cached[i], fresh[i]
+                assert torch.equal(a, b)
+                if isinstance(ta, dict):
+                    assert torch.equal(ta["boxes"], tb["boxes"])
+                    assert torch.equal(ta["labels"], tb["labels"])
+                else:
+                    assert torch.equal(ta, tb)
+        assert sorted(reads) == list(range(len(base)))  # each item read once over both epochs
+
+
 @pytest.mark.parametrize(
     "build",
     [

@@ -10,6 +10,7 @@ from icm_lib.dev import bench
 from icm_lib.dev.stepbench import bench_paper_step, build_machine, build_step, recognition_config
 from icm_lib.profiles import get_profile
 from icm_lib.recognition import FrozenDetector
+from icm_lib.tasks import get_task
 from icm_lib.trainer import _StepValues, step_flags
 
 SMOKE = get_profile("smoke")
@@ -222,3 +223,15 @@ def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardwa
     for choice in ("auto", "on", "off"):
         b.bench_icm("smoke", Path("data"), 1, 1, (False,), choice)
     assert asked == [native, True, False]
+
+
+def test_bench_loading_draws_each_recognizers_whole_stream_both_ways(smoke_env, capsys):
+    """``bench loading``: per task, the profile's steps drawn read-per-crop and kept, timed."""
+    rows = bench.bench_loading("smoke", smoke_env.cache_dir.parent, ("det", "seg"))
+    steps = SMOKE.recognition.steps_for
+    assert [(r["task"], r["steps"]) for r in rows] == [
+        ("det", steps(get_task("det"))),
+        ("seg", steps(get_task("seg"))),
+    ]
+    assert all(r["read_s"] > 0 and r["kept_s"] > 0 for r in rows)
+    assert "read from disk per crop vs kept in memory" in capsys.readouterr().out

@@ -73,8 +73,8 @@ def test_crop_sampler_memory_is_bounded(scenes):
     bounded, whole = CropSampler(ds, 64, 4, seed=2, cache_images=3), CropSampler(ds, 64, 4, seed=2)
     for step in range(10):
         assert torch.equal(bounded.batch(step), whole.batch(step))  # same batches either way
-        assert len(bounded._cache) <= 3
-    assert len(whole._cache) > 3
+        assert bounded.items.held <= 3
+    assert whole.items.held > 3
 
 
 def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_path):

@@ -5,6 +5,7 @@
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
+    python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
     python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
@@ -52,6 +53,13 @@ the speed-ups, the PSNR change of the round trip and the stream size). Without
 about coding efficiency; ``--train-steps N`` adds small codecs of the three coded families
 trained for N steps on procedural scenes, and the cached MSE reference codec of the cpu
 profile (trained by notebook 00) is added as a trained row when it exists.
+
+``loading``: what reading the training images costs a recognizer's training: the profile's whole
+stream of training batches per task (its steps, batch and crop, seed 0: the batches
+:func:`~icm_lib.recognition.training.training_batches` gives the trainer) drawn with every image
+read from disk for each crop, and with the items kept in memory (the trainer's way; the same
+batches, tested), seconds and ratio side by side. Comparable with a training's seconds only on a
+quiet machine.
 
 ``devices``: the cross-device table. Small codecs of each family (trained briefly) write streams
 of six images on every available "device" (the CPU with its default threads, one thread, the
@@ -481,6 +489,39 @@ def bench_recognizers(
     return rows
 
 
+def bench_loading(profile_name: str, data_dir: Path, tasks: tuple[str, ...]) -> list[dict]:
+    """``python -m icm_lib.bench loading`` (module docstring): one row per task."""
+    from ..data import get_datasets
+    from ..profiles import get_profile
+    from ..recognition.training import collate_detection, training_batches
+    from ..tasks import get_task
+
+    profile = get_profile(profile_name)
+    datasets = get_datasets(profile.data, data_dir, progress=False)
+    cfg, crop = profile.recognition, profile.data.train_crop
+    print(
+        f"profile {profile_name}, {torch.get_num_threads()} threads; a recognizer's training "
+        f"batches (batch {cfg.batch_size}, crop {crop}), read from disk per crop vs kept in memory"
+    )
+    print(f"{'task':<5}{'steps':>6}{'images':>8}{'s read':>9}{'s kept':>9}{'ratio':>7}")
+    rows = []
+    for name in tasks:
+        task = get_task(name)
+        steps, train = cfg.steps_for(task), datasets.train(task)
+        collate = collate_detection if name == "det" else None
+        seconds = {}
+        for kept in (0, 512):
+            batches = training_batches(train, cfg.batch_size, crop, 0, collate, kept)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                next(batches)
+            seconds[kept] = time.perf_counter() - t0
+        read, kept = seconds[0], seconds[512]
+        rows.append({"task": name, "steps": steps, "read_s": read, "kept_s": kept})
+        print(f"{name:<5}{steps:>6}{len(train):>8}{read:>9.2f}{kept:>9.2f}{read / kept:>7.1f}")
+    return rows
+
+
 def bench_devices(train_steps: int) -> dict:
     """The cross-device table (module docstring); returns its cells."""
 
@@ -571,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             "devices",
             "backends",
             "recognizers",
+            "loading",
             "paper-step",
             "decode-budget",
         ],
@@ -594,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=["det", "seg"],
         default=["det", "seg"],
-        help="icm, recognizers: the tasks",
+        help="icm, recognizers, loading: the tasks",
     )
     ap.add_argument(
         "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers: the seeds"
@@ -630,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.what == "recognizers":
         bench_recognizers(args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks))
+    elif args.what == "loading":
+        bench_loading(args.profile, args.cache_dir.parent, tuple(args.tasks))
     elif args.scaling:
         for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
             bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)

@@ -11,6 +11,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDetection
 from ..data.context import PascalContextSegmentation
+from ..data.sampler import CachedItems
 from ..data.transforms import random_crop
 from ..errors import CheckpointError
 from ..files import atomic_torch_save, load_checkpoint, load_or_compute
@@ -32,10 +34,15 @@ from .segmentation import FrozenSegmenter
 
 
 class RandomCrops(Dataset):
-    """Random square crops with a horizontal flip, for detection or segmentation items."""
+    """Random square crops with a horizontal flip, for detection or segmentation items.
 
-    def __init__(self, base: Dataset, crop: int, seed: int = 0):
-        self.base, self.crop, self.seed = base, crop, seed
+    The items of ``base`` are read once and kept in memory (:class:`CachedItems`,
+    ``cache_items`` of them): the same crops as reading them every time, without decoding
+    an image file per crop.
+    """
+
+    def __init__(self, base: Dataset, crop: int, seed: int = 0, cache_items: int = 512):
+        self.base, self.crop, self.seed = CachedItems(base, cache_items), crop, seed
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -65,10 +72,28 @@ def collate_detection(batch):
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
-def _cycle(loader: DataLoader, dataset: RandomCrops):
+def training_batches(
+    dataset: Dataset,
+    batch_size: int,
+    crop: int,
+    seed: int,
+    collate_fn=None,
+    cache_items: int = 512,
+) -> Iterator:
+    """The endless, seeded stream of training batches a recognizer sees: epochs of shuffled
+    :class:`RandomCrops` of ``dataset`` (each epoch crops elsewhere)."""
+    crops = RandomCrops(dataset, crop, seed, cache_items)
+    loader = DataLoader(
+        crops,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
     while True:
         yield from loader
-        dataset.epoch += 1
+        crops.epoch += 1
 
 
 def _warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -106,15 +131,6 @@ def _fit(
     ``evaluate(model)`` (a metric dict) runs every ``cfg.eval_every`` steps and at the end.
     """
     seed_everything(seed)
-    crops = RandomCrops(dataset, crop, seed)
-    loader = DataLoader(
-        crops,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate_fn,
-        generator=torch.Generator().manual_seed(seed),
-    )
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _warmup_cosine(s, steps, max(1, steps // 10))
     )
@@ -122,7 +138,7 @@ def _fit(
     model.to(device).train()
     log: list[float] = []
     curve: list[dict] = []
-    batches = _cycle(loader, crops)
+    batches = training_batches(dataset, cfg.batch_size, crop, seed, collate_fn)
     start = 0
     state = _training_state(state_path, steps)
     if state is not None:
