@@ -394,9 +394,11 @@ GAN_KEYS = ("bpp", "psnr", "ms_ssim", "checkerboard", "task_relative_change_perc
 
 def _gan_table(d: GanFile) -> list[str]:
     paper = f"{PAPERS.le_task_relative_change_percent:+.1f}".replace("-", "−")
+    planned = len(d.seeds) * len(d.gan_config.get("presets") or d.summary)
+    state = "" if len(d.runs) >= planned else f"in progress: {len(d.runs)} of {planned} runs, "
     lines = [
         "",
-        f"Le et al. on `{d.profile}` (seeds {d.seeds}, {d.compute_hours_in_runs:.2f} h "
+        f"Le et al. on `{d.profile}` ({state}seeds {d.seeds}, {d.compute_hours_in_runs:.2f} h "
         "in finetuning runs); before → after, mean over seeds:",
         "",
         "| preset | bpp | PSNR (dB) | MS-SSIM | checkerboard | task metric "
