@@ -10,6 +10,9 @@ from torch.utils.data import Dataset
 from ..runtime import mix_seed
 from .transforms import random_crop
 
+#: how many dataset items a trainer keeps in memory by default (:class:`CachedItems`)
+KEEP_ITEMS = 512
+
 
 class CachedItems(Dataset):
     """``dataset``'s items, each read (decoded, resized) once and then served from memory.
@@ -24,7 +27,7 @@ class CachedItems(Dataset):
         capacity: how many items to keep (0: read every time).
     """
 
-    def __init__(self, dataset: Dataset, capacity: int = 512):
+    def __init__(self, dataset: Dataset, capacity: int = KEEP_ITEMS):
         self.dataset, self.capacity = dataset, capacity
         self._cache: OrderedDict[int, object] = OrderedDict()
 
@@ -60,7 +63,12 @@ class CropSampler:
     """
 
     def __init__(
-        self, dataset: Dataset, crop: int, batch_size: int, seed: int, cache_images: int = 512
+        self,
+        dataset: Dataset,
+        crop: int,
+        batch_size: int,
+        seed: int,
+        cache_images: int = KEEP_ITEMS,
     ):
         self.dataset, self.crop, self.batch_size, self.seed = dataset, crop, batch_size, seed
         self.items = CachedItems(dataset, cache_images)

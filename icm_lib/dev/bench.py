@@ -492,6 +492,7 @@ def bench_recognizers(
 def bench_loading(profile_name: str, data_dir: Path, tasks: tuple[str, ...]) -> list[dict]:
     """``python -m icm_lib.bench loading`` (module docstring): one row per task."""
     from ..data import get_datasets
+    from ..data.sampler import KEEP_ITEMS
     from ..profiles import get_profile
     from ..recognition.training import collate_detection, training_batches
     from ..tasks import get_task
@@ -509,14 +510,14 @@ def bench_loading(profile_name: str, data_dir: Path, tasks: tuple[str, ...]) -> 
         task = get_task(name)
         steps, train = cfg.steps_for(task), datasets.train(task)
         collate = collate_detection if name == "det" else None
-        seconds = {}
-        for kept in (0, 512):
-            batches = training_batches(train, cfg.batch_size, crop, 0, collate, kept)
+        seconds = []
+        for keep in (0, KEEP_ITEMS):  # read from disk per crop, then the trainer's way
+            batches = training_batches(train, cfg.batch_size, crop, 0, collate, keep)
             t0 = time.perf_counter()
             for _ in range(steps):
                 next(batches)
-            seconds[kept] = time.perf_counter() - t0
-        read, kept = seconds[0], seconds[512]
+            seconds.append(time.perf_counter() - t0)
+        read, kept = seconds
         rows.append({"task": name, "steps": steps, "read_s": read, "kept_s": kept})
         print(f"{name:<5}{steps:>6}{len(train):>8}{read:>9.2f}{kept:>9.2f}{read / kept:>7.1f}")
     return rows

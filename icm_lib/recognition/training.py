@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDetection
 from ..data.context import PascalContextSegmentation
-from ..data.sampler import CachedItems
+from ..data.sampler import KEEP_ITEMS, CachedItems
 from ..data.transforms import random_crop
 from ..errors import CheckpointError
 from ..files import atomic_torch_save, load_checkpoint, load_or_compute
@@ -41,7 +41,7 @@ class RandomCrops(Dataset):
     an image file per crop.
     """
 
-    def __init__(self, base: Dataset, crop: int, seed: int = 0, cache_items: int = 512):
+    def __init__(self, base: Dataset, crop: int, seed: int = 0, cache_items: int = KEEP_ITEMS):
         self.base, self.crop, self.seed = CachedItems(base, cache_items), crop, seed
         self.epoch = 0
 
@@ -78,7 +78,7 @@ def training_batches(
     crop: int,
     seed: int,
     collate_fn=None,
-    cache_items: int = 512,
+    cache_items: int = KEEP_ITEMS,
 ) -> Iterator:
     """The endless, seeded stream of training batches a recognizer sees: epochs of shuffled
     :class:`RandomCrops` of ``dataset`` (each epoch crops elsewhere)."""
