@@ -16,7 +16,7 @@ with ``g_a``/``g_s`` works. ``compress``/``decompress`` produce real bytes in th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
 from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
 from .metrics import bpp_from_bytes, bpp_from_likelihoods
+from .runtime import forwards_in_bfloat16
 from .weights import compressai_zoo_model
 
 #: the four codecs the tutorial names; cheng2020-attn is Iino et al.'s default.
@@ -234,13 +235,8 @@ class ICMCodec(nn.Module):
             yield
             return
         wrapped = [getattr(self.model, n) for n in self.TRANSFORMS if hasattr(self.model, n)]
-        for module in wrapped:
-            module.forward = _in_bf16(module.forward, device_type)
-        try:
+        with forwards_in_bfloat16(wrapped, device_type):
             yield
-        finally:
-            for module in wrapped:
-                del module.forward  # the class's own forward again
 
     def encode(self, x: torch.Tensor) -> dict[str, object]:
         """Encoder side only: ``{"latent_hat": ŷ, "likelihoods": {...}}`` without running g_s."""
@@ -634,16 +630,6 @@ def load_codec(state: dict) -> ICMCodec:
     codec = ICMCodec(model, cfg["name"], quality, cfg["N"], cfg["M"])
     codec.require_finite_weights()
     return codec
-
-
-def _in_bf16(forward: Callable, device_type: str) -> Callable:
-    """``forward`` under bfloat16 autocast, its output back in float32."""
-
-    def run(*args, **kwargs):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return forward(*args, **kwargs).float()
-
-    return run
 
 
 __all__ = [

@@ -97,7 +97,7 @@ class CodecConfig:
 DET_BACKENDS = ("torchvision", "detectron2")
 SEG_BACKENDS = ("smp", "mmseg")
 #: the recognizers' training precisions (``RecognitionConfig.det_train_precision`` / ``seg_``)
-TRAIN_PRECISIONS = ("float32", "bfloat16")
+TRAIN_PRECISIONS = ("float32", "bfloat16", "bfloat16-backbone")
 
 
 @dataclass(frozen=True)
@@ -129,14 +129,16 @@ class RecognitionConfig:
             same weights as an uninterrupted one. Neither of the two keys the cache.
         batch_size: for that training.
         det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
-        det_train_precision, seg_train_precision: ``"float32"`` or ``"bfloat16"``: that task's
-            training forward and loss under bfloat16 autocast (weights, gradients and optimizer
-            state stay float32; evaluation and the frozen machine run in float32). Each keys
-            its own task's recognizer, and only when not float32. Measured on `cpu` (README
-            "Recognizers trained in bfloat16"): 1.5-1.6x faster steps on a CPU with AVX512-BF16
-            (slower where the hardware emulates bfloat16); the segmenter reaches float32's val
-            mIoU within seed spread, the detector lost mAP in 2 of 3 seeds, so no profile
-            uses it for detection.
+        det_train_precision, seg_train_precision: ``"float32"``, ``"bfloat16"`` (that task's
+            training forward and loss under bfloat16 autocast) or ``"bfloat16-backbone"``
+            (only the feature extractor under bfloat16 autocast, its features handed on in
+            float32: the detector's RPN and RoI heads, which turn features into box
+            coordinates, stay float32). Weights, gradients and optimizer state stay float32;
+            evaluation and the frozen machine run in float32. Each keys its own task's
+            recognizer, and only when not float32. Measured on `cpu` (README "Recognizers
+            trained in bfloat16"): 1.5-1.6x faster steps on a CPU with AVX512-BF16 (slower
+            where the hardware emulates bfloat16); the segmenter reaches float32's val mIoU
+            within seed spread, the detector lost mAP in 2 of 3 seeds under full autocast.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
             under-confident (highest val score 0.48), and 0.2 keeps about 6 boxes per val image
@@ -194,6 +196,13 @@ class RecognitionConfig:
                 raise ValueError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
+        if "bfloat16-backbone" in (self.seg_train_precision, self.det_train_precision) and (
+            self.seg_train_precision == "bfloat16-backbone" or self.det_backend != "torchvision"
+        ):
+            raise ValueError(
+                "train precision 'bfloat16-backbone' is the torchvision detector's "
+                "(det_train_precision with det_backend='torchvision'); elsewhere use 'bfloat16'"
+            )
         for name in ("det_checkpoint", "seg_checkpoint"):
             if getattr(self, name) is not None and not self.pretrained:
                 raise ValueError(

@@ -90,6 +90,34 @@ def get_device(prefer: str | None = None) -> torch.device:
 _SEED_PRIME = 1_000_003
 
 
+@contextlib.contextmanager
+def forwards_in_bfloat16(modules, device_type: str):
+    """Inside, each of ``modules`` runs its forward under bfloat16 autocast and hands on float32
+    (a tensor, or a mapping of them, as its forward returns), so that what comes after it
+    computes in float32: the codec's transforms (``ICMCodec.transforms_in_bf16``), a detector's
+    backbone (a recognizer's ``"bfloat16-backbone"`` training). The weights stay float32 and
+    keep their names (the wrapper is an instance attribute, removed on the way out)."""
+
+    def wrap(forward):
+        def run(*args, **kwargs):
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                out = forward(*args, **kwargs)
+            if isinstance(out, torch.Tensor):
+                return out.float()
+            return type(out)((k, v.float()) for k, v in out.items())
+
+        return run
+
+    modules = list(modules)
+    for module in modules:
+        module.forward = wrap(module.forward)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward  # the class's own forward again
+
+
 def mix_seed(seed: int, *counters: int) -> int:
     """One integer seed for a random stream from a base seed and counters, e.g.
     ``mix_seed(seed, step)`` for a training batch or ``mix_seed(seed, step, shard)`` for one

@@ -257,3 +257,34 @@ def test_checkpoint_errors_never_advise_unsafe_loading(tmp_path, content):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "weights_only" not in str(info.value) and "delete it" in str(info.value).lower()
+
+
+def test_forwards_in_bfloat16_computes_in_bfloat16_and_hands_on_float32():
+    """Inside, a wrapped module's convolutions run in bfloat16 and what it returns (a tensor or a
+    mapping of them) is float32; its weights keep their names and dtype; outside, it is itself."""
+    from collections import OrderedDict
+
+    from icm_lib.runtime import forwards_in_bfloat16
+
+    class Pyramid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return OrderedDict([("0", y), ("pool", y[..., ::2, ::2])])
+
+    plain, pyramid = torch.nn.Conv2d(3, 4, 1), Pyramid()
+    seen = []
+    pyramid.conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    names = [n for n, _ in pyramid.named_parameters()]
+    x = torch.rand(1, 3, 8, 8)
+    with forwards_in_bfloat16([plain, pyramid], "cpu"):
+        out, feats = plain(x), pyramid(x)
+        assert [n for n, _ in pyramid.named_parameters()] == names
+    assert out.dtype == torch.float32 and seen == [torch.bfloat16]
+    assert isinstance(feats, OrderedDict) and list(feats) == ["0", "pool"]
+    assert all(v.dtype == torch.float32 for v in feats.values())
+    assert torch.allclose(out, plain(x), atol=0.05) and "forward" not in vars(plain)
+    assert pyramid(x)["0"].dtype == torch.float32 and seen[-1] == torch.float32

@@ -235,3 +235,16 @@ def test_bench_loading_draws_each_recognizers_whole_stream_both_ways(smoke_env, 
     ]
     assert all(r["read_s"] > 0 and r["kept_s"] > 0 for r in rows)
     assert "read from disk per crop vs kept in memory" in capsys.readouterr().out
+
+
+def test_bench_recognizers_sets_the_chosen_precision_against_float32(smoke_env, capsys):
+    """``bench recognizers --precision bfloat16-backbone``: per seed the profile's float32
+    detector (the cached one) and one trained with its backbone in bfloat16, side by side."""
+    rows = bench.bench_recognizers(
+        "smoke", smoke_env.cache_dir.parent, (0,), ("det",), "bfloat16-backbone"
+    )
+    (row,) = rows
+    assert (row["task"], row["seed"]) == ("det", 0)
+    assert set(row["seconds"]) == {"float32", "bfloat16-backbone"}
+    assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
+    assert "bfloat16-backbone - float32, mean over 1 seeds" in capsys.readouterr().out

@@ -5,6 +5,7 @@
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
+        [--precision bfloat16|bfloat16-backbone]
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
@@ -38,7 +39,8 @@ crop; a backend whose library is not installed is listed as skipped.
 
 ``recognizers``: what training a recognizer in bfloat16 costs and gains
 (``RecognitionConfig.det_train_precision`` / ``seg_train_precision``): each task's recognizer of
-the profile trained per seed in float32 and in bfloat16 (the same initial weights and batches;
+the profile trained per seed in float32 and in ``--precision`` (``bfloat16``, or
+``bfloat16-backbone``: the detector's backbone only; the same initial weights and batches;
 load-or-compute in the cache), its val metric and training seconds side by side, the paired
 difference per seed and its mean, and the seed-to-seed spread of the float32 ones. Training
 seconds are only comparable on a quiet machine.
@@ -431,10 +433,14 @@ def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -
 
 
 def bench_recognizers(
-    profile_name: str, data_dir: Path, seeds: tuple[int, ...], tasks: tuple[str, ...]
+    profile_name: str,
+    data_dir: Path,
+    seeds: tuple[int, ...],
+    tasks: tuple[str, ...],
+    precision: str = "bfloat16",
 ) -> list[dict]:
-    """``python -m icm_lib.bench recognizers``: float32 against bfloat16 recognizer training
-    (see the module docstring); prints one row per task and seed and returns them."""
+    """``python -m icm_lib.bench recognizers``: float32 against ``precision`` recognizer
+    training (see the module docstring); prints one row per task and seed and returns them."""
     from ..data import get_datasets
     from ..profiles import get_profile
     from ..recognition.training import load_or_train_detector, load_or_train_segmenter
@@ -445,7 +451,7 @@ def bench_recognizers(
     device, cache = torch.device("cpu"), data_dir / "cache"
     print(
         f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained "
-        f"float32 vs bfloat16 (autocast), seeds {list(seeds)}; bfloat16 hardware: "
+        f"float32 vs {precision} (autocast), seeds {list(seeds)}; bfloat16 hardware: "
         f"{bf16_hardware()}"
     )
     rows = []
@@ -457,14 +463,12 @@ def bench_recognizers(
               f"{'s fp32':>9}{'s bf16':>9}")  # fmt: skip
         for seed in seeds:
             got = {}
-            for precision in ("float32", "bfloat16"):
-                cfg = dataclasses.replace(
-                    profile.recognition, **{f"{name}_train_precision": precision}
-                )
+            for p in ("float32", precision):
+                cfg = dataclasses.replace(profile.recognition, **{f"{name}_train_precision": p})
                 _, report = load(cfg, train, val, profile.data.train_crop, cache, device, seed,
                                  progress=False)  # fmt: skip
-                got[precision] = report
-            a, b = (got[p]["val"][task.metric] for p in ("float32", "bfloat16"))
+                got[p] = report
+            a, b = (got[p]["val"][task.metric] for p in ("float32", precision))
             row = {
                 "task": name,
                 "seed": seed,
@@ -475,14 +479,14 @@ def bench_recognizers(
             rows.append(row)
             print(
                 f"{name:<5}{seed:>5}{a:>12.4f}{b:>9.4f}{b - a:>+9.4f}"
-                f"{row['seconds']['float32']:>9.0f}{row['seconds']['bfloat16']:>9.0f}",
+                f"{row['seconds']['float32']:>9.0f}{row['seconds'][precision]:>9.0f}",
                 flush=True,
             )
         mine = [r for r in rows if r["task"] == name]
         diffs = [r["bf16"] - r["fp32"] for r in mine]
         spread = statistics.stdev([r["fp32"] for r in mine]) if len(mine) > 1 else float("nan")
         print(
-            f"{name}: bfloat16 - float32, mean over {len(mine)} seeds {statistics.mean(diffs):+.4f} "
+            f"{name}: {precision} - float32, mean over {len(mine)} seeds {statistics.mean(diffs):+.4f} "
             f"(per seed {', '.join(f'{d:+.4f}' for d in diffs)}); float32 seed-to-seed SD "
             f"{spread:.4f}"
         )
@@ -642,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers: the seeds"
     )
+    ap.add_argument(
+        "--precision",
+        choices=["bfloat16", "bfloat16-backbone"],
+        default="bfloat16",
+        help="recognizers: the training precision set against float32",
+    )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
@@ -672,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.what == "recognizers":
-        bench_recognizers(args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks))
+        bench_recognizers(
+            args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks),
+            args.precision,
+        )  # fmt: skip
     elif args.what == "loading":
         bench_loading(args.profile, args.cache_dir.parent, tuple(args.tasks))
     elif args.scaling:

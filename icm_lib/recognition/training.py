@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +26,15 @@ from ..errors import CheckpointError
 from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
 from ..profiles import RecognitionConfig
-from ..runtime import data_key, keyed_path, mix_seed, refuse_training, seed_everything, tqdm
+from ..runtime import (
+    data_key,
+    forwards_in_bfloat16,
+    keyed_path,
+    mix_seed,
+    refuse_training,
+    seed_everything,
+    tqdm,
+)
 from ..tasks import DETECTION, SEGMENTATION, get_task
 from .build import build_recognizer
 from .detection import FrozenDetector
@@ -102,6 +111,31 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+@contextmanager
+def _precision(model, precision: str, device_type: str):
+    """The scope one training forward and loss run in (``RecognitionConfig.det_train_precision``):
+    ``"float32"`` as is; ``"bfloat16"`` all under bfloat16 autocast; ``"bfloat16-backbone"``
+    only the detector's backbone (ResNet + FPN) under autocast, its features cast back to
+    float32 before the RPN and the RoI heads, so proposals and box regression stay float32 (under
+    full autocast the RPN hands the RoI heads boxes at 0.5-1 px resolution on 128-px crops)."""
+    if precision == "float32":
+        yield
+    elif precision == "bfloat16":
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    elif precision == "bfloat16-backbone":
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            raise ValueError(
+                f"train precision 'bfloat16-backbone' needs a torchvision detector (a model with "
+                f"a .backbone), not {type(model).__name__}: use 'bfloat16' or 'float32'"
+            )
+        with forwards_in_bfloat16([backbone], device_type):
+            yield
+    else:
+        raise ValueError(f"unknown train precision {precision!r}")
+
+
 def _fit(
     model,
     dataset: Dataset,
@@ -122,8 +156,9 @@ def _fit(
 ) -> tuple[list[float], list[dict]]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
     schedule, optional clipping, progress bar; returns the loss log and the val curve. With
-    ``precision`` ``"bfloat16"`` the forward and the loss run under bfloat16 autocast (the
-    weights, gradients and optimizer state stay float32).
+    ``precision`` other than ``"float32"`` the forward and the loss, or the detector's backbone,
+    run under bfloat16 autocast (:func:`_precision`; the weights, gradients and optimizer state
+    stay float32).
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
@@ -150,9 +185,8 @@ def _fit(
             next(batches)
         torch.set_rng_state(state["rng"])
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
-    bf16 = precision == "bfloat16"
     for step in bar:
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        with _precision(model, precision, torch.device(device).type):
             loss = loss_of(next(batches)).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
