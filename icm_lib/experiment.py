@@ -73,7 +73,7 @@ def load_or_train_reference_codec(
         codec,
         sampler,
         cfg,
-        mse_objective(cfg.lmbda),
+        mse_objective(cfg.lmbda, bf16=cfg.precision == "bfloat16"),
         run_dir,
         device,
         progress,
@@ -86,7 +86,7 @@ def load_or_train_reference_codec(
 
 def reference_dir(profile: Profile, datasets: Datasets, cache_dir: str | Path) -> Path:
     """The reference codec's cache folder (trained for MSE): its name is the key of its
-    settings (codec, schedule, data, validation)."""
+    settings (codec, schedule, data, validation, a precision other than float32)."""
     every = profile.mse.validate_every
     return keyed_path(
         Path(cache_dir),
@@ -96,6 +96,7 @@ def reference_dir(profile: Profile, datasets: Datasets, cache_dir: str | Path) -
             "train": asdict(profile.mse.train_config()),
             "data": data_key(datasets.det_train.root),
             **({"validation": _validation_key(profile, every)} if every else {}),
+            **({"precision": profile.mse.precision} if profile.mse.precision != "float32" else {}),
         },
     )
 

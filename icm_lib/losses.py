@@ -71,14 +71,18 @@ def icm_loss(
 Objective = Callable[["ICMCodec", "nn.Module | None", torch.Tensor], dict]
 
 
-def mse_objective(lmbda: float) -> Objective:
-    """CompressAI's ``RateDistortionLoss``: bpp + λ·255²·MSE, returned as a dict of parts."""
+def mse_objective(lmbda: float, bf16: bool = False) -> Objective:
+    """CompressAI's ``RateDistortionLoss``: bpp + λ·255²·MSE, returned as a dict of parts. With
+    ``bf16`` the codec's transforms run under bfloat16 autocast (the reference codec's
+    ``precision``; the likelihoods and the loss stay float32)."""
     from compressai.losses import RateDistortionLoss
 
     criterion = RateDistortionLoss(lmbda=lmbda, metric="mse")
 
     def objective(codec: ICMCodec, branch, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = criterion(codec(x), x)
+        with codec.transforms_in_bf16(x.device.type, enabled=bf16):
+            out = codec(x)
+        parts = criterion(out, x)
         return {"loss": parts["loss"], "bpp_loss": parts["bpp_loss"], "mse_loss": parts["mse_loss"]}
 
     return objective

@@ -323,9 +323,20 @@ class ReferenceConfig(TrainConfig):
             steps and at the last; 0: none. The world checks read the curve: converged = both
             move less than 1 % over the last fifth of training. Keys the codec only where it is
             not 0 (the ``validation`` part of its key).
+        precision: ``"float32"`` or ``"bfloat16"``: the training forward's transforms (g_a,
+            h_a, h_s, g_s) under bfloat16 autocast, the entropy models and the loss in float32
+            (:meth:`~icm_lib.codec.ICMCodec.transforms_in_bf16`); the weights stay float32 and
+            the trained codec codes in float32. Keys the codec only where it is not float32.
     """
 
     validate_every: int = 0
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"mse.precision must be 'float32' or 'bfloat16', got {self.precision!r}"
+            )
 
     def train_config(self) -> TrainConfig:
         """The schedule alone (what keys the codec besides its validation)."""

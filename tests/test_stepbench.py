@@ -248,3 +248,18 @@ def test_bench_recognizers_sets_the_chosen_precision_against_float32(smoke_env, 
     assert set(row["seconds"]) == {"float32", "bfloat16-backbone"}
     assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
     assert "bfloat16-backbone - float32, mean over 1 seeds" in capsys.readouterr().out
+
+
+def test_bench_reference_trains_the_reference_codec_both_ways(smoke_env, capsys):
+    """``bench reference``: per seed the profile's reference codec in float32 (seed 0: the one
+    notebook 00 trained, from the cache) and with its transforms in bfloat16, scored alike."""
+    from icm_lib.experiment import reference_validator, val_crops
+
+    rows = bench.bench_reference("smoke", smoke_env.cache_dir.parent, (0,))
+    (row,) = rows
+    assert row["seed"] == 0 and set(row) == {"seed", "float32", "bfloat16"}
+    batch = val_crops(smoke_env.datasets.val("det"), SMOKE.ablation.val_images, SMOKE.mse.crop)
+    own = reference_validator(batch)(smoke_env.reference)
+    assert row["float32"]["val_bpp"] == pytest.approx(own["val_bpp"], rel=1e-6)
+    assert row["bfloat16"]["val_psnr"] != row["float32"]["val_psnr"]
+    assert "val_psnr: bfloat16 - float32, mean over 1 seeds" in capsys.readouterr().out

@@ -92,3 +92,41 @@ def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_p
     with pytest.warns(UserWarning, match="starts over"):
         assert RunFiles(tmp_path, 10, 1, 5).restore("cpu") is None
     assert read_log(tmp_path / "log.jsonl") == []
+
+
+def test_reference_codec_in_bfloat16_is_its_own_codec_close_to_float32(scenes):
+    """``mse.precision="bfloat16"``: the reference codec's transforms run in bfloat16 while it
+    trains (the likelihoods and the loss in float32, the weights float32), its loss within 2 %
+    of float32's on the same weights and crops; it is another cache entry, and float32 keys the
+    codec as before the field."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import pytest
+
+    from icm_lib.experiment import reference_dir
+    from icm_lib.profiles import get_profile
+
+    fp32 = get_profile("smoke")
+    bf16 = dataclasses.replace(fp32, mse=dataclasses.replace(fp32.mse, precision="bfloat16"))
+    with pytest.raises(ValueError, match="mse.precision"):
+        dataclasses.replace(fp32.mse, precision="float16")
+    datasets = SimpleNamespace(det_train=CocoDetection(scenes.coco_root, "train"))
+    a, b = (reference_dir(p, datasets, "cache") for p in (fp32, bf16))
+    assert a != b
+    assert a == reference_dir(
+        dataclasses.replace(fp32, mse=dataclasses.replace(fp32.mse, precision="float32")),
+        datasets,
+        "cache",
+    )
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=16, M=24)
+    seen = []
+    for m in (codec.model.g_a[0], codec.model.g_a):  # its first conv, and what g_a hands on
+        m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.rand(2, 3, 64, 64)
+    losses = [mse_objective(0.01, bf16=flag)(codec, None, x) for flag in (False, True)]
+    assert seen == [torch.float32] * 2 + [torch.bfloat16, torch.float32]
+    assert all(parts["loss"].dtype == torch.float32 for parts in losses)
+    assert losses[1]["loss"].item() != losses[0]["loss"].item()  # bfloat16 ran
+    assert losses[1]["loss"].item() == pytest.approx(losses[0]["loss"].item(), rel=0.02)

@@ -7,6 +7,7 @@
     python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
         [--precision bfloat16|bfloat16-backbone]
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
+    python -m icm_lib.bench reference [--profile cpu] [--seeds 0 1 2]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
     python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
@@ -44,6 +45,13 @@ the profile trained per seed in float32 and in ``--precision`` (``bfloat16``, or
 load-or-compute in the cache), its val metric and training seconds side by side, the paired
 difference per seed and its mean, and the seed-to-seed spread of the float32 ones. Training
 seconds are only comparable on a quiet machine.
+
+``reference``: what training the MSE reference codec with its transforms in bfloat16 costs and
+gains (``ReferenceConfig.precision``): the profile's reference codec trained per seed
+(``mse.seed``) in float32 and in bfloat16 (load-or-compute in the cache), its bpp (estimated) and
+PSNR on fixed centre crops of the first ``ablation.val_images`` detection val images (float32
+inference either way), training seconds, and the paired differences with the float32
+seed-to-seed spread. Training seconds are only comparable on a quiet machine.
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
@@ -493,6 +501,53 @@ def bench_recognizers(
     return rows
 
 
+def bench_reference(profile_name: str, data_dir: Path, seeds: tuple[int, ...]) -> list[dict]:
+    """``python -m icm_lib.bench reference`` (module docstring): one row per seed."""
+    from ..data import get_datasets
+    from ..experiment import load_or_train_reference_codec, reference_validator, val_crops
+    from ..profiles import get_profile
+
+    profile = get_profile(profile_name)
+    datasets = get_datasets(profile.data, data_dir, progress=False)
+    device, cache = torch.device("cpu"), data_dir / "cache"
+    validate = reference_validator(
+        val_crops(datasets.val("det"), profile.ablation.val_images, profile.mse.crop)
+    )
+    print(
+        f"profile {profile_name}, {torch.get_num_threads()} threads; the reference codec "
+        f"({profile.mse.steps} steps) trained with its transforms in float32 vs bfloat16, seeds "
+        f"{list(seeds)}; bfloat16 hardware: {bf16_hardware()}"
+    )
+    print(f"{'seed':>4}{'bpp fp32':>10}{'bf16':>8}{'PSNR fp32':>11}{'bf16':>8}"
+          f"{'s fp32':>8}{'s bf16':>8}")  # fmt: skip
+    rows = []
+    for seed in seeds:
+        got = {}
+        for precision in ("float32", "bfloat16"):
+            mse = dataclasses.replace(profile.mse, seed=seed, precision=precision)
+            codec, log = load_or_train_reference_codec(
+                dataclasses.replace(profile, mse=mse), datasets, cache, device, progress=False
+            )
+            got[precision] = {**validate(codec), "seconds": log[-1]["seconds"] if log else None}
+        a, b = got["float32"], got["bfloat16"]
+        rows.append({"seed": seed, **got})
+        print(
+            f"{seed:>4}{a['val_bpp']:>10.4f}{b['val_bpp']:>8.4f}{a['val_psnr']:>11.2f}"
+            f"{b['val_psnr']:>8.2f}{a['seconds'] or 0:>8.0f}{b['seconds'] or 0:>8.0f}",
+            flush=True,
+        )
+    for name, unit in (("val_bpp", ".4f"), ("val_psnr", ".3f")):
+        diffs = [r["bfloat16"][name] - r["float32"][name] for r in rows]
+        spread = [r["float32"][name] for r in rows]
+        sd = statistics.stdev(spread) if len(spread) > 1 else float("nan")
+        print(
+            f"{name}: bfloat16 - float32, mean over {len(rows)} seeds "
+            f"{statistics.mean(diffs):+{unit}} (per seed {', '.join(f'{d:+{unit}}' for d in diffs)}); "
+            f"float32 seed-to-seed SD {sd:{unit}}"
+        )
+    return rows
+
+
 def bench_loading(profile_name: str, data_dir: Path, tasks: tuple[str, ...]) -> list[dict]:
     """``python -m icm_lib.bench loading`` (module docstring): one row per task."""
     from ..data import get_datasets
@@ -618,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             "backends",
             "recognizers",
             "loading",
+            "reference",
             "paper-step",
             "decode-budget",
         ],
@@ -644,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         help="icm, recognizers, loading: the tasks",
     )
     ap.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers: the seeds"
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers, reference: the seeds"
     )
     ap.add_argument(
         "--precision",
@@ -688,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     elif args.what == "loading":
         bench_loading(args.profile, args.cache_dir.parent, tuple(args.tasks))
+    elif args.what == "reference":
+        bench_reference(args.profile, args.cache_dir.parent, tuple(args.seeds))
     elif args.scaling:
         for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
             bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)
