@@ -96,8 +96,11 @@ class CodecConfig:
 #: the recognition libraries of each task (README "Recognition backends")
 DET_BACKENDS = ("torchvision", "detectron2")
 SEG_BACKENDS = ("smp", "mmseg")
-#: the recognizers' training precisions (``RecognitionConfig.det_train_precision`` / ``seg_``)
-TRAIN_PRECISIONS = ("float32", "bfloat16", "bfloat16-backbone")
+#: the recognizers' training precisions (``RecognitionConfig.det_train_precision`` / ``seg_``);
+#: the torchvision detector's mixed ones run the modules ``recognition.training.MIXED_MODULES``
+#: names under bfloat16
+TRAIN_PRECISIONS = ("float32", "bfloat16", "bfloat16-backbone", "bfloat16-features")
+MIXED_PRECISIONS = ("bfloat16-backbone", "bfloat16-features")
 
 
 @dataclass(frozen=True)
@@ -130,10 +133,11 @@ class RecognitionConfig:
         batch_size: for that training.
         det_lr, seg_lr: SGD learning rate of the detector, Adam learning rate of the segmenter.
         det_train_precision, seg_train_precision: ``"float32"``, ``"bfloat16"`` (that task's
-            training forward and loss under bfloat16 autocast) or ``"bfloat16-backbone"``
-            (only the feature extractor under bfloat16 autocast, its features handed on in
-            float32: the detector's RPN and RoI heads, which turn features into box
-            coordinates, stay float32). Weights, gradients and optimizer state stay float32;
+            training forward and loss under bfloat16 autocast) or, for the torchvision
+            detector, ``"bfloat16-backbone"`` (only its backbone under autocast) or
+            ``"bfloat16-features"`` (its backbone, RPN convolutions and RoI box head), each
+            handing on float32, so anchors, proposals, RoI pooling and box regression stay
+            float32. Weights, gradients and optimizer state stay float32;
             evaluation and the frozen machine run in float32. Each keys its own task's
             recognizer, and only when not float32. Measured on `cpu` (README "Recognizers
             trained in bfloat16"): 1.5-1.6x faster steps on a CPU with AVX512-BF16 (slower
@@ -196,11 +200,11 @@ class RecognitionConfig:
                 raise ValueError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
-        if "bfloat16-backbone" in (self.seg_train_precision, self.det_train_precision) and (
-            self.seg_train_precision == "bfloat16-backbone" or self.det_backend != "torchvision"
+        if self.seg_train_precision in MIXED_PRECISIONS or (
+            self.det_train_precision in MIXED_PRECISIONS and self.det_backend != "torchvision"
         ):
             raise ValueError(
-                "train precision 'bfloat16-backbone' is the torchvision detector's "
+                f"train precisions {MIXED_PRECISIONS} are the torchvision detector's "
                 "(det_train_precision with det_backend='torchvision'); elsewhere use 'bfloat16'"
             )
         for name in ("det_checkpoint", "seg_checkpoint"):

@@ -93,18 +93,22 @@ _SEED_PRIME = 1_000_003
 @contextlib.contextmanager
 def forwards_in_bfloat16(modules, device_type: str):
     """Inside, each of ``modules`` runs its forward under bfloat16 autocast and hands on float32
-    (a tensor, or a mapping of them, as its forward returns), so that what comes after it
+    (a tensor, or dicts, lists and tuples of them, as its forward returns), so that what comes after it
     computes in float32: the codec's transforms (``ICMCodec.transforms_in_bf16``), a detector's
     backbone (a recognizer's ``"bfloat16-backbone"`` training). The weights stay float32 and
     keep their names (the wrapper is an instance attribute, removed on the way out)."""
 
+    def to_float(out):
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, dict):
+            return type(out)((k, to_float(v)) for k, v in out.items())
+        return type(out)(to_float(v) for v in out)  # a list or tuple of them
+
     def wrap(forward):
         def run(*args, **kwargs):
             with torch.autocast(device_type, dtype=torch.bfloat16):
-                out = forward(*args, **kwargs)
-            if isinstance(out, torch.Tensor):
-                return out.float()
-            return type(out)((k, v.float()) for k, v in out.items())
+                return to_float(forward(*args, **kwargs))
 
         return run
 

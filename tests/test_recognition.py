@@ -250,7 +250,13 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
 
 
 @pytest.mark.parametrize(
-    "task, precision", [("det", "bfloat16"), ("det", "bfloat16-backbone"), ("seg", "bfloat16")]
+    "task, precision",
+    [
+        ("det", "bfloat16"),
+        ("det", "bfloat16-backbone"),
+        ("det", "bfloat16-features"),
+        ("seg", "bfloat16"),
+    ],
 )
 def test_bfloat16_recognizer_training_stays_close_to_float32(
     scenes, tmp_path, monkeypatch, task, precision
@@ -265,8 +271,10 @@ def test_bfloat16_recognizer_training_stays_close_to_float32(
     gradient is ill-conditioned (cosine 0.70 at random weights, 0.89 on 8 x 128-pixel crops);
     on the trained `cpu` segmenter and 8 real crops it is 1.000, and what the precision costs a
     trained recognizer is measured in README "Recognizers trained in bfloat16".
-    ``"bfloat16-backbone"`` (the detector only): the backbone runs in bfloat16, the RPN and the
-    RoI heads receive float32 features, and the backbone is itself again afterwards."""
+    The detector's mixed precisions: ``"bfloat16-backbone"`` runs the backbone in bfloat16 and
+    the RPN's head receives float32 features; ``"bfloat16-features"`` runs the RPN's head and
+    the RoI box head in bfloat16 too, while the box predictor (the regression) computes in
+    float32; afterwards every module is itself again."""
     import dataclasses
 
     from icm_lib.data import CocoDetection, PascalContextSegmentation
@@ -298,7 +306,7 @@ def test_bfloat16_recognizer_training_stays_close_to_float32(
     with pytest.raises(ValueError, match="train_precision"):
         RecognitionConfig(**{f"{task}_train_precision": "float16"})
     with pytest.raises(ValueError, match="torchvision detector"):
-        RecognitionConfig(seg_train_precision="bfloat16-backbone")
+        RecognitionConfig(seg_train_precision="bfloat16-features")
     with pytest.raises(ValueError, match="torchvision detector"):
         RecognitionConfig(det_backend="detectron2", det_train_precision="bfloat16-backbone")
     warm, ra = load(fp32, *sets, 64, tmp_path, "cpu", seed=2, progress=False)
@@ -321,21 +329,39 @@ def test_bfloat16_recognizer_training_stays_close_to_float32(
     for cfg in (fp32, bf16):  # one more step from the warm weights, in each precision
         model = build_recognizer(task, cfg, sets[0].num_classes)
         model.load_state_dict(warm.model.state_dict())
-        if task == "det":  # what the backbone's first conv and the RPN's head compute in
-            for name, m in (("conv1", model.backbone.body.conv1), ("rpn", model.rpn.head.conv)):
+        if task == "det":  # what the backbone's first conv, the RPN's head, the box predictor
+            for name, m in (
+                ("conv1", model.backbone.body.conv1),
+                ("rpn", model.rpn.head.conv),
+                ("box_head", model.roi_heads.box_head.fc6),
+                ("predictor", model.roi_heads.box_predictor.bbox_pred),
+            ):
                 hook = lambda m, i, o, name=name: dtypes.update({name: (i[0].dtype, o.dtype)})  # noqa: E731
                 m.register_forward_hook(hook)
         cfg = dataclasses.replace(cfg, train_steps=1)
         log, _ = train(model, sets[0], cfg, 64, "cpu", seed=5, progress=False)
         losses.append(log[0])
-        if task == "det":
-            assert "forward" not in vars(model.backbone)  # the backbone is itself again
+        if task == "det":  # every module is itself again
+            for m in (model.backbone, model.rpn.head, model.roi_heads.box_head):
+                assert "forward" not in vars(m)
+    bf, fp = torch.bfloat16, torch.float32
     if precision == "bfloat16-backbone":
-        assert dtypes["conv1"][1] == torch.bfloat16
-        assert dtypes["rpn"] == (torch.float32, torch.float32)
+        assert dtypes["conv1"][1] == bf and dtypes["rpn"] == (fp, fp)
+        assert dtypes["box_head"][1] == dtypes["predictor"][1] == fp
+    elif precision == "bfloat16-features":
+        assert dtypes["conv1"][1] == dtypes["rpn"][1] == dtypes["box_head"][1] == bf
+        assert dtypes["predictor"] == (fp, fp)
     elif task == "det":
-        assert dtypes["conv1"][1] == dtypes["rpn"][1] == torch.bfloat16
+        assert dtypes["conv1"][1] == dtypes["rpn"][1] == dtypes["predictor"][1] == bf
     assert losses[1] != losses[0]  # autocast ran
     assert losses[1] == pytest.approx(losses[0], rel=0.15 if task == "det" else 0.05)
     cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
     assert cosine > (0.9 if task == "det" else 0.7)
+
+
+def test_every_mixed_precision_names_its_modules():
+    """The profile's mixed precisions and the modules training runs in bfloat16 for each agree."""
+    from icm_lib.profiles import MIXED_PRECISIONS, TRAIN_PRECISIONS
+    from icm_lib.recognition.training import MIXED_MODULES
+
+    assert set(MIXED_PRECISIONS) == set(MIXED_MODULES) <= set(TRAIN_PRECISIONS)

@@ -5,7 +5,7 @@
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
-        [--precision bfloat16|bfloat16-backbone]
+        [--precision bfloat16|bfloat16-backbone|bfloat16-features]
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench reference [--profile cpu] [--seeds 0 1 2]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
@@ -40,8 +40,8 @@ crop; a backend whose library is not installed is listed as skipped.
 
 ``recognizers``: what training a recognizer in bfloat16 costs and gains
 (``RecognitionConfig.det_train_precision`` / ``seg_train_precision``): each task's recognizer of
-the profile trained per seed in float32 and in ``--precision`` (``bfloat16``, or
-``bfloat16-backbone``: the detector's backbone only; the same initial weights and batches;
+the profile trained per seed in float32 and in ``--precision`` (``bfloat16``, or the detector's
+mixed ``bfloat16-backbone`` / ``bfloat16-features``; the same initial weights and batches;
 load-or-compute in the cache), its val metric and training seconds side by side, the paired
 difference per seed and its mean, and the seed-to-seed spread of the float32 ones. Training
 seconds are only comparable on a quiet machine.
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--precision",
-        choices=["bfloat16", "bfloat16-backbone"],
+        choices=["bfloat16", "bfloat16-backbone", "bfloat16-features"],
         default="bfloat16",
         help="recognizers: the training precision set against float32",
     )

@@ -111,26 +111,35 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+#: what each mixed training precision runs under bfloat16 autocast (a torchvision Faster R-CNN's
+#: modules): the feature computations; anchors, proposals, RoI pooling, box regression and the
+#: losses stay float32
+MIXED_MODULES = {
+    "bfloat16-backbone": lambda m: [m.backbone],
+    "bfloat16-features": lambda m: [m.backbone, m.rpn.head, m.roi_heads.box_head],
+}
+
+
 @contextmanager
 def _precision(model, precision: str, device_type: str):
     """The scope one training forward and loss run in (``RecognitionConfig.det_train_precision``):
-    ``"float32"`` as is; ``"bfloat16"`` all under bfloat16 autocast; ``"bfloat16-backbone"``
-    only the detector's backbone (ResNet + FPN) under autocast, its features cast back to
-    float32 before the RPN and the RoI heads, so proposals and box regression stay float32 (under
-    full autocast the RPN hands the RoI heads boxes at 0.5-1 px resolution on 128-px crops)."""
+    ``"float32"`` as is; ``"bfloat16"`` all under bfloat16 autocast; the detector's mixed ones
+    (:data:`MIXED_MODULES`) only some modules, each handing on float32: ``"bfloat16-backbone"``
+    the backbone (ResNet + FPN), ``"bfloat16-features"`` also the RPN's convolutions and the RoI
+    box head's MLP -- so box coordinates stay float32 (under full autocast the RPN hands the RoI
+    heads boxes at 0.5-1 px resolution on 128-px crops)."""
     if precision == "float32":
         yield
     elif precision == "bfloat16":
         with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
-    elif precision == "bfloat16-backbone":
-        backbone = getattr(model, "backbone", None)
-        if backbone is None:
+    elif precision in MIXED_MODULES:
+        if not all(hasattr(model, n) for n in ("backbone", "rpn", "roi_heads")):
             raise ValueError(
-                f"train precision 'bfloat16-backbone' needs a torchvision detector (a model with "
-                f"a .backbone), not {type(model).__name__}: use 'bfloat16' or 'float32'"
+                f"train precision {precision!r} needs a torchvision Faster R-CNN, not "
+                f"{type(model).__name__}: use 'bfloat16' or 'float32'"
             )
-        with forwards_in_bfloat16([backbone], device_type):
+        with forwards_in_bfloat16(MIXED_MODULES[precision](model), device_type):
             yield
     else:
         raise ValueError(f"unknown train precision {precision!r}")
