@@ -140,9 +140,11 @@ class RecognitionConfig:
             float32. Weights, gradients and optimizer state stay float32;
             evaluation and the frozen machine run in float32. Each keys its own task's
             recognizer, and only when not float32. Measured on `cpu` (README "Recognizers
-            trained in bfloat16"): 1.5-1.6x faster steps on a CPU with AVX512-BF16 (slower
-            where the hardware emulates bfloat16); the segmenter reaches float32's val mIoU
-            within seed spread, the detector lost mAP in 2 of 3 seeds under full autocast.
+            trained in bfloat16"): 1.5x faster steps on a CPU with AVX512-BF16 (slower where
+            the hardware emulates bfloat16; ``bfloat16-backbone`` 1.15x); the segmenter
+            reaches float32's val mIoU within seed spread; the detector lost mAP in 2 of 3 seeds
+            under full autocast, and under the mixed ones three seeds cannot tell (its mAP
+            after 300 steps moves with float rounding as much as with the seed).
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
             under-confident (highest val score 0.48), and 0.2 keeps about 6 boxes per val image
