@@ -707,12 +707,19 @@ def _cpu_patterns(cpu: Profile) -> Profile:
         # to convergence: the learning rate decaying over the second half, the validation curve
         # every 100 steps (the world checks' convergence check reads it); 3000 steps still moved
         # bpp +5.2 % over their last fifth, hence 8000 (amendment 4 of the analysis plan)
-        mse=replace(cpu.mse, steps=8000, decay_start=0.5, validate_every=100),
+        # (float32 pinned here and for the recognizers: this world's runs were made in it,
+        # whatever precision `cpu` trains its foundations in)
+        mse=replace(cpu.mse, steps=8000, decay_start=0.5, validate_every=100, precision="float32"),
         # to a plateau: the val curve every 200 steps is in each recognizer's report; the
         # segmenter's 1500 steps still gained 3.9 % over their last fifth (amendment 3 of the
         # analysis plan), so it trains for 3000
         recognition=replace(
-            cpu.recognition, det_train_steps=2400, seg_train_steps=3000, eval_every=200
+            cpu.recognition,
+            det_train_steps=2400,
+            seg_train_steps=3000,
+            eval_every=200,
+            det_train_precision="float32",
+            seg_train_precision="float32",
         ),
         icm=replace(
             cpu.icm,

@@ -193,3 +193,24 @@ def test_the_pilot_check_says_what_to_set(tmp_path):
         main(args)
     assert exc.value.code == 1
     assert main([*args, "--overrides", "icm__seg_lambdas=(0.5,5.0)"]) == []
+
+
+def test_the_patterns_world_keeps_float32_foundations_whatever_cpu_trains_in():
+    """``cpu-patterns`` is derived from ``cpu``; its committed runs were made with float32
+    recognizers and reference codec, so a faster precision chosen for ``cpu`` must not re-key
+    them."""
+    import dataclasses
+
+    from icm_lib.profiles import PROFILES, _cpu_patterns
+
+    cpu = PROFILES["cpu"]
+    fast = dataclasses.replace(
+        cpu,
+        recognition=dataclasses.replace(
+            cpu.recognition, det_train_precision="bfloat16-features", seg_train_precision="bfloat16"
+        ),
+        mse=dataclasses.replace(cpu.mse, precision="bfloat16"),
+    )
+    pinned, today = _cpu_patterns(fast), PROFILES["cpu-patterns"]
+    assert pinned.recognition.key() == today.recognition.key()
+    assert pinned.mse == today.mse
