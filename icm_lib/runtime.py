@@ -90,36 +90,53 @@ def get_device(prefer: str | None = None) -> torch.device:
 _SEED_PRIME = 1_000_003
 
 
+_NO_FORWARD = object()  # a module without a forward of its own (the class's applies)
+
+
+def _handed_on_in_float32(out):
+    """``out`` with its bfloat16 / float16 tensors in float32, in the same structure (tensors,
+    dicts, lists, tuples, named tuples); integer, bool and float64 tensors and anything else as
+    they are."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    if isinstance(out, dict):
+        return type(out)((k, _handed_on_in_float32(v)) for k, v in out.items())
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a named tuple
+        return type(out)(*(_handed_on_in_float32(v) for v in out))
+    if isinstance(out, list | tuple):
+        return type(out)(_handed_on_in_float32(v) for v in out)
+    return out
+
+
 @contextlib.contextmanager
 def forwards_in_bfloat16(modules, device_type: str):
     """Inside, each of ``modules`` runs its forward under bfloat16 autocast and hands on float32
-    (a tensor, or dicts, lists and tuples of them, as its forward returns), so that what comes after it
-    computes in float32: the codec's transforms (``ICMCodec.transforms_in_bf16``), a detector's
-    backbone (a recognizer's ``"bfloat16-backbone"`` training). The weights stay float32 and
-    keep their names (the wrapper is an instance attribute, removed on the way out)."""
-
-    def to_float(out):
-        if isinstance(out, torch.Tensor):
-            return out.float()
-        if isinstance(out, dict):
-            return type(out)((k, to_float(v)) for k, v in out.items())
-        return type(out)(to_float(v) for v in out)  # a list or tuple of them
+    (:func:`_handed_on_in_float32`), so that what comes after it computes in float32: the
+    codec's transforms (``ICMCodec.transforms_in_bf16``), a detector's feature computations (a
+    recognizer's mixed training precisions). The weights stay float32 and keep their names: the
+    wrapper is an instance attribute, and on the way out each module gets back the forward it
+    had (scopes nest; a module listed twice is wrapped once)."""
 
     def wrap(forward):
         def run(*args, **kwargs):
             with torch.autocast(device_type, dtype=torch.bfloat16):
-                return to_float(forward(*args, **kwargs))
+                return _handed_on_in_float32(forward(*args, **kwargs))
 
         return run
 
-    modules = list(modules)
-    for module in modules:
-        module.forward = wrap(module.forward)
+    wrapped: list[tuple[torch.nn.Module, object]] = []
     try:
+        for module in dict.fromkeys(modules):  # each once, in order
+            own = vars(module).get("forward", _NO_FORWARD)
+            module.forward = wrap(module.forward)
+            wrapped.append((module, own))
         yield
     finally:
-        for module in modules:
-            del module.forward  # the class's own forward again
+        for module, own in reversed(wrapped):
+            if own is _NO_FORWARD:
+                del module.forward  # the class's own forward again
+            else:
+                module.forward = own
 
 
 def mix_seed(seed: int, *counters: int) -> int:

@@ -288,3 +288,37 @@ def test_forwards_in_bfloat16_computes_in_bfloat16_and_hands_on_float32():
     assert all(v.dtype == torch.float32 for v in feats.values())
     assert torch.allclose(out, plain(x), atol=0.05) and "forward" not in vars(plain)
     assert pyramid(x)["0"].dtype == torch.float32 and seen[-1] == torch.float32
+
+
+def test_forwards_in_bfloat16_nests_and_gives_back_the_forward_a_module_had():
+    """Nested scopes and a module listed twice restore each module's own forward; named tuples
+    keep their type; integer outputs are not turned into floats."""
+    from collections import namedtuple
+
+    from icm_lib.runtime import forwards_in_bfloat16
+
+    Pair = namedtuple("Pair", "scores labels")
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return Pair(y, y.argmax(1))
+
+    head, plain = Head(), torch.nn.Linear(4, 4)
+    own = plain.forward
+    plain.forward = lambda x: own(x) * 2  # a forward of its own, as an instance attribute
+    mine = plain.forward
+    x = torch.rand(2, 4)
+    with forwards_in_bfloat16([head, plain, head], "cpu"):
+        outer = head.forward
+        with forwards_in_bfloat16([head], "cpu"):
+            out = head(x)
+        assert head.forward is outer  # the inner scope gave back the outer wrapper
+        assert plain(x).dtype == torch.float32
+    assert isinstance(out, Pair) and out.scores.dtype == torch.float32
+    assert out.labels.dtype == torch.int64
+    assert "forward" not in vars(head) and plain.forward is mine

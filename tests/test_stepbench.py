@@ -248,6 +248,9 @@ def test_bench_recognizers_sets_the_chosen_precision_against_float32(smoke_env, 
     assert set(row["seconds"]) == {"float32", "bfloat16-backbone"}
     assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
     assert "bfloat16-backbone - float32, mean over 1 seeds" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--tasks seg: train precisions"):  # before any training
+        bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det", "seg"),
+                                "bfloat16-features")  # fmt: skip
 
 
 def test_bench_reference_trains_the_reference_codec_both_ways(smoke_env, capsys):

@@ -455,6 +455,11 @@ def bench_recognizers(
     from ..tasks import get_task
 
     profile = get_profile(profile_name)
+    for name in tasks:  # a precision a task's recognizer cannot take: say so before training
+        try:
+            dataclasses.replace(profile.recognition, **{f"{name}_train_precision": precision})
+        except ValueError as exc:
+            raise SystemExit(f"bench recognizers --tasks {name}: {exc}") from None
     datasets = get_datasets(profile.data, data_dir, progress=False)
     device, cache = torch.device("cpu"), data_dir / "cache"
     print(
