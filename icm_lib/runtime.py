@@ -86,10 +86,6 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-#: the multiplier of :func:`mix_seed` (a prime above any step count a run reaches)
-_SEED_PRIME = 1_000_003
-
-
 _NO_FORWARD = object()  # a module without a forward of its own (the class's applies)
 
 
@@ -137,6 +133,10 @@ def forwards_in_bfloat16(modules, device_type: str):
                 del module.forward  # the class's own forward again
             else:
                 module.forward = own
+
+
+#: the multiplier of :func:`mix_seed` (a prime above any step count a run reaches)
+_SEED_PRIME = 1_000_003
 
 
 def mix_seed(seed: int, *counters: int) -> int:

@@ -496,14 +496,21 @@ def bench_recognizers(
                 flush=True,
             )
         mine = [r for r in rows if r["task"] == name]
-        diffs = [r["bf16"] - r["fp32"] for r in mine]
-        spread = statistics.stdev([r["fp32"] for r in mine]) if len(mine) > 1 else float("nan")
-        print(
-            f"{name}: {precision} - float32, mean over {len(mine)} seeds {statistics.mean(diffs):+.4f} "
-            f"(per seed {', '.join(f'{d:+.4f}' for d in diffs)}); float32 seed-to-seed SD "
-            f"{spread:.4f}"
-        )
+        _print_paired(f"{name}: {precision}", [r["fp32"] for r in mine], [r["bf16"] for r in mine])
     return rows
+
+
+def _print_paired(label: str, fp32: list[float], other: list[float], unit: str = ".4f") -> None:
+    """One line: ``other`` - ``fp32`` per seed and on average, and the float32 seed-to-seed SD
+    (what a paired precision comparison of the ``recognizers`` and ``reference`` benches ends
+    with)."""
+    diffs = [b - a for a, b in zip(fp32, other, strict=True)]
+    sd = statistics.stdev(fp32) if len(fp32) > 1 else float("nan")
+    print(
+        f"{label} - float32, mean over {len(diffs)} seeds {statistics.mean(diffs):+{unit}} "
+        f"(per seed {', '.join(f'{d:+{unit}}' for d in diffs)}); float32 seed-to-seed SD "
+        f"{sd:{unit}}"
+    )
 
 
 def bench_reference(profile_name: str, data_dir: Path, seeds: tuple[int, ...]) -> list[dict]:
@@ -542,14 +549,8 @@ def bench_reference(profile_name: str, data_dir: Path, seeds: tuple[int, ...]) -
             flush=True,
         )
     for name, unit in (("val_bpp", ".4f"), ("val_psnr", ".3f")):
-        diffs = [r["bfloat16"][name] - r["float32"][name] for r in rows]
-        spread = [r["float32"][name] for r in rows]
-        sd = statistics.stdev(spread) if len(spread) > 1 else float("nan")
-        print(
-            f"{name}: bfloat16 - float32, mean over {len(rows)} seeds "
-            f"{statistics.mean(diffs):+{unit}} (per seed {', '.join(f'{d:+{unit}}' for d in diffs)}); "
-            f"float32 seed-to-seed SD {sd:{unit}}"
-        )
+        fp32, bf16 = ([r[p][name] for r in rows] for p in ("float32", "bfloat16"))
+        _print_paired(f"{name}: bfloat16", fp32, bf16, unit)
     return rows
 
 

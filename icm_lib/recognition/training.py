@@ -165,9 +165,9 @@ def _fit(
 ) -> tuple[list[float], list[dict]]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
     schedule, optional clipping, progress bar; returns the loss log and the val curve. With
-    ``precision`` other than ``"float32"`` the forward and the loss, or the detector's backbone,
-    run under bfloat16 autocast (:func:`_precision`; the weights, gradients and optimizer state
-    stay float32).
+    ``precision`` other than ``"float32"`` the forward and the loss, or some of the detector's
+    modules, run under bfloat16 autocast (:func:`_precision`; the weights, gradients and
+    optimizer state stay float32).
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
