@@ -261,10 +261,16 @@ def main(argv: list[str] | None = None) -> WorldFile:
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--det-lambdas", type=float, nargs="*", default=None)
     p.add_argument("--overrides", default="", help='e.g. "recognition__det_train_steps=1200"')
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (a batch log)")
     args = p.parse_args(argv)
     data_dir = args.data_dir or env_path("ICM_DATA_DIR", "data")
     profile = get_profile(args.profile, **parse_overrides(args.overrides))
-    out = run_checks(profile, data_dir, tuple(args.det_lambdas) if args.det_lambdas else None)
+    out = run_checks(
+        profile,
+        data_dir,
+        tuple(args.det_lambdas) if args.det_lambdas else None,
+        progress=not args.no_progress,
+    )
     out.write(WorldFile.path(args.results_dir, profile.name))
     for name, check in out.checks.items():
         print(f"{name}: {'PASS' if check['pass'] else 'FAIL'} {check}")

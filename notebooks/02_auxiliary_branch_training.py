@@ -32,9 +32,10 @@
 # ```
 #
 # * **Its loss reaches the encoder only** (g_a and, through the rate term, the entropy models):
-#   ŷ is g_s's *input*, so nothing of the branch's gradient passes through the decoder. The position
-#   ablation (section 4.2) shows that putting it elsewhere (before g_s's last layer — *aux-dec* —
-#   or inside the recognizer) works worse, because its loss then also pulls on the decoder.
+#   ŷ is g_s's *input*, so nothing of the branch's gradient passes through the decoder. The paper's
+#   position ablation (section 4.2) reports that putting it elsewhere (before g_s's last layer —
+#   *aux-dec* — or inside the recognizer) works worse, because its loss then also pulls on the
+#   decoder; notebook 03 tests that claim here (at this scale no position is resolved).
 # * **Architecture (Tables 1–2).** A stem of CompressAI residual blocks upsamples ŷ from stride 16 to
 #   stride 4 (the stride of the recognizer's conv2 output), then one block per stage at widths
 #   128/256/256/512 (ResNeXt bottlenecks for detection, two 3×3 convolutions for segmentation) and a

@@ -103,7 +103,7 @@ for task in TASKS:
 # trains the same runs and records each in `results/ablation-<profile>.json` with its validation
 # curve; a run recorded there with the same settings is read from the file instead of being
 # trained again — on `cpu` all 24 of them (the file was re-run with today's code on 2026-12-01;
-# trained here, they take ~1.5 hours). Where
+# trained here, they take ~0.8 compute-hours on 2 cores). Where
 # your reference codec trained to other weights than the one the file's runs started from (on a
 # GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
 # computed here; they are then matched by their settings key (every setting, the data, the

@@ -77,6 +77,34 @@ def test_crop_sampler_memory_is_bounded(scenes):
     assert whole.items.held > 3
 
 
+def test_cached_items_are_bounded_in_bytes_too():
+    from icm_lib.data.sampler import CachedItems, nbytes
+
+    class Sized(torch.utils.data.Dataset):  # item i: an image of (i + 1) KiB and a target
+        reads = 0
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            Sized.reads += 1
+            return torch.full((256 * (i + 1),), float(i)), {"labels": torch.zeros(4).long()}
+
+    ds = Sized()
+    assert nbytes(ds[2]) == 3 * 1024 + 32
+    bound = 5 * 1024 + 64
+    items = CachedItems(ds, capacity=100, max_bytes=bound)
+    for i in (0, 1, 2, 7, 3, 0):
+        image, _ = items[i]
+        assert torch.equal(image, ds[i][0])  # what is served never depends on what is held
+        assert items.held_bytes <= bound
+    assert items.held_bytes == sum(nbytes(ds[i]) for i in (3, 0))  # the two most recent fit
+    Sized.reads = 0
+    items[7]  # 8 KiB: larger than the bound, served without being kept (nothing evicted)
+    items[0]
+    assert Sized.reads == 1 and items.held == 2
+
+
 def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_path):
     import pytest
 
