@@ -11,6 +11,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -172,6 +173,42 @@ def rng_kept():
         finally:
             random.setstate(py)
             np.random.set_state(np_state)
+
+
+class _ActiveClock:
+    """A monotonic clock that stands still while the process is stopped (SIGSTOP, a shell's
+    Ctrl-Z, a job scheduler's suspend): a daemon thread wakes every ``tick`` seconds and counts
+    a wake-up later than ``tick + gap`` as time stopped. Contention and sleeping still count;
+    only a whole stopped process does not."""
+
+    def __init__(self, tick: float = 1.0, gap: float = 5.0):
+        self.tick, self.gap = tick, gap
+        self._stopped, self._lock, self._thread = 0.0, threading.Lock(), None
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(self.tick)
+            now = time.monotonic()
+            if now - last > self.tick + self.gap:
+                with self._lock:
+                    self._stopped += now - last - self.tick
+            last = now
+
+    def __call__(self) -> float:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="active-clock", daemon=True
+                )
+                self._thread.start()
+            return time.monotonic() - self._stopped
+
+
+#: seconds of work: the training seconds every record holds (a run's, a recognizer's) are
+#: differences of it, so a study stopped and continued (``kill -STOP`` / ``-CONT``) does not
+#: count its pause as compute
+active_seconds = _ActiveClock()
 
 
 def tell(what: str, done: int, total: int, record, t0: float) -> None:
@@ -435,7 +472,7 @@ class RunFiles:
             total=self.total,
             disable=not (progress and self.is_main),
         )
-        self._t0 = time.perf_counter() - logged_seconds(self.dir / self.LOG, self.start)
+        self._t0 = active_seconds() - logged_seconds(self.dir / self.LOG, self.start)
         return self._bar
 
     def log_due(self, done: int) -> bool:
@@ -443,7 +480,7 @@ class RunFiles:
 
     def log(self, done: int, record: dict) -> None:
         """Append ``record`` (losses, ...) for step ``done``, with the seconds so far."""
-        record = {"step": done, **record, "seconds": round(time.perf_counter() - self._t0, 3)}
+        record = {"step": done, **record, "seconds": round(active_seconds() - self._t0, 3)}
         if self.is_main:
             self._check_lock()
             append_log(self.dir / self.LOG, record)

@@ -322,3 +322,41 @@ def test_forwards_in_bfloat16_nests_and_gives_back_the_forward_a_module_had():
     assert isinstance(out, Pair) and out.scores.dtype == torch.float32
     assert out.labels.dtype == torch.int64
     assert "forward" not in vars(head) and plain.forward is mine
+
+
+def test_active_seconds_stand_still_while_the_process_is_stopped():
+    """A child process stopped (SIGSTOP) for ~1.5 s of ~2.3 s: its active clock counts the
+    ~0.8 s it ran, a monotonic clock all of it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from icm_lib.runtime import _ActiveClock\n"
+            "clock = _ActiveClock(tick=0.05, gap=0.3)\n"
+            "a, m = clock(), time.monotonic()\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "time.sleep(0.3)\n"
+            "print(clock() - a, time.monotonic() - m, flush=True)\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    child.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGCONT)
+    child.stdin.write("\n")
+    child.stdin.flush()
+    active, wall = map(float, child.stdout.readline().split())
+    child.wait(timeout=30)
+    assert wall > 2.2
+    assert 0.6 < active < 1.3  # 0.5 s before the stop, 0.3 s after, a tick of slack

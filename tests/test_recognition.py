@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from icm_lib.errors import WeightsUnavailableError
+from icm_lib.files import load_checkpoint
 from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_detector, build_segmenter
 from icm_lib.recognition.evaluation import evaluate_segmentation
 from icm_lib.recognition.training import RandomCrops
@@ -228,14 +229,19 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(opt_cls, "step", stop_at_third)
+    ticks = iter(range(0, 10_000, 500))  # a clock on which the stopped session took 500 s
+    monkeypatch.setattr(training, "active_seconds", lambda: float(next(ticks)))
     with pytest.raises(KeyboardInterrupt):
         run("stopped")
     monkeypatch.undo()
-    assert len(list((tmp_path / "stopped").glob("*.partial"))) == 1
+    (partial,) = (tmp_path / "stopped").glob("*.partial")
+    assert load_checkpoint(partial)["seconds"] == 500
     resumed, report2 = run("stopped")
     assert not list((tmp_path / "stopped").glob("*.partial"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert report2["loss_log"] == report["loss_log"]
+    # the training seconds count every session's: the stopped one's 500 and the resumed one's
+    assert report["train_seconds"] < 100 and 500 < report2["train_seconds"] < 600
     # the other task's steps are not part of this recognizer's key
     _, again = run(
         "whole",

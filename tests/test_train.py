@@ -122,6 +122,30 @@ def test_run_files_never_resume_across_versions_or_keep_orphan_log_records(tmp_p
     assert read_log(tmp_path / "log.jsonl") == []
 
 
+def test_a_runs_logged_seconds_count_only_its_active_time_across_resumes(tmp_path, monkeypatch):
+    """The training seconds of a run's log are differences of ``runtime.active_seconds`` (which
+    stands still while the process is stopped) and carry on from the checkpoint's step."""
+    from icm_lib import runtime
+    from icm_lib.runtime import RunFiles
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(runtime, "active_seconds", lambda: clock["now"])
+
+    def train(stop_after):
+        run = RunFiles(tmp_path, steps=4, log_every=1, checkpoint_every=2)
+        with run.claim():
+            run.restore("cpu")
+            for step in run.steps(stop_after, progress=False):
+                clock["now"] += 10.0  # a step takes 10 active seconds
+                run.log(step + 1, {"loss": 1.0})
+                run.checkpoint(step + 1, lambda: {"w": torch.ones(1)})
+        return [r["seconds"] for r in run.read_log()]
+
+    assert train(2) == [10.0, 20.0]
+    clock["now"] = 5000.0  # the next session's clock starts elsewhere
+    assert train(None) == [10.0, 20.0, 30.0, 40.0]
+
+
 def test_reference_codec_in_bfloat16_is_its_own_codec_close_to_float32(scenes):
     """``mse.precision="bfloat16"``: the reference codec's transforms run in bfloat16 while it
     trains (the likelihoods and the loss in float32, the weights float32), its loss within 2 %

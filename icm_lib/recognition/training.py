@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
 from ..profiles import RecognitionConfig
 from ..runtime import (
+    active_seconds,
     data_key,
     forwards_in_bfloat16,
     keyed_path,
@@ -162,9 +162,10 @@ def _fit(
     state_path: Path | None = None,
     evaluate=None,
     precision: str = "float32",
-) -> tuple[list[float], list[dict]]:
+) -> tuple[list[float], list[dict], float]:
     """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
-    schedule, optional clipping, progress bar; returns the loss log and the val curve. With
+    schedule, optional clipping, progress bar; returns the loss log, the val curve and the
+    training seconds (:func:`~icm_lib.runtime.active_seconds`, over every resume). With
     ``precision`` other than ``"float32"`` the forward and the loss, or some of the detector's
     modules, run under bfloat16 autocast (:func:`_precision`; the weights, gradients and
     optimizer state stay float32).
@@ -183,9 +184,10 @@ def _fit(
     log: list[float] = []
     curve: list[dict] = []
     batches = training_batches(dataset, cfg.batch_size, crop, seed, collate_fn)
-    start = 0
+    start, t0 = 0, active_seconds()
     state = _training_state(state_path, steps)
     if state is not None:
+        t0 -= state.get("seconds", 0.0)  # a state saved before it recorded them: from here
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -221,10 +223,11 @@ def _fit(
                         "log": log,
                         "curve": curve,
                         "rng": torch.get_rng_state(),
+                        "seconds": active_seconds() - t0,
                     },
                     state_path,
                 )
-    return log, curve
+    return log, curve, active_seconds() - t0
 
 
 def _training_state(path: Path | None, steps: int) -> dict | None:
@@ -256,9 +259,10 @@ def train_detector(
     progress: bool = True,
     state_path: Path | None = None,
     evaluate=None,
-) -> tuple[list[float], list[dict]]:
-    """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log and
-    the val curve (see :func:`_fit` for ``state_path`` and ``evaluate``)."""
+) -> tuple[list[float], list[dict], float]:
+    """SGD (momentum 0.9, warm-up + cosine, clipping) on random crops; returns the loss log,
+    the val curve and the training seconds (see :func:`_fit` for ``state_path`` and
+    ``evaluate``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.det_lr, momentum=0.9, weight_decay=1e-4)
 
@@ -297,9 +301,9 @@ def train_segmenter(
     progress: bool = True,
     state_path: Path | None = None,
     evaluate=None,
-) -> tuple[list[float], list[dict]]:
+) -> tuple[list[float], list[dict], float]:
     """Adam (warm-up + cosine) with the model's own loss (cross-entropy) on random crops;
-    returns the loss log and the val curve (see :func:`_fit`)."""
+    returns the loss log, the val curve and the training seconds (see :func:`_fit`)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
 
     def loss_of(batch):
@@ -367,19 +371,17 @@ def _load_or_train(
     )
 
     def train() -> dict:
-        t0 = time.perf_counter()
         steps = cfg.steps_for(task)
         state_path = path.with_name(path.name + ".partial")
 
         def evaluate(trained):
             return eval_fn(make_machine(copy.deepcopy(trained)), val_set, device)
 
-        log, curve = (
+        log, curve, seconds = (
             train_fn(model, train_set, cfg, crop, device, seed, progress, state_path, evaluate)
             if steps
-            else ([], [])
+            else ([], [], 0.0)
         )
-        seconds = time.perf_counter() - t0
         val = eval_fn(make_machine(model), val_set, device)
         report = {
             "val": val,
