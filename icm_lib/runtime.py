@@ -177,32 +177,48 @@ def rng_kept():
 
 class _ActiveClock:
     """A monotonic clock that stands still while the process is stopped (SIGSTOP, a shell's
-    Ctrl-Z, a job scheduler's suspend): a daemon thread wakes every ``tick`` seconds and counts
-    a wake-up later than ``tick + gap`` as time stopped. Contention and sleeping still count;
-    only a whole stopped process does not."""
+    Ctrl-Z, a job scheduler's suspend). A daemon thread wakes every ``tick`` seconds; an
+    interval longer than ``tick + gap`` in which the process used almost no CPU time (under
+    half of it: a stopped process uses none, a long call that holds the GIL and starves the
+    thread uses all) is counted as stopped. Whichever reads the clock first after a stop, the
+    thread or a caller, accounts for it, so readings never run backwards. Contention, sleeping
+    and waiting still count; only a stopped process does not. A forked child starts its own
+    thread."""
 
     def __init__(self, tick: float = 1.0, gap: float = 5.0):
         self.tick, self.gap = tick, gap
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._stopped, self._lock, self._thread = 0.0, threading.Lock(), None
+        self._last, self._cpu = time.monotonic(), time.process_time()
+
+    def _account(self) -> float:
+        """Under the lock: add a stop since the last reading; return the monotonic time."""
+        now, cpu = time.monotonic(), time.process_time()
+        idle = now - self._last - self.tick
+        if idle > self.gap and cpu - self._cpu < 0.5 * idle:
+            self._stopped += idle
+        self._last, self._cpu = now, cpu
+        return now
 
     def _watch(self) -> None:
-        last = time.monotonic()
         while True:
             time.sleep(self.tick)
-            now = time.monotonic()
-            if now - last > self.tick + self.gap:
-                with self._lock:
-                    self._stopped += now - last - self.tick
-            last = now
+            with self._lock:
+                self._account()
 
     def __call__(self) -> float:
         with self._lock:
             if self._thread is None:
+                self._last, self._cpu = time.monotonic(), time.process_time()
                 self._thread = threading.Thread(
                     target=self._watch, name="active-clock", daemon=True
                 )
                 self._thread.start()
-            return time.monotonic() - self._stopped
+            return self._account() - self._stopped
 
 
 #: seconds of work: the training seconds every record holds (a run's, a recognizer's) are

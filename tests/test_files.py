@@ -200,7 +200,7 @@ def test_a_damaged_recognizer_cache_is_trained_again(tmp_path):
         trained.append(1)
         with torch.no_grad():
             model.weight.fill_(0.5)
-        return [], []  # the loss log and the val curve
+        return [], [], 0.0  # the loss log, the val curve, the training seconds
 
     def run():
         model = torch.nn.Linear(40, 40)

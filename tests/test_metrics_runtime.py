@@ -325,12 +325,14 @@ def test_forwards_in_bfloat16_nests_and_gives_back_the_forward_a_module_had():
 
 
 def test_active_seconds_stand_still_while_the_process_is_stopped():
-    """A child process stopped (SIGSTOP) for ~1.5 s of ~2.3 s: its active clock counts the
-    ~0.8 s it ran, a monotonic clock all of it."""
+    """A child process stopped (SIGSTOP) for ~3 s: its active clock leaves those seconds out,
+    its monotonic clock does not; a long busy stretch that starves the clock's thread (here a
+    loop holding the GIL) still counts."""
     import signal
     import subprocess
     import sys
     import time
+    from pathlib import Path
 
     child = subprocess.Popen(
         [
@@ -338,25 +340,28 @@ def test_active_seconds_stand_still_while_the_process_is_stopped():
             "-c",
             "import sys, time\n"
             "from icm_lib.runtime import _ActiveClock\n"
-            "clock = _ActiveClock(tick=0.05, gap=0.3)\n"
+            "clock = _ActiveClock(tick=0.05, gap=0.5)\n"
             "a, m = clock(), time.monotonic()\n"
             "print('ready', flush=True)\n"
             "sys.stdin.readline()\n"
-            "time.sleep(0.3)\n"
-            "print(clock() - a, time.monotonic() - m, flush=True)\n",
+            "b, n = clock(), time.monotonic()\n"
+            "while time.monotonic() < n + 1.5: sum(range(10**8))\n"  # busy, GIL mostly held
+            "print(b - a, n - m, clock() - b, time.monotonic() - n, flush=True)\n",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
-    assert child.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
-    child.send_signal(signal.SIGSTOP)
-    time.sleep(1.5)
-    child.send_signal(signal.SIGCONT)
-    child.stdin.write("\n")
-    child.stdin.flush()
-    active, wall = map(float, child.stdout.readline().split())
-    child.wait(timeout=30)
-    assert wall > 2.2
-    assert 0.6 < active < 1.3  # 0.5 s before the stop, 0.3 s after, a tick of slack
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)
+        child.send_signal(signal.SIGCONT)
+        out, _ = child.communicate("\n", timeout=60)
+    finally:
+        child.kill()
+    stopped_active, stopped_wall, busy_active, busy_wall = map(float, out.split())
+    assert stopped_wall > 3.2 and 2.5 < stopped_wall - stopped_active < 3.3
+    assert busy_active > 0.9 * busy_wall  # busy is not stopped

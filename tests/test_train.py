@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 
 from icm_lib.codec import build_codec
 from icm_lib.data.coco import CocoDetection
@@ -92,6 +94,7 @@ def test_cached_items_are_bounded_in_bytes_too():
 
     ds = Sized()
     assert nbytes(ds[2]) == 3 * 1024 + 32
+    assert nbytes([Image.new("RGB", (10, 4)), np.zeros(3), {"name": "x"}]) == 120 + 24
     bound = 5 * 1024 + 64
     items = CachedItems(ds, capacity=100, max_bytes=bound)
     for i in (0, 1, 2, 7, 3, 0):

@@ -18,12 +18,15 @@ KEEP_BYTES = 1 << 30
 
 
 def nbytes(item) -> int:
-    """The bytes an item's tensors and arrays hold (an image, a target dict, tuples of them);
-    what :class:`CachedItems` counts against its byte bound."""
+    """The bytes an item's tensors, arrays and PIL images hold (an image, a target dict, tuples
+    of them; a view counts its own elements, anything else 0); what :class:`CachedItems`
+    counts against its byte bound."""
     if isinstance(item, torch.Tensor):
         return item.element_size() * item.nelement()
     if hasattr(item, "nbytes") and isinstance(item.nbytes, int):  # NumPy arrays
         return item.nbytes
+    if hasattr(item, "getbands") and hasattr(item, "size"):  # a PIL image
+        return item.size[0] * item.size[1] * len(item.getbands())
     if isinstance(item, dict):
         return sum(nbytes(v) for v in item.values())
     if isinstance(item, (list, tuple)):
