@@ -28,6 +28,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .profiles import Profile, get_profile, parse_overrides
 from .results import PilotFile, RunRecord
 from .runtime import env_path, get_device, tell
@@ -139,6 +141,41 @@ def select(rows: list[dict], reference: float) -> dict:
     }
 
 
+#: image resamples behind the pilot's noise figures (:func:`metric_noise`)
+NOISE_BOOT = 300
+
+
+def metric_noise(runs: list[RunRecord], n_boot: int = NOISE_BOOT, seed: int = 0) -> list | None:
+    """How far one task's pilot metrics can be told apart on its val images: per λ (ascending),
+    the bootstrap SE of the metric over image resamples (``se``) and of its rise over the
+    previous λ (``rise``, ``rise_se``; paired: every run of a replicate is scored on the same
+    resample). A rise within about one ``rise_se`` cannot be told from none, so no spacing of
+    λ there makes a curve rise strictly. ``None`` without per-image records."""
+    runs = sorted(runs, key=lambda r: r.lmbda)
+    points = [r.point(r.task) for r in runs]
+    if not points or any(p is None or p.images is None for p in points):
+        return None
+    n, rng = len(points[0].images), np.random.default_rng(seed)
+    boot = np.array(
+        [
+            [p.images.metric(idx) for p in points]
+            for idx in (rng.integers(0, n, n).tolist() for _ in range(n_boot))
+        ],
+        float,
+    )
+    out = []
+    for i, (run, point) in enumerate(zip(runs, points, strict=True)):
+        row = {"lmbda": run.lmbda, "se": float(np.nanstd(boot[:, i], ddof=1))}
+        if i:
+            rise = boot[:, i] - boot[:, i - 1]
+            row |= {
+                "rise": point.metric - points[i - 1].metric,
+                "rise_se": float(np.nanstd(rise, ddof=1)),
+            }
+        out.append(row)
+    return out
+
+
 def row_of(run: RunRecord) -> dict:
     point = run.point(run.task)
     return {
@@ -183,6 +220,10 @@ def run_pilot(
                 "rows": rows,
                 **(select(rows, ref) if done else {"lambdas": None, "reason": "pilot running"}),
             }
+            if complete:
+                selection[task.name]["noise"] = metric_noise(
+                    [r for r in runs if r.task == task.name]
+                )
         out = PilotFile(
             profile=profile.name,
             seeds=[pilot.seed],
@@ -269,6 +310,9 @@ def main(argv: list[str] | None = None) -> PilotFile | list[str]:
             f"ablation λ {sel.get('ablation_lambda')}"
             + (f" ({sel['reason']})" if sel.get("reason") else "")
         )
+        for row in sel.get("noise") or []:
+            rise = f"; rise {row['rise']:+.4f} (SE {row['rise_se']:.4f})" if "rise" in row else ""
+            print(f"  λ {row['lmbda']:g}: metric SE {row['se']:.4f} over val images{rise}")
     return out
 
 

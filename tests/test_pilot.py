@@ -85,6 +85,33 @@ def test_the_fallback_takes_the_rising_window_with_the_highest_top_share():
     assert select(PILOT, 0.5)["band_reached"] is True and select(PILOT, 0.5)["reason"] is None
 
 
+def test_the_noise_of_a_pilot_metric_and_of_its_rise_over_the_val_images():
+    """Two runs on two val images (one class): run A scores 1/2 on each image, so every
+    resample gives mIoU 0.5; run B scores 2/2 and 0/2, so a resample gives 1, 0.5 or 0 (SE of
+    the mean of two fair coins, √(0.25 / 2) ≈ 0.35). Their rise is 0 on the full set and, paired,
+    varies exactly as B does."""
+    from types import SimpleNamespace
+
+    from icm_lib.pilot import metric_noise
+    from icm_lib.results import ImageRecords
+
+    def run(lmbda, inter):
+        images = ImageRecords(
+            ids=[0, 1], pixels=[4, 4], bits=[1.0, 1.0], psnr=[0, 0], ms_ssim=[0, 0],
+            checkerboard=[0, 0], intersection=[[i] for i in inter], union=[[2], [2]],
+            labelled=[2, 2],
+        )  # fmt: skip
+        point = SimpleNamespace(images=images, metric=images.metric())
+        return SimpleNamespace(lmbda=lmbda, task="seg", point=lambda task: point)
+
+    noise = metric_noise([run(2.0, [2, 0]), run(1.0, [1, 1])], n_boot=2000)
+    assert [r["lmbda"] for r in noise] == [1.0, 2.0]  # ascending λ
+    assert noise[0]["se"] == 0 and "rise" not in noise[0]
+    assert noise[1]["rise"] == 0 and noise[1]["se"] == pytest.approx(0.354, abs=0.03)
+    assert noise[1]["rise_se"] == pytest.approx(noise[1]["se"])
+    assert metric_noise([SimpleNamespace(lmbda=1.0, task="seg", point=lambda t: None)]) is None
+
+
 def test_collapse_is_a_rise_of_the_validation_task_loss_late_in_training():
     steps = list(range(10, 210, 10))
     steady = {"step": steps, "task_loss": [1.5 - 0.01 * i for i in range(20)]}
