@@ -345,7 +345,7 @@ def test_bfloat16_recognizer_training_stays_close_to_float32(
                 hook = lambda m, i, o, name=name: dtypes.update({name: (i[0].dtype, o.dtype)})  # noqa: E731
                 m.register_forward_hook(hook)
         cfg = dataclasses.replace(cfg, train_steps=1)
-        log, _ = train(model, sets[0], cfg, 64, "cpu", seed=5, progress=False)
+        log, _, _ = train(model, sets[0], cfg, 64, "cpu", seed=5, progress=False)
         losses.append(log[0])
         if task == "det":  # every module is itself again
             for m in (model.backbone, model.rpn.head, model.roi_heads.box_head):
