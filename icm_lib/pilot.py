@@ -33,6 +33,7 @@ import numpy as np
 from .profiles import Profile, get_profile, parse_overrides
 from .results import PilotFile, RunRecord
 from .runtime import env_path, get_device, tell
+from .statistics import resampled_curve
 from .tasks import DETECTION, TASKS, get_task
 
 #: the band of the uncompressed metric a study's curve should cover (analysis plan)
@@ -155,13 +156,13 @@ def metric_noise(runs: list[RunRecord], n_boot: int = NOISE_BOOT, seed: int = 0)
     points = [r.point(r.task) for r in runs]
     if not points or any(p is None or p.images is None for p in points):
         return None
-    n, rng = len(points[0].images), np.random.default_rng(seed)
+    records = [p.images for p in points]
+    n, rng = len(records[0]), np.random.default_rng(seed)
     boot = np.array(
         [
-            [p.images.metric(idx) for p in points]
-            for idx in (rng.integers(0, n, n).tolist() for _ in range(n_boot))
-        ],
-        float,
+            [metric for _, metric in resampled_curve(records, rng.integers(0, n, n))]
+            for _ in range(n_boot)
+        ]
     )
     out = []
     for i, (run, point) in enumerate(zip(runs, points, strict=True)):

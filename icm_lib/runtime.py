@@ -191,9 +191,8 @@ class _ActiveClock:
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset)
 
-    def _reset(self) -> None:
+    def _reset(self) -> None:  # the watcher and its readings start with the first call
         self._stopped, self._lock, self._thread = 0.0, threading.Lock(), None
-        self._last, self._cpu = time.monotonic(), time.process_time()
 
     def _account(self) -> float:
         """Under the lock: add a stop since the last reading; return the monotonic time."""
