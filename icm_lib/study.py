@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from .results import (
     PilotFile,
     RunRecord,
     StudyFile,
+    environment_differences,
     figure_name,
     warn_other_environment,
 )
@@ -94,14 +96,24 @@ def run_study(
         **StudyFile.recorded(out_json),
     }
     calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
+    # what the file holds outside this invocation's grid (another task, seed or variant) stays
+    earlier = _earlier_study(out_json, profile)
 
     def record(exp: Experiment, call: RunCall) -> RunRecord:
         found = _recorded_point(exp, call, recorded)
         return found if found is not None else compute(exp, call)
 
     def write(runs: list[RunRecord], done: bool) -> StudyFile:
-        study = summarise(
-            profile, runs, tasks, seeds, variants, done, time.perf_counter() - t_start
+        study = summarise_with_earlier(
+            profile,
+            runs,
+            earlier,
+            tasks,
+            seeds,
+            variants,
+            done,
+            time.perf_counter() - t_start,
+            reference_curve,
         )
         study.write(out_json)
         return study
@@ -230,6 +242,101 @@ def summarise(
         tasks=per_task,
         icm_config=_as_json(asdict(profile.icm)),
     )
+
+
+_GRID_FIELDS = ("det_lambdas", "seg_lambdas", "mse_lambdas")  # which runs, not how they train
+
+
+def _earlier_study(path: Path, profile: Profile) -> StudyFile | None:
+    """The study file an invocation adds to: the one at ``path`` when its runs can stand beside
+    this invocation's (same codec-training settings, same environment), else ``None`` with a
+    warning that its runs of other tasks, seeds or variants are dropped."""
+    if not path.is_file():
+        return None
+    earlier = StudyFile.read(path)
+    why = []
+
+    def training(config: dict) -> dict:  # the settings that decide how a run trains
+        return {k: v for k, v in config.items() if k not in _GRID_FIELDS}
+
+    if training(earlier.icm_config) != training(_as_json(asdict(profile.icm))):
+        why.append("its codec-training settings differ from the profile's")
+    differences = environment_differences(earlier.environment)
+    if differences:
+        why.append(f"another environment made it ({'; '.join(differences)})")
+    if why:
+        warnings.warn(
+            f"{path}: {' and '.join(why)}, so the runs of the tasks, seeds and variants this "
+            "invocation does not ask for are not kept in it (ask for them all to keep them)",
+            stacklevel=3,
+        )
+        return None
+    return earlier
+
+
+def summarise_with_earlier(
+    profile: Profile,
+    runs: list[RunRecord],
+    earlier: StudyFile | None,
+    tasks: list[str],
+    seeds: list[int],
+    variants: list[str],
+    done: bool,
+    wall_seconds: float,
+    reference_curve: bool = True,
+) -> StudyFile:
+    """:func:`summarise` of this invocation's ``runs`` together with what the ``earlier`` file
+    recorded outside its grid, so that ``--tasks det`` (or other seeds, or other variants)
+    adds to a study instead of dropping its other runs:
+
+    * an earlier run of a (task, variant, seed) this invocation does not train is kept where
+      its λ is still in the profile's grid;
+    * an MSE reference run this invocation scored keeps its earlier points on the other tasks
+      (this invocation scores it only on ``tasks``); without ``reference_curve`` the earlier
+      MSE runs are kept whole.
+
+    The file's tasks, seeds and variants are the union; it is complete when this invocation is
+    ``done`` and every run of the union's grid is in."""
+    asked = {(t, v, s) for t in tasks for v in variants for s in seeds}
+    merged = list(runs)
+    if earlier is not None:
+        mine = {r.run_key: r for r in runs}
+        for old in earlier.runs:
+            if old.variant == "mse":
+                if not reference_curve and old.lmbda in profile.icm.mse_lambdas:
+                    merged.append(old)
+                elif old.run_key in mine:
+                    new = mine[old.run_key]
+                    other = [
+                        p
+                        for p in old.points
+                        if p.task not in tasks and new.point(p.task, p.curve) is None
+                    ]
+                    merged[merged.index(new)] = replace(new, points=new.points + other)
+            elif (old.task, old.variant, old.seed) not in asked and old.lmbda in (
+                profile.icm.lambdas(old.task)
+            ):
+                merged.append(old)
+        trained = [r for r in merged if r.variant != "mse"]
+        tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in trained)}]
+        seeds = sorted({*seeds, *(r.seed for r in trained)})
+        variants = [v for v in VARIANTS if v in {*variants, *(r.variant for r in trained)}]
+    calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
+    order = {_coordinates(c.args): i for i, c in enumerate(calls)}
+    merged.sort(key=lambda r: order.get((r.task, r.variant, r.lmbda, r.seed), len(order)))
+    have = {(r.task, r.variant, r.lmbda, r.seed) for r in merged}
+    scored = {(r.lmbda, p.task) for r in merged if r.variant == "mse" for p in r.points}
+    complete = done and all(
+        _coordinates(c.args) in have
+        and all((c.args["lmbda"], t) in scored for t in c.args["eval_tasks"] or ())
+        for c in calls
+    )
+    return summarise(profile, merged, tasks, seeds, variants, complete, wall_seconds)
+
+
+def _coordinates(args: dict) -> tuple:
+    """A point call's (task, variant, λ, seed), as its run record names them."""
+    return args["task"], args["variant"], args["lmbda"], args["seed"]
 
 
 def _as_json(table: dict) -> dict:

@@ -303,3 +303,59 @@ def test_each_study_prints_its_headline_beside_the_paper():
     assert all("paper: aux-enc lowest" in line for line in ablation)
     gan = _summary_lines("gan", GanFile.find(results, "cpu"))
     assert gan and all("→" in line for line in gan)
+
+
+def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
+    """``--tasks det`` after a segmentation study keeps the recorded segmentation runs (and the
+    MSE reference's segmentation points); another seed keeps the first seed's runs; a file from
+    other codec settings is not mixed in, with a warning."""
+    import torch
+
+    from icm_lib.study import run_study
+
+    profile, data = smoke_env.profile, smoke_env.cache_dir.parent
+    cpu = torch.device("cpu")
+
+    def study(tasks, seeds, reference_curve=True):
+        return run_study(
+            profile, seeds, tasks, ["baseline"], data, tmp_path, cpu, False, reference_curve
+        )
+
+    seg = study(["seg"], [0])
+    assert seg.complete and set(seg.tasks) == {"seg"}
+    both = study(["det"], [0])
+    assert list(both.tasks) == ["det", "seg"] and both.complete and both.seeds == [0]
+    seg_runs = [r for r in both.runs if r.task == "seg" and r.variant == "baseline"]
+    assert [r.run_key for r in seg_runs] == [r.run_key for r in seg.runs if r.variant == "baseline"]
+    mse = [r for r in both.runs if r.variant == "mse"]
+    assert len(mse) == len(profile.icm.mse_lambdas)
+    assert all(sorted(p.task for p in r.points) == ["det", "seg"] for r in mse)
+    assert [r.variant for r in both.runs[: len(mse)]] == ["mse"] * len(mse)  # the grid's order
+    assert json.dumps(both.tasks["seg"], sort_keys=True) == json.dumps(
+        seg.tasks["seg"], sort_keys=True
+    )
+    assert StudyFile.read(StudyFile.path(tmp_path, profile.name)).runs == both.runs
+    # another seed of one task: the file holds both seeds, and is not complete (det seed 1)
+    more = study(["seg"], [1], reference_curve=False)
+    assert more.seeds == [0, 1] and not more.complete
+    assert {(r.task, r.seed) for r in more.runs if r.variant == "baseline"} == {
+        ("det", 0), ("seg", 0), ("seg", 1)
+    }  # fmt: skip
+    assert len([r for r in more.runs if r.variant == "mse"]) == len(mse)
+    # a λ grid without two of the detection runs' λ: those runs are no longer the study's
+    from dataclasses import replace as with_
+
+    det_grid = profile.icm.det_lambdas[:2]
+    fewer = with_(profile, icm=with_(profile.icm, det_lambdas=det_grid))
+    smaller = run_study(fewer, [1], ["seg"], ["baseline"], data, tmp_path, cpu, False, False)
+    det = [r.lmbda for r in smaller.runs if r.task == "det" and r.variant == "baseline"]
+    assert sorted(det) == sorted(det_grid)
+    assert len([r for r in smaller.runs if r.task == "seg"]) == len(more.runs) - len(mse) - 4
+    # a file written under other codec settings: its other runs are not this file's
+    path = StudyFile.path(tmp_path, profile.name)
+    stale = json.loads(path.read_text())
+    stale["icm_config"]["steps"] = -1
+    path.write_text(json.dumps(stale))
+    with pytest.warns(UserWarning, match="codec-training settings differ"):
+        alone = study(["det"], [0])
+    assert set(alone.tasks) == {"det"} and {r.task for r in alone.runs} == {"det"}
