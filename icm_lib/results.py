@@ -713,6 +713,8 @@ class AblationFile(_ResultsFile):
         runs: the runs with their validation curves (no training log).
         tasks: per task the table of :func:`~icm_lib.evaluate.ablation_table`.
         ablation_config: the profile's ablation settings.
+        icm_config: the profile's codec-training settings the runs used (``{}`` in files
+            written before it was recorded).
     """
 
     KIND: ClassVar[str] = "ablation"
@@ -720,6 +722,7 @@ class AblationFile(_ResultsFile):
     runs: list[RunRecord] = field(default_factory=list)
     tasks: dict = field(default_factory=dict)
     ablation_config: dict = field(default_factory=dict)
+    icm_config: dict = field(default_factory=dict)
 
 
 @dataclass

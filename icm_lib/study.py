@@ -36,8 +36,10 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -97,7 +99,17 @@ def run_study(
     }
     calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
     # what the file holds outside this invocation's grid (another task, seed or variant) stays
-    earlier = _earlier_study(out_json, profile)
+    asked = {(t, v, s) for t in tasks for v in variants for s in seeds}
+    earlier = _earlier_file(
+        out_json,
+        StudyFile,
+        {"icm_config": _as_json(asdict(profile.icm))},
+        lambda r: (
+            {p.task for p in r.points} <= set(tasks) and reference_curve
+            if r.variant == "mse"
+            else (r.task, r.variant, r.seed) in asked
+        ),
+    )
 
     def record(exp: Experiment, call: RunCall) -> RunRecord:
         found = _recorded_point(exp, call, recorded)
@@ -244,23 +256,36 @@ def summarise(
     )
 
 
-_GRID_FIELDS = ("det_lambdas", "seg_lambdas", "mse_lambdas")  # which runs, not how they train
+# the settings that choose which runs a file holds, not how a run trains: an invocation may
+# change them and keep the earlier file's runs that the new choice still holds
+_CHOOSING = {
+    "icm_config": ("codec-training", ("det_lambdas", "seg_lambdas", "mse_lambdas")),
+    "ablation_config": ("ablation", ("det_lmbda", "seg_lmbda", "variants", "seeds")),
+}
 
 
-def _earlier_study(path: Path, profile: Profile) -> StudyFile | None:
-    """The study file an invocation adds to: the one at ``path`` when its runs can stand beside
-    this invocation's (same codec-training settings, same environment), else ``None`` with a
-    warning that its runs of other tasks, seeds or variants are dropped."""
+def _earlier_file(
+    path: Path, cls: type, configs: dict[str, dict], asked: Callable[[RunRecord], bool]
+) -> Any:
+    """The results file (of ``cls``) an invocation adds to: the one at ``path`` when its runs
+    can stand beside this invocation's -- its ``configs`` (attribute -> the profile's section,
+    as JSON) train runs the same way, and the same environment made it -- else ``None``, with
+    a warning where that drops runs this invocation does not redo (``asked``: whether it
+    does)."""
     if not path.is_file():
         return None
-    earlier = StudyFile.read(path)
+    earlier = cls.read(path)
+    if all(map(asked, earlier.runs)):
+        return None  # this invocation writes every run the file holds
     why = []
+    for name, config in configs.items():
+        words, choosing = _CHOOSING[name]
 
-    def training(config: dict) -> dict:  # the settings that decide how a run trains
-        return {k: v for k, v in config.items() if k not in _GRID_FIELDS}
+        def training(c: dict, choosing=choosing) -> dict:
+            return {k: v for k, v in c.items() if k not in choosing}
 
-    if training(earlier.icm_config) != training(_as_json(asdict(profile.icm))):
-        why.append("its codec-training settings differ from the profile's")
+        if training(getattr(earlier, name)) != training(config):
+            why.append(f"its {words} settings differ from the profile's")
     differences = environment_differences(earlier.environment)
     if differences:
         why.append(f"another environment made it ({'; '.join(differences)})")
@@ -365,9 +390,18 @@ def run_ablation_study(
     exp = Experiment.prepare(profile, data_dir, device, progress, tasks=tasks)
     out_json = AblationFile.path(results_dir, profile.name)
     recorded = recorded_rows(out_json)
+    # the file's rows of other tasks and seeds stay (as run_study's)
+    earlier = _earlier_file(
+        out_json,
+        AblationFile,
+        _ablation_configs(profile),
+        lambda r: r.task in tasks and r.seed in seeds,
+    )
 
     def write(rows: list[RunRecord]) -> AblationFile:
-        summary = summarise_ablation(profile, rows, seeds, time.perf_counter() - t_start)
+        summary = summarise_ablation(
+            profile, rows, seeds, time.perf_counter() - t_start, earlier, tasks
+        )
         summary.write(out_json)
         return summary
 
@@ -489,11 +523,35 @@ def recorded_rows(path: Path) -> dict[str, RunRecord]:
 
 
 def summarise_ablation(
-    profile: Profile, rows: list[RunRecord], seeds: list[int], wall_seconds: float
+    profile: Profile,
+    rows: list[RunRecord],
+    seeds: list[int],
+    wall_seconds: float,
+    earlier: AblationFile | None = None,
+    tasks: list[str] | None = None,
 ) -> AblationFile:
     """The ablation's file: the runs, the table of :func:`~icm_lib.evaluate.ablation_table`
-    per task, and the compute spent."""
-    done = len(rows) == len(seeds) * len(profile.ablation.variants) * len({r.task for r in rows})
+    per task, and the compute spent. With the ``earlier`` file of the same settings
+    (:func:`_earlier_file`), its rows of the (task, variant, seed) this invocation's ``tasks``
+    and ``seeds`` do not cover stay, where their λ is still the profile's ablation λ; the
+    file's seeds are then the union, and it is complete when every row of the union is in."""
+    tasks = tasks or sorted({r.task for r in rows})
+    asked = {(t, s) for t in tasks for s in seeds}
+    rows = list(rows)
+    if earlier is not None:
+        ab = profile.ablation
+        rows += [
+            r
+            for r in earlier.runs
+            if (r.task, r.seed) not in asked
+            and r.variant in ab.variants
+            and r.lmbda == ab.lmbda(r.task)
+        ]
+        seeds = sorted({*seeds, *(r.seed for r in rows)})
+        tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in rows)}]
+    order = {c: i for i, c in enumerate(_ablation_coordinates(profile, seeds, tasks))}
+    rows.sort(key=lambda r: order.get((r.seed, r.task, r.variant), len(order)))
+    done = {(r.seed, r.task, r.variant) for r in rows} >= set(order)
     return AblationFile(
         profile=profile.name,
         seeds=seeds,
@@ -502,8 +560,16 @@ def summarise_ablation(
         complete=done,
         runs=rows,
         tasks=_as_json(ablation_table(rows)),
-        ablation_config=_as_json(asdict(profile.ablation)),
+        **_ablation_configs(profile),
     )
+
+
+def _ablation_configs(profile: Profile) -> dict[str, dict]:
+    """The profile's settings an ablation file records (its runs are trained by both)."""
+    return {
+        "ablation_config": _as_json(asdict(profile.ablation)),
+        "icm_config": _as_json(asdict(profile.icm)),
+    }
 
 
 # ---------------------------------------------------------------------- Le et al.

@@ -359,3 +359,28 @@ def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     with pytest.warns(UserWarning, match="codec-training settings differ"):
         alone = study(["det"], [0])
     assert set(alone.tasks) == {"det"} and {r.task for r in alone.runs} == {"det"}
+
+
+def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
+    """As the R-D study: ``--tasks det`` keeps the recorded segmentation rows; the file is
+    complete only when every row of its tasks and seeds is in."""
+    import torch
+
+    from icm_lib.study import run_ablation_study
+
+    profile, data = smoke_env.profile, smoke_env.cache_dir.parent
+
+    def ablation(tasks, seeds):
+        return run_ablation_study(profile, seeds, tasks, data, tmp_path, torch.device("cpu"), False)
+
+    seg = ablation(["seg"], [0])
+    both = ablation(["det"], [0])
+    assert both.complete and list(both.tasks) == ["det", "seg"]
+    assert [r.run_key for r in both.runs if r.task == "seg"] == [r.run_key for r in seg.runs]
+    assert json.dumps(both.tasks["seg"], sort_keys=True) == json.dumps(
+        seg.tasks["seg"], sort_keys=True
+    )
+    more = ablation(["seg"], [1])
+    assert more.seeds == [0, 1] and not more.complete
+    assert {(r.task, r.seed) for r in more.runs} == {("det", 0), ("seg", 0), ("seg", 1)}
+    assert AblationFile.read(AblationFile.path(tmp_path, profile.name)).icm_config
