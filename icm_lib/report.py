@@ -99,10 +99,22 @@ def recorded_study(results_dir: str | Path, profile) -> dict | None:
         },
         "seeds": study.seeds,
         "complete": study.complete,
-        "source": f"{path.name} ({len(study.seeds)} seeds"
+        "source": f"{path.name} ({_seeds_per_task(study)}"
         + ("" if study.complete else ", in progress")
         + ")",
     }
+
+
+def _seeds_per_task(study: StudyFile) -> str:
+    """``6 seeds``, or per task where they differ (a study in progress, or one task run on
+    more seeds): ``det 1 seed, seg 6 seeds``."""
+    n = {
+        t: len({r.seed for r in study.runs if r.task == t and r.variant != "mse"})
+        for t in study.tasks
+    }
+    if len(set(n.values())) <= 1:
+        return f"{len(study.seeds)} seeds"
+    return ", ".join(f"{t} {k} seed{'' if k == 1 else 's'}" for t, k in n.items())
 
 
 def _sorted_curves(study: StudyFile, task: str) -> dict:

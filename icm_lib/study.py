@@ -59,7 +59,6 @@ from .results import (
     PilotFile,
     RunRecord,
     StudyFile,
-    environment_differences,
     figure_name,
     warn_other_environment,
 )
@@ -100,15 +99,15 @@ def run_study(
     calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
     # what the file holds outside this invocation's grid (another task, seed or variant) stays
     asked = {(t, v, s) for t in tasks for v in variants for s in seeds}
-    earlier = _earlier_file(
+    icm = profile.icm
+    kept = earlier_runs(
         out_json,
         StudyFile,
-        {"icm_config": _as_json(asdict(profile.icm))},
-        lambda r: (
-            {p.task for p in r.points} <= set(tasks) and reference_curve
-            if r.variant == "mse"
-            else (r.task, r.variant, r.seed) in asked
+        redone=lambda r: r.variant != "mse" and (r.task, r.variant, r.seed) in asked,
+        chosen=lambda r: (
+            r.lmbda in (icm.mse_lambdas if r.variant == "mse" else icm.lambdas(r.task))
         ),
+        current=lambda r: r.run_key == exp.point_run_dir(r.task, r.variant, r.lmbda, r.seed).name,
     )
 
     def record(exp: Experiment, call: RunCall) -> RunRecord:
@@ -119,7 +118,7 @@ def run_study(
         study = summarise_with_earlier(
             profile,
             runs,
-            earlier,
+            kept,
             tasks,
             seeds,
             variants,
@@ -143,7 +142,7 @@ def run_study(
         )
         if not files or not report.complete:  # still running, or --status
             return report
-        study, runs = files[-1], files[-1].runs
+        study = files[-1]
     else:
         runs = []
         for call in calls:  # Experiment.grid's runs, in its order
@@ -152,11 +151,12 @@ def run_study(
             write(runs, False)
             tell(f"study-{profile.name}", len(runs), len(calls), runs[-1], t0)
         study = write(runs, True)
-    for task in map(get_task, tasks):
+    for task in map(get_task, study.tasks):  # the file's: this invocation's runs and the kept
+        n = len({r.seed for r in study.runs if r.task == task.name and r.variant != "mse"})
         fig = plots.rd_curves(
-            curves(runs, task.name),
+            curves(study.runs, task.name),
             task.metric,
-            title=f"{task.name}: R-D on the {profile.name} profile ({len(seeds)} seeds)",
+            title=f"{task.name}: R-D on the {profile.name} profile ({n} seeds)",
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
@@ -256,53 +256,43 @@ def summarise(
     )
 
 
-# the settings that choose which runs a file holds, not how a run trains: an invocation may
-# change them and keep the earlier file's runs that the new choice still holds
-_CHOOSING = {
-    "icm_config": ("codec-training", ("det_lambdas", "seg_lambdas", "mse_lambdas")),
-    "ablation_config": ("ablation", ("det_lmbda", "seg_lmbda", "variants", "seeds")),
-}
-
-
-def _earlier_file(
-    path: Path, cls: type, configs: dict[str, dict], asked: Callable[[RunRecord], bool]
-) -> Any:
-    """The results file (of ``cls``) an invocation adds to: the one at ``path`` when its runs
-    can stand beside this invocation's -- its ``configs`` (attribute -> the profile's section,
-    as JSON) train runs the same way, and the same environment made it -- else ``None``, with
-    a warning where that drops runs this invocation does not redo (``asked``: whether it
-    does)."""
-    if not path.is_file():
-        return None
-    earlier = cls.read(path)
-    if all(map(asked, earlier.runs)):
-        return None  # this invocation writes every run the file holds
-    why = []
-    for name, config in configs.items():
-        words, choosing = _CHOOSING[name]
-
-        def training(c: dict, choosing=choosing) -> dict:
-            return {k: v for k, v in c.items() if k not in choosing}
-
-        if training(getattr(earlier, name)) != training(config):
-            why.append(f"its {words} settings differ from the profile's")
-    differences = environment_differences(earlier.environment)
-    if differences:
-        why.append(f"another environment made it ({'; '.join(differences)})")
-    if why:
+def earlier_runs(
+    path: Path,
+    cls: type,
+    redone: Callable[[Any], bool],
+    chosen: Callable[[Any], bool],
+    current: Callable[[Any], bool],
+) -> list:
+    """The runs of the results file (of ``cls``) at ``path`` that an invocation keeps beside
+    its own, so that a study of some tasks, seeds or variants adds to the file instead of
+    dropping the rest: those it does not redo (``redone``), that the profile still chooses
+    (``chosen``: e.g. their λ is in its grid) and that are what this code and this machine
+    would train for them now (``current``: the run key computed here). A run dropped for its
+    key -- other settings, or another machine's reference codec -- is named in a warning."""
+    if not Path(path).is_file():
+        return []
+    kept, dropped = [], []
+    for r in cls.read(path).runs:
+        if not redone(r) and chosen(r):
+            (kept if current(r) else dropped).append(r)
+    if dropped:
+        names = sorted(
+            {f"{r.task} {getattr(r, 'variant', None) or r.preset} seed {r.seed}" for r in dropped}
+        )
         warnings.warn(
-            f"{path}: {' and '.join(why)}, so the runs of the tasks, seeds and variants this "
-            "invocation does not ask for are not kept in it (ask for them all to keep them)",
+            f"{path}: {len(dropped)} recorded run(s) that this invocation does not redo were "
+            f"made with other settings or another reference codec than this machine's "
+            f"({', '.join(names)}): they are not kept in the file (run them again here to have "
+            "them)",
             stacklevel=3,
         )
-        return None
-    return earlier
+    return kept
 
 
 def summarise_with_earlier(
     profile: Profile,
     runs: list[RunRecord],
-    earlier: StudyFile | None,
+    kept: list[RunRecord],
     tasks: list[str],
     seeds: list[int],
     variants: list[str],
@@ -310,45 +300,35 @@ def summarise_with_earlier(
     wall_seconds: float,
     reference_curve: bool = True,
 ) -> StudyFile:
-    """:func:`summarise` of this invocation's ``runs`` together with what the ``earlier`` file
-    recorded outside its grid, so that ``--tasks det`` (or other seeds, or other variants)
-    adds to a study instead of dropping its other runs:
-
-    * an earlier run of a (task, variant, seed) this invocation does not train is kept where
-      its λ is still in the profile's grid;
-    * an MSE reference run this invocation scored keeps its earlier points on the other tasks
-      (this invocation scores it only on ``tasks``); without ``reference_curve`` the earlier
-      MSE runs are kept whole.
-
-    The file's tasks, seeds and variants are the union; it is complete when this invocation is
-    ``done`` and every run of the union's grid is in."""
-    asked = {(t, v, s) for t in tasks for v in variants for s in seeds}
+    """:func:`summarise` of this invocation's ``runs`` together with the earlier file's runs it
+    ``kept`` (:func:`earlier_runs`): a kept MSE reference run that this invocation has scored
+    again (on its ``tasks`` only) lends it its points on the other tasks; one it has not (yet)
+    stays whole. The file's tasks, seeds and variants are the union; it is complete when this
+    invocation is ``done`` and every run of the union's grid is in, the MSE reference scored on
+    every task where the file has one."""
     merged = list(runs)
-    if earlier is not None:
-        mine = {r.run_key: r for r in runs}
-        for old in earlier.runs:
-            if old.variant == "mse":
-                if not reference_curve and old.lmbda in profile.icm.mse_lambdas:
-                    merged.append(old)
-                elif old.run_key in mine:
-                    new = mine[old.run_key]
-                    other = [
-                        p
-                        for p in old.points
-                        if p.task not in tasks and new.point(p.task, p.curve) is None
-                    ]
-                    merged[merged.index(new)] = replace(new, points=new.points + other)
-            elif (old.task, old.variant, old.seed) not in asked and old.lmbda in (
-                profile.icm.lambdas(old.task)
-            ):
-                merged.append(old)
-        trained = [r for r in merged if r.variant != "mse"]
-        tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in trained)}]
-        seeds = sorted({*seeds, *(r.seed for r in trained)})
-        variants = [v for v in VARIANTS if v in {*variants, *(r.variant for r in trained)}]
-    calls = study_calls("rd", profile, seeds, tasks, variants, reference_curve)
+    mine = {r.run_key: i for i, r in enumerate(runs)}
+    for old in kept:
+        if old.run_key not in mine:
+            merged.append(old)
+        elif old.variant == "mse":
+            new = merged[mine[old.run_key]]
+            other = [p for p in old.points if new.point(p.task, p.curve) is None]
+            merged[mine[old.run_key]] = replace(new, points=new.points + other)
+    trained = [r for r in merged if r.variant != "mse"]
+    tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in trained)}]
+    seeds = sorted({*seeds, *(r.seed for r in trained)})
+    variants = [v for v in VARIANTS if v in {*variants, *(r.variant for r in trained)}]
+    reference = reference_curve or any(r.variant == "mse" for r in merged)
+    calls = study_calls("rd", profile, seeds, tasks, variants, reference)
     order = {_coordinates(c.args): i for i, c in enumerate(calls)}
     merged.sort(key=lambda r: order.get((r.task, r.variant, r.lmbda, r.seed), len(order)))
+    merged = [  # the MSE points in the file's task order, whichever invocation scored them
+        replace(r, points=sorted(r.points, key=lambda p: tasks.index(p.task)))
+        if r.variant == "mse"
+        else r
+        for r in merged
+    ]
     have = {(r.task, r.variant, r.lmbda, r.seed) for r in merged}
     scored = {(r.lmbda, p.task) for r in merged if r.variant == "mse" for p in r.points}
     complete = done and all(
@@ -391,16 +371,18 @@ def run_ablation_study(
     out_json = AblationFile.path(results_dir, profile.name)
     recorded = recorded_rows(out_json)
     # the file's rows of other tasks and seeds stay (as run_study's)
-    earlier = _earlier_file(
+    ab = profile.ablation
+    kept = earlier_runs(
         out_json,
         AblationFile,
-        _ablation_configs(profile),
-        lambda r: r.task in tasks and r.seed in seeds,
+        redone=lambda r: r.task in tasks and r.seed in seeds,
+        chosen=lambda r: r.variant in ab.variants and r.lmbda == ab.lmbda(r.task),
+        current=lambda r: r.run_key == exp.ablation_run_dir(r.task, r.variant, r.seed).name,
     )
 
     def write(rows: list[RunRecord]) -> AblationFile:
         summary = summarise_ablation(
-            profile, rows, seeds, time.perf_counter() - t_start, earlier, tasks
+            profile, rows, seeds, time.perf_counter() - t_start, kept, tasks
         )
         summary.write(out_json)
         return summary
@@ -527,28 +509,16 @@ def summarise_ablation(
     rows: list[RunRecord],
     seeds: list[int],
     wall_seconds: float,
-    earlier: AblationFile | None = None,
+    kept: list[RunRecord] = (),
     tasks: list[str] | None = None,
 ) -> AblationFile:
     """The ablation's file: the runs, the table of :func:`~icm_lib.evaluate.ablation_table`
-    per task, and the compute spent. With the ``earlier`` file of the same settings
-    (:func:`_earlier_file`), its rows of the (task, variant, seed) this invocation's ``tasks``
-    and ``seeds`` do not cover stay, where their λ is still the profile's ablation λ; the
-    file's seeds are then the union, and it is complete when every row of the union is in."""
-    tasks = tasks or sorted({r.task for r in rows})
-    asked = {(t, s) for t in tasks for s in seeds}
-    rows = list(rows)
-    if earlier is not None:
-        ab = profile.ablation
-        rows += [
-            r
-            for r in earlier.runs
-            if (r.task, r.seed) not in asked
-            and r.variant in ab.variants
-            and r.lmbda == ab.lmbda(r.task)
-        ]
-        seeds = sorted({*seeds, *(r.seed for r in rows)})
-        tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in rows)}]
+    per task, and the compute spent. ``kept``: the earlier file's rows of the tasks and seeds
+    this invocation does not redo (:func:`earlier_runs`); the file's tasks and seeds are the
+    union, and it is complete when every row of the union is in."""
+    rows = [*rows, *kept]
+    seeds = sorted({*seeds, *(r.seed for r in rows)})
+    tasks = [t for t in TASKS if t in {*(tasks or ()), *(r.task for r in rows)}]
     order = {c: i for i, c in enumerate(_ablation_coordinates(profile, seeds, tasks))}
     rows.sort(key=lambda r: order.get((r.seed, r.task, r.variant), len(order)))
     done = {(r.seed, r.task, r.variant) for r in rows} >= set(order)
@@ -615,15 +585,31 @@ def run_gan_study(
     out_json = GanFile.path(results_dir, profile.name)
     calls = study_calls("gan", profile, seeds)
     recorded = recorded_finetunings(out_json, profile)
+    # the file's finetunings of other seeds stay (as run_study's runs of other seeds)
+    task, lmbda = gan_base(profile)
+    same = out_json.is_file() and _finetuning_settings(
+        GanFile.read(out_json).gan_config
+    ) == _finetuning_settings(asdict(profile.gan))
+    kept = earlier_runs(
+        out_json,
+        GanFile,
+        redone=lambda r: r.seed in seeds,
+        chosen=lambda r: r.preset in profile.gan.presets,
+        current=lambda r: (
+            same and r.base_run_key == exp.point_run_dir(task, "baseline", lmbda, r.seed).name
+        ),
+    )
+    presets = list(profile.gan.presets)
 
     def record(exp: Experiment, call: RunCall) -> GanRecord:
         found = _recorded_gan(exp, call, recorded)
         return found if found is not None else compute(exp, call)
 
     def write(rows: list[GanRecord]) -> GanFile:
+        rows = sorted([*rows, *kept], key=lambda r: (r.seed, presets.index(r.preset)))
         summary = GanFile(
             profile=profile.name,
-            seeds=seeds,
+            seeds=sorted({*seeds, *(r.seed for r in rows)}),
             compute_hours_in_runs=round(sum(x.seconds or 0.0 for x in rows) / 3600, 3),
             wall_hours_this_invocation=round((time.perf_counter() - t_start) / 3600, 3),
             runs=rows,

@@ -226,6 +226,15 @@ def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys
     assert launched.runs[0].from_results_file and not (tmp_path / "launch" / "jobs.json").exists()
     other = replace(profile, gan=replace(profile.gan, steps=profile.gan.steps + 1))
     assert recorded_finetunings(GanFile.path(tmp_path, profile.name), other) == {}
+    # another seed adds to the file; a change of finetuning settings drops the other seeds'
+    more = run_gan_study(profile, [1], *args[2:])
+    assert more.seeds == [0, 1] and [(r.seed, r.preset) for r in more.runs] == [
+        (0, "full"), (1, "full")
+    ]  # fmt: skip
+    assert more.runs[0] == launched.runs[0]
+    with pytest.warns(UserWarning, match=r"1 recorded run\(s\).*seg full seed 0"):
+        alone = run_gan_study(other, [1], *args[2:])
+    assert alone.seeds == [1] and [r.seed for r in alone.runs] == [1]
 
 
 def _with_other_reference_bits(exp):
@@ -351,14 +360,32 @@ def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     det = [r.lmbda for r in smaller.runs if r.task == "det" and r.variant == "baseline"]
     assert sorted(det) == sorted(det_grid)
     assert len([r for r in smaller.runs if r.task == "seg"]) == len(more.runs) - len(mse) - 4
-    # a file written under other codec settings: its other runs are not this file's
+    # a file from before environments were recorded: its runs are kept by their keys
     path = StudyFile.path(tmp_path, profile.name)
-    stale = json.loads(path.read_text())
-    stale["icm_config"]["steps"] = -1
-    path.write_text(json.dumps(stale))
-    with pytest.warns(UserWarning, match="codec-training settings differ"):
-        alone = study(["det"], [0])
-    assert set(alone.tasks) == {"det"} and {r.task for r in alone.runs} == {"det"}
+    older = json.loads(path.read_text())
+    older["environment"] = None
+    path.write_text(json.dumps(older))
+    again = study(["det"], [0])
+    assert {(r.task, r.seed) for r in again.runs if r.variant == "baseline"} == {
+        ("det", 0), ("seg", 0), ("seg", 1)
+    }  # fmt: skip
+    # runs another machine made (another reference codec: other run keys) are not this
+    # file's: they are dropped, with a warning; the MSE runs it recorded stay whole until
+    # this invocation scores them again
+    elsewhere = json.loads(path.read_text())
+    for r in elsewhere["runs"]:
+        if r["task"] == "seg" and r["seed"] == 1:
+            r["run_dir"] = r["run_dir"][:-4] + "beef"
+    path.write_text(json.dumps(elsewhere))
+    with pytest.warns(UserWarning, match=r"4 recorded run\(s\).*seg baseline seed 1"):
+        alone = study(["det"], [0], reference_curve=False)
+    assert {(r.task, r.seed) for r in alone.runs if r.variant == "baseline"} == {
+        ("det", 0), ("seg", 0)
+    }  # fmt: skip
+    assert alone.seeds == [0] and alone.complete
+    assert [sorted(p.task for p in r.points) for r in alone.runs if r.variant == "mse"] == [
+        ["det", "seg"]
+    ] * len(mse)
 
 
 def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
@@ -383,4 +410,15 @@ def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path
     more = ablation(["seg"], [1])
     assert more.seeds == [0, 1] and not more.complete
     assert {(r.task, r.seed) for r in more.runs} == {("det", 0), ("seg", 0), ("seg", 1)}
-    assert AblationFile.read(AblationFile.path(tmp_path, profile.name)).icm_config
+    path = AblationFile.path(tmp_path, profile.name)
+    assert AblationFile.read(path).icm_config == json.loads(json.dumps(asdict(profile.icm)))
+    # rows another machine made (other run keys) are dropped, with a warning
+    elsewhere = json.loads(path.read_text())
+    for r in elsewhere["runs"]:
+        if r["task"] == "seg" and r["seed"] == 1:
+            r["run_dir"] = r["run_dir"][:-4] + "beef"
+    path.write_text(json.dumps(elsewhere))
+    with pytest.warns(UserWarning, match=r"4 recorded run\(s\).*seg aux-dec seed 1"):
+        alone = ablation(["det"], [0])
+    assert alone.complete and alone.seeds == [0]
+    assert {(r.task, r.seed) for r in alone.runs} == {("det", 0), ("seg", 0)}
