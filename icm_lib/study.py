@@ -115,6 +115,7 @@ def run_study(
         return found if found is not None else compute(exp, call)
 
     def write(runs: list[RunRecord], done: bool) -> StudyFile:
+        # (one invocation per file at a time: the kept runs were read when this one started)
         study = summarise_with_earlier(
             profile,
             runs,
@@ -164,8 +165,13 @@ def run_study(
 
 def _recorded_point(exp: Experiment, call: RunCall, recorded: dict) -> RunRecord | None:
     """The run a results file recorded for an R-D ``call`` where the cache lacks it
-    (:meth:`~icm_lib.experiment.Experiment.recorded_point`)."""
-    return exp.recorded_point(recorded, **call.args)
+    (:meth:`~icm_lib.experiment.Experiment.recorded_point`), if it holds a point on every task
+    the call scores (an MSE reference run recorded by a study of other tasks is scored again)."""
+    found = exp.recorded_point(recorded, **call.args)
+    scores = call.args.get("eval_tasks") or ()
+    if found is not None and any(found.point(t, found.variant) is None for t in scores):
+        return None
+    return found
 
 
 def _launched(launch: LaunchOptions | None) -> bool:
@@ -280,10 +286,9 @@ def earlier_runs(
             {f"{r.task} {getattr(r, 'variant', None) or r.preset} seed {r.seed}" for r in dropped}
         )
         warnings.warn(
-            f"{path}: {len(dropped)} recorded run(s) that this invocation does not redo were "
-            f"made with other settings or another reference codec than this machine's "
-            f"({', '.join(names)}): they are not kept in the file (run them again here to have "
-            "them)",
+            f"{path}: {len(dropped)} recorded run(s) were made with other settings or another "
+            f"reference codec than this machine's ({', '.join(names)}): they are not kept in "
+            "the file (run them again here to have them)",
             stacklevel=3,
         )
     return kept
@@ -324,7 +329,7 @@ def summarise_with_earlier(
     order = {_coordinates(c.args): i for i, c in enumerate(calls)}
     merged.sort(key=lambda r: order.get((r.task, r.variant, r.lmbda, r.seed), len(order)))
     merged = [  # the MSE points in the file's task order, whichever invocation scored them
-        replace(r, points=sorted(r.points, key=lambda p: tasks.index(p.task)))
+        replace(r, points=sorted(r.points, key=lambda p: list(TASKS).index(p.task)))
         if r.variant == "mse"
         else r
         for r in merged

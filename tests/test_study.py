@@ -359,7 +359,7 @@ def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     smaller = run_study(fewer, [1], ["seg"], ["baseline"], data, tmp_path, cpu, False, False)
     det = [r.lmbda for r in smaller.runs if r.task == "det" and r.variant == "baseline"]
     assert sorted(det) == sorted(det_grid)
-    assert len([r for r in smaller.runs if r.task == "seg"]) == len(more.runs) - len(mse) - 4
+    assert [r for r in smaller.runs if r.task == "seg"] == [r for r in more.runs if r.task == "seg"]
     # a file from before environments were recorded: its runs are kept by their keys
     path = StudyFile.path(tmp_path, profile.name)
     older = json.loads(path.read_text())
@@ -422,3 +422,35 @@ def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path
         alone = ablation(["det"], [0])
     assert alone.complete and alone.seeds == [0]
     assert {(r.task, r.seed) for r in alone.runs} == {("det", 0), ("seg", 0)}
+
+
+def test_mse_points_of_a_task_without_trained_runs_are_kept():
+    """A kept MSE reference run may carry points on a task that has no trained run in the file
+    (a study of that task stopped after its MSE runs): they are merged or kept, in the tasks'
+    order, and the file is not complete for it; a recorded MSE run lacking a point on a task
+    the call scores is scored again, not taken from the file."""
+    from icm_lib.jobs import point_call
+    from icm_lib.study import _recorded_point, summarise_with_earlier
+
+    profile = get_profile("smoke")
+    lo, hi = profile.icm.mse_lambdas
+    mine = _run("det", "mse", lo, 0, 0.5, 0.2)
+    old_lo = _run("det", "mse", lo, 0, 0.5, 0.4)
+    old_lo.points[0].task = "seg"  # same run, scored on seg by the earlier invocation
+    old_hi = _run("seg", "mse", hi, 0, 0.9, 0.5)
+    old_hi.task, old_hi.run_dir = "det", f"runs/det-mse-{hi}-0"
+    study = summarise_with_earlier(
+        profile, [mine], [old_lo, old_hi], ["det"], [0], ["baseline"], False, 1.0
+    )
+    assert [[p.task for p in r.points] for r in study.runs] == [["det", "seg"], ["seg"]]
+    assert [r.lmbda for r in study.runs] == [lo, hi] and not study.complete
+
+    class Recorded:  # an Experiment whose cache lacks the run; the file recorded old_lo
+        def recorded_point(self, recorded, **args):
+            return old_lo
+
+    assert _recorded_point(Recorded(), point_call("det", "mse", lo, 0, eval_tasks=("seg",)), {})
+    assert (
+        _recorded_point(Recorded(), point_call("det", "mse", lo, 0, eval_tasks=("det",)), {})
+        is None
+    )
