@@ -107,7 +107,7 @@ def run_study(
         chosen=lambda r: (
             r.lmbda in (icm.mse_lambdas if r.variant == "mse" else icm.lambdas(r.task))
         ),
-        current=lambda r: r.run_key == exp.point_run_dir(r.task, r.variant, r.lmbda, r.seed).name,
+        current=lambda r: _current_point(exp, r),
     )
 
     def record(exp: Experiment, call: RunCall) -> RunRecord:
@@ -161,6 +161,15 @@ def run_study(
         )
         plots.save(fig, results_dir, figure_name("study", profile.name, task.name, "rd"))
     return study
+
+
+def _current_point(exp: Experiment, run: RunRecord) -> bool:
+    """Whether a recorded R-D run is the one ``exp`` would train and score now: the same run
+    key (what trains it), its points' rates of the kind the profile's evaluation gives (real
+    bytes for every image, or the estimate)."""
+    rate = "real" if exp.profile.evaluation.real_images is None else "estimate"
+    key = exp.point_run_dir(run.task, run.variant, run.lmbda, run.seed).name
+    return run.run_key == key and all(p.rate == rate for p in run.points)
 
 
 def _recorded_point(exp: Experiment, call: RunCall, recorded: dict) -> RunRecord | None:

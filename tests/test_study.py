@@ -454,3 +454,28 @@ def test_mse_points_of_a_task_without_trained_runs_are_kept():
         _recorded_point(Recorded(), point_call("det", "mse", lo, 0, eval_tasks=("det",)), {})
         is None
     )
+
+
+def test_a_recorded_run_scored_otherwise_is_not_current():
+    """A run keeps its place in the file only if this machine would train it to the same key
+    and the profile scores it the same way (real bytes, or the estimate)."""
+    from pathlib import Path as P
+
+    from icm_lib.study import _current_point
+
+    run = _run("seg", "baseline", 1.0, 0, 0.3, 0.5)
+
+    class Exp:
+        def __init__(self, real_images, key):
+            self.profile = replace(
+                get_profile("smoke"),
+                evaluation=replace(get_profile("smoke").evaluation, real_images=real_images),
+            )
+            self.key = key
+
+        def point_run_dir(self, *args):
+            return P("cache") / self.key
+
+    assert _current_point(Exp(None, run.run_key), run)
+    assert not _current_point(Exp(None, "seg-baseline-other"), run)
+    assert not _current_point(Exp(2, run.run_key), run)  # the estimate, where it was real
