@@ -434,14 +434,20 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     out: list[tuple[str, Claim]] = []
     study = StudyFile.find(results_dir, profile)
     if study is not None:
-        out += [(c.title.split(":")[0], c) for c in study_claims(study, plan, n_boot)]
+        out += _noted(
+            [(c.title.split(":")[0], c) for c in study_claims(study, plan, n_boot)],
+            progress_caveats(study),
+        )
     ablation = AblationFile.find(results_dir, profile)
     if ablation is not None:
-        out += [(c.title.split(":")[0], c) for c in ablation_claims(ablation, plan)]
+        out += _noted(
+            [(c.title.split(":")[0], c) for c in ablation_claims(ablation, plan)],
+            progress_caveats(ablation),
+        )
     gan = GanFile.find(results_dir, profile)
     if gan is not None:
         task = gan.runs[0].task if gan.runs else ""
-        out += [(task, c) for c in gan_claims(gan, plan)]
+        out += _noted([(task, c) for c in gan_claims(gan, plan)], progress_caveats(gan))
     world, pilot = WorldFile.find(results_dir, profile), PilotFile.find(results_dir, profile)
     caveats, band = world_caveats(world), pilot_caveats(pilot)
     mixed = environment_caveats(
@@ -450,6 +456,48 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     for task, claim in out:
         claim.notes += caveats.get(task, []) + band.get(task, []) + mixed
     return [c for _, c in out]
+
+
+def progress_caveats(file) -> dict[str, list[str]]:
+    """Per task, a note where a results file is not complete yet (a study still running, its
+    runs so far committed): the verdicts of its claims are those of the runs so far."""
+    if isinstance(file, GanFile):
+        planned = len(file.seeds) * len(file.gan_config.get("presets", ()))
+        if not file.runs or len(file.runs) >= planned:
+            return {}
+        return {
+            file.runs[0].task: [
+                f"in progress: {len(file.runs)} of {planned} finetunings in "
+                f"results/{file.path('.', file.profile).name} so far"
+            ]
+        }
+    if file.complete:
+        return {}
+    out = {}
+    for task in file.tasks:
+        if isinstance(file, StudyFile):
+            grid = [
+                (v, lm) for v in file.variants for lm in file.icm_config.get(f"{task}_lambdas", ())
+            ]
+        else:
+            grid = [
+                (v, file.ablation_config[f"{task}_lmbda"]) for v in file.ablation_config["variants"]
+            ]
+        have = {(r.variant, r.lmbda, r.seed) for r in file.runs if r.task == task}
+        done = [s for s in file.seeds if all((v, lm, s) in have for v, lm in grid)]
+        if len(done) < len(file.seeds):
+            out[task] = [
+                f"in progress: {len(done)} of {len(file.seeds)} seeds complete in "
+                f"results/{file.path('.', file.profile).name} so far"
+            ]
+    return out
+
+
+def _noted(claims: list[tuple[str, Claim]], notes: dict[str, list[str]]) -> list:
+    """``claims`` (task, claim) with each task's ``notes`` added."""
+    for task, claim in claims:
+        claim.notes += notes.get(task, [])
+    return claims
 
 
 #: how a claim's note begins when the files it rests on come from different environments

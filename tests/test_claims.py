@@ -524,3 +524,36 @@ def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
         "| -0.0031 | > 0 | **FAIL** |",
     ]
     assert "not all passed" in text
+
+
+def test_claims_of_a_file_in_progress_say_so():
+    """A study, ablation or PatchGAN file that is not complete yet gives its tasks' claims a
+    note: the verdict is that of the runs so far (a task whose every seed is in gets none)."""
+    from icm_lib.claims import progress_caveats
+    from icm_lib.results import GanFile, GanRecord
+
+    runs = [run(v, lm, s, [1] * 4, [60] * 4) for s in (0, 1) for v in ("baseline", "aux-enc")
+            for lm in (1.0, 2.0)][:-1]  # fmt: skip
+    common = {"profile": "t", "seeds": [0, 1], "compute_hours_in_runs": 0,
+              "wall_hours_this_invocation": 0}  # fmt: skip
+    rd = StudyFile(**common, variants=["baseline", "aux-enc"], runs=runs, tasks={"seg": {}},
+                   icm_config={"seg_lambdas": [1.0, 2.0]})  # fmt: skip
+    assert progress_caveats(rd) == {
+        "seg": ["in progress: 1 of 2 seeds complete in results/study-t.json so far"]
+    }
+    whole = runs + [run("aux-enc", 2.0, 1, [1] * 4, [60] * 4)]
+    assert progress_caveats(replace(rd, runs=whole)) == {}  # (another task still running)
+    assert progress_caveats(replace(rd, complete=True)) == {}
+    ab = AblationFile(**common, runs=[run("baseline", 2.0, s, [1] * 4, [60] * 4) for s in (0, 1)],
+                      tasks={"seg": {}},
+                      ablation_config={"seg_lmbda": 2.0, "variants": ["baseline", "aux-enc"]})  # fmt: skip
+    assert progress_caveats(ab)["seg"][0].startswith("in progress: 0 of 2 seeds complete")
+    point = runs[0].points[0]
+    gan = GanFile(**common, gan_config={"presets": ["full", "no-adv"]}, runs=[
+        GanRecord("seg", 2.0, s, p, None, 1.0, [], point, point) for s in (0, 1)
+        for p in ("full", "no-adv")
+    ])  # fmt: skip
+    assert progress_caveats(gan) == {}
+    assert progress_caveats(replace(gan, runs=gan.runs[:3])) == {
+        "seg": ["in progress: 3 of 4 finetunings in results/gan-t.json so far"]
+    }
