@@ -458,6 +458,10 @@ def claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Cl
     return [c for _, c in out]
 
 
+#: how a claim's note begins when its results file is not complete yet
+IN_PROGRESS = "in progress: "
+
+
 def progress_caveats(file) -> dict[str, list[str]]:
     """Per task, a note where a results file is not complete yet (a study still running, its
     runs so far committed): the verdicts of its claims are those of the runs so far."""
@@ -467,14 +471,14 @@ def progress_caveats(file) -> dict[str, list[str]]:
             return {}
         return {
             file.runs[0].task: [
-                f"in progress: {len(file.runs)} of {planned} finetunings in "
+                f"{IN_PROGRESS}{len(file.runs)} of {planned} finetunings in "
                 f"results/{file.path('.', file.profile).name} so far"
             ]
         }
     if file.complete:
         return {}
     out = {}
-    for task in file.tasks:
+    for task in sorted({*file.tasks, *(r.task for r in file.runs if r.variant != "mse")}):
         if isinstance(file, StudyFile):
             grid = [
                 (v, lm) for v in file.variants for lm in file.icm_config.get(f"{task}_lambdas", ())
@@ -487,7 +491,7 @@ def progress_caveats(file) -> dict[str, list[str]]:
         done = [s for s in file.seeds if all((v, lm, s) in have for v, lm in grid)]
         if len(done) < len(file.seeds):
             out[task] = [
-                f"in progress: {len(done)} of {len(file.seeds)} seeds complete in "
+                f"{IN_PROGRESS}{len(done)} of {len(file.seeds)} seeds complete in "
                 f"results/{file.path('.', file.profile).name} so far"
             ]
     return out
@@ -654,6 +658,8 @@ def table(rows: list[Claim]) -> str:
             if iv.get("n_boot") and iv.get("undefined"):
                 why.append(f"in {iv['undefined']} of {iv['n_boot']} bootstrap replicates")
             extra += f" ({v['why']}{': ' + ', '.join(why) if why else ''})"
+        progress = [n.split(" in results/")[0] for n in c.notes if n.startswith(IN_PROGRESS)]
+        extra += "".join(f"; {n}" for n in progress)
         failed = world_failed(c)
         if failed:
             extra += f"; world check failed: {', '.join(failed)}"

@@ -188,6 +188,17 @@ def test_claims_read_the_profiles_files(tmp_path):
     rows = claims(tmp_path, "t", n_boot=50)
     assert {c.name for c in rows} == {"iino_seg_rd/bd_rate", "iino_seg_rd/delta_equal_rate"}
     assert claims(tmp_path, "other") == []
+    # a study still running: its claims say how far it is, in the table too
+    from icm_lib.claims import table
+
+    partial = study(0.7)
+    partial.runs, partial.variants = partial.runs[:-1], ["baseline", "aux-enc"]
+    partial.icm_config = {"seg_lambdas": [1.0, 2.0, 4.0, 8.0]}
+    partial.write(StudyFile.path(tmp_path, "t"))
+    rows = claims(tmp_path, "t", n_boot=50)
+    assert "; in progress: 3 of 4 seeds complete |" in table(rows)
+    assert all("in progress: 3 of 4 seeds complete in results/study-t.json so far" in c.notes
+               for c in rows)  # fmt: skip
 
 
 def test_a_claims_file_is_read_only_while_its_inputs_are_unchanged(tmp_path, monkeypatch):
