@@ -314,6 +314,16 @@ def test_each_study_prints_its_headline_beside_the_paper():
     assert gan and all("→" in line for line in gan)
 
 
+def _as_if_made_elsewhere(path, task, seed):
+    """The results file at ``path`` with the runs of ``task`` and ``seed`` under other run keys,
+    as another machine (another reference codec) would have recorded them."""
+    recorded = json.loads(path.read_text())
+    for r in recorded["runs"]:
+        if r["task"] == task and r["seed"] == seed:
+            r["run_dir"] = r["run_dir"][:-4] + "beef"
+    path.write_text(json.dumps(recorded))
+
+
 def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     """``--tasks det`` after a segmentation study keeps the recorded segmentation runs (and the
     MSE reference's segmentation points); another seed keeps the first seed's runs; a file from
@@ -372,11 +382,7 @@ def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     # runs another machine made (another reference codec: other run keys) are not this
     # file's: they are dropped, with a warning; the MSE runs it recorded stay whole until
     # this invocation scores them again
-    elsewhere = json.loads(path.read_text())
-    for r in elsewhere["runs"]:
-        if r["task"] == "seg" and r["seed"] == 1:
-            r["run_dir"] = r["run_dir"][:-4] + "beef"
-    path.write_text(json.dumps(elsewhere))
+    _as_if_made_elsewhere(path, "seg", 1)
     with pytest.warns(UserWarning, match=r"4 recorded run\(s\).*seg baseline seed 1"):
         alone = study(["det"], [0], reference_curve=False)
     assert {(r.task, r.seed) for r in alone.runs if r.variant == "baseline"} == {
@@ -413,11 +419,7 @@ def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path
     path = AblationFile.path(tmp_path, profile.name)
     assert AblationFile.read(path).icm_config == json.loads(json.dumps(asdict(profile.icm)))
     # rows another machine made (other run keys) are dropped, with a warning
-    elsewhere = json.loads(path.read_text())
-    for r in elsewhere["runs"]:
-        if r["task"] == "seg" and r["seed"] == 1:
-            r["run_dir"] = r["run_dir"][:-4] + "beef"
-    path.write_text(json.dumps(elsewhere))
+    _as_if_made_elsewhere(path, "seg", 1)
     with pytest.warns(UserWarning, match=r"4 recorded run\(s\).*seg aux-dec seed 1"):
         alone = ablation(["det"], [0])
     assert alone.complete and alone.seeds == [0]
