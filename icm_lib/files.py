@@ -101,6 +101,18 @@ def write_error(path: Path, exc: OSError, needed: int | None) -> FileWriteError:
     )
 
 
+def _new_file_mode(path: Path) -> int:
+    """The permissions the written file gets: those of the file it replaces, else what the
+    process's umask gives a new file (``tempfile.mkstemp`` makes its file owner-only, which
+    would leave a results file or a codec unreadable to the rest of a shared group)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, write: Callable[[Any], Any], size: int | None = None) -> Path:
     """Write through a temporary file in the same folder, then rename: never half-written.
 
@@ -108,7 +120,8 @@ def _atomic_write(path: Path, write: Callable[[Any], Any], size: int | None = No
     known. Any failed write (a full disk, a quota, permissions) raises :class:`DiskFullError` /
     :class:`FileWriteError` with the path, the bytes needed (measured by writing to nowhere
     when not given) and the free space; the temporary file is removed and ``path`` keeps its
-    previous content.
+    previous content. The file keeps the permissions of the one it replaces (a new one: the
+    umask's).
     """
     path = Path(path)
     tmp = None
@@ -116,6 +129,7 @@ def _atomic_write(path: Path, write: Callable[[Any], Any], size: int | None = No
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             sink = _Sink(f)
             write(sink)

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -622,3 +623,19 @@ def test_every_cache_key_is_spelled_by_keyed_path():
     assert keyed_path("/c", "detector-resnet18", parts, ".pt").name == (
         f"detector-resnet18-{config_hash(parts)}.pt"
     )
+
+
+def test_written_files_get_the_umask_s_permissions_or_keep_the_replaced_file_s(tmp_path):
+    """mkstemp makes an owner-only file; a results file or codec must be readable as any other
+    file the user writes (a shared group on a cluster)."""
+    old = os.umask(0o027)
+    try:
+        new = atomic_write_json(tmp_path / "new.json", {"v": 1})
+        saved = atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "codec.pt")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o640
+        new.chmod(0o604)
+        atomic_write_json(new, {"v": 2})
+        assert stat.S_IMODE(new.stat().st_mode) == 0o604 and json.loads(new.read_text()) == {"v": 2}
+    finally:
+        os.umask(old)
