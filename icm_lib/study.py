@@ -32,6 +32,9 @@ these files by :mod:`icm_lib.report`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import inspect
 import json
 import sys
 import time
@@ -44,11 +47,13 @@ from typing import Any
 import torch
 
 from .aux_branch import VARIANTS
+from .errors import RunLockedError
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
 from .gan import gan_base
 from .jobs import RunCall, compute, point_call, projected_hours
 from .launch import LaunchOptions, LaunchReport, add_arguments, launch_study
+from .locks import RunLock
 from .profiles import Profile, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import (
@@ -66,6 +71,58 @@ from .runtime import get_device, tell
 from .tasks import TASKS, get_task
 
 
+@contextlib.contextmanager
+def sole_writer(path: Path):
+    """Hold the results file ``path`` for one invocation: each invocation keeps the file's
+    earlier runs as it found them at its start (:func:`earlier_runs`), so a second one writing
+    the same file at the same time would drop the runs the first adds. A second invocation
+    raises :class:`~icm_lib.errors.RunLockedError` at once, naming the first; the lock
+    (``.<file>.lock`` beside it, :class:`~icm_lib.locks.RunLock`) left by a killed process is
+    removed by the next invocation."""
+    path = Path(path)
+    lock = RunLock(path.with_name(f".{path.name}.lock"), timeout=0, what=str(path))
+    try:
+        lock.acquire()
+    except RunLockedError as exc:
+        holder, _, _ = RunLock.read(lock.path)
+        raise RunLockedError(
+            f"{path} is being written by another study invocation ({RunLock.describe(holder)}; "
+            f"lock file {lock.path}): a second one at the same time would drop the runs the "
+            "first adds. Wait for it to finish and run again (the runs it trained load from "
+            "the cache), or let one invocation run them all (e.g. --tasks det seg), in "
+            "parallel with --launcher pool --workers N"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _one_invocation_per_file(file_cls: type):
+    """Decorate a ``run_*`` study with :func:`sole_writer` on its results file (of
+    ``file_cls``, in its ``results_dir`` for its ``profile``); asking the jobs' states only
+    (``launch.status_only``) writes nothing and takes no lock."""
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            launch = bound.arguments["launch"]
+            if launch is not None and launch.status_only:
+                return fn(*args, **kwargs)
+            path = file_cls.path(bound.arguments["results_dir"], bound.arguments["profile"].name)
+            with sole_writer(path):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+@_one_invocation_per_file(StudyFile)
 def run_study(
     profile: Profile,
     seeds: list[int],
@@ -115,7 +172,7 @@ def run_study(
         return found if found is not None else compute(exp, call)
 
     def write(runs: list[RunRecord], done: bool) -> StudyFile:
-        # (one invocation per file at a time: the kept runs were read when this one started)
+        # (the kept runs were read when this invocation started: sole_writer holds the file)
         study = summarise_with_earlier(
             profile,
             runs,
@@ -364,6 +421,7 @@ def _as_json(table: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- Iino et al. section 4.2
+@_one_invocation_per_file(AblationFile)
 def run_ablation_study(
     profile: Profile,
     seeds: list[int],
@@ -582,6 +640,7 @@ def summarise_gan(runs: list[GanRecord]) -> dict:
     return out
 
 
+@_one_invocation_per_file(GanFile)
 def run_gan_study(
     profile: Profile,
     seeds: list[int],

@@ -1,6 +1,7 @@
 """The study's bookkeeping on synthetic R-D points: curves, per-seed BD-rates, CI, the report."""
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -392,6 +393,39 @@ def test_a_study_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
     assert [sorted(p.task for p in r.points) for r in alone.runs if r.variant == "mse"] == [
         ["det", "seg"]
     ] * len(mse)
+    assert not list(tmp_path.glob(".*.lock"))  # each invocation let the file go
+
+
+def test_a_second_invocation_on_one_results_file_stops_at_once(smoke_env, tmp_path):
+    """While one invocation writes a results file (it holds the file's lock), a second one on
+    the same file would drop the runs the first adds: it raises before it trains anything,
+    naming the holder; a study of another file, or asking the jobs' states, is not held up."""
+    import torch
+
+    from icm_lib.errors import RunLockedError
+    from icm_lib.launch import LaunchOptions
+    from icm_lib.locks import RunLock
+    from icm_lib.study import run_ablation_study, run_gan_study, run_study
+
+    profile, data = smoke_env.profile, smoke_env.cache_dir.parent
+    cpu = torch.device("cpu")
+    before = sorted(smoke_env.cache_dir.rglob("*"))
+    for cls, start in [
+        (StudyFile, lambda: run_study(profile, [0], ["seg"], ["baseline"], data, tmp_path, cpu)),
+        (AblationFile, lambda: run_ablation_study(profile, [0], ["seg"], data, tmp_path, cpu)),
+        (GanFile, lambda: run_gan_study(profile, [0], data, tmp_path, cpu)),
+    ]:
+        path = cls.path(tmp_path, profile.name)
+        with RunLock(path.with_name(f".{path.name}.lock"), timeout=0):
+            with pytest.raises(RunLockedError, match="another study invocation") as info:
+                start()
+        assert str(path) in str(info.value) and "--launcher pool" in str(info.value)
+        assert f"pid {os.getpid()}" in str(info.value)
+        assert not path.exists() and sorted(smoke_env.cache_dir.rglob("*")) == before
+    held = StudyFile.path(tmp_path, "other-profile")
+    with RunLock(held.with_name(f".{held.name}.lock"), timeout=0):
+        status = LaunchOptions(launcher="pool", status_only=True, launch_dir=str(tmp_path / "l"))
+        run_study(profile, [0], ["seg"], ["baseline"], data, tmp_path, cpu, False, False, status)
 
 
 def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
