@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,16 +100,26 @@ def write_error(path: Path, exc: OSError, needed: int | None) -> FileWriteError:
     )
 
 
-def _new_file_mode(path: Path) -> int:
-    """The permissions the written file gets: those of the file it replaces, else what the
-    process's umask gives a new file (``tempfile.mkstemp`` makes its file owner-only, which
-    would leave a results file or a codec unreadable to the rest of a shared group)."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
-        os.umask(mask)
-        return 0o666 & ~mask
+def _temporary_file(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path`` (``.<name>.<random>.tmp``), opened for
+    writing: created with mode 0o666 so that the kernel applies the umask and the folder's
+    default ACLs, as for any file the user writes (``tempfile.mkstemp`` would make it
+    owner-only, leaving a results file or a codec unreadable to a shared group). Replacing a
+    file, it takes that file's permission bits (best effort: a file system that refuses a mode
+    change, such as vfat, keeps the new file's)."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp"))
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+    with contextlib.suppress(OSError):  # no file to replace, or a mode the file system refuses
+        os.fchmod(fd, path.stat().st_mode & 0o777)
+    return fd, tmp
 
 
 def _atomic_write(path: Path, write: Callable[[Any], Any], size: int | None = None) -> Path:
@@ -121,15 +130,14 @@ def _atomic_write(path: Path, write: Callable[[Any], Any], size: int | None = No
     :class:`FileWriteError` with the path, the bytes needed (measured by writing to nowhere
     when not given) and the free space; the temporary file is removed and ``path`` keeps its
     previous content. The file keeps the permissions of the one it replaces (a new one: the
-    umask's).
+    umask's; :func:`_temporary_file`).
     """
     path = Path(path)
     tmp = None
     sink = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, _new_file_mode(path))
+        fd, tmp = _temporary_file(path)
         with os.fdopen(fd, "wb") as f:
             sink = _Sink(f)
             write(sink)

@@ -70,35 +70,57 @@ from .results import (
 from .runtime import get_device, tell
 from .tasks import TASKS, get_task
 
+_HELD: dict[Path, RunLock] = {}  # the results files this process holds (sole_writer)
+
 
 @contextlib.contextmanager
-def sole_writer(path: Path):
+def sole_writer(path: Path, together: str = "e.g. --seeds 0 1 2"):
     """Hold the results file ``path`` for one invocation: each invocation keeps the file's
     earlier runs as it found them at its start (:func:`earlier_runs`), so a second one writing
     the same file at the same time would drop the runs the first adds. A second invocation
-    raises :class:`~icm_lib.errors.RunLockedError` at once, naming the first; the lock
-    (``.<file>.lock`` beside it, :class:`~icm_lib.locks.RunLock`) left by a killed process is
-    removed by the next invocation."""
+    raises :class:`~icm_lib.errors.RunLockedError` at once, naming the first and how to run
+    both sets of runs in one (``together``: the options that would); the lock (``.<file>.lock``
+    beside it, :class:`~icm_lib.locks.RunLock`) left by a killed process is removed by the next
+    invocation (at once on its machine; from another host once it has not been refreshed for
+    ``ICM_LOCK_STALE_SECONDS``). Every write goes through :func:`_write_held`."""
     path = Path(path)
     lock = RunLock(path.with_name(f".{path.name}.lock"), timeout=0, what=str(path))
+    for attempt in range(2):
+        try:
+            lock.acquire()
+            break
+        except RunLockedError as exc:
+            holder, _, _ = RunLock.read(lock.path)
+            if holder is None and attempt == 0:  # released (or being created) just now
+                time.sleep(lock.poll)
+                continue
+            raise RunLockedError(
+                f"{path} is being written by another study invocation "
+                f"({RunLock.describe(holder)}; lock file {lock.path}): a second one at the same "
+                "time would drop the runs the first adds. Wait for it to finish and run again "
+                "(the runs it trained load from the cache), or let one invocation run them all "
+                f"({together}), in parallel with --launcher pool --workers N. If that process "
+                "is gone on another host, its lock counts as stale after ICM_LOCK_STALE_SECONDS "
+                "without a refresh; or delete the lock file"
+            ) from exc
+    _HELD[path] = lock
     try:
-        lock.acquire()
-    except RunLockedError as exc:
-        holder, _, _ = RunLock.read(lock.path)
-        raise RunLockedError(
-            f"{path} is being written by another study invocation ({RunLock.describe(holder)}; "
-            f"lock file {lock.path}): a second one at the same time would drop the runs the "
-            "first adds. Wait for it to finish and run again (the runs it trained load from "
-            "the cache), or let one invocation run them all (e.g. --tasks det seg), in "
-            "parallel with --launcher pool --workers N"
-        ) from exc
-    try:
-        yield
+        yield lock
     finally:
+        _HELD.pop(path, None)
         lock.release()
 
 
-def _one_invocation_per_file(file_cls: type):
+def _write_held(file, path: Path) -> None:
+    """``file.write(path)`` if this process still holds ``path`` (:func:`sole_writer`), else
+    :class:`~icm_lib.errors.RunLockedError`: another host judged the lock stale and took it."""
+    lock = _HELD.get(Path(path))
+    if lock is not None:
+        lock.check()
+    file.write(path)
+
+
+def _one_invocation_per_file(file_cls: type, together: str):
     """Decorate a ``run_*`` study with :func:`sole_writer` on its results file (of
     ``file_cls``, in its ``results_dir`` for its ``profile``); asking the jobs' states only
     (``launch.status_only``) writes nothing and takes no lock."""
@@ -114,7 +136,7 @@ def _one_invocation_per_file(file_cls: type):
             if launch is not None and launch.status_only:
                 return fn(*args, **kwargs)
             path = file_cls.path(bound.arguments["results_dir"], bound.arguments["profile"].name)
-            with sole_writer(path):
+            with sole_writer(path, together):
                 return fn(*args, **kwargs)
 
         return run
@@ -122,7 +144,7 @@ def _one_invocation_per_file(file_cls: type):
     return decorate
 
 
-@_one_invocation_per_file(StudyFile)
+@_one_invocation_per_file(StudyFile, "e.g. --tasks det seg --seeds 0 1 2")
 def run_study(
     profile: Profile,
     seeds: list[int],
@@ -184,7 +206,7 @@ def run_study(
             time.perf_counter() - t_start,
             reference_curve,
         )
-        study.write(out_json)
+        _write_held(study, out_json)
         return study
 
     if _launched(launch):
@@ -421,7 +443,7 @@ def _as_json(table: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- Iino et al. section 4.2
-@_one_invocation_per_file(AblationFile)
+@_one_invocation_per_file(AblationFile, "e.g. --tasks det seg --seeds 0 1 2")
 def run_ablation_study(
     profile: Profile,
     seeds: list[int],
@@ -456,7 +478,7 @@ def run_ablation_study(
         summary = summarise_ablation(
             profile, rows, seeds, time.perf_counter() - t_start, kept, tasks
         )
-        summary.write(out_json)
+        _write_held(summary, out_json)
         return summary
 
     summary = None
@@ -640,7 +662,7 @@ def summarise_gan(runs: list[GanRecord]) -> dict:
     return out
 
 
-@_one_invocation_per_file(GanFile)
+@_one_invocation_per_file(GanFile, "e.g. --seeds 0 1 2")
 def run_gan_study(
     profile: Profile,
     seeds: list[int],
@@ -689,7 +711,7 @@ def run_gan_study(
             summary=_as_json(summarise_gan(rows)),
             gan_config=_as_json(asdict(profile.gan)),
         )
-        summary.write(out_json)
+        _write_held(summary, out_json)
         return summary
 
     if _launched(launch):

@@ -637,5 +637,9 @@ def test_written_files_get_the_umask_s_permissions_or_keep_the_replaced_file_s(t
         new.chmod(0o604)
         atomic_write_json(new, {"v": 2})
         assert stat.S_IMODE(new.stat().st_mode) == 0o604 and json.loads(new.read_text()) == {"v": 2}
+        new.chmod(0o1640)  # the sticky bit (like setuid / setgid) is not carried over
+        atomic_write_json(new, {"v": 3})
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["codec.pt", "new.json"]
     finally:
-        os.umask(old)
+        assert os.umask(old) == 0o027  # the writes left the process's umask alone

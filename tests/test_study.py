@@ -410,22 +410,33 @@ def test_a_second_invocation_on_one_results_file_stops_at_once(smoke_env, tmp_pa
     profile, data = smoke_env.profile, smoke_env.cache_dir.parent
     cpu = torch.device("cpu")
     before = sorted(smoke_env.cache_dir.rglob("*"))
-    for cls, start in [
-        (StudyFile, lambda: run_study(profile, [0], ["seg"], ["baseline"], data, tmp_path, cpu)),
-        (AblationFile, lambda: run_ablation_study(profile, [0], ["seg"], data, tmp_path, cpu)),
-        (GanFile, lambda: run_gan_study(profile, [0], data, tmp_path, cpu)),
+    for cls, start, together in [
+        (
+            StudyFile,
+            lambda: run_study(profile, [0], ["seg"], ["baseline"], data, tmp_path, cpu),
+            "--tasks det seg",
+        ),
+        (
+            AblationFile,
+            lambda: run_ablation_study(profile, [0], ["seg"], data, tmp_path, cpu),
+            "--tasks det seg",
+        ),
+        (GanFile, lambda: run_gan_study(profile, [0], data, tmp_path, cpu), "e.g. --seeds 0 1 2)"),
     ]:
         path = cls.path(tmp_path, profile.name)
         with RunLock(path.with_name(f".{path.name}.lock"), timeout=0):
             with pytest.raises(RunLockedError, match="another study invocation") as info:
                 start()
-        assert str(path) in str(info.value) and "--launcher pool" in str(info.value)
-        assert f"pid {os.getpid()}" in str(info.value)
+        message = str(info.value)
+        assert str(path) in message and "--launcher pool" in message and together in message
+        assert f"pid {os.getpid()}" in message
         assert not path.exists() and sorted(smoke_env.cache_dir.rglob("*")) == before
-    held = StudyFile.path(tmp_path, "other-profile")
+    # asking the jobs' states writes nothing: it runs while another invocation holds the file
+    held = StudyFile.path(tmp_path, profile.name)
     with RunLock(held.with_name(f".{held.name}.lock"), timeout=0):
         status = LaunchOptions(launcher="pool", status_only=True, launch_dir=str(tmp_path / "l"))
         run_study(profile, [0], ["seg"], ["baseline"], data, tmp_path, cpu, False, False, status)
+    assert not held.exists()
 
 
 def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path):
@@ -515,3 +526,23 @@ def test_a_recorded_run_scored_otherwise_is_not_current():
     assert _current_point(Exp(None, run.run_key), run)
     assert not _current_point(Exp(None, "seg-baseline-other"), run)
     assert not _current_point(Exp(2, run.run_key), run)  # the estimate, where it was real
+
+
+def test_an_invocation_whose_lock_was_taken_stops_writing(tmp_path):
+    """Another host that judged the file's lock stale (this process stopped too long) holds it
+    now: this invocation's next write raises instead of overwriting that one's runs."""
+    from icm_lib.errors import RunLockedError
+    from icm_lib.study import _write_held, sole_writer
+
+    class File:
+        def write(self, path):
+            Path(path).write_text("{}")
+
+    path = tmp_path / "study-x.json"
+    with sole_writer(path) as lock:
+        _write_held(File(), path)
+        holder = json.loads(lock.path.read_text())
+        lock.path.write_text(json.dumps({**holder, "token": "another", "host": "node7"}))
+        with pytest.raises(RunLockedError, match="no longer holds"):
+            _write_held(File(), path)
+    assert lock.path.exists()  # the other holder's lock stays
