@@ -21,7 +21,10 @@ from .results import (
     PAPERS,
     AblationFile,
     ClaimsFile,
+    DepthFile,
     GanFile,
+    GradientsFile,
+    PilotFile,
     StudyFile,
     WorldFile,
     profiles_with_studies,
@@ -184,6 +187,7 @@ def _profile_report(results_dir: str | Path, profile_name: str) -> str:
     files = [f for f in (world, study, ablation, gan) if f is not None]
     if files:
         lines += ["", environments_line(files)]
+    lines += compute_table(results_dir, profile_name)
     if (Path(results_dir) / "analysis-plan.json").is_file():
         from .claims import recorded_claims, stale_files, table
 
@@ -232,6 +236,76 @@ def environments_line(files: list) -> str:
         groups.setdefault(environment_words(f.environment), []).append(f"`{f.KIND}`")
     parts = [f"{', '.join(kinds)}: {words}" for words, kinds in groups.items()]
     return f"*Environment* (`constraints.txt` installs today's): {'; '.join(parts)}."
+
+
+#: a profile's results files in the order its experiments make them (``make experiments``):
+#: a run a later file shares with an earlier one (the pilot's baselines in the R-D study, the
+#: R-D runs in the ablation and the gradients) was paid for once, by the first
+COMPUTE_ORDER = (WorldFile, PilotFile, StudyFile, AblationFile, GanFile, GradientsFile, DepthFile)
+COMPUTE_NAMES = {
+    "world": "world check",
+    "pilot": "λ pilot",
+    "study": "R-D study",
+    "ablation": "position ablation",
+    "gan": "PatchGAN study",
+    "gradients": "gradients",
+    "depth": "recognizer depth",
+}
+
+
+def compute_rows(results_dir: str | Path, profile_name: str) -> list[dict]:
+    """What a profile's studies cost, from their files: per file its runs, the hours logged in
+    them, and the hours of the runs no earlier file (:data:`COMPUTE_ORDER`) holds -- each run
+    counted once by its key; a file without runs (the depth study) counts its own hours."""
+    seen: set[str] = set()
+    rows = []
+    for cls in COMPUTE_ORDER:
+        file = cls.find(results_dir, profile_name)
+        if file is None:
+            continue
+        new = 0.0
+        for r in file.runs:
+            if r.run_key is None or r.run_key not in seen:
+                new += (r.seconds or 0.0) / 3600
+            if r.run_key is not None:
+                seen.add(r.run_key)
+        if not file.runs:
+            new = file.compute_hours_in_runs
+        rows.append(
+            {
+                "kind": cls.KIND,
+                "runs": len(file.runs),
+                "hours": file.compute_hours_in_runs,
+                "new_hours": new,
+                "complete": getattr(file, "complete", None),
+            }
+        )
+    return rows
+
+
+def compute_table(results_dir: str | Path, profile_name: str) -> list[str]:
+    """:func:`compute_rows` as the README's markdown table (nothing without files)."""
+    rows = compute_rows(results_dir, profile_name)
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"**Compute, profile `{profile_name}`** (hours logged in the files' runs: training and "
+        "evaluation; a run two files share counted once, by the first; not included: the "
+        "foundations, i.e. the recognizers and the reference codec of the world check):",
+        "",
+        "| file | runs | hours in its runs | of which first paid here |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        state = ", in progress" if r["complete"] is False else ""
+        lines.append(
+            f"| `{r['kind']}-{profile_name}.json` ({COMPUTE_NAMES[r['kind']]}{state}) | "
+            f"{r['runs']} | {r['hours']:.2f} | {r['new_hours']:.2f} |"
+        )
+    total = sum(r["new_hours"] for r in rows)
+    lines.append(f"| total | | | **{total:.2f}** |")
+    return lines
 
 
 def world_table(world: WorldFile) -> list[str]:

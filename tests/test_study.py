@@ -89,6 +89,31 @@ def test_report_writes_the_readme_between_markers(tmp_path):
     assert "operational R-D fronts" in text and "per seed -20.0, -25.0, -30.0" in text
 
 
+def test_the_compute_table_counts_a_run_two_files_share_once(tmp_path):
+    """The pilot's baselines are the R-D study's, the study's runs the ablation's: each run is
+    paid for by the first file (in the order the experiments make them) that holds it."""
+    from icm_lib.report import compute_rows, compute_table
+    from icm_lib.results import PilotFile
+
+    def run(name, seconds):
+        return RunRecord("det", "baseline", 0.4, 0, f"cache/icm/{name}", 10, seconds)
+
+    pilot = PilotFile("cpu", [0], 0.25, 0.3, runs=[run("a", 1800.0), run("b", 900.0)])
+    pilot.write(PilotFile.path(tmp_path, "cpu"))
+    study = StudyFile("cpu", [0], 0.75, 0.8, runs=[run("b", 900.0), run("c", 1800.0)])
+    study.write(StudyFile.path(tmp_path, "cpu"))
+    ablation = AblationFile("cpu", [0], 0.75, 0.8, complete=True, runs=[run("c", 1800.0)])
+    ablation.write(AblationFile.path(tmp_path, "cpu"))
+    rows = {r["kind"]: r for r in compute_rows(tmp_path, "cpu")}
+    assert list(rows) == ["pilot", "study", "ablation"]
+    assert rows["pilot"]["new_hours"] == 0.75 and rows["study"]["new_hours"] == 0.5
+    assert rows["study"]["hours"] == 0.75 and rows["ablation"]["new_hours"] == 0.0
+    text = "\n".join(compute_table(tmp_path, "cpu"))
+    assert "| `study-cpu.json` (R-D study, in progress) | 2 | 0.75 | 0.50 |" in text
+    assert "| total | | | **1.25** |" in text
+    assert compute_table(tmp_path, "other") == []
+
+
 def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     """The cache does not outlive a session; the results file does. A second invocation whose
     cache is gone takes every finished run from the file (same key, marked) and trains nothing."""
