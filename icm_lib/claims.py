@@ -47,6 +47,7 @@ from .results import (
 from .statistics import (
     bd_rate_effect,
     equal_rate_delta,
+    metric_at_rate,
     paired_effects,
     t_interval,
     two_level_bootstrap,
@@ -190,6 +191,46 @@ def rd_claim(
         verdict=verdict(boot["lo"], boot["hi"], margin, seed_iv["sd"], boot["estimate"]),
         notes=notes,
     )
+
+
+def along_or_off(
+    study: StudyFile, task: str, test: str = "aux-enc", anchor: str = "baseline"
+) -> list[dict]:
+    """Does a ``test`` run move *along* the same seed's ``anchor`` curve or *off* it? Per test
+    run (seed, λ): ``bits_change``, its bits against the anchor run of the same seed and λ (%),
+    and ``metric_change``; ``offset``, its metric minus the anchor curve's at its own rate (the
+    curve piecewise linear in log-bpp, as the equal-rate estimator reads it; ``None`` outside
+    the curve's rates); and ``paper_offset``, the offset a curve as much cheaper as Iino et al.
+    report (their BD-rate for the task) would have there: the anchor curve's metric at
+    bpp / (1 + BD-rate) minus its metric at bpp. A run that spends more bits for the metric the
+    curve already gives at that rate (offset ≈ 0) moved along the curve; the paper's effect
+    lifts runs off it, to about ``paper_offset``."""
+    from .results import PAPERS
+
+    shrink = 1 + PAPERS.iino_bd_rate[task] / 100
+    anchors = _curves(study.runs, task, anchor, anchor)
+    rows = []
+    for seed, points in sorted(_curves(study.runs, task, test, test).items()):
+        base = anchors.get(seed, [])
+        curve = [(p.bpp, p.metric) for p in base]
+        same = {p.lmbda: p for p in base}
+        for p in points:
+            at = metric_at_rate(curve, p.bpp)
+            paper_at = metric_at_rate(curve, p.bpp / shrink)
+            b = same.get(p.lmbda)
+            rows.append(
+                {
+                    "seed": seed,
+                    "lmbda": p.lmbda,
+                    "bpp": p.bpp,
+                    "metric": p.metric,
+                    "bits_change": None if b is None else 100 * (p.bpp / b.bpp - 1),
+                    "metric_change": None if b is None else p.metric - b.metric,
+                    "offset": None if at is None else p.metric - at,
+                    "paper_offset": None if at is None or paper_at is None else paper_at - at,
+                }
+            )
+    return rows
 
 
 def _union(boot: dict, seed_iv: dict) -> dict:

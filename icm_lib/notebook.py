@@ -222,6 +222,66 @@ def show_claims(
     return out
 
 
+def show_along_curve(
+    results_dir: str | Path,
+    profiles: list[str] | tuple[str, ...],
+    output_dir: str | Path | None = None,
+) -> dict:
+    """Along the baseline's curve or off it, per world: each recorded aux-enc run of
+    ``results/study-<profile>.json`` against the same seed's baseline
+    (:func:`~icm_lib.claims.along_or_off`), a panel per task (:func:`~icm_lib.plots.along_or_off`,
+    saved as ``along-<profile>.png`` in ``output_dir``) and a line of means per task. A world
+    without its study file says the command that makes it.
+
+    Returns:
+        ``{profile: {task: {"runs", "inside", "bits_change", "metric_change", "offset",
+        "paper_offset"}} or None}`` (means over the runs where each is defined).
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .claims import along_or_off, read_plan
+    from .results import PAPERS, StudyFile
+    from .tasks import get_task
+
+    plan = Path(results_dir) / "analysis-plan.json"
+    margins = read_plan(plan)["margins"] if plan.is_file() else {}
+    out: dict = {}
+    for name in profiles:
+        study = _measured(StudyFile, results_dir, name)
+        out[name] = None if study is None else {}
+        if study is None:
+            continue
+        panels = {}
+        for task in study.tasks:
+            rows = along_or_off(study, task)
+            if not rows:
+                continue
+            metric = get_task(task).metric
+            means = {
+                k: _mean([r[k] for r in rows])
+                for k in ("bits_change", "metric_change", "offset", "paper_offset")
+            }
+            inside = sum(r["offset"] is not None for r in rows)
+            out[name][task] = {"runs": len(rows), "inside": inside, **means}
+            print(
+                f"profile {name}, {task}: aux-enc spends {_num(means['bits_change'], '+.1f')} % "
+                f"bits at the same λ for {_num(means['metric_change'], '+.4f')} {metric}; at "
+                f"equal rate it sits {_num(means['offset'], '+.4f')} above the baseline's curve "
+                f"({inside} of {len(rows)} runs inside its rates), where a curve "
+                f"{-PAPERS.iino_bd_rate[task]:.1f} % cheaper (the paper's) would sit "
+                f"{_num(means['paper_offset'], '+.4f')}"
+            )
+            panels[f"{task} ({metric})"] = (rows, margins.get(f"delta_{metric}_equal_rate"))
+        if panels:
+            world = get_profile(name).data.world
+            fig = plots.along_or_off(panels, f"{name} ({world} world): aux-enc against baseline")
+            if output_dir is not None:
+                fig.savefig(Path(output_dir) / f"along-{name}.png", dpi=110, bbox_inches="tight")
+            plt.show()
+    return out
+
+
 def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...]) -> dict:
     """The mechanism behind Iino et al.'s premise, per world: from
     ``results/gradients-<profile>.json`` (``python -m icm_lib.gradients``), per task the mean over

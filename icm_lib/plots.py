@@ -537,6 +537,41 @@ def forest(claims: Sequence, paper: dict[str, float] | None = None, title: str =
     return fig
 
 
+def along_or_off(panels: dict[str, tuple[list[dict], float | None]], title: str = ""):
+    """Along the anchor curve or off it (:func:`~icm_lib.claims.along_or_off`): one panel per
+    task (``panels``: title -> (rows, margin)), each test run a dot at its bits against the
+    same seed's anchor run at the same λ (x, %) and its metric above the anchor curve at its own
+    rate (y), coloured by λ; the declared margin shaded, and the offset a curve as much cheaper
+    as the paper reports would have at these runs' rates (dashed). Runs outside the anchor
+    curve's rates have no offset and are counted in the panel's title."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, (rows, margin)) in zip(axes[0], panels.items()):
+        shown = [r for r in rows if r["offset"] is not None and r["bits_change"] is not None]
+        lambdas = sorted({r["lmbda"] for r in rows})
+        colors = plt.cm.viridis(np.linspace(0.1, 0.85, max(1, len(lambdas))))
+        if margin:
+            ax.axhspan(-margin, margin, color="0.9", zorder=0, label="margin (declared)")
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.axvline(0, color="0.4", lw=0.8)
+        for lmbda, color in zip(lambdas, colors):
+            pts = [r for r in shown if r["lmbda"] == lmbda]
+            ax.plot([r["bits_change"] for r in pts], [r["offset"] for r in pts], "o", ms=5,
+                    color=color, alpha=0.85, label=f"λ {lmbda:g}")  # fmt: skip
+        paper = [r["paper_offset"] for r in shown if r["paper_offset"] is not None]
+        if paper:
+            ax.axhline(float(np.mean(paper)), color="#d6604d", ls="--", lw=1.2,
+                       label="the paper's curve (mean)")  # fmt: skip
+        ax.set_title(f"{name}\n{len(shown)} of {len(rows)} runs inside the anchor's rates",
+                     fontsize=8.5)  # fmt: skip
+        ax.set_xlabel("bits against the same λ and seed's anchor run (%)", fontsize=8)
+        ax.set_ylabel("metric above the anchor curve at equal rate", fontsize=8)
+        ax.legend(fontsize=6.5, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, output_dir: str | Path, name: str) -> Path:
     path = Path(output_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

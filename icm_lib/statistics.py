@@ -57,11 +57,22 @@ def equal_rate_delta(anchor: Curve, test: Curve) -> float | None:
     if not hi > lo:
         return None
     grid = np.linspace(lo, hi, 257)
+    return float(np.mean(_in_log_bpp(t, grid) - _in_log_bpp(a, grid)))
 
-    def curve(points: Curve) -> np.ndarray:
-        return np.interp(grid, [math.log(b) for b, _ in points], [m for _, m in points])
 
-    return float(np.mean(curve(t) - curve(a)))
+def _in_log_bpp(points: Curve, log_bpp: np.ndarray) -> np.ndarray:
+    """The metric of the curve ``points`` (sorted by rate), piecewise linear in log-bpp, at
+    ``log_bpp`` (inside its range)."""
+    return np.interp(log_bpp, [math.log(b) for b, _ in points], [m for _, m in points])
+
+
+def metric_at_rate(curve: Curve, bpp: float) -> float | None:
+    """The metric the curve reaches at ``bpp`` (piecewise linear in log-bpp, as
+    :func:`equal_rate_delta` reads curves); ``None`` outside its range of rates."""
+    c = sorted(curve)
+    if len(c) < 2 or not c[0][0] <= bpp <= c[-1][0]:
+        return None
+    return float(_in_log_bpp(c, np.asarray([math.log(bpp)]))[0])
 
 
 def bd_rate_effect(anchor: Curve, test: Curve, front: bool = False) -> float | None:

@@ -286,6 +286,22 @@ claims_shown = show_claims(RESULTS_DIR, CLAIMS_PROFILES, rd_claims, S.output_dir
 print(S.record({"claims": claims_shown}, name="claims.json"))
 
 # %% [markdown]
+# **Along the curve, or off it?** A verdict says *whether* the branch saves bits; this says *how*
+# a run moves. Each dot is one aux-enc run: to the right if it spends more bits than the same
+# seed's baseline at the same λ, up if, at its own rate, it beats what the baseline's curve gives
+# there (the curve piecewise linear in log-bpp, as the equal-rate estimator reads it). A run that
+# only buys a little metric with more bits lands right of 0 and near the 0 line: it moved *along*
+# the curve, which any larger λ does too. The paper's effect lifts runs *off* the curve, to about
+# the dashed line (a curve as much cheaper as Iino et al. report, read at these runs' rates). Runs
+# beyond the baseline's highest rate have no curve to compare with and are left out (counted).
+
+# %%
+from icm_lib.notebook import show_along_curve
+
+along_shown = show_along_curve(RESULTS_DIR, CLAIMS_PROFILES, S.output_dir)
+print(S.record({"along": along_shown}, name="along.json"))
+
+# %% [markdown]
 # **Who pushes the encoder?** The paper's premise is that the task loss, reaching g_a through g_s
 # and a deep recognizer, pushes the encoder weakly, and the branch on ŷ more directly. Measured on
 # each world's recognizers (`python -m icm_lib.gradients`): the branch's gradient norm on g_a over

@@ -98,6 +98,39 @@ def test_equal_rate_delta_is_paired_per_seed_and_the_interval_is_a_union():
     assert iv["estimate"] > 0  # fewer bits for the same accuracy: more accuracy at equal rate
 
 
+def test_along_or_off_the_curve_by_hand():
+    """A run on the baseline's curve moved along it (offset 0), one above it moved off it; one
+    beyond the curve's rates has no offset. The paper's seg curve (-20.3 %) read at 0.2 bpp:
+    the baseline at 0.2 / 0.797 bpp, 0.6 + 0.1 ln(1 / 0.797) / ln 2 = 0.63273."""
+    from icm_lib.claims import along_or_off
+
+    def point(variant, lmbda, bpp, metric):
+        p = RDPoint("seg", variant, lmbda, 0, bpp, metric, psnr=30.0, ms_ssim=0.9,
+                    checkerboard=0.0, bpp_estimate=None, rate="real", n_images=4)  # fmt: skip
+        return RunRecord("seg", variant, lmbda, 0, None, 10, 1.0, points=[p])
+
+    runs = [
+        point("baseline", 1.0, 0.1, 0.5),
+        point("baseline", 2.0, 0.2, 0.6),
+        point("baseline", 4.0, 0.4, 0.7),
+        point("aux-enc", 1.0, 0.2, 0.6),  # twice the bits, on the curve
+        point("aux-enc", 2.0, 0.2, 0.65),  # the same bits, above it
+        point("aux-enc", 4.0, 0.8, 0.75),  # beyond the baseline's rates
+    ]
+    f = StudyFile(profile="t", seeds=[0], compute_hours_in_runs=0,
+                  wall_hours_this_invocation=0, runs=runs)  # fmt: skip
+    rows = {r["lmbda"]: r for r in along_or_off(f, "seg")}
+    assert rows[1.0]["bits_change"] == pytest.approx(100.0)
+    assert rows[1.0]["metric_change"] == pytest.approx(0.1)
+    assert rows[1.0]["offset"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[2.0]["bits_change"] == pytest.approx(0.0) and rows[2.0]["offset"] == pytest.approx(
+        0.05
+    )
+    assert rows[1.0]["paper_offset"] == pytest.approx(0.1 * math.log(1 / 0.797) / math.log(2))
+    assert rows[4.0]["bits_change"] == pytest.approx(100.0)
+    assert rows[4.0]["offset"] is None and rows[4.0]["paper_offset"] is None
+
+
 def test_holm_by_hand():
     # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04)
     out = holm({"a": 0.02, "b": 0.01, "c": 0.04, "d": None})
@@ -523,7 +556,7 @@ def test_the_report_shows_the_world_checks_with_their_bars(tmp_path):
               checks=checks).write(WorldFile.path(tmp_path, "cpu-patterns"))  # fmt: skip
     assert profiles_with_studies(tmp_path) == ["cpu-patterns"]
     text = report(tmp_path)
-    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    rows = [ln for ln in text.splitlines() if ln.startswith(tuple(f"| `{c}`" for c in checks))]
     assert rows == [
         "| `informative_det` | the detector's uncompressed val mAP@[.5:.95] | 0.1966 | >= 0.3 "
         "| **FAIL** |",

@@ -172,8 +172,22 @@ def test_notebook_02_shows_iino_et_als_rd_claims(nb02):
         nb02[1], "iino_seg_rd", "iino_det_rd", "iino_det_vs_roi"
     )["claims"]["cpu"]
     assert not any("ablation" in r["name"] for r in rows)
+    # along the curve or off it: each world's aux-enc runs against the same seed's baseline
+    from icm_lib.claims import along_or_off
+    from icm_lib.results import DepthFile, GradientsFile, StudyFile
+
+    along = json.loads((nb02[1] / "along.json").read_text())["along"]
+    assert set(along) == {"cpu", "cpu-patterns"}
+    for name, tasks in along.items():
+        study = StudyFile.find(ROOT / "results", name)
+        assert (tasks is None) == (study is None)
+        for task, shown in (tasks or {}).items():
+            rows = along_or_off(study, task)
+            offsets = [r["offset"] for r in rows if r["offset"] is not None]
+            assert shown["runs"] == len(rows) and shown["inside"] == len(offsets)
+            assert shown["offset"] == pytest.approx(sum(offsets) / len(offsets))
+        assert (nb02[1] / f"along-{name}.png").is_file() == bool(tasks)
     # the mechanism: the gradients and depth files of both worlds, where measured
-    from icm_lib.results import DepthFile, GradientsFile
 
     shown = json.loads((nb02[1] / "mechanism.json").read_text())["gradients"]
     assert set(shown) == {"cpu", "cpu-patterns"}

@@ -10,6 +10,7 @@ import pytest
 from icm_lib.statistics import (
     bd_rate_effect,
     equal_rate_delta,
+    metric_at_rate,
     paired_effects,
     seeds_needed,
     t_interval,
@@ -39,6 +40,14 @@ def test_equal_rate_delta_by_hand():
     assert equal_rate_delta(anchor, [(0.5, 0.6), (0.8, 0.9)]) is None  # no overlap
     # the order of the points does not matter
     assert equal_rate_delta(anchor[::-1], [(0.8, 0.9), (0.2, 0.6)]) == pytest.approx(0.025)
+
+
+def test_metric_at_rate_is_linear_in_log_bpp_inside_the_curve_only():
+    anchor = [(0.4, 0.7), (0.1, 0.5)]  # any order
+    assert metric_at_rate(anchor, 0.2) == pytest.approx(0.6)  # halfway in log-bpp
+    assert metric_at_rate(anchor, 0.1) == pytest.approx(0.5)
+    assert metric_at_rate(anchor, 0.05) is None and metric_at_rate(anchor, 0.41) is None
+    assert metric_at_rate([(0.1, 0.5)], 0.1) is None  # one point is no curve
 
 
 def test_bd_rate_effect_half_the_rate():
