@@ -612,15 +612,32 @@ def world_failed(claim: Claim) -> list[str]:
 def inputs_of(results_dir: str | Path, profile: str) -> dict[str, str]:
     """The files the profile's claims are computed from (the plan, the study, ablation and
     PatchGAN files, the world checks and the pilot that exist), name -> SHA-256 of their
-    bytes."""
+    content without the fields that say when and by which commit a file was last written
+    (:data:`PROVENANCE`): an invocation that re-writes a file with the same numbers -- a study
+    whose every run is in the cache, a pilot re-run -- leaves the claims computed from it
+    current."""
     names = ["analysis-plan.json"] + [
         cls.path(".", profile).name for cls in (*CLAIM_SOURCES, WorldFile, PilotFile)
     ]
     return {
-        n: hashlib.sha256((Path(results_dir) / n).read_bytes()).hexdigest()
-        for n in names
-        if (Path(results_dir) / n).is_file()
+        n: _content_hash(Path(results_dir) / n) for n in names if (Path(results_dir) / n).is_file()
     }
+
+
+#: a results file's top-level fields no claim reads: when, by which commit, in how much wall time
+PROVENANCE = ("created", "commit", "wall_hours_this_invocation")
+
+
+def _content_hash(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except ValueError:  # not JSON: hashed as it is, and computing the claims says what is wrong
+        return hashlib.sha256(raw).hexdigest()
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in PROVENANCE}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def recorded_claims(results_dir: str | Path, profile: str, n_boot: int = 2000) -> list[Claim]:

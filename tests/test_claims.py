@@ -251,6 +251,11 @@ def test_a_claims_file_is_read_only_while_its_inputs_are_unchanged(tmp_path, mon
     monkeypatch.setattr(cl, "claims", lambda *a: computed.append(a) or ["fresh"])
     assert cl.recorded_claims(tmp_path, "t", n_boot=50) == fresh and not computed
     assert cl.recorded_claims(tmp_path, "t", n_boot=60) == ["fresh"]  # another n_boot
+    rewritten = StudyFile.read(StudyFile.path(tmp_path, "t"))  # the same numbers written again
+    rewritten.created, rewritten.wall_hours_this_invocation = "2031-01-01T00:00:00+00:00", 9.0
+    rewritten.commit = {"sha": "0" * 40, "dirty": True, "changed": ["README.md"]}
+    rewritten.write(StudyFile.path(tmp_path, "t"))
+    assert cl.recorded_claims(tmp_path, "t", n_boot=50) == fresh and len(computed) == 1
     study(0.8).write(StudyFile.path(tmp_path, "t"))  # an input changed
     assert cl.recorded_claims(tmp_path, "t", n_boot=50) == ["fresh"]
     StudyFile.path(tmp_path, "t").unlink()  # ... or went away
