@@ -161,6 +161,7 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     assert [r["codec_bf16"] for r in rows] == [False] * 5 + [True]
     for r in rows:
         assert r["s_per_step"] > 0 and r["flops"] > 0
+        assert len(r["seconds"]) == 1 and r["s_per_step"] == r["seconds"][0]
         assert r["x_floor"] == pytest.approx(r["s_per_step"] / r["floor_s"])
         assert set(r["shares"]) == {*PHASES, "other"}
         assert sum(r["shares"].values()) == pytest.approx(1.0)
@@ -178,6 +179,36 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     assert "fast on" in out and "labels cached" in out
     assert "bfloat16 hardware:" in out and "bf16 + labels cached" in out
     assert "bf16 codec too + labels cached" in out
+
+
+def test_a_rows_settings_are_timed_interleaved():
+    """``bench icm`` times a task/variant's settings together: step i of each before step i + 1
+    of any (step 0 the warm-up, not timed), the order rotated by one each step, each step under
+    its own setting's cuDNN autotuning flag, the process's flag restored after."""
+    from icm_lib.dev.stepbench import StepSetup, interleaved_seconds
+
+    calls = []
+
+    class Stepper:
+        def __init__(self, name, benchmark):
+            self.name, self.flags = name, {"cudnn_benchmark": benchmark}
+
+        def __call__(self, step, batch):
+            calls.append((self.name, step, torch.backends.cudnn.benchmark))
+
+    before = torch.backends.cudnn.benchmark
+    cpu = torch.device("cpu")
+    setups = [StepSetup("seg", "baseline", Stepper(n, n == "b"), 1, 4, cpu, 1) for n in "abc"]
+    times = interleaved_seconds(setups, 3)
+    assert [len(t) for t in times] == [3, 3, 3] and all(x >= 0 for t in times for x in t)
+    assert [(n, i) for n, i, _ in calls] == [
+        ("a", 0), ("b", 0), ("c", 0),
+        ("b", 1), ("c", 1), ("a", 1),
+        ("c", 2), ("a", 2), ("b", 2),
+        ("a", 3), ("b", 3), ("c", 3),
+    ]  # fmt: skip
+    assert all(flag is (n == "b") for n, _, flag in calls)
+    assert torch.backends.cudnn.benchmark is before
 
 
 def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):
@@ -266,3 +297,19 @@ def test_bench_reference_trains_the_reference_codec_both_ways(smoke_env, capsys)
     assert row["float32"]["val_bpp"] == pytest.approx(own["val_bpp"], rel=1e-6)
     assert row["bfloat16"]["val_psnr"] != row["float32"]["val_psnr"]
     assert "val_psnr: bfloat16 - float32, mean over 1 seeds" in capsys.readouterr().out
+
+
+def test_bench_compile_sets_the_compiled_task_loss_against_eager(monkeypatch, capsys):
+    """``bench compile``: per task and precision the frozen recognizer's task loss and input
+    gradient, eager and compiled, and the gradients' cosine with dropout off. With an identity
+    "compiler" the two are one function: the cosine is exactly 1, which it would not be if the
+    segmenter's dropout still drew its masks, and the dropout rates are given back."""
+    import icm_lib.dev.bench as b
+
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    monkeypatch.setattr(b, "bf16_native", lambda device=None: False)
+    rows = b.bench_compile("smoke", ("seg",), 1)
+    assert [(r["task"], r["precision"]) for r in rows] == [("seg", "fp32")]
+    assert rows[0]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[0]["eager_s"] > 0 and rows[0]["compiled_s"] > 0 and rows[0]["compile_s"] > 0
+    assert "grad cos" in capsys.readouterr().out

@@ -8,6 +8,7 @@
         [--precision bfloat16|bfloat16-backbone|bfloat16-features]
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench reference [--profile cpu] [--seeds 0 1 2]
+    python -m icm_lib.bench compile [--profile cpu] [--tasks seg] [--steps 7]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
     python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
@@ -52,6 +53,14 @@ gains (``ReferenceConfig.precision``): the profile's reference codec trained per
 PSNR on fixed centre crops of the first ``ablation.val_images`` detection val images (float32
 inference either way), training seconds, and the paired differences with the float32
 seed-to-seed spread. Training seconds are only comparable on a quiet machine.
+
+``compile``: whether ``torch.compile`` (inductor) pays for the frozen recognizer's part of an
+ICM step: its train-mode task loss on the profile's batch (random weights, pseudo-labels of the
+same crops) and the backward pass to the input, eager against compiled, in float32 and (where
+the device multiplies bfloat16 natively) under bfloat16 autocast: s per call (median of
+``--steps`` after two calls), the seconds the first two compiled calls take (the compilation),
+and the cosine between the eager and the compiled input gradient with dropout off (on, the two
+draw different masks).
 
 ``codec``: for each default codec on 512x768 photos (scikit-image's coffee and rocket, resized):
 estimated vs actual bpp and their ratio, and the encode/decode time of ``ICMCodec.compress`` /
@@ -680,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             "recognizers",
             "loading",
             "reference",
+            "compile",
             "paper-step",
             "decode-budget",
         ],
@@ -752,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_loading(args.profile, args.cache_dir.parent, tuple(args.tasks))
     elif args.what == "reference":
         bench_reference(args.profile, args.cache_dir.parent, tuple(args.seeds))
+    elif args.what == "compile":
+        bench_compile(args.profile, tuple(args.tasks), args.steps)
     elif args.scaling:
         for name in args.codecs if args.codecs != list(CODEC_NAMES) else ["cheng2020-attn"]:
             bench_codec_scaling(name, args.quality, args.pretrained, args.repeats)
@@ -765,6 +777,94 @@ def main(argv: list[str] | None = None) -> int:
             args.cache_dir,
         )
     return 0
+
+
+def bench_compile(profile_name: str, tasks: tuple[str, ...], steps: int) -> list[dict]:
+    """The ``compile`` table (module docstring): per task and precision, the frozen
+    recognizer's task loss and input gradient eager and compiled; printed and returned."""
+    from ..profiles import get_profile
+    from .stepbench import build_machine, recognition_config
+
+    profile = get_profile(profile_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = [False, True] if bf16_native(device) else [False]
+    print(
+        f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
+        f"bfloat16 hardware: {bf16_hardware(device)}; median of {steps} calls after two"
+    )
+    print(
+        f"{'task':<5}{'prec':>6}{'B':>3}{'crop':>5}{'eager s':>9}{'compiled s':>11}"
+        f"{'ratio':>7}{'compile s':>10}{'grad cos':>9}"
+    )
+    rows = []
+    for task in tasks:
+        cfg = profile.icm.train(task)
+        machine = build_machine(task, recognition_config(profile), device, num_classes=8)
+        model = machine.model
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.rand(cfg.batch_size, 3, cfg.crop, cfg.crop, generator=gen).to(device)
+        targets = machine.pseudo_labels(x0)
+
+        class TaskLoss(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.machine = machine
+
+            def forward(self, x):
+                return sum(self.machine.task_loss(x, targets).values())
+
+        eager = TaskLoss()
+        compiled = torch.compile(TaskLoss())
+
+        def grad(fn, bf16: bool, dropout: bool = True) -> torch.Tensor:
+            x = x0.clone().requires_grad_(True)
+            drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+            rates = [m.p for m in drops]
+            for m in drops if not dropout else []:
+                m.p = 0.0  # (the task loss sets train mode itself: eval() would not hold)
+            try:
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    loss = fn(x)
+            finally:
+                for m, rate in zip(drops, rates):
+                    m.p = rate
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return x.grad
+
+        def seconds(fn, bf16: bool) -> float:
+            out = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                grad(fn, bf16)
+                out.append(time.perf_counter() - t0)
+            return statistics.median(out)
+
+        for bf16 in precisions:
+            grad(eager, bf16), grad(eager, bf16)
+            t0 = time.perf_counter()
+            grad(compiled, bf16), grad(compiled, bf16)
+            compile_s = time.perf_counter() - t0
+            te, tc = seconds(eager, bf16), seconds(compiled, bf16)
+            ge, gc = grad(eager, bf16, dropout=False), grad(compiled, bf16, dropout=False)
+            cos = torch.nn.functional.cosine_similarity(ge.flatten(), gc.flatten(), dim=0).item()
+            row = {
+                "task": task,
+                "precision": "bf16" if bf16 else "fp32",
+                "eager_s": te,
+                "compiled_s": tc,
+                "ratio": te / tc,
+                "compile_s": compile_s,
+                "grad_cosine": cos,
+            }
+            rows.append(row)
+            print(
+                f"{task:<5}{row['precision']:>6}{cfg.batch_size:>3}{cfg.crop:>5}{te:>9.3f}"
+                f"{tc:>11.3f}{te / tc:>6.2f}x{compile_s:>10.1f}{cos:>9.4f}",
+                flush=True,
+            )
+    return rows
 
 
 def bench_codecs(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import resource
 import shutil
@@ -382,7 +383,9 @@ def bench_icm_step(
     the trained recognizers of ``exp``, its reference codec, real crops) per task, variant and
     ``fast`` setting (:func:`~icm_lib.trainer.step_flags`), in one run: s/step (median of
     ``steps`` after a warm-up), images/s, the share of the step in each phase, the step's FLOPs
-    and how far it is from the floor (FLOPs / this device's large-matmul rate).
+    and how far it is from the floor (FLOPs / this device's large-matmul rate). A task/variant's
+    settings are timed interleaved (:func:`interleaved_seconds`), so a machine whose speed
+    drifts during the run slows them alike and their ratios stay fair.
 
     The recognizer's pseudo-labels are computed every step in the ``labels run`` rows, as in the
     first run of a seed; the ``labels cached`` row (float32 path) times the step of a later run
@@ -407,7 +410,8 @@ def bench_icm_step(
         f"profile {profile.name}, device {device}, torch threads {torch.get_num_threads()}; "
         f"bfloat16 hardware: {bf16_hardware(device)}; matmul GFLOP/s: float32 {rate / 1e9:.1f} "
         f"(the floor's yardstick){bf16_rate}; median of {steps} steps after a "
-        "warm-up; shares: forward passes (+ Adam), 'other' = backward and the rest"
+        "warm-up, a task/variant's settings timed interleaved (step i of each before step "
+        "i + 1 of any); shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
         f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>6}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
@@ -421,9 +425,8 @@ def bench_icm_step(
             settings = [(on, False, "") for on in fast] + [(False, True, "")]
             settings += [(False, False, "machine"), (False, True, "machine")] if bf16 else []
             settings += [(False, True, "codec")] if bf16 else []
-            for on, cached, in_bf16 in settings:
-                folder = labels_dir / f"{task}-{variant}" if cached else None
-                rows.append(_icm_row(exp, task, variant, on, folder, steps, rate, in_bf16))
+            folder = labels_dir / f"{task}-{variant}"
+            rows += _icm_rows(exp, task, variant, settings, folder, steps, rate)
     shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
@@ -450,14 +453,13 @@ def bench_icm_step(
     return rows
 
 
-def _icm_row(
-    exp, task: str, variant: str, on: bool, labels, steps: int, rate: float, bf16: str = ""
-) -> dict:
-    """One row of :func:`bench_icm_step`: the step of ``task`` / ``variant`` with the ``fast``
-    flags ``on``, its pseudo-labels run (``labels=None``) or read from a cache in the folder
-    ``labels`` (filled by a first pass over the same batches), the recognizer and branch under
-    bfloat16 autocast with ``bf16`` ``"machine"`` (on the CPU too), the codec's transforms too
-    with ``"codec"``; printed and returned."""
+def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = ""):
+    """The step of ``task`` / ``variant`` as one row of :func:`bench_icm_step` times it: the
+    ``fast`` flags ``on`` (on a copy of the recognizer, whose layout they change), its
+    pseudo-labels run (``labels=None``) or read from a cache in the folder ``labels``, the
+    recognizer and branch under bfloat16 autocast with ``bf16`` ``"machine"`` (on the CPU too),
+    the codec's transforms too with ``"codec"``. Returns the :class:`StepSetup` and its machine
+    (a :class:`~icm_lib.pseudo_labels.CachedMachine` counts its hits)."""
     from ..codec import load_codec
     from ..data.sampler import CropSampler
     from ..losses import ICMObjective
@@ -467,59 +469,109 @@ def _icm_row(
 
     icm, device = exp.profile.icm, exp.device
     cfg = icm.train(task)
-    benchmark = torch.backends.cudnn.benchmark
     torch.manual_seed(0)
     codec = load_codec(exp.reference.codec_state()).to(device).train()
     branch = exp.branch(variant, task, codec)
     if branch is not None:
         branch.to(device).train()
-    machine = exp.machine(task) if labels is None else CachedMachine(exp.machine(task), labels)
+    machine = copy.deepcopy(exp.machine(task)) if on else exp.machine(task)
+    machine = machine if labels is None else CachedMachine(machine, labels)
     amp = (
         {"amp": True, "amp_device_types": ("cuda", "cpu"), "codec_amp": bf16 == "codec"}
         if bf16
         else {"amp": icm.amp}
     )
     objective = ICMObjective(machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **amp)
+    benchmark = torch.backends.cudnn.benchmark
     stepper = Stepper(
         codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
     )
+    torch.backends.cudnn.benchmark = benchmark  # set per step by interleaved_seconds
     sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
     setup = StepSetup(task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler)
-    if labels is not None:
-        time_steps(setup, steps)  # the first run of the seed: labels computed and stored
-    timed = time_steps(setup, steps)
-    shares = phase_seconds(setup)
-    flops = step_flops(setup)
-    total = sum(shares.values())
-    row = {
-        "task": task,
-        "variant": variant,
-        "fast": on,
-        "labels": "run" if labels is None else "cached",
-        "bf16": bool(bf16),
-        "codec_bf16": bf16 == "codec",
-        # the row's label: float32, bfloat16 recognizer and branch, and the codec too
-        "precision": {"": "fp32", "machine": "bf16", "codec": "bf16c"}[bf16],
-        "label_hits": None if labels is None else machine.hits,
-        **timed,
-        "flops": flops,
-        "floor_s": flops / rate,
-        "x_floor": timed["s_per_step"] / (flops / rate),
-        "shares": {k: v / total for k, v in shares.items()},
-    }
-    # undo what the fast flags did to the shared recognizer and the process
-    exp.machine(task).model.to(memory_format=torch.contiguous_format)
-    torch.backends.cudnn.benchmark = benchmark
-    print(
-        f"{task:<5}{variant:<9}{'on' if on else 'off':>5}"
-        f"{row['precision']:>6}"
-        f"{row['labels']:>7}{cfg.batch_size:>3}"
-        f"{cfg.crop:>5}{timed['s_per_step']:>8.3f}{timed['images_per_s']:>7.1f}"
-        f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
-        + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
-        flush=True,
-    )
-    return row
+    return setup, machine
+
+
+def interleaved_seconds(setups: list[StepSetup], steps: int) -> list[list[float]]:
+    """Seconds of steps 1..``steps`` of each setup (after a warm-up step 0 each), interleaved:
+    step i of every setup before step i + 1 of any, the order rotated by one each step, each
+    under its own cuDNN autotuning flag (a process-wide switch). Timed one after the other,
+    settings run last pay for whatever slows the machine later in the run (another process, a
+    noisy neighbour, the clock); interleaved, every setting samples the same stretch of time."""
+    times: list[list[float]] = [[] for _ in setups]
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        for i in range(steps + 1):
+            k = i % len(setups)
+            for j in [*range(k, len(setups)), *range(k)]:
+                setup = setups[j]
+                torch.backends.cudnn.benchmark = setup.stepper.flags["cudnn_benchmark"]
+                batch = setup.batch(i)
+                _sync(setup.device)
+                t0 = time.perf_counter()
+                setup.stepper(i, batch)
+                _sync(setup.device)
+                if i:
+                    times[j].append(time.perf_counter() - t0)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    return times
+
+
+def _icm_rows(
+    exp, task: str, variant: str, settings: list, labels: Path, steps: int, rate: float
+) -> list[dict]:
+    """The rows of :func:`bench_icm_step` for ``task`` / ``variant``: one per setting
+    ``(fast, labels cached, bf16)`` (:func:`_icm_setup`), the labels of the cached ones computed
+    and stored by a first pass over the same batches (the first run of the seed), then timed
+    together (:func:`interleaved_seconds`), then each profiled alone for its phase shares and
+    FLOPs; printed and returned."""
+    built = [
+        (on, in_bf16, *_icm_setup(exp, task, variant, on, labels if cached else None, in_bf16))
+        for on, cached, in_bf16 in settings
+    ]
+    for _, _, setup, machine in built:
+        if hasattr(machine, "hits"):  # the first run of the seed: labels computed and stored
+            for i in range(steps + 1):
+                setup.run(i)
+    times = interleaved_seconds([setup for _, _, setup, _ in built], steps)
+    rows = []
+    for (on, in_bf16, setup, machine), seconds in zip(built, times):
+        s = statistics.median(seconds)
+        shares = phase_seconds(setup)
+        flops = step_flops(setup)
+        total = sum(shares.values())
+        cached = hasattr(machine, "hits")
+        row = {
+            "task": task,
+            "variant": variant,
+            "fast": on,
+            "labels": "cached" if cached else "run",
+            "bf16": bool(in_bf16),
+            "codec_bf16": in_bf16 == "codec",
+            # the row's label: float32, bfloat16 recognizer and branch, and the codec too
+            "precision": {"": "fp32", "machine": "bf16", "codec": "bf16c"}[in_bf16],
+            "label_hits": machine.hits if cached else None,
+            "s_per_step": s,
+            "seconds": seconds,
+            "images_per_s": setup.batch_size / s,
+            "hours": setup.schedule_steps * s / 3600,
+            "flops": flops,
+            "floor_s": flops / rate,
+            "x_floor": s / (flops / rate),
+            "shares": {k: v / total for k, v in shares.items()},
+        }
+        rows.append(row)
+        print(
+            f"{task:<5}{variant:<9}{'on' if on else 'off':>5}"
+            f"{row['precision']:>6}"
+            f"{row['labels']:>7}{setup.batch_size:>3}"
+            f"{setup.crop:>5}{s:>8.3f}{row['images_per_s']:>7.1f}"
+            f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
+            + " ".join(f"{row['shares'][p]:>6.0%}" for p in (*PHASES, "other")),
+            flush=True,
+        )
+    return rows
 
 
 def amp_runs(device: torch.device) -> bool:
