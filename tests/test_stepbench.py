@@ -303,7 +303,7 @@ def test_bench_compile_sets_the_compiled_task_loss_against_eager(monkeypatch, ca
     """``bench compile``: per task and precision the frozen recognizer's task loss and input
     gradient, eager and compiled, and the gradients' cosine with dropout off. With an identity
     "compiler" the two are one function: the cosine is exactly 1, which it would not be if the
-    segmenter's dropout still drew its masks, and the dropout rates are given back."""
+    segmenter's dropout still drew its masks."""
     import icm_lib.dev.bench as b
 
     monkeypatch.setattr(torch, "compile", lambda module: module)

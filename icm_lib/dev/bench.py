@@ -833,20 +833,13 @@ def bench_compile(profile_name: str, tasks: tuple[str, ...], steps: int) -> list
                 torch.cuda.synchronize(device)
             return x.grad
 
-        def seconds(fn, bf16: bool) -> float:
-            out = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                grad(fn, bf16)
-                out.append(time.perf_counter() - t0)
-            return statistics.median(out)
-
         for bf16 in precisions:
             grad(eager, bf16), grad(eager, bf16)
             t0 = time.perf_counter()
             grad(compiled, bf16), grad(compiled, bf16)
             compile_s = time.perf_counter() - t0
-            te, tc = seconds(eager, bf16), seconds(compiled, bf16)
+            te = _time(lambda: grad(eager, bf16), steps)[0]
+            tc = _time(lambda: grad(compiled, bf16), steps)[0]
             ge, gc = grad(eager, bf16, dropout=False), grad(compiled, bf16, dropout=False)
             cos = torch.nn.functional.cosine_similarity(ge.flatten(), gc.flatten(), dim=0).item()
             row = {

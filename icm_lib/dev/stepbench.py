@@ -527,21 +527,25 @@ def _icm_rows(
     together (:func:`interleaved_seconds`), then each profiled alone for its phase shares and
     FLOPs; printed and returned."""
     built = [
-        (on, in_bf16, *_icm_setup(exp, task, variant, on, labels if cached else None, in_bf16))
+        (
+            on,
+            cached,
+            in_bf16,
+            *_icm_setup(exp, task, variant, on, labels if cached else None, in_bf16),
+        )
         for on, cached, in_bf16 in settings
     ]
-    for _, _, setup, machine in built:
-        if hasattr(machine, "hits"):  # the first run of the seed: labels computed and stored
+    for _, cached, _, setup, _ in built:
+        if cached:  # the first run of the seed: labels computed and stored
             for i in range(steps + 1):
                 setup.run(i)
-    times = interleaved_seconds([setup for _, _, setup, _ in built], steps)
+    times = interleaved_seconds([setup for *_, setup, _ in built], steps)
     rows = []
-    for (on, in_bf16, setup, machine), seconds in zip(built, times):
+    for (on, cached, in_bf16, setup, machine), seconds in zip(built, times):
         s = statistics.median(seconds)
         shares = phase_seconds(setup)
         flops = step_flops(setup)
         total = sum(shares.values())
-        cached = hasattr(machine, "hits")
         row = {
             "task": task,
             "variant": variant,
