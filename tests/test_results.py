@@ -414,20 +414,30 @@ def test_the_converter_refuses_to_change_a_number(tmp_path, monkeypatch):
 
 #: the commit whose results files are the last of the untyped shape
 LEGACY_COMMIT = "f3b5ec8"
+#: the last commit whose `cpu` files are the float32-recognizer world, the typed successors of
+#: the untyped files (the `cpu` world was re-made with bfloat16 recognizers after it, issue 21)
+FLOAT32_COMMIT = "1d4946b"
+
+
+def _file_at(commit: str, name: str, tmp_path: Path) -> Path:
+    shown = subprocess.run(
+        ["git", "show", f"{commit}:results/{name}"], cwd=ROOT, capture_output=True
+    )
+    if shown.returncode:
+        pytest.skip(f"git history without {commit} (a shallow clone)")
+    out = tmp_path / commit / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(shown.stdout)
+    return out
 
 
 @pytest.mark.parametrize("kind", ["study", "ablation", "gan"])
-def test_the_committed_files_are_the_conversion_of_the_untyped_ones(kind, tmp_path):
+def test_the_typed_files_are_the_conversion_of_the_untyped_ones(kind, tmp_path):
+    """The float32 world's typed files hold every run of the untyped ones: the conversion of
+    the legacy file, or a re-run of its grid with today's code (the ablation's bit for bit)."""
     name = f"{kind}-cpu.json"
-    shown = subprocess.run(
-        ["git", "show", f"{LEGACY_COMMIT}:results/{name}"], cwd=ROOT, capture_output=True
-    )
-    if shown.returncode:
-        pytest.skip(f"git history without {LEGACY_COMMIT} (a shallow clone)")
-    legacy = tmp_path / name
-    legacy.write_bytes(shown.stdout)
-    converted = convert_legacy(legacy, write=False)  # asserts every number is kept
-    committed = results.FILE_TYPES[kind].read(ROOT / "results" / name)
+    converted = convert_legacy(_file_at(LEGACY_COMMIT, name, tmp_path), write=False)
+    committed = results.FILE_TYPES[kind].read(_file_at(FLOAT32_COMMIT, name, tmp_path))
     if committed.reproduced_by_current_code:
         # re-run with today's code (new run keys) over the same grid of runs
         def grid(f):
