@@ -18,6 +18,7 @@ and the command line share every run they have in common.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from .metrics import bpp_from_likelihoods, psnr
 from .profiles import Profile, TrainConfig
 from .pseudo_labels import cached
 from .recognition import load_or_train_task
-from .results import RDPoint, RunRecord
+from .results import RDPoint, RunRecord, foundations_differences
 from .runtime import (
     Distributed,
     data_key,
@@ -267,6 +268,9 @@ class Experiment:
     device: torch.device
     progress: bool = True
     dist: Distributed | None = None
+    _fingerprints: dict[str, str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def prepare(
@@ -320,6 +324,45 @@ class Experiment:
     def machine(self, task: Task | str):
         """The frozen recognizer of ``task``."""
         return self.machines[get_task(task).name]
+
+    def foundations(self, tasks: Iterable[Task | str]) -> dict[str, str]:
+        """The weights a run stands on, by fingerprint
+        (:func:`~icm_lib.runtime.state_fingerprint`): the reference codec's (``"reference"``)
+        and the frozen recognizers' of ``tasks`` (loaded if they are not yet). A run key names
+        the recognizers by their settings: one trained on another kind of CPU (its bfloat16 or
+        float32 kernels round otherwise) is other weights under the same key, so a run's record
+        carries these (:attr:`~icm_lib.results.RunRecord.foundations`) and a study does not take
+        a recorded run that stood on other weights (:meth:`stands_on_ours`)."""
+        out = {"reference": self._fingerprint("reference", self.reference.codec_state)}
+        for name in sorted({get_task(t).name for t in tasks}):
+            out[name] = self._fingerprint(name, lambda name=name: self.machine(name).model)
+        return out
+
+    def _fingerprint(self, name: str, owner) -> str:
+        if name not in self._fingerprints:
+            state = owner()
+            state = state["state_dict"] if isinstance(state, dict) else state.state_dict()
+            self._fingerprints[name] = state_fingerprint(state)
+        return self._fingerprints[name]
+
+    def stands_on_ours(self, record) -> bool:
+        """Whether a recorded run (a :class:`~icm_lib.results.RunRecord` or
+        :class:`~icm_lib.results.GanRecord`) stood on the weights this machine has -- ``True``
+        for a record from before foundations were recorded. Where not, warns: a study trains
+        that run here instead of mixing two machines' recognizers in one seed."""
+        if not record.foundations:
+            return True
+        differences = foundations_differences(
+            record.foundations, self.foundations(t for t in record.foundations if t in TASKS)
+        )
+        if differences:
+            warnings.warn(
+                f"the recorded run {record.describe()} stood on other weights than this "
+                f"machine's ({'; '.join(differences)}; a recognizer trained on another kind of "
+                "CPU or GPU): it is trained here instead of taken from the results file",
+                stacklevel=2,
+            )
+        return not differences
 
     def branch(self, variant: str, task: Task | str, codec: ICMCodec):
         """A new auxiliary branch of ``variant`` for ``codec`` with the profile's width and the
@@ -531,6 +574,7 @@ class Experiment:
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
+        record.foundations = self.foundations([task] if variant != "mse" else [])
         return RunPoint(record, codec)
 
     def evaluate(
@@ -579,7 +623,9 @@ class Experiment:
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
-        for t in map(get_task, eval_tasks or (task.name,)):
+        scored = eval_tasks or (task.name,)
+        record.foundations = self.foundations([*scored, *([task] if variant != "mse" else [])])
+        for t in map(get_task, scored):
             point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             record.points.append(point.placed(variant, lmbda, seed))
             if roi and t is DETECTION:
@@ -608,11 +654,13 @@ class Experiment:
         """The run a results file recorded (``recorded``: run key -> record, e.g.
         :meth:`~icm_lib.results.StudyFile.recorded`) for :meth:`point` with these arguments, where
         this machine's cache lacks the run: what a study or the pilot takes instead of training
-        it again after the cache is gone. ``None``: in the cache, or not recorded."""
+        it again after the cache is gone. ``None``: in the cache, not recorded, or recorded on
+        other recognizer weights (:meth:`stands_on_ours`)."""
         run_dir = self.point_run_dir(task, variant, lmbda, seed, steps)
         if (run_dir / "codec.pt").is_file():
             return None
-        return recorded.get(run_dir.name)
+        found = recorded.get(run_dir.name)
+        return found if found is None or self.stands_on_ours(found) else None
 
     def point_run_dir(
         self, task: Task | str, variant: str, lmbda: float, seed: int, steps: int | None = None

@@ -269,6 +269,11 @@ class RunRecord:
             its weights (:meth:`~icm_lib.experiment.Experiment.settings_key`): equal on every
             machine for the same settings, where the run key differs between kinds of CPU.
             ``None`` in files written before it existed.
+        foundations: the fingerprints of the weights the run stood on -- ``"reference"`` (the
+            codec it started from) and each frozen recognizer it trained or was scored against,
+            by task name (:meth:`~icm_lib.experiment.Experiment.foundations`). The run key
+            names the recognizers by their settings only; a study does not take a recorded run
+            whose recognizers were other weights. ``None`` in files written before it existed.
     """
 
     task: str
@@ -284,6 +289,7 @@ class RunRecord:
     from_results_file: bool = False
     undefined: dict[str, str] = field(default_factory=dict)
     settings_key: str | None = None
+    foundations: dict[str, str] | None = None
 
     @property
     def run_key(self) -> str | None:
@@ -354,6 +360,9 @@ class GanRecord:
             preset, seed and finetuning settings it identifies the finetuning without the
             codec's weights (a study takes it from its file where the cache lost the codec).
         from_results_file: taken from an earlier results file instead of the cache.
+        foundations: the fingerprints of the weights it stood on, as
+            :attr:`RunRecord.foundations` (the reference codec and the task's recognizer);
+            ``None`` in files written before it existed.
     """
 
     task: str
@@ -368,6 +377,7 @@ class GanRecord:
     undefined: dict[str, str] = field(default_factory=dict)
     base_run_key: str | None = None
     from_results_file: bool = False
+    foundations: dict[str, str] | None = None
 
     @property
     def run_key(self) -> str | None:
@@ -538,7 +548,8 @@ def _process_environment() -> dict:
 def warn_other_environment(file: _ResultsFile, path: str | Path) -> None:
     """Warn when a study resumes from a file that another environment made: its runs are taken
     only where their run keys match this machine's (a key holds the reference codec's weights,
-    which another environment trains to other bits), so expect them to be trained again. Files
+    which another environment trains to other bits) and their recorded recognizers' weights do
+    (:attr:`RunRecord.foundations`), so expect them to be trained again. Files
     from before environments were recorded say nothing."""
     if file.environment is None:
         return
@@ -546,7 +557,8 @@ def warn_other_environment(file: _ResultsFile, path: str | Path) -> None:
     if differences:
         warnings.warn(
             f"{path} was made in another environment ({'; '.join(differences)}): its runs are "
-            "taken only where their run keys match this machine's, the others are trained here "
+            "taken only where their run keys and recognizers' weights match this machine's, "
+            "the others are trained here "
             "(install constraints.txt on the machine kind that made it to resume it instead)",
             stacklevel=3,
         )
@@ -569,6 +581,18 @@ def environment_differences(recorded: dict | None, here: dict | None = None) -> 
         if recorded.get(key) != here.get(key):
             out.append(f"{key} {recorded.get(key)} -> {here.get(key)}")
     return out
+
+
+def foundations_differences(recorded: dict | None, here: dict) -> list[str]:
+    """Where a record's :attr:`RunRecord.foundations` differ from ``here`` (this machine's
+    fingerprints of the same weights), as ``"seg 8beca789aa -> 41c07d2e55"`` lines; ``[]`` for a
+    record from before foundations were recorded (nothing to compare) and for the weights
+    ``here`` does not name."""
+    return [
+        f"{name} {fingerprint} -> {here[name]}"
+        for name, fingerprint in sorted((recorded or {}).items())
+        if name in here and here[name] != fingerprint
+    ]
 
 
 def _now() -> str:

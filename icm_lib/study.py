@@ -569,6 +569,8 @@ def _recorded_run(
     key = exp.ablation_settings_key(c["task"], c["variant"], c["seed"], c.get("steps"))
     if run_dir.name in recorded:  # the same run key: the same settings too
         found = recorded[run_dir.name]
+        if not same_settings and not exp.stands_on_ours(found):
+            return None  # a reader shows another machine's runs; a study trains them here
         return found if found.settings_key else replace(found, settings_key=key)
     if not same_settings:
         return None
@@ -768,7 +770,8 @@ def _recorded_gan(exp: Experiment, call: RunCall, recorded: dict) -> GanRecord |
     base = exp.point_run_dir(task, "baseline", lmbda, call.args["seed"])
     if (base / "codec.pt").is_file():
         return None
-    return recorded.get((base.name, call.args["preset"], call.args["seed"]))
+    found = recorded.get((base.name, call.args["preset"], call.args["seed"]))
+    return found if found is None or exp.stands_on_ours(found) else None
 
 
 def print_plan(

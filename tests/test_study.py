@@ -167,6 +167,18 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
         r.val for r in first.runs
     ]
     assert recorded_elsewhere(elsewhere, rows) == 4 and recorded_elsewhere(smoke_env, rows) == 0
+    # another machine whose reference codec came out the same but its segmenter did not (run
+    # keys name recognizers by settings): the study trains the run, a reader still shows it
+    assert row.foundations == smoke_env.foundations(["seg"])
+    assert set(row.foundations) == {"reference", "seg"}
+    other = _with_other_recognizer_bits(smoke_env, "seg")
+    assert other.ablation_run_dir(row.task, row.variant, row.seed).name == row.run_key
+    with pytest.warns(UserWarning, match=r"stood on other weights .*seg [0-9a-f]+ -> "):
+        assert _recorded_run(other, coords, recorded) is None
+    assert _recorded_run(other, coords, recorded, same_settings=True).run_key == row.run_key
+    assert _recorded_run(smoke_env, coords, recorded).run_key == row.run_key
+    old = {**recorded, row.run_key: replace(recorded[row.run_key], foundations=None)}
+    assert _recorded_run(other, coords, old) is not None  # a file from before: nothing to check
 
 
 def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeypatch, capsys):
@@ -214,6 +226,15 @@ def test_the_rd_study_resumes_from_its_results_file(smoke_env, tmp_path, monkeyp
     assert launched.complete and all(r.from_results_file for r in launched.runs)
     assert not (tmp_path / "launch" / "jobs.json").exists()  # nothing submitted
     assert not any(Path(r.run_dir).exists() for r in launched.runs)
+    # its runs name the weights they stood on; a machine with another segmenter trains them
+    recorded = StudyFile.recorded(StudyFile.path(tmp_path, profile.name))
+    run = launched.runs[0]
+    assert run.foundations == smoke_env.foundations(["seg"])
+    found = smoke_env.recorded_point(recorded, "seg", "baseline", run.lmbda, run.seed)
+    assert found is not None and found.run_key == run.run_key
+    other = _with_other_recognizer_bits(smoke_env, "seg")
+    with pytest.warns(UserWarning, match="trained here instead of taken from the results file"):
+        assert other.recorded_point(recorded, "seg", "baseline", run.lmbda, run.seed) is None
 
 
 def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys):
@@ -225,8 +246,9 @@ def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys
 
     import torch
 
+    from icm_lib.jobs import RunCall
     from icm_lib.launch import LaunchOptions
-    from icm_lib.study import recorded_finetunings, run_gan_study
+    from icm_lib.study import _recorded_gan, recorded_finetunings, run_gan_study
 
     profile = replace(smoke_env.profile, gan=replace(smoke_env.profile.gan, presets=("full",)))
     exp = replace(smoke_env, profile=profile)
@@ -245,6 +267,15 @@ def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys
     again = run_gan_study(*args)
     assert [r.from_results_file for r in again.runs] == [True]
     assert replace(again.runs[0], from_results_file=False) == run
+    assert run.foundations == exp.foundations(["seg"])
+    other = _with_other_recognizer_bits(exp, "seg")
+    call, held = (
+        RunCall("gan", {"seed": 0, "preset": "full"}),
+        recorded_finetunings(GanFile.path(tmp_path, profile.name), profile),
+    )
+    with pytest.warns(UserWarning, match="stood on other weights"):
+        assert _recorded_gan(other, call, held) is None  # trained here
+    assert _recorded_gan(exp, call, held).from_results_file
     assert again.summary == first.summary
     assert not base.exists() and not Path(run.run_dir).exists()  # nothing trained
     launch = LaunchOptions("pool", device="cpu", launch_dir=str(tmp_path / "launch"))
@@ -261,6 +292,19 @@ def test_the_gan_study_resumes_from_its_results_file(smoke_env, tmp_path, capsys
     with pytest.warns(UserWarning, match=r"1 recorded run\(s\).*seg full seed 0"):
         alone = run_gan_study(other, [1], *args[2:])
     assert alone.seeds == [1] and [r.seed for r in alone.runs] == [1]
+
+
+def _with_other_recognizer_bits(exp, task: str):
+    """``exp`` with ``task``'s frozen recognizer a rounding apart (another machine's bfloat16
+    training; the same settings, so the same run keys)."""
+    import copy
+
+    import torch
+
+    machine = copy.deepcopy(exp.machine(task))
+    with torch.no_grad():
+        next(machine.model.parameters()).view(-1)[0] += 1e-3
+    return replace(exp, machines={**{t: exp.machine(t) for t in exp.machines}, task: machine})
 
 
 def _with_other_reference_bits(exp):
