@@ -633,6 +633,18 @@ class _ResultsFile:
         """The run key (cache folder name) of every run the file holds."""
         return [r.run_key for r in self.runs]
 
+    def mixed_foundations(self) -> list[str]:
+        """The weights its runs stood on (:attr:`RunRecord.foundations`) where they differ
+        between runs, one ``"seg: 41c07d2e55, 8beca789aa"`` line per differing name; ``[]`` where
+        every run that records them stood on the same reference codec and recognizers (one
+        world: every run of a profile starts from its reference codec and trains against its
+        recognizers, whatever its seed)."""
+        seen: dict[str, set[str]] = {}
+        for run in self.runs:
+            for name, fingerprint in (run.foundations or {}).items():
+                seen.setdefault(name, set()).add(fingerprint)
+        return [f"{name}: {', '.join(sorted(f))}" for name, f in sorted(seen.items()) if len(f) > 1]
+
     @classmethod
     def path(cls, results_dir: str | Path, profile: str) -> Path:
         return results_path(results_dir, cls.KIND, profile)

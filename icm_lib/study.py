@@ -118,6 +118,14 @@ def _write_held(file, path: Path) -> None:
     if lock is not None:
         lock.check()
     file.write(path)
+    mixed = file.mixed_foundations()
+    if mixed:  # (the same text warns once per process)
+        warnings.warn(
+            f"{path} holds runs that stood on different weights ({'; '.join(mixed)}): runs "
+            "trained on machines whose recognizers or reference codec came out otherwise; "
+            "compare them only within one world (RunRecord.foundations says whose each is)",
+            stacklevel=2,
+        )
 
 
 def _one_invocation_per_file(file_cls: type, together: str):

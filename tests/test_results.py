@@ -92,6 +92,32 @@ def test_a_record_describes_itself_in_one_line(capsys):
     assert capsys.readouterr().err.endswith(f"{run.describe()} (170 s here)\n")
 
 
+def test_a_file_tells_when_its_runs_stood_on_different_weights(tmp_path):
+    """Every run of a profile stands on one reference codec and one recognizer per task; a file
+    whose runs record two fingerprints for one of them mixes two worlds, and says which. Runs
+    from before foundations were recorded (``None``) are no evidence either way."""
+    from icm_lib.study import _write_held
+
+    ours = {"reference": "aaaa", "seg": "1111"}
+    study = replace(
+        _files()[0],
+        runs=[
+            _run(seed=0, foundations=ours),
+            _run(seed=1, foundations=ours),
+            _run(seed=2, foundations=None),
+        ],
+    )
+    assert study.mixed_foundations() == []
+    path = tmp_path / "study-smoke.json"
+    _write_held(study, path)
+    assert StudyFile.read(path).runs[0].foundations == ours  # kept through the file
+    study.runs.append(_run(seed=3, foundations={**ours, "seg": "2222"}))
+    assert study.mixed_foundations() == ["seg: 1111, 2222"]
+    with pytest.warns(UserWarning, match=r"stood on different weights \(seg: 1111, 2222\)"):
+        _write_held(study, path)
+    assert len(StudyFile.read(path).runs) == 4  # written all the same: the record is true
+
+
 def test_a_file_records_the_environment_that_made_it(tmp_path):
     """Every file carries the versions and the machine its numbers came from; a file written
     before environments were recorded reads back with ``None`` (unknown), never with today's."""
