@@ -30,6 +30,7 @@ from .codec import ICMCodec, codec_from_config, load_codec
 from .data import Datasets, get_datasets
 from .data.sampler import CropSampler
 from .evaluate import load_or_evaluate, rd_point
+from .files import atomic_write_json, read_json
 from .losses import ICMObjective, mse_objective
 from .metrics import bpp_from_likelihoods, psnr
 from .profiles import Profile, TrainConfig
@@ -201,6 +202,12 @@ def _val_curve(log: list[dict]) -> dict[str, list] | None:
     return val
 
 
+def _point_tasks(task: Task | str, variant: str, scored: Iterable[str]) -> list[str]:
+    """The tasks whose recognizers a run of :meth:`Experiment.point` uses: the ones it is
+    scored on, and its own task unless it is an MSE run (trained without a machine)."""
+    return [*scored, *([get_task(task).name] if variant != "mse" else [])]
+
+
 def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> RunRecord:
     """What a study keeps of one training run: its identity, folder, steps, compute and log."""
     return RunRecord(
@@ -345,17 +352,18 @@ class Experiment:
             self._fingerprints[name] = state_fingerprint(state)
         return self._fingerprints[name]
 
-    def stands_on_ours(self, record) -> bool:
+    def stands_on_ours(self, record, tasks: Iterable[Task | str], warn: bool = True) -> bool:
         """Whether a recorded run (a :class:`~icm_lib.results.RunRecord` or
-        :class:`~icm_lib.results.GanRecord`) stood on the weights this machine has -- ``True``
-        for a record from before foundations were recorded. Where not, warns: a study trains
-        that run here instead of mixing two machines' recognizers in one seed."""
+        :class:`~icm_lib.results.GanRecord`) stood on the weights this machine has for what the
+        call uses: the reference codec and the recognizers of ``tasks`` (only those are loaded
+        and compared) -- ``True`` for a record from before foundations were recorded. Where
+        not, warns (unless ``warn`` is off): a study trains that run here instead of mixing two
+        machines' recognizers in one file."""
         if not record.foundations:
             return True
-        differences = foundations_differences(
-            record.foundations, self.foundations(t for t in record.foundations if t in TASKS)
-        )
-        if differences:
+        names = {get_task(t).name for t in tasks} & set(record.foundations)
+        differences = foundations_differences(record.foundations, self.foundations(names))
+        if differences and warn:
             warnings.warn(
                 f"the recorded run {record.describe()} stood on other weights than this "
                 f"machine's ({'; '.join(differences)}; a recognizer trained on another kind of "
@@ -363,6 +371,37 @@ class Experiment:
                 stacklevel=2,
             )
         return not differences
+
+    def stood_on(self, run_dir: Path, tasks: Iterable[Task | str]) -> dict[str, str]:
+        """The :meth:`foundations` a cached run in ``run_dir`` stood on: what the folder's
+        ``foundations.json`` says (written the first time its record is made, right after it
+        trained), completed with this machine's for the weights it does not name yet (an
+        evaluation on another task). A cache copied to another machine, or a recognizer trained
+        again under the same key, leaves a folder that disagrees with this machine's: it warns,
+        and the record keeps what the run stood on (a results file then says it mixes
+        weights: :meth:`~icm_lib.results.StudyFile.mixed_foundations`)."""
+        here, path = self.foundations(tasks), Path(run_dir) / "foundations.json"
+        stored = (
+            read_json(
+                path,
+                what="the run's foundations",
+                fix="delete it (the record then names this machine's weights)",
+            )
+            if path.is_file()
+            else {}
+        )
+        differences = foundations_differences(stored, here)
+        if differences:
+            warnings.warn(
+                f"the cached run {Path(run_dir).name} stood on other weights than this "
+                f"machine's ({'; '.join(differences)}): its record says so; delete the folder "
+                "to train it against this machine's",
+                stacklevel=2,
+            )
+        out = {**here, **stored}
+        if out != stored:
+            atomic_write_json(path, out)
+        return out
 
     def branch(self, variant: str, task: Task | str, codec: ICMCodec):
         """A new auxiliary branch of ``variant`` for ``codec`` with the profile's width and the
@@ -574,7 +613,7 @@ class Experiment:
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
-        record.foundations = self.foundations([task] if variant != "mse" else [])
+        record.foundations = self.stood_on(run_dir, [task] if variant != "mse" else [])
         return RunPoint(record, codec)
 
     def evaluate(
@@ -624,7 +663,7 @@ class Experiment:
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
         scored = eval_tasks or (task.name,)
-        record.foundations = self.foundations([*scored, *([task] if variant != "mse" else [])])
+        record.foundations = self.stood_on(run_dir, _point_tasks(task, variant, scored))
         for t in map(get_task, scored):
             point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             record.points.append(point.placed(variant, lmbda, seed))
@@ -660,7 +699,8 @@ class Experiment:
         if (run_dir / "codec.pt").is_file():
             return None
         found = recorded.get(run_dir.name)
-        return found if found is None or self.stands_on_ours(found) else None
+        used = _point_tasks(task, variant, _point_args.get("eval_tasks") or (get_task(task).name,))
+        return found if found is None or self.stands_on_ours(found, used) else None
 
     def point_run_dir(
         self, task: Task | str, variant: str, lmbda: float, seed: int, steps: int | None = None

@@ -393,7 +393,7 @@ def gan_point(exp: Experiment, seed: int, preset: str) -> GanPoint:
         before=base.run.point(task.name),
         after=after.placed(f"patchgan-{preset}", lmbda, seed),
         base_run_key=base.run.run_key,
-        foundations=exp.foundations([task]),
+        foundations=exp.stood_on(run_dir, [task]),
     )
     return GanPoint(record, tuned, base.codec)
 

@@ -641,7 +641,7 @@ class _ResultsFile:
         recognizers, whatever its seed)."""
         seen: dict[str, set[str]] = {}
         for run in self.runs:
-            for name, fingerprint in (run.foundations or {}).items():
+            for name, fingerprint in (getattr(run, "foundations", None) or {}).items():
                 seen.setdefault(name, set()).add(fingerprint)
         return [f"{name}: {', '.join(sorted(f))}" for name, f in sorted(seen.items()) if len(f) > 1]
 
@@ -659,9 +659,19 @@ class _ResultsFile:
         return cls(**{"environment": None, **d, "runs": runs})  # None: not recorded
 
     def write(self, path: str | Path) -> Path:
-        """Write atomically; refuse NaN or infinity anywhere (write ``None`` with a reason)."""
+        """Write atomically; refuse NaN or infinity anywhere (write ``None`` with a reason).
+        Warns when its runs stood on different weights (:meth:`mixed_foundations`): written
+        all the same, the records say whose each run is."""
         data = self.to_json()
         _refuse_non_finite(data, str(path))
+        mixed = self.mixed_foundations() if isinstance(getattr(self, "runs", None), list) else []
+        if mixed:  # (the same text warns once per process)
+            warnings.warn(
+                f"{path} holds runs that stood on different weights ({'; '.join(mixed)}): "
+                "trained on machines whose recognizers or reference codec came out otherwise; "
+                "compare them only within one world (each run's `foundations` says whose it is)",
+                stacklevel=2,
+            )
         return atomic_write_json(path, data)
 
     @classmethod

@@ -118,14 +118,6 @@ def _write_held(file, path: Path) -> None:
     if lock is not None:
         lock.check()
     file.write(path)
-    mixed = file.mixed_foundations()
-    if mixed:  # (the same text warns once per process)
-        warnings.warn(
-            f"{path} holds runs that stood on different weights ({'; '.join(mixed)}): runs "
-            "trained on machines whose recognizers or reference codec came out otherwise; "
-            "compare them only within one world (RunRecord.foundations says whose each is)",
-            stacklevel=2,
-        )
 
 
 def _one_invocation_per_file(file_cls: type, together: str):
@@ -415,7 +407,11 @@ def summarise_with_earlier(
         elif old.variant == "mse":
             new = merged[mine[old.run_key]]
             other = [p for p in old.points if new.point(p.task, p.curve) is None]
-            merged[mine[old.run_key]] = replace(new, points=new.points + other)
+            merged[mine[old.run_key]] = replace(
+                new,
+                points=new.points + other,  # and what the lent points stood on
+                foundations={**(old.foundations or {}), **(new.foundations or {})} or None,
+            )
     trained = [r for r in merged if r.variant != "mse"]
     tasks = [t for t in TASKS if t in {*tasks, *(r.task for r in trained)}]
     seeds = sorted({*seeds, *(r.seed for r in trained)})
@@ -577,7 +573,7 @@ def _recorded_run(
     key = exp.ablation_settings_key(c["task"], c["variant"], c["seed"], c.get("steps"))
     if run_dir.name in recorded:  # the same run key: the same settings too
         found = recorded[run_dir.name]
-        if not same_settings and not exp.stands_on_ours(found):
+        if not same_settings and not exp.stands_on_ours(found, [c["task"]]):
             return None  # a reader shows another machine's runs; a study trains them here
         return found if found.settings_key else replace(found, settings_key=key)
     if not same_settings:
@@ -591,11 +587,16 @@ def _from_results_file(exp: Experiment, coordinates: dict, recorded: dict) -> bo
 
 
 def recorded_elsewhere(exp: Experiment, rows: list[RunRecord], steps: int | None = None) -> int:
-    """How many of ``rows`` were read from a results file whose run key is not this machine's
-    (the same settings, another reference codec's weights: see :meth:`Experiment.settings_key`)."""
+    """How many of ``rows`` were read from a results file that another machine's weights made:
+    a run key that is not this machine's (the same settings, another reference codec's weights:
+    see :meth:`Experiment.settings_key`), or recorded recognizer weights that are not
+    (:meth:`Experiment.stands_on_ours`)."""
     return sum(
         r.from_results_file
-        and r.run_key != exp.ablation_run_dir(r.task, r.variant, r.seed, steps).name
+        and (
+            r.run_key != exp.ablation_run_dir(r.task, r.variant, r.seed, steps).name
+            or not exp.stands_on_ours(r, [r.task], warn=False)
+        )
         for r in rows
     )
 
@@ -779,7 +780,7 @@ def _recorded_gan(exp: Experiment, call: RunCall, recorded: dict) -> GanRecord |
     if (base / "codec.pt").is_file():
         return None
     found = recorded.get((base.name, call.args["preset"], call.args["seed"]))
-    return found if found is None or exp.stands_on_ours(found) else None
+    return found if found is None or exp.stands_on_ours(found, [task]) else None
 
 
 def print_plan(

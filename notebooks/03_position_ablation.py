@@ -124,7 +124,7 @@ rows = list(ablation_rows(exp, seeds, TASKS, recorded, STEPS, same_settings=True
 from_file, elsewhere = sum(r.from_results_file for r in rows), recorded_elsewhere(exp, rows, STEPS)
 print(
     f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s: {from_file} read from "
-    f"{results_file.name} ({elsewhere} of them from another reference codec's weights), "
+    f"{results_file.name} ({elsewhere} of them from another machine's weights), "
     f"{len(rows) - from_file} trained or loaded from the cache"
 )
 

@@ -96,8 +96,6 @@ def test_a_file_tells_when_its_runs_stood_on_different_weights(tmp_path):
     """Every run of a profile stands on one reference codec and one recognizer per task; a file
     whose runs record two fingerprints for one of them mixes two worlds, and says which. Runs
     from before foundations were recorded (``None``) are no evidence either way."""
-    from icm_lib.study import _write_held
-
     ours = {"reference": "aaaa", "seg": "1111"}
     study = replace(
         _files()[0],
@@ -108,13 +106,12 @@ def test_a_file_tells_when_its_runs_stood_on_different_weights(tmp_path):
         ],
     )
     assert study.mixed_foundations() == []
-    path = tmp_path / "study-smoke.json"
-    _write_held(study, path)
+    path = study.write(tmp_path / "study-smoke.json")
     assert StudyFile.read(path).runs[0].foundations == ours  # kept through the file
     study.runs.append(_run(seed=3, foundations={**ours, "seg": "2222"}))
     assert study.mixed_foundations() == ["seg: 1111, 2222"]
     with pytest.warns(UserWarning, match=r"stood on different weights \(seg: 1111, 2222\)"):
-        _write_held(study, path)
+        study.write(path)
     assert len(StudyFile.read(path).runs) == 4  # written all the same: the record is true
 
 

@@ -129,6 +129,17 @@ def test_the_ablation_study_resumes_from_its_results_file(smoke_env, tmp_path):
     )
     assert first.complete and len(first.runs) == 4
     assert not any(r.from_results_file for r in first.runs)
+    # each run folder keeps the weights its run stood on; a cache carried to a machine whose
+    # segmenter came out otherwise keeps saying so (the record is the folder's, with a warning)
+    for row in first.runs:
+        stored = json.loads((Path(row.run_dir) / "foundations.json").read_text())
+        assert stored == row.foundations == smoke_env.foundations(["seg"])
+    row = first.runs[0]
+    with pytest.warns(UserWarning, match=r"the cached run .* stood on other weights"):
+        carried = _with_other_recognizer_bits(smoke_env, "seg").ablation_point(
+            row.task, row.variant, row.seed
+        )
+    assert carried.run.foundations == row.foundations and carried.run.val == row.val
     for row in first.runs:
         shutil.rmtree(row.run_dir)  # a new session: no cache
     again = run_ablation_study(
@@ -551,14 +562,17 @@ def test_mse_points_of_a_task_without_trained_runs_are_kept():
     profile = get_profile("smoke")
     lo, hi = profile.icm.mse_lambdas
     mine = _run("det", "mse", lo, 0, 0.5, 0.2)
+    mine.foundations = {"reference": "r", "det": "d"}
     old_lo = _run("det", "mse", lo, 0, 0.5, 0.4)
     old_lo.points[0].task = "seg"  # same run, scored on seg by the earlier invocation
+    old_lo.foundations = {"reference": "r", "seg": "s"}  # ... with this segmenter
     old_hi = _run("seg", "mse", hi, 0, 0.9, 0.5)
     old_hi.task, old_hi.run_dir = "det", f"runs/det-mse-{hi}-0"
     study = summarise_with_earlier(
         profile, [mine], [old_lo, old_hi], ["det"], [0], ["baseline"], False, 1.0
     )
     assert [[p.task for p in r.points] for r in study.runs] == [["det", "seg"], ["seg"]]
+    assert study.runs[0].foundations == {"reference": "r", "det": "d", "seg": "s"}
     assert [r.lmbda for r in study.runs] == [lo, hi] and not study.complete
 
     class Recorded:  # an Experiment whose cache lacks the run; the file recorded old_lo
