@@ -202,10 +202,12 @@ def _val_curve(log: list[dict]) -> dict[str, list] | None:
     return val
 
 
-def _point_tasks(task: Task | str, variant: str, scored: Iterable[str]) -> list[str]:
+def _point_tasks(task: Task | str, variant: str, eval_tasks: Iterable[str] | None) -> list[str]:
     """The tasks whose recognizers a run of :meth:`Experiment.point` uses: the ones it is
-    scored on, and its own task unless it is an MSE run (trained without a machine)."""
-    return [*scored, *([get_task(task).name] if variant != "mse" else [])]
+    scored on (``eval_tasks``, default its own), and its own task unless it is an MSE run
+    (trained without a machine)."""
+    own = get_task(task).name
+    return [*(eval_tasks or (own,)), *([own] if variant != "mse" else [])]
 
 
 def _run_record(task: Task, variant, lmbda, seed, run_dir, log, **parts) -> RunRecord:
@@ -495,7 +497,7 @@ class Experiment:
         everything that decides the run (config, codec, machines, the reference codec's weights,
         data), the same in every clone (:func:`~icm_lib.runtime.data_key`) whose reference
         codec trained to the same weights (:meth:`settings_key` is the same on every machine)."""
-        reference = state_fingerprint(self.reference.codec_state()["state_dict"])
+        reference = self.foundations([])["reference"]
         return self._keyed_run(task, variant, lmbda, seed, steps, validate_every, reference)
 
     def settings_key(
@@ -662,9 +664,8 @@ class Experiment:
         )
         record = _run_record(task, variant, lmbda, seed, run_dir, log, val=_val_curve(log))
         record.settings_key = self.settings_key(task, variant, lmbda, seed, steps, every)
-        scored = eval_tasks or (task.name,)
-        record.foundations = self.stood_on(run_dir, _point_tasks(task, variant, scored))
-        for t in map(get_task, scored):
+        record.foundations = self.stood_on(run_dir, _point_tasks(task, variant, eval_tasks))
+        for t in map(get_task, eval_tasks or (task.name,)):
             point = self.evaluate(codec, t, run_dir / f"eval-{t.name}.json")
             record.points.append(point.placed(variant, lmbda, seed))
             if roi and t is DETECTION:
@@ -699,7 +700,7 @@ class Experiment:
         if (run_dir / "codec.pt").is_file():
             return None
         found = recorded.get(run_dir.name)
-        used = _point_tasks(task, variant, _point_args.get("eval_tasks") or (get_task(task).name,))
+        used = _point_tasks(task, variant, _point_args.get("eval_tasks"))
         return found if found is None or self.stands_on_ours(found, used) else None
 
     def point_run_dir(
