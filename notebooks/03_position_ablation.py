@@ -48,7 +48,7 @@ DATA_DIR = "../data"  # datasets and caches (env ICM_DATA_DIR overrides)
 OUTPUT_DIR = "../outputs/cpu/03_position_ablation"  # figures + metrics.json (env ICM_OUTPUT_DIR)
 DEVICE = ""  # empty: cuda if available, else cpu
 TASKS = ["det", "seg"]
-SEEDS = None  # None: the profile's ablation seeds (three on cpu: 24 runs, ~2.6 h to train)
+SEEDS = None  # None: the profile's ablation seeds (three on cpu: 24 runs, ~1.3 h to train)
 STEPS = None  # None: the profile's schedule; an int trains shorter (other runs)
 RESULTS_DIR = "../results"  # the study's ablation file: runs recorded there are not retrained
 CLAIMS_PROFILES = ["cpu", "cpu-patterns"]  # recorded studies whose claims are shown (two worlds)
@@ -102,8 +102,8 @@ for task in TASKS:
 # schedule and initial codec; only the branch differs. `python -m icm_lib.study --study ablation`
 # trains the same runs and records each in `results/ablation-<profile>.json` with its validation
 # curve; a run recorded there with the same settings is read from the file instead of being
-# trained again — on `cpu` all 24 of them (the file was re-run with today's code on 2026-12-01;
-# trained here, they take ~0.8 compute-hours on 2 cores). Where
+# trained again — on `cpu` all 24 of them (the file was re-made with bfloat16 recognizers on
+# 2026-12-03; trained here, they take ~1.3 compute-hours on 2 cores). Where
 # your reference codec trained to other weights than the one the file's runs started from (on a
 # GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
 # computed here; they are then matched by their settings key (every setting, the data, the

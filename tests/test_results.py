@@ -470,7 +470,7 @@ def test_the_typed_files_are_the_conversion_of_the_untyped_ones(kind, tmp_path):
             )
 
         assert grid(committed) == grid(converted)
-        if kind == "ablation":  # its re-run came out bit for bit the legacy numbers (README)
+        if kind == "ablation":  # at 1d4946b its float32 re-run was bit for bit the legacy file
             runs = {(r.task, r.variant, r.seed): r for r in committed.runs}
             for old in converted.runs:
                 new = runs[(old.task, old.variant, old.seed)]
