@@ -143,12 +143,14 @@ class RecognitionConfig:
             trained in bfloat16"): 1.5x faster steps on a CPU with AVX512-BF16 (slower where
             the hardware emulates bfloat16; ``bfloat16-backbone`` 1.15x); the segmenter
             reaches float32's val mIoU within seed spread; the detector lost mAP in 2 of 3 seeds
-            under full autocast, and under the mixed ones three seeds cannot tell (its mAP
-            after 300 steps moves with float rounding as much as with the seed).
+            under full autocast, and in ``bfloat16-features`` kept it (+0.0005 mAP, 95 % CI
+            [-0.013, +0.014] over 13 paired seeds; its mAP after 300 steps moves with float
+            rounding as much as with the seed). The ``cpu`` profile trains its detector in
+            ``bfloat16-features`` and its segmenter in ``bfloat16``.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
-            under-confident (highest val score 0.48), and 0.2 keeps about 6 boxes per val image
-            against 4.1 ground-truth boxes.
+            under-confident (highest val score 0.61), and 0.2 keeps about 7.7 boxes per val
+            image against 4.1 ground-truth boxes.
         rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_batch_size_per_image,
         box_batch_size_per_image: Faster R-CNN sampling in train mode; the task loss uses train
             mode, and torchvision's defaults (2000/2000/256/512) cost 5x on a CPU.
@@ -633,7 +635,7 @@ PROFILES: dict[str, Profile] = {
         ),
         gan=GANConfig(steps=300, batch_size=8, crop=128, patch=64, task="seg"),
         ablation=AblationConfig(val_every=10, val_images=16),
-        # `make tutorial` in ~30 min on 2 cores: segmentation codecs at the lowest λ (baseline,
+        # `make tutorial` in ~27 min on 2 cores: segmentation codecs at the lowest λ (baseline,
         # aux-enc, and the codec notebook 04 finetunes), PatchGAN with its control; the λ × seed
         # grid, detection codecs included, comes from `make study` (results/)
         tutorial=TutorialConfig(

@@ -55,7 +55,7 @@ x = torch.stack([pad_to_multiple(ds.det_val[i][0])[0] for i in range(n)]).to(dev
 # only drop boxes: the count per image never grows. Fewer boxes means fewer objects in $y$: the
 # task loss stops asking for them, and a codec trained on it stops paying for their pixels. With
 # a weak detector (the `smoke` profile's 4 training steps) few scores pass even the lowest
-# threshold; on `cpu` the highest val scores are about 0.5, so 0.8 leaves almost nothing.
+# threshold; on `cpu` the highest val score is about 0.6, so 0.8 leaves nothing.
 
 # %%
 default = det.score_threshold
