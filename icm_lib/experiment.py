@@ -33,7 +33,7 @@ from .evaluate import load_or_evaluate, rd_point
 from .files import atomic_write_json, read_json
 from .losses import ICMObjective, mse_objective
 from .metrics import bpp_from_likelihoods, psnr
-from .profiles import Profile, TrainConfig
+from .profiles import Profile, TrainConfig, for_device
 from .pseudo_labels import cached
 from .recognition import load_or_train_task
 from .results import RDPoint, RunRecord, foundations_differences
@@ -299,6 +299,7 @@ class Experiment:
                 loaded when first used. Under torchrun name every task the run uses: only what
                 is loaded here is built by rank 0 while the other ranks wait.
         """
+        profile = for_device(profile, device)  # before anything is keyed
         dist = dist or Distributed(device)
         cache_dir = Path(data_dir) / "cache"
         shown = progress and dist.is_main

@@ -11,7 +11,7 @@ import torch
 
 from .evaluate import bd_rates, curves, study_agreement, summary_point
 from .files import atomic_write_json
-from .profiles import Profile, get_profile, parse_overrides
+from .profiles import Profile, for_device, get_profile, parse_overrides
 from .runtime import env_path, get_device, seed_everything
 
 
@@ -142,7 +142,7 @@ def setup(
     parameters, ``ICM_PROFILE`` the profile and ``ICM_OVERRIDES`` its fields, e.g.
     ``recognition__det_backend=detectron2``: how a notebook opened in JupyterLab or run by
     ``make tutorial`` is pointed at other data or models without editing it), load the
-    profile."""
+    profile as it trains on that device (:func:`~icm_lib.profiles.for_device`)."""
     overrides = {**parse_overrides(os.environ.get("ICM_OVERRIDES", "")), **overrides}
     prof = get_profile(os.environ.get("ICM_PROFILE") or profile, **overrides)
     data = env_path("ICM_DATA_DIR", data_dir)
@@ -150,7 +150,8 @@ def setup(
     out.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    return Setup(prof, get_device(device or None), data, out, data / "cache", seed)
+    chosen = get_device(device or None)
+    return Setup(for_device(prof, chosen), chosen, data, out, data / "cache", seed)
 
 
 def show_claims(

@@ -147,6 +147,17 @@ class RecognitionConfig:
             [-0.013, +0.014] over 13 paired seeds; its mAP after 300 steps moves with float
             rounding as much as with the seed). The ``cpu`` profile trains its detector in
             ``bfloat16-features`` and its segmenter in ``bfloat16``.
+        precision_fallback: the training precision of both recognizers on a device that
+            multiplies bfloat16 only by emulation (:func:`~icm_lib.runtime.bf16_native`: a CPU
+            without ``avx512_bf16`` / ``amx_bf16``, a GPU without bfloat16), where a bfloat16
+            precision above is set: ``"float32"`` (the default) or ``None`` (train in the set
+            precision anyway). There the bfloat16 steps are not 1.5x faster but much slower (an
+            AMD EPYC with AVX2 only, 2026-12-03: the ``cpu`` detector's step 46 s in
+            ``bfloat16-features`` against 3.2 s in float32). :func:`for_device` applies it before
+            anything is keyed (notebooks' ``setup``, ``Experiment.prepare``,
+            ``recognition.load_or_train``), so the keys name the precision that ran, and hands
+            on the profile settled (this field ``None``: a study's jobs keep its keys); it keys
+            nothing itself.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
             under-confident (highest val score 0.61), and 0.2 keeps about 7.7 boxes per val
@@ -183,6 +194,7 @@ class RecognitionConfig:
     seg_lr: float = 1e-3
     det_train_precision: str = "float32"
     seg_train_precision: str = "float32"
+    precision_fallback: str | None = "float32"
     score_threshold: float = 0.2
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
@@ -204,6 +216,10 @@ class RecognitionConfig:
                 raise ValueError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
+        if self.precision_fallback not in ("float32", None):
+            raise ValueError(
+                f"precision_fallback must be 'float32' or None, got {self.precision_fallback!r}"
+            )
         if self.seg_train_precision in MIXED_PRECISIONS or (
             self.det_train_precision in MIXED_PRECISIONS and self.det_backend != "torchvision"
         ):
@@ -233,8 +249,10 @@ class RecognitionConfig:
         backend is used (so the torchvision / smp keys are those of before the backends); a
         local checkpoint as its content hash (``det_weights`` / ``seg_weights``), never its path,
         and nothing without one (so the keys are those of before the fields); a task's
-        ``*_train_precision`` only when it is not float32 (the keys of before the fields)."""
+        ``*_train_precision`` only when it is not float32 (the keys of before the fields);
+        ``precision_fallback`` never (:func:`for_device` applies it before anything is keyed)."""
         unused = {"det_checkpoint", "seg_checkpoint", "eval_every", "checkpoint_every"}
+        unused |= {"precision_fallback"}  # applied before keying (for_device)
         unused |= {
             f"{t}_train_precision"
             for t in ("det", "seg")
@@ -601,7 +619,8 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(image_size=256, n_train=384, n_val=48, train_crop=128),
         codec=CodecConfig(N=64, M=96),
         # the recognizers trained in bfloat16 (1.45x / 1.5x, the same quality within seed spread:
-        # README "Recognizers trained in bfloat16"); evaluation and the frozen machine in float32
+        # README "Recognizers trained in bfloat16"); evaluation and the frozen machine in float32;
+        # in float32 where the device only emulates bfloat16 (precision_fallback, for_device)
         recognition=RecognitionConfig(
             train_steps=300,
             batch_size=8,
@@ -804,6 +823,53 @@ def get_profile(name: str, **overrides: Any) -> Profile:
             )
         profile = replace(profile, **{section: replace(sub, **{fld: value})})
     return profile
+
+
+def for_device(profile: Profile, device: Any = None, native: bool | None = None) -> Profile:
+    """``profile`` as its recognizers train on ``device``: where the device multiplies bfloat16
+    only by emulation (``native``: :func:`~icm_lib.runtime.bf16_native` of ``device``, the CPU
+    by default), each recognizer precision other than float32 becomes
+    ``recognition.precision_fallback`` (unless that is ``None``), with one printed line that
+    says so. Applied before anything is keyed, so a recognizer's key, and every run's on it,
+    names the precision it trained in. The profile it hands on is settled (its
+    ``precision_fallback`` ``None``, which keys nothing): applied again, on another device too,
+    it changes nothing, so the jobs of a study keep the keys the study planned; a profile
+    without bfloat16 recognizers comes back as it was."""
+    rec = profile.recognition
+    fallback = rec.precision_fallback
+    asked = {
+        f"{t}_train_precision": getattr(rec, f"{t}_train_precision")
+        for t in ("det", "seg")
+        if getattr(rec, f"{t}_train_precision") != "float32"
+    }
+    if not asked or fallback is None:
+        return profile
+    if native is None:
+        import torch
+
+        from .runtime import bf16_hardware, get_device
+
+        device = device if isinstance(device, torch.device) else get_device(device or None)
+        hardware = bf16_hardware(device)
+        native = not hardware.startswith(("none", "unknown"))
+    else:
+        hardware = "native" if native else "none (as the caller says)"
+    # settled: the profile handed on keeps its precisions wherever it goes next (a study's jobs
+    # on other nodes train the keys the study planned)
+    settled: dict[str, Any] = {"precision_fallback": None}
+    if native:
+        return replace(profile, recognition=replace(rec, **settled))
+    print(
+        f"recognizers: {', '.join(f'{k} {v} -> {fallback}' for k, v in asked.items())}: "
+        f"this device multiplies bfloat16 only by emulation (bfloat16 hardware: {hardware}), "
+        f"where a bfloat16 step costs several times a {fallback} one (README 'Recognizers "
+        "trained in bfloat16'; "
+        "recognition__precision_fallback=None trains in bfloat16 anyway). The recognizers, and "
+        f"every run on them, are keyed as {fallback} ones: the committed `{profile.name}` files "
+        "were made on bfloat16 recognizers, so expect differences of the seed-to-seed spread."
+    )
+    settled |= dict.fromkeys(asked, fallback)
+    return replace(profile, recognition=replace(rec, **settled))
 
 
 def _fits(value: Any, hint: Any) -> bool:

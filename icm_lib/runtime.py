@@ -87,6 +87,26 @@ def get_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bf16_hardware(device: torch.device | None = None) -> str:
+    """What multiplies bfloat16 natively on ``device`` (default: the CPU): the CPU's
+    ``avx512_bf16`` / ``amx_bf16`` flags (Linux), or the GPU's support; elsewhere bfloat16 is
+    emulated, and slower than float32."""
+    if device is not None and device.type == "cuda":
+        return "CUDA bf16" if torch.cuda.is_bf16_supported() else "none (this GPU)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return " + ".join(native) if native else "none (emulated: slower than float32)"
+
+
+def bf16_native(device: torch.device | None = None) -> bool:
+    """Whether :func:`bf16_hardware` finds bfloat16 multiplied natively on ``device``."""
+    return not bf16_hardware(device).startswith(("none", "unknown"))
+
+
 _NO_FORWARD = object()  # a module without a forward of its own (the class's applies)
 
 

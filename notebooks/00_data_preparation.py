@@ -154,10 +154,12 @@ plots.save(fig, S.output_dir, "dataset_examples")
 # On the embedded default both are trained from scratch here (a few minutes on a CPU; cached after
 # the first run; on `cpu` under bfloat16 autocast — the detector's features only,
 # `det_train_precision="bfloat16-features"`, the segmenter whole, `seg_train_precision="bfloat16"`
-# — about 1.5× faster where the CPU multiplies bfloat16 natively (`avx512_bf16`, AMX), at the same
+# — about 1.4× faster where the CPU multiplies bfloat16 natively (`avx512_bf16`, AMX), at the same
 # quality within seed spread, README "Recognizers trained in bfloat16"; their evaluation stays
-# float32. A CPU that only emulates bfloat16 trains them slower: set both to `"float32"` in
-# `ICM_OVERRIDES` there, and expect other weights than those of the committed `cpu` files). During codec
+# float32). A CPU without those instructions (most laptops) only emulates bfloat16, and there a
+# bfloat16 detector step costs 14× a float32 one: on such a device `setup` above hands on the
+# profile with both recognizers in float32 (`recognition.precision_fallback`) and says so in its
+# output; their weights then differ from the committed `cpu` files' by about a seed's spread. During codec
 # training they are **frozen**: no weight changes, BatchNorm uses its
 # running statistics, and the task loss $E(y, \hat y)$ is the model's own training loss (Faster
 # R-CNN's four RPN/RoI losses; DeepLabV3+'s cross-entropy), differentiable with respect to the image.

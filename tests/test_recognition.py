@@ -371,3 +371,31 @@ def test_every_mixed_precision_names_its_modules():
     from icm_lib.recognition.training import MIXED_MODULES
 
     assert set(MIXED_PRECISIONS) == set(MIXED_MODULES) <= set(TRAIN_PRECISIONS)
+
+
+def test_where_bfloat16_is_emulated_the_notebooks_and_experiments_train_in_float32(
+    smoke_env, monkeypatch, tmp_path
+):
+    """A bfloat16 recognizer asked for on a device that only emulates bfloat16: the notebooks'
+    ``setup`` and ``Experiment.prepare`` hand on the profile with float32 recognizers (its
+    keys), so the smoke world's cached float32 recognizers are loaded, nothing is trained."""
+    import icm_lib.runtime as runtime
+    from icm_lib.experiment import Experiment
+    from icm_lib.notebook import setup
+    from icm_lib.profiles import get_profile
+
+    monkeypatch.setattr(runtime, "bf16_hardware", lambda device=None: "none (emulated)")
+    monkeypatch.setenv("ICM_OVERRIDES", "recognition__seg_train_precision=bfloat16")
+    S = setup("smoke", 0, str(tmp_path / "data"), str(tmp_path / "out"), "cpu")
+    assert S.profile.recognition.seg_train_precision == "float32"
+    data_dir, cache = smoke_env.cache_dir.parent, smoke_env.cache_dir
+    files = sorted(cache.glob("segmenter-*"))
+    asked = get_profile("smoke", recognition__seg_train_precision="bfloat16")
+    exp = Experiment.prepare(asked, data_dir, torch.device("cpu"), progress=False, tasks=["seg"])
+    assert exp.profile.recognition.seg_train_precision == "float32"
+    assert exp.reports["seg"]["cached"]
+    assert sorted(cache.glob("segmenter-*")) == files
+    monkeypatch.setattr(runtime, "bf16_hardware", lambda device=None: "avx512_bf16")
+    native = setup("smoke", 0, str(tmp_path / "d"), str(tmp_path / "o"), "cpu").profile
+    assert native.recognition.seg_train_precision == "bfloat16"
+    assert native.recognition.key() == asked.recognition.key()

@@ -239,12 +239,12 @@ def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardwa
     from pathlib import Path
 
     import icm_lib.dev.bench as b
-    import icm_lib.dev.common as common
     import icm_lib.dev.stepbench as sb
     import icm_lib.experiment as ex
+    import icm_lib.runtime as runtime
 
-    monkeypatch.setattr(common, "bf16_hardware", lambda device=None: hardware)
-    assert common.bf16_native() is native
+    monkeypatch.setattr(runtime, "bf16_hardware", lambda device=None: hardware)
+    assert runtime.bf16_native() is native
     asked = []
     monkeypatch.setattr(
         sb, "bench_icm_step", lambda exp, steps, tasks, fast, bf16: asked.append(bf16)

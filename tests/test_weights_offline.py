@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from icm_lib.errors import CheckpointError, WeightsUnavailableError
-from icm_lib.profiles import CodecConfig, RecognitionConfig, get_profile
+from icm_lib.profiles import CodecConfig, RecognitionConfig, for_device, get_profile
 from icm_lib.recognition import build_recognizer
 from icm_lib.runtime import config_hash
 
@@ -309,6 +309,38 @@ def test_the_new_fields_leave_every_run_key_unchanged(name):
     assert exp.run_dir("det", "aux-enc", profile.icm.det_lambdas[0], 0).name == before["det"]
     assert exp.run_dir("seg", "baseline", profile.icm.seg_lambdas[0], 1).name == before["seg"]
     assert exp.ablation_run_dir("seg", "aux-task", 0).name == before["ablation"]
+
+
+def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(capsys):
+    """On a device without native bfloat16 the ``cpu`` profile falls back to float32
+    recognizers (their bfloat16 steps cost 14x there): the keys are then exactly the float32
+    world's, the fallback is said once, and it changes nothing where bfloat16 is native, where
+    ``precision_fallback=None`` asks for bfloat16 anyway, or when applied again (on any device:
+    the profile it hands on is settled)."""
+    cpu = get_profile("cpu")
+    emulated = for_device(cpu, native=False)
+    said = capsys.readouterr().out
+    assert "det_train_precision bfloat16-features -> float32" in said
+    assert "seg_train_precision bfloat16 -> float32" in said
+    assert "recognition__precision_fallback=None" in said
+    before = KEYS_BEFORE["cpu-float32"]
+    assert config_hash(emulated.recognition.key()) == before["recognition"]
+    exp = stub_experiment(emulated)
+    assert exp.run_dir("det", "aux-enc", emulated.icm.det_lambdas[0], 0).name == before["det"]
+    assert exp.run_dir("seg", "baseline", emulated.icm.seg_lambdas[0], 1).name == before["seg"]
+    assert exp.ablation_run_dir("seg", "aux-task", 0).name == before["ablation"]
+    assert for_device(emulated, native=True) == emulated  # settled: a job elsewhere keeps it
+    native = for_device(cpu, native=True)
+    assert native.recognition.key() == cpu.recognition.key()
+    assert for_device(native, native=False) == native
+    kept = get_profile("cpu", recognition__precision_fallback=None)
+    assert for_device(kept, native=False) is kept
+    assert config_hash(kept.recognition.key()) == KEYS_BEFORE["cpu"]["recognition"]
+    smoke = get_profile("smoke")  # float32 already: nothing to say
+    assert for_device(smoke, native=False) is smoke
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="precision_fallback"):
+        get_profile("cpu", recognition__precision_fallback="bfloat16")
 
 
 def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():

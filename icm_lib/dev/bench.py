@@ -106,7 +106,8 @@ from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
-from .common import FAMILY_CODECS, bf16_hardware, bf16_native, scene_images, train_briefly
+from ..runtime import bf16_hardware, bf16_native
+from .common import FAMILY_CODECS, scene_images, train_briefly
 
 
 def bench_images(size: tuple[int, int] = (512, 768)) -> list[torch.Tensor]:

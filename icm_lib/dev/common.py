@@ -14,26 +14,6 @@ FAMILY_CODECS = (
 )
 
 
-def bf16_hardware(device: torch.device | None = None) -> str:
-    """What multiplies bfloat16 natively on ``device`` (default: the CPU): the CPU's
-    ``avx512_bf16`` / ``amx_bf16`` flags (Linux), or the GPU's support; elsewhere bfloat16 is
-    emulated, and slower than float32."""
-    if device is not None and device.type == "cuda":
-        return "CUDA bf16" if torch.cuda.is_bf16_supported() else "none (this GPU)"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return " + ".join(native) if native else "none (emulated: slower than float32)"
-
-
-def bf16_native(device: torch.device | None = None) -> bool:
-    """Whether :func:`bf16_hardware` finds bfloat16 multiplied natively on ``device``."""
-    return not bf16_hardware(device).startswith(("none", "unknown"))
-
-
 def scene_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     """``n`` procedural scenes (the embedded default's generator) as (n, 3, size, size) in [0, 1]."""
     import numpy as np

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .common import bf16_hardware
+from ..runtime import bf16_hardware
 
 #: operators whose CUDA implementation waits for the device and reads a result on the host
 #: (data-dependent output sizes, Python scalars, host-side NMS masks); ``icm_lib::to_host`` marks

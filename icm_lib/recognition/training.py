@@ -24,7 +24,7 @@ from ..data.transforms import random_crop
 from ..errors import CheckpointError
 from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
-from ..profiles import RecognitionConfig
+from ..profiles import RecognitionConfig, for_device
 from ..runtime import (
     active_seconds,
     data_key,
@@ -491,11 +491,12 @@ def load_or_train_segmenter(
 
 def load_or_train_task(task, profile, datasets, cache_dir, device, progress: bool = True):
     """The frozen recognizer of one task (``det``: the detector, ``seg``: the segmenter) and its
-    report, trained once on ``datasets`` and cached in ``cache_dir``."""
+    report, trained once on ``datasets`` and cached in ``cache_dir``, in the precision
+    :func:`~icm_lib.profiles.for_device` gives ``profile`` on ``device``."""
     task = get_task(task)
     train = load_or_train_detector if task is DETECTION else load_or_train_segmenter
     return train(
-        profile.recognition,
+        for_device(profile, device).recognition,
         datasets.train(task),
         datasets.val(task),
         profile.data.train_crop,
