@@ -145,20 +145,30 @@ def test_paper_step_rows_with_autocast():
 def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     """``bench icm``: per task/variant/fast one row with s/step, phase shares that add up to
     the step, the step's FLOPs and its distance to the matmul floor; the fast flags' effect on
-    the shared recognizer is undone after each row."""
+    the shared recognizer is undone after each row. The three bfloat16 rows where the CPU
+    multiplies bfloat16 natively, as ``--bf16 auto`` does: emulated, they took 700 s of an AVX2
+    machine's CI (the bfloat16 steps themselves are checked on every machine by
+    ``test_bf16_step_stays_near_the_float32_step``)."""
     from icm_lib.dev.stepbench import PHASES, bench_icm_step
+    from icm_lib.runtime import bf16_native
 
-    exp = smoke_env
-    rows = bench_icm_step(exp, steps=1, tasks=("seg",), variants=("aux-enc",), fast=(False, True))
-    assert [(r["task"], r["variant"], r["fast"], r["labels"], r["bf16"]) for r in rows] == [
+    exp, native = smoke_env, bf16_native()
+    rows = bench_icm_step(
+        exp, steps=1, tasks=("seg",), variants=("aux-enc",), fast=(False, True), bf16=native
+    )
+    expected = [
         ("seg", "aux-enc", False, "run", False),
         ("seg", "aux-enc", True, "run", False),
         ("seg", "aux-enc", False, "cached", False),  # a later run of the seed: labels cached
-        ("seg", "aux-enc", False, "run", True),  # the recognizer and branch in bfloat16
-        ("seg", "aux-enc", False, "cached", True),
-        ("seg", "aux-enc", False, "cached", True),  # and the codec's transforms
     ]
-    assert [r["codec_bf16"] for r in rows] == [False] * 5 + [True]
+    if native:
+        expected += [
+            ("seg", "aux-enc", False, "run", True),  # the recognizer and branch in bfloat16
+            ("seg", "aux-enc", False, "cached", True),
+            ("seg", "aux-enc", False, "cached", True),  # and the codec's transforms
+        ]
+    assert [(r["task"], r["variant"], r["fast"], r["labels"], r["bf16"]) for r in rows] == expected
+    assert [r["codec_bf16"] for r in rows] == ([False] * 5 + [True] if native else [False] * 3)
     for r in rows:
         assert r["s_per_step"] > 0 and r["flops"] > 0
         assert len(r["seconds"]) == 1 and r["s_per_step"] == r["seconds"][0]
@@ -169,16 +179,17 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
         assert r["shares"]["branch"] > 0 and r["shares"]["optimizer"] > 0
     # the same arithmetic with and without the layout change or bfloat16; less without the
     # labels' pass
-    assert rows[0]["flops"] == rows[1]["flops"] == rows[3]["flops"] > rows[2]["flops"]
-    assert rows[2]["flops"] == rows[4]["flops"] == rows[5]["flops"]
+    assert rows[0]["flops"] == rows[1]["flops"] > rows[2]["flops"]
+    assert all(r["flops"] == rows[0]["flops"] for r in rows if r["labels"] == "run")
+    assert all(r["flops"] == rows[2]["flops"] for r in rows if r["labels"] == "cached")
     assert rows[2]["label_hits"] > 0 and rows[0]["label_hits"] is None
     model = exp.machine("seg").model
     assert all(p.is_contiguous() for p in model.parameters())
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "seg aux-enc: against the float32 step" in out
-    assert "fast on" in out and "labels cached" in out
-    assert "bfloat16 hardware:" in out and "bf16 + labels cached" in out
-    assert "bf16 codec too + labels cached" in out
+    assert "fast on" in out and "labels cached" in out and "bfloat16 hardware:" in out
+    assert ("bf16 + labels cached" in out) is native
+    assert ("bf16 codec too + labels cached" in out) is native
 
 
 def test_a_rows_settings_are_timed_interleaved():
