@@ -516,7 +516,9 @@ class Experiment:
         where the reference codec trained to other weights -- on a GPU, or on a CPU whose float32
         kernels sum in another order -- so a results file made there matches runs here by this
         key (:attr:`~icm_lib.results.RunRecord.settings_key`): the same settings, that machine's
-        numbers."""
+        numbers. The recognizers are named by their recipe
+        (:meth:`~icm_lib.profiles.RecognitionConfig.recipe_key`): float32 ones trained where the
+        device only emulates the bfloat16 the profile asks for are that machine's numbers too."""
         profile = self.profile
         if profile.codec.pretrained:
             reference = {"pretrained": profile.codec.key()}
@@ -524,10 +526,14 @@ class Experiment:
             reference = {"untrained": profile.codec.key(), "seed": profile.mse.seed}
         else:
             reference = reference_dir(profile, self.datasets, ".").name
-        run = self._keyed_run(task, variant, lmbda, seed, steps, validate_every, reference)
+        run = self._keyed_run(
+            task, variant, lmbda, seed, steps, validate_every, reference, recipe=True
+        )
         return run.name
 
-    def _keyed_run(self, task, variant, lmbda, seed, steps, validate_every, reference) -> Path:
+    def _keyed_run(
+        self, task, variant, lmbda, seed, steps, validate_every, reference, recipe: bool = False
+    ) -> Path:
         task = get_task(task)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -541,7 +547,9 @@ class Experiment:
                 "variant": variant,
                 "task": task.name,
                 "codec": profile.codec.key(),
-                "recognition": profile.recognition.key(),
+                "recognition": (
+                    profile.recognition.recipe_key() if recipe else profile.recognition.key()
+                ),
                 "icm": {k: v for k, v in asdict(icm).items() if k not in UNKEYED_ICM},
                 "reference": reference,
                 "data": data_key(self.datasets.train(task).root),

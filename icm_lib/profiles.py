@@ -158,6 +158,12 @@ class RecognitionConfig:
             ``recognition.load_or_train``), so the keys name the precision that ran, and hands
             on the profile settled (this field ``None``: a study's jobs keep its keys); it keys
             nothing itself.
+        fallback_from: set by :func:`for_device` where it fell back: the (det, seg) training
+            precisions the profile asked for. Keys nothing; :meth:`recipe_key` names the
+            recognizers by it, so a run's settings key
+            (:meth:`~icm_lib.experiment.Experiment.settings_key`) stays the same on every machine
+            and notebook 03 still reads the recorded ablation there (as another machine's
+            numbers) instead of training its 24 runs.
         score_threshold: detections above it become pseudo-labels (Yamazaki et al.). 0.5 suits a
             COCO-trained detector; the CPU profiles' detector, trained for minutes, is
             under-confident (highest val score 0.61), and 0.2 keeps about 7.7 boxes per val
@@ -195,6 +201,7 @@ class RecognitionConfig:
     det_train_precision: str = "float32"
     seg_train_precision: str = "float32"
     precision_fallback: str | None = "float32"
+    fallback_from: tuple[str, str] | None = None
     score_threshold: float = 0.2
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
@@ -216,6 +223,10 @@ class RecognitionConfig:
                 raise ValueError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
+        if self.fallback_from is not None and not set(self.fallback_from) <= set(TRAIN_PRECISIONS):
+            raise ValueError(
+                f"fallback_from must name two of {TRAIN_PRECISIONS}, got {self.fallback_from!r}"
+            )
         if self.precision_fallback not in ("float32", None):
             raise ValueError(
                 f"precision_fallback must be 'float32' or None, got {self.precision_fallback!r}"
@@ -252,7 +263,7 @@ class RecognitionConfig:
         ``*_train_precision`` only when it is not float32 (the keys of before the fields);
         ``precision_fallback`` never (:func:`for_device` applies it before anything is keyed)."""
         unused = {"det_checkpoint", "seg_checkpoint", "eval_every", "checkpoint_every"}
-        unused |= {"precision_fallback"}  # applied before keying (for_device)
+        unused |= {"precision_fallback", "fallback_from"}  # applied before keying (for_device)
         unused |= {
             f"{t}_train_precision"
             for t in ("det", "seg")
@@ -272,6 +283,16 @@ class RecognitionConfig:
 
                 out[f"{task}_weights"] = file_identity(path)
         return out
+
+    def recipe_key(self) -> dict[str, Any]:
+        """:meth:`key` with the training precisions the profile asked for where
+        :func:`for_device` fell back to ``precision_fallback`` (``fallback_from``): the recipe,
+        the same on every machine, as another machine's float rounding is."""
+        if self.fallback_from is None:
+            return self.key()
+        det, seg = self.fallback_from
+        asked = replace(self, det_train_precision=det, seg_train_precision=seg, fallback_from=None)
+        return asked.key()
 
     def steps_for(self, task: Task | str) -> int:
         """The training steps of ``task``'s recognizer."""
@@ -834,7 +855,8 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
     names the precision it trained in. The profile it hands on is settled (its
     ``precision_fallback`` ``None``, which keys nothing): applied again, on another device too,
     it changes nothing, so the jobs of a study keep the keys the study planned; a profile
-    without bfloat16 recognizers comes back as it was."""
+    without bfloat16 recognizers comes back as it was. Where it falls back, the precisions asked
+    for stay in ``recognition.fallback_from`` (keying nothing but the settings key)."""
     rec = profile.recognition
     fallback = rec.precision_fallback
     asked = {
@@ -869,6 +891,7 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
         "were made on bfloat16 recognizers, so expect differences of the seed-to-seed spread."
     )
     settled |= dict.fromkeys(asked, fallback)
+    settled["fallback_from"] = (rec.det_train_precision, rec.seg_train_precision)
     return replace(profile, recognition=replace(rec, **settled))
 
 

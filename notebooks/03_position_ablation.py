@@ -105,9 +105,10 @@ for task in TASKS:
 # trained again — on `cpu` all 24 of them (the file was re-made with bfloat16 recognizers on
 # 2026-12-03; trained here, they take ~1.3 compute-hours on 2 cores). Where
 # your reference codec trained to other weights than the one the file's runs started from (on a
-# GPU, or a CPU whose float sums run in another order), their run keys differ from the ones
-# computed here; they are then matched by their settings key (every setting, the data, the
-# recognizers' and the reference codec's settings) and counted below. Delete the file (or point
+# GPU, or a CPU whose float sums run in another order), or your CPU trained the recognizers in
+# float32 because it only emulates bfloat16 (`setup` says so above), their run keys differ from
+# the ones computed here; they are then matched by their settings key (every setting, the data,
+# the recognizers' recipe and the reference codec's settings) and counted below. Delete the file (or point
 # `RESULTS_DIR` elsewhere) to train them here.
 
 # %%

@@ -329,6 +329,19 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
     assert exp.run_dir("det", "aux-enc", emulated.icm.det_lambdas[0], 0).name == before["det"]
     assert exp.run_dir("seg", "baseline", emulated.icm.seg_lambdas[0], 1).name == before["seg"]
     assert exp.ablation_run_dir("seg", "aux-task", 0).name == before["ablation"]
+    # the recipe is the profile's on every machine: the settings keys, by which notebook 03
+    # reads the recorded ablation made elsewhere, stay those of the bfloat16 recognizers
+    native_exp = stub_experiment(cpu)
+    assert exp.ablation_settings_key("seg", "aux-task", 0) == native_exp.ablation_settings_key(
+        "seg", "aux-task", 0
+    )
+    assert exp.settings_key("det", "aux-enc", 0.4, 0) == native_exp.settings_key(
+        "det", "aux-enc", 0.4, 0
+    )
+    assert exp.ablation_run_dir("seg", "aux-task", 0) != native_exp.ablation_run_dir(
+        "seg", "aux-task", 0
+    )
+    assert emulated.recognition.fallback_from == ("bfloat16-features", "bfloat16")
     assert for_device(emulated, native=True) == emulated  # settled: a job elsewhere keeps it
     native = for_device(cpu, native=True)
     assert native.recognition.key() == cpu.recognition.key()
@@ -341,6 +354,8 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="precision_fallback"):
         get_profile("cpu", recognition__precision_fallback="bfloat16")
+    with pytest.raises(ValueError, match="fallback_from"):
+        get_profile("cpu", recognition__fallback_from=("float16", "bfloat16"))
 
 
 def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():
