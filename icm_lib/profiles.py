@@ -867,15 +867,9 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
     if not asked or fallback is None:
         return profile
     if native is None:
-        import torch
+        from .runtime import bf16_native, get_device
 
-        from .runtime import bf16_hardware, get_device
-
-        device = device if isinstance(device, torch.device) else get_device(device or None)
-        hardware = bf16_hardware(device)
-        native = not hardware.startswith(("none", "unknown"))
-    else:
-        hardware = "native" if native else "none (as the caller says)"
+        native = bf16_native(get_device(device or None))
     # settled: the profile handed on keeps its precisions wherever it goes next (a study's jobs
     # on other nodes train the keys the study planned)
     settled: dict[str, Any] = {"precision_fallback": None}
@@ -883,10 +877,10 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
         return replace(profile, recognition=replace(rec, **settled))
     print(
         f"recognizers: {', '.join(f'{k} {v} -> {fallback}' for k, v in asked.items())}: "
-        f"this device multiplies bfloat16 only by emulation (bfloat16 hardware: {hardware}), "
-        f"where a bfloat16 step costs several times a {fallback} one (README 'Recognizers "
-        "trained in bfloat16'; "
-        "recognition__precision_fallback=None trains in bfloat16 anyway). The recognizers, and "
+        "this device multiplies bfloat16 only by emulation (no avx512_bf16 / amx_bf16, or a GPU "
+        f"without bfloat16), where a bfloat16 step costs several times a {fallback} one "
+        "(README 'Recognizers trained in bfloat16'; recognition__precision_fallback=None "
+        "trains in bfloat16 anyway). The recognizers, and "
         f"every run on them, are keyed as {fallback} ones: the committed `{profile.name}` files "
         "were made on bfloat16 recognizers, so expect differences of the seed-to-seed spread."
     )

@@ -514,6 +514,7 @@ def load_or_train(profile, datasets, cache_dir, device, progress: bool = True):
         ``(FrozenDetector, FrozenSegmenter, {"det": report, "seg": report})``; each report has the
         val metric, training seconds and loss log.
     """
+    profile = for_device(profile, device)  # once for both tasks (said once)
     det, det_report = load_or_train_task(DETECTION, profile, datasets, cache_dir, device, progress)
     seg, seg_report = load_or_train_task(
         SEGMENTATION, profile, datasets, cache_dir, device, progress
