@@ -193,6 +193,22 @@ def _device(name: str):
     return device
 
 
+def _set_transforms(codec, args: argparse.Namespace) -> None:
+    """``--channels-last`` and ``--bf16`` on ``codec``; ``--bf16`` where the device only emulates
+    bfloat16 is done as asked, with a line on stderr that it will be slower, not faster."""
+    from .runtime import bf16_hardware, bf16_native
+
+    codec.channels_last = args.channels_last
+    codec.bf16 = args.bf16
+    device = _device(args.device)
+    if args.bf16 and not bf16_native(device):
+        print(
+            f"--bf16 on {device.type}: bfloat16 hardware {bf16_hardware(device)}; the transforms "
+            "will run several times slower than without --bf16 (the stream is the same format)",
+            file=sys.stderr,
+        )
+
+
 def load_saved_codec(path: Path, device: str = "cpu"):
     """A codec saved by a run (``codec.pt``, or the run folder holding it), in eval mode.
 
@@ -249,9 +265,8 @@ def encode(args: argparse.Namespace) -> int:
     else:
         codec = _zoo_codec(args.zoo, args.quality, args.device, args.zoo_weights)
     h, w = x.shape[-2:]
+    _set_transforms(codec, args)
     t0 = time.perf_counter()
-    codec.channels_last = args.channels_last
-    codec.bf16 = args.bf16
     data = codec.compress(x)
     seconds = time.perf_counter() - t0
     atomic_write_bytes(args.output, data)
@@ -315,8 +330,7 @@ def decode(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.tile is not None and args.tile <= 0:
         raise ICMError(f"--tile must be positive, got {args.tile}")
-    codec.channels_last = args.channels_last
-    codec.bf16 = args.bf16
+    _set_transforms(codec, args)
     x_hat = codec.decompress(data, max_pixels=args.max_pixels, tile=args.tile)
     seconds = time.perf_counter() - t0
     pixels = (x_hat[0] * 255.0).round().clamp(0, 255).to("cpu").byte().permute(1, 2, 0)

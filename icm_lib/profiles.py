@@ -155,12 +155,14 @@ class RecognitionConfig:
             AMD EPYC with AVX2 only, 2026-12-03: the ``cpu`` detector's step 46 s in
             ``bfloat16-features`` against 3.2 s in float32). :func:`for_device` applies it before
             anything is keyed (notebooks' ``setup``, ``Experiment.prepare``,
-            ``recognition.load_or_train``), so the keys name the precision that ran, and hands
-            on the profile settled (this field ``None``: a study's jobs keep its keys); it keys
+            ``recognition.load_or_train``), so the keys name the precision that ran; it keys
             nothing itself.
-        fallback_from: set by :func:`for_device` where it fell back: the (det, seg) training
-            precisions the profile asked for. Keys nothing; :meth:`recipe_key` names the
-            recognizers by it, so a run's settings key
+        asked_precisions: ``None`` until :func:`for_device` has decided the profile's
+            precisions for a device (never set it yourself); then the (det, seg) training
+            precisions the profile asked for, whatever ran. A decided profile stays decided
+            wherever it goes next (:func:`for_device` hands it on as it is: a study's jobs on
+            other nodes keep the keys the study planned). Keys nothing; :meth:`recipe_key` names
+            the recognizers by it, so a run's settings key
             (:meth:`~icm_lib.experiment.Experiment.settings_key`) stays the same on every machine
             and notebook 03 still reads the recorded ablation there (as another machine's
             numbers) instead of training its 24 runs.
@@ -201,7 +203,7 @@ class RecognitionConfig:
     det_train_precision: str = "float32"
     seg_train_precision: str = "float32"
     precision_fallback: str | None = "float32"
-    fallback_from: tuple[str, str] | None = None
+    asked_precisions: tuple[str, str] | None = None
     score_threshold: float = 0.2
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
@@ -223,10 +225,9 @@ class RecognitionConfig:
                 raise ValueError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
-        if self.fallback_from is not None and not set(self.fallback_from) <= set(TRAIN_PRECISIONS):
-            raise ValueError(
-                f"fallback_from must name two of {TRAIN_PRECISIONS}, got {self.fallback_from!r}"
-            )
+        asked = self.asked_precisions
+        if asked is not None and (len(asked) != 2 or not set(asked) <= set(TRAIN_PRECISIONS)):
+            raise ValueError(f"asked_precisions must name two of {TRAIN_PRECISIONS}, got {asked!r}")
         if self.precision_fallback not in ("float32", None):
             raise ValueError(
                 f"precision_fallback must be 'float32' or None, got {self.precision_fallback!r}"
@@ -263,7 +264,7 @@ class RecognitionConfig:
         ``*_train_precision`` only when it is not float32 (the keys of before the fields);
         ``precision_fallback`` never (:func:`for_device` applies it before anything is keyed)."""
         unused = {"det_checkpoint", "seg_checkpoint", "eval_every", "checkpoint_every"}
-        unused |= {"precision_fallback", "fallback_from"}  # applied before keying (for_device)
+        unused |= {"precision_fallback", "asked_precisions"}  # applied before keying (for_device)
         unused |= {
             f"{t}_train_precision"
             for t in ("det", "seg")
@@ -285,14 +286,14 @@ class RecognitionConfig:
         return out
 
     def recipe_key(self) -> dict[str, Any]:
-        """:meth:`key` with the training precisions the profile asked for where
-        :func:`for_device` fell back to ``precision_fallback`` (``fallback_from``): the recipe,
-        the same on every machine, as another machine's float rounding is."""
-        if self.fallback_from is None:
+        """:meth:`key` with the training precisions the profile asked for
+        (``asked_precisions``, where :func:`for_device` may have fallen back to
+        ``precision_fallback``): the recipe, the same on every machine, as another machine's
+        float rounding is."""
+        if self.asked_precisions is None:
             return self.key()
-        det, seg = self.fallback_from
-        asked = replace(self, det_train_precision=det, seg_train_precision=seg, fallback_from=None)
-        return asked.key()
+        det, seg = self.asked_precisions
+        return replace(self, det_train_precision=det, seg_train_precision=seg).key()
 
     def steps_for(self, task: Task | str) -> int:
         """The training steps of ``task``'s recognizer."""
@@ -852,11 +853,11 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
     by default), each recognizer precision other than float32 becomes
     ``recognition.precision_fallback`` (unless that is ``None``), with one printed line that
     says so. Applied before anything is keyed, so a recognizer's key, and every run's on it,
-    names the precision it trained in. The profile it hands on is settled (its
-    ``precision_fallback`` ``None``, which keys nothing): applied again, on another device too,
-    it changes nothing, so the jobs of a study keep the keys the study planned; a profile
-    without bfloat16 recognizers comes back as it was. Where it falls back, the precisions asked
-    for stay in ``recognition.fallback_from`` (keying nothing but the settings key)."""
+    names the precision it trained in. The profile it hands on is decided: the precisions asked
+    for are in ``recognition.asked_precisions`` (keying nothing but the settings key), and
+    applied again, on another device too, it changes nothing, so the jobs of a study keep the
+    keys the study planned. A profile without bfloat16 recognizers, or whose
+    ``precision_fallback`` is ``None``, comes back as it was: there is nothing to decide."""
     rec = profile.recognition
     fallback = rec.precision_fallback
     asked = {
@@ -864,17 +865,15 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
         for t in ("det", "seg")
         if getattr(rec, f"{t}_train_precision") != "float32"
     }
-    if not asked or fallback is None:
+    if not asked or fallback is None or rec.asked_precisions is not None:
         return profile
     if native is None:
         from .runtime import bf16_native, get_device
 
         native = bf16_native(get_device(device or None))
-    # settled: the profile handed on keeps its precisions wherever it goes next (a study's jobs
-    # on other nodes train the keys the study planned)
-    settled: dict[str, Any] = {"precision_fallback": None}
+    decided = {"asked_precisions": (rec.det_train_precision, rec.seg_train_precision)}
     if native:
-        return replace(profile, recognition=replace(rec, **settled))
+        return replace(profile, recognition=replace(rec, **decided))
     print(
         f"recognizers: {', '.join(f'{k} {v} -> {fallback}' for k, v in asked.items())}: "
         "this device multiplies bfloat16 only by emulation (no avx512_bf16 / amx_bf16, or a GPU "
@@ -884,9 +883,7 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
         f"every run on them, are keyed as {fallback} ones: the committed `{profile.name}` files "
         "were made on bfloat16 recognizers, so expect differences of the seed-to-seed spread."
     )
-    settled |= dict.fromkeys(asked, fallback)
-    settled["fallback_from"] = (rec.det_train_precision, rec.seg_train_precision)
-    return replace(profile, recognition=replace(rec, **settled))
+    return replace(profile, recognition=replace(rec, **decided, **dict.fromkeys(asked, fallback)))
 
 
 def _fits(value: Any, hint: Any) -> bool:

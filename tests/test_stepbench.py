@@ -279,9 +279,11 @@ def test_bench_loading_draws_each_recognizers_whole_stream_both_ways(smoke_env, 
     assert "read from disk per crop vs kept in memory" in capsys.readouterr().out
 
 
-def test_bench_recognizers_sets_the_chosen_precision_against_float32(smoke_env, capsys):
+def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(smoke_env, capsys):
     """``bench recognizers --precision bfloat16-backbone``: per seed the profile's float32
-    detector (the cached one) and one trained with its backbone in bfloat16, side by side."""
+    detector (the cached one) and one trained with its backbone in bfloat16, side by side;
+    ``--recipe det_train_steps=2``: the same against another schedule in float32, with both
+    step counts. A recipe or precision that cannot be stops before any training."""
     rows = bench.bench_recognizers(
         "smoke", smoke_env.cache_dir.parent, (0,), ("det",), "bfloat16-backbone"
     )
@@ -290,9 +292,22 @@ def test_bench_recognizers_sets_the_chosen_precision_against_float32(smoke_env, 
     assert set(row["seconds"]) == {"float32", "bfloat16-backbone"}
     assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
     assert "bfloat16-backbone - float32, mean over 1 seeds" in capsys.readouterr().out
+    (row,) = bench.bench_recognizers(
+        "smoke", smoke_env.cache_dir.parent, (0,), ("det",), None, {"det_train_steps": 2}
+    )
+    assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
+    steps = SMOKE.recognition.steps_for("det")
+    assert row["steps"] == {"float32": steps, "det_train_steps=2": 2} and steps != 2
+    assert "det: det_train_steps=2 - float32, mean over 1 seeds" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--tasks seg: train precisions"):  # before any training
         bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det", "seg"),
                                 "bfloat16-features")  # fmt: skip
+    for recipe, said in (({"det_lr": "fast"}, "takes float"), ({"no_such": 1}, "no field")):
+        with pytest.raises(SystemExit, match=f"--recipe: .*{said}"):
+            bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None,
+                                    recipe)  # fmt: skip
+    with pytest.raises(SystemExit, match="nothing to compare"):
+        bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None)
 
 
 def test_bench_reference_trains_the_reference_codec_both_ways(smoke_env, capsys):

@@ -316,7 +316,7 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
     recognizers (their bfloat16 steps cost 14x there): the keys are then exactly the float32
     world's, the fallback is said once, and it changes nothing where bfloat16 is native, where
     ``precision_fallback=None`` asks for bfloat16 anyway, or when applied again (on any device:
-    the profile it hands on is settled)."""
+    the profile it hands on is decided, its ``asked_precisions`` set either way)."""
     cpu = get_profile("cpu")
     emulated = for_device(cpu, native=False)
     said = capsys.readouterr().out
@@ -341,11 +341,14 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
     assert exp.ablation_run_dir("seg", "aux-task", 0) != native_exp.ablation_run_dir(
         "seg", "aux-task", 0
     )
-    assert emulated.recognition.fallback_from == ("bfloat16-features", "bfloat16")
-    assert for_device(emulated, native=True) == emulated  # settled: a job elsewhere keeps it
+    asked = ("bfloat16-features", "bfloat16")
+    assert emulated.recognition.asked_precisions == asked
+    assert emulated.recognition.precision_fallback == "float32"  # the user's choice, untouched
+    assert for_device(emulated, native=True) is emulated  # decided: a job elsewhere keeps it
     native = for_device(cpu, native=True)
-    assert native.recognition.key() == cpu.recognition.key()
-    assert for_device(native, native=False) == native
+    assert native.recognition.asked_precisions == asked
+    assert native.recognition.key() == native.recognition.recipe_key() == cpu.recognition.key()
+    assert for_device(native, native=False) is native
     kept = get_profile("cpu", recognition__precision_fallback=None)
     assert for_device(kept, native=False) is kept
     assert config_hash(kept.recognition.key()) == KEYS_BEFORE["cpu"]["recognition"]
@@ -354,8 +357,8 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="precision_fallback"):
         get_profile("cpu", recognition__precision_fallback="bfloat16")
-    with pytest.raises(ValueError, match="fallback_from"):
-        get_profile("cpu", recognition__fallback_from=("float16", "bfloat16"))
+    with pytest.raises(ValueError, match="asked_precisions"):
+        get_profile("cpu", recognition__asked_precisions=("float16", "bfloat16"))
 
 
 def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():

@@ -5,7 +5,7 @@
     python -m icm_lib.bench devices [--train-steps 150]
     python -m icm_lib.bench backends [--profile cpu] [--steps 5]
     python -m icm_lib.bench recognizers [--profile cpu] [--seeds 0 1 2] [--tasks det seg]
-        [--precision bfloat16|bfloat16-backbone|bfloat16-features]
+        [--precision bfloat16|bfloat16-backbone|bfloat16-features] [--recipe FIELD=VALUE ...]
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench reference [--profile cpu] [--seeds 0 1 2]
     python -m icm_lib.bench compile [--profile cpu] [--tasks seg] [--steps 7]
@@ -39,13 +39,15 @@ backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 r
 libraries on one architecture, the paper rows are Iino et al.'s models) on the profile's batch and
 crop; a backend whose library is not installed is listed as skipped.
 
-``recognizers``: what training a recognizer in bfloat16 costs and gains
-(``RecognitionConfig.det_train_precision`` / ``seg_train_precision``): each task's recognizer of
-the profile trained per seed in float32 and in ``--precision`` (``bfloat16``, or the detector's
-mixed ``bfloat16-backbone`` / ``bfloat16-features``; the same initial weights and batches;
-load-or-compute in the cache), its val metric and training seconds side by side, the paired
-difference per seed and its mean, and the seed-to-seed spread of the float32 ones. Training
-seconds are only comparable on a quiet machine.
+``recognizers``: what training a recognizer in bfloat16, or in another schedule, costs and gains
+(``RecognitionConfig.det_train_precision`` / ``seg_train_precision``, and any other recognition
+field with ``--recipe``): each task's recognizer of the profile trained per seed in the
+profile's recipe in float32 and in ``--precision`` (``bfloat16``, or the detector's mixed
+``bfloat16-backbone`` / ``bfloat16-features``) with the ``--recipe`` fields changed (e.g.
+``det_train_steps=150 det_lr=0.04``: half the steps at twice the peak learning rate; the same
+initial weights and batches; load-or-compute in the cache), its val metric, training seconds and
+steps side by side, the paired difference per seed and its mean, and the seed-to-seed spread of
+the float32 ones. Training seconds are only comparable on a quiet machine.
 
 ``reference``: what training the MSE reference codec with its transforms in bfloat16 costs and
 gains (``ReferenceConfig.precision``): the profile's reference codec trained per seed
@@ -97,6 +99,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +109,8 @@ from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
-from ..runtime import bf16_hardware, bf16_native
+from ..profiles import parse_overrides
+from ..runtime import bf16_hardware, bf16_native, env_path
 from .common import FAMILY_CODECS, scene_images, train_briefly
 
 
@@ -296,6 +300,7 @@ def bench_icm(
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"data folder {data_dir} (notebook 00's world; what it lacks is made first)", flush=True)
     exp = Experiment.prepare(profile, data_dir, device, progress=False, tasks=tasks)
     with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
     rows = bench_icm_step(exp, steps, tasks=tasks, fast=fast, bf16=with_bf16)
@@ -455,58 +460,91 @@ def bench_recognizers(
     data_dir: Path,
     seeds: tuple[int, ...],
     tasks: tuple[str, ...],
-    precision: str = "bfloat16",
+    precision: str | None = "bfloat16",
+    recipe: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """``python -m icm_lib.bench recognizers``: float32 against ``precision`` recognizer
-    training (see the module docstring); prints one row per task and seed and returns them."""
+    """``python -m icm_lib.bench recognizers``: each task's recognizer trained in the profile's
+    recipe in float32 against the same recipe with ``precision`` (a task's training precision)
+    and the ``recipe`` fields of :class:`~icm_lib.profiles.RecognitionConfig` changed (another
+    schedule: ``{"det_train_steps": 150, "det_lr": 0.04}``), per seed (see the module
+    docstring); prints one row per task and seed and returns them. A recipe that is not a valid
+    recognition config, or a precision a task cannot take, stops it before any training."""
     from ..data import get_datasets
     from ..profiles import get_profile
     from ..recognition.training import load_or_train_detector, load_or_train_segmenter
     from ..tasks import get_task
 
+    recipe = dict(recipe or {})
     profile = get_profile(profile_name)
-    for name in tasks:  # a precision a task's recognizer cannot take: say so before training
+    base = dataclasses.replace(
+        profile.recognition, det_train_precision="float32", seg_train_precision="float32"
+    )
+    try:  # the profile loader's own checks: known fields, their types and values
+        changed = get_profile(profile_name, **{f"recognition__{k}": v for k, v in recipe.items()})
+        changed = dataclasses.replace(
+            changed.recognition, det_train_precision="float32", seg_train_precision="float32"
+        )
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bench recognizers --recipe: {exc}") from None
+    label = " ".join(f"{k}={v}" for k, v in recipe.items())
+    if precision is None and not recipe:
+        raise SystemExit("bench recognizers: nothing to compare (give --precision or --recipe)")
+    if precision is not None:
+        label = " ".join(filter(None, (precision, label)))
+    variants = {}
+    for name in tasks:  # what a task's recognizer cannot take: say so before training
         try:
-            dataclasses.replace(profile.recognition, **{f"{name}_train_precision": precision})
+            variants[name] = (
+                changed
+                if precision is None
+                else dataclasses.replace(changed, **{f"{name}_train_precision": precision})
+            )
         except ValueError as exc:
             raise SystemExit(f"bench recognizers --tasks {name}: {exc}") from None
     datasets = get_datasets(profile.data, data_dir, progress=False)
     device, cache = torch.device("cpu"), data_dir / "cache"
     print(
-        f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained "
-        f"float32 vs {precision} (autocast), seeds {list(seeds)}; bfloat16 hardware: "
-        f"{bf16_hardware()}"
+        f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained in the "
+        f"profile's recipe in float32 vs {label} (autocast for a bfloat16 precision), seeds "
+        f"{list(seeds)}; bfloat16 hardware: {bf16_hardware()}"
     )
+    if precision is not None and not bf16_native(device):
+        print(
+            f"(this CPU multiplies bfloat16 only by emulation: the {precision} training will be "
+            "several times slower than float32, not faster; its metric is still comparable)"
+        )
     rows = []
     for name in tasks:
         task = get_task(name)
         load = load_or_train_detector if name == "det" else load_or_train_segmenter
         train, val = datasets.train(task), datasets.val(task)
-        print(f"{'task':<5}{'seed':>5}{task.metric + ' fp32':>12}{'bf16':>9}{'diff':>9}"
-              f"{'s fp32':>9}{'s bf16':>9}")  # fmt: skip
+        steps = {"float32": base.steps_for(task), label: variants[name].steps_for(task)}
+        print(f"{'task':<5}{'seed':>5}{task.metric + ' fp32':>12}{'other':>9}{'diff':>9}"
+              f"{'s fp32':>9}{'s other':>9}{'steps':>11}")  # fmt: skip
         for seed in seeds:
             got = {}
-            for p in ("float32", precision):
-                cfg = dataclasses.replace(profile.recognition, **{f"{name}_train_precision": p})
+            for key, cfg in (("float32", base), (label, variants[name])):
                 _, report = load(cfg, train, val, profile.data.train_crop, cache, device, seed,
                                  progress=False)  # fmt: skip
-                got[p] = report
-            a, b = (got[p]["val"][task.metric] for p in ("float32", precision))
+                got[key] = report
+            a, b = (got[k]["val"][task.metric] for k in ("float32", label))
             row = {
                 "task": name,
                 "seed": seed,
                 "fp32": a,
-                "bf16": b,
-                "seconds": {p: got[p]["train_seconds"] for p in got},
+                "other": b,
+                "seconds": {k: got[k]["train_seconds"] for k in got},
+                "steps": steps,
             }
             rows.append(row)
             print(
                 f"{name:<5}{seed:>5}{a:>12.4f}{b:>9.4f}{b - a:>+9.4f}"
-                f"{row['seconds']['float32']:>9.0f}{row['seconds'][precision]:>9.0f}",
+                f"{row['seconds']['float32']:>9.0f}{row['seconds'][label]:>9.0f}"
+                f"{steps['float32']:>6} /{steps[label]:>4}",
                 flush=True,
             )
         mine = [r for r in rows if r["task"] == name]
-        _print_paired(f"{name}: {precision}", [r["fp32"] for r in mine], [r["bf16"] for r in mine])
+        _print_paired(f"{name}: {label}", [r["fp32"] for r in mine], [r["other"] for r in mine])
     return rows
 
 
@@ -722,8 +760,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         choices=["bfloat16", "bfloat16-backbone", "bfloat16-features"],
-        default="bfloat16",
-        help="recognizers: the training precision set against float32",
+        default=None,
+        help="recognizers: the training precision set against float32 (default bfloat16 "
+        "without --recipe, float32 with it)",
+    )
+    ap.add_argument(
+        "--recipe",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="recognizers: RecognitionConfig fields changed against the profile's recipe "
+        "(another schedule), e.g. det_train_steps=150 det_lr=0.04",
     )
     ap.add_argument("--pretrained", action="store_true", help="CompressAI zoo weights (internet)")
     ap.add_argument("--quality", type=int, default=3)
@@ -732,7 +779,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path(__file__).resolve().parents[2] / "data" / "cache",  # the checkout's data/
+        # the notebooks' data folder: $ICM_DATA_DIR as they read it, else the checkout's data/
+        default=env_path("ICM_DATA_DIR", Path(__file__).resolve().parents[2] / "data") / "cache",
+        help="the data folder's cache (default: $ICM_DATA_DIR/cache, else the checkout's "
+        "data/cache); icm, backends, recognizers, loading, reference use its data folder",
     )
     ap.add_argument(
         "--train-steps",
@@ -755,9 +805,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)
     elif args.what == "recognizers":
+        try:
+            recipe = parse_overrides(" ".join(args.recipe))
+        except ValueError as exc:
+            raise SystemExit(f"bench recognizers --recipe: {exc}") from None
+        precision = args.precision or (None if recipe else "bfloat16")
         bench_recognizers(
             args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks),
-            args.precision,
+            precision, recipe,
         )  # fmt: skip
     elif args.what == "loading":
         bench_loading(args.profile, args.cache_dir.parent, tuple(args.tasks))
