@@ -202,9 +202,11 @@ def _set_transforms(codec, args: argparse.Namespace) -> None:
     codec.bf16 = args.bf16
     device = _device(args.device)
     if args.bf16 and not bf16_native(device):
+        hardware = bf16_hardware(device)
+        likely = "may run" if hardware.startswith("unknown") else "will run several times"
         print(
-            f"--bf16 on {device.type}: bfloat16 hardware {bf16_hardware(device)}; the transforms "
-            "will run several times slower than without --bf16 (the stream is the same format)",
+            f"--bf16 on {device.type}: bfloat16 hardware {hardware}; the transforms {likely} "
+            "slower than without --bf16 (the stream is the same format)",
             file=sys.stderr,
         )
 

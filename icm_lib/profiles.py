@@ -161,7 +161,9 @@ class RecognitionConfig:
             precisions for a device (never set it yourself); then the (det, seg) training
             precisions the profile asked for, whatever ran. A decided profile stays decided
             wherever it goes next (:func:`for_device` hands it on as it is: a study's jobs on
-            other nodes keep the keys the study planned). Keys nothing; :meth:`recipe_key` names
+            other nodes keep the keys the study planned): change the precisions through
+            :func:`get_profile`'s overrides, before deciding, not on a decided profile (its
+            recipe would still name the old ones). Keys nothing; :meth:`recipe_key` names
             the recognizers by it, so a run's settings key
             (:meth:`~icm_lib.experiment.Experiment.settings_key`) stays the same on every machine
             and notebook 03 still reads the recorded ablation there (as another machine's
@@ -228,6 +230,12 @@ class RecognitionConfig:
         asked = self.asked_precisions
         if asked is not None and (len(asked) != 2 or not set(asked) <= set(TRAIN_PRECISIONS)):
             raise ValueError(f"asked_precisions must name two of {TRAIN_PRECISIONS}, got {asked!r}")
+        if asked is not None:  # the precisions asked for pass the checks below too
+            try:
+                replace(self, det_train_precision=asked[0], seg_train_precision=asked[1],
+                        asked_precisions=None)  # fmt: skip
+            except ValueError as exc:
+                raise ValueError(f"asked_precisions {asked!r}: {exc}") from None
         if self.precision_fallback not in ("float32", None):
             raise ValueError(
                 f"precision_fallback must be 'float32' or None, got {self.precision_fallback!r}"

@@ -302,12 +302,23 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
     with pytest.raises(SystemExit, match="--tasks seg: train precisions"):  # before any training
         bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det", "seg"),
                                 "bfloat16-features")  # fmt: skip
-    for recipe, said in (({"det_lr": "fast"}, "takes float"), ({"no_such": 1}, "no field")):
-        with pytest.raises(SystemExit, match=f"--recipe: .*{said}"):
+    for recipe, said in (
+        ({"det_lr": "fast"}, "--recipe: .*takes float"),
+        ({"no_such": 1}, "--recipe: .*no field"),
+        ({"seg_train_precision": "bfloat16"}, "with --precision"),
+        ({"eval_every": 5}, "not part of how a recognizer trains"),
+    ):
+        with pytest.raises(SystemExit, match=said):
             bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None,
                                     recipe)  # fmt: skip
     with pytest.raises(SystemExit, match="nothing to compare"):
         bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None)
+    # a recipe of the other task's fields alone: that task is not compared with itself
+    assert bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("seg",), None,
+                                   {"det_lr": 0.01}) == []  # fmt: skip
+    assert "the recipe changes only the det recognizer; skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="each item is FIELD=VALUE"):
+        bench.main(["recognizers", "--profile", "smoke", "--recipe", "det_steps150"])
 
 
 def test_bench_reference_trains_the_reference_codec_both_ways(smoke_env, capsys):

@@ -359,6 +359,8 @@ def test_where_bfloat16_is_emulated_cpu_trains_the_float32_worlds_recognizers(ca
         get_profile("cpu", recognition__precision_fallback="bfloat16")
     with pytest.raises(ValueError, match="asked_precisions"):
         get_profile("cpu", recognition__asked_precisions=("float16", "bfloat16"))
+    with pytest.raises(ValueError, match="asked_precisions .*torchvision detector"):
+        get_profile("cpu", recognition__asked_precisions=("bfloat16", "bfloat16-features"))
 
 
 def test_a_run_is_keyed_by_its_own_lambda_not_by_the_grid_it_is_in():

@@ -300,7 +300,6 @@ def bench_icm(
 
     profile = get_profile(profile_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"data folder {data_dir} (notebook 00's world; what it lacks is made first)", flush=True)
     exp = Experiment.prepare(profile, data_dir, device, progress=False, tasks=tasks)
     with_bf16 = bf16 == "on" or (bf16 == "auto" and bf16_native(device))
     rows = bench_icm_step(exp, steps, tasks=tasks, fast=fast, bf16=with_bf16)
@@ -455,6 +454,13 @@ def _compressai_roundtrip(writer: ICMCodec, reader: ICMCodec, x: torch.Tensor) -
     return reader._captured.pop("latent_hat")
 
 
+#: recognition fields ``bench recognizers --recipe`` refuses: they change no trained weights
+#: (evaluation, checkpoints, the device's precision decision)
+NOT_A_RECIPE = frozenset(
+    {"eval_every", "checkpoint_every", "precision_fallback", "asked_precisions"}
+)
+
+
 def bench_recognizers(
     profile_name: str,
     data_dir: Path,
@@ -474,25 +480,33 @@ def bench_recognizers(
     from ..recognition.training import load_or_train_detector, load_or_train_segmenter
     from ..tasks import get_task
 
-    recipe = dict(recipe or {})
-    profile = get_profile(profile_name)
-    base = dataclasses.replace(
-        profile.recognition, det_train_precision="float32", seg_train_precision="float32"
-    )
-    try:  # the profile loader's own checks: known fields, their types and values
-        changed = get_profile(profile_name, **{f"recognition__{k}": v for k, v in recipe.items()})
-        changed = dataclasses.replace(
-            changed.recognition, det_train_precision="float32", seg_train_precision="float32"
-        )
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"bench recognizers --recipe: {exc}") from None
-    label = " ".join(f"{k}={v}" for k, v in recipe.items())
+    recipe = {k.removeprefix("recognition__"): v for k, v in (recipe or {}).items()}
     if precision is None and not recipe:
         raise SystemExit("bench recognizers: nothing to compare (give --precision or --recipe)")
-    if precision is not None:
-        label = " ".join(filter(None, (precision, label)))
+    for k in recipe:  # what the recipe may not set: the precision, what trains nothing
+        if k.endswith("_train_precision"):
+            raise SystemExit(f"bench recognizers --recipe {k}: set the precision with --precision")
+        if k in NOT_A_RECIPE:
+            raise SystemExit(
+                f"bench recognizers --recipe {k}: not part of how a recognizer trains "
+                f"(a recipe sets none of {sorted(NOT_A_RECIPE)})"
+            )
+    float32 = {f"recognition__{t}_train_precision": "float32" for t in ("det", "seg")}
+    profile = get_profile(profile_name)
+    base = get_profile(profile_name, **float32).recognition
+    try:  # the profile loader's own checks: known fields, their types and values
+        changed = get_profile(
+            profile_name, **float32, **{f"recognition__{k}": v for k, v in recipe.items()}
+        ).recognition
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bench recognizers --recipe: {exc}") from None
+    label = " ".join(filter(None, (precision, *(f"{k}={v}" for k, v in recipe.items()))))
     variants = {}
     for name in tasks:  # what a task's recognizer cannot take: say so before training
+        other = "seg" if name == "det" else "det"
+        if precision is None and all(k.startswith(f"{other}_") for k in recipe):
+            print(f"--tasks {name}: the recipe changes only the {other} recognizer; skipped")
+            continue
         try:
             variants[name] = (
                 changed
@@ -514,13 +528,13 @@ def bench_recognizers(
             "several times slower than float32, not faster; its metric is still comparable)"
         )
     rows = []
-    for name in tasks:
+    for name in variants:
         task = get_task(name)
         load = load_or_train_detector if name == "det" else load_or_train_segmenter
         train, val = datasets.train(task), datasets.val(task)
         steps = {"float32": base.steps_for(task), label: variants[name].steps_for(task)}
         print(f"{'task':<5}{'seed':>5}{task.metric + ' fp32':>12}{'other':>9}{'diff':>9}"
-              f"{'s fp32':>9}{'s other':>9}{'steps':>11}")  # fmt: skip
+              f"{'s fp32':>9}{'s other':>9}{'steps':>12}")  # fmt: skip
         for seed in seeds:
             got = {}
             for key, cfg in (("float32", base), (label, variants[name])):
@@ -794,6 +808,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaling", action="store_true", help="codec: time 256² to 1080p instead")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    if args.what in ("icm", "backends", "recognizers", "loading", "reference"):
+        print(
+            f"data folder {args.cache_dir.parent} (notebook 00's world; what it lacks is made "
+            "first: --cache-dir or ICM_DATA_DIR to use another)",
+            flush=True,
+        )
     if args.what == "devices":
         bench_devices(150 if args.train_steps is None else args.train_steps)
     elif args.what == "icm":
@@ -807,8 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "recognizers":
         try:
             recipe = parse_overrides(" ".join(args.recipe))
-        except ValueError as exc:
-            raise SystemExit(f"bench recognizers --recipe: {exc}") from None
+        except ValueError:
+            raise SystemExit(
+                f"bench recognizers --recipe {' '.join(args.recipe)}: each item is FIELD=VALUE, "
+                "a RecognitionConfig field, e.g. det_train_steps=150 det_lr=0.04"
+            ) from None
         precision = args.precision or (None if recipe else "bfloat16")
         bench_recognizers(
             args.profile, args.cache_dir.parent, tuple(args.seeds), tuple(args.tasks),
