@@ -519,7 +519,8 @@ def bench_recognizers(
     device, cache = torch.device("cpu"), data_dir / "cache"
     print(
         f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained in the "
-        f"profile's recipe in float32 vs {label} (autocast for a bfloat16 precision), seeds "
+        f"profile's recipe in float32 vs {label}"
+        f"{' (under autocast)' if precision else ''}, seeds "
         f"{list(seeds)}; bfloat16 hardware: {bf16_hardware()}"
     )
     if precision is not None and not bf16_native(device):
