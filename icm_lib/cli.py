@@ -194,19 +194,19 @@ def _device(name: str):
 
 
 def _set_transforms(codec, args: argparse.Namespace) -> None:
-    """``--channels-last`` and ``--bf16`` on ``codec``; ``--bf16`` where the device only emulates
-    bfloat16 is done as asked, with a line on stderr that it will be slower, not faster."""
-    from .runtime import bf16_hardware, bf16_native
+    """``--channels-last`` and ``--bf16`` on ``codec`` (on the device it was loaded on);
+    ``--bf16`` where the device only emulates bfloat16 is done as asked, with a line on stderr
+    that it is slower there, not faster (:func:`~icm_lib.runtime.bf16_slower`)."""
+    from .runtime import bf16_slower
 
     codec.channels_last = args.channels_last
     codec.bf16 = args.bf16
-    device = _device(args.device)
-    if args.bf16 and not bf16_native(device):
-        hardware = bf16_hardware(device)
-        likely = "may run" if hardware.startswith("unknown") else "will run several times"
+    device = next(codec.parameters()).device
+    slower = bf16_slower(device) if args.bf16 else None
+    if slower:
         print(
-            f"--bf16 on {device.type}: bfloat16 hardware {hardware}; the transforms {likely} "
-            "slower than without --bf16 (the stream is the same format)",
+            f"--bf16 on {device.type}: {slower}; the transforms run in bfloat16 as asked "
+            "(the stream is the same format)",
             file=sys.stderr,
         )
 

@@ -857,8 +857,8 @@ def get_profile(name: str, **overrides: Any) -> Profile:
 
 def for_device(profile: Profile, device: Any = None, native: bool | None = None) -> Profile:
     """``profile`` as its recognizers train on ``device``: where the device multiplies bfloat16
-    only by emulation (``native``: :func:`~icm_lib.runtime.bf16_native` of ``device``, the CPU
-    by default), each recognizer precision other than float32 becomes
+    only by emulation, or may (``native``; by default :func:`~icm_lib.runtime.bf16_slower` of
+    ``device``, the CPU if ``None``, says why), each recognizer precision other than float32 becomes
     ``recognition.precision_fallback`` (unless that is ``None``), with one printed line that
     says so. Applied before anything is keyed, so a recognizer's key, and every run's on it,
     names the precision it trained in. The profile it hands on is decided: the precisions asked
@@ -876,18 +876,18 @@ def for_device(profile: Profile, device: Any = None, native: bool | None = None)
     if not asked or fallback is None or rec.asked_precisions is not None:
         return profile
     if native is None:
-        from .runtime import bf16_native, get_device
+        from .runtime import bf16_slower, get_device
 
-        native = bf16_native(get_device(device or None))
+        slower = bf16_slower(get_device(device or None))
+    else:
+        slower = None if native else "bfloat16 taken as emulated on this device (native=False)"
     decided = {"asked_precisions": (rec.det_train_precision, rec.seg_train_precision)}
-    if native:
+    if slower is None:
         return replace(profile, recognition=replace(rec, **decided))
     print(
         f"recognizers: {', '.join(f'{k} {v} -> {fallback}' for k, v in asked.items())}: "
-        "this device multiplies bfloat16 only by emulation (no avx512_bf16 / amx_bf16, or a GPU "
-        f"without bfloat16), where a bfloat16 step costs several times a {fallback} one "
-        "(README 'Recognizers trained in bfloat16'; recognition__precision_fallback=None "
-        "trains in bfloat16 anyway). The recognizers, and "
+        f"{slower} (README 'Recognizers trained in bfloat16'; "
+        "recognition__precision_fallback=None trains in bfloat16 anyway). The recognizers, and "
         f"every run on them, are keyed as {fallback} ones: the committed `{profile.name}` files "
         "were made on bfloat16 recognizers, so expect differences of the seed-to-seed spread."
     )

@@ -104,7 +104,22 @@ def bf16_hardware(device: torch.device | None = None) -> str:
 
 def bf16_native(device: torch.device | None = None) -> bool:
     """Whether :func:`bf16_hardware` finds bfloat16 multiplied natively on ``device``."""
-    return not bf16_hardware(device).startswith(("none", "unknown"))
+    return bf16_slower(device) is None
+
+
+def bf16_slower(device: torch.device | None = None) -> str | None:
+    """``None`` where ``device`` multiplies bfloat16 natively (:func:`bf16_hardware`); else why
+    bfloat16 compute there is slower than float32, for a caller to print after what it does:
+    "several times slower" where the hardware has none, "may be slower" where it is unknown."""
+    hardware = bf16_hardware(device)
+    if hardware.startswith("unknown"):
+        return f"bfloat16 hardware {hardware}: bfloat16 may be slower than float32 here"
+    if hardware.startswith("none"):
+        return (
+            f"bfloat16 hardware {hardware} - no avx512_bf16 / amx_bf16 (or a GPU without "
+            "bfloat16), so bfloat16 runs several times slower than float32 here"
+        )
+    return None
 
 
 _NO_FORWARD = object()  # a module without a forward of its own (the class's applies)

@@ -256,6 +256,13 @@ def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardwa
 
     monkeypatch.setattr(runtime, "bf16_hardware", lambda device=None: hardware)
     assert runtime.bf16_native() is native
+    # the one note every caller prints where bfloat16 is not native: "may" where unknown
+    slower = runtime.bf16_slower()
+    assert (slower is None) is native
+    if not native:
+        assert hardware in slower
+        assert ("may be slower" in slower) is hardware.startswith("unknown")
+        assert ("several times slower" in slower) is hardware.startswith("none")
     asked = []
     monkeypatch.setattr(
         sb, "bench_icm_step", lambda exp, steps, tasks, fast, bf16: asked.append(bf16)

@@ -110,7 +110,7 @@ from ..data.transforms import pad_to_multiple
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
 from ..profiles import parse_overrides
-from ..runtime import bf16_hardware, bf16_native, env_path
+from ..runtime import bf16_hardware, bf16_native, bf16_slower, env_path
 from .common import FAMILY_CODECS, scene_images, train_briefly
 
 
@@ -492,8 +492,8 @@ def bench_recognizers(
                 f"(a recipe sets none of {sorted(NOT_A_RECIPE)})"
             )
     float32 = {f"recognition__{t}_train_precision": "float32" for t in ("det", "seg")}
-    profile = get_profile(profile_name)
-    base = get_profile(profile_name, **float32).recognition
+    profile = get_profile(profile_name, **float32)  # its data, and its float32 recognizers
+    base = profile.recognition
     try:  # the profile loader's own checks: known fields, their types and values
         changed = get_profile(
             profile_name, **float32, **{f"recognition__{k}": v for k, v in recipe.items()}
@@ -523,11 +523,9 @@ def bench_recognizers(
         f"{' (under autocast)' if precision else ''}, seeds "
         f"{list(seeds)}; bfloat16 hardware: {bf16_hardware()}"
     )
-    if precision is not None and not bf16_native(device):
-        print(
-            f"(this CPU multiplies bfloat16 only by emulation: the {precision} training will be "
-            "several times slower than float32, not faster; its metric is still comparable)"
-        )
+    slower = bf16_slower(device) if precision is not None else None
+    if slower:
+        print(f"({slower}: the {precision} training's seconds say so; its metric is comparable)")
     rows = []
     for name in variants:
         task = get_task(name)
