@@ -622,7 +622,15 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         data=DataConfig(image_size=128, n_train=16, n_val=8, train_crop=64),
         codec=CodecConfig(N=32, M=48),
-        recognition=RecognitionConfig(train_steps=4, batch_size=4),
+        # a narrow box head and 100 proposals at inference: the detector's evaluation and
+        # pseudo-labels were 40 % of a smoke run (the test suite's notebooks and studies)
+        recognition=RecognitionConfig(
+            train_steps=4,
+            batch_size=4,
+            box_head_dim=256,
+            rpn_pre_nms_top_n_test=100,
+            rpn_post_nms_top_n_test=100,
+        ),
         mse=ReferenceConfig(steps=6, batch_size=4, crop=64, checkpoint_every=3, log_every=2),
         icm=ICMConfig(
             det_lambdas=(0.05, 0.5, 5.0, 50.0),

@@ -246,12 +246,14 @@ def test_a_checkpoint_field_needs_pretrained():
 #: study's once the grid is chosen), and the ROI method's QF (evaluation only). The recognizer and
 #: codec keys are f3b5ec8's.
 KEYS_BEFORE = {
+    # smoke since its detector's box head (256) and inference proposals (100) were cut for the
+    # test suite's time (2026-12-04): its recognition key, and every run key, moved on purpose
     "smoke": {
-        "recognition": "1768fa5797",
+        "recognition": "6883ef9f71",
         "codec": "24c20b16bc",
-        "det": "det-aux-enc-lmbda0.05-seed0-b1039971b0",
-        "seg": "seg-baseline-lmbda0.05-seed1-d0f33f7e3b",
-        "ablation": "seg-aux-task-lmbda0.5-seed0-2b05c4ff79",
+        "det": "det-aux-enc-lmbda0.05-seed0-84a8afa212",
+        "seg": "seg-baseline-lmbda0.05-seed1-eeff1c285c",
+        "ablation": "seg-aux-task-lmbda0.5-seed0-4b7fa502e4",
     },
     # the float32 cpu world (its recognizers pinned to float32 below): the keys of before
     "cpu-float32": {
