@@ -298,7 +298,9 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
     assert (row["task"], row["seed"]) == ("det", 0)
     assert set(row["seconds"]) == {"float32", "bfloat16-backbone"}
     assert row["fp32"] == smoke_env.reports["det"]["val"]["map"]
-    assert "bfloat16-backbone - float32, mean over 1 seeds" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "bfloat16-backbone - float32, mean over 1 seeds" in said
+    assert "one seed: no seed-to-seed SD" in said and "nan" not in said
     (row,) = bench.bench_recognizers(
         "smoke", smoke_env.cache_dir.parent, (0,), ("det",), None, {"det_train_steps": 2}
     )

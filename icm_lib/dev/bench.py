@@ -566,11 +566,14 @@ def _print_paired(label: str, fp32: list[float], other: list[float], unit: str =
     (what a paired precision comparison of the ``recognizers`` and ``reference`` benches ends
     with)."""
     diffs = [b - a for a, b in zip(fp32, other, strict=True)]
-    sd = statistics.stdev(fp32) if len(fp32) > 1 else float("nan")
+    sd = (
+        f"float32 seed-to-seed SD {statistics.stdev(fp32):{unit}}"
+        if len(fp32) > 1
+        else "one seed: no seed-to-seed SD (give --seeds 0 1 2 for one)"
+    )
     print(
         f"{label} - float32, mean over {len(diffs)} seeds {statistics.mean(diffs):+{unit}} "
-        f"(per seed {', '.join(f'{d:+{unit}}' for d in diffs)}); float32 seed-to-seed SD "
-        f"{sd:{unit}}"
+        f"(per seed {', '.join(f'{d:+{unit}}' for d in diffs)}); {sd}"
     )
 
 
