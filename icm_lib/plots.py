@@ -151,19 +151,35 @@ def recognizer_training(reports: dict):
     return loss_curves(logs) if logs else None
 
 
-def loss_curves(logs: dict[str, Sequence[float]], smooth: int = 10, ylog: bool = True):
-    """One panel per named loss log, raw and moving average."""
+def loss_curves(
+    logs: dict[str, Sequence[float] | dict[str, Sequence[float]]],
+    smooth: int = 10,
+    ylog: bool = True,
+):
+    """One panel per named loss log, raw and moving average. A panel's value may itself be a
+    dict of named logs (one λ each, say): drawn in one panel, one colour and legend entry each,
+    so that runs are compared on one axis."""
     fig, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3), squeeze=False)
-    for ax, (name, log) in zip(axes[0], logs.items()):
-        y = np.asarray(log, float)
-        ax.plot(y, alpha=0.3, lw=0.8)
-        if len(y) >= smooth:
-            ax.plot(
-                np.arange(smooth - 1, len(y)), np.convolve(y, np.ones(smooth) / smooth, "valid")
-            )
+    for ax, (name, panel) in zip(axes[0], logs.items()):
+        lines = panel if isinstance(panel, dict) else {None: panel}
+        positive = True
+        for i, (label, log) in enumerate(lines.items()):
+            y = np.asarray(log, float)
+            positive &= bool((y > 0).all())
+            color = f"C{i}"
+            ax.plot(y, alpha=0.3, lw=0.8, color=color, label=None if smooth <= len(y) else label)
+            if len(y) >= smooth:
+                ax.plot(
+                    np.arange(smooth - 1, len(y)),
+                    np.convolve(y, np.ones(smooth) / smooth, "valid"),
+                    color=color,
+                    label=label,
+                )
+        if any(label is not None for label in lines):
+            ax.legend(fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
-        if ylog and (y > 0).all():
+        if ylog and positive:
             ax.set_yscale("log")
     fig.tight_layout()
     return fig

@@ -151,14 +151,13 @@ baseline = {task: [p.record for p in baseline_points if p.record["task"] == task
 # %%
 from icm_lib import plots
 
-logs = {}
+logs = {}  # one panel per task and loss, one line per λ
 for task in TASKS:
     for r in baseline[task]:
         for part in ("bpp_loss", "task_loss"):
-            logs[f"{task} {part} λ={r['lmbda']:g}"] = [x[part] for x in r["log"]]
+            logs.setdefault(f"{task} {part}", {})[f"λ={r['lmbda']:g}"] = [x[part] for x in r["log"]]
 if logs:
     fig = plots.loss_curves(logs, smooth=3)
-    fig.set_size_inches(min(4 * len(logs), 28), 3)
     plots.save(fig, S.output_dir, "training_curves")
 
 # %% [markdown]
