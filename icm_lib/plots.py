@@ -166,9 +166,9 @@ def loss_curves(
         for i, (label, log) in enumerate(lines.items()):
             y = np.asarray(log, float)
             positive &= bool((y > 0).all())
-            color = f"C{i}"
-            ax.plot(y, alpha=0.3, lw=0.8, color=color, label=None if smooth <= len(y) else label)
-            if len(y) >= smooth:
+            color, smoothed = f"C{i}", len(y) >= smooth  # the smoothed line carries the label
+            ax.plot(y, alpha=0.3, lw=0.8, color=color, label=None if smoothed else label)
+            if smoothed:
                 ax.plot(
                     np.arange(smooth - 1, len(y)),
                     np.convolve(y, np.ones(smooth) / smooth, "valid"),
