@@ -132,6 +132,45 @@ def test_random_crops_read_each_image_once_and_crop_as_if_read_every_time(scenes
         assert sorted(reads) == list(range(len(base)))  # each item read once over both epochs
 
 
+def test_a_crop_schedule_trains_the_first_steps_on_smaller_crops(scenes):
+    """``RecognitionConfig.crop_schedule``: each side for its share of the steps, then the
+    profile's crop; without one the stream is the one of before (the same batches); a stream
+    started again draws the same batches (a resumed training); a schedule keys the recognizers,
+    an empty one does not, and a bad one is refused."""
+    from icm_lib.data.context import PascalContextSegmentation
+    from icm_lib.profiles import RecognitionConfig
+    from icm_lib.recognition.training import crop_at, training_batches
+
+    assert [crop_at(i, 10, 128, ((64, 0.3), (96, 0.2))) for i in range(10)] == [64] * 3 + [
+        96
+    ] * 2 + [128] * 5
+    assert [crop_at(i, 5, 128, ((64, 0.5),)) for i in range(5)] == [64, 64, 64, 128, 128]
+    assert crop_at(0, 5, 128) == 128
+
+    base = PascalContextSegmentation(scenes.context_root, "train", max_images=4)
+
+    def stream(crop_of=None, n=6):
+        batches = training_batches(base, 2, 64, 3, crop_of=crop_of)
+        return [next(batches) for _ in range(n)]  # 6 batches of 2 crops: three epochs
+
+    plain, fixed = stream(), stream(lambda i: 64)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, fixed))
+    scheduled = stream(lambda i: crop_at(i, 6, 64, ((32, 0.5),)))
+    assert [b[0].shape[-1] for b in scheduled] == [32, 32, 32, 64, 64, 64]
+    assert [b[1].shape[-1] for b in scheduled] == [32, 32, 32, 64, 64, 64]
+    again = stream(lambda i: crop_at(i, 6, 64, ((32, 0.5),)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(scheduled, again))
+
+    cfg = RecognitionConfig(**SMALL)
+    assert "crop_schedule" not in cfg.key()
+    assert RecognitionConfig(**SMALL, crop_schedule=((64, 0.5),)).key()["crop_schedule"] == (
+        (64, 0.5),
+    )
+    for bad in (((48, 0.5),), ((64, 0.0),), ((64, 0.6), (96, 0.5)), ((0, 0.5),)):
+        with pytest.raises(ValueError, match="crop_schedule"):
+            RecognitionConfig(crop_schedule=bad)
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -180,13 +219,14 @@ def test_recognizers_are_a_function_of_the_seed_alone(scenes, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("task", ["det", "seg"])
+@pytest.mark.parametrize("task, schedule", [("det", ()), ("seg", ((32, 0.6),))])
 def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
-    scenes, tmp_path, monkeypatch, task
+    scenes, tmp_path, monkeypatch, task, schedule
 ):
     """Stopped after its checkpoint at step 2 of 5 and started again, training ends on the weights
-    of an uninterrupted run; the val curve covers every ``eval_every`` step and the end; the
-    other task's step count does not key this recognizer."""
+    of an uninterrupted run (with a resolution schedule too, whose 32-px steps 0-2 the stop
+    cuts); the val curve covers every ``eval_every`` step and the end; the other task's step
+    count does not key this recognizer."""
     from icm_lib.data import CocoDetection, PascalContextSegmentation
     from icm_lib.profiles import RecognitionConfig
     from icm_lib.recognition import training
@@ -206,6 +246,7 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
         batch_size=2,
         checkpoint_every=2,
         eval_every=2,
+        crop_schedule=schedule,
         **SMALL,
         **{f"{task}_train_steps": 5, f"{other}_train_steps": 7},
     )
@@ -248,6 +289,7 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
         cfg=RecognitionConfig(
             train_steps=1,
             batch_size=2,
+            crop_schedule=schedule,
             **SMALL,
             **{f"{task}_train_steps": 5, f"{other}_train_steps": 3},
         ),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,6 +81,19 @@ def collate_detection(batch):
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
+def crop_at(step: int, steps: int, crop: int, schedule: tuple[tuple[int, float], ...] = ()) -> int:
+    """The crop side of training step ``step`` (from 0) of ``steps`` under a resolution schedule
+    (``RecognitionConfig.crop_schedule``): each ``(side, fraction)`` for its share of the steps,
+    in order (the steps before ``fraction x steps``, added up and rounded half up), then
+    ``crop``."""
+    end = 0.0
+    for side, fraction in schedule:
+        end += fraction
+        if step < int(end * steps + 0.5):  # half a step up, not round()'s to even
+            return side
+    return crop
+
+
 def training_batches(
     dataset: Dataset,
     batch_size: int,
@@ -88,9 +101,13 @@ def training_batches(
     seed: int,
     collate_fn=None,
     cache_items: int = KEEP_ITEMS,
+    crop_of: Callable[[int], int] | None = None,
 ) -> Iterator:
     """The endless, seeded stream of training batches a recognizer sees: epochs of shuffled
-    :class:`RandomCrops` of ``dataset`` (each epoch crops elsewhere)."""
+    :class:`RandomCrops` of ``dataset`` (each epoch crops elsewhere). With ``crop_of``, batch
+    ``i`` (from 0) is cropped to ``crop_of(i)`` pixels instead of ``crop`` (a resolution
+    schedule, :func:`crop_at`); each batch is drawn when asked for, so the side in force then
+    is its side."""
     crops = RandomCrops(dataset, crop, seed, cache_items)
     loader = DataLoader(
         crops,
@@ -100,8 +117,16 @@ def training_batches(
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
     )
+    drawn = 0
     while True:
-        yield from loader
+        epoch = iter(loader)  # read in this process: no worker draws a batch ahead
+        while True:
+            crops.crop = crop if crop_of is None else crop_of(drawn)
+            batch = next(epoch, None)
+            if batch is None:
+                break
+            drawn += 1
+            yield batch
         crops.epoch += 1
 
 
@@ -163,12 +188,13 @@ def _fit(
     evaluate=None,
     precision: str = "float32",
 ) -> tuple[list[float], list[dict], float]:
-    """The loop both recognizers share: seeded random crops of ``dataset``, warm-up + cosine
-    schedule, optional clipping, progress bar; returns the loss log, the val curve and the
-    training seconds (:func:`~icm_lib.runtime.active_seconds`, over every resume). With
-    ``precision`` other than ``"float32"`` the forward and the loss, or some of the detector's
-    modules, run under bfloat16 autocast (:func:`_precision`; the weights, gradients and
-    optimizer state stay float32).
+    """The loop both recognizers share: seeded random crops of ``dataset`` (``crop`` pixels, or
+    the sides of ``cfg.crop_schedule`` first), warm-up + cosine schedule, optional clipping,
+    progress bar; returns the loss log, the val curve and the training seconds
+    (:func:`~icm_lib.runtime.active_seconds`, over every resume). With ``precision`` other than
+    ``"float32"`` the forward and the loss, or some of the detector's modules, run under
+    bfloat16 autocast (:func:`_precision`; the weights, gradients and optimizer state stay
+    float32).
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
@@ -183,7 +209,14 @@ def _fit(
     model.to(device).train()
     log: list[float] = []
     curve: list[dict] = []
-    batches = training_batches(dataset, cfg.batch_size, crop, seed, collate_fn)
+    batches = training_batches(
+        dataset,
+        cfg.batch_size,
+        crop,
+        seed,
+        collate_fn,
+        crop_of=lambda i: crop_at(i, steps, crop, cfg.crop_schedule),
+    )
     start, t0 = 0, active_seconds()
     state = _training_state(state_path, steps)
     if state is not None:
