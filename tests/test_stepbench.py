@@ -301,6 +301,7 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
     said = capsys.readouterr().out
     assert "bfloat16-backbone - float32, mean over 1 seeds" in said
     assert "one seed: no seed-to-seed SD" in said and "nan" not in said
+    assert said.count("bfloat16 hardware") == 1  # in the header, or in the "slower" line
     (row,) = bench.bench_recognizers(
         "smoke", smoke_env.cache_dir.parent, (0,), ("det",), None, {"det_train_steps": 2}
     )
@@ -316,6 +317,7 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
         ({"no_such": 1}, "--recipe: .*no field"),
         ({"seg_train_precision": "bfloat16"}, "with --precision"),
         ({"eval_every": 5}, "not part of how a recognizer trains"),
+        ({"crop_schedule": ((48, 0.5),)}, "--recipe: crop_schedule .*multiples of 32"),
     ):
         with pytest.raises(SystemExit, match=said):
             bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None,

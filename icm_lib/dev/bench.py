@@ -517,13 +517,13 @@ def bench_recognizers(
             raise SystemExit(f"bench recognizers --tasks {name}: {exc}") from None
     datasets = get_datasets(profile.data, data_dir, progress=False)
     device, cache = torch.device("cpu"), data_dir / "cache"
+    slower = bf16_slower(device) if precision is not None else None
     print(
         f"profile {profile_name}, {torch.get_num_threads()} threads; recognizers trained in the "
         f"profile's recipe in float32 vs {label}"
-        f"{' (under autocast)' if precision else ''}, seeds "
-        f"{list(seeds)}; bfloat16 hardware: {bf16_hardware()}"
+        f"{' (under autocast)' if precision else ''}, seeds {list(seeds)}"
+        + ("" if slower else f"; bfloat16 hardware: {bf16_hardware()}")  # else said just below
     )
-    slower = bf16_slower(device) if precision is not None else None
     if slower:
         print(f"({slower}: the {precision} training's seconds say so; its metric is comparable)")
     rows = []
