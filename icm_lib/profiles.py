@@ -258,10 +258,11 @@ class RecognitionConfig:
                 f"train precisions {MIXED_PRECISIONS} are the torchvision detector's "
                 "(det_train_precision with det_backend='torchvision'); elsewhere use 'bfloat16'"
             )
-        sides = [side for side, _ in self.crop_schedule]
-        fractions = [fraction for _, fraction in self.crop_schedule]
+        pairs = [e for e in self.crop_schedule if isinstance(e, tuple | list) and len(e) == 2]
+        sides, fractions = [s for s, _ in pairs], [f for _, f in pairs]
         if (
-            any(s <= 0 or s % 32 for s in sides)
+            len(pairs) != len(self.crop_schedule)
+            or any(s <= 0 or s % 32 for s in sides)
             or any(not 0 < f <= 1 for f in fractions)
             or (sum(fractions) > 1 + 1e-9)
         ):

@@ -166,7 +166,7 @@ def test_a_crop_schedule_trains_the_first_steps_on_smaller_crops(scenes):
     assert RecognitionConfig(**SMALL, crop_schedule=((64, 0.5),)).key()["crop_schedule"] == (
         (64, 0.5),
     )
-    for bad in (((48, 0.5),), ((64, 0.0),), ((64, 0.6), (96, 0.5)), ((0, 0.5),)):
+    for bad in (((48, 0.5),), ((64, 0.0),), ((64, 0.6), (96, 0.5)), ((0, 0.5),), ((64,),)):
         with pytest.raises(ValueError, match="crop_schedule"):
             RecognitionConfig(crop_schedule=bad)
 
