@@ -153,8 +153,23 @@ def test_a_crop_schedule_trains_the_first_steps_on_smaller_crops(scenes):
         batches = training_batches(base, 2, 64, 3, crop_of=crop_of)
         return [next(batches) for _ in range(n)]  # 6 batches of 2 crops: three epochs
 
+    def before(n=6):  # the stream as it was drawn before the schedule: whole epochs of a loader
+        crops = RandomCrops(base, 64, 3)
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=2, shuffle=True, drop_last=True,
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        out = []
+        while len(out) < n:
+            out += list(loader)
+            crops.epoch += 1
+        return out[:n]
+
     plain, fixed = stream(), stream(lambda i: 64)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, fixed))
+    for other in (fixed, before()):
+        assert all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, other)
+        )
     scheduled = stream(lambda i: crop_at(i, 6, 64, ((32, 0.5),)))
     assert [b[0].shape[-1] for b in scheduled] == [32, 32, 32, 64, 64, 64]
     assert [b[1].shape[-1] for b in scheduled] == [32, 32, 32, 64, 64, 64]
