@@ -118,19 +118,52 @@ def test_bf16_step_stays_near_the_float32_step(task, codec_amp):
 
 
 def test_paper_step_bench_prints_its_figures(capsys):
+    """``--fast both``: per task/variant/amp a row with the step flags off and one with them
+    on (timed interleaved), then their ratio; the op counts of each."""
     assert bench.main(
         ["paper-step", "--profile", "smoke", "--backend", "torchvision/smp", "--device", "cpu",
          "--batch", "1", "--crop", "64", "--steps", "1", "--variants", "baseline",
-         "--amp", "off", "--profile-ops"]
+         "--amp", "off", "--profile-ops", "--fast", "both"]
     ) == 0  # fmt: skip
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("det ", "seg "))]
-    assert [r[:2] for r in rows] == [["det", "baseline"], ["seg", "baseline"]]
+    lines = [line for line in out.splitlines() if line.startswith(("det ", "seg "))]
+    rows = [line.split() for line in lines if "fast on" not in line]
+    assert [r[:2] + r[4:7] for r in rows] == [  # smp's DeepLabV3+ has dropout: not NHWC
+        ["det", "baseline", "fp32", "off", "no"],
+        ["det", "baseline", "fp32", "on", "yes"],
+        ["seg", "baseline", "fp32", "off", "no"],
+        ["seg", "baseline", "fp32", "on", "no"],
+    ]
+    seconds = {}
     for r in rows:
-        s_step, img_s, peak, hours, ops, leaf, syncs = map(float, r[5:12])
+        s_step, img_s, peak, hours, ops, leaf, syncs = map(float, r[7:14])
         assert s_step > 0 and img_s > 0 and hours > 0 and peak >= 0
         assert ops >= leaf > 0 and syncs >= 0
+        seconds[r[0], r[5]] = r[7]
+    ratios = [line for line in lines if "fast on" in line]
+    assert [r.split()[:3] for r in ratios] == [
+        ["det", "baseline", "fp32:"],
+        ["seg", "baseline", "fp32:"],
+    ]
+    for r, task in zip(ratios, ("det", "seg")):  # the ratio of the two rows printed above it
+        off, on = float(seconds[task, "off"]), float(seconds[task, "on"])
+        assert f"({seconds[task, 'off']} -> {seconds[task, 'on']} s/step)" in r
+        assert float(r.split()[5].rstrip("x")) == pytest.approx(off / on, rel=0.02, abs=0.006)
     assert "sync operators per step" in out
+
+
+def test_paper_step_fast_settings_get_their_own_recognizer():
+    """The fast flags turn the recognizer channels-last: the row with them off keeps a
+    contiguous one (the flags' setups hold copies), and each row says which it was."""
+    rows = bench_paper_step(
+        torch.device("cpu"), 1, 1, 64, "torchvision/smp", ("det",), ("baseline",), (False,),
+        profile_name="smoke", fast=(False, True),
+    )  # fmt: skip
+    assert [(r["fast"], r["layout"]) for r in rows] == [
+        (False, "contiguous"),
+        (True, "channels_last"),
+    ]
+    assert all(r["s_per_step"] > 0 and len(r["seconds"]) == 1 for r in rows)
 
 
 def test_paper_step_rows_with_autocast():

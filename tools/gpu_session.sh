@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (an offline CUDA box whose python3 has torch): install, run the
-# `gpu` tests, then as much of a profile's experiments as a time box allows, in the order of
-# `make experiments`. Load-or-compute throughout: the committed results files are copied into
-# the output first, so every run they hold is read, not retrained, and every run finished here
-# is in the packed results when the box ends.
+# One call on a lent GPU machine (an offline CUDA box whose python3 has torch): install, time the
+# `paper` training step (`bench paper-step --fast both`: the step flags off and on in one run),
+# run the `gpu` tests, then as much of a profile's experiments as a time box allows, in the
+# order of `make experiments` (MINUTES=0: none). Load-or-compute throughout: the committed
+# results files are copied into the output first, so every run they hold is read, not
+# retrained, and every run finished here is in the packed results when the box ends.
 #
 #   here, once:  cp -r ../shared/gpu .gpu-kit      # git-ignored (~21 MB): setup.sh + wheels
 #   there:       bash tools/gpu_session.sh [PROFILE] [MINUTES]       (carry .gpu-kit along)
 #   then here:   tar xzf <out>/results.tar.gz -C /tmp && compare, commit what is new
 #
+# Boxes in seconds (environment): STEP_SECONDS (paper-step, default 240; 0 skips it),
+# TEST_SECONDS (the gpu tests, default 300); GPU_TESTS: the test paths in the order to run them
+# (default tests). detectron2 and mmcv have no wheel for such a
+# machine, so the paper step runs the same architectures from torchvision and smp
+# (ResNeXt-101 32x8d FPN Faster R-CNN, DeepLabV3+ R101), and the tests that need them skip.
+#
 # Writes into $OUT (the device tool's output folder; else outputs/gpu-session): setup.log,
-# gpu-tests.log, experiments.log, results.tar.gz (results/*.json as they stand at the end).
+# paper-step.log, gpu-tests.log, experiments.log, results.tar.gz (results/*.json at the end).
 # The study steps after the pilot run only once the profile holds the λ its pilot chose
 # (`python -m icm_lib.pilot --check`); until then the session stops after the pilot.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${1:-cpu-patterns}
 MINUTES=${2:-8}
+STEP_SECONDS=${STEP_SECONDS:-240}
+TEST_SECONDS=${TEST_SECONDS:-300}
+read -r -a GPU_TESTS <<<"${GPU_TESTS:-tests}"
 KIT=${GPU_KIT:-.gpu-kit}
 OUT=${OUT:-$PWD/outputs/gpu-session}
 export PYTHONUNBUFFERED=1
@@ -37,9 +47,20 @@ fi
 tail -1 "$OUT/setup.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
-# the gpu tests, boxed so that the experiments keep their time
-timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests >"$OUT/gpu-tests.log" 2>&1
+# the paper's training step, its flags off and on timed interleaved
+if [ "$STEP_SECONDS" -gt 0 ]; then
+  timeout "$STEP_SECONDS" python3 -m icm_lib.bench paper-step --backend torchvision/smp \
+    --fast both --steps 8 >"$OUT/paper-step.log" 2>&1
+  echo "paper-step: exit $?"
+  grep -E "^(profile|task|det|seg) " "$OUT/paper-step.log"
+fi
+
+# the gpu tests (slow ones too), boxed so that the experiments keep their time
+timeout "$TEST_SECONDS" python3 -m pytest -m gpu -v -rsfE -p no:cacheprovider -o addopts="" \
+  --durations=0 "${GPU_TESTS[@]}" >"$OUT/gpu-tests.log" 2>&1
 echo "gpu tests: exit $? ($(tail -1 "$OUT/gpu-tests.log"))"
+grep -E " (PASSED|FAILED|ERROR|SKIPPED)|^(SKIPPED|FAILED|ERROR) " "$OUT/gpu-tests.log" | cut -c1-200
+[ "$MINUTES" -gt 0 ] || exit 0
 
 cp results/*.json "$res/"
 deadline=$(($(date +%s) + MINUTES * 60))

@@ -13,6 +13,11 @@ crop (B16 256² det, B8 512² seg) unless overridden, and prints::
     hours       the paper's schedule (profile.icm.<task>.steps) x s/step
     amp         without and with bfloat16 autocast of the recognizer and branch (on the CPU
                 too when it runs there, else "skipped")
+    fast        the trainer's step flags (:func:`~icm_lib.trainer.step_flags`: channels-last
+                recognizer, cudnn.benchmark, fused Adam) off / on; ``--fast both`` times the
+                two interleaved in one run and prints their ratio
+    nhwc        whether the recognizer ran channels-last (the flag is skipped for one with
+                dropout, whose masks depend on the layout: smp's and MMSeg's DeepLabV3+)
 
 Random weights give no detection above the profile's 0.5 threshold, so every detection is kept
 as a pseudo-label (``score_threshold=0``), as the paper-profile tests do.
@@ -25,6 +30,7 @@ task loss, branch, optimizer, the rest: backward, losses, the step's bookkeeping
 ``item`` calls read Adam's step counters, which live on the host: listed, not counted as syncs.
 
     python -m icm_lib.bench paper-step                      # the paper's batches (a GPU)
+    python -m icm_lib.bench paper-step --backend torchvision/smp --fast both   # no detectron2
     python -m icm_lib.bench paper-step --device cpu --batch 2 --crop 128 --steps 3 --profile-ops
     python -m icm_lib.bench paper-step --backend torchvision/smp --batch 2 --crop 128
 """
@@ -226,24 +232,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(setup: StepSetup, steps: int) -> dict[str, float]:
-    """s/step (median of ``steps`` after one warm-up step), images/s, peak MiB, projected hours."""
-    with peak_memory(setup.device) as peak:
-        setup.run(0)  # warm-up (cudnn.benchmark's search, allocator, lazy init)
-        _sync(setup.device)
-        times = []
-        for i in range(1, steps + 1):
-            t0 = time.perf_counter()
-            setup.stepper(i, setup.batch(i))
-            _sync(setup.device)
-            times.append(time.perf_counter() - t0)
-    s = statistics.median(times)
-    return {
-        "s_per_step": s,
-        "images_per_s": setup.batch_size / s,
-        "peak_mib": peak["mib"],
-        "hours": setup.schedule_steps * s / 3600,
-    }
+def time_settings(setups: list[StepSetup], steps: int) -> list[dict[str, float]]:
+    """Per setup: s/step (median of ``steps`` after a warm-up step, the setups timed
+    interleaved: :func:`interleaved_seconds`), images/s, peak MiB (of its warm-up step: cuDNN's
+    algorithm search, the allocator's first blocks) and the projected hours of its schedule."""
+    peaks, benchmark = [], torch.backends.cudnn.benchmark
+    try:
+        for setup in setups:
+            torch.backends.cudnn.benchmark = setup.stepper.flags["cudnn_benchmark"]
+            with peak_memory(setup.device) as peak:
+                setup.run(0)  # warm-up (cudnn.benchmark's search, allocator, lazy init)
+                _sync(setup.device)
+            peaks.append(peak["mib"])
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    rows = []
+    for setup, seconds, mib in zip(setups, interleaved_seconds(setups, steps), peaks):
+        s = statistics.median(seconds)
+        rows.append(
+            {
+                "s_per_step": s,
+                "seconds": seconds,
+                "images_per_s": setup.batch_size / s,
+                "peak_mib": mib,
+                "hours": setup.schedule_steps * s / 3600,
+            }
+        )
+    return rows
 
 
 @contextlib.contextmanager
@@ -578,6 +593,19 @@ def _icm_rows(
     return rows
 
 
+def machine_layout(setup: StepSetup) -> str:
+    """The memory layout of the step's frozen recognizer as it ran: ``"channels_last"`` where a
+    convolution weight of it is stored NHWC, else ``"contiguous"``."""
+    weights = setup.stepper.model._objective.machine.model.parameters()
+    nhwc = any(
+        w.dim() == 4
+        and not w.is_contiguous()
+        and w.is_contiguous(memory_format=torch.channels_last)
+        for w in weights
+    )
+    return "channels_last" if nhwc else "contiguous"
+
+
 def amp_runs(device: torch.device) -> bool:
     """Whether bfloat16 autocast runs a convolution on ``device``."""
     try:
@@ -600,11 +628,15 @@ def bench_paper_step(
     amp: tuple[bool, ...] = (False, True),
     profile_ops: bool = False,
     profile_name: str = "paper",
-    fast: bool | None = None,
+    fast: tuple[bool | None, ...] = (None,),
 ) -> list[dict]:
-    """The table of the module docstring; returns its rows (one dict per printed row)."""
+    """The table of the module docstring; returns its rows (one dict per printed row). Each
+    ``fast`` setting (:func:`~icm_lib.trainer.step_flags`; ``None``: the trainer's choice for the
+    device) is a row of its own, the settings of a task/variant/amp timed interleaved, each with
+    its own copy of the recognizer (the flags change its layout), and their ratio printed."""
     from ..errors import BackendUnavailableError
     from ..profiles import get_profile
+    from ..trainer import step_flags
 
     profile = get_profile(profile_name)
     rec = recognition_config(profile, backend)
@@ -614,8 +646,8 @@ def bench_paper_step(
         f"det {rec.det_backend}, seg {rec.seg_backend}; median of {steps} steps after a warm-up"
     )
     header = (
-        f"{'task':<5}{'variant':<10}{'B':>4}{'crop':>6}{'amp':>6}{'s/step':>9}{'img/s':>8}"
-        f"{'peak MiB':>10}{'hours':>9}"
+        f"{'task':<5}{'variant':<10}{'B':>4}{'crop':>6}{'amp':>6}{'fast':>6}{'nhwc':>6}"
+        f"{'s/step':>9}{'img/s':>8}{'peak MiB':>10}{'hours':>9}"
     )
     print(header + (f"{'ops':>8}{'leaf':>8}{'syncs':>7}  sync ops by phase" if profile_ops else ""))
     rows = []
@@ -632,30 +664,52 @@ def bench_paper_step(
                 if use_amp and not can_amp:
                     print(f"{task:<5}{variant:<10}{'':>10}{label:>6}  skipped: no bf16 autocast")
                     continue
-                setup = build_step(
-                    task, variant, machine, profile, device, batch=batch, crop=crop,
-                    amp=use_amp, fast=fast,
-                )  # fmt: skip
+                ons = [step_flags(device.type, f)["channels_last"] for f in fast]
+                setups = [
+                    build_step(
+                        task,
+                        variant,
+                        copy.deepcopy(machine) if on else machine,
+                        profile,
+                        device,
+                        batch=batch,
+                        crop=crop,
+                        amp=use_amp,
+                        fast=f,
+                    )  # fmt: skip
+                    for f, on in zip(fast, ons)
+                ]
                 try:
-                    row = time_steps(setup, steps)
+                    timed = time_settings(setups, steps)
                 except (RuntimeError, NotImplementedError) as exc:
                     if not use_amp:
                         raise
                     print(f"{task:<5}{variant:<10}{'':>10}{label:>6}  skipped: {str(exc)[:70]}")
                     continue
-                row = {"task": task, "variant": variant, "amp": use_amp, **row}
-                line = (
-                    f"{task:<5}{variant:<10}{setup.batch_size:>4}{setup.crop:>6}{label:>6}"
-                    f"{row['s_per_step']:>9.3f}{row['images_per_s']:>8.2f}"
-                    f"{row['peak_mib']:>10.0f}{row['hours']:>9.3g}"
-                )
-                if profile_ops:
-                    ops = count_ops(setup)
-                    row.update(ops)
-                    phases = " ".join(f"{k}={v}" for k, v in sorted(ops["by_phase"].items()))
-                    line += f"{ops['ops']:>8}{ops['leaf']:>8}{ops['syncs']:>7}  {phases}"
-                print(line, flush=True)
-                rows.append({**row, "batch": setup.batch_size, "crop": setup.crop})
+                for setup, on, row in zip(setups, ons, timed):
+                    row = {"task": task, "variant": variant, "amp": use_amp, "fast": on, **row}
+                    row["layout"] = machine_layout(setup)
+                    line = (
+                        f"{task:<5}{variant:<10}{setup.batch_size:>4}{setup.crop:>6}{label:>6}"
+                        f"{'on' if on else 'off':>6}"
+                        f"{'yes' if row['layout'] == 'channels_last' else 'no':>6}"
+                        f"{row['s_per_step']:>9.3f}"
+                        f"{row['images_per_s']:>8.2f}{row['peak_mib']:>10.0f}{row['hours']:>9.3g}"
+                    )
+                    if profile_ops:
+                        ops = count_ops(setup)
+                        row.update(ops)
+                        phases = " ".join(f"{k}={v}" for k, v in sorted(ops["by_phase"].items()))
+                        line += f"{ops['ops']:>8}{ops['leaf']:>8}{ops['syncs']:>7}  {phases}"
+                    print(line, flush=True)
+                    rows.append({**row, "batch": setup.batch_size, "crop": setup.crop})
+                if sorted(ons) == [False, True]:
+                    off, on = (timed[ons.index(v)]["s_per_step"] for v in (False, True))
+                    print(
+                        f"{task} {variant} {label}: fast on {off / on:.2f}x "
+                        f"({off:.3f} -> {on:.3f} s/step)",
+                        flush=True,
+                    )
     if profile_ops and rows:
         print("sync operators per step (outermost), by task/variant/amp:")
         for r in rows:
@@ -686,10 +740,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="paper", help="the profile (smoke: a quick check)")
     ap.add_argument(
         "--fast",
-        choices=["auto", "on", "off"],
+        choices=["auto", "on", "off", "both"],
         default="auto",
         help="the trainer's step flags (channels_last, cudnn.benchmark, fused Adam): auto = "
-        "on for CUDA only",
+        "on for CUDA only; both: off and on timed interleaved in one run, with their ratio",
     )
     args = ap.parse_args(argv)
     amp = {"both": (False, True), "off": (False,), "on": (True,)}[args.amp]
@@ -704,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         amp,
         args.profile_ops,
         args.profile,
-        {"auto": None, "on": True, "off": False}[args.fast],
+        {"auto": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.fast],
     )
     return 0
 
