@@ -62,3 +62,21 @@ def test_checkerboard_score_on_cuda():
     assert checkerboard_score(y.cuda(), x.cuda()) == pytest.approx(
         checkerboard_score(y, x), abs=1e-6
     )
+
+
+def test_paper_step_peaks_count_each_setting_as_if_alone():
+    """``bench paper-step`` builds a task/variant's settings side by side; a setting's peak is
+    not inflated by what the ones built before it hold (two identical settings: equal peaks)."""
+    import functools
+
+    from icm_lib.dev.stepbench import build_machine, build_step, recognition_config, time_settings
+    from icm_lib.profiles import get_profile
+
+    device, smoke = torch.device("cuda"), get_profile("smoke")
+    machine = build_machine("seg", recognition_config(smoke, "torchvision/smp"), device)
+    build = functools.partial(
+        build_step, "seg", "aux-enc", machine, smoke, device, batch=2, crop=64, fast=False
+    )
+    _, rows = time_settings([build, build], 1, device)
+    first, second = (r["peak_mib"] for r in rows)
+    assert first > 0 and second == pytest.approx(first, rel=0.15)

@@ -9,7 +9,8 @@ crop (B16 256² det, B8 512² seg) unless overridden, and prints::
 
     s/step      median over --steps steps after one warm-up step
     img/s       batch / s/step
-    peak MiB    torch.cuda.max_memory_allocated (CUDA); the process's peak RSS increase (CPU)
+    peak MiB    torch.cuda.max_memory_allocated (CUDA), less what the settings built before
+                it hold; the process's peak RSS increase (CPU); of the warm-up step
     hours       the paper's schedule (profile.icm.<task>.steps) x s/step
     amp         without and with bfloat16 autocast of the recognizer and branch (on the CPU
                 too when it runs there, else "skipped")
@@ -41,6 +42,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import resource
 import shutil
 import statistics
@@ -232,18 +234,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_settings(setups: list[StepSetup], steps: int) -> list[dict[str, float]]:
-    """Per setup: s/step (median of ``steps`` after a warm-up step, the setups timed
-    interleaved: :func:`interleaved_seconds`), images/s, peak MiB (of its warm-up step: cuDNN's
-    algorithm search, the allocator's first blocks) and the projected hours of its schedule."""
-    peaks, benchmark = [], torch.backends.cudnn.benchmark
+def time_settings(
+    builders: list, steps: int, device: torch.device
+) -> tuple[list[StepSetup], list[dict[str, float]]]:
+    """Build each setup (``builders``: callables returning a :class:`StepSetup` on ``device``)
+    and run its warm-up step, one after the other, then time them interleaved
+    (:func:`interleaved_seconds`). Returns the setups and per setup: s/step (median of
+    ``steps``), images/s, peak MiB and the projected hours of its schedule.
+
+    Peak MiB is that of the setup's warm-up step (cuDNN's algorithm search, the allocator's first
+    blocks, Adam's state): on CUDA ``max_memory_allocated`` less what the setups built before it
+    in this call hold (their codec, optimizer state, gradients, recognizer copy), i.e. as in a
+    process that runs this setting alone; on the CPU the resident set's increase over the step."""
+
+    def held() -> float:
+        return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+    setups, peaks, start, benchmark = [], [], held(), torch.backends.cudnn.benchmark
     try:
-        for setup in setups:
+        for build in builders:
+            others = held() - start
+            setup = build()
             torch.backends.cudnn.benchmark = setup.stepper.flags["cudnn_benchmark"]
-            with peak_memory(setup.device) as peak:
+            with peak_memory(device) as peak:
                 setup.run(0)  # warm-up (cudnn.benchmark's search, allocator, lazy init)
-                _sync(setup.device)
-            peaks.append(peak["mib"])
+                _sync(device)
+            peaks.append(peak["mib"] - others)
+            setups.append(setup)
     finally:
         torch.backends.cudnn.benchmark = benchmark
     rows = []
@@ -258,7 +275,7 @@ def time_settings(setups: list[StepSetup], steps: int) -> list[dict[str, float]]
                 "hours": setup.schedule_steps * s / 3600,
             }
         )
-    return rows
+    return setups, rows
 
 
 @contextlib.contextmanager
@@ -617,6 +634,12 @@ def amp_runs(device: torch.device) -> bool:
         return False
 
 
+def _step_on_own_machine(task: str, variant: str, machine, *args, **kwargs) -> StepSetup:
+    """:func:`build_step` on a copy of ``machine``, for step flags that change its layout: built
+    when the setting is, so that its memory counts as the setting's (:func:`time_settings`)."""
+    return build_step(task, variant, copy.deepcopy(machine), *args, **kwargs)
+
+
 def bench_paper_step(
     device: torch.device,
     steps: int = 5,
@@ -665,11 +688,12 @@ def bench_paper_step(
                     print(f"{task:<5}{variant:<10}{'':>10}{label:>6}  skipped: no bf16 autocast")
                     continue
                 ons = [step_flags(device.type, f)["channels_last"] for f in fast]
-                setups = [
-                    build_step(
+                builders = [
+                    functools.partial(
+                        _step_on_own_machine if on else build_step,
                         task,
                         variant,
-                        copy.deepcopy(machine) if on else machine,
+                        machine,
                         profile,
                         device,
                         batch=batch,
@@ -680,7 +704,7 @@ def bench_paper_step(
                     for f, on in zip(fast, ons)
                 ]
                 try:
-                    timed = time_settings(setups, steps)
+                    setups, timed = time_settings(builders, steps, device)
                 except (RuntimeError, NotImplementedError) as exc:
                     if not use_amp:
                         raise
@@ -703,6 +727,7 @@ def bench_paper_step(
                         line += f"{ops['ops']:>8}{ops['leaf']:>8}{ops['syncs']:>7}  {phases}"
                     print(line, flush=True)
                     rows.append({**row, "batch": setup.batch_size, "crop": setup.crop})
+                del setups, builders  # not held while the next settings are measured
                 if sorted(ons) == [False, True]:
                     off, on = (timed[ons.index(v)]["s_per_step"] for v in (False, True))
                     print(
@@ -710,6 +735,7 @@ def bench_paper_step(
                         f"({off:.3f} -> {on:.3f} s/step)",
                         flush=True,
                     )
+        del machine
     if profile_ops and rows:
         print("sync operators per step (outermost), by task/variant/amp:")
         for r in rows:
