@@ -2,6 +2,8 @@
 pseudo-labels keep their boxes, and ``python -m icm_lib.bench paper-step`` prints its figures
 (smoke profile, torchvision/smp, a tiny batch)."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -164,6 +166,38 @@ def test_paper_step_fast_settings_get_their_own_recognizer():
         (True, "channels_last"),
     ]
     assert all(r["s_per_step"] > 0 and len(r["seconds"]) == 1 for r in rows)
+
+
+def test_paper_step_says_what_a_study_plan_takes(capsys):
+    """The last line hands ``python -m icm_lib.study --plan`` the s/step of the rows a study
+    would run on this device (on a CPU: no autocast, the step flags off), in its own syntax."""
+    from icm_lib.study import _s_per_step
+
+    rows = bench_paper_step(
+        torch.device("cpu"), 1, 2, 64, "torchvision/smp", ("seg",), ("baseline", "aux-enc"),
+        (False,), profile_name="smoke", fast=(False, True),
+    )  # fmt: skip
+    line = [x for x in capsys.readouterr().out.splitlines() if "--s-per-step" in x]
+    assert len(line) == 1 and "amp off, the trainer's step flags off" in line[0]
+    plan = _s_per_step(line[0].split("--s-per-step ")[1].split())
+    study = {r["variant"]: r["s_per_step"] for r in rows if not r["amp"] and not r["fast"]}
+    assert plan == pytest.approx(
+        {"seg": study["baseline"], "seg/aux-enc": study["aux-enc"]}, rel=1e-3
+    )
+
+
+def test_the_study_plan_takes_the_rows_a_study_runs():
+    from icm_lib.dev.stepbench import study_s_per_step
+
+    rows = [
+        {"task": t, "variant": v, "amp": amp, "fast": fast, "s_per_step": 0.1 * i}
+        for i, (t, v, amp, fast) in enumerate(
+            itertools.product(("det", "seg"), ("baseline", "aux-enc"), (False, True), (False, True))
+        )
+    ]
+    assert study_s_per_step(rows, True, True) == "det=0.3 det/aux-enc=0.7 seg=1.1 seg/aux-enc=1.5"
+    assert study_s_per_step(rows, False, False) == "det=0 det/aux-enc=0.4 seg=0.8 seg/aux-enc=1.2"
+    assert study_s_per_step(rows[:1], True, True) == ""
 
 
 def test_paper_step_rows_with_autocast():

@@ -634,6 +634,19 @@ def amp_runs(device: torch.device) -> bool:
         return False
 
 
+def study_s_per_step(rows: list[dict], amp: bool, fast: bool) -> str:
+    """``--s-per-step`` of :mod:`icm_lib.study`'s ``--plan`` from the rows of
+    :func:`bench_paper_step` that run as a study would (its profile's ``amp``, the trainer's
+    ``fast`` flags for the device): ``det=0.262 det/aux-enc=0.266 ...`` (baseline as the task
+    alone); empty where no row matches."""
+    return " ".join(
+        f"{r['task']}{'' if r['variant'] == 'baseline' else '/' + r['variant']}"
+        f"={r['s_per_step']:.4g}"
+        for r in rows
+        if r["amp"] == amp and r["fast"] == fast
+    )
+
+
 def _step_on_own_machine(task: str, variant: str, machine, *args, **kwargs) -> StepSetup:
     """:func:`build_step` on a copy of ``machine``, for step flags that change its layout: built
     when the setting is, so that its memory counts as the setting's (:func:`time_settings`)."""
@@ -736,6 +749,16 @@ def bench_paper_step(
                         flush=True,
                     )
         del machine
+    # what a study runs on this device: the profile's autocast (on CUDA only), the trainer's flags
+    study_amp = profile.icm.amp and device.type == "cuda"
+    plan = study_s_per_step(rows, study_amp, step_flags(device.type)["channels_last"])
+    if plan:
+        print(
+            f"for `python -m icm_lib.study --profile {profile.name} --plan` (the rows a study "
+            f"runs on {device.type}: amp {'on' if study_amp else 'off'}, the trainer's step "
+            f"flags {'on' if step_flags(device.type)['channels_last'] else 'off'}): "
+            f"--s-per-step {plan}"
+        )
     if profile_ops and rows:
         print("sync operators per step (outermost), by task/variant/amp:")
         for r in rows:
