@@ -428,3 +428,37 @@ def test_bench_compile_sets_the_compiled_task_loss_against_eager(monkeypatch, ca
     assert rows[0]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
     assert rows[0]["eager_s"] > 0 and rows[0]["compiled_s"] > 0 and rows[0]["compile_s"] > 0
     assert "grad cos" in capsys.readouterr().out
+
+
+def test_runs_side_by_side_against_one_at_a_time(smoke_env, capsys):
+    """``bench workers``: the step alone with every thread and in two processes at once with
+    half each (spawned workers that meet before each measurement), in one run: a row per
+    combination whose ratio is the images/s of the two against the one. With cached labels,
+    every timed step of each worker reads its labels from its cache."""
+    from icm_lib.dev.stepbench import bench_workers
+
+    cores = torch.get_num_threads()
+    rows = bench_workers(
+        "smoke", smoke_env.cache_dir.parent, steps=2, workers=2, tasks=("seg",),
+        variants=("baseline",), labels=("run", "cached"),
+    )  # fmt: skip
+    assert [(r["task"], r["variant"], r["precision"], r["labels"]) for r in rows] == [
+        ("seg", "baseline", "fp32", "run"),
+        ("seg", "baseline", "fp32", "cached"),
+    ]
+    assert rows[0]["label_hits"] == [None] * 3
+    r = rows[1]
+    assert r["threads_alone"] == cores and r["threads_together"] == max(1, cores // 2)
+    assert r["s_alone"] > 0 and len(r["s_together"]) == 2 and min(r["s_together"]) > 0
+    assert r["label_hits"] == [2, 2, 2]  # alone, then each worker side by side
+    batch = get_profile("smoke").icm.train("seg").batch_size
+    assert r["images_per_s_together"] == pytest.approx(sum(batch / s for s in r["s_together"]))
+    assert r["ratio"] == pytest.approx(r["images_per_s_together"] / (batch / r["s_alone"]))
+    out = capsys.readouterr().out
+    assert "seg  baseline  fp32    run" in out and "2 runs side by side against one at" in out
+    later = float(out.split("one at a time): seg baseline fp32 ")[1].split("x")[0])
+    assert later == pytest.approx(
+        r["images_per_s_together"] / rows[0]["images_per_s_alone"], rel=0.01
+    )
+    with pytest.raises(ValueError, match="2 or more"):
+        bench_workers("smoke", smoke_env.cache_dir.parent, workers=1)

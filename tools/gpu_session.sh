@@ -52,7 +52,7 @@ if [ "$STEP_SECONDS" -gt 0 ]; then
   timeout "$STEP_SECONDS" python3 -m icm_lib.bench paper-step --backend torchvision/smp \
     --fast both --steps 8 >"$OUT/paper-step.log" 2>&1
   echo "paper-step: exit $?"
-  grep -E "^(profile|task|det|seg) " "$OUT/paper-step.log"
+  grep -E "^(profile|task|det|seg|for) " "$OUT/paper-step.log"
 fi
 
 # the gpu tests (slow ones too), boxed so that the experiments keep their time

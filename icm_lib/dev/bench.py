@@ -9,6 +9,8 @@
     python -m icm_lib.bench loading [--profile cpu] [--tasks det seg]
     python -m icm_lib.bench reference [--profile cpu] [--seeds 0 1 2]
     python -m icm_lib.bench compile [--profile cpu] [--tasks seg] [--steps 7]
+    python -m icm_lib.bench workers [--profile cpu] [--workers 2] [--steps 5] [--tasks det seg]
+        [--labels run|cached|both]
     python -m icm_lib.bench paper-step [--device cpu] [--batch 2] [--crop 128] [--profile-ops]
         (the `paper` profile's training step: icm_lib.dev.stepbench; its own --help)
     python -m icm_lib.bench decode-budget [--size smoke|cpu|zoo] [--claims 512x512 ...]
@@ -33,6 +35,12 @@ ratio, a later run's step with its pseudo-labels cached, and (where bfloat16 aut
 recognizer and branch under bfloat16 with the labels run and cached; then the encode time of
 a baseline-trained and an aux-trained codec of the study's cache (ratio; the branch is not
 part of the codec, so ~1.0).
+
+``workers``: what a study gains by running W runs side by side (``python -m icm_lib.study
+--launcher pool --workers W``: W processes, cores / W torch threads each) instead of one after
+another with every core (:func:`icm_lib.dev.stepbench.bench_workers`): per task, variant and
+precision (bfloat16 rows as ``icm``'s ``--bf16``), the training step alone and W at once, images/s
+of all, and the ratio of training steps per hour.
 
 ``backends``: the time of one ICM training step (baseline and aux-enc) with each recognition
 backend (torchvision, detectron2, smp, MMSegmentation; random weights; R50/R18 rows compare the
@@ -745,12 +753,20 @@ def main(argv: list[str] | None = None) -> int:
             "loading",
             "reference",
             "compile",
+            "workers",
             "paper-step",
             "decode-budget",
         ],
     )
     ap.add_argument("--profile", default="cpu", help="icm: the profile to time")
-    ap.add_argument("--steps", type=int, default=5, help="icm: timed steps per variant")
+    ap.add_argument("--steps", type=int, default=5, help="icm, workers: timed steps per variant")
+    ap.add_argument("--workers", type=int, default=2, help="workers: runs side by side")
+    ap.add_argument(
+        "--labels",
+        choices=["run", "cached", "both"],
+        default="both",
+        help="workers: pseudo-labels run (a seed's first run), cached (its later runs) or both",
+    )
     ap.add_argument(
         "--fast",
         choices=["off", "on", "both"],
@@ -761,14 +777,14 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16",
         choices=["auto", "on", "off"],
         default="auto",
-        help="icm: the bfloat16 rows; auto: where the device multiplies bfloat16 natively",
+        help="icm, workers: the bfloat16 rows; auto: where the device multiplies bfloat16 natively",
     )
     ap.add_argument(
         "--tasks",
         nargs="+",
         choices=["det", "seg"],
         default=["det", "seg"],
-        help="icm, recognizers, loading: the tasks",
+        help="icm, recognizers, loading, workers: the tasks",
     )
     ap.add_argument(
         "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers, reference: the seeds"
@@ -810,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaling", action="store_true", help="codec: time 256² to 1080p instead")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    if args.what in ("icm", "backends", "recognizers", "loading", "reference"):
+    if args.what in ("icm", "backends", "recognizers", "loading", "reference", "workers"):
         print(
             f"data folder {args.cache_dir.parent} (notebook 00's world; what it lacks is made "
             "first: --cache-dir or ICM_DATA_DIR to use another)",
@@ -823,6 +839,15 @@ def main(argv: list[str] | None = None) -> int:
         bench_icm(
             args.profile, args.cache_dir.parent, args.steps, args.repeats, fast, args.bf16,
             tuple(args.tasks),
+        )  # fmt: skip
+    elif args.what == "workers":
+        from .stepbench import bench_workers
+
+        cpu = torch.device("cpu")
+        bench_workers(
+            args.profile, args.cache_dir.parent, args.steps, args.workers, tuple(args.tasks),
+            bf16=args.bf16 == "on" or (args.bf16 == "auto" and bf16_native(cpu)),
+            labels=("run", "cached") if args.labels == "both" else (args.labels,),
         )  # fmt: skip
     elif args.what == "backends":
         bench_backends(args.profile, args.cache_dir.parent, args.steps)

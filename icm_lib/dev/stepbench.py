@@ -485,13 +485,14 @@ def bench_icm_step(
     return rows
 
 
-def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = ""):
+def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = "", seed: int = 0):
     """The step of ``task`` / ``variant`` as one row of :func:`bench_icm_step` times it: the
     ``fast`` flags ``on`` (on a copy of the recognizer, whose layout they change), its
     pseudo-labels run (``labels=None``) or read from a cache in the folder ``labels``, the
     recognizer and branch under bfloat16 autocast with ``bf16`` ``"machine"`` (on the CPU too),
-    the codec's transforms too with ``"codec"``. Returns the :class:`StepSetup` and its machine
-    (a :class:`~icm_lib.pseudo_labels.CachedMachine` counts its hits)."""
+    the codec's transforms too with ``"codec"``; the crops of the run seed ``seed``. Returns the
+    :class:`StepSetup` and its machine (a :class:`~icm_lib.pseudo_labels.CachedMachine` counts
+    its hits)."""
     from ..codec import load_codec
     from ..data.sampler import CropSampler
     from ..losses import ICMObjective
@@ -519,9 +520,207 @@ def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = ""):
         codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
     )
     torch.backends.cudnn.benchmark = benchmark  # set per step by interleaved_seconds
-    sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, 0)
+    sampler = CropSampler(exp.datasets.train(task), cfg.crop, cfg.batch_size, seed)
     setup = StepSetup(task, variant, stepper, cfg.batch_size, cfg.crop, device, cfg.steps, sampler)
     return setup, machine
+
+
+# ----------------------------------------------------------------------------- runs side by side
+#: seconds a worker of :func:`bench_workers` waits for the others at a rendezvous before it fails
+RENDEZVOUS_S = 1800
+
+
+def bench_workers(
+    profile_name: str,
+    data_dir: Path,
+    steps: int = 5,
+    workers: int = 2,
+    tasks: tuple[str, ...] = ("det", "seg"),
+    variants: tuple[str, ...] = VARIANTS,
+    bf16: bool = False,
+    labels: tuple[str, ...] = ("run",),
+) -> list[dict]:
+    """``python -m icm_lib.bench workers``: what a study gains on this CPU by running
+    ``workers`` runs side by side (``python -m icm_lib.study --launcher pool --workers W``: W
+    processes of cores / W torch threads each) instead of one run after another with all the
+    cores (``--launcher local``). Per task, variant and precision (float32; with ``bf16`` also the
+    recognizer, branch and codec transforms under bfloat16 autocast), in one run: the profile's
+    training step (:func:`_icm_setup`: its trained recognizers and reference codec, real crops,
+    its pseudo-labels per ``labels``: ``run`` as in a seed's first run, ``cached`` read from the
+    labels cache as in its later runs, a first pass over the same steps filling it) timed
+    ``alone`` in one process with every
+    thread, then ``together`` in ``workers`` processes at once (each its own run seed's crops),
+    s/step (median of ``steps`` after a warm-up), images/s of all of them, and the ratio: the
+    training steps per hour a study gains. With both ``labels``, a last line sets each
+    side-by-side step with cached labels against the float32 step that runs its labels alone
+    (what a study's run cost before either lever). The worker processes are started once
+    (spawned) and meet before each measurement; one that fails ends the bench with its
+    traceback."""
+    import multiprocessing as mp
+    import queue as queues
+
+    from ..experiment import Experiment
+    from ..profiles import get_profile
+
+    if workers < 2:
+        raise ValueError(f"--workers {workers}: give 2 or more runs to set side by side")
+    cores = torch.get_num_threads()
+    per = max(1, cores // workers)
+    device = torch.device("cpu")
+    Experiment.prepare(get_profile(profile_name), data_dir, device, progress=False, tasks=tasks)
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
+    combos = [(t, v, p, lab) for t in tasks for v in variants for p in precisions for lab in labels]
+    ctx = mp.get_context("spawn")  # a fresh interpreter each: no forked torch thread pools
+    barrier, results = ctx.Barrier(workers, timeout=RENDEZVOUS_S), ctx.Queue()
+    args = (workers, profile_name, str(data_dir), combos, steps, cores, per, tasks)
+    procs = [
+        ctx.Process(target=_workers_child, args=(rank, *args, barrier, results), daemon=True)
+        for rank in range(workers)
+    ]
+    print(
+        f"profile {profile_name}, {cores} torch threads, bfloat16 hardware: "
+        f"{bf16_hardware(device)}; alone: one run with {cores} threads "
+        f"(--launcher local); together: {workers} runs at once with {per} each (--launcher pool "
+        f"--workers {workers}); median of {steps} steps after a warm-up; labels run: a seed's "
+        "first run computes its pseudo-labels, cached: its later runs read them"
+    )
+    print(
+        f"{'task':<5}{'variant':<9}{'prec':>5}{'labels':>7}{'B':>3}{'crop':>5}{'alone s':>9}{'img/s':>7}"
+        f"{'together s':>12}{'img/s':>7}{'x steps/h':>11}"
+    )
+    for p in procs:
+        p.start()
+    got: dict[tuple[int, str], list[list[float]]] = {}
+    label_hits: dict[int, list[int | None]] = {}
+    rows: list[dict] = []
+    try:
+        while len(rows) < len(combos):
+            try:
+                message = results.get(timeout=5)
+            except queues.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"a worker of the bench ended with exit code {dead[0].exitcode} "
+                        "without a traceback (killed, out of memory?)"
+                    ) from None
+                continue
+            if message[0] == "error":
+                raise RuntimeError(f"worker {message[1]} of the bench failed:\n{message[2]}")
+            phase, i, _rank, seconds, batch, crop, hits = message
+            got.setdefault((i, phase), []).append(seconds)
+            label_hits.setdefault(i, []).append(hits)
+            if len(got.get((i, "alone"), [])) == 1 and len(got.get((i, "together"), [])) == workers:
+                row = _workers_row(
+                    combos[i], got[i, "alone"][0], got[i, "together"], batch, crop, cores, per
+                )
+                rows.append({**row, "label_hits": label_hits[i]})
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    gains = ", ".join(
+        f"{r['task']} {r['variant']} {r['precision']} {r['labels']} {r['ratio']:.2f}x" for r in rows
+    )
+    print(
+        f"training steps per hour, {workers} runs side by side against one at a time: {gains}. "
+        f"A run with {per} thread(s) differs from one with {cores} by float rounding (the "
+        "kernels split their sums by thread): its numbers are not bit for bit those of the "
+        "other, as another CPU's are not."
+    )
+    before = {
+        (r["task"], r["variant"]): r["images_per_s_alone"]
+        for r in rows
+        if (r["precision"], r["labels"]) == ("fp32", "run")
+    }
+    levered = [
+        f"{r['task']} {r['variant']} {r['precision']} "
+        f"{r['images_per_s_together'] / before[r['task'], r['variant']]:.2f}x"
+        for r in rows
+        if r["labels"] == "cached" and (r["task"], r["variant"]) in before
+    ]
+    if levered:
+        print(
+            "a study's later runs (labels cached), side by side, against its runs before these "
+            f"levers (float32, labels run, one at a time): {', '.join(levered)}"
+        )
+    return rows
+
+
+def _workers_row(combo, alone, together, batch, crop, cores, per) -> dict:
+    """One printed row of :func:`bench_workers` from its workers' step seconds."""
+    task, variant, precision, labels = combo
+    s_alone = statistics.median(alone)
+    s_together = [statistics.median(seconds) for seconds in together]
+    row = {
+        "task": task,
+        "variant": variant,
+        "precision": precision,
+        "labels": labels,
+        "threads_alone": cores,
+        "threads_together": per,
+        "s_alone": s_alone,
+        "s_together": s_together,
+        "images_per_s_alone": batch / s_alone,
+        "images_per_s_together": sum(batch / s for s in s_together),
+    }
+    row["ratio"] = row["images_per_s_together"] / row["images_per_s_alone"]
+    print(
+        f"{task:<5}{variant:<9}{precision:>5}{labels:>7}{batch:>3}{crop:>5}{s_alone:>9.3f}"
+        f"{row['images_per_s_alone']:>7.1f}{statistics.mean(s_together):>12.3f}"
+        f"{row['images_per_s_together']:>7.1f}{row['ratio']:>10.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def _workers_child(
+    rank, workers, profile_name, data_dir, combos, steps, cores, per, tasks, barrier, results
+) -> None:
+    """A worker process of :func:`bench_workers`. Per combination, three rendezvous: before the
+    ``alone`` measurement (rank 0 alone, the others wait at the next), before the ``together``
+    one's setup, and when every worker is warmed up (all start timing at once)."""
+    import tempfile
+    import traceback
+
+    cache = Path(tempfile.mkdtemp(prefix=f"icm-bench-workers-{rank}-"))
+    try:
+        from ..experiment import Experiment
+        from ..profiles import get_profile
+
+        device = torch.device("cpu")
+        profile = get_profile(profile_name)
+        exp = Experiment.prepare(profile, data_dir, device, progress=False, tasks=tasks)
+        for i, (task, variant, precision, labels) in enumerate(combos):
+            bf16 = "codec" if precision == "bf16" else ""
+            for phase, threads in (("alone", cores), ("together", per)):
+                barrier.wait()
+                if phase == "alone" and rank:
+                    continue
+                torch.set_num_threads(threads)
+                folder = cache / f"{i}-{phase}" if labels == "cached" else None
+                setup, machine = _icm_setup(exp, task, variant, False, folder, bf16, seed=rank)
+                for step in range(steps + 1 if folder else 0):  # the seed's first run: stored
+                    setup.run(step)
+                setup.run(0)  # warm-up
+                hits = machine.hits if folder else None
+                if phase == "together":
+                    barrier.wait()
+                seconds = []
+                for step in range(1, steps + 1):
+                    t0 = time.perf_counter()
+                    setup.run(step)
+                    seconds.append(time.perf_counter() - t0)
+                hits = machine.hits - hits if folder else None  # labels read while timed
+                results.put((phase, i, rank, seconds, setup.batch_size, setup.crop, hits))
+                del setup, machine
+    except BaseException:
+        results.put(("error", rank, traceback.format_exc()))
+        barrier.abort()  # the others stop waiting
+        raise
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def interleaved_seconds(setups: list[StepSetup], steps: int) -> list[list[float]]:
