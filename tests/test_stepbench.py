@@ -462,3 +462,15 @@ def test_runs_side_by_side_against_one_at_a_time(smoke_env, capsys):
     )
     with pytest.raises(ValueError, match="2 or more"):
         bench_workers("smoke", smoke_env.cache_dir.parent, workers=1)
+
+
+def test_a_failing_worker_ends_the_side_by_side_bench_with_its_error(smoke_env):
+    """A worker that fails (here: a variant no branch has) hands its traceback to the bench,
+    the others stop waiting for it, and the bench raises instead of hanging."""
+    from icm_lib.dev.stepbench import bench_workers
+
+    with pytest.raises(RuntimeError, match=r"(?s)worker 0 of the bench failed.*no-such-variant"):
+        bench_workers(
+            "smoke", smoke_env.cache_dir.parent, steps=1, workers=2, tasks=("seg",),
+            variants=("no-such-variant",),
+        )  # fmt: skip

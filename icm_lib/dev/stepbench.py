@@ -605,6 +605,8 @@ def bench_workers(
                         "without a traceback (killed, out of memory?)"
                     ) from None
                 continue
+            if message[0] == "broken":  # the failing worker's own message follows
+                continue
             if message[0] == "error":
                 raise RuntimeError(f"worker {message[1]} of the bench failed:\n{message[2]}")
             phase, i, _rank, seconds, batch, crop, hits = message
@@ -682,6 +684,7 @@ def _workers_child(
     ``alone`` measurement (rank 0 alone, the others wait at the next), before the ``together``
     one's setup, and when every worker is warmed up (all start timing at once)."""
     import tempfile
+    import threading
     import traceback
 
     cache = Path(tempfile.mkdtemp(prefix=f"icm-bench-workers-{rank}-"))
@@ -715,6 +718,8 @@ def _workers_child(
                 hits = machine.hits - hits if folder else None  # labels read while timed
                 results.put((phase, i, rank, seconds, setup.batch_size, setup.crop, hits))
                 del setup, machine
+    except threading.BrokenBarrierError:  # another worker failed: its error is the one to tell
+        results.put(("broken", rank))
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
         barrier.abort()  # the others stop waiting
