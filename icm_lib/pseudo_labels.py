@@ -133,9 +133,18 @@ def _simple(v) -> bool:
     return False
 
 
+#: attributes a module sets itself on its first forward pass, from the shapes it meets: not
+#: settings, and left out of the identity, which must not change once the recognizer has run
+#: (torchvision's MultiScaleRoIAlign infers its levels' scales from the first feature maps; kept
+#: in, a detector's labels went to another folder after its first use, and the second run of a
+#: study computed them all again)
+DERIVED = {"MultiScaleRoIAlign": ("scales", "map_levels")}
+
+
 def _settings(obj) -> list:
     """Every plain setting of ``obj`` and (for a module) of its submodules -- thresholds,
-    proposal counts, resize sizes: what decides the labels besides the weights."""
+    proposal counts, resize sizes: what decides the labels besides the weights (not the
+    :data:`DERIVED` attributes)."""
     import torch.nn as nn
 
     items = obj.named_modules() if isinstance(obj, nn.Module) else [("", obj)]
@@ -143,7 +152,7 @@ def _settings(obj) -> list:
         (name, k, repr(v))
         for name, m in items
         for k, v in sorted(vars(m).items())
-        if k != "training" and _simple(v)
+        if k != "training" and k not in DERIVED.get(type(m).__name__, ()) and _simple(v)
     ]
 
 

@@ -25,6 +25,7 @@ from icm_lib.errors import BackendUnavailableError, ICMError, WeightsUnavailable
 from icm_lib.losses import ICMObjective
 from icm_lib.metrics import ConfusionMatrix, detection_map
 from icm_lib.profiles import RecognitionConfig, TrainConfig
+from icm_lib.pseudo_labels import CachedMachine
 from icm_lib.recognition import FrozenDetector, FrozenSegmenter, build_recognizer
 from icm_lib.recognition.common import captured_output
 from icm_lib.trainer import train_codec
@@ -111,10 +112,11 @@ def test_cross_entropy_normalisation_per_backend(backend, scenes):
 
 
 @pytest.mark.parametrize("backend", DET_BACKENDS)
-def test_detector_contract(backend, scenes):
+def test_detector_contract(backend, scenes, tmp_path):
     machine = det_machine(backend)
     images = det_batch(scenes)
     before = state(machine.model)
+    identity = CachedMachine(machine, tmp_path).folder  # the pseudo-label cache's key
     labels = machine.pseudo_labels(images)
     assert len(labels) == 2
     for t in labels:
@@ -136,16 +138,19 @@ def test_detector_contract(backend, scenes):
     with captured_output(machine.aux_task_layer) as feature:
         preds = machine.predict(images)
     assert {"boxes", "scores", "labels"} <= set(preds[0])
+    # used, the recognizer keeps its identity: every run finds the labels the first one stored
+    assert CachedMachine(machine, tmp_path).folder == identity
     # the aux-task feature: the ResNet's conv2 stage, stride 4
     assert feature["out"].shape[1:] == (machine.aux_task_channels, 16, 16)
 
 
 @pytest.mark.parametrize("backend", SEG_BACKENDS)
-def test_segmenter_contract(backend, scenes):
+def test_segmenter_contract(backend, scenes, tmp_path):
     machine = seg_machine(backend)
     data = PascalContextSegmentation(scenes.context_root, "train")
     images = torch.stack([data[i][0][:, :64, :64] for i in range(2)])
     before = state(machine.model)
+    identity = CachedMachine(machine, tmp_path).folder
     with captured_output(machine.aux_task_layer) as feature:
         labels = machine.pseudo_labels(images)
     assert feature["out"].shape[:2] == (2, machine.aux_task_channels)  # conv4 stage
@@ -164,6 +169,7 @@ def test_segmenter_contract(backend, scenes):
     ignored = torch.full_like(labels, IGNORE_INDEX)
     ignored[:, :8, :8] = labels[:, :8, :8]
     assert math.isfinite(float(machine.task_loss(images, ignored)["loss"]))
+    assert CachedMachine(machine, tmp_path).folder == identity  # used, the same cache key
 
 
 @needs("detectron2")
