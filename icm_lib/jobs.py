@@ -115,12 +115,26 @@ class LaunchJob:
         run_dir: the run's folder (its writer lock and ``codec.pt``); ``None`` where the key is
             known only once the needs are done (a finetuning keyed by its baseline's weights).
         needs: names of the jobs that must be done first.
+        labels: the pseudo-labels its training reads (:func:`label_group`): jobs of one group
+            share them through the cache, and the first to finish has computed them for all.
     """
 
     name: str
     call: RunCall
     run_dir: Path | None
     needs: tuple[str, ...] = ()
+    labels: tuple | None = None
+
+
+def label_group(call: RunCall) -> tuple | None:
+    """The pseudo-labels a call's training computes or reads (:mod:`icm_lib.pseudo_labels`): its
+    task's frozen recognizer on its seed's crops, the same for every λ and variant of a (task,
+    seed) -- ``(task, seed)``; ``None`` where it trains on none (the MSE reference, a PatchGAN
+    finetuning)."""
+    a = call.args
+    if call.kind == "ablation" or (call.kind == "point" and a["variant"] != "mse"):
+        return (get_task(a["task"]).name, a["seed"])
+    return None
 
 
 def identity(exp: Experiment, call: RunCall) -> tuple[str, Path | None]:
@@ -148,7 +162,7 @@ def plan_jobs(exp: Experiment, calls: Sequence[RunCall]) -> list[LaunchJob]:
     def add(call: RunCall) -> str:
         needs = tuple(add(n) for n in call.needs)
         name, run_dir = identity(exp, call)
-        jobs.setdefault(name, LaunchJob(name, call, run_dir, needs))
+        jobs.setdefault(name, LaunchJob(name, call, run_dir, needs, label_group(call)))
         return name
 
     for call in calls:

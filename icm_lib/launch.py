@@ -484,6 +484,27 @@ class _PoolBackend(_Backend):
         self.handles.pop(name, None)
 
 
+def submission_order(
+    jobs: Sequence[LaunchJob], ready: Sequence[LaunchJob], states: dict[str, JobStatus]
+) -> list[LaunchJob]:
+    """The ``ready`` jobs in the order a launcher with few places (a pool) starts them: the
+    study's order, except that a job whose pseudo-labels (:attr:`LaunchJob.labels`) are being
+    computed by a job still running -- none of its group done yet -- waits behind the others.
+    Two runs of one seed started together would compute the same labels side by side; started
+    with another group's run, each computes its own, and the group's later runs read them."""
+    done = {j.labels for j in jobs if states[j.name].state == "done"}
+    started = {j.labels for j in jobs if states[j.name].state in ("running", "queued")}
+    first, later = [], []
+    for job in ready:
+        group = job.labels
+        if group is None or group in done or group not in started:
+            first.append(job)
+            started.add(group)
+        else:
+            later.append(job)
+    return first + later
+
+
 def _slurm_states(records: list[JobRecord]) -> dict[str, str]:
     """States of SLURM jobs from one ``squeue`` of this user's jobs: a job it lists is queued
     or running (a requeued job keeps its id), one it does not list has ended. Where ``squeue``
@@ -766,10 +787,13 @@ class Launcher:
 
     def _submit_ready(self, jobs, states, registry, failed_here, report) -> None:
         in_flight = sum(s.state in ("running", "queued") for s in states.values())
-        for job in jobs:
+        ready = [
+            job
+            for job in jobs
+            if states[job.name].state in ("todo", "failed") and job.name not in failed_here
+        ]
+        for job in submission_order(jobs, ready, states):
             s = states[job.name]
-            if s.state not in ("todo", "failed") or job.name in failed_here:
-                continue
             cap = self.backend.capacity
             if cap is not None and in_flight >= cap:
                 break

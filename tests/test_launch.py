@@ -24,10 +24,11 @@ from icm_lib.jobs import (
     StudyJob,
     call_tasks,
     done_marker,
+    label_group,
     point_call,
     torchrun_command,
 )
-from icm_lib.launch import Launcher, LaunchOptions, parse_time
+from icm_lib.launch import JobStatus, Launcher, LaunchOptions, parse_time, submission_order
 from icm_lib.locks import RunLock
 from icm_lib.profiles import get_profile
 from icm_lib.results import StudyFile
@@ -159,6 +160,39 @@ def test_slurm_jobs_are_sbatch_scripts_and_a_resubmitted_study_submits_only_the_
     Launcher(LaunchOptions(**SLURM), profile, data, "gan-smoke").run([gan])
     script = (fake_slurm / "sbatch-108.sh").read_text()
     assert "#SBATCH --gpus-per-node=1\n" in script and "#SBATCH --cpus-per-task=8\n" in script
+
+
+def test_runs_started_together_do_not_compute_the_same_pseudo_labels(fake_slurm, tmp_path):
+    """With two places, a study of two seeds starts one run of each seed (each computing its
+    own seed's pseudo-labels), not two λ of seed 0 computing the same labels side by side; once
+    a seed's first run is done its later runs go in the study's order."""
+    from icm_lib.study import study_calls
+
+    profile, data = get_profile("smoke"), tmp_path / "data"
+    calls = study_calls("rd", profile, [0, 1], ["seg"], ["baseline"], reference_curve=False)
+    jobs = [
+        LaunchJob(f"point-{i}", c, data / "icm" / str(i), (), label_group(c))
+        for i, c in enumerate(calls)
+    ]
+    assert [j.labels for j in jobs] == [("seg", 0)] * 4 + [("seg", 1)] * 4
+    assert label_group(study_calls("rd", profile, [0], ["seg"], ["baseline"])[0]) is None  # MSE
+    assert label_group(study_calls("ablation", profile, [1], ["det"])[0]) == ("det", 1)
+    capped = Launcher(LaunchOptions(**{**SLURM, "workers": 2}), profile, data, "s").run(jobs)
+    assert capped.submitted == ["point-0", "point-4"]  # seed 0's first λ, seed 1's first λ
+
+    def order(**states):
+        status = {j.name: JobStatus(j.name, states.get(j.name[6:], "todo")) for j in jobs}
+        ready = [j for j in jobs if status[j.name].state == "todo"]
+        return [j.name[6:] for j in submission_order(jobs, ready, status)]
+
+    assert order() == ["0", "4", "1", "2", "3", "5", "6", "7"]
+    # seed 0's labels being computed by its first run, seed 1's not started: seed 1 first
+    assert order(**{"0": "running"}) == ["4", "1", "2", "3", "5", "6", "7"]
+    # both being computed: the study's order (a third place is better used than left idle)
+    assert order(**{"0": "running", "4": "queued"}) == ["1", "2", "3", "5", "6", "7"]
+    # seed 0's labels all stored: its runs go first, in order
+    assert order(**{"0": "done", "4": "running"}) == ["1", "2", "3", "5", "6", "7"]
+    assert order(**{"4": "done", "0": "running"}) == ["5", "6", "7", "1", "2", "3"]
 
 
 def test_the_launchers_say_what_to_do(fake_slurm, tmp_path, monkeypatch):
