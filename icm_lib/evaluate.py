@@ -296,8 +296,9 @@ def bd_rate_or_reason(
 
 def study_agreement(runs: list[dict], study_curves: dict, task: str) -> list[dict]:
     """This session's runs against the study's R-D points of the same (curve, seed, λ): the
-    same run keys, so the numbers should agree (exactly on the machine that ran the study; to
-    float noise elsewhere). One row per run scored on ``task`` that the study holds."""
+    same run keys, so the numbers should agree (exactly on the kind of machine and thread count
+    that ran the study; elsewhere training amplifies float noise, for detection up to the
+    seed-to-seed spread). One row per run scored on ``task`` that the study holds."""
     metric = get_task(task).metric
     rows = []
     for r in runs:
@@ -330,7 +331,8 @@ def gan_agreement(runs: list, recorded: dict) -> list[dict]:
     """This session's PatchGAN finetunings (:class:`~icm_lib.results.GanRecord`) against the
     PatchGAN study's of the same baseline run, preset and seed (``recorded``:
     :func:`~icm_lib.study.recorded_finetunings`, empty where the file was made with other
-    finetuning settings): equal on the machine that ran the study, float noise elsewhere. One
+    finetuning settings): equal on the machine that ran the study, float noise (amplified by
+    training) elsewhere. One
     row per run the study holds, the codec after finetuning compared."""
     rows = []
     for r in runs:
