@@ -293,6 +293,13 @@ class AuxSegmenter(nn.Module):
         feats = list(self.body(feature).values())
         return self.head(self.decoder([None, None, *feats]))
 
+    @property
+    def min_batch(self) -> int:
+        """The fewest images a training forward pass may hold: 2 for the DeepLabV3+ head (its ASPP
+        image pooling batch-normalises one value per image and channel); the ``task`` position's
+        FCN head normalises over space and takes 1."""
+        return 1 if hasattr(self, "fcn") else 2
+
 
 class AuxBranch(nn.Module):
     """The auxiliary branch as the trainer sees it: codec output + pseudo-labels → E(y, ŷ_aux).
@@ -326,6 +333,12 @@ class AuxBranch(nn.Module):
             )
         else:
             self.net = AuxSegmenter(in_channels, num_classes, width, position=position)
+
+    @property
+    def min_batch(self) -> int:
+        """The fewest images a training forward pass may hold (:attr:`AuxSegmenter.min_batch`;
+        1 for the detector)."""
+        return getattr(self.net, "min_batch", 1)
 
     def forward(self, codec_out: dict, pseudo_labels, image_size: tuple[int, int]) -> torch.Tensor:
         """The branch loss (a scalar): Faster R-CNN's summed losses, or cross-entropy against the

@@ -133,12 +133,16 @@ def _simple(v) -> bool:
     return False
 
 
-#: attributes a module sets itself on its first forward pass, from the shapes it meets: not
-#: settings, and left out of the identity, which must not change once the recognizer has run
-#: (torchvision's MultiScaleRoIAlign infers its levels' scales from the first feature maps; kept
-#: in, a detector's labels went to another folder after its first use, and the second run of a
-#: study computed them all again)
+#: attributes a module (or a subclass) sets itself on its first forward pass, from the shapes it
+#: meets: not settings, and left out of the identity, which must not change once the recognizer
+#: has run (torchvision's MultiScaleRoIAlign infers its levels' scales from the first feature
+#: maps and builds its level mapper, both ``None`` before; kept in, a detector's labels went to
+#: another folder after its first use, and the second run of a study computed them all again)
 DERIVED = {"MultiScaleRoIAlign": ("scales", "map_levels")}
+
+
+def _derived(module) -> set[str]:
+    return {k for c in type(module).__mro__ for k in DERIVED.get(c.__name__, ())}
 
 
 def _settings(obj) -> list:
@@ -152,7 +156,7 @@ def _settings(obj) -> list:
         (name, k, repr(v))
         for name, m in items
         for k, v in sorted(vars(m).items())
-        if k != "training" and k not in DERIVED.get(type(m).__name__, ()) and _simple(v)
+        if k != "training" and k not in _derived(m) and _simple(v)
     ]
 
 

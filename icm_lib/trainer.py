@@ -169,6 +169,15 @@ class Stepper:
     ):
         self.codec, self.branch, self.cfg = codec, branch, cfg
         self.dist, self.accumulate, self.device = dist, accumulate, device
+        shards, need = dist.world_size * accumulate, getattr(branch, "min_batch", 1)
+        if cfg.batch_size // shards < need:
+            raise ValueError(
+                f"the auxiliary branch trains on at least {need} images at a time (its "
+                f"DeepLabV3+ head batch-normalises one pooled value per image), but batch_size "
+                f"{cfg.batch_size} over {shards} shards ({dist.world_size} processes x "
+                f"{accumulate} accumulation steps) gives {cfg.batch_size // shards}: raise "
+                "batch_size or use fewer processes or accumulation steps"
+            )
         self.flags = step_flags(device.type, fast)
         machine = getattr(getattr(objective, "machine", None), "model", None)
         if self.flags["channels_last"] and machine is not None and _layout_free(machine):

@@ -194,3 +194,26 @@ def test_gradient_paths_of_the_three_branch_positions(machines, task, variant):
     assert all(p.grad is None for p in machine.model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(weights, machine.model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(bn, _bn_state(machine.model)))
+
+
+@pytest.mark.parametrize(
+    ("task", "position", "least"),
+    [("seg", "enc", 2), ("seg", "dec", 2), ("seg", "task", 1), ("det", "enc", 1)],
+)
+def test_min_batch_is_what_a_training_pass_needs(task, position, least):
+    """``AuxBranch.min_batch`` (checked by the trainer before any step) is the truth: the
+    DeepLabV3+ head's pooled BatchNorm refuses one image in training, the others take it."""
+    from icm_lib.aux_branch import AuxBranch
+
+    branch = AuxBranch(task, position, 32, 5, 0.25).train()
+    assert branch.min_batch == least
+    x = torch.rand(1, 32, 8, 8)
+    if task == "det":
+        targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 60.0]]), "labels": torch.tensor([1])}]
+        assert torch.isfinite(branch.net(x, (128, 128), targets)["loss"])
+    elif least == 2:
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            branch.net(x, (128, 128))
+        assert branch.net(x.expand(2, -1, -1, -1), (128, 128)).shape[:2] == (2, 5)
+    else:
+        assert branch.net(x, (128, 128)).shape == (1, 5, 128, 128)

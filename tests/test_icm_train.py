@@ -39,6 +39,18 @@ def test_every_variant_trains_and_logs_its_loss_parts(smoke_env, tmp_path, task,
     assert (run_dir / "branch.pt").is_file() == variant.startswith("aux-")
 
 
+def test_a_micro_batch_too_small_for_the_branch_is_a_clear_error(smoke_env, tmp_path):
+    """The seg branch's DeepLabV3+ head needs two images per pass (its pooled BatchNorm): one is
+    refused before the first step, saying what to change; the baseline trains on one."""
+    icm = smoke_env.profile.icm
+    one = replace(icm, seg=replace(icm.seg, batch_size=1))
+    exp = replace(smoke_env, profile=replace(smoke_env.profile, icm=one))
+    with pytest.raises(ValueError, match="at least 2 images.*gives 1: raise batch_size"):
+        _run(exp, "seg", "aux-enc", tmp_path, steps=1)
+    _, log, _ = _run(exp, "seg", "baseline", tmp_path, steps=1)
+    assert log[0]["task_loss"] > 0
+
+
 def test_saved_codec_and_bitstreams_hold_no_branch(smoke_env, tmp_path):
     reference = smoke_env.reference
     codec, _, run_dir = _run(smoke_env, "det", "aux-enc", tmp_path)
