@@ -39,6 +39,7 @@ from .data.sampler import CropSampler
 from .experiment import Experiment
 from .files import load_checkpoint
 from .profiles import GANConfig, get_profile
+from .pseudo_labels import cached
 from .results import GanRecord
 from .runtime import (
     CheckpointParts,
@@ -316,14 +317,18 @@ def load_or_finetune(
     stop_after: int | None = None,
 ) -> tuple[ICMCodec, list[dict], Path]:
     """Finetune a copy of ``codec`` with ``preset`` and ``seed`` (load-or-compute), keyed by the
-    exact weights of ``codec`` and the configuration. Returns ``(codec, log, run_dir)``."""
+    exact weights of ``codec`` and the configuration. Returns ``(codec, log, run_dir)``.
+
+    Every preset of a seed trains on the same crops, so the machine's pseudo-labels of them are
+    read from the cache in ``<cache_dir>/pseudo`` after the first finetuning has computed them
+    (:func:`~icm_lib.pseudo_labels.cached`: the same tensors, bit for bit the same training)."""
     cfg = replace(preset_config(cfg, preset), seed=seed)
     run_dir = gan_run_dir(codec, train_set, cfg, preset, cache_dir)
     copy = load_codec(codec.codec_state())
     sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
     tuned, log = finetune_decoder(
         copy,
-        machine,
+        cached(machine, cache_dir),
         sampler,
         cfg,
         run_dir,

@@ -128,6 +128,28 @@ def test_finetuning_resumes_bit_for_bit(smoke_env, tmp_path):
     assert log_a == [dict(r, seconds=a["seconds"]) for r, a in zip(log_b, log_a)]
 
 
+def test_a_seeds_presets_compute_its_pseudo_labels_once(smoke_env, tmp_path, monkeypatch):
+    """Every preset of a seed finetunes on the same crops: the first computes their labels, the
+    next reads them all from the cache, and trains bit for bit as without it."""
+    machine = smoke_env.machine("seg")
+    real, calls = type(machine).pseudo_labels, {"n": 0}
+
+    def counting(self, x):
+        calls["n"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(type(machine), "pseudo_labels", counting)
+    monkeypatch.setenv("ICM_PSEUDO_CACHE", "0")
+    plain, _, _ = _finetune(smoke_env, tmp_path / "off", "limited")
+    assert calls["n"] == 4
+    monkeypatch.setenv("ICM_PSEUDO_CACHE", "1")
+    _finetune(smoke_env, tmp_path / "on", "full")
+    assert calls["n"] == 8 and len(list((tmp_path / "on" / "pseudo").rglob("*.pt"))) == 4
+    tuned, _, _ = _finetune(smoke_env, tmp_path / "on", "limited")
+    assert calls["n"] == 8  # every batch's labels from the cache
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), tuned.parameters()))
+
+
 def test_limited_preset_lowers_the_adversarial_weight(smoke_env, tmp_path):
     from icm_lib.gan import preset_config
 
