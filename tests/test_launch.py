@@ -25,6 +25,7 @@ from icm_lib.jobs import (
     call_tasks,
     done_marker,
     label_group,
+    plan_jobs,
     point_call,
     torchrun_command,
 )
@@ -162,7 +163,9 @@ def test_slurm_jobs_are_sbatch_scripts_and_a_resubmitted_study_submits_only_the_
     assert "#SBATCH --gpus-per-node=1\n" in script and "#SBATCH --cpus-per-task=8\n" in script
 
 
-def test_runs_started_together_do_not_compute_the_same_pseudo_labels(fake_slurm, tmp_path):
+def test_runs_started_together_do_not_compute_the_same_pseudo_labels(
+    smoke_env, fake_slurm, tmp_path
+):
     """With two places, a study of two seeds starts one run of each seed (each computing its
     own seed's pseudo-labels), not two λ of seed 0 computing the same labels side by side; once
     a seed's first run is done its later runs go in the study's order."""
@@ -175,6 +178,7 @@ def test_runs_started_together_do_not_compute_the_same_pseudo_labels(fake_slurm,
         for i, c in enumerate(calls)
     ]
     assert [j.labels for j in jobs] == [("seg", 0)] * 4 + [("seg", 1)] * 4
+    assert [j.labels for j in plan_jobs(smoke_env, calls)] == [j.labels for j in jobs]
     assert label_group(study_calls("rd", profile, [0], ["seg"], ["baseline"])[0]) is None  # MSE
     assert label_group(study_calls("ablation", profile, [1], ["det"])[0]) == ("det", 1)
     capped = Launcher(LaunchOptions(**{**SLURM, "workers": 2}), profile, data, "s").run(jobs)
