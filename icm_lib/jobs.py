@@ -129,8 +129,9 @@ class LaunchJob:
 def label_group(call: RunCall) -> tuple | None:
     """The pseudo-labels a call's training computes or reads (:mod:`icm_lib.pseudo_labels`): its
     task's frozen recognizer on its seed's crops, the same for every λ and variant of a (task,
-    seed) -- ``(task, seed)``; ``None`` where it reads none through the cache (the MSE
-    reference trains on pixels; a PatchGAN finetuning labels its own batches)."""
+    seed) -- ``(task, seed)``; ``None`` for the MSE reference (pixels only) and a PatchGAN
+    finetuning, which starts only once its seed's baseline is done (that run has labelled the
+    crops they share: :func:`~icm_lib.gan.load_or_finetune` reads the same cache)."""
     a = call.args
     if call.kind == "ablation" or (call.kind == "point" and a["variant"] != "mse"):
         return (get_task(a["task"]).name, a["seed"])

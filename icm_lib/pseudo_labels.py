@@ -152,12 +152,13 @@ def _settings(obj) -> list:
     import torch.nn as nn
 
     items = obj.named_modules() if isinstance(obj, nn.Module) else [("", obj)]
-    return [
-        (name, k, repr(v))
-        for name, m in items
-        for k, v in sorted(vars(m).items())
-        if k != "training" and k not in _derived(m) and _simple(v)
-    ]
+    settings = []
+    for name, m in items:
+        skip = {"training", *_derived(m)}
+        settings += [
+            (name, k, repr(v)) for k, v in sorted(vars(m).items()) if k not in skip and _simple(v)
+        ]
+    return settings
 
 
 def _to(labels, device):
