@@ -6,6 +6,7 @@ from .errors import (
     BDRateError,
     BitstreamError,
     CheckpointError,
+    ConfigError,
     DatasetError,
     ICMError,
     ImageError,
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "BDRateError",
     "BackendUnavailableError",
+    "ConfigError",
     "Profile",
     "get_profile",
 ]

@@ -39,6 +39,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from .errors import ConfigError
 from .tasks import DETECTION, Task, get_task
 
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
@@ -122,7 +123,7 @@ class AuxBackbone(nn.Module):
         super().__init__()
         task = get_task(task)
         if position not in POSITIONS:
-            raise ValueError(f"position must be one of {sorted(POSITIONS)}, got {position!r}")
+            raise ConfigError(f"position must be one of {sorted(POSITIONS)}, got {position!r}")
         stem = max(8, int(round(128 * width)))
         if position == "enc":
             self.conv1 = nn.Sequential(
@@ -375,13 +376,13 @@ def build_branch(
         machine: the frozen recognizer (``aux-task`` reads its intermediate feature).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if not variant.startswith("aux-"):
         return None
     task = get_task(task)
     position = variant.removeprefix("aux-")
     if position == "task" and machine is None:
-        raise ValueError("aux-task reads the frozen recognizer's feature: pass machine=")
+        raise ConfigError("aux-task reads the frozen recognizer's feature: pass machine=")
     channels = {
         "enc": lambda: codec.M,
         "dec": lambda: codec.decoder_last_layer_channels,

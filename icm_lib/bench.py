@@ -4,4 +4,6 @@
 from .dev.bench import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

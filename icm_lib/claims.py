@@ -754,4 +754,6 @@ def main(argv: list[str] | None = None) -> list[Claim]:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

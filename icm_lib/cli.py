@@ -18,7 +18,8 @@ Bad input -- an unreadable image, a cut or foreign stream, a missing or diverged
 weights offline -- prints one line ``error: ...`` on stderr and exits with status 2.
 
 The library's other commands are reached through the same entry point (``python -m icm_lib
-train ...`` runs ``python -m icm_lib.train ...``; see :data:`FORWARDED`).
+train ...`` runs ``python -m icm_lib.train ...``; see :data:`FORWARDED`), and end the same way on
+bad input or settings: one ``error: ...`` line, status 2 (:func:`command_status`).
 """
 
 from __future__ import annotations
@@ -168,12 +169,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _forward(name: str, argv: list[str]) -> int:
-    result = importlib.import_module(FORWARDED[name][0]).main(argv)
+    main = importlib.import_module(FORWARDED[name][0]).main
+    return command_status(main, argv, empty_fails=name == "train")
+
+
+def command_status(main, argv: list[str] | None = None, *, empty_fails: bool = False) -> int:
+    """The exit status of a command's ``main(argv)`` run from the shell (``python -m icm_lib
+    NAME`` and each module's ``python -m icm_lib.NAME``): an int result is the status (tutorial,
+    bench, fuzz return theirs); another result is 0, or 1 where it is empty and ``empty_fails``
+    (``train``: no record). Bad input or settings -- any :class:`~icm_lib.errors.ICMError`
+    (a :class:`~icm_lib.errors.ConfigError` for an unknown profile or preset, a locked run, a
+    launcher that cannot run, data or weights missing offline) or an ``OSError`` on a path --
+    print one line ``error: ...`` on stderr and give 2, not a traceback; anything else is a
+    fault of the library and keeps its traceback. ``main`` called from Python raises as usual."""
+    try:
+        result = main(argv)
+    except (ICMError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if isinstance(result, int) and not isinstance(result, bool):
-        return result  # tutorial, bench, fuzz return their status
-    if name == "train":  # as `python -m icm_lib.train`: an empty result is a failure
-        return 0 if result else 1
-    return 0
+        return result
+    return (0 if result else 1) if empty_fails else 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -244,12 +260,10 @@ def _zoo_codec(name: str, quality: int, device: str, weights: Path | None = None
     _device(device)  # a wrong device before any download
     if weights is not None and not Path(weights).is_file():
         raise ICMError(f"--zoo-weights: no file at {weights}")
-    try:
-        codec = build_codec(
-            name, quality, pretrained=True, checkpoint=None if weights is None else str(weights)
-        )
-    except ValueError as exc:  # a quality the zoo does not have
-        raise ICMError(str(exc)) from None
+    # a quality the zoo does not have: build_codec's ConfigError, an ICMError
+    codec = build_codec(
+        name, quality, pretrained=True, checkpoint=None if weights is None else str(weights)
+    )
     return codec.to(_device(device)).eval()
 
 

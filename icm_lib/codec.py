@@ -27,7 +27,13 @@ from compressai.zoo import image as zoo_image
 from . import bitstream, entropy
 from .data.images import ImageLike, to_rgb_tensor
 from .data.transforms import crop_padding, pad_to_multiple
-from .errors import BitstreamError, CheckpointError, ImageError, WeightsUnavailableError
+from .errors import (
+    BitstreamError,
+    CheckpointError,
+    ConfigError,
+    ImageError,
+    WeightsUnavailableError,
+)
 from .metrics import bpp_from_bytes, bpp_from_likelihoods
 from .runtime import forwards_in_bfloat16
 from .weights import compressai_zoo_model
@@ -58,13 +64,13 @@ def build_compressai_model(
         checkpoint: with ``pretrained``, a local copy of the zoo's file, read instead.
     """
     if name not in zoo_image.model_architectures:
-        raise ValueError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
+        raise ConfigError(f"unknown codec {name!r}; choose one of {CODEC_NAMES}")
     q = 3 if quality is None else quality
     if q not in zoo_image.cfgs[name]:
-        raise ValueError(f"{name} has qualities {sorted(zoo_image.cfgs[name])}, not {q}")
+        raise ConfigError(f"{name} has qualities {sorted(zoo_image.cfgs[name])}, not {q}")
     if pretrained:
         if N is not None or M is not None:
-            raise ValueError("pretrained weights fix N and M; leave them None")
+            raise ConfigError("pretrained weights fix N and M; leave them None")
         # a local copy of the zoo's file (CodecConfig.checkpoint), else torch.hub's cache or the
         # download; offline, the error names the file torch.hub reads and the URL
         return compressai_zoo_model(name, q, metric, checkpoint)

@@ -14,6 +14,12 @@ class BitstreamError(ICMError):
     """A bitstream is truncated, corrupt, or written by another codec / format version."""
 
 
+class ConfigError(ICMError, ValueError):
+    """A setting or argument is invalid (an unknown profile, codec or preset, a batch that does
+    not split into the processes' shards); the message names the setting and what it takes. A
+    :class:`ValueError` too, as any bad argument to a function is."""
+
+
 class ImageError(ICMError):
     """An image cannot be read or converted to RGB in [0, 1]."""
 

@@ -29,6 +29,7 @@ from .aux_branch import VARIANTS, build_branch
 from .codec import ICMCodec, codec_from_config, load_codec
 from .data import Datasets, get_datasets
 from .data.sampler import CropSampler
+from .errors import ConfigError
 from .evaluate import load_or_evaluate, rd_point
 from .files import atomic_write_json, read_json
 from .losses import ICMObjective, mse_objective
@@ -536,7 +537,7 @@ class Experiment:
     ) -> Path:
         task = get_task(task)
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
         profile, icm = self.profile, self.profile.icm
         cfg = run_config(profile, task, variant, lmbda, seed, steps)
         return keyed_path(

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
+from .errors import ConfigError
 from .experiment import Experiment
 from .files import load_checkpoint
 from .profiles import GANConfig, get_profile
@@ -107,7 +108,7 @@ def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> tor
             F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
         )
-    raise ValueError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
+    raise ConfigError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
 
 
 def generator_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
@@ -115,14 +116,14 @@ def generator_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
         return (fake - 1).pow(2).mean()
     if kind == "ns":
         return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-    raise ValueError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
+    raise ConfigError(f"adv_loss must be 'lsgan' or 'ns', got {kind!r}")
 
 
 def random_patches(images: list[torch.Tensor], patch: int, generator: torch.Generator):
     """The same random ``patch`` x ``patch`` window from each image of every tensor in ``images``."""
     h, w = images[0].shape[-2:]
     if patch > min(h, w):
-        raise ValueError(f"patch {patch} is larger than the crops ({h}x{w})")
+        raise ConfigError(f"patch {patch} is larger than the crops ({h}x{w})")
     b = images[0].shape[0]
     tops = torch.randint(0, h - patch + 1, (b,), generator=generator).tolist()
     lefts = torch.randint(0, w - patch + 1, (b,), generator=generator).tolist()
@@ -141,7 +142,7 @@ def trainable_decoder_parameters(codec: ICMCodec, layers: int | None) -> list[nn
     children = list(codec.decoder.children())
     chosen = children if layers is None else children[:layers]
     if not chosen or layers is not None and not 0 < layers <= len(children):
-        raise ValueError(f"decoder_layers must be in 1..{len(children)} or None, got {layers}")
+        raise ConfigError(f"decoder_layers must be in 1..{len(children)} or None, got {layers}")
     params = [p for m in chosen for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -159,7 +160,7 @@ def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
     periodic energy."""
     name, _, pixel = preset.partition("-px")
     if name not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"preset must be one of {PRESETS}, optionally with -px<pixel weight> "
             f"(e.g. full-px1), got {preset!r}"
         )
@@ -169,9 +170,9 @@ def preset_config(cfg: GANConfig, preset: str) -> GANConfig:
     try:
         pixel_weight = float(pixel)
     except ValueError:
-        raise ValueError(f"{preset!r}: the pixel weight after -px must be a number") from None
+        raise ConfigError(f"{preset!r}: the pixel weight after -px must be a number") from None
     if not pixel_weight >= 0:
-        raise ValueError(f"{preset!r}: the pixel weight must be >= 0")
+        raise ConfigError(f"{preset!r}: the pixel weight must be >= 0")
     return replace(cfg, adv_weight=weight, pixel_weight=pixel_weight)
 
 
@@ -421,11 +422,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
+    cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
+    preset_config(cfg, args.preset)  # an unknown preset, or a missing codec: before the data
+    state = load_checkpoint(args.codec)
     exp = Experiment.prepare(
         profile, args.data_dir, get_device(args.device or None), not args.no_progress
     )
-    cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
-    codec = load_codec(load_checkpoint(args.codec)).to(exp.device)
+    codec = load_codec(state).to(exp.device)
     _, log, run_dir = load_or_finetune(
         codec,
         exp.machine(args.task),
@@ -443,4 +446,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

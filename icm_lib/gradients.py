@@ -394,4 +394,6 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -368,4 +368,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
 from .profiles import Profile, get_profile, parse_overrides
 from .results import PilotFile, RunRecord
 from .runtime import env_path, get_device, tell
@@ -202,7 +203,7 @@ def run_pilot(
     t0 = time.perf_counter()
     pilot = profile.pilot
     if not any(pilot.lambdas(t) for t in tasks):
-        raise ValueError(
+        raise ConfigError(
             f"profile {profile.name!r} declares no pilot grid (profile.pilot): the pilot is for "
             "profiles whose λ are chosen by it, e.g. cpu-patterns"
         )
@@ -318,4 +319,6 @@ def main(argv: list[str] | None = None) -> PilotFile | list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .errors import ConfigError
 from .tasks import DETECTION, Task, get_task
 
 
@@ -76,7 +77,7 @@ class CodecConfig:
 
     def __post_init__(self):
         if self.checkpoint is not None and not self.pretrained:
-            raise ValueError(
+            raise ConfigError(
                 "codec.checkpoint replaces the pretrained download: set codec__pretrained=True"
             )
 
@@ -232,29 +233,31 @@ class RecognitionConfig:
     def __post_init__(self):
         for name, allowed in (("det_backend", DET_BACKENDS), ("seg_backend", SEG_BACKENDS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("det_train_precision", "seg_train_precision"):
             if getattr(self, name) not in TRAIN_PRECISIONS:
-                raise ValueError(
+                raise ConfigError(
                     f"{name} must be one of {TRAIN_PRECISIONS}, got {getattr(self, name)!r}"
                 )
         asked = self.asked_precisions
         if asked is not None and (len(asked) != 2 or not set(asked) <= set(TRAIN_PRECISIONS)):
-            raise ValueError(f"asked_precisions must name two of {TRAIN_PRECISIONS}, got {asked!r}")
+            raise ConfigError(
+                f"asked_precisions must name two of {TRAIN_PRECISIONS}, got {asked!r}"
+            )
         if asked is not None:  # the precisions asked for pass the checks below too
             try:
                 replace(self, det_train_precision=asked[0], seg_train_precision=asked[1],
                         asked_precisions=None)  # fmt: skip
             except ValueError as exc:
-                raise ValueError(f"asked_precisions {asked!r}: {exc}") from None
+                raise ConfigError(f"asked_precisions {asked!r}: {exc}") from None
         if self.precision_fallback not in ("float32", None):
-            raise ValueError(
+            raise ConfigError(
                 f"precision_fallback must be 'float32' or None, got {self.precision_fallback!r}"
             )
         if self.seg_train_precision in MIXED_PRECISIONS or (
             self.det_train_precision in MIXED_PRECISIONS and self.det_backend != "torchvision"
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"train precisions {MIXED_PRECISIONS} are the torchvision detector's "
                 "(det_train_precision with det_backend='torchvision'); elsewhere use 'bfloat16'"
             )
@@ -266,13 +269,13 @@ class RecognitionConfig:
             or any(not 0 < f <= 1 for f in fractions)
             or (sum(fractions) > 1 + 1e-9)
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"crop_schedule {self.crop_schedule!r}: (side, fraction) pairs, sides positive "
                 "multiples of 32, fractions in (0, 1] adding up to at most 1, e.g. ((64, 0.5),)"
             )
         for name in ("det_checkpoint", "seg_checkpoint"):
             if getattr(self, name) is not None and not self.pretrained:
-                raise ValueError(
+                raise ConfigError(
                     f"recognition.{name} replaces the pretrained download: set "
                     "recognition__pretrained=True"
                 )
@@ -415,7 +418,7 @@ class ReferenceConfig(TrainConfig):
 
     def __post_init__(self):
         if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(
+            raise ConfigError(
                 f"mse.precision must be 'float32' or 'bfloat16', got {self.precision!r}"
             )
 
@@ -614,7 +617,7 @@ class TutorialConfig:
             return tuple(grid)
         unknown = set(chosen) - set(grid)
         if unknown:
-            raise ValueError(f"tutorial λ {sorted(unknown)} are not in the task's grid {grid}")
+            raise ConfigError(f"tutorial λ {sorted(unknown)} are not in the task's grid {grid}")
         return tuple(chosen)
 
 
@@ -863,15 +866,15 @@ def get_profile(name: str, **overrides: Any) -> Profile:
             field and an int for a float one.
     """
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     profile = PROFILES[name]
     for key, value in overrides.items():
         section, _, fld = key.partition("__")
         if not fld or not hasattr(profile, section):
-            raise ValueError(f"override {key!r} must look like 'data__n_train'")
+            raise ConfigError(f"override {key!r} must look like 'data__n_train'")
         sub = getattr(profile, section)
         if fld not in {f.name for f in dataclasses.fields(sub)}:
-            raise ValueError(f"{type(sub).__name__} has no field {fld!r}")
+            raise ConfigError(f"{type(sub).__name__} has no field {fld!r}")
         hint = typing.get_type_hints(type(sub))[fld]
         if (
             isinstance(value, list)
@@ -880,7 +883,7 @@ def get_profile(name: str, **overrides: Any) -> Profile:
         ):
             value = tuple(value)  # "[0.5, 1]" from the shell, for a tuple field
         if not _fits(value, hint):
-            raise ValueError(
+            raise ConfigError(
                 f"override {key}={value!r}: {type(sub).__name__}.{fld} takes "
                 f"{_type_name(hint)}, not {type(value).__name__}"
             )
@@ -974,7 +977,7 @@ def parse_overrides(text: str) -> dict[str, Any]:
     for item in text.split():
         key, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"override {item!r} must look like 'data__n_train=64'")
+            raise ConfigError(f"override {item!r} must look like 'data__n_train=64'")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

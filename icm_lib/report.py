@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .errors import ConfigError
 from .evaluate import curves, mean_curve
 from .files import atomic_write_bytes
 from .profiles import PROFILES
@@ -143,7 +144,7 @@ START, END = "<!-- study-report:start -->", "<!-- study-report:end -->"
 def write_between_markers(path: Path, text: str) -> None:
     doc = path.read_text()
     if START not in doc or END not in doc:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
+        raise ConfigError(f"{path} has no {START} ... {END} markers")
     head, rest = doc.split(START, 1)
     tail = rest.split(END, 1)[1]
     atomic_write_bytes(path, (head + START + "\n" + text + "\n" + END + tail).encode())
@@ -524,4 +525,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

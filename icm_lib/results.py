@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import DamagedFileError
+from .errors import ConfigError, DamagedFileError
 from .files import atomic_write_json, read_json
 from .profiles import PROFILES
 
@@ -64,7 +64,7 @@ REGENERATE = {
 def results_path(results_dir: str | Path, kind: str, profile: str) -> Path:
     """The one spelling of a results file's name: ``<results_dir>/<kind>-<profile>.json``."""
     if kind not in REGENERATE:
-        raise ValueError(f"kind must be one of {sorted(REGENERATE)}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {sorted(REGENERATE)}, got {kind!r}")
     return Path(results_dir) / f"{kind}-{profile}.json"
 
 
@@ -1269,4 +1269,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

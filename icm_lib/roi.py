@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .codec import ICMCodec
 from .data.transforms import pad_to_multiple
+from .errors import ConfigError
 
 
 def latent_roi_mask(
@@ -59,7 +60,7 @@ def roi_scaling(codec: ICMCodec, latent_mask: torch.Tensor, qf: float = 1.4):
         ValueError: ``qf`` < 1, or a latent whose size does not match the mask.
     """
     if qf < 1:
-        raise ValueError(f"QF must be >= 1 (it divides the background latent), got {qf}")
+        raise ConfigError(f"QF must be >= 1 (it divides the background latent), got {qf}")
 
     def hook(module, args, output):
         if output.shape[-2:] != latent_mask.shape[-2:]:

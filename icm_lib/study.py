@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from .aux_branch import VARIANTS
-from .errors import RunLockedError
+from .errors import ConfigError, RunLockedError
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
 from .gan import gan_base
@@ -315,7 +315,7 @@ def study_calls(
             for seed in seeds
             for preset in profile.gan.presets
         ]
-    raise ValueError(f"study must be aux, ablation or gan, got {study!r}")
+    raise ConfigError(f"study must be aux, ablation or gan, got {study!r}")
 
 
 def summarise(
@@ -955,4 +955,6 @@ def _summary_lines(study: str, summary) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import command_status
+
+    raise SystemExit(command_status(main))

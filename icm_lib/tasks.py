@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -45,7 +47,7 @@ def get_task(task: Task | str) -> Task:
     if isinstance(task, Task):
         return task
     if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        raise ConfigError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     return TASKS[task]
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .errors import ConfigError
+
 #: pixels per latent of CompressAI's image codecs (four stride-2 stages)
 SCALE = 16
 #: overlap (latents) from which tiled synthesis equals the full one to float rounding (< 1e-5),
@@ -64,7 +66,7 @@ def synthesize_tiled(
     if y_hat.ndim != 4 or y_hat.shape[0] != 1:
         raise ValueError(f"y_hat must be (1, M, h, w), got {tuple(y_hat.shape)}")
     if tile < 1 or overlap < 0:
-        raise ValueError(f"tile must be >= 1 and overlap >= 0, got {tile}, {overlap}")
+        raise ConfigError(f"tile must be >= 1 and overlap >= 0, got {tile}, {overlap}")
     h, w = y_hat.shape[-2:]
     if h <= tile and w <= tile:
         return g_s(y_hat)

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
+from .errors import ConfigError
 from .files import load_or_compute
 from .losses import Objective
 from .profiles import TrainConfig
@@ -171,7 +172,7 @@ class Stepper:
         self.dist, self.accumulate, self.device = dist, accumulate, device
         shards, need = dist.world_size * accumulate, getattr(branch, "min_batch", 1)
         if cfg.batch_size // shards < need:
-            raise ValueError(
+            raise ConfigError(
                 f"the auxiliary branch trains on at least {need} images at a time (its "
                 f"DeepLabV3+ head batch-normalises one pooled value per image), but batch_size "
                 f"{cfg.batch_size} over {shards} shards ({dist.world_size} processes x "
@@ -329,7 +330,7 @@ def _train(
     """The body of :func:`train_codec` once this process holds the run's claim."""
     shards = dist.world_size * accumulate
     if cfg.batch_size % shards:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
             f"({dist.world_size} processes x {accumulate} accumulation steps)"
         )

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import CheckpointError, WeightsUnavailableError
+from .errors import CheckpointError, ConfigError, WeightsUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -205,7 +205,7 @@ def compressai_zoo_model(
     try:
         url = zoo_image.model_urls[name][metric][quality]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"CompressAI has no pretrained {name} for metric={metric}, quality={quality}"
         ) from None
     what, field = f"CompressAI {name} q{quality} ({metric})", "codec.checkpoint"

@@ -19,6 +19,7 @@ from icm_lib import cli
 from icm_lib.codec import build_codec
 from icm_lib.errors import ImageError
 from icm_lib.files import atomic_torch_save
+from icm_lib.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -397,3 +398,77 @@ def test_zoo_weights_from_a_local_file_encode_and_decode(files, capsys, tmp_path
         "--zoo-weights", tmp_path / "missing.pth.tar",
     )  # fmt: skip
     assert_one_error_line(code, err, "no file at")
+
+
+#: per command, settings it refuses before any work, and a word its error line must name
+BAD_SETTINGS = {
+    "train": (["--profile", "nope", "--task", "seg", "--lmbda", "1"], "unknown profile 'nope'"),
+    "study": (["--profile", "nope", "--plan"], "unknown profile 'nope'"),
+    "gan": (["--profile", "smoke", "--codec", "x.pt", "--preset", "loud"], "preset must be"),
+    "gan ": (["--profile", "smoke", "--codec", "no-such-codec.pt"], "no-such-codec.pt"),
+    "world-check": (["--profile", "nope"], "unknown profile 'nope'"),
+    "pilot": (["--profile", "smoke", "--overrides", "icm__no_such=1"], "no field 'no_such'"),
+    "bench": (["recognizers", "--profile", "smoke", "--recipe", "det_steps150"], "FIELD=VALUE"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
+def test_every_command_refuses_bad_settings_in_one_error_line(name, capsys, monkeypatch):
+    """A command given a setting it does not take (an unknown profile, preset or field) says so
+    in one ``error: ...`` line with status 2, as encode / decode do, not with a traceback."""
+    argv, needle = BAD_SETTINGS[name]
+    if name.strip() == "gan":  # the preset and codec: refused before the data is prepared
+        from icm_lib import gan
+
+        monkeypatch.setattr(gan.Experiment, "prepare", lambda *a, **k: pytest.fail("prepared"))
+    code, _, err = run_cli(capsys, name.strip(), *argv)
+    assert_one_error_line(code, err, needle)
+
+
+def test_a_command_called_from_python_raises_the_error_the_shell_sees_as_a_line():
+    from icm_lib import study
+    from icm_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown profile") as info:
+        study.main(["--profile", "nope", "--plan"])
+    assert isinstance(info.value, ValueError)  # a bad argument, as callers caught it before
+
+
+def test_a_fault_of_the_library_keeps_its_traceback():
+    def broken(argv):
+        raise KeyError("a bug, not bad input")
+
+    with pytest.raises(KeyError):
+        cli.command_status(broken)
+
+
+def test_a_module_run_from_the_shell_ends_bad_settings_in_one_line():
+    """``python -m icm_lib.study`` (the module's own entry, not the forwarding one)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "icm_lib.study", "--profile", "nope", "--plan"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=110,
+    )
+    assert done.returncode == cli.EXIT_BAD_INPUT, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "warn" not in line.lower()]
+    assert lines == ["error: unknown profile 'nope'; choose one of " + str(sorted(PROFILES))]
+
+
+def test_every_module_entry_point_goes_through_the_error_boundary():
+    """Each ``python -m icm_lib.X`` module ends its ``__main__`` block in ``command_status``: a
+    new command that forgets it would print tracebacks for bad input."""
+    import ast
+
+    for path in sorted((ROOT / "icm_lib").rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        blocks = [
+            node
+            for node in tree.body
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        ]
+        for block in blocks:
+            assert "command_status(main" in ast.unparse(block), path

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from icm_lib.dev import bench
 from icm_lib.dev.stepbench import bench_paper_step, build_machine, build_step, recognition_config
+from icm_lib.errors import ConfigError
 from icm_lib.profiles import get_profile
 from icm_lib.recognition import FrozenDetector
 from icm_lib.tasks import get_task
@@ -376,7 +377,7 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
     steps = SMOKE.recognition.steps_for("det")
     assert row["steps"] == {"float32": steps, "det_train_steps=2": 2} and steps != 2
     assert "det: det_train_steps=2 - float32, mean over 1 seeds" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--tasks seg: train precisions"):  # before any training
+    with pytest.raises(ConfigError, match="--tasks seg: train precisions"):  # before any training
         bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det", "seg"),
                                 "bfloat16-features")  # fmt: skip
     for recipe, said in (
@@ -386,16 +387,16 @@ def test_bench_recognizers_sets_the_chosen_precision_or_recipe_against_float32(s
         ({"eval_every": 5}, "not part of how a recognizer trains"),
         ({"crop_schedule": ((48, 0.5),)}, "--recipe: crop_schedule .*multiples of 32"),
     ):
-        with pytest.raises(SystemExit, match=said):
+        with pytest.raises(ConfigError, match=said):
             bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None,
                                     recipe)  # fmt: skip
-    with pytest.raises(SystemExit, match="nothing to compare"):
+    with pytest.raises(ConfigError, match="nothing to compare"):
         bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("det",), None)
     # a recipe of the other task's fields alone: that task is not compared with itself
     assert bench.bench_recognizers("smoke", smoke_env.cache_dir.parent, (0,), ("seg",), None,
                                    {"det_lr": 0.01}) == []  # fmt: skip
     assert "the recipe changes only the det recognizer; skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="each item is FIELD=VALUE"):
+    with pytest.raises(ConfigError, match="each item is FIELD=VALUE"):
         bench.main(["recognizers", "--profile", "smoke", "--recipe", "det_steps150"])
 
 

@@ -115,6 +115,7 @@ import torch.nn.functional as F
 from ..codec import CODEC_NAMES, ICMCodec, build_codec, load_codec
 from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
+from ..errors import ConfigError
 from ..files import load_checkpoint
 from ..metrics import bpp_from_bytes
 from ..profiles import parse_overrides
@@ -490,12 +491,12 @@ def bench_recognizers(
 
     recipe = {k.removeprefix("recognition__"): v for k, v in (recipe or {}).items()}
     if precision is None and not recipe:
-        raise SystemExit("bench recognizers: nothing to compare (give --precision or --recipe)")
+        raise ConfigError("bench recognizers: nothing to compare (give --precision or --recipe)")
     for k in recipe:  # what the recipe may not set: the precision, what trains nothing
         if k.endswith("_train_precision"):
-            raise SystemExit(f"bench recognizers --recipe {k}: set the precision with --precision")
+            raise ConfigError(f"bench recognizers --recipe {k}: set the precision with --precision")
         if k in NOT_A_RECIPE:
-            raise SystemExit(
+            raise ConfigError(
                 f"bench recognizers --recipe {k}: not part of how a recognizer trains "
                 f"(a recipe sets none of {sorted(NOT_A_RECIPE)})"
             )
@@ -507,7 +508,7 @@ def bench_recognizers(
             profile_name, **float32, **{f"recognition__{k}": v for k, v in recipe.items()}
         ).recognition
     except (ValueError, TypeError) as exc:
-        raise SystemExit(f"bench recognizers --recipe: {exc}") from None
+        raise ConfigError(f"bench recognizers --recipe: {exc}") from None
     label = " ".join(filter(None, (precision, *(f"{k}={v}" for k, v in recipe.items()))))
     variants = {}
     for name in tasks:  # what a task's recognizer cannot take: say so before training
@@ -522,7 +523,7 @@ def bench_recognizers(
                 else dataclasses.replace(changed, **{f"{name}_train_precision": precision})
             )
         except ValueError as exc:
-            raise SystemExit(f"bench recognizers --tasks {name}: {exc}") from None
+            raise ConfigError(f"bench recognizers --tasks {name}: {exc}") from None
     datasets = get_datasets(profile.data, data_dir, progress=False)
     device, cache = torch.device("cpu"), data_dir / "cache"
     slower = bf16_slower(device) if precision is not None else None
@@ -855,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             recipe = parse_overrides(" ".join(args.recipe))
         except ValueError:
-            raise SystemExit(
+            raise ConfigError(
                 f"bench recognizers --recipe {' '.join(args.recipe)}: each item is FIELD=VALUE, "
                 "a RecognitionConfig field, e.g. det_train_steps=150 det_lr=0.04"
             ) from None
@@ -1235,4 +1236,6 @@ def decode_budget_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -595,4 +595,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..runtime import bf16_hardware
 
 #: operators whose CUDA implementation waits for the device and reads a result on the host
@@ -563,7 +564,7 @@ def bench_workers(
     from ..profiles import get_profile
 
     if workers < 2:
-        raise ValueError(f"--workers {workers}: give 2 or more runs to set side by side")
+        raise ConfigError(f"--workers {workers}: give 2 or more runs to set side by side")
     cores = torch.get_num_threads()
     per = max(1, cores // workers)
     device = torch.device("cpu")
@@ -1017,4 +1018,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli import command_status
+
+    raise SystemExit(command_status(main))

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torchvision.models import detection as tvdet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from ..errors import CheckpointError, WeightsUnavailableError
+from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
 from ..tasks import DETECTION
 from ..weights import load_state_file, require_download
 from .common import freeze, loss_mode, output_channels
@@ -31,7 +31,7 @@ def _imagenet_weights(backbone: str):
     try:
         return get_model_weights(backbone).DEFAULT
     except (ValueError, AttributeError) as exc:
-        raise ValueError(f"torchvision has no backbone named {backbone!r}") from exc
+        raise ConfigError(f"torchvision has no backbone named {backbone!r}") from exc
 
 
 #: the ``record_function`` label of the library's explicit device-to-host reads (counted as host
@@ -102,7 +102,7 @@ def build_detector(
         weights = tvdet.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1
         what = "torchvision Faster R-CNN R50-FPN v2 (COCO)"
         if num_classes + 1 != len(weights.meta["categories"]):
-            raise ValueError(
+            raise ConfigError(
                 "torchvision's COCO detector predicts 91 category ids; use "
                 "num_classes=90 with CocoDetection(..., contiguous=False)"
             )

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
 from ..weights import local_file, require_download
 
 #: Iino et al.'s detector (detectron2 model zoo)
@@ -83,7 +83,7 @@ def detectron2_config(config: str, num_classes: int, pretrained: bool, **kwargs)
     try:
         cfg = model_zoo.get_config(config)
     except RuntimeError as exc:
-        raise ValueError(f"detectron2's model zoo has no config {config!r}") from exc
+        raise ConfigError(f"detectron2's model zoo has no config {config!r}") from exc
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.WEIGHTS = ""
@@ -211,7 +211,7 @@ def build_detectron2_detector(
     net = build_model(cfg)
     if pretrained:
         if num_classes != 80:
-            raise ValueError(
+            raise ConfigError(
                 f"detectron2's COCO weights predict 80 classes; the dataset has {num_classes}"
             )
         what = f"detectron2 {config}"

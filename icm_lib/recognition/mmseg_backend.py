@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
 from ..weights import local_file, require_download
 
 #: Iino et al.'s segmenter (MMSegmentation model index)
@@ -71,7 +71,7 @@ def mmseg_config_path(config: str) -> Path:
         return path
     found = sorted(_configs_dir().glob(f"*/{path.stem}.py"))
     if not found:
-        raise ValueError(f"MMSegmentation has no config named {config!r}")
+        raise ConfigError(f"MMSegmentation has no config named {config!r}")
     return found[0]
 
 
@@ -85,7 +85,7 @@ def mmseg_checkpoint_url(config: str) -> str:
     for model in models:
         if model.get("Name") == path.stem and model.get("Weights"):
             return model["Weights"]
-    raise ValueError(f"MMSegmentation publishes no weights for {path.stem!r} (no {meta} entry)")
+    raise ConfigError(f"MMSegmentation publishes no weights for {path.stem!r} (no {meta} entry)")
 
 
 class MMSegSegmenter(nn.Module):
@@ -174,7 +174,7 @@ def build_mmseg_segmenter(
     weights = None
     if pretrained:
         if num_classes != cfg.model.decode_head.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{path.stem}'s weights predict {cfg.model.decode_head.num_classes} classes; the "
                 f"dataset has {num_classes}"
             )
