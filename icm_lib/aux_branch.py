@@ -382,7 +382,7 @@ def build_branch(
     task = get_task(task)
     position = variant.removeprefix("aux-")
     if position == "task" and machine is None:
-        raise ConfigError("aux-task reads the frozen recognizer's feature: pass machine=")
+        raise ValueError("aux-task reads the frozen recognizer's feature: pass machine=")
     channels = {
         "enc": lambda: codec.M,
         "dec": lambda: codec.decoder_last_layer_channels,

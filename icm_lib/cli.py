@@ -49,6 +49,9 @@ FORWARDED = {
 
 #: exit status of the ``error: ...`` line
 EXIT_BAD_INPUT = 2
+#: exit status of a study whose runs did not all finish (a :class:`~icm_lib.errors.LaunchError`
+#: with its report: one line per failed run and its log)
+EXIT_RUNS_FAILED = 1
 
 _CODEC_HELP = (
     "The decoder needs the codec that wrote a stream: the header names the CompressAI model, "
@@ -178,15 +181,20 @@ def command_status(main, argv: list[str] | None = None, *, empty_fails: bool = F
     NAME`` and each module's ``python -m icm_lib.NAME``): an int result is the status (tutorial,
     bench, fuzz return theirs); another result is 0, or 1 where it is empty and ``empty_fails``
     (``train``: no record). Bad input or settings -- any :class:`~icm_lib.errors.ICMError`
-    (a :class:`~icm_lib.errors.ConfigError` for an unknown profile or preset, a locked run, a
-    launcher that cannot run, data or weights missing offline) or an ``OSError`` on a path --
-    print one line ``error: ...`` on stderr and give 2, not a traceback; anything else is a
-    fault of the library and keeps its traceback. ``main`` called from Python raises as usual."""
+    (a :class:`~icm_lib.errors.ConfigError` for an unknown profile, preset or device, a locked
+    run, a launcher that cannot run, data or weights missing offline, a full disk) -- print one
+    line ``error: ...`` on stderr and give 2, not a traceback; a study whose runs failed prints
+    its report (a line per run, with its log) and gives 1. Anything else, a bare ``OSError``
+    included, is a fault of the library and keeps its traceback. ``main`` called from Python
+    raises as usual."""
     try:
         result = main(argv)
-    except (ICMError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except ICMError as exc:
+        if getattr(exc, "report", None) is None:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"error: {str(exc).strip()}", file=sys.stderr)  # a run per line, with its log
+        return EXIT_RUNS_FAILED
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return (0 if result else 1) if empty_fails else 0
@@ -198,15 +206,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _device(name: str):
-    import torch
+    from .runtime import get_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ICMError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ICMError("no CUDA device on this machine; use --device cpu")
-    return device
+    return get_device(name)
 
 
 def _set_transforms(codec, args: argparse.Namespace) -> None:

@@ -629,7 +629,8 @@ def load_codec(state: dict) -> ICMCodec:
             cfg["name"], quality, *((None, None) if quality else (cfg["N"], cfg["M"]))
         )
         model.load_state_dict(state["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # ValueError: a codec or
+        # quality this CompressAI does not know (build_compressai_model's ConfigError)
         raise CheckpointError(f"not a saved icm_lib codec or incompatible weights: {exc}") from exc
     # the saved entropy tables are used as they are: recomputing them on another device or
     # machine could change them and make the codec's own streams undecodable

@@ -423,12 +423,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     cfg = profile.gan if args.steps is None else replace(profile.gan, steps=args.steps)
-    preset_config(cfg, args.preset)  # an unknown preset, or a missing codec: before the data
-    state = load_checkpoint(args.codec)
-    exp = Experiment.prepare(
-        profile, args.data_dir, get_device(args.device or None), not args.no_progress
-    )
-    codec = load_codec(state).to(exp.device)
+    preset_config(cfg, args.preset)  # an unknown preset, device or codec: before the data
+    device = get_device(args.device or None)
+    codec = load_codec(load_checkpoint(args.codec))
+    exp = Experiment.prepare(profile, args.data_dir, device, not args.no_progress)
+    codec = codec.to(exp.device)
     _, log, run_dir = load_or_finetune(
         codec,
         exp.machine(args.task),

@@ -142,6 +142,8 @@ START, END = "<!-- study-report:start -->", "<!-- study-report:end -->"
 
 
 def write_between_markers(path: Path, text: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"no file {path} to write the tables into (--readme)")
     doc = path.read_text()
     if START not in doc or END not in doc:
         raise ConfigError(f"{path} has no {START} ... {END} markers")

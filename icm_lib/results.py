@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError, DamagedFileError
+from .errors import DamagedFileError
 from .files import atomic_write_json, read_json
 from .profiles import PROFILES
 
@@ -64,7 +64,7 @@ REGENERATE = {
 def results_path(results_dir: str | Path, kind: str, profile: str) -> Path:
     """The one spelling of a results file's name: ``<results_dir>/<kind>-<profile>.json``."""
     if kind not in REGENERATE:
-        raise ConfigError(f"kind must be one of {sorted(REGENERATE)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {sorted(REGENERATE)}, got {kind!r}")
     return Path(results_dir) / f"{kind}-{profile}.json"
 
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm as _auto_tqdm
 
 from .errors import (
+    ConfigError,
     ICMError,
     NotCachedError,
 )
@@ -80,11 +81,20 @@ def refuse_training(what: str) -> None:
         )
 
 
-def get_device(prefer: str | None = None) -> torch.device:
-    """CUDA when present (or ``prefer``), else CPU."""
-    if prefer:
-        return torch.device(prefer)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """CUDA when present (or ``prefer``: ``cpu``, ``cuda``, ``cuda:N``), else CPU.
+
+    Raises:
+        ConfigError: ``prefer`` is not a device name, or names CUDA on a machine without it."""
+    if not prefer:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(prefer)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {prefer!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {prefer}: no CUDA device on this machine; use --device cpu")
+    return device
 
 
 def bf16_hardware(device: torch.device | None = None) -> str:

@@ -315,7 +315,7 @@ def study_calls(
             for seed in seeds
             for preset in profile.gan.presets
         ]
-    raise ConfigError(f"study must be aux, ablation or gan, got {study!r}")
+    raise ValueError(f"study must be rd, ablation or gan, got {study!r}")
 
 
 def summarise(
@@ -817,7 +817,7 @@ def _s_per_step(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not key:
-            raise SystemExit(
+            raise ConfigError(
                 f"--s-per-step {item!r} must look like det=0.26 or det/aux-enc=0.27 (seconds per "
                 "training step, e.g. from `python -m icm_lib.bench paper-step`)"
             )

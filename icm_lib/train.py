@@ -13,13 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from .aux_branch import VARIANTS
 from .experiment import Experiment
 from .profiles import get_profile
-from .runtime import Distributed
+from .runtime import Distributed, get_device
 from .tasks import TASKS
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,7 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lmbda", type=float, required=True, help="λ of Eq. 4-6 (MSE λ for mse)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="override the profile's steps")
-    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
+    parser.add_argument(
+        "--accumulate", type=_at_least_one, default=1, help="micro-batches per step (>= 1)"
+    )
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="", help="default: cuda if available, else cpu")
     parser.add_argument(
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    dist = Distributed(torch.device(args.device) if args.device else None)
+    dist = Distributed(get_device(args.device) if args.device else None)
     try:
         exp = Experiment.prepare(
             get_profile(args.profile), args.data_dir, dist.device, not args.no_progress, dist

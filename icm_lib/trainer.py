@@ -328,6 +328,8 @@ def _train(
     validate_every: int,
 ) -> tuple[ICMCodec, list[dict]]:
     """The body of :func:`train_codec` once this process holds the run's claim."""
+    if accumulate < 1:
+        raise ConfigError(f"accumulate {accumulate}: a step needs at least 1 micro-batch")
     shards = dist.world_size * accumulate
     if cfg.batch_size % shards:
         raise ConfigError(

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import ConfigError
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
@@ -123,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths = notebook_paths(args.only)
     if not paths:
-        print("no notebooks matched", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--only {' '.join(args.only)}: no notebook's name starts so")
     summary = {}
     for path in paths:
         t0 = time.perf_counter()

@@ -403,26 +403,62 @@ def test_zoo_weights_from_a_local_file_encode_and_decode(files, capsys, tmp_path
 #: per command, settings it refuses before any work, and a word its error line must name
 BAD_SETTINGS = {
     "train": (["--profile", "nope", "--task", "seg", "--lmbda", "1"], "unknown profile 'nope'"),
+    "train device": (
+        ["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--device", "gpu"],
+        "unknown device 'gpu'",
+    ),
     "study": (["--profile", "nope", "--plan"], "unknown profile 'nope'"),
+    "study s-per-step": (["--profile", "smoke", "--plan", "--s-per-step", "det"], "det=0.26"),
     "gan": (["--profile", "smoke", "--codec", "x.pt", "--preset", "loud"], "preset must be"),
-    "gan ": (["--profile", "smoke", "--codec", "no-such-codec.pt"], "no-such-codec.pt"),
+    "gan codec": (["--profile", "smoke", "--codec", "no-such-codec.pt"], "no-such-codec.pt"),
+    "gan device": (["--profile", "smoke", "--codec", "x.pt", "--device", "gpu"], "'gpu'"),
     "world-check": (["--profile", "nope"], "unknown profile 'nope'"),
     "pilot": (["--profile", "smoke", "--overrides", "icm__no_such=1"], "no field 'no_such'"),
     "bench": (["recognizers", "--profile", "smoke", "--recipe", "det_steps150"], "FIELD=VALUE"),
+    "tutorial": (["--profile", "smoke", "--only", "99"], "--only 99"),
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD_SETTINGS))
-def test_every_command_refuses_bad_settings_in_one_error_line(name, capsys, monkeypatch):
-    """A command given a setting it does not take (an unknown profile, preset or field) says so
-    in one ``error: ...`` line with status 2, as encode / decode do, not with a traceback."""
-    argv, needle = BAD_SETTINGS[name]
-    if name.strip() == "gan":  # the preset and codec: refused before the data is prepared
-        from icm_lib import gan
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_every_command_refuses_bad_settings_in_one_error_line(case, capsys, monkeypatch):
+    """A command given a setting it does not take (an unknown profile, preset, device or field)
+    says so in one ``error: ...`` line with status 2, as encode / decode do, not with a
+    traceback, and before it prepares any data."""
+    from icm_lib.experiment import Experiment
 
-        monkeypatch.setattr(gan.Experiment, "prepare", lambda *a, **k: pytest.fail("prepared"))
-    code, _, err = run_cli(capsys, name.strip(), *argv)
+    argv, needle = BAD_SETTINGS[case]
+    monkeypatch.setattr(Experiment, "prepare", lambda *a, **k: pytest.fail("data prepared"))
+    code, _, err = run_cli(capsys, case.split()[0], *argv)
     assert_one_error_line(code, err, needle)
+
+
+def test_report_into_a_missing_readme_is_one_error_line(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    code, _, err = run_cli(capsys, "report", "--results-dir", tmp_path, "--readme", readme)
+    assert_one_error_line(code, err, str(readme))
+
+
+def test_a_bad_count_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--task", "seg", "--lmbda", "1", "--accumulate", "0"])
+    assert info.value.code == 2
+    assert "--accumulate: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_study_whose_runs_failed_prints_its_report_and_exits_1(capsys):
+    from icm_lib.errors import LaunchError
+
+    def failed(argv):
+        error = LaunchError("1 run(s) of rd did not finish:\n  seg-run: failed\n    log: x.log")
+        error.report = object()
+        raise error
+
+    assert cli.command_status(failed) == cli.EXIT_RUNS_FAILED == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: 1 run(s) of rd did not finish:",
+        "  seg-run: failed",
+        "    log: x.log",
+    ]
 
 
 def test_a_command_called_from_python_raises_the_error_the_shell_sees_as_a_line():
@@ -434,31 +470,37 @@ def test_a_command_called_from_python_raises_the_error_the_shell_sees_as_a_line(
     assert isinstance(info.value, ValueError)  # a bad argument, as callers caught it before
 
 
-def test_a_fault_of_the_library_keeps_its_traceback():
-    def broken(argv):
-        raise KeyError("a bug, not bad input")
+@pytest.mark.parametrize("fault", [KeyError, ValueError, FileNotFoundError])
+def test_a_fault_of_the_library_keeps_its_traceback(fault):
+    """Only the library's own refusals become a line: a bare ValueError or OSError from deep in a
+    study is a fault whose traceback is needed."""
 
-    with pytest.raises(KeyError):
+    def broken(argv):
+        raise fault("a bug, not bad input")
+
+    with pytest.raises(fault):
         cli.command_status(broken)
 
 
 def test_a_module_run_from_the_shell_ends_bad_settings_in_one_line():
     """``python -m icm_lib.study`` (the module's own entry, not the forwarding one)."""
     done = subprocess.run(
-        [sys.executable, "-m", "icm_lib.study", "--profile", "nope", "--plan"],
+        [sys.executable, "-W", "ignore", "-m", "icm_lib.study", "--profile", "nope", "--plan"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=110,
     )
     assert done.returncode == cli.EXIT_BAD_INPUT, done.stderr
-    lines = [line for line in done.stderr.splitlines() if "warn" not in line.lower()]
-    assert lines == ["error: unknown profile 'nope'; choose one of " + str(sorted(PROFILES))]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: unknown profile 'nope'; choose one of " + str(sorted(PROFILES))]
 
 
 def test_every_module_entry_point_goes_through_the_error_boundary():
-    """Each ``python -m icm_lib.X`` module ends its ``__main__`` block in ``command_status``: a
-    new command that forgets it would print tracebacks for bad input."""
+    """Each ``python -m icm_lib.X`` module ends its ``__main__`` block in ``raise
+    SystemExit(command_status(main ...))``: a new command that forgets it would print
+    tracebacks for bad input (or, without the SystemExit, exit 0 after an error)."""
     import ast
 
     for path in sorted((ROOT / "icm_lib").rglob("*.py")):
@@ -471,4 +513,4 @@ def test_every_module_entry_point_goes_through_the_error_boundary():
             if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
         ]
         for block in blocks:
-            assert "command_status(main" in ast.unparse(block), path
+            assert "raise SystemExit(command_status(main" in ast.unparse(block), path

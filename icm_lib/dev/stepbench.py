@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..runtime import bf16_hardware
+from ..runtime import bf16_hardware, get_device
 
 #: operators whose CUDA implementation waits for the device and reads a result on the host
 #: (data-dependent output sizes, Python scalars, host-side NMS masks); ``icm_lib::to_host`` marks
@@ -1002,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     amp = {"both": (False, True), "off": (False,), "on": (True,)}[args.amp]
     bench_paper_step(
-        torch.device(args.device),
+        get_device(args.device),
         args.steps,
         args.batch,
         args.crop,

@@ -21,7 +21,7 @@ from ..data.coco import CocoDetection
 from ..data.context import PascalContextSegmentation
 from ..data.sampler import KEEP_ITEMS, CachedItems
 from ..data.transforms import random_crop
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..files import atomic_torch_save, load_checkpoint, load_or_compute
 from ..locks import RunLock
 from ..profiles import RecognitionConfig, for_device
@@ -160,14 +160,14 @@ def _precision(model, precision: str, device_type: str):
             yield
     elif precision in MIXED_MODULES:
         if not all(hasattr(model, n) for n in ("backbone", "rpn", "roi_heads")):
-            raise ConfigError(
+            raise ValueError(
                 f"train precision {precision!r} needs a torchvision Faster R-CNN, not "
                 f"{type(model).__name__}: use 'bfloat16' or 'float32'"
             )
         with forwards_in_bfloat16(MIXED_MODULES[precision](model), device_type):
             yield
     else:
-        raise ConfigError(f"unknown train precision {precision!r}")
+        raise ValueError(f"unknown train precision {precision!r}")
 
 
 def _fit(
