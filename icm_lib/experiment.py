@@ -151,6 +151,10 @@ UNKEYED_ICM = (
     "mse_lambdas",
     "roi_qf",
 )
+#: :class:`~icm_lib.profiles.ICMConfig` fields keyed only when set (a codec for machines trained
+#: in bfloat16 on the CPU is another run; the float32 runs keep the keys they had before the
+#: fields existed; an MSE run, whose objective never autocasts, is the same run either way)
+ICM_KEYED_WHEN_SET = ("amp_cpu", "codec_amp")
 
 
 def run_config(
@@ -463,7 +467,7 @@ class Experiment:
                 lmbda,
                 icm.alpha,
                 icm.mse_weight(task),
-                icm.amp,
+                **icm.precision(),
             )
         )
         sampler = CropSampler(train_set, cfg.crop, cfg.batch_size, seed)
@@ -551,7 +555,12 @@ class Experiment:
                 "recognition": (
                     profile.recognition.recipe_key() if recipe else profile.recognition.key()
                 ),
-                "icm": {k: v for k, v in asdict(icm).items() if k not in UNKEYED_ICM},
+                "icm": {
+                    k: v
+                    for k, v in asdict(icm).items()
+                    if k not in UNKEYED_ICM
+                    and not (k in ICM_KEYED_WHEN_SET and (not v or variant == "mse"))
+                },
                 "reference": reference,
                 "data": data_key(self.datasets.train(task).root),
                 **({"validation": self._validation_key(validate_every)} if validate_every else {}),
@@ -596,7 +605,7 @@ class Experiment:
         batch = val_crops(self.datasets.val(task), self.profile.ablation.val_images, crop)
         batch = batch.to(self.device)
         objective = ICMObjective(
-            self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), icm.amp
+            self.machine(task), lmbda, icm.alpha, icm.mse_weight(task), **icm.precision()
         )
 
         def validate(codec: ICMCodec) -> dict[str, float]:

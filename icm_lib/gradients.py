@@ -168,7 +168,7 @@ def _start(exp, task: str, batches: int) -> tuple[ICMObjective, object, list[tor
         exp.profile.ablation.lmbda(task),
         icm.alpha,
         icm.mse_weight(task),
-        icm.amp,
+        **icm.precision(),
     )
     return objective, load_codec(exp.reference.codec_state()).to(device), xs
 

@@ -54,7 +54,7 @@ from .gan import gan_base
 from .jobs import RunCall, compute, point_call, projected_hours
 from .launch import LaunchOptions, LaunchReport, add_arguments, launch_study
 from .locks import RunLock
-from .profiles import Profile, get_profile
+from .profiles import BF16_HELP, Profile, get_profile, trained_in_bfloat16
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import (
     PAPERS,
@@ -849,6 +849,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="")
     parser.add_argument("--no-reference-curve", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -905,6 +906,8 @@ def main(
         return {"plan": rows}
     launch = LaunchOptions.from_args(args)  # jobs: --device, else CUDA where the job runs
     device = get_device(args.device or None)
+    if args.bf16:
+        profile = trained_in_bfloat16(profile, device)
     common = (args.data_dir, args.results_dir, device, not args.no_progress)
     if args.study == "ablation":
         summary = run_ablation_study(profile, args.seeds, args.tasks, *common, launch)

@@ -15,7 +15,7 @@ import json
 
 from .aux_branch import VARIANTS
 from .experiment import Experiment
-from .profiles import get_profile
+from .profiles import BF16_HELP, get_profile, trained_in_bfloat16
 from .runtime import Distributed, get_device
 from .tasks import TASKS
 
@@ -47,12 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--stop-after", type=int, default=None, help="stop at this step (resumable)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
     args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
     dist = Distributed(get_device(args.device) if args.device else None)
+    if args.bf16:
+        profile = trained_in_bfloat16(profile, dist.device)
     try:
-        exp = Experiment.prepare(
-            get_profile(args.profile), args.data_dir, dist.device, not args.no_progress, dist
-        )
+        exp = Experiment.prepare(profile, args.data_dir, dist.device, not args.no_progress, dist)
         _, log, run_dir = exp.icm_run(
             args.task,
             args.variant,

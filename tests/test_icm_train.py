@@ -230,3 +230,54 @@ def test_cached_only_loads_what_is_cached_and_trains_nothing(smoke_env, tmp_path
             Experiment.prepare(get_profile("smoke"), tmp_path / "data", cpu, False)
     assert not list((tmp_path / "data" / "cache").glob("*.pt*"))
     assert not list((tmp_path / "data" / "cache").glob("*.lock"))
+
+
+def test_a_bfloat16_codec_run_is_another_run_and_trains_under_autocast(smoke_env, tmp_path):
+    """``--bf16`` (``ICMConfig.in_bfloat16``): the codec for machines trains with the
+    recognizer, branch and the codec's transforms under bfloat16 autocast on the CPU too; it is
+    another run (its own key), the float32 runs keep their keys (the new fields keyed only when
+    set) and an MSE run, whose objective never autocasts, is the same run either way."""
+    fp32 = replace(smoke_env, cache_dir=tmp_path)
+    bf16 = replace(fp32, profile=replace(fp32.profile, icm=fp32.profile.icm.in_bfloat16()))
+    assert bf16.profile.icm.precision() == {
+        "amp": True,
+        "amp_device_types": ("cuda", "cpu"),
+        "codec_amp": True,
+    }
+    assert fp32.profile.icm.precision()["amp_device_types"] == ("cuda",)
+    assert bf16.run_dir("seg", "aux-enc", 1.0, 0, 2) != fp32.run_dir("seg", "aux-enc", 1.0, 0, 2)
+    assert bf16.run_dir("seg", "mse", 0.01, 0, 2) == fp32.run_dir("seg", "mse", 0.01, 0, 2)
+    # the float32 runs' keys as before the fields: test_the_new_fields_leave_every_run_key_unchanged
+
+    calls = []
+    autocast = torch.autocast
+
+    def spy(device_type, *args, enabled=True, **kwargs):
+        calls.append((device_type, kwargs.get("dtype"), enabled))
+        return autocast(device_type, *args, enabled=enabled, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "autocast", spy)
+        _, log_bf16, _ = bf16.icm_run("seg", "aux-enc", 1.0, 0, steps=2)
+    assert ("cpu", torch.bfloat16, True) in calls
+    _, log_fp32, _ = fp32.icm_run("seg", "aux-enc", 1.0, 0, steps=2)
+    first = [(log_fp32[0][k], log_bf16[0][k]) for k in ("task_loss", "branch_loss", "bpp_loss")]
+    for a, b in first:  # the same batch and initial weights: bfloat16's rounding apart
+        assert a != b and abs(a - b) <= 0.05 * abs(a), (a, b)
+
+
+def test_the_bf16_flag_trains_the_profile_in_bfloat16(monkeypatch, capsys):
+    from icm_lib import train
+
+    seen = []
+
+    def prepare(profile, *args, **kwargs):
+        seen.append(profile.icm)
+        raise SystemExit(0)  # stop before any data
+
+    monkeypatch.setattr(train.Experiment, "prepare", prepare)
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--bf16", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--device", "cpu"])
+    assert [(icm.amp_cpu, icm.codec_amp) for icm in seen] == [(True, True), (False, False)]

@@ -179,15 +179,9 @@ def build_step(
     )
     if branch is not None:
         branch.to(device).train()
-    objective = ICMObjective(
-        machine,
-        icm.lambdas(task)[0],
-        icm.alpha,
-        icm.mse_weight(task),
-        amp=amp,
-        amp_device_types=("cuda", "cpu") if amp else ("cuda",),
-        codec_amp=codec_amp,
-    )
+    precision = dataclasses.replace(icm, amp=amp, amp_cpu=amp, codec_amp=codec_amp).precision()
+    objective = ICMObjective(machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task),
+                             **precision)  # fmt: skip
     stepper = Stepper(codec, branch, objective, cfg, None, Distributed(device), 1, device, fast)
     return StepSetup(
         task, variant, stepper, cfg.batch_size, cfg.crop, device, icm.train(task).steps
@@ -510,12 +504,13 @@ def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = "", s
         branch.to(device).train()
     machine = copy.deepcopy(exp.machine(task)) if on else exp.machine(task)
     machine = machine if labels is None else CachedMachine(machine, labels)
-    amp = (
-        {"amp": True, "amp_device_types": ("cuda", "cpu"), "codec_amp": bf16 == "codec"}
-        if bf16
-        else {"amp": icm.amp}
+    if bf16:  # as --bf16 trains, the codec's transforms in float32 unless "codec"
+        icm = dataclasses.replace(icm.in_bfloat16(), codec_amp=bf16 == "codec")
+    else:  # the bench's float32 rows: autocast on CUDA only, whatever the profile says
+        icm = dataclasses.replace(icm, amp_cpu=False, codec_amp=False)
+    objective = ICMObjective(
+        machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **icm.precision()
     )
-    objective = ICMObjective(machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **amp)
     benchmark = torch.backends.cudnn.benchmark
     stepper = Stepper(
         codec, branch, objective, cfg, icm.branch_lr, Distributed(device), 1, device, on
