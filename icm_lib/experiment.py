@@ -34,7 +34,7 @@ from .evaluate import load_or_evaluate, rd_point
 from .files import atomic_write_json, read_json
 from .losses import ICMObjective, mse_objective
 from .metrics import bpp_from_likelihoods, psnr
-from .profiles import Profile, TrainConfig, for_device
+from .profiles import ICM_WHEN_SET, Profile, TrainConfig, for_device
 from .pseudo_labels import cached
 from .recognition import load_or_train_task
 from .results import RDPoint, RunRecord, foundations_differences
@@ -151,10 +151,6 @@ UNKEYED_ICM = (
     "mse_lambdas",
     "roi_qf",
 )
-#: :class:`~icm_lib.profiles.ICMConfig` fields keyed only when set (a codec for machines trained
-#: in bfloat16 on the CPU is another run; the float32 runs keep the keys they had before the
-#: fields existed; an MSE run, whose objective never autocasts, is the same run either way)
-ICM_KEYED_WHEN_SET = ("amp_cpu", "codec_amp")
 
 
 def run_config(
@@ -555,11 +551,10 @@ class Experiment:
                 "recognition": (
                     profile.recognition.recipe_key() if recipe else profile.recognition.key()
                 ),
-                "icm": {
+                "icm": {  # an MSE run never autocasts: the same run in bfloat16 profiles
                     k: v
-                    for k, v in asdict(icm).items()
-                    if k not in UNKEYED_ICM
-                    and not (k in ICM_KEYED_WHEN_SET and (not v or variant == "mse"))
+                    for k, v in icm.recorded().items()
+                    if k not in UNKEYED_ICM and not (variant == "mse" and k in ICM_WHEN_SET)
                 },
                 "reference": reference,
                 "data": data_key(self.datasets.train(task).root),

@@ -430,6 +430,12 @@ class ReferenceConfig(TrainConfig):
         )
 
 
+#: :class:`ICMConfig` fields recorded (in run keys, in results files' ``icm_config``) only when
+#: set: a codec for machines trained in bfloat16 on the CPU is another run, and float32 runs and
+#: files keep the keys and settings they had before these fields existed
+ICM_WHEN_SET = ("amp_cpu", "codec_amp")
+
+
 @dataclass(frozen=True)
 class ICMConfig:
     """Training codecs for machines (Iino et al.): the λ sets, α, the branch and the schedules.
@@ -477,6 +483,12 @@ class ICMConfig:
     amp_cpu: bool = False
     codec_amp: bool = False
     validate_every: int = 0
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as run keys and results files record them: every field, less those of
+        :data:`ICM_WHEN_SET` while unset, so that a float32 run or results file reads the same
+        as one written before those fields existed."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ICM_WHEN_SET or v}
 
     def precision(self) -> dict[str, Any]:
         """:class:`~icm_lib.losses.ICMObjective`'s precision arguments for these settings."""
@@ -918,9 +930,10 @@ def get_profile(name: str, **overrides: Any) -> Profile:
 #: ``--bf16`` of ``python -m icm_lib.train`` and ``study``
 BF16_HELP = (
     "train the codecs for machines with the recognizer, the branch and the codec's transforms "
-    "under bfloat16 autocast on the CPU too (icm.amp_cpu, icm.codec_amp): where the CPU "
-    "multiplies bfloat16 (avx512_bf16, AMX) a step with its pseudo-labels cached is 1.3-1.45x "
-    "faster than in float32 (python -m icm_lib.bench icm); several times slower where not. "
+    "under bfloat16 autocast on the CPU too (icm.amp_cpu, icm.codec_amp; on CUDA it adds the "
+    "codec's transforms): where the CPU multiplies bfloat16 (avx512_bf16, AMX) a step with its "
+    "pseudo-labels cached is 1.3-1.45x faster than in float32 (python -m icm_lib.bench icm); "
+    "slower, not faster, where it does not. "
     "Other runs than float32's (keyed apart), whose numbers this CPU's float32 runs do not "
     "reproduce; a study writes them into the same results file, so give another --results-dir "
     "to keep a float32 study's"

@@ -86,13 +86,12 @@ def recorded_study(results_dir: str | Path, profile) -> dict | None:
         ``{"curves": {task: {curve: {seed: [points]}}}, "bd_rate": {task: table}, "seeds",
         "complete", "source"}`` (seeds as ints).
     """
-    from dataclasses import asdict
 
     path = StudyFile.path(results_dir, profile.name)
     study = StudyFile.find(results_dir, profile.name)
     if study is None:
         return None
-    if study.icm_config != json.loads(json.dumps(asdict(profile.icm))):
+    if study.icm_config != json.loads(json.dumps(profile.icm.recorded())):
         print(f"{path.name} was written for other settings than profile {profile.name!r}: unused")
         return None
     return {

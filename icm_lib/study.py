@@ -346,7 +346,7 @@ def summarise(
         variants=variants,
         runs=runs,
         tasks=per_task,
-        icm_config=_as_json(asdict(profile.icm)),
+        icm_config=_as_json(profile.icm.recorded()),
     )
 
 
@@ -643,7 +643,7 @@ def _ablation_configs(profile: Profile) -> dict[str, dict]:
     """The profile's settings an ablation file records (its runs are trained by both)."""
     return {
         "ablation_config": _as_json(asdict(profile.ablation)),
-        "icm_config": _as_json(asdict(profile.icm)),
+        "icm_config": _as_json(profile.icm.recorded()),
     }
 
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     dist = Distributed(get_device(args.device) if args.device else None)
-    if args.bf16:
+    if args.bf16 and args.variant != "mse":  # an MSE run never autocasts: the same run
         profile = trained_in_bfloat16(profile, dist.device)
     try:
         exp = Experiment.prepare(profile, args.data_dir, dist.device, not args.no_progress, dist)

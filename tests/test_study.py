@@ -542,7 +542,7 @@ def test_an_ablation_of_some_tasks_or_seeds_adds_to_the_file(smoke_env, tmp_path
     assert more.seeds == [0, 1] and not more.complete
     assert {(r.task, r.seed) for r in more.runs} == {("det", 0), ("seg", 0), ("seg", 1)}
     path = AblationFile.path(tmp_path, profile.name)
-    assert AblationFile.read(path).icm_config == json.loads(json.dumps(asdict(profile.icm)))
+    assert AblationFile.read(path).icm_config == json.loads(json.dumps(profile.icm.recorded()))
     # rows another machine made (other run keys) are dropped, with a warning
     _as_if_made_elsewhere(path, "seg", 1)
     with pytest.warns(UserWarning, match=r"4 recorded run\(s\).*seg aux-dec seed 1"):
@@ -629,3 +629,21 @@ def test_an_invocation_whose_lock_was_taken_stops_writing(tmp_path):
         with pytest.raises(RunLockedError, match="no longer holds"):
             _write_held(File(), path)
     assert lock.path.exists()  # the other holder's lock stays
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-patterns"])
+def test_the_notebooks_read_the_committed_study_and_not_a_bfloat16_ones(name, capsys):
+    """The notebooks read ``results/study-<profile>.json`` only where it was written for the
+    profile's codec-training settings: the committed float32 files (written before
+    ``ICMConfig.amp_cpu`` / ``codec_amp`` existed) still are; for the same profile trained with
+    ``--bf16`` they are not (they would be read as that study's numbers)."""
+    from dataclasses import replace
+
+    from icm_lib.report import recorded_study
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    profile = get_profile(name)
+    assert recorded_study(results, profile) is not None
+    bf16 = replace(profile, icm=profile.icm.in_bfloat16())
+    assert recorded_study(results, bf16) is None
+    assert "written for other settings" in capsys.readouterr().out
