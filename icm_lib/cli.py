@@ -205,12 +205,6 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, ICMError) else f"{type(exc).__name__}: {text}"
 
 
-def _device(name: str):
-    from .runtime import get_device
-
-    return get_device(name)
-
-
 def _set_transforms(codec, args: argparse.Namespace) -> None:
     """``--channels-last`` and ``--bf16`` on ``codec`` (on the device it was loaded on);
     ``--bf16`` where the device only emulates bfloat16 is done as asked, with a line on stderr
@@ -238,7 +232,7 @@ def load_saved_codec(path: Path, device: str = "cpu"):
     from .codec import load_codec
     from .errors import CheckpointError
     from .files import load_checkpoint
-    from .runtime import RunFiles
+    from .runtime import RunFiles, get_device
 
     path = Path(path)
     if path.is_dir():
@@ -253,20 +247,21 @@ def load_saved_codec(path: Path, device: str = "cpu"):
         raise CheckpointError(
             f"{path} is not a saved icm_lib codec (no codec_config); pass a run's codec.pt"
         )
-    return load_codec(state).to(_device(device)).eval()
+    return load_codec(state).to(get_device(device)).eval()
 
 
 def _zoo_codec(name: str, quality: int, device: str, weights: Path | None = None):
     from .codec import build_codec
+    from .runtime import get_device
 
-    _device(device)  # a wrong device before any download
+    device = get_device(device)  # a wrong device before any download
     if weights is not None and not Path(weights).is_file():
         raise ICMError(f"--zoo-weights: no file at {weights}")
     # a quality the zoo does not have: build_codec's ConfigError, an ICMError
     codec = build_codec(
         name, quality, pretrained=True, checkpoint=None if weights is None else str(weights)
     )
-    return codec.to(_device(device)).eval()
+    return codec.to(device).eval()
 
 
 def encode(args: argparse.Namespace) -> int:

@@ -170,7 +170,14 @@ class Stepper:
     ):
         self.codec, self.branch, self.cfg = codec, branch, cfg
         self.dist, self.accumulate, self.device = dist, accumulate, device
+        if accumulate < 1:
+            raise ConfigError(f"accumulate {accumulate}: a step needs at least 1 micro-batch")
         shards, need = dist.world_size * accumulate, getattr(branch, "min_batch", 1)
+        if cfg.batch_size % shards:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
+                f"({dist.world_size} processes x {accumulate} accumulation steps)"
+            )
         if cfg.batch_size // shards < need:
             raise ConfigError(
                 f"the auxiliary branch trains on at least {need} images at a time (its "
@@ -328,14 +335,6 @@ def _train(
     validate_every: int,
 ) -> tuple[ICMCodec, list[dict]]:
     """The body of :func:`train_codec` once this process holds the run's claim."""
-    if accumulate < 1:
-        raise ConfigError(f"accumulate {accumulate}: a step needs at least 1 micro-batch")
-    shards = dist.world_size * accumulate
-    if cfg.batch_size % shards:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} is not divisible into {shards} shards "
-            f"({dist.world_size} processes x {accumulate} accumulation steps)"
-        )
     seed_everything(cfg.seed)
     codec.to(device).train()
     if branch is not None:

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths = notebook_paths(args.only)
     if not paths:
-        raise ConfigError(f"--only {' '.join(args.only)}: no notebook's name starts so")
+        asked = f"--only {' '.join(args.only)}" if args.only else f"no notebooks in {NOTEBOOKS}"
+        raise ConfigError(f"{asked}: no notebook to run")
     summary = {}
     for path in paths:
         t0 = time.perf_counter()
