@@ -77,6 +77,20 @@ _ZOO_WEIGHTS = (
 )
 
 
+def at_least(low: int):
+    """An argparse ``type``: an integer of at least ``low`` (``--accumulate`` 1, a seed 0), so
+    that a bad count is the parser's one-line error, not a failure after the data is ready."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The one parser of ``python -m icm_lib`` (each command a subparser)."""
     from .codec import CODEC_NAMES, ICMCodec

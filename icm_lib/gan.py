@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cli import at_least
 from .codec import ICMCodec, load_codec
 from .data.sampler import CropSampler
 from .errors import ConfigError
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--preset", default="full", help=f"one of {PRESETS}, optionally -px<pixel weight>"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="")

@@ -106,6 +106,13 @@ class ICMObjective:
         codec_amp: where ``amp`` applies, the codec's transforms run in bfloat16 too
             (:meth:`~icm_lib.codec.ICMCodec.transforms_in_bf16`; the entropy models stay
             float32). Off by default: the studies' numbers are float32's.
+        fold_bn: the task loss runs on the recognizer's twin with its batch norms folded into
+            its convolutions (``machine.folded()``, :mod:`~icm_lib.recognition.folding`): the
+            same function up to float rounding, a little faster; the pseudo-labels stay the
+            recognizer's own. Off by default, as ``codec_amp``.
+
+    Attributes:
+        loss_machine: what the task loss runs on (``machine`` itself, or its folded twin).
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class ICMObjective:
         amp: bool = False,
         amp_device_types: tuple[str, ...] = ("cuda",),
         codec_amp: bool = False,
+        fold_bn: bool = False,
     ):
         self.machine, self.lmbda, self.alpha, self.mse_weight, self.amp = (
             machine,
@@ -127,6 +135,7 @@ class ICMObjective:
         )
         self.amp_device_types = tuple(amp_device_types)
         self.codec_amp = codec_amp
+        self.loss_machine = machine.folded() if fold_bn else machine
 
     def __call__(
         self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor
@@ -136,10 +145,12 @@ class ICMObjective:
         with codec.transforms_in_bf16(x.device.type, enabled=amp and self.codec_amp):
             out = codec(x)
         reads_machine = branch is not None and branch.position == "task"
-        capture = captured_output(self.machine.aux_task_layer) if reads_machine else nullcontext({})
+        capture = (
+            captured_output(self.loss_machine.aux_task_layer) if reads_machine else nullcontext({})
+        )
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             with capture as feature:
-                task_loss = self.machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+                task_loss = self.loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
             if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
                 out = {**out, "task_feature": feature["out"]}
             branch_loss = (

@@ -433,7 +433,7 @@ class ReferenceConfig(TrainConfig):
 #: :class:`ICMConfig` fields recorded (in run keys, in results files' ``icm_config``) only when
 #: set: a codec for machines trained in bfloat16 on the CPU is another run, and float32 runs and
 #: files keep the keys and settings they had before these fields existed
-ICM_WHEN_SET = ("amp_cpu", "codec_amp")
+ICM_WHEN_SET = ("amp_cpu", "codec_amp", "fold_bn")
 
 
 @dataclass(frozen=True)
@@ -459,8 +459,13 @@ class ICMConfig:
             AMX), much slower where it only emulates it (``python -m icm_lib.bench icm``).
             ``--bf16`` of ``python -m icm_lib.train`` / ``study`` sets both.
         codec_amp: where ``amp`` applies, the codec's transforms g_a, h_a, h_s, g_s run in
-            bfloat16 too (the entropy models stay float32). Both keyed only when set: the runs
-            they train are other runs, and the float32 runs keep their keys.
+            bfloat16 too (the entropy models stay float32).
+        fold_bn: the frozen recognizer's task loss runs on its twin with the batch norms
+            folded into the convolutions (:mod:`~icm_lib.recognition.folding`; the same
+            function up to float rounding, the pseudo-labels the recognizer's own): 1-4 % off a
+            ``cpu`` step in bfloat16. ``--bf16`` sets it too. ``amp_cpu``,
+            ``codec_amp`` and ``fold_bn`` are keyed only when set: the runs they train are
+            other runs, and the float32 runs keep their keys.
         validate_every: every run of the grid logs the validation losses (as the ablation's
             runs do) every this many steps; 0: none. Equal to ``ablation.val_every``, the
             ablation's ``baseline`` and ``aux-enc`` settings are the grid's runs at its λ, not
@@ -482,6 +487,7 @@ class ICMConfig:
     amp: bool = True
     amp_cpu: bool = False
     codec_amp: bool = False
+    fold_bn: bool = False
     validate_every: int = 0
 
     def recorded(self) -> dict[str, Any]:
@@ -496,12 +502,14 @@ class ICMConfig:
             "amp": self.amp,
             "amp_device_types": ("cuda", "cpu") if self.amp_cpu else ("cuda",),
             "codec_amp": self.codec_amp,
+            "fold_bn": self.fold_bn,
         }
 
     def in_bfloat16(self) -> ICMConfig:
         """These settings with the codecs for machines trained under bfloat16 autocast on every
-        device: recognizer, branch and the codec's transforms (``--bf16``)."""
-        return replace(self, amp=True, amp_cpu=True, codec_amp=True)
+        device: recognizer, branch and the codec's transforms, the recognizer's batch norms
+        folded for its task loss (``--bf16``)."""
+        return replace(self, amp=True, amp_cpu=True, codec_amp=True, fold_bn=True)
 
     def lambdas(self, task: Task | str) -> tuple[float, ...]:
         return self.det_lambdas if get_task(task) is DETECTION else self.seg_lambdas
@@ -930,25 +938,26 @@ def get_profile(name: str, **overrides: Any) -> Profile:
 #: ``--bf16`` of ``python -m icm_lib.train`` and ``study``
 BF16_HELP = (
     "train the codecs for machines with the recognizer, the branch and the codec's transforms "
-    "under bfloat16 autocast on the CPU too (icm.amp_cpu, icm.codec_amp; on CUDA it adds the "
-    "codec's transforms): where the CPU multiplies bfloat16 (avx512_bf16, AMX) a step with its "
-    "pseudo-labels cached is 1.3-1.45x faster than in float32 (python -m icm_lib.bench icm); "
-    "slower, not faster, where it does not. "
+    "under bfloat16 autocast on the CPU too, the recognizer's batch norms folded into its "
+    "convolutions for its task loss (icm.amp_cpu, icm.codec_amp, icm.fold_bn; on CUDA it adds "
+    "the codec's transforms and the folding): where the CPU multiplies bfloat16 (avx512_bf16, "
+    "AMX) a step with its pseudo-labels cached is 1.3-1.5x faster than in float32 (python -m "
+    "icm_lib.bench icm); slower, not faster, where it does not. "
     "Other runs than float32's (keyed apart), whose numbers this CPU's float32 runs do not "
     "reproduce; a study writes them into the same results file, so give another --results-dir "
     "to keep a float32 study's"
 )
 
 
-def trained_in_bfloat16(profile: Profile, device: Any = None) -> Profile:
+def trained_in_bfloat16(profile: Profile, device: Any = None, say: bool = True) -> Profile:
     """``profile`` with its codecs for machines trained under bfloat16 autocast on every device
     (:meth:`ICMConfig.in_bfloat16`; ``--bf16``). Where ``device`` (``None``: CUDA if present,
     else the CPU) only emulates bfloat16 it is done as asked, with a line on stderr that it is
-    slower there, not faster."""
+    slower there, not faster (where ``say``: one process of a ``torchrun`` job says it)."""
     from .runtime import bf16_slower, get_device
 
     slower = bf16_slower(get_device(device or None))
-    if slower is not None:
+    if slower is not None and say:
         print(f"--bf16: {slower}; the codecs train in bfloat16 as asked", file=sys.stderr)
     return replace(profile, icm=profile.icm.in_bfloat16())
 

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from .aux_branch import VARIANTS
+from .cli import at_least
 from .errors import ConfigError, RunLockedError
 from .evaluate import ablation_table, bd_rates, curves, mean_ci
 from .experiment import Experiment
@@ -836,7 +837,7 @@ def _parser() -> argparse.ArgumentParser:
         help="rd: Iino et al.'s R-D study (BD-rate); ablation: Iino et al. section 4.2 (branch "
         "position); gan: Le et al. (PatchGAN finetuning); aux: the old name of rd",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=sorted(TASKS))
     parser.add_argument(
         "--variants",

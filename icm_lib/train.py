@@ -14,17 +14,11 @@ import argparse
 import json
 
 from .aux_branch import VARIANTS
+from .cli import at_least
 from .experiment import Experiment
 from .profiles import BF16_HELP, get_profile, trained_in_bfloat16
 from .runtime import Distributed, get_device
 from .tasks import TASKS
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,10 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--variant", choices=VARIANTS, default="aux-enc")
     parser.add_argument("--lmbda", type=float, required=True, help="λ of Eq. 4-6 (MSE λ for mse)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--steps", type=int, default=None, help="override the profile's steps")
     parser.add_argument(
-        "--accumulate", type=_at_least_one, default=1, help="micro-batches per step (>= 1)"
+        "--accumulate", type=at_least(1), default=1, help="micro-batches per step (>= 1)"
     )
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="", help="default: cuda if available, else cpu")
@@ -52,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     profile = get_profile(args.profile)
     dist = Distributed(get_device(args.device) if args.device else None)
     if args.bf16 and args.variant != "mse":  # an MSE run never autocasts: the same run
-        profile = trained_in_bfloat16(profile, dist.device)
+        profile = trained_in_bfloat16(profile, dist.device, say=dist.is_main)
     try:
         exp = Experiment.prepare(profile, args.data_dir, dist.device, not args.no_progress, dist)
         _, log, run_dir = exp.icm_run(

@@ -120,6 +120,15 @@ def step_flags(device_type: str, fast: bool | None = None) -> dict[str, bool]:
     }
 
 
+def _recognizers(objective: Objective) -> list[nn.Module]:
+    """The frozen recognizer models an objective runs (none for the MSE objective): the
+    machine's, and the folded twin's for the task loss where it has one (``fold_bn``)."""
+    machines = [getattr(objective, n, None) for n in ("machine", "loss_machine")]
+    models = [getattr(m, "model", None) for m in machines]
+    unique = {id(m): m for m in models if m is not None}
+    return list(unique.values())
+
+
 def _layout_free(module: nn.Module) -> bool:
     """Whether ``module``'s results do not depend on its tensors' memory layout: no element-wise
     random draws (dropout masks are drawn in memory order). The codec (CompressAI's training
@@ -187,9 +196,10 @@ class Stepper:
                 "batch_size or use fewer processes or accumulation steps"
             )
         self.flags = step_flags(device.type, fast)
-        machine = getattr(getattr(objective, "machine", None), "model", None)
-        if self.flags["channels_last"] and machine is not None and _layout_free(machine):
-            machine.to(memory_format=torch.channels_last)
+        if self.flags["channels_last"]:  # the recognizer, and its folded twin where there is one
+            for machine in _recognizers(objective):
+                if _layout_free(machine):
+                    machine.to(memory_format=torch.channels_last)
         if self.flags["cudnn_benchmark"]:
             torch.backends.cudnn.benchmark = True
         step_module = _TrainStep(codec, branch, objective)

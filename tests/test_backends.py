@@ -320,6 +320,42 @@ def test_one_icm_step_with_every_segmentation_backend(backend, variant, scenes, 
 
 
 @pytest.mark.parametrize(
+    "task,backend",
+    [pytest.param("det", b, marks=needs(b)) for b in ("torchvision", "detectron2")]
+    + [pytest.param("seg", b, marks=needs(b)) for b in ("smp", "mmseg")],
+)
+def test_every_backends_batch_norms_fold_and_its_task_loss_stays(task, backend, scenes):
+    """``icm.fold_bn`` (part of ``--bf16``): each library's frozen batch norms fold into the
+    convolutions before them (torchvision's and detectron2's ``FrozenBatchNorm2d``, detectron2's
+    norm inside its ``Conv2d``, smp's ``BatchNorm2d``, MMEngine's ``_BatchNormXd``), and on real
+    crops the twin's task loss and input gradient are the recognizer's up to float rounding;
+    the recognizer keeps its own weights."""
+    from icm_lib.recognition.folding import _loss_and_gradient
+
+    machine = det_machine(backend) if task == "det" else seg_machine(backend)
+    before = state(machine.model)
+    norms = [type(m).__name__ for m in machine.model.modules() if "BatchNorm" in type(m).__name__]
+    twin = machine.folded()
+    left = [type(m).__name__ for m in twin.model.modules() if "BatchNorm" in type(m).__name__]
+    assert twin is not machine and len(left) <= len(norms) // 10, (len(norms), left)
+    if task == "det":
+        images = det_batch(scenes, size=96)
+    else:
+        data = PascalContextSegmentation(scenes.context_root, "train")
+        images = torch.stack([data[i][0][:, :96, :96] for i in range(2)])
+    targets = machine.pseudo_labels(images)
+    loss, grad = _loss_and_gradient(machine, images, targets)
+    twin_loss, twin_grad = _loss_and_gradient(twin, images, targets)
+    assert twin_loss == pytest.approx(loss, rel=1e-4)
+    # a detector's sampled RoIs may follow a rounding-sized change of its scores (detectron2
+    # here: cosine 1 - 1.2e-4); a segmenter's gradient is continuous in its weights
+    cosine = float(torch.nn.functional.cosine_similarity(grad, twin_grad, dim=0))
+    assert cosine > 1 - (1e-3 if task == "det" else 1e-5)
+    after = state(machine.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
     "task, backend, classes, cache_env, name",
     [
         pytest.param(

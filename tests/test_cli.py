@@ -438,11 +438,22 @@ def test_report_into_a_missing_readme_is_one_error_line(capsys, tmp_path):
     assert_one_error_line(code, err, str(readme))
 
 
-def test_a_bad_count_is_refused_by_the_parser(capsys):
+@pytest.mark.parametrize(
+    "argv,said",
+    [
+        ("train --task seg --lmbda 1 --accumulate 0", "--accumulate: must be at least 1, got 0"),
+        ("train --task seg --lmbda 1 --seed -1", "--seed: must be at least 0, got -1"),
+        ("gan --seed -2", "--seed: must be at least 0, got -2"),
+        ("study --seeds 0 -1", "--seeds: must be at least 0, got -1"),
+        ("study --seeds 0 x", "--seeds: invalid int value: 'x'"),
+    ],
+)
+def test_a_bad_count_or_seed_is_refused_by_the_parser(capsys, argv, said):
+    """Before any data is made: a negative seed used to fail deep in the crop sampler."""
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--task", "seg", "--lmbda", "1", "--accumulate", "0"])
+        cli.main(argv.split())
     assert info.value.code == 2
-    assert "--accumulate: must be at least 1, got 0" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
 
 
 def test_a_study_whose_runs_failed_prints_its_report_and_exits_1(capsys):

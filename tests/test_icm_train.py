@@ -243,8 +243,10 @@ def test_a_bfloat16_codec_run_is_another_run_and_trains_under_autocast(smoke_env
         "amp": True,
         "amp_device_types": ("cuda", "cpu"),
         "codec_amp": True,
+        "fold_bn": True,
     }
     assert fp32.profile.icm.precision()["amp_device_types"] == ("cuda",)
+    assert not fp32.profile.icm.precision()["fold_bn"]
     assert bf16.run_dir("seg", "aux-enc", 1.0, 0, 2) != fp32.run_dir("seg", "aux-enc", 1.0, 0, 2)
     assert bf16.run_dir("seg", "mse", 0.01, 0, 2) == fp32.run_dir("seg", "mse", 0.01, 0, 2)
     # the float32 runs' keys as before the fields: test_the_new_fields_leave_every_run_key_unchanged
@@ -266,6 +268,25 @@ def test_a_bfloat16_codec_run_is_another_run_and_trains_under_autocast(smoke_env
         assert a != b and abs(a - b) <= 0.05 * abs(a), (a, b)
 
 
+def test_where_bfloat16_is_emulated_one_process_says_so(monkeypatch, capsys):
+    """``--bf16`` where the device only emulates bfloat16: trained as asked, with one line on
+    stderr, said by the process that ``say``s (a torchrun job's first; the others keep quiet)."""
+    from icm_lib import runtime
+    from icm_lib.profiles import get_profile, trained_in_bfloat16
+
+    monkeypatch.setattr(runtime, "bf16_slower", lambda device: "bfloat16 is emulated here")
+    profile = get_profile("smoke")
+    said = []
+    for say in (True, False):
+        got = trained_in_bfloat16(profile, "cpu", say=say)
+        assert got.icm == profile.icm.in_bfloat16()
+        said.append(capsys.readouterr().err)
+    assert said == [
+        "--bf16: bfloat16 is emulated here; the codecs train in bfloat16 as asked\n",
+        "",
+    ]
+
+
 def test_the_bf16_flag_trains_the_profile_in_bfloat16(monkeypatch, capsys):
     from icm_lib import train
 
@@ -280,4 +301,7 @@ def test_the_bf16_flag_trains_the_profile_in_bfloat16(monkeypatch, capsys):
         main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--bf16", "--device", "cpu"])
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--device", "cpu"])
-    assert [(icm.amp_cpu, icm.codec_amp) for icm in seen] == [(True, True), (False, False)]
+    assert [(icm.amp_cpu, icm.codec_amp, icm.fold_bn) for icm in seen] == [
+        (True, True, True),
+        (False, False, False),
+    ]

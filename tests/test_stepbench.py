@@ -214,7 +214,8 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     """``bench icm``: per task/variant/fast one row with s/step, phase shares that add up to
     the step, the step's FLOPs and its distance to the matmul floor; the fast flags' effect on
     the shared recognizer is undone after each row. The three bfloat16 rows where the CPU
-    multiplies bfloat16 natively, as ``--bf16 auto`` does: emulated, they took 700 s of an AVX2
+    multiplies bfloat16 natively (four: the last as ``--bf16`` trains, batch norms folded), as
+    ``--bf16 auto`` does: emulated, the first three took 700 s of an AVX2
     machine's CI (the bfloat16 steps themselves are checked on every machine by
     ``test_bf16_step_stays_near_the_float32_step``)."""
     from icm_lib.dev.stepbench import PHASES, bench_icm_step
@@ -234,9 +235,11 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
             ("seg", "aux-enc", False, "run", True),  # the recognizer and branch in bfloat16
             ("seg", "aux-enc", False, "cached", True),
             ("seg", "aux-enc", False, "cached", True),  # and the codec's transforms
+            ("seg", "aux-enc", False, "cached", True),  # and batch norms folded: --bf16
         ]
     assert [(r["task"], r["variant"], r["fast"], r["labels"], r["bf16"]) for r in rows] == expected
-    assert [r["codec_bf16"] for r in rows] == ([False] * 5 + [True] if native else [False] * 3)
+    assert [r["codec_bf16"] for r in rows] == ([False] * 5 + [True] * 2 if native else [False] * 3)
+    assert [r["fold_bn"] for r in rows] == ([False] * 6 + [True] if native else [False] * 3)
     for r in rows:
         assert r["s_per_step"] > 0 and r["flops"] > 0
         assert len(r["seconds"]) == 1 and r["s_per_step"] == r["seconds"][0]
@@ -258,6 +261,7 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     assert "fast on" in out and "labels cached" in out and "bfloat16 hardware:" in out
     assert ("bf16 + labels cached" in out) is native
     assert ("bf16 codec too + labels cached" in out) is native
+    assert ("and batch norms folded (--bf16)" in out) is native
 
 
 def test_a_rows_settings_are_timed_interleaved():

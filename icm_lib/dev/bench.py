@@ -112,6 +112,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..cli import at_least
 from ..codec import CODEC_NAMES, ICMCodec, build_codec, load_codec
 from ..data.images import to_rgb_tensor
 from ..data.transforms import pad_to_multiple
@@ -788,7 +789,11 @@ def main(argv: list[str] | None = None) -> int:
         help="icm, recognizers, loading, workers: the tasks",
     )
     ap.add_argument(
-        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="recognizers, reference: the seeds"
+        "--seeds",
+        nargs="+",
+        type=at_least(0),
+        default=[0, 1, 2],
+        help="recognizers, reference: the seeds",
     )
     ap.add_argument(
         "--precision",

@@ -280,7 +280,8 @@ def _labelled_phases(setup: StepSetup):
 
     objective = setup.stepper.model._objective
     machine, codec, branch = objective.machine, setup.stepper.codec, setup.stepper.branch
-    targets = [(machine, "pseudo_labels", "pseudo_labels"), (machine, "task_loss", "task_loss")]
+    targets = [(machine, "pseudo_labels", "pseudo_labels")]
+    targets += [(objective.loss_machine, "task_loss", "task_loss")]
     targets += [(codec, "forward", "codec"), (codec, "quantile_loss", "codec")]
     targets += [(setup.stepper.main, "step", "optimizer")]
     targets += [(setup.stepper.quantiles, "step", "optimizer")]
@@ -420,8 +421,10 @@ def bench_icm_step(
     first pass over the same batches). With ``bf16`` (where bfloat16 autocast runs at all), three
     more rows run the recognizer and the branch under bfloat16 autocast (``ICMObjective(amp=)``,
     on the CPU too), with their labels run and cached, and then the codec's transforms too
-    (``codec_amp``, labels cached): fast where the hardware multiplies bfloat16 (AVX512-BF16,
-    AMX, tensor cores); the studies keep float32, whose numbers every machine reproduces."""
+    (``codec_amp``, labels cached), and then the recognizer's batch norms folded for its task
+    loss too (``fold_bn``: what ``--bf16`` trains): fast where the hardware multiplies bfloat16
+    (AVX512-BF16, AMX, tensor cores); the studies keep float32, whose numbers every machine
+    reproduces."""
     import tempfile
 
     labels_dir = Path(tempfile.mkdtemp(prefix="icm-bench-labels-"))
@@ -441,17 +444,18 @@ def bench_icm_step(
         "i + 1 of any); shares: forward passes (+ Adam), 'other' = backward and the rest"
     )
     print(
-        f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>6}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
+        f"{'task':<5}{'variant':<9}{'fast':>5}{'prec':>7}{'labels':>7}{'B':>3}{'crop':>5}{'s/step':>8}"
         f"{'img/s':>7}{'GFLOP':>8}{'floor s':>8}{'x floor':>8}  "
         + " ".join(f"{p[:6]:>6}" for p in (*PHASES, "other"))
     )
     rows = []
     for task in tasks:
         for variant in variants:
-            # (fast flags, labels cached, bf16: "" / "machine" / "codec" (machine and codec))
+            # (fast flags, labels cached, bf16: "" / "machine" / "codec" (machine and codec) /
+            # "fold" (and the recognizer's batch norms folded: --bf16))
             settings = [(on, False, "") for on in fast] + [(False, True, "")]
             settings += [(False, False, "machine"), (False, True, "machine")] if bf16 else []
-            settings += [(False, True, "codec")] if bf16 else []
+            settings += [(False, True, "codec"), (False, True, "fold")] if bf16 else []
             folder = labels_dir / f"{task}-{variant}"
             rows += _icm_rows(exp, task, variant, settings, folder, steps, rate)
     shutil.rmtree(labels_dir, ignore_errors=True)
@@ -471,6 +475,7 @@ def bench_icm_step(
                 (False, "run", "bf16"): "bf16",
                 (False, "cached", "bf16"): "bf16 + labels cached",
                 (False, "cached", "bf16c"): "bf16 codec too + labels cached",
+                (False, "cached", "bf16cf"): "and batch norms folded (--bf16)",
             }
             ratios = [f"{name} {base / got[k]:.2f}x" for k, name in named.items() if k in got]
             print(
@@ -485,7 +490,8 @@ def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = "", s
     ``fast`` flags ``on`` (on a copy of the recognizer, whose layout they change), its
     pseudo-labels run (``labels=None``) or read from a cache in the folder ``labels``, the
     recognizer and branch under bfloat16 autocast with ``bf16`` ``"machine"`` (on the CPU too),
-    the codec's transforms too with ``"codec"``; the crops of the run seed ``seed``. Returns the
+    the codec's transforms too with ``"codec"``, and the recognizer's batch norms folded for its
+    task loss with ``"fold"`` (all of ``--bf16``); the crops of the run seed ``seed``. Returns the
     :class:`StepSetup` and its machine (a :class:`~icm_lib.pseudo_labels.CachedMachine` counts
     its hits)."""
     from ..codec import load_codec
@@ -504,10 +510,11 @@ def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = "", s
         branch.to(device).train()
     machine = copy.deepcopy(exp.machine(task)) if on else exp.machine(task)
     machine = machine if labels is None else CachedMachine(machine, labels)
-    if bf16:  # as --bf16 trains, the codec's transforms in float32 unless "codec"
-        icm = dataclasses.replace(icm.in_bfloat16(), codec_amp=bf16 == "codec")
+    if bf16:  # as --bf16 trains with "fold"; the codec's float32 and no fold with "machine"
+        codec_too, fold = bf16 in ("codec", "fold"), bf16 == "fold"
+        icm = dataclasses.replace(icm.in_bfloat16(), codec_amp=codec_too, fold_bn=fold)
     else:  # the bench's float32 rows: autocast on CUDA only, whatever the profile says
-        icm = dataclasses.replace(icm, amp_cpu=False, codec_amp=False)
+        icm = dataclasses.replace(icm, amp_cpu=False, codec_amp=False, fold_bn=False)
     objective = ICMObjective(
         machine, icm.lambdas(task)[0], icm.alpha, icm.mse_weight(task), **icm.precision()
     )
@@ -784,9 +791,12 @@ def _icm_rows(
             "fast": on,
             "labels": "cached" if cached else "run",
             "bf16": bool(in_bf16),
-            "codec_bf16": in_bf16 == "codec",
+            "codec_bf16": in_bf16 in ("codec", "fold"),
+            "fold_bn": in_bf16 == "fold",
             # the row's label: float32, bfloat16 recognizer and branch, and the codec too
-            "precision": {"": "fp32", "machine": "bf16", "codec": "bf16c"}[in_bf16],
+            "precision": {"": "fp32", "machine": "bf16", "codec": "bf16c", "fold": "bf16cf"}[
+                in_bf16
+            ],
             "label_hits": machine.hits if cached else None,
             "s_per_step": s,
             "seconds": seconds,
@@ -800,7 +810,7 @@ def _icm_rows(
         rows.append(row)
         print(
             f"{task:<5}{variant:<9}{'on' if on else 'off':>5}"
-            f"{row['precision']:>6}"
+            f"{row['precision']:>7}"
             f"{row['labels']:>7}{setup.batch_size:>3}"
             f"{setup.crop:>5}{s:>8.3f}{row['images_per_s']:>7.1f}"
             f"{flops / 1e9:>8.1f}{row['floor_s']:>8.3f}{row['x_floor']:>8.1f}  "
@@ -813,7 +823,7 @@ def _icm_rows(
 def machine_layout(setup: StepSetup) -> str:
     """The memory layout of the step's frozen recognizer as it ran: ``"channels_last"`` where a
     convolution weight of it is stored NHWC, else ``"contiguous"``."""
-    weights = setup.stepper.model._objective.machine.model.parameters()
+    weights = setup.stepper.model._objective.loss_machine.model.parameters()
     nhwc = any(
         w.dim() == 4
         and not w.is_contiguous()

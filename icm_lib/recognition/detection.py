@@ -20,6 +20,7 @@ from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
 from ..tasks import DETECTION
 from ..weights import load_state_file, require_download
 from .common import freeze, loss_mode, output_channels
+from .folding import folded
 
 #: the profile field that takes a local copy of the detector's pretrained weights
 FIELD = "recognition.det_checkpoint"
@@ -212,6 +213,11 @@ class FrozenDetector:
     @property
     def aux_task_channels(self) -> int:
         return output_channels(self.aux_task_layer)
+
+    def folded(self) -> FrozenDetector:
+        """Its twin with the batch norms folded into the convolutions, for the task loss
+        (:func:`~.folding.folded`; ``icm.fold_bn``); this machine where nothing folds."""
+        return folded(self)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -20,6 +20,7 @@ from ..errors import CheckpointError, WeightsUnavailableError
 from ..tasks import SEGMENTATION
 from ..weights import hf_offline_unless_reachable, load_state_file, offline_message
 from .common import freeze, loss_mode, output_channels
+from .folding import folded
 
 #: the profile field that takes a local copy of the segmenter's pretrained weights
 FIELD = "recognition.seg_checkpoint"
@@ -166,6 +167,11 @@ class FrozenSegmenter:
     @property
     def aux_task_channels(self) -> int:
         return output_channels(self.aux_task_layer)
+
+    def folded(self) -> FrozenSegmenter:
+        """Its twin with the batch norms folded into the convolutions, for the task loss
+        (:func:`~.folding.folded`; ``icm.fold_bn``); this machine where nothing folds."""
+        return folded(self)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
