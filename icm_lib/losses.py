@@ -111,8 +111,6 @@ class ICMObjective:
             same function up to float rounding, a little faster; the pseudo-labels stay the
             recognizer's own. Off by default, as ``codec_amp``.
 
-    Attributes:
-        loss_machine: what the task loss runs on (``machine`` itself, or its folded twin).
     """
 
     def __init__(
@@ -135,7 +133,16 @@ class ICMObjective:
         )
         self.amp_device_types = tuple(amp_device_types)
         self.codec_amp = codec_amp
-        self.loss_machine = machine.folded() if fold_bn else machine
+        self.fold_bn = fold_bn
+        self._loss_machine = None if fold_bn else machine
+
+    @property
+    def loss_machine(self):
+        """What the task loss runs on: ``machine``, or with ``fold_bn`` its folded twin, made
+        when first needed (an objective of a run already trained never makes it)."""
+        if self._loss_machine is None:
+            self._loss_machine = self.machine.folded()
+        return self._loss_machine
 
     def __call__(
         self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor

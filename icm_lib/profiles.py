@@ -455,15 +455,17 @@ class ICMConfig:
             entropy model stay in float32).
         amp_cpu: ``amp`` on the CPU too (off: the CPU trains in float32, and the studies'
             numbers are float32's). With ``codec_amp``, a step with cached pseudo-labels is
-            1.3-1.45x faster where the CPU multiplies bfloat16 natively (``avx512_bf16``,
-            AMX), much slower where it only emulates it (``python -m icm_lib.bench icm``).
-            ``--bf16`` of ``python -m icm_lib.train`` / ``study`` sets both.
+            1.35-1.5x faster where the CPU multiplies bfloat16 natively (``avx512_bf16``,
+            AMX, with ``fold_bn`` too), much slower where it only emulates it (``python -m
+            icm_lib.bench icm``). ``--bf16`` of ``python -m icm_lib.train`` / ``study`` sets
+            both and ``fold_bn``.
         codec_amp: where ``amp`` applies, the codec's transforms g_a, h_a, h_s, g_s run in
             bfloat16 too (the entropy models stay float32).
         fold_bn: the frozen recognizer's task loss runs on its twin with the batch norms
             folded into the convolutions (:mod:`~icm_lib.recognition.folding`; the same
             function up to float rounding, the pseudo-labels the recognizer's own): 1-4 % off a
-            ``cpu`` step in bfloat16. ``--bf16`` sets it too. ``amp_cpu``,
+            ``cpu`` step in bfloat16. ``--bf16`` sets it too (not with ``--no-fold-bn``).
+            ``amp_cpu``,
             ``codec_amp`` and ``fold_bn`` are keyed only when set: the runs they train are
             other runs, and the float32 runs keep their keys.
         validate_every: every run of the grid logs the validation losses (as the ablation's
@@ -935,6 +937,11 @@ def get_profile(name: str, **overrides: Any) -> Profile:
     return profile
 
 
+#: ``--no-fold-bn`` of ``python -m icm_lib.train`` and ``study``
+NO_FOLD_HELP = (
+    "with --bf16: leave the recognizer's batch norms as they are (icm.fold_bn off; another "
+    "run), e.g. where folding them is refused"
+)
 #: ``--bf16`` of ``python -m icm_lib.train`` and ``study``
 BF16_HELP = (
     "train the codecs for machines with the recognizer, the branch and the codec's transforms "
@@ -949,17 +956,37 @@ BF16_HELP = (
 )
 
 
-def trained_in_bfloat16(profile: Profile, device: Any = None, say: bool = True) -> Profile:
+def trained_in_bfloat16(
+    profile: Profile, device: Any = None, say: bool = True, fold: bool = True
+) -> Profile:
     """``profile`` with its codecs for machines trained under bfloat16 autocast on every device
-    (:meth:`ICMConfig.in_bfloat16`; ``--bf16``). Where ``device`` (``None``: CUDA if present,
-    else the CPU) only emulates bfloat16 it is done as asked, with a line on stderr that it is
-    slower there, not faster (where ``say``: one process of a ``torchrun`` job says it)."""
+    (:meth:`ICMConfig.in_bfloat16`; ``--bf16``), the recognizer's batch norms folded for its
+    task loss unless not ``fold`` (``--no-fold-bn``). Where ``device`` (``None``: CUDA if
+    present, else the CPU) only emulates bfloat16 it is done as asked, with a line on stderr
+    that it is slower there, not faster (where ``say``: one process of a ``torchrun`` job says
+    it)."""
     from .runtime import bf16_slower, get_device
 
     slower = bf16_slower(get_device(device or None))
     if slower is not None and say:
         print(f"--bf16: {slower}; the codecs train in bfloat16 as asked", file=sys.stderr)
-    return replace(profile, icm=profile.icm.in_bfloat16())
+    return replace(profile, icm=replace(profile.icm.in_bfloat16(), fold_bn=fold))
+
+
+def from_precision_flags(
+    profile: Profile, bf16: bool, no_fold_bn: bool, device: Any = None, say: bool = True
+) -> Profile:
+    """``profile`` as ``--bf16`` / ``--no-fold-bn`` of ``train`` and ``study`` ask
+    (:func:`trained_in_bfloat16`); unchanged without ``--bf16``.
+
+    Raises:
+        ConfigError: ``--no-fold-bn`` without ``--bf16`` (it changes nothing there).
+    """
+    if no_fold_bn and not bf16:
+        raise ConfigError(
+            "--no-fold-bn goes with --bf16 (a float32 run never folds the batch norms)"
+        )
+    return trained_in_bfloat16(profile, device, say, fold=not no_fold_bn) if bf16 else profile
 
 
 def for_device(profile: Profile, device: Any = None, native: bool | None = None) -> Profile:

@@ -55,7 +55,7 @@ from .gan import gan_base
 from .jobs import RunCall, compute, point_call, projected_hours
 from .launch import LaunchOptions, LaunchReport, add_arguments, launch_study
 from .locks import RunLock
-from .profiles import BF16_HELP, Profile, get_profile, trained_in_bfloat16
+from .profiles import BF16_HELP, NO_FOLD_HELP, Profile, from_precision_flags, get_profile
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import (
     PAPERS,
@@ -851,6 +851,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-reference-curve", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
+    parser.add_argument("--no-fold-bn", action="store_true", help=NO_FOLD_HELP)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -907,8 +908,7 @@ def main(
         return {"plan": rows}
     launch = LaunchOptions.from_args(args)  # jobs: --device, else CUDA where the job runs
     device = get_device(args.device or None)
-    if args.bf16:
-        profile = trained_in_bfloat16(profile, device)
+    profile = from_precision_flags(profile, args.bf16, args.no_fold_bn, device)
     common = (args.data_dir, args.results_dir, device, not args.no_progress)
     if args.study == "ablation":
         summary = run_ablation_study(profile, args.seeds, args.tasks, *common, launch)

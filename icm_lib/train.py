@@ -16,7 +16,7 @@ import json
 from .aux_branch import VARIANTS
 from .cli import at_least
 from .experiment import Experiment
-from .profiles import BF16_HELP, get_profile, trained_in_bfloat16
+from .profiles import BF16_HELP, NO_FOLD_HELP, from_precision_flags, get_profile
 from .runtime import Distributed, get_device
 from .tasks import TASKS
 
@@ -42,11 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
+    parser.add_argument("--no-fold-bn", action="store_true", help=NO_FOLD_HELP)
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     dist = Distributed(get_device(args.device) if args.device else None)
-    if args.bf16 and args.variant != "mse":  # an MSE run never autocasts: the same run
-        profile = trained_in_bfloat16(profile, dist.device, say=dist.is_main)
+    bf16 = args.bf16 and args.variant != "mse"  # an MSE run never autocasts: the same run
+    no_fold = args.no_fold_bn and (bf16 or not args.bf16)  # an MSE run ignores both flags
+    profile = from_precision_flags(profile, bf16, no_fold, dist.device, say=dist.is_main)
     try:
         exp = Experiment.prepare(profile, args.data_dir, dist.device, not args.no_progress, dist)
         _, log, run_dir = exp.icm_run(

@@ -408,6 +408,11 @@ BAD_SETTINGS = {
         "unknown device 'gpu'",
     ),
     "study": (["--profile", "nope", "--plan"], "unknown profile 'nope'"),
+    "study no-fold": (["--profile", "smoke", "--no-fold-bn"], "--no-fold-bn goes with --bf16"),
+    "train no-fold": (
+        ["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--no-fold-bn", "--device", "cpu"],
+        "--no-fold-bn goes with --bf16",
+    ),
     "study s-per-step": (["--profile", "smoke", "--plan", "--s-per-step", "det"], "det=0.26"),
     "gan": (["--profile", "smoke", "--codec", "x.pt", "--preset", "loud"], "preset must be"),
     "gan codec": (["--profile", "smoke", "--codec", "no-such-codec.pt"], "no-such-codec.pt"),

@@ -5,6 +5,8 @@ through its twin. Every backend's twin: tests/test_backends.py."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -73,6 +75,14 @@ class Branching(nn.Module):
         return self.bn(y) + self.side(y)
 
 
+class KeywordReader(Branching):
+    """The second reader gets the output by keyword."""
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + self.side(input=y)
+
+
 class SharedNorm(nn.Module):
     """One batch norm after two convolutions."""
 
@@ -99,7 +109,11 @@ def test_a_convolution_and_its_batch_norm_become_one_convolution():
     assert folded(machine) is twin  # made once: a run's objective and validator share it
 
 
-@pytest.mark.parametrize("model", [Branching, SharedNorm], ids=["read-elsewhere", "norm-shared"])
+@pytest.mark.parametrize(
+    "model",
+    [Branching, KeywordReader, SharedNorm],
+    ids=["read-elsewhere", "read-by-keyword", "norm-shared"],
+)
 def test_what_folding_would_change_is_left_as_it_is(model):
     """A convolution whose output is read by another module too, and a batch norm applied twice:
     folding either would change the model, so neither is folded (and nothing else is here)."""
@@ -170,6 +184,8 @@ def _objective_parts(machine, state, x, fold, variant=None, env=None):
 
 def test_the_objective_labels_with_the_recognizer_and_differentiates_its_twin(seg_step):
     machine, state, x = seg_step
+    lazy = ICMObjective(copy.deepcopy(machine), lmbda=1.0, fold_bn=True)
+    assert lazy._loss_machine is None  # made when first needed: a loaded run never makes it
     plain, parts = _objective_parts(machine, state, x, fold=False)
     objective, folded_parts = _objective_parts(machine, state, x, fold=True)
     assert plain.loss_machine is machine
@@ -184,6 +200,15 @@ def test_the_objective_labels_with_the_recognizer_and_differentiates_its_twin(se
         id(objective.loss_machine.model),
     }
     assert [id(m) for m in _recognizers(plain)] == [id(machine.model)]
+
+
+def test_the_twin_follows_its_machine_and_a_zero_gradient_is_no_change(seg_step):
+    machine = copy.deepcopy(seg_step[0])
+    twin = machine.folded()
+    machine.to(torch.float64)  # (a device move, where there is one device)
+    assert {p.dtype for p in twin.model.parameters()} == {torch.float64}
+    zero = torch.zeros(5)
+    assert folding._cosine(zero, zero) == 1.0 and folding._cosine(zero, torch.ones(5)) == 0.0
 
 
 def test_the_aux_task_branch_reads_the_twin_that_runs(smoke_env, seg_step):

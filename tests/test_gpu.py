@@ -54,6 +54,22 @@ def test_tables_built_on_the_gpu_equal_the_cpus(trained_family_codecs):
         assert gpu.fingerprint == codec.fingerprint
 
 
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_batch_norms_fold_on_cuda_with_tf32_on(smoke_env, task):
+    """``--bf16`` on CUDA folds the recognizer's batch norms (``icm.fold_bn``): cuDNN's default
+    TF32 would round the folded and the unfolded weights apart by more than the fold's checks
+    allow (~2.5e-4), so the checks run in exact float32 and the flags are given back."""
+    machine = copy.deepcopy(smoke_env.machine(task)).to("cuda")
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        twin = machine.folded()
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert twin is not machine and next(twin.model.parameters()).is_cuda
+
+
 def test_checkerboard_score_on_cuda():
     from icm_lib.metrics import checkerboard_score
 

@@ -301,7 +301,11 @@ def test_the_bf16_flag_trains_the_profile_in_bfloat16(monkeypatch, capsys):
         main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--bf16", "--device", "cpu"])
     with pytest.raises(SystemExit):
         main(["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        argv = ["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--device", "cpu"]
+        main([*argv, "--bf16", "--no-fold-bn"])
     assert [(icm.amp_cpu, icm.codec_amp, icm.fold_bn) for icm in seen] == [
         (True, True, True),
         (False, False, False),
+        (True, True, False),  # --no-fold-bn: bfloat16, the batch norms as they are
     ]

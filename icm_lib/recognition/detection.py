@@ -20,7 +20,7 @@ from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
 from ..tasks import DETECTION
 from ..weights import load_state_file, require_download
 from .common import freeze, loss_mode, output_channels
-from .folding import folded
+from .folding import folded, move_twin
 
 #: the profile field that takes a local copy of the detector's pretrained weights
 FIELD = "recognition.det_checkpoint"
@@ -200,6 +200,7 @@ class FrozenDetector:
 
     def to(self, device) -> FrozenDetector:
         self.model.to(device)
+        move_twin(self, device)
         return self
 
     @property

@@ -20,7 +20,7 @@ from ..errors import CheckpointError, WeightsUnavailableError
 from ..tasks import SEGMENTATION
 from ..weights import hf_offline_unless_reachable, load_state_file, offline_message
 from .common import freeze, loss_mode, output_channels
-from .folding import folded
+from .folding import folded, move_twin
 
 #: the profile field that takes a local copy of the segmenter's pretrained weights
 FIELD = "recognition.seg_checkpoint"
@@ -156,6 +156,7 @@ class FrozenSegmenter:
 
     def to(self, device) -> FrozenSegmenter:
         self.model.to(device)
+        move_twin(self, device)
         return self
 
     @property
