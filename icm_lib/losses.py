@@ -148,16 +148,15 @@ class ICMObjective:
         self, codec: ICMCodec, branch: nn.Module | None, x: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         pseudo_labels = self.machine.pseudo_labels(x)
+        loss_machine = self.loss_machine  # (made here on the first call: outside autocast)
         amp = self.amp and x.device.type in self.amp_device_types
         with codec.transforms_in_bf16(x.device.type, enabled=amp and self.codec_amp):
             out = codec(x)
         reads_machine = branch is not None and branch.position == "task"
-        capture = (
-            captured_output(self.loss_machine.aux_task_layer) if reads_machine else nullcontext({})
-        )
+        capture = captured_output(loss_machine.aux_task_layer) if reads_machine else nullcontext({})
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             with capture as feature:
-                task_loss = self.loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+                task_loss = loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
             if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
                 out = {**out, "task_feature": feature["out"]}
             branch_loss = (

@@ -123,6 +123,16 @@ def test_what_folding_would_change_is_left_as_it_is(model):
     assert _norms(machine.model) == 1
 
 
+def test_the_fold_is_checked_in_float32_whatever_the_caller_runs_under():
+    """The objective first needs its twin inside its bfloat16 autocast: the fold and its checks
+    run in float32 all the same (under autocast the per-convolution check was 3.7e-3 off on the
+    ``cpu`` segmenter and refused the fold), and the caller's autocast is back after."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        twin = folded(Toy(_chain()))
+        assert torch.is_autocast_cpu_enabled()
+    assert _norms(twin.model) == 0
+
+
 def test_a_batch_norm_in_training_or_after_no_convolution_is_not_folded():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), _bn(4).train(), nn.ReLU(), _bn(4))

@@ -159,13 +159,15 @@ def _device(model: nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def _exact():
-    """Float32 convolutions and matmuls as written: CUDA's TF32 (on by default for cuDNN
-    convolutions) rounds the folded and the unfolded weights differently, by more than the
-    checks allow (~2.5e-4 relative, against ~2e-7 in float32)."""
+    """Float32 convolutions and matmuls as written, whatever the caller runs under: no autocast
+    (a twin first needed inside the objective's bfloat16 autocast: 3.7e-3 off, measured) and
+    no TF32 (on by default for CUDA's cuDNN convolutions: the folded and the unfolded weights
+    round apart by ~2.5e-4, against ~2e-7 in float32) -- both more than the checks allow."""
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        yield
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
