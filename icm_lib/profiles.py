@@ -948,7 +948,7 @@ BF16_HELP = (
     "under bfloat16 autocast on the CPU too, the recognizer's batch norms folded into its "
     "convolutions for its task loss (icm.amp_cpu, icm.codec_amp, icm.fold_bn; on CUDA it adds "
     "the codec's transforms and the folding): where the CPU multiplies bfloat16 (avx512_bf16, "
-    "AMX) a step with its pseudo-labels cached is 1.3-1.5x faster than in float32 (python -m "
+    "AMX) a step with its pseudo-labels cached is 1.35-1.5x faster than in float32 (python -m "
     "icm_lib.bench icm); slower, not faster, where it does not. "
     "Other runs than float32's (keyed apart), whose numbers this CPU's float32 runs do not "
     "reproduce; a study writes them into the same results file, so give another --results-dir "

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     profile = get_profile(args.profile)
     dist = Distributed(get_device(args.device) if args.device else None)
     bf16 = args.bf16 and args.variant != "mse"  # an MSE run never autocasts: the same run
-    no_fold = args.no_fold_bn and (bf16 or not args.bf16)  # an MSE run ignores both flags
-    profile = from_precision_flags(profile, bf16, no_fold, dist.device, say=dist.is_main)
-    try:
+    no_fold = args.no_fold_bn and (bf16 or not args.bf16)  # (with --bf16, an MSE run ignores it)
+    try:  # (inside: a refused flag still closes a torchrun job's process group)
+        profile = from_precision_flags(profile, bf16, no_fold, dist.device, say=dist.is_main)
         exp = Experiment.prepare(profile, args.data_dir, dist.device, not args.no_progress, dist)
         _, log, run_dir = exp.icm_run(
             args.task,

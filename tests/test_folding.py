@@ -133,6 +133,38 @@ def test_the_fold_is_checked_in_float32_whatever_the_caller_runs_under():
     assert _norms(twin.model) == 0
 
 
+def test_the_fold_runs_where_tf32_was_set_with_the_newer_api():
+    """A process that set TF32 through ``fp32_precision`` (detectron2's ``default_setup`` can)
+    cannot read the legacy ``allow_tf32`` flags; the fold turns TF32 off through the API in use
+    and gives its settings back."""
+    b = torch.backends
+    names = [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
+    names.append((b.cudnn.rnn, "fp32_precision"))
+    before = [getattr(o, n) for o, n in names]
+    try:
+        b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision = "tf32", "tf32"
+        b.cudnn.rnn.fp32_precision = "ieee"  # conv and rnn apart: the legacy flag is unreadable
+        with pytest.raises(RuntimeError, match="legacy and new APIs"):
+            b.cudnn.allow_tf32  # noqa: B018
+        twin = folded(Toy(_chain()))
+        assert _norms(twin.model) == 0
+        assert (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        for (o, n), value in zip(names, before):
+            setattr(o, n, value)
+
+
+def test_a_nan_is_no_fold():
+    """A recognizer whose loss on the probe is not a number cannot be checked: refused."""
+
+    class Nan(Toy):
+        def task_loss(self, images, targets):
+            return {"loss": super().task_loss(images, targets)["loss"] * float("nan")}
+
+    with pytest.raises(FoldError, match="changed its task loss"):
+        folded(Nan(_chain()))
+
+
 def test_a_batch_norm_in_training_or_after_no_convolution_is_not_folded():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), _bn(4).train(), nn.ReLU(), _bn(4))
@@ -214,7 +246,9 @@ def test_the_objective_labels_with_the_recognizer_and_differentiates_its_twin(se
 
 def test_the_twin_follows_its_machine_and_a_zero_gradient_is_no_change(seg_step):
     machine = copy.deepcopy(seg_step[0])
+    machine.__dict__.pop("_folded_twin", None)  # one an earlier test made: fold anew
     twin = machine.folded()
+    assert twin is not machine
     machine.to(torch.float64)  # (a device move, where there is one device)
     assert {p.dtype for p in twin.model.parameters()} == {torch.float64}
     zero = torch.zeros(5)

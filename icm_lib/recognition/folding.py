@@ -145,7 +145,7 @@ def fold_batch_norms(model: nn.Module, run) -> int:
         for conv, out in done:
             got = conv(inputs[id(conv)])
             error = float((got.float() - out.float()).norm() / out.float().norm().clamp_min(1e-12))
-            if error > FOLD_TOLERANCE:
+            if not error <= FOLD_TOLERANCE:  # (a NaN is not within it either)
                 raise FoldError(
                     f"a folded convolution of {type(model).__name__} gives {error:.2g} off what "
                     f"its batch norm gave; {WITHOUT}"
@@ -162,14 +162,28 @@ def _exact():
     """Float32 convolutions and matmuls as written, whatever the caller runs under: no autocast
     (a twin first needed inside the objective's bfloat16 autocast: 3.7e-3 off, measured) and
     no TF32 (on by default for CUDA's cuDNN convolutions: the folded and the unfolded weights
-    round apart by ~2.5e-4, against ~2e-7 in float32) -- both more than the checks allow."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    round apart by ~2.5e-4, against ~2e-7 in float32) -- both more than the checks allow. The
+    TF32 switches are the ones the process uses: the legacy ``allow_tf32`` flags, or, where
+    TF32 was set with the newer ``fp32_precision`` API (the legacy flags then cannot be read),
+    those."""
+    b = torch.backends
+    try:
+        saved = [(b.cuda.matmul, "allow_tf32"), (b.cudnn, "allow_tf32")]
+        saved = [(o, n, getattr(o, n)) for o, n in saved]
+        off: bool | str = False
+    except RuntimeError:  # "a mix of the legacy and new APIs"
+        saved = [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
+        saved = [(o, n, getattr(o, n)) for o, n in saved]
+        off = "ieee"
+    for obj, name, _ in saved:
+        setattr(obj, name, off)
     try:
         with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            yield
+            with torch.inference_mode(False):
+                yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        for obj, name, value in saved:
+            setattr(obj, name, value)
 
 
 def _loss_and_gradient(machine, images, targets) -> tuple[float, torch.Tensor]:
@@ -236,7 +250,7 @@ def _twin(machine):
     cosine = _cosine(grad, twin_grad)
     task = getattr(getattr(machine, "task", None), "name", None)
     loss_tol, grad_tol = TOLERANCES.get(task, (LOSS_TOLERANCE, GRADIENT_TOLERANCE))
-    if abs(twin_loss - loss) > loss_tol * abs(loss) or cosine < 1 - grad_tol:
+    if not (abs(twin_loss - loss) <= loss_tol * abs(loss) and cosine >= 1 - grad_tol):
         raise FoldError(
             f"folding the batch norms of {type(machine.model).__name__} changed its task loss "
             f"({loss:.6g} -> {twin_loss:.6g}) or its input gradient (cosine {cosine:.6f}); "
