@@ -110,7 +110,6 @@ class ICMObjective:
             its convolutions (``machine.folded()``, :mod:`~icm_lib.recognition.folding`): the
             same function up to float rounding, a little faster; the pseudo-labels stay the
             recognizer's own. Off by default, as ``codec_amp``.
-
     """
 
     def __init__(
@@ -133,8 +132,7 @@ class ICMObjective:
         )
         self.amp_device_types = tuple(amp_device_types)
         self.codec_amp = codec_amp
-        self.fold_bn = fold_bn
-        self._loss_machine = None if fold_bn else machine
+        self._loss_machine = None if fold_bn else machine  # None: the twin, when first needed
 
     @property
     def loss_machine(self):

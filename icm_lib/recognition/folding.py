@@ -87,16 +87,16 @@ def fold_batch_norms(model: nn.Module, run) -> int:
     Raises:
         FoldError: a folded convolution does not give what its batch norm gave.
     """
-    seen: dict[int, list] = {}  # id(conv output) -> [conv, module consumers, output, its copy]
-    inputs: dict[int, torch.Tensor] = {}  # id(conv) -> its input in the run
+    seen: dict[int, list] = {}  # id(conv output) -> [conv, module consumers, output]
+    recorded: dict[int, tuple] = {}  # id(conv) -> copies of its input and output in the run
     calls: dict[int, int] = {}
     pairs: list[tuple[nn.Conv2d, nn.Module, int, torch.Tensor]] = []
 
     def conv_out(m, args, out):
         calls[id(m)] = calls.get(id(m), 0) + 1
-        if args:  # (a convolution given its input by keyword is left alone: no input recorded)
-            inputs[id(m)] = args[0].clone()  # copies: a later in-place op (ReLU) changes it
-        seen[id(out)] = [m, 0, out, out.clone()]  # out kept alive: its id stays its own
+        if args:  # (a convolution given its input by keyword is left alone: nothing recorded)
+            recorded[id(m)] = args[0].clone(), out.clone()  # a later in-place ReLU changes them
+        seen[id(out)] = [m, 0, out]  # out kept alive: its id stays its own
 
     def consumer(m, args, kwargs):
         for a in tree_leaves((args, kwargs)):  # positional, keyword, inside lists and dicts
@@ -127,7 +127,7 @@ def fold_batch_norms(model: nn.Module, run) -> int:
     for conv, norm, tensor, out in pairs:
         if seen[tensor][1] != 1 or calls[id(conv)] != 1 or calls[id(norm)] != 1:
             continue  # the output read elsewhere too, or a module used twice: left as it is
-        if id(conv) not in inputs:
+        if id(conv) not in recorded:
             continue
         _fold_into(conv, norm)
         parent, name = parents[id(norm)]
@@ -136,14 +136,13 @@ def fold_batch_norms(model: nn.Module, run) -> int:
     for m in modules:  # detectron2's Conv2d normalises inside its own forward
         norm = getattr(m, "norm", None)
         if isinstance(m, nn.Conv2d) and norm is not None and _frozen_norm(norm):
-            if calls.get(id(m)) == 1 and id(m) in inputs:
-                out = next(copy for c, _, _, copy in seen.values() if c is m)
+            if calls.get(id(m)) == 1 and id(m) in recorded:
                 _fold_into(m, norm)
                 m.norm = None
-                done.append((m, out))
+                done.append((m, recorded[id(m)][1]))
     with torch.no_grad(), _exact():
         for conv, out in done:
-            got = conv(inputs[id(conv)])
+            got = conv(recorded[id(conv)][0])
             error = float((got.float() - out.float()).norm() / out.float().norm().clamp_min(1e-12))
             if not error <= FOLD_TOLERANCE:  # (a NaN is not within it either)
                 raise FoldError(
