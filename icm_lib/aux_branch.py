@@ -40,6 +40,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from .errors import ConfigError
+from .recognition.common import bfloat16_scope
 from .tasks import DETECTION, Task, get_task
 
 #: (width, stride) of conv2..conv5 in Tables 1 and 2
@@ -340,6 +341,11 @@ class AuxBranch(nn.Module):
         """The fewest images a training forward pass may hold (:attr:`AuxSegmenter.min_batch`;
         1 for the detector)."""
         return getattr(self.net, "min_batch", 1)
+
+    def bfloat16_scope(self, device_type: str, enabled: bool = True):
+        """The scope its loss runs in under bfloat16 (:func:`~icm_lib.recognition.common.
+        bfloat16_scope` of its head: the detector's features only, the segmenter whole)."""
+        return bfloat16_scope(self.net, device_type, enabled)
 
     def forward(self, codec_out: dict, pseudo_labels, image_size: tuple[int, int]) -> torch.Tensor:
         """The branch loss (a scalar): Faster R-CNN's summed losses, or cross-entropy against the

@@ -293,8 +293,13 @@ class ICMCodec(nn.Module):
         return likelihoods
 
     def decode(self, latent_hat: torch.Tensor) -> torch.Tensor:
-        """Decoder side only: g_s(ŷ) (unclamped, as in CompressAI's forward)."""
-        return self.decoder(latent_hat)
+        """Decoder side only: g_s(ŷ) (unclamped, as in CompressAI's forward). What the split
+        view's hooks capture on the way is dropped (a training's activation is not kept alive
+        until the next step)."""
+        try:
+            return self.decoder(latent_hat)
+        finally:
+            self._captured.clear()
 
     def _entropy_modules(self):
         if hasattr(self.model, "gaussian_conditional"):

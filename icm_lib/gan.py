@@ -54,7 +54,7 @@ from .runtime import (
     state_fingerprint,
 )
 from .tasks import TASKS, Task, get_task
-from .trainer import load_or_run
+from .trainer import StepValues, load_or_run
 
 PRESETS = ("full", "limited", "no-adv")
 
@@ -191,7 +191,7 @@ class _FinetuneStep:
             discriminator=self.disc, optimizer=self.opt, d_optimizer=self.d_opt
         )
 
-    def __call__(self, step: int, x: torch.Tensor) -> dict[str, float]:
+    def __call__(self, step: int, x: torch.Tensor) -> StepValues:
         cfg, codec, disc = self.cfg, self.codec, self.disc
         torch.manual_seed(mix_seed(cfg.seed, step))
         g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))  # the patch positions
@@ -212,13 +212,9 @@ class _FinetuneStep:
         loss.backward()
         self.opt.step()
         disc.zero_grad(set_to_none=True)  # the decoder's step must not leave grads in D
-        return {
-            "loss": loss.item(),
-            "adv_loss": adv.item(),
-            "task_loss": task.item(),
-            "mse_loss": pixel.item(),
-            "d_loss": d_loss.item(),
-        }
+        parts = {"loss": loss, "adv_loss": adv, "task_loss": task, "mse_loss": pixel}
+        # read from the device only on a logged step (one read for all five)
+        return StepValues({k: v.detach().float() for k, v in {**parts, "d_loss": d_loss}.items()})
 
 
 def finetune_decoder(

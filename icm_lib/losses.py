@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .metrics import bpp_from_likelihoods
-from .recognition.common import captured_output
+from .recognition.common import bfloat16_scope, captured_output
 
 if TYPE_CHECKING:
     from .codec import ICMCodec
@@ -94,8 +94,10 @@ class ICMObjective:
     ``y`` = the recognizer on the original crop (pseudo-labels, no gradient); ``E(y, ŷ)`` = its
     training loss on the decoded crop; ``E(y, ŷ_aux)`` = the branch's loss on the codec's ŷ
     (aux-enc), g_s's last-layer input (aux-dec) or the recognizer's own intermediate feature of
-    the decoded crop, captured during ``E(y, ŷ)`` (aux-task). With ``amp`` (CUDA), the recognizer and the branch run
-    under bfloat16 autocast; the codec and its likelihoods stay in float32.
+    the decoded crop, captured during ``E(y, ŷ)`` (aux-task). With ``amp`` (CUDA), the recognizer
+    and the branch run under bfloat16 autocast -- a torchvision detector its feature computations
+    only, its box geometry in float32 (:func:`~icm_lib.recognition.common.bfloat16_scope`); the
+    codec and its likelihoods stay in float32.
 
     Args:
         machine: the frozen recognizer (:class:`~icm_lib.recognition.FrozenDetector` or
@@ -152,12 +154,14 @@ class ICMObjective:
             out = codec(x)
         reads_machine = branch is not None and branch.position == "task"
         capture = captured_output(loss_machine.aux_task_layer) if reads_machine else nullcontext({})
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            with capture as feature:
-                task_loss = loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
-            if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
-                out = {**out, "task_feature": feature["out"]}
-            branch_loss = (
-                branch(out, pseudo_labels, x.shape[-2:]).float() if branch is not None else None
-            )
+        # under bfloat16 a torchvision detector (recognizer or branch) keeps its box geometry in
+        # float32 (bfloat16_scope); every other model runs under autocast as a whole
+        with bfloat16_scope(loss_machine.model, x.device.type, amp), capture as feature:
+            task_loss = loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
+        if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
+            out = {**out, "task_feature": feature["out"]}
+        branch_loss = None
+        if branch is not None:
+            with branch.bfloat16_scope(x.device.type, amp):
+                branch_loss = branch(out, pseudo_labels, x.shape[-2:]).float()
         return icm_loss(out, x, task_loss, self.lmbda, branch_loss, self.alpha, self.mse_weight)

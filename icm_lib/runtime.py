@@ -102,7 +102,9 @@ def bf16_hardware(device: torch.device | None = None) -> str:
     ``avx512_bf16`` / ``amx_bf16`` flags (Linux), or the GPU's support; elsewhere bfloat16 is
     emulated, and slower than float32."""
     if device is not None and device.type == "cuda":
-        return "CUDA bf16" if torch.cuda.is_bf16_supported() else "none (this GPU)"
+        with torch.cuda.device(device):  # this GPU, not the current one; emulation is not support
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "CUDA bf16" if native else "none (this GPU emulates it)"
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
@@ -324,6 +326,27 @@ def env_path(name: str, default: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------- distributed (torchrun)
+#: hours a process of a torchrun job waits in a collective before it fails (``ICM_DIST_TIMEOUT_H``
+#: sets another): the other ranks wait in a barrier while rank 0 prepares what a fresh cache
+#: lacks (data, recognizers, the reference codec: minutes to hours) or waits for another
+#: process's writer lock on the run; NCCL's own default, 10 minutes, would abort them
+DIST_TIMEOUT_H = 24.0
+
+
+def dist_timeout():
+    """The process group's timeout (:data:`DIST_TIMEOUT_H`, or ``ICM_DIST_TIMEOUT_H``)."""
+    from datetime import timedelta
+
+    text = os.environ.get("ICM_DIST_TIMEOUT_H", "")
+    try:
+        hours = float(text) if text else DIST_TIMEOUT_H
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise ConfigError(f"ICM_DIST_TIMEOUT_H={text!r}: give a positive number of hours")
+    return timedelta(hours=hours)
+
+
 class Distributed:
     """This process's place in a ``torchrun`` job (a single process when not launched by it).
 
@@ -353,7 +376,7 @@ class Distributed:
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group(backend, timeout=dist_timeout())
 
     @classmethod
     def local(cls, device: torch.device) -> Distributed:

@@ -129,6 +129,11 @@ def _recognizers(objective: Objective) -> list[nn.Module]:
     return list(unique.values())
 
 
+def _contiguous(module: nn.Module) -> bool:
+    """Whether every 4-D weight of ``module`` is in the default (NCHW) layout."""
+    return all(p.is_contiguous() for p in module.parameters() if p.dim() == 4)
+
+
 def _layout_free(module: nn.Module) -> bool:
     """Whether ``module``'s results do not depend on its tensors' memory layout: no element-wise
     random draws (dropout masks are drawn in memory order). The codec (CompressAI's training
@@ -136,28 +141,29 @@ def _layout_free(module: nn.Module) -> bool:
     return not any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules())
 
 
-class _StepValues(Mapping):
+class StepValues(Mapping):
     """A step's logged values, read from the device only when first looked at (one read for all
-    of them, instead of a ``.item()`` per loss part every step)."""
+    of them, instead of a ``.item()`` per loss part every step), then ``lr`` where given."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], lr: float):
-        self._tensors, self._lr, self._values = tensors, lr, None
+    def __init__(self, tensors: dict[str, torch.Tensor], lr: float | None = None):
+        self._tensors, self._values = tensors, None
+        self._extra = {} if lr is None else {"lr": lr}
 
     def _read(self) -> dict[str, float]:
         if self._values is None:
             with torch.profiler.record_function("icm_lib::to_host"):
                 values = torch.stack(list(self._tensors.values())).tolist()
-            self._values = {**dict(zip(self._tensors, values)), "lr": self._lr}
+            self._values = {**dict(zip(self._tensors, values)), **self._extra}
         return self._values
 
     def __getitem__(self, key: str) -> float:
         return self._read()[key]
 
     def __iter__(self):
-        return iter([*self._tensors, "lr"])
+        return iter([*self._tensors, *self._extra])
 
     def __len__(self) -> int:
-        return len(self._tensors) + 1
+        return len(self._tensors) + len(self._extra)
 
 
 class Stepper:
@@ -196,10 +202,15 @@ class Stepper:
                 "batch_size or use fewer processes or accumulation steps"
             )
         self.flags = step_flags(device.type, fast)
+        # what the step changes outside itself, given back by close(): the layout of the
+        # recognizers (shared with the evaluation and other runs of the process), cuDNN's flag
+        self._relaid: list[nn.Module] = []
+        self._benchmark = torch.backends.cudnn.benchmark
         if self.flags["channels_last"]:  # the recognizer, and its folded twin where there is one
             for machine in _recognizers(objective):
-                if _layout_free(machine):
+                if _layout_free(machine) and _contiguous(machine):
                     machine.to(memory_format=torch.channels_last)
+                    self._relaid.append(machine)
         if self.flags["cudnn_benchmark"]:
             torch.backends.cudnn.benchmark = True
         step_module = _TrainStep(codec, branch, objective)
@@ -216,6 +227,16 @@ class Stepper:
         self.state = CheckpointParts(
             optimizer=self.main, quantile_optimizer=self.quantiles, scheduler=self.schedule
         )
+
+    def close(self) -> None:
+        """Give back what the step changed outside itself: the recognizers it laid out
+        channels-last are contiguous again (an exact copy), cuDNN's autotuning flag is the
+        process's again -- so that what the process evaluates after a training does not depend
+        on whether it trained first."""
+        for machine in self._relaid:
+            machine.to(memory_format=torch.contiguous_format)
+        self._relaid = []
+        torch.backends.cudnn.benchmark = self._benchmark
 
     def __call__(self, step: int, batch: torch.Tensor) -> Mapping[str, float]:
         """Train on ``batch`` (the global batch of ``step``); returns this process's loss parts
@@ -245,7 +266,7 @@ class Stepper:
         qloss.backward()
         self.quantiles.step()
         totals["quantile_loss"] = qloss.detach().double()
-        return _StepValues(totals, self.main.param_groups[0]["lr"])
+        return StepValues(totals, self.main.param_groups[0]["lr"])
 
 
 def train_codec(
@@ -350,27 +371,30 @@ def _train(
     if branch is not None:
         branch.to(device).train()
     stepper = Stepper(codec, branch, objective, cfg, branch_lr, dist, accumulate, device)
-    state = run.restore(device)
-    if state is not None:
-        codec.model.load_state_dict(state["codec"]["state_dict"])
-        if branch is not None:
-            branch.load_state_dict(state["branch"])
-        stepper.state.load_state_dict(state)
-    for step in run.steps(stop_after, desc or f"train codec λ={cfg.lmbda:g}", progress):
-        record = stepper(step, sampler.batch(step))
-        done = step + 1
-        validating = validate is not None and (done % validate_every == 0 or done == cfg.steps)
-        if run.log_due(done) or validating:
-            record = _mean_over_ranks(record, dist, device)
-            run.log(done, {**record, **(validate(codec) if validating else {})})
-        run.checkpoint(
-            done,
-            lambda: {
-                "codec": codec.codec_state(),
-                "config": asdict(cfg),
-                **stepper.state.state_dict(),
-                "branch": branch.state_dict() if branch is not None else None,
-            },
-        )
-    extras = {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None
-    return codec, run.close(codec, asdict(cfg), extras)
+    try:  # (the recognizers' layout and cuDNN's flag given back, also when stopped)
+        state = run.restore(device)
+        if state is not None:
+            codec.model.load_state_dict(state["codec"]["state_dict"])
+            if branch is not None:
+                branch.load_state_dict(state["branch"])
+            stepper.state.load_state_dict(state)
+        for step in run.steps(stop_after, desc or f"train codec λ={cfg.lmbda:g}", progress):
+            record = stepper(step, sampler.batch(step))
+            done = step + 1
+            validating = validate is not None and (done % validate_every == 0 or done == cfg.steps)
+            if run.log_due(done) or validating:
+                record = _mean_over_ranks(record, dist, device)
+                run.log(done, {**record, **(validate(codec) if validating else {})})
+            run.checkpoint(
+                done,
+                lambda: {
+                    "codec": codec.codec_state(),
+                    "config": asdict(cfg),
+                    **stepper.state.state_dict(),
+                    "branch": branch.state_dict() if branch is not None else None,
+                },
+            )
+        extras = {"branch.pt": {"state_dict": branch.state_dict()}} if branch is not None else None
+        return codec, run.close(codec, asdict(cfg), extras)
+    finally:
+        stepper.close()

@@ -196,6 +196,60 @@ def test_gradient_paths_of_the_three_branch_positions(machines, task, variant):
     assert all(torch.equal(a, b) for a, b in zip(bn, _bn_state(machine.model)))
 
 
+@pytest.mark.parametrize("variant", ["aux-enc", "aux-task"])
+def test_under_bfloat16_a_detector_keeps_its_box_geometry_in_float32(machines, variant):
+    """With ``amp`` the torchvision detectors -- the recognizer of the task loss and the
+    branch's head -- run their feature computations in bfloat16 and their anchors and proposals
+    in float32 (under full autocast both were bfloat16: 0.5-2 px steps); the segmenter runs under
+    autocast as a whole."""
+    from icm_lib.aux_branch import build_branch
+    from icm_lib.losses import ICMObjective
+
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
+    seen: dict[str, torch.dtype] = {}
+
+    def spy(name, module, pre=False):
+        def hook(m, args, out=None):
+            got = args[1][0] if pre else (out[0] if isinstance(out, list) else out)
+            seen[name] = got.dtype
+
+        if pre:
+            return module.register_forward_pre_hook(hook)
+        return module.register_forward_hook(hook)
+
+    det, seg = machines["det"], machines["seg"]
+    branch = build_branch(variant, "det", codec, 6, 0.25, SMALL_DET, machine=det).train()
+    feature = det.model.backbone.body.layer1
+    hooks = [
+        spy("recognizer features", feature),
+        spy("recognizer anchors", det.model.rpn.anchor_generator),
+        spy("recognizer proposals", det.model.roi_heads.box_roi_pool, pre=True),
+        spy("branch features", branch.net.body.stages[0]),
+        spy("branch anchors", branch.net.rpn.anchor_generator),
+        spy("branch proposals", branch.net.roi_heads.box_roi_pool, pre=True),
+        spy("segmenter features", seg.model.net.encoder.layer1),
+    ]
+    objective = ICMObjective(det, lmbda=1.0, amp=True, amp_device_types=("cpu",))
+    seg_objective = ICMObjective(seg, lmbda=1.0, amp=True, amp_device_types=("cpu",))
+    try:
+        parts = objective(codec, branch, torch.rand(2, 3, 128, 128))
+        seg_objective(codec, None, torch.rand(2, 3, 128, 128))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.isfinite(parts["loss"]) and parts["branch_loss"] > 0
+    assert seen == {
+        "recognizer features": torch.bfloat16,
+        "recognizer anchors": torch.float32,
+        "recognizer proposals": torch.float32,
+        "branch features": torch.bfloat16,
+        "branch anchors": torch.float32,
+        "branch proposals": torch.float32,
+        "segmenter features": torch.bfloat16,
+    }
+
+
 @pytest.mark.parametrize(
     ("task", "position", "least"),
     [("seg", "enc", 2), ("seg", "dec", 2), ("seg", "task", 1), ("det", "enc", 1)],

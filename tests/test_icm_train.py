@@ -170,6 +170,34 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
         Distributed(torch.device("cuda"))
 
 
+def test_a_torchrun_process_group_waits_longer_than_nccls_ten_minutes(monkeypatch):
+    """The other ranks wait in a barrier while rank 0 prepares a fresh cache (hours): the process
+    group gets a day (``ICM_DIST_TIMEOUT_H`` another; a bad value is one clear error)."""
+    from datetime import timedelta
+
+    from icm_lib.errors import ConfigError
+    from icm_lib.runtime import Distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda *a, **k: calls.append((a, k))
+    )
+    Distributed(torch.device("cpu"))
+    monkeypatch.setenv("ICM_DIST_TIMEOUT_H", "0.5")
+    Distributed(torch.device("cpu"))
+    assert calls == [
+        (("gloo",), {"timeout": timedelta(hours=24)}),
+        (("gloo",), {"timeout": timedelta(minutes=30)}),
+    ]
+    for bad in ("0", "soon", "nan"):
+        monkeypatch.setenv("ICM_DIST_TIMEOUT_H", bad)
+        with pytest.raises(ConfigError, match="ICM_DIST_TIMEOUT_H"):
+            Distributed(torch.device("cpu"))
+    assert len(calls) == 2
+
+
 def test_a_study_of_one_task_loads_only_that_tasks_recognizer(smoke_env, tmp_path):
     """``prepare(tasks=["seg"])`` (what a segmentation-only study asks for) does not load or
     train the detector: with only the segmenter in the cache it prepares inside

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEVICES
 
 from icm_lib.errors import WeightsUnavailableError
 from icm_lib.files import load_checkpoint
@@ -234,14 +235,18 @@ def test_recognizers_are_a_function_of_the_seed_alone(scenes, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("task, schedule", [("det", ()), ("seg", ((32, 0.6),))])
 def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
-    scenes, tmp_path, monkeypatch, task, schedule
+    scenes, tmp_path, monkeypatch, task, schedule, device
 ):
     """Stopped after its checkpoint at step 2 of 5 and started again, training ends on the weights
     of an uninterrupted run (with a resolution schedule too, whose 32-px steps 0-2 the stop
     cuts); the val curve covers every ``eval_every`` step and the end; the other task's step
-    count does not key this recognizer."""
+    count does not key this recognizer. On CUDA the samplers and dropout draw from the device's
+    generator, which the checkpoint keeps too; its non-deterministic kernels (RoI align's
+    backward) leave float rounding apart, where another generator's draws would sample other
+    anchors, RoIs and masks from step 2 on."""
     from icm_lib.data import CocoDetection, PascalContextSegmentation
     from icm_lib.profiles import RecognitionConfig
     from icm_lib.recognition import training
@@ -267,8 +272,8 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
     )
 
     def run(folder, cfg=cfg):
-        machine, report = load(cfg, *sets, 64, tmp_path / folder, "cpu", seed=1, progress=False)
-        return machine.model.state_dict(), report
+        machine, report = load(cfg, *sets, 64, tmp_path / folder, device, seed=1, progress=False)
+        return {k: v.cpu() for k, v in machine.model.state_dict().items()}, report
 
     whole, report = run("whole")
     assert [c["step"] for c in report["val_curve"]] == [2, 4, 5]
@@ -294,8 +299,14 @@ def test_a_stopped_recognizer_training_resumes_to_the_same_weights(
     assert load_checkpoint(partial)["seconds"] == 500
     resumed, report2 = run("stopped")
     assert not list((tmp_path / "stopped").glob("*.partial"))
-    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert report2["loss_log"] == report["loss_log"]
+    assert whole.keys() == resumed.keys()
+    if device == "cpu":
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+        assert report2["loss_log"] == report["loss_log"]
+    else:
+        for k in whole:
+            torch.testing.assert_close(resumed[k], whole[k], rtol=1e-3, atol=1e-5)
+        assert report2["loss_log"] == pytest.approx(report["loss_log"], rel=1e-4)
     # the training seconds count every session's: the stopped one's 500 and the resumed one's
     assert report["train_seconds"] < 100 and 500 < report2["train_seconds"] < 600
     # the other task's steps are not part of this recognizer's key

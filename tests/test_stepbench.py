@@ -3,6 +3,7 @@ pseudo-labels keep their boxes, and ``python -m icm_lib.bench paper-step`` print
 (smoke profile, torchvision/smp, a tiny batch)."""
 
 import itertools
+import statistics
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from icm_lib.errors import ConfigError
 from icm_lib.profiles import get_profile
 from icm_lib.recognition import FrozenDetector
 from icm_lib.tasks import get_task
-from icm_lib.trainer import _StepValues, step_flags
+from icm_lib.trainer import StepValues, step_flags
 
 SMOKE = get_profile("smoke")
 
@@ -66,7 +67,7 @@ def test_pseudo_labels_keep_the_boxes_boolean_masks_keep():
 
 def test_step_values_are_what_item_gave():
     parts = {"loss": torch.tensor(0.1234567), "bpp_loss": torch.tensor(3.0) / 7}
-    values = _StepValues({k: v.double() for k, v in parts.items()}, 1e-4)
+    values = StepValues({k: v.double() for k, v in parts.items()}, 1e-4)
     assert list(values) == ["loss", "bpp_loss", "lr"] and len(values) == 3
     assert dict(values) == {
         "loss": parts["loss"].item(),
@@ -90,6 +91,26 @@ def test_fast_step_gives_the_same_losses(task, variant):
         assert slow.keys() == fast.keys()
         for key in slow:
             assert fast[key] == pytest.approx(slow[key], rel=1e-4, abs=1e-6), key
+
+
+def test_phase_shares_wait_for_the_device_around_each_phase(monkeypatch):
+    """On CUDA a phase's host time is its kernel launches unless the phase waits for the
+    device: ``phase_seconds`` waits before and after each labelled phase, ``count_ops`` (which
+    counts the step's own syncs) does not add any."""
+    import icm_lib.dev.stepbench as sb
+
+    device = torch.device("cpu")
+    machine = build_machine("seg", recognition_config(SMOKE), device)
+    setup = build_step("seg", "aux-enc", machine, SMOKE, device, batch=2, crop=64, fast=False)
+    waits = []
+    monkeypatch.setattr(sb, "_sync", lambda device: waits.append(device))
+    shares = sb.phase_seconds(setup, steps=1)
+    # per step: pseudo-labels, task loss, codec forward + quantile loss, branch, 2 optimizers
+    assert len(waits) >= 2 * 7 and set(waits) == {device}
+    assert set(shares) == {*sb.PHASES, "other"}
+    waits.clear()
+    sb.count_ops(setup)
+    assert waits == []
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
@@ -264,6 +285,33 @@ def test_the_icm_step_yardstick_times_shares_and_counts(smoke_env, capsys):
     assert ("and batch norms folded (--bf16)" in out) is native
 
 
+def test_the_ratio_line_gives_the_ratio_of_medians_and_its_step_by_step_range():
+    """Each setting against the float32 step that runs its labels: the medians' ratio, then the
+    lowest and highest ratio of step i to step i (timed side by side); nothing without that
+    float32 row, and a setting not benched is left out."""
+    from icm_lib.dev.stepbench import ratio_line
+
+    def row(fast, labels, precision, seconds):
+        return {
+            "fast": fast,
+            "labels": labels,
+            "precision": precision,
+            "seconds": seconds,
+            "s_per_step": statistics.median(seconds),
+        }
+
+    base = row(False, "run", "fp32", [2.0, 1.0, 4.0])  # median 2.0
+    folded = row(False, "cached", "bf16cf", [1.0, 0.8, 1.0])  # median 1.0; 2.0, 1.25, 4.0
+    cached = row(False, "cached", "fp32", [1.6, 0.5, 2.0])  # median 1.6; 1.25, 2.0, 2.0
+    line = ratio_line([folded, base, cached])
+    assert line.startswith("against the float32 step that runs its labels")
+    assert "labels cached 1.25x (1.25-2.00)" in line
+    assert "and batch norms folded (--bf16) 2.00x (1.25-4.00)" in line
+    assert line.index("labels cached") < line.index("batch norms folded")
+    assert "fast on" not in line and "bf16 +" not in line
+    assert ratio_line([folded, cached]) == ""
+
+
 def test_a_rows_settings_are_timed_interleaved():
     """``bench icm`` times a task/variant's settings together: step i of each before step i + 1
     of any (step 0 the warm-up, not timed), the order rotated by one each step, each step under
@@ -310,10 +358,38 @@ def test_the_benchmarks_read_the_checkouts_data_folder(monkeypatch):
     assert seen["tasks"] == ("seg",)
 
 
+def test_a_gpu_that_only_emulates_bfloat16_is_not_taken_for_native(monkeypatch):
+    """``torch.cuda.is_bf16_supported()`` counts emulation by default (a V100, a T4): the GPU's
+    bfloat16 is native only where it multiplies bfloat16 itself, asked of the device given."""
+    import contextlib
+
+    import icm_lib.runtime as runtime
+
+    asked = []
+
+    def device(d):
+        asked.append(d)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    for units in (False, True):
+        monkeypatch.setattr(
+            torch.cuda,
+            "is_bf16_supported",
+            lambda including_emulation=True: including_emulation or units,
+        )
+        gpu = torch.device("cuda", 1)
+        assert runtime.bf16_native(gpu) is units
+        assert runtime.bf16_hardware(gpu) == (
+            "CUDA bf16" if units else "none (this GPU emulates it)"
+        )
+    assert asked and set(asked) == {torch.device("cuda", 1)}
+
+
 @pytest.mark.parametrize(
     "hardware, native",
     [("avx512_bf16", True), ("avx512_bf16 + amx_bf16", True), ("CUDA bf16", True),
-     ("none (emulated: slower than float32)", False), ("none (this GPU)", False),
+     ("none (emulated: slower than float32)", False), ("none (this GPU emulates it)", False),
      ("unknown (no /proc/cpuinfo)", False)],
 )  # fmt: skip
 def test_bench_icm_prints_bf16_rows_where_bfloat16_is_native(monkeypatch, hardware, native):

@@ -274,8 +274,11 @@ def time_settings(
 
 
 @contextlib.contextmanager
-def _labelled_phases(setup: StepSetup):
-    """Wrap the step's parts in ``record_function`` labels (instance attributes, undone after)."""
+def _labelled_phases(setup: StepSetup, sync: bool = False):
+    """Wrap the step's parts in ``record_function`` labels (instance attributes, undone after).
+    ``sync``: each part waits for the device before and after it (CUDA), so that its label's
+    host time is its device time, not its kernel launches (the work a part queues would else be
+    counted in whichever part waits next)."""
     from torch.profiler import record_function
 
     objective = setup.stepper.model._objective
@@ -290,8 +293,13 @@ def _labelled_phases(setup: StepSetup):
 
     def labelled(fn, label):
         def call(*args, **kwargs):
+            if sync:
+                _sync(setup.device)
             with record_function(f"phase::{label}"):
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                if sync:
+                    _sync(setup.device)
+                return out
 
         return call
 
@@ -345,11 +353,12 @@ def count_ops(setup: StepSetup, step: int = 1) -> dict:
 def phase_seconds(setup: StepSetup, steps: int = 2) -> dict[str, float]:
     """Seconds per step in each labelled phase (:data:`PHASES`: their forward passes, the
     optimizer's step) over ``steps`` profiled steps after a warm-up, and ``other``: the rest of
-    the step's wall time (the backward pass of every part, the losses, the bookkeeping)."""
+    the step's wall time (the backward pass of every part, the losses, the bookkeeping). On
+    CUDA each phase is timed between two waits for the device."""
     from torch.profiler import ProfilerActivity, profile
 
     setup.run(0)
-    with _labelled_phases(setup), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _labelled_phases(setup, sync=True), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for i in range(1, steps + 1):
             setup.run(i)
@@ -461,27 +470,44 @@ def bench_icm_step(
     shutil.rmtree(labels_dir, ignore_errors=True)
     for task in tasks:
         for variant in variants:
-            got = {
-                (r["fast"], r["labels"], r["precision"]): r["s_per_step"]
-                for r in rows
-                if (r["task"], r["variant"]) == (task, variant)
-            }
-            base = got.get((False, "run", "fp32"))
-            if base is None:
-                continue
-            named = {
-                (True, "run", "fp32"): "fast on",
-                (False, "cached", "fp32"): "labels cached",
-                (False, "run", "bf16"): "bf16",
-                (False, "cached", "bf16"): "bf16 + labels cached",
-                (False, "cached", "bf16c"): "bf16 codec too + labels cached",
-                (False, "cached", "bf16cf"): "and batch norms folded (--bf16)",
-            }
-            ratios = [f"{name} {base / got[k]:.2f}x" for k, name in named.items() if k in got]
-            print(
-                f"{task} {variant}: against the float32 step that runs its labels: "
-                + ", ".join(ratios)
+            line = ratio_line([r for r in rows if (r["task"], r["variant"]) == (task, variant)])
+            if line:
+                print(f"{task} {variant}: {line}")
+    return rows
+
+
+#: the ratio lines' settings against the float32 step that runs its labels, in print order
+RATIO_NAMES = {
+    (True, "run", "fp32"): "fast on",
+    (False, "cached", "fp32"): "labels cached",
+    (False, "run", "bf16"): "bf16",
+    (False, "cached", "bf16"): "bf16 + labels cached",
+    (False, "cached", "bf16c"): "bf16 codec too + labels cached",
+    (False, "cached", "bf16cf"): "and batch norms folded (--bf16)",
+}
+
+
+def ratio_line(rows: list[dict]) -> str:
+    """The speed-ups of one task/variant's rows (:func:`bench_icm_step`) against its float32
+    step that runs its labels: the ratio of the medians, and in brackets the lowest and highest
+    ratio of step i to step i (timed next to each other, :func:`interleaved_seconds`), what the
+    ratio would read had the bench timed one step of each; ``""`` without that float32 row."""
+    got = {(r["fast"], r["labels"], r["precision"]): r for r in rows}
+    base = got.get((False, "run", "fp32"))
+    if base is None:
+        return ""
+    ratios = []
+    for key, name in RATIO_NAMES.items():
+        if key in got:
+            row = got[key]
+            paired = [b / s for b, s in zip(base["seconds"], row["seconds"])]
+            ratios.append(
+                f"{name} {base['s_per_step'] / row['s_per_step']:.2f}x "
+                f"({min(paired):.2f}-{max(paired):.2f})"
             )
+    return "against the float32 step that runs its labels (in brackets: step by step): " + (
+        ", ".join(ratios)
+    )
     return rows
 
 
@@ -950,7 +976,9 @@ def bench_paper_step(
                         line += f"{ops['ops']:>8}{ops['leaf']:>8}{ops['syncs']:>7}  {phases}"
                     print(line, flush=True)
                     rows.append({**row, "batch": setup.batch_size, "crop": setup.crop})
-                del setups, builders  # not held while the next settings are measured
+                # not held while the next settings are measured (the loop's last one neither)
+                setup = None
+                del setups, builders, setup
                 if sorted(ons) == [False, True]:
                     off, on = (timed[ons.index(v)]["s_per_step"] for v in (False, True))
                     print(

@@ -37,6 +37,7 @@ from ..runtime import (
 )
 from ..tasks import DETECTION, SEGMENTATION, get_task
 from .build import build_recognizer
+from .common import feature_modules, two_stage
 from .detection import FrozenDetector
 from .evaluation import evaluate_detection, evaluate_segmentation
 from .segmentation import FrozenSegmenter
@@ -141,7 +142,7 @@ def _warmup_cosine(step: int, total: int, warmup: int) -> float:
 #: losses stay float32
 MIXED_MODULES = {
     "bfloat16-backbone": lambda m: [m.backbone],
-    "bfloat16-features": lambda m: [m.backbone, m.rpn.head, m.roi_heads.box_head],
+    "bfloat16-features": feature_modules,  # [backbone, rpn.head, roi_heads.box_head]
 }
 
 
@@ -159,7 +160,7 @@ def _precision(model, precision: str, device_type: str):
         with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
     elif precision in MIXED_MODULES:
-        if not all(hasattr(model, n) for n in ("backbone", "rpn", "roi_heads")):
+        if not two_stage(model):
             raise ValueError(
                 f"train precision {precision!r} needs a torchvision Faster R-CNN, not "
                 f"{type(model).__name__}: use 'bfloat16' or 'float32'"
@@ -198,7 +199,9 @@ def _fit(
 
     With ``state_path`` the training state is saved there every ``cfg.checkpoint_every`` steps
     and a stopped training resumes from it: the batches already seen are drawn again without a
-    step, and the random state is restored, so it ends on the weights of an uninterrupted run.
+    step, and the random state is restored (the CPU's, and on CUDA the device's: its RPN / RoI
+    samplers and dropout draw there), so it ends on the weights of an uninterrupted run (on CUDA
+    up to the float summation order of its non-deterministic kernels).
     ``evaluate(model)`` (a metric dict) runs every ``cfg.eval_every`` steps and at the end.
     """
     seed_everything(seed)
@@ -218,6 +221,7 @@ def _fit(
         crop_of=lambda i: crop_at(i, steps, crop, cfg.crop_schedule),
     )
     start, t0 = 0, active_seconds()
+    on_cuda = torch.device(device).type == "cuda"
     state = _training_state(state_path, steps)
     if state is not None:
         t0 -= state.get("seconds", 0.0)  # a state saved before it recorded them: from here
@@ -228,6 +232,8 @@ def _fit(
         for _ in range(start):  # the data order of an uninterrupted run
             next(batches)
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and on_cuda:  # (RPN/RoI sampling, dropout)
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
         with _precision(model, precision, torch.device(device).type):
@@ -256,6 +262,8 @@ def _fit(
                         "log": log,
                         "curve": curve,
                         "rng": torch.get_rng_state(),
+                        # on CUDA the samplers and dropout draw from the device's generator
+                        "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
                         "seconds": active_seconds() - t0,
                     },
                     state_path,
