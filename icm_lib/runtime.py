@@ -431,8 +431,24 @@ class CheckpointParts:
         return {name: part.state_dict() for name, part in self.parts.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore every part. An optimizer keeps this process's implementation (fused,
+        foreach, capturable: the trainer's flags for this device), not the one the state was
+        saved with -- a state saved on the CPU and resumed on CUDA runs CUDA's fused Adam, its
+        step counts moved to the device as that implementation needs."""
         for name, part in self.parts.items():
-            part.load_state_dict(state[name])
+            saved = state[name]
+            mine = getattr(part, "param_groups", None)
+            if isinstance(part, torch.optim.Optimizer) and len(mine) == len(saved["param_groups"]):
+                groups = [
+                    {**group, **{k: now[k] for k in OPTIMIZER_IMPLEMENTATION if k in now}}
+                    for group, now in zip(saved["param_groups"], mine)
+                ]
+                saved = {**saved, "param_groups": groups}
+            part.load_state_dict(saved)
+
+
+#: an optimizer's param-group settings that choose how it computes, not what
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")
 
 
 class RunFiles:

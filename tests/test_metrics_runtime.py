@@ -365,3 +365,30 @@ def test_active_seconds_stand_still_while_the_process_is_stopped():
     stopped_active, stopped_wall, busy_active, busy_wall = map(float, out.split())
     assert stopped_wall > 3.2 and 2.5 < stopped_wall - stopped_active < 3.3
     assert busy_active > 0.9 * busy_wall  # busy is not stopped
+
+
+def test_a_resumed_optimizer_keeps_this_processs_implementation():
+    """A training state saved with one Adam implementation (the CPU's plain one) and resumed by a
+    process whose flags choose another (CUDA's fused one) takes the saved hyperparameters and
+    moments, and keeps its own implementation, step counts placed as it needs them; a state with
+    another number of parameter groups is still refused."""
+    from icm_lib.runtime import CheckpointParts
+
+    p = torch.nn.Parameter(torch.randn(4))
+    plain = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(4)
+    plain.step()
+    saved = CheckpointParts(optimizer=plain).state_dict()
+    q = torch.nn.Parameter(p.detach().clone())
+    fused = torch.optim.Adam([q], lr=0.5, fused=True)
+    CheckpointParts(optimizer=fused).load_state_dict(saved)
+    group, state = fused.param_groups[0], fused.state[q]
+    assert group["fused"] is True and group["lr"] == 0.1
+    assert torch.equal(state["exp_avg"], plain.state[p]["exp_avg"])
+    assert state["step"].dtype == torch.float32 and float(state["step"]) == 1.0
+    q.grad = torch.ones(4)
+    fused.step()
+    assert float(fused.state[q]["step"]) == 2.0
+    two = torch.optim.Adam([{"params": [q]}, {"params": [torch.nn.Parameter(torch.ones(1))]}])
+    with pytest.raises(ValueError, match="number of parameter groups"):
+        CheckpointParts(optimizer=two).load_state_dict(saved)
