@@ -156,7 +156,8 @@ class ICMObjective:
         capture = captured_output(loss_machine.aux_task_layer) if reads_machine else nullcontext({})
         # under bfloat16 a torchvision detector (recognizer or branch) keeps its box geometry in
         # float32 (bfloat16_scope); every other model runs under autocast as a whole
-        with bfloat16_scope(loss_machine.model, x.device.type, amp), capture as feature:
+        model = getattr(loss_machine, "model", None)  # (None: no torchvision detector to split)
+        with bfloat16_scope(model, x.device.type, amp), capture as feature:
             task_loss = loss_machine.task_loss(out["x_hat"], pseudo_labels)["loss"].float()
         if reads_machine:  # aux-task: the recognizer's own intermediate feature on x̂
             out = {**out, "task_feature": feature["out"]}

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -342,7 +343,7 @@ def dist_timeout():
         hours = float(text) if text else DIST_TIMEOUT_H
     except ValueError:
         hours = -1.0
-    if not hours > 0:
+    if not (math.isfinite(hours) and hours > 0):
         raise ConfigError(f"ICM_DIST_TIMEOUT_H={text!r}: give a positive number of hours")
     return timedelta(hours=hours)
 

@@ -202,17 +202,6 @@ class Stepper:
                 "batch_size or use fewer processes or accumulation steps"
             )
         self.flags = step_flags(device.type, fast)
-        # what the step changes outside itself, given back by close(): the layout of the
-        # recognizers (shared with the evaluation and other runs of the process), cuDNN's flag
-        self._relaid: list[nn.Module] = []
-        self._benchmark = torch.backends.cudnn.benchmark
-        if self.flags["channels_last"]:  # the recognizer, and its folded twin where there is one
-            for machine in _recognizers(objective):
-                if _layout_free(machine) and _contiguous(machine):
-                    machine.to(memory_format=torch.channels_last)
-                    self._relaid.append(machine)
-        if self.flags["cudnn_benchmark"]:
-            torch.backends.cudnn.benchmark = True
         step_module = _TrainStep(codec, branch, objective)
         self.model = _ddp(step_module, codec, dist) if dist.enabled else step_module
         groups = [{"params": codec.main_parameters(), "lr": cfg.lr, "name": "codec"}]
@@ -227,6 +216,18 @@ class Stepper:
         self.state = CheckpointParts(
             optimizer=self.main, quantile_optimizer=self.quantiles, scheduler=self.schedule
         )
+        # last, once nothing above can fail: what the step changes outside itself, given back
+        # by close() -- the layout of the recognizers (shared with the evaluation and the other
+        # runs of the process) and cuDNN's flag
+        self._relaid: list[nn.Module] = []
+        self._benchmark = torch.backends.cudnn.benchmark
+        if self.flags["channels_last"]:  # the recognizer, and its folded twin where there is one
+            for machine in _recognizers(objective):
+                if _layout_free(machine) and _contiguous(machine):
+                    machine.to(memory_format=torch.channels_last)
+                    self._relaid.append(machine)
+        if self.flags["cudnn_benchmark"]:
+            torch.backends.cudnn.benchmark = True
 
     def close(self) -> None:
         """Give back what the step changed outside itself: the recognizers it laid out

@@ -177,3 +177,15 @@ def test_channels_last_transforms_write_the_same_format_and_any_decoder_reads_th
     for a, b in zip(fast_decoded, decoded):
         assert a.shape == b.shape == (1, 3, 96, 160)
         assert (a - b).abs().max() < 1e-4
+
+
+def test_decoding_alone_keeps_no_activation_of_the_split_view():
+    """``decode`` (the GAN finetuning's g_s pass) runs the hooks that capture ŷ and g_s's
+    last-layer input for the split view; nothing of them stays on the codec after it, so a
+    training step's activation is not kept alive until the next one."""
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48).train()
+    x_hat = codec.decode(torch.randn(2, 48, 4, 4, requires_grad=True))
+    assert x_hat.shape == (2, 3, 64, 64) and x_hat.requires_grad
+    assert codec._captured == {}
+    out = codec(torch.rand(1, 3, 64, 64))  # the split view itself still gets both
+    assert {"latent_hat", "decoder_feature"} <= out.keys()

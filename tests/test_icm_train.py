@@ -170,6 +170,29 @@ def test_more_local_processes_than_gpus_is_a_clear_error(monkeypatch):
         Distributed(torch.device("cuda"))
 
 
+def test_a_training_gives_back_the_recognizers_layout_and_cudnns_flag(
+    smoke_env, tmp_path, monkeypatch
+):
+    """With the step flags on (CUDA's default) a run trains on a channels-last recognizer under
+    cuDNN autotuning, and gives both back when it ends: the recognizer is shared with the
+    evaluation and the process's other runs, whose numbers must not depend on whether a
+    training ran first."""
+    import icm_lib.trainer as trainer
+
+    flags = {"channels_last": True, "cudnn_benchmark": True, "fused_adam": False}
+    monkeypatch.setattr(trainer, "step_flags", lambda device_type, fast=None: flags)
+    model = smoke_env.machine("det").model
+    layouts = []
+    hook = model.register_forward_pre_hook(lambda m, a: layouts.append(trainer._contiguous(m)))
+    before = torch.backends.cudnn.benchmark
+    try:
+        replace(smoke_env, cache_dir=tmp_path).icm_run("det", "baseline", 1.0, 0, steps=1)
+    finally:
+        hook.remove()
+    assert layouts and not any(layouts)  # trained channels-last
+    assert trainer._contiguous(model) and torch.backends.cudnn.benchmark is before
+
+
 def test_a_torchrun_process_group_waits_longer_than_nccls_ten_minutes(monkeypatch):
     """The other ranks wait in a barrier while rank 0 prepares a fresh cache (hours): the process
     group gets a day (``ICM_DIST_TIMEOUT_H`` another; a bad value is one clear error)."""
@@ -191,7 +214,7 @@ def test_a_torchrun_process_group_waits_longer_than_nccls_ten_minutes(monkeypatc
         (("gloo",), {"timeout": timedelta(hours=24)}),
         (("gloo",), {"timeout": timedelta(minutes=30)}),
     ]
-    for bad in ("0", "soon", "nan"):
+    for bad in ("0", "soon", "nan", "inf"):
         monkeypatch.setenv("ICM_DIST_TIMEOUT_H", bad)
         with pytest.raises(ConfigError, match="ICM_DIST_TIMEOUT_H"):
             Distributed(torch.device("cpu"))

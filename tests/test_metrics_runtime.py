@@ -369,9 +369,9 @@ def test_active_seconds_stand_still_while_the_process_is_stopped():
 
 def test_a_resumed_optimizer_keeps_this_processs_implementation():
     """A training state saved with one Adam implementation (the CPU's plain one) and resumed by a
-    process whose flags choose another (CUDA's fused one) takes the saved hyperparameters and
-    moments, and keeps its own implementation, step counts placed as it needs them; a state with
-    another number of parameter groups is still refused."""
+    process whose flags choose another (CUDA's fused one; fused Adam runs on the CPU too) takes
+    the saved hyperparameters and moments, keeps its own implementation and steps on; a state
+    with another number of parameter groups is still refused."""
     from icm_lib.runtime import CheckpointParts
 
     p = torch.nn.Parameter(torch.randn(4))

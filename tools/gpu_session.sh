@@ -12,8 +12,9 @@
 #
 # Boxes in seconds (environment): STEP_SECONDS (paper-step, default 240; 0 skips it),
 # TEST_SECONDS (the gpu tests, default 300); GPU_TESTS: the test paths in the order to run them
-# (default: the CUDA checks first, the `paper` step next, the notebooks on CUDA -- about a minute
-# each -- last, so that a short box still reaches the first two). detectron2 and mmcv have no wheel for such a
+# (default: the CUDA checks first -- coding across devices, the fold, a recognizer training
+# resumed on CUDA -- the `paper` step next, the notebooks on CUDA, about a minute each, last, so
+# that a short box still reaches the first ones). detectron2 and mmcv have no wheel for such a
 # machine, so the paper step runs the same architectures from torchvision and smp
 # (ResNeXt-101 32x8d FPN Faster R-CNN, DeepLabV3+ R101), and the tests that need them skip.
 #
@@ -27,7 +28,7 @@ PROFILE=${1:-cpu-patterns}
 MINUTES=${2:-8}
 STEP_SECONDS=${STEP_SECONDS:-240}
 TEST_SECONDS=${TEST_SECONDS:-300}
-read -r -a GPU_TESTS <<<"${GPU_TESTS:-tests/test_gpu.py tests/test_paper_profile.py tests/test_notebooks.py}"
+read -r -a GPU_TESTS <<<"${GPU_TESTS:-tests/test_gpu.py tests/test_recognition.py tests/test_paper_profile.py tests/test_notebooks.py}"
 KIT=${GPU_KIT:-.gpu-kit}
 OUT=${OUT:-$PWD/outputs/gpu-session}
 export PYTHONUNBUFFERED=1

@@ -508,7 +508,6 @@ def ratio_line(rows: list[dict]) -> str:
     return "against the float32 step that runs its labels (in brackets: step by step): " + (
         ", ".join(ratios)
     )
-    return rows
 
 
 def _icm_setup(exp, task: str, variant: str, on: bool, labels, bf16: str = "", seed: int = 0):
