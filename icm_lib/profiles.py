@@ -942,6 +942,14 @@ NO_FOLD_HELP = (
     "with --bf16: leave the recognizer's batch norms as they are (icm.fold_bn off; another "
     "run), e.g. where folding them is refused"
 )
+#: ``--overrides`` of ``python -m icm_lib.train`` and ``study``
+OVERRIDES_HELP = (
+    "profile fields to set, space-separated section__field=value (values as Python literals), "
+    'e.g. "icm__amp=False" (the codecs for machines in float32 on a GPU that only emulates '
+    'bfloat16) or "icm__det_lambdas=[0.4,0.8]": other settings, other runs (keyed apart); a '
+    "study writes them into the profile's results file, so give another --results-dir to keep "
+    "its own, and the same --overrides to --plan or --status it"
+)
 #: ``--bf16`` of ``python -m icm_lib.train`` and ``study``
 BF16_HELP = (
     "train the codecs for machines with the recognizer, the branch and the codec's transforms "

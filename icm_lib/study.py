@@ -55,7 +55,15 @@ from .gan import gan_base
 from .jobs import RunCall, compute, point_call, projected_hours
 from .launch import LaunchOptions, LaunchReport, add_arguments, launch_study
 from .locks import RunLock
-from .profiles import BF16_HELP, NO_FOLD_HELP, Profile, from_precision_flags, get_profile
+from .profiles import (
+    BF16_HELP,
+    NO_FOLD_HELP,
+    OVERRIDES_HELP,
+    Profile,
+    from_precision_flags,
+    get_profile,
+    parse_overrides,
+)
 from .report import fmt_mean_ci, report, write_between_markers
 from .results import (
     PAPERS,
@@ -852,6 +860,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
     parser.add_argument("--no-fold-bn", action="store_true", help=NO_FOLD_HELP)
+    parser.add_argument("--overrides", default="", help=OVERRIDES_HELP)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -894,7 +903,7 @@ def main(
         if args.readme:
             write_between_markers(Path(args.readme), text)
         return {"report": text}
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile, **parse_overrides(args.overrides))
     if args.plan:
         rows = print_plan(
             args.study,

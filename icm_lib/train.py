@@ -16,7 +16,14 @@ import json
 from .aux_branch import VARIANTS
 from .cli import at_least
 from .experiment import Experiment
-from .profiles import BF16_HELP, NO_FOLD_HELP, from_precision_flags, get_profile
+from .profiles import (
+    BF16_HELP,
+    NO_FOLD_HELP,
+    OVERRIDES_HELP,
+    from_precision_flags,
+    get_profile,
+    parse_overrides,
+)
 from .runtime import Distributed, get_device
 from .tasks import TASKS
 
@@ -43,8 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--bf16", action="store_true", help=BF16_HELP)
     parser.add_argument("--no-fold-bn", action="store_true", help=NO_FOLD_HELP)
+    parser.add_argument("--overrides", default="", help=OVERRIDES_HELP)
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile, **parse_overrides(args.overrides))
     dist = Distributed(get_device(args.device) if args.device else None)
     bf16 = args.bf16 and args.variant != "mse"  # an MSE run never autocasts: the same run
     no_fold = args.no_fold_bn and (bf16 or not args.bf16)  # (with --bf16, an MSE run ignores it)

@@ -419,6 +419,14 @@ BAD_SETTINGS = {
     "gan device": (["--profile", "smoke", "--codec", "x.pt", "--device", "gpu"], "'gpu'"),
     "world-check": (["--profile", "nope"], "unknown profile 'nope'"),
     "pilot": (["--profile", "smoke", "--overrides", "icm__no_such=1"], "no field 'no_such'"),
+    "train overrides": (
+        ["--profile", "smoke", "--task", "seg", "--lmbda", "1", "--overrides", "icm__no_such=1"],
+        "no field 'no_such'",
+    ),
+    "study overrides": (
+        ["--profile", "smoke", "--plan", "--overrides", "icm__amp=maybe"],
+        "icm__amp",
+    ),
     "bench": (["recognizers", "--profile", "smoke", "--recipe", "det_steps150"], "FIELD=VALUE"),
     "tutorial": (["--profile", "smoke", "--only", "99"], "--only 99"),
 }
@@ -435,6 +443,27 @@ def test_every_command_refuses_bad_settings_in_one_error_line(case, capsys, monk
     monkeypatch.setattr(Experiment, "prepare", lambda *a, **k: pytest.fail("data prepared"))
     code, _, err = run_cli(capsys, case.split()[0], *argv)
     assert_one_error_line(code, err, needle)
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_train_and_study_take_profile_overrides(command, monkeypatch):
+    """``--overrides`` sets profile fields for a run or a study, as the notebooks'
+    ``ICM_OVERRIDES`` does (e.g. the codecs for machines in float32 on a GPU that only emulates
+    bfloat16); the profile that reaches the data is the overridden one."""
+    from icm_lib.experiment import Experiment
+
+    seen = {}
+
+    def prepare(profile, *a, **k):
+        seen["icm"] = profile.icm
+        raise SystemExit(0)
+
+    monkeypatch.setattr(Experiment, "prepare", prepare)
+    args = ["--task", "seg", "--lmbda", "1"] if command == "train" else ["--tasks", "seg"]
+    with pytest.raises(SystemExit):
+        cli.main([command, "--profile", "smoke", "--device", "cpu", *args,
+                  "--overrides", "icm__amp=False icm__seg_lambdas=[2.0]"])  # fmt: skip
+    assert seen["icm"].amp is False and seen["icm"].seg_lambdas == (2.0,)
 
 
 def test_report_into_a_missing_readme_is_one_error_line(capsys, tmp_path):
