@@ -197,7 +197,7 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
     from .codec import load_codec
     from .experiment import Experiment
     from .files import load_checkpoint, read_log
-    from .results import GradientsFile, RunRecord
+    from .results import GradientsFile, RunRecord, as_json
     from .runtime import RunFiles, get_device
 
     device, t0 = get_device(), time.perf_counter()
@@ -259,6 +259,7 @@ def measure(profile, data_dir, batches: int = 3, progress: bool = True):
         wall_hours_this_invocation=round((time.perf_counter() - t0) / 3600, 3),
         runs=runs,
         tasks=tasks,
+        icm_config=as_json(profile.icm.recorded()),
         notes=[
             f"recognizers: {profile.recognition.model_name('det')} / "
             f"{profile.recognition.model_name('seg')}; the gradients are those of one batch "

@@ -301,6 +301,9 @@ def show_gradients(results_dir: str | Path, profiles: list[str] | tuple[str, ...
         out[name] = None if f is None else {}
         if f is None:
             continue
+        other = _other_settings(f.icm_config, name)
+        if other:
+            print(f"profile {name}: measured with other codec-training settings ({other})")
         for task, entry in f.tasks.items():
             states = {s: entry[s] for s in ("at_start", "trained") if entry.get(s)}
             out[name][task] = {
@@ -370,6 +373,20 @@ def _measured(cls, results_dir: str | Path, name: str):
     if f is None:
         print(f"profile {name}: not measured yet: `{REGENERATE[cls.KIND].format(profile=name)}`")
     return f
+
+
+def _other_settings(recorded: dict, name: str) -> str:
+    """Where a measurement's recorded ``icm_config`` differs from profile ``name``'s own (e.g.
+    measured in bfloat16 with ``--overrides``): ``"field=value, ..."``; ``""`` where it does
+    not, where nothing was recorded, or where ``name`` is no profile of this library."""
+    from .profiles import PROFILES
+    from .results import as_json
+
+    if not recorded or name not in PROFILES:
+        return ""
+    own = as_json(PROFILES[name].icm.recorded())
+    keys = sorted(set(recorded) | set(own))
+    return ", ".join(f"{k}={recorded.get(k)!r}" for k in keys if recorded.get(k) != own.get(k))
 
 
 def _mean(values) -> float | None:

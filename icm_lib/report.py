@@ -11,7 +11,6 @@ patterns world ``cpu-patterns``), one section per profile, side by side in one R
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .errors import ConfigError
@@ -28,6 +27,7 @@ from .results import (
     PilotFile,
     StudyFile,
     WorldFile,
+    as_json,
     profiles_with_studies,
 )
 
@@ -91,7 +91,7 @@ def recorded_study(results_dir: str | Path, profile) -> dict | None:
     study = StudyFile.find(results_dir, profile.name)
     if study is None:
         return None
-    if study.icm_config != json.loads(json.dumps(profile.icm.recorded())):
+    if study.icm_config != as_json(profile.icm.recorded()):
         print(f"{path.name} was written for other settings than profile {profile.name!r}: unused")
         return None
     return {

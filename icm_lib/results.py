@@ -844,11 +844,14 @@ class GradientsFile(_ResultsFile):
             codec with a fresh branch; ``trained``: the grid's aux-enc run at that λ, or ``None``
             with ``trained_note``) the per-batch task and branch gradient norms, their ratio and
             cosine; ``dropout``: the task gradient's spread between dropout draws.
+        icm_config: the codec-training settings the gradients were measured under (precision
+            included; ``{}`` in files written before it was recorded).
     """
 
     KIND: ClassVar[str] = "gradients"
     runs: list[RunRecord] = field(default_factory=list)
     tasks: dict = field(default_factory=dict)
+    icm_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -943,6 +946,12 @@ def finite_or_none(values: dict, reasons: dict[str, str], why: str) -> dict:
         else:
             out[k] = v
     return out
+
+
+def as_json(table: dict) -> dict:
+    """``table`` as it reads back from JSON (seed keys as strings, tuples as lists): what a
+    results file's settings are compared with."""
+    return json.loads(json.dumps(table))
 
 
 def _refuse_non_finite(obj: Any, where: str) -> None:

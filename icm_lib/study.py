@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import functools
 import inspect
-import json
 import sys
 import time
 import warnings
@@ -73,6 +72,7 @@ from .results import (
     PilotFile,
     RunRecord,
     StudyFile,
+    as_json,
     figure_name,
     warn_other_environment,
 )
@@ -341,7 +341,7 @@ def summarise(
     for task in map(get_task, tasks):
         per_task[task.name] = {
             "metric": task.metric,
-            "bd_rate": _as_json(bd_rates(curves(runs, task.name), task.name)),
+            "bd_rate": as_json(bd_rates(curves(runs, task.name), task.name)),
         }
     compute = sum(r.seconds or 0.0 for r in runs) + sum(
         p.seconds or 0.0 for r in runs for p in r.points
@@ -355,7 +355,7 @@ def summarise(
         variants=variants,
         runs=runs,
         tasks=per_task,
-        icm_config=_as_json(profile.icm.recorded()),
+        icm_config=as_json(profile.icm.recorded()),
     )
 
 
@@ -448,11 +448,6 @@ def summarise_with_earlier(
 def _coordinates(args: dict) -> tuple:
     """A point call's (task, variant, λ, seed), as its run record names them."""
     return args["task"], args["variant"], args["lmbda"], args["seed"]
-
-
-def _as_json(table: dict) -> dict:
-    """``table`` as it reads back from JSON (seed keys as strings, tuples as lists)."""
-    return json.loads(json.dumps(table))
 
 
 # ---------------------------------------------------------------------- Iino et al. section 4.2
@@ -643,7 +638,7 @@ def summarise_ablation(
         wall_hours_this_invocation=round(wall_seconds / 3600, 3),
         complete=done,
         runs=rows,
-        tasks=_as_json(ablation_table(rows)),
+        tasks=as_json(ablation_table(rows)),
         **_ablation_configs(profile),
     )
 
@@ -651,8 +646,8 @@ def summarise_ablation(
 def _ablation_configs(profile: Profile) -> dict[str, dict]:
     """The profile's settings an ablation file records (its runs are trained by both)."""
     return {
-        "ablation_config": _as_json(asdict(profile.ablation)),
-        "icm_config": _as_json(profile.icm.recorded()),
+        "ablation_config": as_json(asdict(profile.ablation)),
+        "icm_config": as_json(profile.icm.recorded()),
     }
 
 
@@ -728,8 +723,8 @@ def run_gan_study(
             compute_hours_in_runs=round(sum(x.seconds or 0.0 for x in rows) / 3600, 3),
             wall_hours_this_invocation=round((time.perf_counter() - t_start) / 3600, 3),
             runs=rows,
-            summary=_as_json(summarise_gan(rows)),
-            gan_config=_as_json(asdict(profile.gan)),
+            summary=as_json(summarise_gan(rows)),
+            gan_config=as_json(asdict(profile.gan)),
         )
         _write_held(summary, out_json)
         return summary
@@ -759,7 +754,7 @@ def run_gan_study(
 def _finetuning_settings(gan_config: dict) -> dict:
     """What decides a finetuning besides its preset, seed and baseline codec: the profile's
     GAN settings as JSON, without the study's list of presets (as its run key)."""
-    return {k: v for k, v in _as_json(gan_config).items() if k != "presets"}
+    return {k: v for k, v in as_json(gan_config).items() if k != "presets"}
 
 
 def recorded_finetunings(path: Path, profile: Profile) -> dict[tuple, GanRecord]:

@@ -56,13 +56,14 @@ def test_the_gradients_file_measures_start_and_the_trained_run(smoke_env, tmp_pa
     """``python -m icm_lib.gradients``: at the start (reference codec, fresh branch) for both
     tasks; the trained state only for a run in the cache, which it never trains itself."""
     from icm_lib.gradients import main
-    from icm_lib.results import GradientsFile
+    from icm_lib.results import GradientsFile, as_json
 
     exp = smoke_env
     args = ["--profile", "smoke", "--data-dir", str(exp.cache_dir.parent)]
     args += ["--results-dir", str(tmp_path), "--batches", "2"]
     before = main(args)
     assert GradientsFile.read(tmp_path / "gradients-smoke.json") == before
+    assert before.icm_config == as_json(exp.profile.icm.recorded())  # what it measured under
     for task in ("det", "seg"):
         entry = before.tasks[task]
         assert entry["lmbda"] == exp.profile.ablation.lmbda(task)
@@ -99,6 +100,29 @@ def test_show_gradients_reads_the_file_or_says_the_command(tmp_path, capsys):
     assert means["cosine"] == pytest.approx(0.3) and set(shown["t"]["seg"]) == {"at_start"}
     out = capsys.readouterr().out
     assert "python -m icm_lib.gradients --profile u" in out and "not in the cache yet" in out
+    assert "other codec-training settings" not in out  # recorded nothing (an older file)
+
+
+def test_show_gradients_says_when_the_file_was_measured_with_other_settings(tmp_path, capsys):
+    """``python -m icm_lib.gradients --overrides icm__amp_cpu=True`` measures in bfloat16 and
+    writes the profile's file: the file records the settings, the notebook names what differs."""
+    from dataclasses import replace
+
+    from icm_lib.notebook import show_gradients
+    from icm_lib.profiles import get_profile
+    from icm_lib.results import GradientsFile, as_json
+
+    own = get_profile("smoke").icm
+    for name, icm in (("same", own), ("bf16", replace(own, amp_cpu=True))):
+        folder = tmp_path / name
+        GradientsFile(profile="smoke", seeds=[0], compute_hours_in_runs=0,
+                      wall_hours_this_invocation=0, icm_config=as_json(icm.recorded())).write(
+            GradientsFile.path(folder, "smoke"))  # fmt: skip
+        read = GradientsFile.read(GradientsFile.path(folder, "smoke"))
+        assert read.icm_config == as_json(icm.recorded())
+        show_gradients(folder, ["smoke"])
+        out = capsys.readouterr().out
+        assert ("other codec-training settings (amp_cpu=True)" in out) is (name == "bf16"), out
 
 
 def test_depth_varies_only_the_recognizers_backbone(smoke_env, tmp_path):
