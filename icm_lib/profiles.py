@@ -465,9 +465,8 @@ class ICMConfig:
             folded into the convolutions (:mod:`~icm_lib.recognition.folding`; the same
             function up to float rounding, the pseudo-labels the recognizer's own): 1-4 % off a
             ``cpu`` step in bfloat16. ``--bf16`` sets it too (not with ``--no-fold-bn``).
-            ``amp_cpu``,
-            ``codec_amp`` and ``fold_bn`` are keyed only when set: the runs they train are
-            other runs, and the float32 runs keep their keys.
+            ``amp_cpu``, ``codec_amp`` and ``fold_bn`` are keyed only when set: the runs they
+            train are other runs, and the float32 runs keep their keys.
         validate_every: every run of the grid logs the validation losses (as the ablation's
             runs do) every this many steps; 0: none. Equal to ``ablation.val_every``, the
             ablation's ``baseline`` and ``aux-enc`` settings are the grid's runs at its λ, not

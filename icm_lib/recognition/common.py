@@ -8,6 +8,8 @@ import contextlib
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ..runtime import forwards_in_bfloat16
 
@@ -55,9 +57,6 @@ def captured_output(module: nn.Module):
 def two_stage(model: nn.Module) -> bool:
     """Whether ``model`` is a torchvision two-stage detector: its own ``rpn`` and ``roi_heads``
     are torchvision's (a Faster R-CNN; the auxiliary branch's ``AuxDetector``)."""
-    from torchvision.models.detection.roi_heads import RoIHeads
-    from torchvision.models.detection.rpn import RegionProposalNetwork
-
     return isinstance(getattr(model, "rpn", None), RegionProposalNetwork) and isinstance(
         getattr(model, "roi_heads", None), RoIHeads
     )

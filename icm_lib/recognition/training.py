@@ -221,7 +221,8 @@ def _fit(
         crop_of=lambda i: crop_at(i, steps, crop, cfg.crop_schedule),
     )
     start, t0 = 0, active_seconds()
-    on_cuda = torch.device(device).type == "cuda"
+    device_type = torch.device(device).type
+    on_cuda = device_type == "cuda"
     state = _training_state(state_path, steps)
     if state is not None:
         t0 -= state.get("seconds", 0.0)  # a state saved before it recorded them: from here
@@ -236,7 +237,7 @@ def _fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
     for step in bar:
-        with _precision(model, precision, torch.device(device).type):
+        with _precision(model, precision, device_type):
             loss = loss_of(next(batches)).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
